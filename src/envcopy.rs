@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Compacting copies of LMDB environments through pipes, with a point-in-time start.
+//!
+//! `mdb_env_copyfd2(.., MDB_CP_COMPACT)` begins its own read transaction and only then
+//! writes its first bytes; a copy writing into a pipe nobody drains blocks while
+//! keeping its snapshot. So: start a copy per environment (each on its own thread,
+//! writing into its own pipe), wait until every pipe has data (every snapshot is
+//! taken), resume the frozen service, then drain the pipes — hashing each byte once
+//! on its way into the file. A copy's transaction ends when its last byte is in the
+//! pipe, so each snapshot is released as soon as its environment is copied.
+//!
+//! Each started copy holds LMDB's 2 MiB double buffer until it is drained.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use openssl::sha::Sha256;
+
+use crate::exit::{fail, Code};
+use crate::fsutil::{self, Hashed, CHUNK};
+use crate::interrupt;
+use crate::lmdb::{Env, MdbError, Mode};
+
+/// How often a copy is retried when the service grew its map under us.
+const RESIZE_RETRIES: u32 = 10;
+
+/// A compacting copy in flight: its thread and the pipe's read end.
+pub(crate) struct Copy {
+    dir: PathBuf,
+    reader: Option<File>,
+    thread: Option<JoinHandle<Result<(), MdbError>>>,
+}
+
+fn make_pipe() -> Result<(File, OwnedFd)> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // A larger pipe lets the copy run ahead of the hashing reader; the system's
+    // maximum (fs.pipe-max-size) may be lower, so failure here is fine.
+    // SAFETY: fcntl on a pipe fd we own.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&w),
+            libc::F_SETPIPE_SZ,
+            CHUNK as libc::c_int,
+        );
+    }
+    Ok((File::from(r), w))
+}
+
+/// Start a compacting copy of `env` on its own thread.
+pub(crate) fn start(env: Env) -> Result<Copy> {
+    let dir = env.dir().to_path_buf();
+    let (reader, writer) = make_pipe()?;
+    let thread = std::thread::Builder::new()
+        .name("lmdb-copy".into())
+        .spawn(move || {
+            let mut env = env;
+            let mut tries = 0;
+            let result = loop {
+                match env.copy_compact_to(writer.as_fd()) {
+                    Err(e) if e.is_map_resized() && tries < RESIZE_RETRIES => {
+                        // The service grew its map since we opened: reopen at the new size.
+                        tries += 1;
+                        log::debug!("{}: map resized, reopening", env.dir().display());
+                        match Env::open(env.dir(), Mode::Live) {
+                            Ok(e2) => env = e2,
+                            Err(_) => break Err(e),
+                        }
+                    }
+                    other => break other,
+                }
+            };
+            drop(writer); // EOF for the reader
+            drop(env);
+            result
+        })
+        .context("cannot start a copy thread")?;
+    Ok(Copy {
+        dir,
+        reader: Some(reader),
+        thread: Some(thread),
+    })
+}
+
+impl Copy {
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn join(&mut self) -> Result<()> {
+        self.reader = None; // a blocked writer now fails with EPIPE instead of hanging
+        match self.thread.take() {
+            None => Ok(()),
+            Some(t) => match t.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(corrupt_or_failed(&self.dir, e)),
+                Err(_) => Err(anyhow!(
+                    "the copy thread of {} panicked",
+                    self.dir.display()
+                )),
+            },
+        }
+    }
+
+    /// Drain the copy into the new file `dst`, hashing as it goes; fsync it.
+    pub(crate) fn drain(
+        mut self,
+        dst: &Path,
+        abort: &dyn Fn() -> bool,
+        on_bytes: &dyn Fn(u64),
+    ) -> Result<Hashed> {
+        let mut out = fsutil::create_new(dst)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| anyhow!("copy already drained"))?;
+        loop {
+            if abort() {
+                self.join().ok();
+                interrupt::check()?;
+                return Err(anyhow!("stopped after another copy failed"));
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("cannot read the copy pipe"),
+            };
+            h.update(&buf[..n]);
+            if let Err(e) = std::io::Write::write_all(&mut out, &buf[..n]) {
+                self.join().ok();
+                return Err(fsutil::write_error(dst, e));
+            }
+            size += n as u64;
+            on_bytes(n as u64);
+        }
+        self.join()?;
+        out.sync_all().map_err(|e| fsutil::write_error(dst, e))?;
+        Ok(Hashed {
+            size,
+            data_bytes: size,
+            sha256: fsutil::hex(&h.finish()),
+        })
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
+    // MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID: the source is damaged.
+    let damaged = [-30796, -30797, -30793];
+    if damaged.contains(&e.0) {
+        fail(
+            Code::BadPath,
+            format!(
+                "{}/data.mdb is damaged ({e}); restore it from an older backup",
+                dir.display()
+            ),
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("compacting copy of {} failed", dir.display()))
+    }
+}
+
+/// Wait until every copy has produced its first bytes (or ended): from then on every
+/// copy's snapshot is taken. Fails after `timeout` or on a signal.
+pub(crate) fn wait_snapshots(copies: &[&Copy], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<usize> = (0..copies.len()).collect();
+    while !pending.is_empty() {
+        interrupt::check()?;
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "{} of {} copies did not start within {:?} (first: {})",
+                pending.len(),
+                copies.len(),
+                timeout,
+                copies[pending[0]].dir().display()
+            ));
+        }
+        let mut fds: Vec<PollFd> = pending
+            .iter()
+            .filter_map(|&i| {
+                copies[i]
+                    .reader
+                    .as_ref()
+                    .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN))
+            })
+            .collect();
+        poll(&mut fds, PollTimeout::from(200u16)).context("poll on copy pipes failed")?;
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        pending = pending
+            .into_iter()
+            .zip(ready)
+            .filter(|(_, ready)| !ready)
+            .map(|(i, _)| i)
+            .collect();
+    }
+    Ok(())
+}

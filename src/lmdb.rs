@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: Apache-2.0
+//! LMDB through `lmdb-rkv-sys`: the few calls synbackup needs, wrapped safely.
+//!
+//! Why this binding: it is plain LMDB 0.9.x with lock-file format 1, the format of
+//! py-lmdb's LMDB that Synapse writes with, so we can open an environment next to a
+//! running service (heed's "0.9.70" cannot: see Cargo.toml). Live environments are
+//! opened `MDB_RDONLY | MDB_NOTLS` (a reader slot per transaction, not per thread:
+//! the compacting copy begins its own transaction on another thread); our own
+//! copies, which nobody else uses, are opened `MDB_NOLOCK` so that reading them
+//! creates no `lock.mdb` inside a backup.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+use anyhow::{bail, Context, Result};
+use lmdb_sys as ffi;
+
+/// The `max_dbs` Synapse's own tool opens environments with.
+const MAX_DBS: u32 = 16384;
+
+/// An LMDB error code with LMDB's own message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MdbError(pub(crate) i32);
+
+impl MdbError {
+    pub(crate) fn is_map_resized(self) -> bool {
+        self.0 == ffi::MDB_MAP_RESIZED
+    }
+}
+
+impl std::fmt::Display for MdbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: mdb_strerror returns a pointer to a static string for any code.
+        let msg = unsafe { CStr::from_ptr(ffi::mdb_strerror(self.0)) };
+        write!(f, "{} (LMDB error {})", msg.to_string_lossy(), self.0)
+    }
+}
+
+impl std::error::Error for MdbError {}
+
+fn check(rc: i32) -> std::result::Result<(), MdbError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(MdbError(rc))
+    }
+}
+
+/// How an environment is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Next to a possibly running service: registers readers in its `lock.mdb`.
+    Live,
+    /// A copy only we use: no lock file is touched or created.
+    Private,
+}
+
+/// An open, read-only environment. `Send`: with `MDB_NOTLS` LMDB allows use from
+/// any thread, and we never share one between threads at the same time.
+pub(crate) struct Env {
+    raw: *mut ffi::MDB_env,
+    dir: PathBuf,
+}
+
+// SAFETY: MDB_env with MDB_NOTLS may be used from other threads; Env is moved, not
+// shared, between threads.
+unsafe impl Send for Env {}
+
+/// Facts about an environment at the moment they were read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EnvInfo {
+    pub(crate) page_size: u64,
+    pub(crate) last_pgno: u64,
+    pub(crate) map_size: u64,
+}
+
+/// Page and entry counts of one database.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DbStat {
+    pub(crate) entries: u64,
+    pub(crate) pages: u64,
+}
+
+impl Env {
+    /// Open the environment in directory `dir` read-only. The map size is the size of
+    /// `data.mdb` (what Synapse's tool does): big enough for everything written.
+    pub(crate) fn open(dir: &Path, mode: Mode) -> Result<Env> {
+        let data = dir.join("data.mdb");
+        let len = std::fs::metadata(&data)
+            .with_context(|| format!("cannot stat {}", data.display()))?
+            .len();
+        let map_size = len.div_ceil(4096).max(1) * 4096;
+        let cdir = CString::new(dir.as_os_str().as_bytes())
+            .with_context(|| format!("path {} contains a NUL byte", dir.display()))?;
+        let mut raw = ptr::null_mut();
+        // SAFETY: plain FFI calls on a handle we own; errors close the handle.
+        unsafe {
+            check(ffi::mdb_env_create(&mut raw)).context("mdb_env_create")?;
+            let env = Env {
+                raw,
+                dir: dir.to_path_buf(),
+            };
+            check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
+                .with_context(|| format!("cannot set map size of {}", dir.display()))?;
+            check(ffi::mdb_env_set_maxdbs(raw, MAX_DBS)).context("mdb_env_set_maxdbs")?;
+            let mut flags = ffi::MDB_RDONLY | ffi::MDB_NOTLS;
+            if mode == Mode::Private {
+                flags |= ffi::MDB_NOLOCK;
+            }
+            check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
+                .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
+            Ok(env)
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Page size, last used page and map size (from the newest meta page).
+    pub(crate) fn info(&self) -> Result<EnvInfo> {
+        // SAFETY: out-parameters are plain structs filled by LMDB.
+        unsafe {
+            let mut stat: ffi::MDB_stat = std::mem::zeroed();
+            check(ffi::mdb_env_stat(self.raw, &mut stat)).context("mdb_env_stat")?;
+            let mut info: ffi::MDB_envinfo = std::mem::zeroed();
+            check(ffi::mdb_env_info(self.raw, &mut info)).context("mdb_env_info")?;
+            Ok(EnvInfo {
+                page_size: u64::from(stat.ms_psize),
+                last_pgno: info.me_last_pgno as u64,
+                map_size: info.me_mapsize as u64,
+            })
+        }
+    }
+
+    /// Begin a read transaction (a snapshot held until the `Txn` is dropped).
+    pub(crate) fn read_txn(&self) -> Result<Txn<'_>> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: read-only transaction on our open env.
+        unsafe {
+            check(ffi::mdb_txn_begin(
+                self.raw,
+                ptr::null_mut(),
+                ffi::MDB_RDONLY,
+                &mut raw,
+            ))
+            .with_context(|| {
+                format!("cannot begin a read transaction on {}", self.dir.display())
+            })?;
+        }
+        Ok(Txn { raw, _env: self })
+    }
+
+    /// LMDB's compacting copy into `fd` (a file or a pipe), from a read transaction
+    /// the call begins itself. Blocks until everything is written.
+    pub(crate) fn copy_compact_to(&self, fd: BorrowedFd<'_>) -> std::result::Result<(), MdbError> {
+        // SAFETY: the fd is valid for the duration of the call.
+        check(unsafe { ffi::mdb_env_copyfd2(self.raw, fd.as_raw_fd(), ffi::MDB_CP_COMPACT) })
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // SAFETY: every Txn borrows the Env, so none is alive here.
+        unsafe { ffi::mdb_env_close(self.raw) }
+    }
+}
+
+/// A read transaction.
+pub(crate) struct Txn<'e> {
+    raw: *mut ffi::MDB_txn,
+    _env: &'e Env,
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        // SAFETY: aborting a read transaction we began releases its reader slot.
+        unsafe { ffi::mdb_txn_abort(self.raw) }
+    }
+}
+
+/// A named database of an environment.
+#[derive(Debug, Clone)]
+pub(crate) struct NamedDb {
+    pub(crate) name: Vec<u8>,
+    dbi: ffi::MDB_dbi,
+}
+
+impl Txn<'_> {
+    fn stat_dbi(&self, dbi: ffi::MDB_dbi) -> Result<DbStat> {
+        // SAFETY: dbi was opened in this transaction (or is FREE_DBI/MAIN_DBI).
+        unsafe {
+            let mut st: ffi::MDB_stat = std::mem::zeroed();
+            check(ffi::mdb_stat(self.raw, dbi, &mut st)).context("mdb_stat")?;
+            Ok(DbStat {
+                entries: st.ms_entries as u64,
+                pages: (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) as u64,
+            })
+        }
+    }
+
+    fn open_main(&self) -> Result<ffi::MDB_dbi> {
+        let mut dbi = 0;
+        // SAFETY: opening the unnamed database never creates anything.
+        unsafe { check(ffi::mdb_dbi_open(self.raw, ptr::null(), 0, &mut dbi)) }
+            .context("cannot open the main database")?;
+        Ok(dbi)
+    }
+
+    /// Walk every record of `dbi` in key order (duplicates included), calling `each`
+    /// with key and value. Reads every page of the database.
+    fn walk(
+        &self,
+        dbi: ffi::MDB_dbi,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut cur = ptr::null_mut();
+        // SAFETY: cursor and slices live only inside this transaction; LMDB returns
+        // pointers into its map that stay valid until the next cursor operation.
+        unsafe {
+            check(ffi::mdb_cursor_open(self.raw, dbi, &mut cur)).context("mdb_cursor_open")?;
+            let mut key: ffi::MDB_val = std::mem::zeroed();
+            let mut val: ffi::MDB_val = std::mem::zeroed();
+            let mut op = ffi::MDB_FIRST;
+            let result = loop {
+                let rc = ffi::mdb_cursor_get(cur, &mut key, &mut val, op);
+                if rc == ffi::MDB_NOTFOUND {
+                    break Ok(());
+                }
+                if let Err(e) = check(rc) {
+                    break Err(anyhow::Error::new(e));
+                }
+                let k = std::slice::from_raw_parts(key.mv_data as *const u8, key.mv_size);
+                let v = std::slice::from_raw_parts(val.mv_data as *const u8, val.mv_size);
+                if let Err(e) = each(k, v) {
+                    break Err(e);
+                }
+                op = ffi::MDB_NEXT;
+            };
+            ffi::mdb_cursor_close(cur);
+            result
+        }
+    }
+
+    /// The named databases (records of the main database that are sub-databases).
+    pub(crate) fn named_dbs(&self) -> Result<Vec<NamedDb>> {
+        let main = self.open_main()?;
+        let mut names = Vec::new();
+        self.walk(main, |k, _| {
+            names.push(k.to_vec());
+            Ok(())
+        })?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let mut cname = name.clone();
+            if cname.contains(&0) {
+                // Not a name LMDB can open (C string): a plain record of the main DB.
+                continue;
+            }
+            cname.push(0);
+            let mut dbi = 0;
+            // SAFETY: NUL-terminated name; flags 0 never creates.
+            let rc =
+                unsafe { ffi::mdb_dbi_open(self.raw, cname.as_ptr() as *const _, 0, &mut dbi) };
+            if rc == ffi::MDB_INCOMPATIBLE {
+                continue; // a plain key of the main database
+            }
+            check(rc).with_context(|| {
+                format!(
+                    "cannot open named database {:?}",
+                    String::from_utf8_lossy(&name)
+                )
+            })?;
+            out.push(NamedDb { name, dbi });
+        }
+        Ok(out)
+    }
+
+    /// Entries and pages of a named database as its record says (no walk).
+    pub(crate) fn db_stat(&self, db: &NamedDb) -> Result<DbStat> {
+        self.stat_dbi(db.dbi)
+    }
+
+    /// Entries and pages of the main database.
+    pub(crate) fn main_stat(&self) -> Result<DbStat> {
+        let main = self.open_main()?;
+        self.stat_dbi(main)
+    }
+
+    /// Read every record of a named database to the end and count them. Each value's
+    /// first and last bytes are touched so that overflow pages are read too.
+    pub(crate) fn count_by_reading(&self, db: &NamedDb) -> Result<u64> {
+        let mut n = 0u64;
+        let mut fold = 0u8;
+        self.walk(db.dbi, |k, v| {
+            n += 1;
+            fold ^= k.first().copied().unwrap_or(0) ^ v.first().copied().unwrap_or(0);
+            fold ^= v.last().copied().unwrap_or(0);
+            Ok(())
+        })?;
+        std::hint::black_box(fold);
+        Ok(n)
+    }
+
+    /// Visit every record of a named database (tests compare copies key by key).
+    #[cfg(test)]
+    pub(crate) fn for_each(
+        &self,
+        db: &NamedDb,
+        each: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.walk(db.dbi, each)
+    }
+
+    /// Pages a compacting copy of this snapshot writes: all pages up to the last one,
+    /// less the free pages and the pages of the free list itself (as LMDB computes it).
+    pub(crate) fn compacted_pages(&self, info: &EnvInfo) -> Result<u64> {
+        const FREE_DBI: ffi::MDB_dbi = 0;
+        let free_db = self.stat_dbi(FREE_DBI)?;
+        let mut free_pages = free_db.pages;
+        self.walk(FREE_DBI, |_, v| {
+            // A free-list record is an ID list whose first word is its length.
+            let word = std::mem::size_of::<usize>();
+            if v.len() < word {
+                bail!("malformed free-list record in {}", self._env.dir.display());
+            }
+            let mut first = [0u8; std::mem::size_of::<usize>()];
+            first.copy_from_slice(&v[..word]);
+            free_pages += usize::from_ne_bytes(first) as u64;
+            Ok(())
+        })?;
+        Ok((info.last_pgno + 1).saturating_sub(free_pages))
+    }
+}

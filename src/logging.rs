@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Where log records go: the journal when stderr is connected to it (a unit's
+//! `JOURNAL_STREAM`), else stderr, drawn around the progress bar on a terminal.
+//!
+//! Journal records keep `log`'s key-values as journal fields, so code can attach
+//! `SYNBACKUP_INSTANCE` or a `MESSAGE_ID` and `journalctl MESSAGE_ID=...` finds them.
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// The progress bar currently drawn on the terminal, if any: log lines are printed
+/// above it instead of through it.
+static BAR: OnceLock<Mutex<Option<indicatif::ProgressBar>>> = OnceLock::new();
+
+fn bar_slot() -> &'static Mutex<Option<indicatif::ProgressBar>> {
+    BAR.get_or_init(|| Mutex::new(None))
+}
+
+/// Register (or clear) the progress bar log lines must not tear.
+pub(crate) fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    if let Ok(mut slot) = bar_slot().lock() {
+        *slot = bar;
+    }
+}
+
+/// The level for `-q` / `-v` counts.
+pub(crate) fn level_for(verbose: u8, quiet: bool) -> LevelFilter {
+    if quiet {
+        return LevelFilter::Error;
+    }
+    match verbose {
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// True when stderr is the journal (set up by systemd for a unit's output).
+pub(crate) fn stderr_is_journal() -> bool {
+    systemd_journal_logger::connected_to_journal()
+}
+
+/// Install the logger. Never fails: with no journal we fall back to stderr.
+pub(crate) fn init(level: LevelFilter) {
+    if stderr_is_journal() {
+        if let Ok(logger) = systemd_journal_logger::JournalLog::new() {
+            let logger = logger.with_syslog_identifier("synbackup".to_string());
+            if logger.install().is_ok() {
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
+    if log::set_boxed_logger(Box::new(StderrLog { level })).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Plain `synbackup: level: message` lines on stderr.
+struct StderrLog {
+    level: LevelFilter,
+}
+
+impl Log for StderrLog {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let prefix = match record.level() {
+            Level::Error => "error",
+            Level::Warn => "warning",
+            Level::Info => "info",
+            Level::Debug => "debug",
+            Level::Trace => "trace",
+        };
+        let line = format!("synbackup: {prefix}: {}", record.args());
+        let bar = bar_slot().lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) if !bar.is_hidden() => bar.suspend(|| eprintln!("{line}")),
+            _ => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        }
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}

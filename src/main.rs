@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: Apache-2.0
+//! synbackup: consistent, compacted, verified backups of Synapse services, and the
+//! maintenance windows, host tuning and status around them.
+//!
+//! `main` parses the command line, sets up logging and signal handling, runs one
+//! subcommand and turns its result into a documented exit code (`exit.rs`), printing
+//! the error's whole context chain on one line.
+#![deny(missing_docs)]
+
+/// Backups of a service directory: the engine everything else runs.
+mod backup;
+/// The command line (clap types only).
+mod cli;
+/// Compacting LMDB copies through pipes, with a point-in-time start.
+mod envcopy;
+/// Exit codes and typed failures.
+mod exit;
+/// Sparse copies, fsync, atomic writes, free space.
+mod fsutil;
+/// SIGINT/SIGTERM, and resuming a frozen service whatever happens.
+mod interrupt;
+/// LMDB through lmdb-rkv-sys.
+mod lmdb;
+/// Journal or stderr logging.
+mod logging;
+/// The backup manifest format.
+mod manifest;
+/// Progress bar and systemd status lines.
+mod progress;
+/// The source walk and its skip rules.
+mod scan;
+/// sd_notify and systemctl.
+mod systemd;
+/// The telepath client for a service's unix socket.
+mod telepath;
+/// Checking a backup against its manifest.
+mod verify;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command};
+use crate::exit::{code_of, Code};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { Code::Usage as u8 } else { 0 });
+        }
+    };
+    logging::init(logging::level_for(cli.verbose, cli.quiet));
+    if let Err(e) = interrupt::install() {
+        log::warn!("cannot handle signals: {e:#}");
+    }
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let code = code_of(&e);
+            log::error!("{e:#}");
+            ExitCode::from(code.as_i32() as u8)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Print `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Backup(a) => {
+            let req = backup::Request {
+                src: a.src,
+                dst: a.dst,
+                skipdirs: a.engine.skipdirs,
+                jobs: a.engine.jobs,
+                freeze: a.engine.freeze,
+                freeze_timeout: a.engine.freeze_timeout,
+                verify: a.verify,
+                min_free: 0,
+                show_bar: !quiet,
+            };
+            let summary = backup::run(&req)?;
+            log::info!("{}", summary.line());
+            if a.json {
+                print_json(&summary)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(a) => {
+            let report = verify::verify(&a.backup)?;
+            if a.json {
+                print_json(&report)?;
+            }
+            if report.ok() {
+                log::info!(
+                    "{} is intact: {} files ({}), {} environments, {} databases, {} entries",
+                    report.backup,
+                    report.files,
+                    fsutil::human(report.bytes),
+                    report.environments,
+                    report.databases,
+                    report.entries
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in &report.problems {
+                    log::error!("{p}");
+                }
+                Err(exit::fail(
+                    Code::Verify,
+                    format!(
+                        "{} failed verification: {} problems",
+                        report.backup,
+                        report.problems.len()
+                    ),
+                ))
+            }
+        }
+        Command::Completions(a) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "synbackup", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(exit::fail(
+            Code::Usage,
+            format!("{other:?}: not available in this build"),
+        )),
+    }
+}

@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A minimal telepath client for a Synapse service's unix socket (`DIR/sock`).
+//!
+//! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
+//! the socket (the service's user or root) is the service's root user, so no
+//! credentials are sent. We need five calls: `freeze`, `resume`, `getCellInfo`,
+//! `getHealthCheck` and nothing with generators, so this is a plain request/answer loop.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rmpv::Value;
+
+/// A connected, greeted session with a service.
+pub(crate) struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    sess: Value,
+}
+
+/// An error the service returned: its exception class and message.
+#[derive(Debug)]
+pub(crate) struct RemoteError {
+    pub(crate) class: String,
+    pub(crate) mesg: String,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class, self.mesg)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
+}
+
+fn get<'a>(info: &'a Value, key: &str) -> Option<&'a Value> {
+    info.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+/// Turn a telepath `retn` (`[true, value]` or `[false, [class, info]]`) into a Result.
+pub(crate) fn parse_retn(retn: &Value) -> Result<Value> {
+    let arr = retn
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| anyhow!("malformed telepath answer: {retn}"))?;
+    if arr[0].as_bool() == Some(true) {
+        return Ok(arr[1].clone());
+    }
+    let (class, mesg) = match arr[1].as_array() {
+        Some(exc) if !exc.is_empty() => {
+            let class = exc[0].as_str().unwrap_or("Error").to_string();
+            let mesg = exc
+                .get(1)
+                .and_then(|info| get(info, "mesg"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string();
+            (class, mesg)
+        }
+        _ => ("Error".to_string(), arr[1].to_string()),
+    };
+    Err(anyhow::Error::new(RemoteError { class, mesg }))
+}
+
+impl Client {
+    /// Connect to `sock` and greet the service. `timeout` bounds every read/write.
+    pub(crate) fn connect(sock: &Path, timeout: Duration) -> Result<Client> {
+        let stream = UnixStream::connect(sock)
+            .with_context(|| format!("cannot connect to {}", sock.display()))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let writer = stream.try_clone()?;
+        let mut client = Client {
+            path: sock.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+            sess: Value::Nil,
+        };
+        client.send(&Value::Array(vec![
+            "tele:syn".into(),
+            map(vec![
+                ("auth", Value::Nil),
+                ("vers", Value::Array(vec![3.into(), 0.into()])),
+                ("name", Value::Nil),
+            ]),
+        ]))?;
+        let reply = client.expect("tele:syn")?;
+        if let Some(retn) = get(&reply, "retn") {
+            parse_retn(retn).with_context(|| format!("{} refused the session", sock.display()))?;
+        }
+        client.sess = get(&reply, "sess").cloned().unwrap_or(Value::Nil);
+        Ok(client)
+    }
+
+    /// Change the timeout for the next calls (a freeze may take its whole timeout).
+    pub(crate) fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        self.writer.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    fn send(&mut self, mesg: &Value) -> Result<()> {
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, mesg)?;
+        self.writer
+            .write_all(&buf)
+            .with_context(|| format!("cannot write to {}", self.path.display()))
+    }
+
+    /// Read messages until one of type `want` arrives; return its info map.
+    fn expect(&mut self, want: &str) -> Result<Value> {
+        loop {
+            let mesg = rmpv::decode::read_value(&mut self.reader)
+                .with_context(|| format!("no answer from {}", self.path.display()))?;
+            let arr = mesg.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
+                anyhow!("malformed telepath message from {}", self.path.display())
+            })?;
+            if arr[0].as_str() == Some(want) {
+                return Ok(arr[1].clone());
+            }
+            log::trace!("telepath: ignoring {} message", arr[0]);
+        }
+    }
+
+    /// Call `name(*args, **kwargs)` on the service's default share.
+    pub(crate) fn call(
+        &mut self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Vec<(&str, Value)>,
+    ) -> Result<Value> {
+        let todo = Value::Array(vec![name.into(), Value::Array(args), map(kwargs)]);
+        let mesg = Value::Array(vec![
+            "t2:init".into(),
+            map(vec![
+                ("todo", todo),
+                ("name", Value::Nil),
+                ("sess", self.sess.clone()),
+            ]),
+        ]);
+        self.send(&mesg)?;
+        let fini = self.expect("t2:fini")?;
+        let retn = get(&fini, "retn").ok_or_else(|| anyhow!("t2:fini without retn"))?;
+        parse_retn(retn).with_context(|| format!("{name}() on {} failed", self.path.display()))
+    }
+
+    /// Freeze: the service takes its nexus lock (no edits) and flushes to disk.
+    pub(crate) fn freeze(&mut self, timeout_secs: u64) -> Result<()> {
+        self.set_timeout(Duration::from_secs(timeout_secs + 30))?;
+        self.call(
+            "freeze",
+            vec![],
+            vec![("timeout", Value::from(timeout_secs))],
+        )?;
+        Ok(())
+    }
+
+    /// Resume a frozen service.
+    pub(crate) fn resume(&mut self) -> Result<()> {
+        self.call("resume", vec![], vec![])?;
+        Ok(())
+    }
+
+    /// The health status word (`nominal`, `degraded`, `failed`).
+    pub(crate) fn health_status(&mut self) -> Result<String> {
+        let health = self.call("getHealthCheck", vec![], vec![])?;
+        match get(&health, "status").and_then(|s| s.as_str()) {
+            Some(s) => Ok(s.to_string()),
+            None => bail!("getHealthCheck answer without status"),
+        }
+    }
+}
+
+/// True when something accepts connections on `sock`.
+pub(crate) fn answers(sock: &Path) -> bool {
+    UnixStream::connect(sock).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retn_ok_and_error() {
+        let ok = Value::Array(vec![true.into(), 5.into()]);
+        assert_eq!(parse_retn(&ok).unwrap(), Value::from(5));
+        let err = Value::Array(vec![
+            false.into(),
+            Value::Array(vec![
+                "BadState".into(),
+                map(vec![("mesg", "already frozen".into())]),
+            ]),
+        ]);
+        let e = parse_retn(&err).unwrap_err();
+        let remote = e.downcast_ref::<RemoteError>().unwrap();
+        assert_eq!(remote.class, "BadState");
+        assert_eq!(remote.mesg, "already frozen");
+        assert!(parse_retn(&Value::from(1)).is_err());
+    }
+}
