@@ -418,7 +418,8 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
                 copies.push((rel, meta, envcopy::start(e.env)?));
             }
             let refs: Vec<&Copy> = copies.iter().map(|(_, _, c)| c).collect();
-            wait_copies(&refs)
+            wait_copies(&refs)?;
+            crate::fault::point("after-freeze")
         })();
         frozen.resume();
         let ms = f0.elapsed().as_secs_f64() * 1e3;
@@ -537,6 +538,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         f.sync_all().map_err(|e| fsutil::write_error(&mpath, e))?;
     }
     drop(progress);
+    crate::fault::point("before-publish")?;
 
     let verified = if req.verify {
         interrupt::check()?;
@@ -617,6 +619,13 @@ fn run_tasks(
                         Err(_) => None,
                     };
                     let Some(task) = task else { break };
+                    if let Err(e) = crate::fault::point("panic-in-worker") {
+                        abort.store(true, Ordering::Relaxed);
+                        if let Ok(mut errs) = errors.lock() {
+                            errs.push(e);
+                        }
+                        break;
+                    }
                     match run_task(task, src, tmp, progress, &stop) {
                         Ok(d) => {
                             if let Ok(mut r) = results.lock() {

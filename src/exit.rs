@@ -10,6 +10,7 @@ use std::fmt;
 
 /// The documented exit codes (also in `synbackup(8)`, section EXIT STATUS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // some codes belong to commands in progress
 pub(crate) enum Code {
     /// Any failure without a more specific code.
     Other = 1,

@@ -29,15 +29,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// True for "no space left" (and quota) errors anywhere in the chain.
-pub(crate) fn is_no_space(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<io::Error>()
-            .and_then(|io| io.raw_os_error())
-            .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT)
-    })
-}
-
 /// Map an I/O error while writing the backup: a full disk gets its own code.
 pub(crate) fn write_error(path: &Path, e: io::Error) -> anyhow::Error {
     match e.raw_os_error() {
@@ -280,6 +271,7 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
 }
 
 /// Write `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync dir.
+#[allow(dead_code)] // status, metrics and sysctl files use it (in progress)
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()

@@ -74,7 +74,6 @@ unsafe impl Send for Env {}
 pub(crate) struct EnvInfo {
     pub(crate) page_size: u64,
     pub(crate) last_pgno: u64,
-    pub(crate) map_size: u64,
 }
 
 /// Page and entry counts of one database.
@@ -120,7 +119,7 @@ impl Env {
         &self.dir
     }
 
-    /// Page size, last used page and map size (from the newest meta page).
+    /// Page size and last used page (from the newest meta page).
     pub(crate) fn info(&self) -> Result<EnvInfo> {
         // SAFETY: out-parameters are plain structs filled by LMDB.
         unsafe {
@@ -131,7 +130,6 @@ impl Env {
             Ok(EnvInfo {
                 page_size: u64::from(stat.ms_psize),
                 last_pgno: info.me_last_pgno as u64,
-                map_size: info.me_mapsize as u64,
             })
         }
     }
@@ -303,16 +301,6 @@ impl Txn<'_> {
         })?;
         std::hint::black_box(fold);
         Ok(n)
-    }
-
-    /// Visit every record of a named database (tests compare copies key by key).
-    #[cfg(test)]
-    pub(crate) fn for_each(
-        &self,
-        db: &NamedDb,
-        each: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        self.walk(db.dbi, each)
     }
 
     /// Pages a compacting copy of this snapshot writes: all pages up to the last one,

@@ -15,6 +15,8 @@ mod cli;
 mod envcopy;
 /// Exit codes and typed failures.
 mod exit;
+/// Named fault-injection points for tests.
+mod fault;
 /// Sparse copies, fsync, atomic writes, free space.
 mod fsutil;
 /// SIGINT/SIGTERM, and resuming a frozen service whatever happens.

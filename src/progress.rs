@@ -103,10 +103,6 @@ impl Progress {
             bar.set_message(label.to_string());
         }
     }
-
-    pub(crate) fn done(&self) -> u64 {
-        self.shared.done.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for Progress {

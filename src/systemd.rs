@@ -42,6 +42,7 @@ pub(crate) fn extend_timeout(extra: Duration) {
 
 /// Run `systemctl ARGS`, returning its stdout; an error names the command and what
 /// systemctl said.
+#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn systemctl(args: &[&str]) -> Result<String> {
     let out = Command::new("systemctl")
         .args(args)
@@ -58,12 +59,14 @@ pub(crate) fn systemctl(args: &[&str]) -> Result<String> {
 }
 
 /// The unit's `ActiveState` (`active`, `inactive`, `failed`, `activating` ...).
+#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn active_state(unit: &str) -> Result<String> {
     let out = systemctl(&["show", "--property=ActiveState", "--value", unit])?;
     Ok(parse_value(&out))
 }
 
 /// The value printed by `systemctl show --value` (one line).
+#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn parse_value(out: &str) -> String {
     out.lines().next().unwrap_or("").trim().to_string()
 }

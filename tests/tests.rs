@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The integration tests, one module per capability. Each runs the real binary
+//! against real LMDB environments or a real Synapse Cortex (from the venv that
+//! `.ci/setup` makes; `SYNBACKUP_TEST_VENV` points elsewhere).
+
+mod util;
+
+/// `synbackup backup` and `verify` on LMDB environments the tests create.
+mod backup;
+/// Bad input: each case one error line, its exit code, nothing left behind.
+mod bad_input;
+/// Against a real, running Cortex: freeze, write load, Synapse's own tool.
+mod cortex;

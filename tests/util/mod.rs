@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Shared helpers for the integration tests: run the real binary, build real LMDB
+//! environments and service directories, start real Synapse Cortex processes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lmdb::{Cursor, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
+
+/// The binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_synbackup"));
+    c.env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("SYNBACKUP_FAULT");
+    c
+}
+
+/// Run the binary with `args`, capturing output.
+pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = bin();
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("run synbackup")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The error lines synbackup printed (`synbackup: error: ...`).
+pub fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("synbackup: error:"))
+        .map(String::from)
+        .collect()
+}
+
+/// Assert a run failed with `code` and exactly one error line containing `needle`.
+pub fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let errs = error_lines(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit code; stderr:\n{}",
+        stderr(o)
+    );
+    assert_eq!(errs.len(), 1, "want one error line, got:\n{}", stderr(o));
+    assert!(
+        errs[0].contains(needle),
+        "error line {:?} should contain {needle:?}",
+        errs[0]
+    );
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so tests need no crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Create an LMDB environment like Synapse's: writemap (a sparse file as large as the
+/// map), several named databases (one dupsort), values of mixed sizes (some on
+/// overflow pages), and about a third of the keys deleted again (free pages).
+pub fn make_env(dir: &Path, seed: u64, entries: usize) {
+    fs::create_dir_all(dir).unwrap();
+    let env = Environment::new()
+        .set_flags(EnvironmentFlags::WRITE_MAP | EnvironmentFlags::NO_SYNC)
+        .set_max_dbs(64)
+        .set_map_size(256 << 20)
+        .open(dir)
+        .unwrap();
+    let mut rng = Rng::new(seed);
+    let names = ["nodes", "props", "tags", "edges", "meta"];
+    for (i, name) in names.iter().enumerate() {
+        let flags = if *name == "tags" {
+            DatabaseFlags::DUP_SORT
+        } else {
+            DatabaseFlags::empty()
+        };
+        let db = env.create_db(Some(name), flags).unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in 0..entries {
+            let key = format!("{name}:{k:08}:{}", rng.below(1000));
+            // dupsort values are limited to LMDB's key size (511 bytes).
+            let size = match rng.below(20) {
+                _ if *name == "tags" => 8 + (k % 40),
+                0 => 5000 + rng.below(3000) as usize, // overflow pages
+                1..=5 => 300,
+                _ => 20 + (k % 50),
+            };
+            let val: Vec<u8> = (0..size)
+                .map(|j| ((j as u64 + seed + i as u64) % 251) as u8)
+                .collect();
+            txn.put(db, &key, &val, WriteFlags::empty()).unwrap();
+            if *name == "tags" {
+                txn.put(db, &key, b"second-dup", WriteFlags::empty())
+                    .unwrap();
+            }
+            if k % 3 == 0 {
+                txn.del(db, &key, None).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    env.sync(true).unwrap();
+}
+
+/// Every record of every named database: db name -> [(key, value)].
+/// Every record of one database, in order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+pub fn dump_env(dir: &Path) -> BTreeMap<String, Records> {
+    let size = fs::metadata(dir.join("data.mdb")).unwrap().len() as usize;
+    let env = Environment::new()
+        .set_flags(EnvironmentFlags::READ_ONLY | EnvironmentFlags::NO_LOCK)
+        .set_max_dbs(16384)
+        .set_map_size(size.max(1 << 20))
+        .open(dir)
+        .unwrap();
+    let main = env.open_db(None).unwrap();
+    let mut names = Vec::new();
+    {
+        let txn = env.begin_ro_txn().unwrap();
+        let mut cur = txn.open_ro_cursor(main).unwrap();
+        for item in cur.iter_start() {
+            let (k, _) = item.unwrap();
+            names.push(String::from_utf8(k.to_vec()).unwrap());
+        }
+    }
+    // Database handles first: a handle opened later is not valid in an older txn.
+    let dbs: Vec<_> = names
+        .iter()
+        .map(|n| (n.clone(), env.open_db(Some(n)).unwrap()))
+        .collect();
+    let txn = env.begin_ro_txn().unwrap();
+    let mut out = BTreeMap::new();
+    for (name, db) in dbs {
+        let mut cur = txn.open_ro_cursor(db).unwrap();
+        let recs: Vec<_> = cur
+            .iter_start()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        out.insert(name, recs);
+    }
+    out
+}
+
+/// A Synapse-shaped service directory with real LMDB environments and the runtime
+/// files a backup must leave out.
+pub fn fake_service(dir: &Path, entries: usize) {
+    fs::create_dir_all(dir.join("certs/users")).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(dir.join("cell.guid"), "0123456789abcdef0123456789abcdef").unwrap();
+    for (f, mode) in [
+        ("sslkey.pem", 0o600),
+        ("cookie.secret", 0o600),
+        ("sslcert.pem", 0o644),
+        ("certs/users/u.key", 0o600),
+    ] {
+        fs::write(dir.join(f), format!("secret {f}")).unwrap();
+        fs::set_permissions(dir.join(f), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(dir.join("certs"), fs::Permissions::from_mode(0o700)).unwrap();
+    make_env(&dir.join("slabs/cell.lmdb"), 1, entries);
+    make_env(&dir.join("layers/abc/layer_v2.lmdb"), 2, entries * 2);
+    make_env(&dir.join("axon/blob.lmdb"), 3, entries / 2);
+    fs::write(dir.join("slabs/cell.opts.yaml"), "map_size: 268435456\n").unwrap();
+    // A sparse plain file: must stay sparse.
+    let f = fs::File::create(dir.join("layers/abc/sparse.bin")).unwrap();
+    f.set_len(32 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"data in the middle", 8 << 20).unwrap();
+    for d in ["tmp/x.lmdb", "backups/old", "sockets", "axon/tmp"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+        fs::write(dir.join(d).join("junk"), "never copied").unwrap();
+    }
+    std::os::unix::fs::symlink("cell.guid", dir.join("guid-link")).unwrap();
+}
+
+/// SHA-256 of every regular file under `dir` except `lock.mdb` (readers register
+/// there, so it changes whenever anything reads an environment).
+pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
+        for e in fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(root, &r, out);
+            } else if ft.is_file() && e.file_name() != "lock.mdb" {
+                let bytes = fs::read(root.join(&r)).unwrap();
+                let h = openssl::sha::sha256(&bytes);
+                out.insert(
+                    r.to_string_lossy().into_owned(),
+                    h.iter().map(|b| format!("{b:02x}")).collect(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, Path::new(""), &mut out);
+    out
+}
+
+/// Entry counts per named database as the real `mdb_stat -a` prints them.
+pub fn mdb_stat_counts(env_dir: &Path) -> BTreeMap<String, u64> {
+    let out = Command::new("mdb_stat")
+        .arg("-a")
+        .arg(env_dir)
+        .output()
+        .expect("mdb_stat (lmdb-utils) installed");
+    assert!(
+        out.status.success(),
+        "mdb_stat {}: {}",
+        env_dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counts = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("Status of ") {
+            current = Some(name.to_string());
+        } else if let Some(n) = line.trim().strip_prefix("Entries: ") {
+            if let Some(name) = current.take() {
+                counts.insert(name, n.parse().unwrap());
+            }
+        }
+    }
+    counts
+}
+
+/// The venv with the real Synapse (made by `.ci/setup`).
+pub fn venv() -> PathBuf {
+    let p = std::env::var_os("SYNBACKUP_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/synbackup-ci/venv-synapse-2.256.0"));
+    assert!(
+        p.join("bin/python").exists(),
+        "no Synapse venv at {} (set SYNBACKUP_TEST_VENV or run .ci/setup)",
+        p.display()
+    );
+    p
+}
+
+pub fn python() -> PathBuf {
+    venv().join("bin/python")
+}
+
+fn syn_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/syn.py")
+}
+
+/// Run `syn.py ARGS` against a Cortex; panics on failure, returns stdout.
+pub fn syn(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(syn_script())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "syn.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Like `syn` but returns the status instead of panicking.
+pub fn syn_status(args: &[&str]) -> bool {
+    Command::new(python())
+        .arg(syn_script())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+pub fn syn_spawn(args: &[&str]) -> Child {
+    Command::new(python())
+        .arg(syn_script())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A real Cortex process on a directory; stopped (SIGTERM, then waited) on drop.
+pub struct Cortex {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Cortex {
+    /// Start a Cortex on `dir` (created if needed) and wait until it answers Storm.
+    pub fn start(dir: &Path) -> Cortex {
+        let log = dir.with_extension("log");
+        let logf = fs::File::create(&log).unwrap();
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "synapse.servers.cortex",
+                "--telepath",
+                "tcp://127.0.0.1:0",
+                "--https",
+                "0",
+            ])
+            .arg(dir)
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let c = Cortex {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            log,
+        };
+        let d = dir.to_str().unwrap();
+        assert!(
+            syn_status(&["wait", d, "120"]),
+            "Cortex on {d} did not come up; log {}",
+            c.log.display()
+        );
+        c
+    }
+
+    pub fn url_dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// SIGTERM and wait (SIGKILL after 60 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix_kill(child.id() as i32, 15);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cortex {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// Names in a directory (sorted).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
