@@ -283,20 +283,22 @@ enum Done {
     },
 }
 
-/// Run a backup. The caller logs or prints the summary.
-pub(crate) fn run(req: &Request) -> Result<Summary> {
-    let started = chrono::Utc::now();
-    let t0 = Instant::now();
-    let src = check_source(&req.src)?;
-    let dst = check_destination(&src, &req.dst)?;
-    let skip = scan::compile_skipdirs(&req.skipdirs)?;
-    let plan = scan::scan(&src, &skip)?;
+/// The scanned source, its open environments and the bytes a backup writes.
+struct Sized {
+    plan: scan::Plan,
+    envs: Vec<EnvJob>,
+    env_bytes: u64,
+    file_bytes: u64,
+    needed: u64,
+}
 
-    // Open every environment and size the job.
+fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
+    let skip = scan::compile_skipdirs(skipdirs)?;
+    let plan = scan::scan(src, &skip)?;
     let mut envs = Vec::new();
     for item in plan.envs() {
         if let Item::Env { rel, data, .. } = item {
-            envs.push(open_env(&src, rel, data)?);
+            envs.push(open_env(src, rel, data)?);
         }
     }
     let file_bytes: u64 = plan
@@ -310,6 +312,21 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let env_bytes: u64 = envs.iter().map(|e| e.compacted).sum();
     let meta_bytes = 64 * 1024 + plan.items.len() as u64 * 256;
     let needed = env_bytes + file_bytes + meta_bytes;
+    Ok(Sized { plan, envs, env_bytes, file_bytes, needed })
+}
+
+/// Bytes a backup of `src` would write now (for preflights of callers).
+pub(crate) fn estimate(src: &Path, skipdirs: &[String]) -> Result<u64> {
+    Ok(size_up(src, skipdirs)?.needed)
+}
+
+/// Run a backup. The caller logs or prints the summary.
+pub(crate) fn run(req: &Request) -> Result<Summary> {
+    let started = chrono::Utc::now();
+    let t0 = Instant::now();
+    let src = check_source(&req.src)?;
+    let dst = check_destination(&src, &req.dst)?;
+    let Sized { plan, mut envs, env_bytes, file_bytes, needed } = size_up(&src, &req.skipdirs)?;
     let parent = dst.parent().unwrap_or(Path::new("/"));
     let free = fsutil::free_space(parent)?;
     if needed + req.min_free > free {
@@ -551,6 +568,10 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
                 report.problems.join("; ")
             );
         }
+        let marker = tmp.join(crate::catalog::VERIFIED_MARK);
+        fs::write(&marker, format!("{}\n", chrono::Utc::now().to_rfc3339()))
+            .and_then(|()| File::open(&marker)?.sync_all())
+            .map_err(|e| fsutil::write_error(&marker, e))?;
         true
     } else {
         false

@@ -93,3 +93,33 @@ impl Log for StderrLog {
         let _ = std::io::stderr().flush();
     }
 }
+
+/// Journal MESSAGE_IDs of the events an administrator searches for (also listed in
+/// synbackup(8)): `journalctl MESSAGE_ID=...`.
+pub(crate) const MSG_BACKUP_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e01";
+/// A `run` failed.
+pub(crate) const MSG_BACKUP_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e02";
+/// A maintenance window succeeded.
+pub(crate) const MSG_COLD_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03";
+/// A maintenance window failed (and was rolled back).
+pub(crate) const MSG_COLD_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e04";
+/// A restore finished.
+pub(crate) const MSG_RESTORE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05";
+
+/// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
+/// text on stderr).
+pub(crate) fn event(level: Level, message_id: &str, instance: &str, fields: &[(&str, &str)], text: &str) {
+    let mut kvs: Vec<(&str, &str)> = vec![("MESSAGE_ID", message_id), ("SYNBACKUP_INSTANCE", instance)];
+    kvs.extend_from_slice(fields);
+    let kvs: &dyn log::kv::Source = &kvs;
+    if level <= log::max_level() {
+        log::logger().log(
+            &Record::builder()
+                .level(level)
+                .target("synbackup")
+                .args(format_args!("{text}"))
+                .key_values(kvs)
+                .build(),
+        );
+    }
+}

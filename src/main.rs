@@ -9,6 +9,12 @@
 
 /// Backups of a service directory: the engine everything else runs.
 mod backup;
+/// An instance's backups in its backup root.
+mod catalog;
+/// The maintenance window: stop, compact, swap, start, roll back.
+mod cold;
+/// Instance configuration files.
+mod config;
 /// The command line (clap types only).
 mod cli;
 /// Compacting LMDB copies through pipes, with a point-in-time start.
@@ -17,24 +23,38 @@ mod envcopy;
 mod exit;
 /// Named fault-injection points for tests.
 mod fault;
+/// Processes holding a directory's LMDB files (procfs).
+mod holders;
+/// Instances: run, list, prune, status.
+mod instance;
 /// Sparse copies, fsync, atomic writes, free space.
 mod fsutil;
 /// SIGINT/SIGTERM, and resuming a frozen service whatever happens.
 mod interrupt;
 /// LMDB through lmdb-rkv-sys.
 mod lmdb;
+/// The per-instance lock.
+mod lock;
 /// Journal or stderr logging.
 mod logging;
 /// The backup manifest format.
 mod manifest;
 /// Progress bar and systemd status lines.
 mod progress;
+/// Restoring a backup into a service directory.
+mod restore;
+/// Which backups retention keeps.
+mod retention;
 /// The source walk and its skip rules.
 mod scan;
+/// Status files and metrics for monitoring.
+mod status;
 /// sd_notify and systemctl.
 mod systemd;
 /// The telepath client for a service's unix socket.
 mod telepath;
+/// Sizes and durations in config files and options.
+mod units;
 /// Checking a backup against its manifest.
 mod verify;
 
@@ -144,9 +164,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(a.shell, &mut cmd, "synbackup", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(exit::fail(
-            Code::Usage,
-            format!("{other:?}: not available in this build"),
-        )),
+        Command::Run(a) => instance::run(&cli.dirs, &a, !quiet),
+        Command::Cold(a) => cold::cold_cmd(&cli.dirs, &a, !quiet),
+        Command::List(a) => instance::list_cmd(&cli.dirs, &a),
+        Command::Prune(a) => instance::prune_cmd(&cli.dirs, &a),
+        Command::Status(a) => instance::status_cmd(&cli.dirs, &a),
+        Command::Restore(a) => restore::restore_cmd(&cli.dirs, &a),
+        Command::Sysctl(_) => Err(exit::fail(Code::Usage, "sysctl: merged next")),
     }
 }

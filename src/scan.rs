@@ -10,7 +10,8 @@
 //! directory without `data.mdb` is left out with a warning; sockets, fifos and
 //! devices are skipped. Two additions: `sockets/` directories (runtime sockets) and
 //! a top-level `synbackup-manifest.json` (a restored backup's old manifest) are
-//! skipped too, and symlinks are copied as links instead of followed.
+//! skipped too (as is its `synbackup-verified` marker), and symlinks are copied as
+//! links instead of followed.
 
 use std::fs::{self, Metadata};
 use std::os::unix::fs::FileTypeExt;
@@ -137,7 +138,7 @@ fn walk(src: &Path, rel: &Path, skipdirs: &GlobSet, plan: &mut Plan) -> Result<(
             });
             walk(src, &rel_child, skipdirs, plan)?;
         } else if ft.is_file() {
-            if rel.as_os_str().is_empty() && name_str == MANIFEST_NAME {
+            if rel.as_os_str().is_empty() && (name_str == MANIFEST_NAME || name_str == crate::catalog::VERIFIED_MARK) {
                 log::debug!("skipping an old manifest {}", path.display());
                 continue;
             }

@@ -11,9 +11,11 @@
 //! progress, no extension) still hits the timeout.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::exit::{fail, Code};
 use sd_notify::NotifyState;
 
 /// True when running under a unit that listens for notifications.
@@ -42,7 +44,6 @@ pub(crate) fn extend_timeout(extra: Duration) {
 
 /// Run `systemctl ARGS`, returning its stdout; an error names the command and what
 /// systemctl said.
-#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn systemctl(args: &[&str]) -> Result<String> {
     let out = Command::new("systemctl")
         .args(args)
@@ -59,16 +60,73 @@ pub(crate) fn systemctl(args: &[&str]) -> Result<String> {
 }
 
 /// The unit's `ActiveState` (`active`, `inactive`, `failed`, `activating` ...).
-#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn active_state(unit: &str) -> Result<String> {
     let out = systemctl(&["show", "--property=ActiveState", "--value", unit])?;
     Ok(parse_value(&out))
 }
 
 /// The value printed by `systemctl show --value` (one line).
-#[allow(dead_code)] // used by restore and cold (in progress)
 pub(crate) fn parse_value(out: &str) -> String {
     out.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// The unit's main PID (0 when it has none).
+pub(crate) fn main_pid(unit: &str) -> Result<u32> {
+    let out = systemctl(&["show", "--property=MainPID", "--value", unit])?;
+    Ok(parse_value(&out).parse().unwrap_or(0))
+}
+
+/// True when the unit is known to systemd (has a unit file or is loaded).
+pub(crate) fn unit_exists(unit: &str) -> Result<bool> {
+    let out = systemctl(&["show", "--property=LoadState", "--value", unit])?;
+    Ok(parse_value(&out) == "loaded")
+}
+
+fn wait_state(unit: &str, want: &[&str], timeout: Duration, what: &str) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = active_state(unit)?;
+        if want.contains(&state.as_str()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                Code::Service,
+                format!("{unit} did not {what} within {}s (it is {state}); see journalctl -u {unit}", timeout.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stop `unit` and wait until it is inactive (or failed).
+pub(crate) fn stop_unit(unit: &str, timeout: Duration) -> Result<()> {
+    log::info!("stopping {unit}");
+    systemctl(&["stop", "--no-block", unit]).map_err(|e| fail(Code::Service, format!("{e:#}")))?;
+    wait_state(unit, &["inactive", "failed"], timeout, "stop")
+}
+
+/// Start `unit` and wait until it is active.
+pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
+    log::info!("starting {unit}");
+    systemctl(&["start", "--no-block", unit]).map_err(|e| fail(Code::Service, format!("{e:#}")))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match active_state(unit)?.as_str() {
+            "active" => return Ok(()),
+            "failed" => {
+                return Err(fail(Code::Service, format!("{unit} failed to start; see journalctl -u {unit}")))
+            }
+            // Restart= may cycle it through these: keep waiting.
+            state if Instant::now() > deadline => {
+                return Err(fail(
+                    Code::Service,
+                    format!("{unit} did not start within {}s (it is {state}); see journalctl -u {unit}", timeout.as_secs()),
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }
 
 #[cfg(test)]
