@@ -17,6 +17,8 @@ mod envcopy;
 mod exit;
 /// Sparse copies, fsync, atomic writes, free space.
 mod fsutil;
+/// Readers of /proc/meminfo and /proc/sys under a root directory.
+mod host;
 /// SIGINT/SIGTERM, and resuming a frozen service whatever happens.
 mod interrupt;
 /// LMDB through lmdb-rkv-sys.
@@ -29,6 +31,8 @@ mod manifest;
 mod progress;
 /// The source walk and its skip rules.
 mod scan;
+/// The sysctl drop-in computed from the host's RAM: print, write, apply, check.
+mod sysctl;
 /// sd_notify and systemctl.
 mod systemd;
 /// The telepath client for a service's unix socket.
@@ -137,6 +141,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ))
             }
         }
+        Command::Sysctl(a) => sysctl::cmd(&a),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "synbackup", &mut std::io::stdout());
