@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(lines, want);
     }
 
-    fn reader(values: &[(&str, u64)]) -> impl FnMut(&str) -> Result<u64> + '_ {
+    fn reader<'a>(values: &'a [(&'a str, u64)]) -> impl FnMut(&str) -> Result<u64> + 'a {
         move |k| {
             values
                 .iter()
