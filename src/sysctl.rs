@@ -321,7 +321,7 @@ pub(crate) fn apply(root: &Path, targets: &[Target]) -> Result<(Vec<Change>, Vec
         .collect::<Result<Vec<u64>>>()?;
     let old = |key: &str| keys.iter().position(|k| *k == key).map_or(0, |i| before[i]);
     for t in targets {
-        // Writing a ratio is also what zeroes its *_bytes (the kernel refuses 0 there).
+        // Writing a ratio is also what zeroes its *_bytes (vm.dirty_bytes refuses 0).
         let alt_in_the_way = t.alternative_zero && t.alternative.is_some_and(|a| old(a) != 0);
         if old(t.key) != t.value || alt_in_the_way {
             host::write_sysctl(root, t.key, t.value)?;
