@@ -312,7 +312,13 @@ fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
     let env_bytes: u64 = envs.iter().map(|e| e.compacted).sum();
     let meta_bytes = 64 * 1024 + plan.items.len() as u64 * 256;
     let needed = env_bytes + file_bytes + meta_bytes;
-    Ok(Sized { plan, envs, env_bytes, file_bytes, needed })
+    Ok(Sized {
+        plan,
+        envs,
+        env_bytes,
+        file_bytes,
+        needed,
+    })
 }
 
 /// Bytes a backup of `src` would write now (for preflights of callers).
@@ -326,7 +332,13 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let Sized { plan, mut envs, env_bytes, file_bytes, needed } = size_up(&src, &req.skipdirs)?;
+    let Sized {
+        plan,
+        mut envs,
+        env_bytes,
+        file_bytes,
+        needed,
+    } = size_up(&src, &req.skipdirs)?;
     let parent = dst.parent().unwrap_or(Path::new("/"));
     let free = fsutil::free_space(parent)?;
     if needed + req.min_free > free {

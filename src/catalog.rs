@@ -59,7 +59,9 @@ pub(crate) fn parse_name(instance: &str, name: &str) -> Option<DateTime<Utc>> {
         Some(_) => return None,
         None => rest,
     };
-    NaiveDateTime::parse_from_str(ts, TS).ok().map(|t| t.and_utc())
+    NaiveDateTime::parse_from_str(ts, TS)
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// Every backup and temporary of `instance` under `root`, oldest first.
@@ -68,7 +70,9 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display()))),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot read {}", root.display())))
+        }
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -79,18 +83,38 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
         if let Some(inner) = name.strip_prefix('.') {
             if let Some((base, _pid)) = inner.split_once(PARTIAL_MARK) {
                 if let Some(time) = parse_name(instance, base) {
-                    out.push(Entry { name, path, time, state: State::Partial, bytes: 0 });
+                    out.push(Entry {
+                        name,
+                        path,
+                        time,
+                        state: State::Partial,
+                        bytes: 0,
+                    });
                 }
             }
             continue;
         }
-        let Some(time) = parse_name(instance, &name) else { continue };
+        let Some(time) = parse_name(instance, &name) else {
+            continue;
+        };
         if !path.join(MANIFEST_NAME).is_file() {
             continue; // not something we made: never listed, never pruned
         }
-        let bytes = Manifest::load(&path).map(|m| m.files.iter().map(|f| f.size).sum()).unwrap_or(0);
-        let state = if path.join(VERIFIED_MARK).is_file() { State::Verified } else { State::Complete };
-        out.push(Entry { name, path, time, state, bytes });
+        let bytes = Manifest::load(&path)
+            .map(|m| m.files.iter().map(|f| f.size).sum())
+            .unwrap_or(0);
+        let state = if path.join(VERIFIED_MARK).is_file() {
+            State::Verified
+        } else {
+            State::Complete
+        };
+        out.push(Entry {
+            name,
+            path,
+            time,
+            state,
+            bytes,
+        });
     }
     out.sort_by(|a, b| a.time.cmp(&b.time).then(a.name.cmp(&b.name)));
     Ok(out)

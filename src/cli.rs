@@ -214,17 +214,21 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct SysctlArgs {
-    /// Compute for this much RAM instead of /proc/meminfo (bytes, or 128GiB, 512MiB ...).
+    /// Compute for this much RAM instead of /proc/meminfo: bytes, or a number with a
+    /// binary unit (K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB, any case; all powers of
+    /// 1024, as /proc/meminfo's kB), e.g. 128GiB, 512MiB, 1.5T.
     #[arg(long, value_name = "SIZE")]
     pub(crate) mem_total: Option<String>,
-    /// Write the drop-in atomically (default /run/sysctl.d/61-synbackup-memory.conf).
+    /// Write the drop-in atomically instead of printing it, creating the directory
+    /// (default /run/sysctl.d/61-synbackup-memory.conf).
     #[arg(long, value_name = "PATH", num_args = 0..=1,
           default_missing_value = "/run/sysctl.d/61-synbackup-memory.conf")]
     pub(crate) write: Option<PathBuf>,
     /// Set the values now through /proc/sys, reporting old -> new.
     #[arg(long)]
     pub(crate) apply: bool,
-    /// Compare the running values with the computed ones; exit non-zero on a difference.
+    /// Compare the running values with the computed ones; list each difference and
+    /// exit 9 when there is one.
     #[arg(long)]
     pub(crate) check: bool,
     /// Read /proc from below this directory instead of / (for tests).

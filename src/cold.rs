@@ -63,12 +63,17 @@ pub(crate) struct Report {
 /// Bytes a directory tree takes on disk.
 pub(crate) fn disk_usage(dir: &Path) -> u64 {
     fn walk(p: &Path) -> u64 {
-        let Ok(entries) = fs::read_dir(p) else { return 0 };
+        let Ok(entries) = fs::read_dir(p) else {
+            return 0;
+        };
         entries
             .flatten()
             .map(|e| match e.file_type() {
                 Ok(t) if t.is_dir() => walk(&e.path()),
-                Ok(t) if t.is_file() => e.metadata().map(|m| crate::fsutil::allocated(&m)).unwrap_or(0),
+                Ok(t) if t.is_file() => e
+                    .metadata()
+                    .map(|m| crate::fsutil::allocated(&m))
+                    .unwrap_or(0),
                 _ => 0,
             })
             .sum()
@@ -85,7 +90,9 @@ fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<Stri
         if cancellable {
             interrupt::check()?;
         }
-        match telepath::Client::connect(&sock, Duration::from_secs(10)).and_then(|mut c| c.health_status()) {
+        match telepath::Client::connect(&sock, Duration::from_secs(10))
+            .and_then(|mut c| c.health_status())
+        {
             Ok(s) if s == "nominal" || s == "degraded" => return Ok(s),
             Ok(s) => last = format!("health is {s}"),
             Err(e) => last = format!("{e:#}"),
@@ -93,7 +100,11 @@ fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<Stri
         if Instant::now() > deadline {
             return Err(fail(
                 Code::Service,
-                format!("the service on {} did not answer its health check within {}s ({last})", dir.display(), timeout.as_secs()),
+                format!(
+                    "the service on {} did not answer its health check within {}s ({last})",
+                    dir.display(),
+                    timeout.as_secs()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -101,16 +112,24 @@ fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<Stri
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dir.with_file_name(format!("{name}{suffix}"))
 }
 
 /// Directories kept by earlier windows of `dir`, with their modification times.
 pub(crate) fn kept_dirs(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let prefix = format!("{name}{PRE_COLD}");
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    let Ok(entries) = fs::read_dir(parent) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -130,7 +149,10 @@ pub(crate) fn remove_kept(dir: &Path, keep: Option<&Path>, max_age: Option<Durat
             }
         }
         match fs::remove_dir_all(&p) {
-            Ok(()) => log::info!("removed {}, kept by an earlier maintenance window", p.display()),
+            Ok(()) => log::info!(
+                "removed {}, kept by an earlier maintenance window",
+                p.display()
+            ),
             Err(e) => log::warn!("could not remove {}: {e}", p.display()),
         }
     }
@@ -182,11 +204,20 @@ pub(crate) fn cold_cmd(dirs: &Dirs, args: &ColdArgs, show_bar: bool) -> Result<E
                 human(report.reclaimed_bytes),
                 report.kept_old.as_deref().unwrap_or("-")
             );
-            crate::logging::event(log::Level::Info, crate::logging::MSG_COLD_OK, &inst.name, &[], &text);
+            crate::logging::event(
+                log::Level::Info,
+                crate::logging::MSG_COLD_OK,
+                &inst.name,
+                &[],
+                &text,
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let e = if report.rolled_back && code_of(&e) != Code::Interrupted && code_of(&e) != Code::Terminated {
+            let e = if report.rolled_back
+                && code_of(&e) != Code::Interrupted
+                && code_of(&e) != Code::Terminated
+            {
                 let msg = format!("{e:#}; rolled back: the original directory is in place and the service was started again");
                 fail(Code::RolledBack, msg)
             } else {
@@ -205,7 +236,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     let dir = backup::check_source(&inst.service_dir)?;
     // 1. Preflight: nothing changes when it fails.
     if !systemd::unit_exists(&unit)? {
-        return Err(fail(Code::Service, format!("unit {unit} does not exist; fix SYNBACKUP_SERVICE_UNIT")));
+        return Err(fail(
+            Code::Service,
+            format!("unit {unit} does not exist; fix SYNBACKUP_SERVICE_UNIT"),
+        ));
     }
     let state = systemd::active_state(&unit)?;
     if state != "active" {
@@ -213,7 +247,9 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     }
     let pid = systemd::main_pid(&unit)?;
     let runs_here = pid != 0
-        && (holders::holders(Path::new("/proc"), &dir).iter().any(|h| h.pid == pid)
+        && (holders::holders(Path::new("/proc"), &dir)
+            .iter()
+            .any(|h| h.pid == pid)
             || fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(dir.to_string_lossy().as_ref()))
                 .unwrap_or(false));
@@ -235,7 +271,12 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     if estimate > free {
         return Err(fail(
             Code::NoSpace,
-            format!("not enough space next to {}: the compacted copy needs {}, {} is free", dir.display(), human(estimate), human(free)),
+            format!(
+                "not enough space next to {}: the compacted copy needs {}, {} is free",
+                dir.display(),
+                human(estimate),
+                human(free)
+            ),
         ));
     }
     report.bytes_before = disk_usage(&dir);
@@ -269,7 +310,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
         })?;
         fault::point("cold-verify")?;
         // The copy is a service directory now, not a backup: drop the backup's marker files.
-        for f in [crate::manifest::MANIFEST_NAME, crate::catalog::VERIFIED_MARK] {
+        for f in [
+            crate::manifest::MANIFEST_NAME,
+            crate::catalog::VERIFIED_MARK,
+        ] {
             let _ = fs::remove_file(new.join(f));
         }
         report.copy_seconds = t.elapsed().as_secs_f64();
@@ -279,9 +323,19 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
         // 4. Swap.
         let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
         let old = sibling(&dir, &format!("{PRE_COLD}{stamp}"));
-        fs::rename(&dir, &old).map_err(|e| fail(Code::Other, format!("cannot move {} aside: {e}", dir.display())))?;
+        fs::rename(&dir, &old).map_err(|e| {
+            fail(
+                Code::Other,
+                format!("cannot move {} aside: {e}", dir.display()),
+            )
+        })?;
         swapped = Some(old.clone());
-        fs::rename(&new, &dir).map_err(|e| fail(Code::Other, format!("cannot move {} into place: {e}", new.display())))?;
+        fs::rename(&new, &dir).map_err(|e| {
+            fail(
+                Code::Other,
+                format!("cannot move {} into place: {e}", new.display()),
+            )
+        })?;
         crate::fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
         fault::point("cold-after-swap")?;
 
@@ -293,7 +347,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
         let health = wait_healthy(&dir, inst.health_timeout, true)?;
         report.start_seconds = t.elapsed().as_secs_f64();
         report.downtime_seconds = down.elapsed().as_secs_f64();
-        log::info!("{unit} is back ({health}) after {:.1} s down", report.downtime_seconds);
+        log::info!(
+            "{unit} is back ({health}) after {:.1} s down",
+            report.downtime_seconds
+        );
         report.kept_old = Some(old.to_string_lossy().into_owned());
         Ok(())
     })();
@@ -306,7 +363,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            log::error!("maintenance window of {} failed: {e:#}; rolling back", inst.name);
+            log::error!(
+                "maintenance window of {} failed: {e:#}; rolling back",
+                inst.name
+            );
             crate::systemd::status("rolling back");
             rollback(&unit, &dir, &new, swapped.as_deref(), inst)?;
             report.rolled_back = true;
@@ -329,7 +389,14 @@ fn rollback(unit: &str, dir: &Path, new: &Path, old: Option<&Path>, inst: &Insta
         // dir is our compacted copy (or missing if the second rename failed).
         if dir.exists() {
             fs::rename(dir, new).map_err(|e| {
-                fail(Code::Other, format!("ROLLBACK FAILED: cannot move {} away: {e}; the original is at {}", dir.display(), old.display()))
+                fail(
+                    Code::Other,
+                    format!(
+                        "ROLLBACK FAILED: cannot move {} away: {e}; the original is at {}",
+                        dir.display(),
+                        old.display()
+                    ),
+                )
             })?;
         }
         fs::rename(old, dir).map_err(|e| {

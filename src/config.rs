@@ -20,9 +20,18 @@ use crate::units::{parse_duration, parse_size};
 
 /// Every key, its default and what it accepts (also in synbackup.conf(5)).
 pub(crate) const KEYS: &[(&str, &str)] = &[
-    ("SYNBACKUP_SERVICE_DIR", "the service directory (required, absolute path)"),
-    ("SYNBACKUP_SERVICE_UNIT", "the unit that runs the service (e.g. synapse-cortex@cortex00.service)"),
-    ("SYNBACKUP_BACKUP_ROOT", "where backups go (required, absolute path)"),
+    (
+        "SYNBACKUP_SERVICE_DIR",
+        "the service directory (required, absolute path)",
+    ),
+    (
+        "SYNBACKUP_SERVICE_UNIT",
+        "the unit that runs the service (e.g. synapse-cortex@cortex00.service)",
+    ),
+    (
+        "SYNBACKUP_BACKUP_ROOT",
+        "where backups go (required, absolute path)",
+    ),
     ("SYNBACKUP_KEEP_LAST", "a number (default 3)"),
     ("SYNBACKUP_KEEP_DAILY", "a number (default 7)"),
     ("SYNBACKUP_KEEP_WEEKLY", "a number (default 4)"),
@@ -31,7 +40,10 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("SYNBACKUP_JOBS", "a number from 1 to 256"),
     ("SYNBACKUP_FREEZE", "auto, always or never (default auto)"),
     ("SYNBACKUP_FREEZE_TIMEOUT", "a duration (default 120s)"),
-    ("SYNBACKUP_MIN_FREE", "a size that must stay free (default 0), e.g. 10GiB"),
+    (
+        "SYNBACKUP_MIN_FREE",
+        "a size that must stay free (default 0), e.g. 10GiB",
+    ),
     ("SYNBACKUP_MAX_AGE", "a duration (default 26h)"),
     ("SYNBACKUP_STOP_TIMEOUT", "a duration (default 5m)"),
     ("SYNBACKUP_HEALTH_TIMEOUT", "a duration (default 5m)"),
@@ -71,7 +83,9 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@:".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-@:".contains(c));
     if ok {
         Ok(())
     } else {
@@ -99,14 +113,20 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(fail(Code::Usage, format!("{origin}: expected KEY=value, found {line:?}")));
+            return Err(fail(
+                Code::Usage,
+                format!("{origin}: expected KEY=value, found {line:?}"),
+            ));
         };
         let key = key.trim();
         if !KEYS.iter().any(|(k, _)| *k == key) {
             let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
             return Err(fail(
                 Code::Usage,
-                format!("{origin}: unknown key {key}; known keys: {}", known.join(", ")),
+                format!(
+                    "{origin}: unknown key {key}; known keys: {}",
+                    known.join(", ")
+                ),
             ));
         }
         let mut value = value.trim().to_string();
@@ -115,7 +135,13 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
                 value = value[1..value.len() - 1].to_string();
             }
         }
-        out.insert(key.to_string(), Value { text: value, origin });
+        out.insert(
+            key.to_string(),
+            Value {
+                text: value,
+                origin,
+            },
+        );
     }
     Ok(out)
 }
@@ -137,28 +163,73 @@ pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> 
     let file_exists = path.exists();
     for (key, _) in KEYS {
         if let Ok(v) = std::env::var(key) {
-            values.insert(key.to_string(), Value { text: v, origin: format!("environment {key}") });
+            values.insert(
+                key.to_string(),
+                Value {
+                    text: v,
+                    origin: format!("environment {key}"),
+                },
+            );
         }
     }
     let flag = |key: &str, v: Option<String>, values: &mut BTreeMap<String, Value>| {
         if let Some(v) = v {
-            values.insert(key.to_string(), Value { text: v, origin: "command line".into() });
+            values.insert(
+                key.to_string(),
+                Value {
+                    text: v,
+                    origin: "command line".into(),
+                },
+            );
         }
     };
-    flag("SYNBACKUP_SERVICE_DIR", flags.service_dir.as_ref().map(|p| p.to_string_lossy().into_owned()), &mut values);
-    flag("SYNBACKUP_SERVICE_UNIT", flags.service_unit.clone(), &mut values);
-    flag("SYNBACKUP_BACKUP_ROOT", flags.backup_root.as_ref().map(|p| p.to_string_lossy().into_owned()), &mut values);
+    flag(
+        "SYNBACKUP_SERVICE_DIR",
+        flags
+            .service_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        &mut values,
+    );
+    flag(
+        "SYNBACKUP_SERVICE_UNIT",
+        flags.service_unit.clone(),
+        &mut values,
+    );
+    flag(
+        "SYNBACKUP_BACKUP_ROOT",
+        flags
+            .backup_root
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        &mut values,
+    );
 
     let bad = |key: &str, v: &Value, what: &str| {
-        fail(Code::Usage, format!("{}: {key}={:?} is not valid: expected {what}", v.origin, v.text))
+        fail(
+            Code::Usage,
+            format!(
+                "{}: {key}={:?} is not valid: expected {what}",
+                v.origin, v.text
+            ),
+        )
     };
-    let describe = |key: &str| KEYS.iter().find(|(k, _)| *k == key).map(|(_, d)| *d).unwrap_or("");
+    let describe = |key: &str| {
+        KEYS.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, d)| *d)
+            .unwrap_or("")
+    };
     let required_path = |key: &str| -> Result<PathBuf> {
         match values.get(key) {
             None => Err(fail(
                 Code::Usage,
                 if file_exists {
-                    format!("{}: {key} is missing: set it to {}", path.display(), describe(key))
+                    format!(
+                        "{}: {key} is missing: set it to {}",
+                        path.display(),
+                        describe(key)
+                    )
                 } else {
                     format!(
                         "{} does not exist: create it (see /usr/share/doc/synbackup/examples/instance.conf) and set {key}",
@@ -178,13 +249,20 @@ pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> 
                 .parse::<u32>()
                 .ok()
                 .filter(|n| range.contains(n))
-                .ok_or_else(|| bad(key, v, &format!("a whole number from {} to {}", range.start(), range.end()))),
+                .ok_or_else(|| {
+                    bad(
+                        key,
+                        v,
+                        &format!("a whole number from {} to {}", range.start(), range.end()),
+                    )
+                }),
         }
     };
     let duration = |key: &str, default: Duration| -> Result<Duration> {
         match values.get(key) {
             None => Ok(default),
-            Some(v) => parse_duration(&v.text).map_err(|e| bad(key, v, &format!("a duration such as 26h or 90m ({e})"))),
+            Some(v) => parse_duration(&v.text)
+                .map_err(|e| bad(key, v, &format!("a duration such as 26h or 90m ({e})"))),
         }
     };
 
@@ -194,7 +272,11 @@ pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> 
         None => None,
         Some(v) if v.text.is_empty() => None,
         Some(v) if v.text.contains('/') || v.text.contains(char::is_whitespace) => {
-            return Err(bad("SYNBACKUP_SERVICE_UNIT", v, "a unit name such as synapse-cortex@cortex00.service"))
+            return Err(bad(
+                "SYNBACKUP_SERVICE_UNIT",
+                v,
+                "a unit name such as synapse-cortex@cortex00.service",
+            ))
         }
         Some(v) => Some(v.text.clone()),
     };
@@ -213,7 +295,13 @@ pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> 
     };
     let min_free = match values.get("SYNBACKUP_MIN_FREE") {
         None => 0,
-        Some(v) => parse_size(&v.text).map_err(|e| bad("SYNBACKUP_MIN_FREE", v, &format!("a size such as 10GiB ({e})")))?,
+        Some(v) => parse_size(&v.text).map_err(|e| {
+            bad(
+                "SYNBACKUP_MIN_FREE",
+                v,
+                &format!("a size such as 10GiB ({e})"),
+            )
+        })?,
     };
     Ok(Instance {
         name: name.to_string(),
@@ -247,7 +335,12 @@ pub(crate) fn instance_names(config_dir: &Path) -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(config_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-        Err(e) => return Err(fail(Code::Usage, format!("cannot read {}: {e}", config_dir.display()))),
+        Err(e) => {
+            return Err(fail(
+                Code::Usage,
+                format!("cannot read {}: {e}", config_dir.display()),
+            ))
+        }
     };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
@@ -285,7 +378,15 @@ mod tests {
         .unwrap();
         assert_eq!(i.service_dir, PathBuf::from("/data/c0"));
         assert_eq!(i.service_unit.as_deref(), Some("synapse-cortex@c0.service"));
-        assert_eq!(i.keep, Keep { last: 5, daily: 7, weekly: 4, monthly: 6 });
+        assert_eq!(
+            i.keep,
+            Keep {
+                last: 5,
+                daily: 7,
+                weekly: 4,
+                monthly: 6
+            }
+        );
         assert_eq!(i.skipdirs, vec!["a/*", "b"]);
         assert_eq!(i.freeze, FreezeMode::Never);
         assert_eq!(i.min_free, 10 << 30);
@@ -294,10 +395,19 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_key_and_what_is_accepted() {
-        let e = err("SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_LAST=many\n");
-        assert!(e.contains("c0.conf:3: SYNBACKUP_KEEP_LAST=\"many\" is not valid: expected a whole number"), "{e}");
+        let e =
+            err("SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_LAST=many\n");
+        assert!(
+            e.contains(
+                "c0.conf:3: SYNBACKUP_KEEP_LAST=\"many\" is not valid: expected a whole number"
+            ),
+            "{e}"
+        );
         let e = err("SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_LSAT=2\n");
-        assert!(e.contains("c0.conf:3: unknown key SYNBACKUP_KEEP_LSAT"), "{e}");
+        assert!(
+            e.contains("c0.conf:3: unknown key SYNBACKUP_KEEP_LSAT"),
+            "{e}"
+        );
         let e = err("SYNBACKUP_BACKUP_ROOT=/b\n");
         assert!(e.contains("SYNBACKUP_SERVICE_DIR is missing"), "{e}");
         let e = err("SYNBACKUP_SERVICE_DIR=relative\nSYNBACKUP_BACKUP_ROOT=/b\n");

@@ -23,7 +23,10 @@ pub(crate) struct Holder {
 }
 
 fn is_lmdb_file(p: &Path) -> bool {
-    matches!(p.file_name().and_then(|n| n.to_str()), Some("data.mdb") | Some("lock.mdb"))
+    matches!(
+        p.file_name().and_then(|n| n.to_str()),
+        Some("data.mdb") | Some("lock.mdb")
+    )
 }
 
 /// Paths mapped in a `/proc/PID/maps` text.
@@ -43,14 +46,21 @@ pub(crate) fn parse_maps(text: &str) -> Vec<PathBuf> {
 pub(crate) fn holders(proc_root: &Path, dir: &Path) -> Vec<Holder> {
     let me = std::process::id();
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(proc_root) else { return out };
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
         let base = e.path();
-        let comm = fs::read_to_string(base.join("comm")).unwrap_or_default().trim().to_string();
+        let comm = fs::read_to_string(base.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let mut paths: Vec<PathBuf> = Vec::new();
         if let Ok(fds) = fs::read_dir(base.join("fd")) {
             paths.extend(fds.flatten().filter_map(|fd| fs::read_link(fd.path()).ok()));
@@ -58,8 +68,15 @@ pub(crate) fn holders(proc_root: &Path, dir: &Path) -> Vec<Holder> {
         if let Ok(maps) = fs::read_to_string(base.join("maps")) {
             paths.extend(parse_maps(&maps));
         }
-        if let Some(p) = paths.into_iter().find(|p| p.starts_with(dir) && is_lmdb_file(p)) {
-            out.push(Holder { pid, comm: comm.clone(), path: p });
+        if let Some(p) = paths
+            .into_iter()
+            .find(|p| p.starts_with(dir) && is_lmdb_file(p))
+        {
+            out.push(Holder {
+                pid,
+                comm: comm.clone(),
+                path: p,
+            });
         }
     }
     out
@@ -105,7 +122,10 @@ mod tests {
                     7f0000300000-7f0000400000 r--p 00000000 fd:01 99 /data/my dir/lock.mdb (deleted)\n";
         assert_eq!(
             parse_maps(text),
-            vec![PathBuf::from("/data/c0/slabs/cell.lmdb/data.mdb"), PathBuf::from("/data/my dir/lock.mdb")]
+            vec![
+                PathBuf::from("/data/c0/slabs/cell.lmdb/data.mdb"),
+                PathBuf::from("/data/my dir/lock.mdb")
+            ]
         );
     }
 
@@ -118,7 +138,14 @@ mod tests {
         std::os::unix::fs::symlink("/data/c0/slabs/x.lmdb/lock.mdb", p.join("fd/5")).unwrap();
         fs::write(p.join("maps"), "").unwrap();
         let h = holders(t.path(), Path::new("/data/c0"));
-        assert_eq!(h, vec![Holder { pid: 4242, comm: "python3".into(), path: "/data/c0/slabs/x.lmdb/lock.mdb".into() }]);
+        assert_eq!(
+            h,
+            vec![Holder {
+                pid: 4242,
+                comm: "python3".into(),
+                path: "/data/c0/slabs/x.lmdb/lock.mdb".into()
+            }]
+        );
         assert!(holders(t.path(), Path::new("/data/c1")).is_empty());
     }
 }

@@ -27,7 +27,6 @@ use crate::status::{self, Status};
 use crate::units::format_duration;
 use crate::{lock, retention};
 
-
 fn now_str(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -71,7 +70,10 @@ pub(crate) fn run(dirs: &Dirs, args: &RunArgs, show_bar: bool) -> Result<ExitCod
                 log::Level::Info,
                 crate::logging::MSG_BACKUP_OK,
                 &inst.name,
-                &[("SYNBACKUP_BACKUP", summary.backup.as_str()), ("SYNBACKUP_BYTES", &summary.bytes_written.to_string())],
+                &[
+                    ("SYNBACKUP_BACKUP", summary.backup.as_str()),
+                    ("SYNBACKUP_BYTES", &summary.bytes_written.to_string()),
+                ],
                 &format!("{}: {}", inst.name, summary.line()),
             );
             Ok(ExitCode::SUCCESS)
@@ -119,15 +121,32 @@ pub(crate) fn record_failure(
     if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
         log::error!("could not record the failure of {instance}: {e:#}");
     }
-    let id = if kind == "backup" { crate::logging::MSG_BACKUP_FAILED } else { crate::logging::MSG_COLD_FAILED };
-    crate::logging::event(log::Level::Error, id, instance, &[], &format!("{instance}: {kind} failed: {err:#}"));
+    let id = if kind == "backup" {
+        crate::logging::MSG_BACKUP_FAILED
+    } else {
+        crate::logging::MSG_COLD_FAILED
+    };
+    crate::logging::event(
+        log::Level::Error,
+        id,
+        instance,
+        &[],
+        &format!("{instance}: {kind} failed: {err:#}"),
+    );
 }
 
-fn backup_and_prune(inst: &Instance, started: DateTime<Utc>, show_bar: bool) -> Result<(backup::Summary, usize)> {
+fn backup_and_prune(
+    inst: &Instance,
+    started: DateTime<Utc>,
+    show_bar: bool,
+) -> Result<(backup::Summary, usize)> {
     fs::create_dir_all(&inst.backup_root).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("cannot create the backup root {}: {e}; create it or fix SYNBACKUP_BACKUP_ROOT", inst.backup_root.display()),
+            format!(
+                "cannot create the backup root {}: {e}; create it or fix SYNBACKUP_BACKUP_ROOT",
+                inst.backup_root.display()
+            ),
         )
     })?;
     let base = catalog::backup_name(&inst.name, started);
@@ -159,7 +178,10 @@ fn backup_and_prune(inst: &Instance, started: DateTime<Utc>, show_bar: bool) -> 
 /// Returns how many complete backups remain.
 fn prune(inst: &Instance, newest: Option<&str>, dry_run: bool, own_lock: bool) -> Result<usize> {
     let entries = catalog::scan(&inst.backup_root, &inst.name)?;
-    let complete: Vec<_> = entries.iter().filter(|e| e.state != State::Partial).collect();
+    let complete: Vec<_> = entries
+        .iter()
+        .filter(|e| e.state != State::Partial)
+        .collect();
     let times: Vec<_> = complete.iter().map(|e| e.time).collect();
     let reasons = retention::reasons(&times, inst.keep);
     let verb = if dry_run { "would remove" } else { "removing" };
@@ -167,7 +189,15 @@ fn prune(inst: &Instance, newest: Option<&str>, dry_run: bool, own_lock: bool) -
     for (e, why) in complete.iter().zip(reasons) {
         if !why.is_empty() || Some(e.name.as_str()) == newest {
             kept += 1;
-            log::debug!("keeping {} ({})", e.name, if why.is_empty() { "new".to_string() } else { why.join(", ") });
+            log::debug!(
+                "keeping {} ({})",
+                e.name,
+                if why.is_empty() {
+                    "new".to_string()
+                } else {
+                    why.join(", ")
+                }
+            );
             continue;
         }
         log::info!(
@@ -184,10 +214,17 @@ fn prune(inst: &Instance, newest: Option<&str>, dry_run: bool, own_lock: bool) -
     }
     for e in entries.iter().filter(|e| e.state == State::Partial) {
         if !own_lock {
-            log::info!("leaving {}: a run of {} is in progress", e.path.display(), inst.name);
+            log::info!(
+                "leaving {}: a run of {} is in progress",
+                e.path.display(),
+                inst.name
+            );
             continue;
         }
-        log::info!("{verb} {}: temporary of a run that did not finish", e.path.display());
+        log::info!(
+            "{verb} {}: temporary of a run that did not finish",
+            e.path.display()
+        );
         if !dry_run {
             remove_tree(&e.path)?;
         }
@@ -215,12 +252,19 @@ fn remove_tree(path: &Path) -> Result<()> {
 
 /// `synbackup prune INSTANCE [--dry-run]`.
 pub(crate) fn prune_cmd(dirs: &Dirs, args: &PruneArgs) -> Result<ExitCode> {
-    let inst = config::load(&dirs.config_dir, &args.instance, &InstanceOverrides::default())?;
+    let inst = config::load(
+        &dirs.config_dir,
+        &args.instance,
+        &InstanceOverrides::default(),
+    )?;
     let lock = lock::acquire(&dirs.lock_dir, &inst.name, "prune");
     let own = lock.is_ok();
     if let Err(e) = &lock {
         if code_of(e) != Code::Locked {
-            return Err(lock.err().map(|e| e.context("prune")).unwrap_or_else(|| anyhow::anyhow!("lock")));
+            return Err(lock
+                .err()
+                .map(|e| e.context("prune"))
+                .unwrap_or_else(|| anyhow::anyhow!("lock")));
         }
     }
     let kept = prune(&inst, None, args.dry_run, own)?;
@@ -272,10 +316,17 @@ pub(crate) fn list_cmd(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
     } else {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{:<40} {:<20} {:>8} {:>10}  STATE", "BACKUP", "TIME (UTC)", "AGE", "SIZE")?;
+        writeln!(
+            out,
+            "{:<40} {:<20} {:>8} {:>10}  STATE",
+            "BACKUP", "TIME (UTC)", "AGE", "SIZE"
+        )?;
         for r in &rows {
             let age = std::time::Duration::from_secs(r.age_seconds.max(0) as u64);
-            let state = serde_json::to_value(r.state)?.as_str().unwrap_or("").to_string();
+            let state = serde_json::to_value(r.state)?
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             writeln!(
                 out,
                 "{:<40} {:<20} {:>8} {:>10}  {state}",
@@ -317,9 +368,10 @@ pub(crate) fn status_cmd(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
             .map(|t| (now - t.with_timezone(&Utc)).num_seconds());
         let problem = match (&backup, age) {
             (None, _) => Some("no run recorded yet".to_string()),
-            (Some(s), _) if s.result != "success" => {
-                Some(format!("last run failed: {}", s.error.clone().unwrap_or_default()))
-            }
+            (Some(s), _) if s.result != "success" => Some(format!(
+                "last run failed: {}",
+                s.error.clone().unwrap_or_default()
+            )),
             (_, None) => Some("no successful backup yet".to_string()),
             (_, Some(a)) if a as u64 > max_age.as_secs() => Some(format!(
                 "last good backup is {} old (more than {})",
@@ -344,11 +396,18 @@ pub(crate) fn status_cmd(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         if all.is_empty() {
-            writeln!(out, "no instances configured in {}", dirs.config_dir.display())?;
+            writeln!(
+                out,
+                "no instances configured in {}",
+                dirs.config_dir.display()
+            )?;
         }
         for h in &all {
             let last = match h.last_success_age_seconds {
-                Some(a) => format!("last good backup {} ago", format_duration(std::time::Duration::from_secs(a.max(0) as u64))),
+                Some(a) => format!(
+                    "last good backup {} ago",
+                    format_duration(std::time::Duration::from_secs(a.max(0) as u64))
+                ),
                 None => "no good backup".to_string(),
             };
             match &h.problem {
@@ -356,7 +415,11 @@ pub(crate) fn status_cmd(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
                 Some(p) => writeln!(out, "{}: PROBLEM: {p}; {last}", h.instance)?,
             }
             if let Some(c) = &h.cold {
-                writeln!(out, "{}: last maintenance window {} at {}", h.instance, c.result, c.finished)?;
+                writeln!(
+                    out,
+                    "{}: last maintenance window {} at {}",
+                    h.instance, c.result, c.finished
+                )?;
             }
         }
     }

@@ -26,7 +26,13 @@ fn lock_path(lock_dir: &Path, instance: &str) -> PathBuf {
 
 fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
     std::fs::create_dir_all(lock_dir).map_err(|e| {
-        fail(Code::Other, format!("cannot create the lock directory {}: {e}", lock_dir.display()))
+        fail(
+            Code::Other,
+            format!(
+                "cannot create the lock directory {}: {e}",
+                lock_dir.display()
+            ),
+        )
     })?;
     let path = lock_path(lock_dir, instance);
     let f = OpenOptions::new()
@@ -36,7 +42,12 @@ fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
         .truncate(false)
         .mode(0o644)
         .open(&path)
-        .map_err(|e| fail(Code::Other, format!("cannot open the lock {}: {e}", path.display())))?;
+        .map_err(|e| {
+            fail(
+                Code::Other,
+                format!("cannot open the lock {}: {e}", path.display()),
+            )
+        })?;
     Ok((f, path))
 }
 
@@ -47,7 +58,10 @@ pub(crate) fn acquire(lock_dir: &Path, instance: &str, what: &str) -> Result<Ins
         Ok(flock) => {
             // Who holds it, for people looking at the file.
             let _ = nix::unistd::ftruncate(&*flock, 0);
-            let _ = std::io::Write::write_all(&mut &*flock, format!("{} {what}\n", std::process::id()).as_bytes());
+            let _ = std::io::Write::write_all(
+                &mut &*flock,
+                format!("{} {what}\n", std::process::id()).as_bytes(),
+            );
             Ok(InstanceLock { _flock: flock })
         }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -61,6 +75,9 @@ pub(crate) fn acquire(lock_dir: &Path, instance: &str, what: &str) -> Result<Ins
                 ),
             ))
         }
-        Err((_, e)) => Err(fail(Code::Other, format!("cannot lock {}: {e}", path.display()))),
+        Err((_, e)) => Err(fail(
+            Code::Other,
+            format!("cannot lock {}: {e}", path.display()),
+        )),
     }
 }

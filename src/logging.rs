@@ -108,8 +108,15 @@ pub(crate) const MSG_RESTORE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05";
 
 /// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
 /// text on stderr).
-pub(crate) fn event(level: Level, message_id: &str, instance: &str, fields: &[(&str, &str)], text: &str) {
-    let mut kvs: Vec<(&str, &str)> = vec![("MESSAGE_ID", message_id), ("SYNBACKUP_INSTANCE", instance)];
+pub(crate) fn event(
+    level: Level,
+    message_id: &str,
+    instance: &str,
+    fields: &[(&str, &str)],
+    text: &str,
+) {
+    let mut kvs: Vec<(&str, &str)> =
+        vec![("MESSAGE_ID", message_id), ("SYNBACKUP_INSTANCE", instance)];
     kvs.extend_from_slice(fields);
     let kvs: &dyn log::kv::Source = &kvs;
     if level <= log::max_level() {

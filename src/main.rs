@@ -11,24 +11,26 @@
 mod backup;
 /// An instance's backups in its backup root.
 mod catalog;
+/// The command line (clap types only).
+mod cli;
 /// The maintenance window: stop, compact, swap, start, roll back.
 mod cold;
 /// Instance configuration files.
 mod config;
-/// The command line (clap types only).
-mod cli;
 /// Compacting LMDB copies through pipes, with a point-in-time start.
 mod envcopy;
 /// Exit codes and typed failures.
 mod exit;
 /// Named fault-injection points for tests.
 mod fault;
-/// Processes holding a directory's LMDB files (procfs).
-mod holders;
-/// Instances: run, list, prune, status.
-mod instance;
 /// Sparse copies, fsync, atomic writes, free space.
 mod fsutil;
+/// Processes holding a directory's LMDB files (procfs).
+mod holders;
+/// Readers of /proc/meminfo and /proc/sys under a root directory.
+mod host;
+/// Instances: run, list, prune, status.
+mod instance;
 /// SIGINT/SIGTERM, and resuming a frozen service whatever happens.
 mod interrupt;
 /// LMDB through lmdb-rkv-sys.
@@ -49,6 +51,8 @@ mod retention;
 mod scan;
 /// Status files and metrics for monitoring.
 mod status;
+/// The sysctl drop-in computed from the host's RAM: print, write, apply, check.
+mod sysctl;
 /// sd_notify and systemctl.
 mod systemd;
 /// The telepath client for a service's unix socket.
@@ -159,6 +163,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ))
             }
         }
+        Command::Sysctl(a) => sysctl::cmd(&a),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "synbackup", &mut std::io::stdout());
@@ -170,6 +175,5 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => instance::prune_cmd(&cli.dirs, &a),
         Command::Status(a) => instance::status_cmd(&cli.dirs, &a),
         Command::Restore(a) => restore::restore_cmd(&cli.dirs, &a),
-        Command::Sysctl(_) => Err(exit::fail(Code::Usage, "sysctl: merged next")),
     }
 }

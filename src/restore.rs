@@ -45,7 +45,11 @@ impl Drop for Staging {
 
 /// Copy the backup tree into `dst` (new), checking hashes against the manifest.
 pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Result<u64> {
-    let want: BTreeMap<&str, &str> = manifest.files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())).collect();
+    let want: BTreeMap<&str, &str> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .collect();
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
     fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(0o700))?;
@@ -60,7 +64,13 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         let key = rel.to_string_lossy();
         if let Some(expected) = want.get(key.as_ref()) {
             if *expected != h.sha256 {
-                return Err(fail(Code::Verify, format!("{} changed since it was verified (SHA-256 mismatch)", sp.display())));
+                return Err(fail(
+                    Code::Verify,
+                    format!(
+                        "{} changed since it was verified (SHA-256 mismatch)",
+                        sp.display()
+                    ),
+                ));
             }
         }
         fsutil::apply_meta_fd(&df, &dp, meta, true)?;
@@ -103,7 +113,10 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
 /// Whether something runs on `dir`, and a description of what.
 fn in_use(dir: &Path) -> Option<String> {
     if telepath::answers(&dir.join("sock")) {
-        return Some(format!("a service answers on {}", dir.join("sock").display()));
+        return Some(format!(
+            "a service answers on {}",
+            dir.join("sock").display()
+        ));
     }
     holders::holders(Path::new("/proc"), dir)
         .first()
@@ -118,21 +131,41 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
             let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
             let dir = args.dir.clone().unwrap_or(inst.service_dir.clone());
-            (dir, inst.service_unit.clone(), (inst.stop_timeout, inst.health_timeout), Some(lock))
+            (
+                dir,
+                inst.service_unit.clone(),
+                (inst.stop_timeout, inst.health_timeout),
+                Some(lock),
+            )
         }
         None => {
             let dir = args.dir.clone().ok_or_else(|| {
-                fail(Code::Usage, "restore needs DIR, or --instance to take it from the instance's configuration")
+                fail(
+                    Code::Usage,
+                    "restore needs DIR, or --instance to take it from the instance's configuration",
+                )
             })?;
             let t = std::time::Duration::from_secs(300);
             (dir, args.unit.clone(), (t, t), None)
         }
     };
-    let dir = std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
-    let backup = fs::canonicalize(&args.backup)
-        .map_err(|e| fail(Code::BadPath, format!("backup {} cannot be used: {e}", args.backup.display())))?;
+    let dir =
+        std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
+    let backup = fs::canonicalize(&args.backup).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("backup {} cannot be used: {e}", args.backup.display()),
+        )
+    })?;
     if dir.starts_with(&backup) || backup.starts_with(&dir) {
-        return Err(fail(Code::BadPath, format!("{} and {} overlap; restore elsewhere", backup.display(), dir.display())));
+        return Err(fail(
+            Code::BadPath,
+            format!(
+                "{} and {} overlap; restore elsewhere",
+                backup.display(),
+                dir.display()
+            ),
+        ));
     }
 
     // 1. Verify.
@@ -141,7 +174,11 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
     if !report.ok() {
         return Err(fail(
             Code::Verify,
-            format!("{} failed verification, not restored: {}", backup.display(), report.problems.join("; ")),
+            format!(
+                "{} failed verification, not restored: {}",
+                backup.display(),
+                report.problems.join("; ")
+            ),
         ));
     }
     let manifest = Manifest::load(&backup)?;
@@ -157,7 +194,12 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
 
     // 3. Space, then the staging copy while the service still runs.
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
-    fs::create_dir_all(&parent).map_err(|e| fail(Code::BadPath, format!("cannot create {}: {e}", parent.display())))?;
+    fs::create_dir_all(&parent).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("cannot create {}: {e}", parent.display()),
+        )
+    })?;
     let need: u64 = manifest.files.iter().map(|f| f.size).sum();
     let free = fsutil::free_space(&parent)?;
     if need > free {
@@ -171,8 +213,17 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
             ),
         ));
     }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut staging = Staging { path: parent.join(format!(".{name}.synbackup-restoring.{}", std::process::id())), armed: true };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut staging = Staging {
+        path: parent.join(format!(
+            ".{name}.synbackup-restoring.{}",
+            std::process::id()
+        )),
+        armed: true,
+    };
     log::info!("copying {} to {}", backup.display(), staging.path.display());
     let bytes = copy_tree(&backup, &staging.path, &manifest)?;
     crate::fault::point("restore-before-swap")?;
@@ -193,13 +244,18 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
     let aside = parent.join(format!("{name}.pre-restore-{stamp}"));
     let had_dir = dir.exists();
     if had_dir {
-        fs::rename(&dir, &aside)
-            .with_context(|| format!("cannot move {} aside to {}", dir.display(), aside.display()))?;
+        fs::rename(&dir, &aside).with_context(|| {
+            format!("cannot move {} aside to {}", dir.display(), aside.display())
+        })?;
     }
     if let Err(e) = fs::rename(&staging.path, &dir) {
         if had_dir {
             if let Err(e2) = fs::rename(&aside, &dir) {
-                log::error!("could not put {} back from {}: {e2}", dir.display(), aside.display());
+                log::error!(
+                    "could not put {} back from {}: {e2}",
+                    dir.display(),
+                    aside.display()
+                );
             }
         }
         if restart {
@@ -207,7 +263,10 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
                 let _ = systemd::start_unit(u, timeouts.1);
             }
         }
-        return Err(anyhow::Error::new(e).context(format!("cannot move the restored copy into {}", dir.display())));
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot move the restored copy into {}",
+            dir.display()
+        )));
     }
     staging.armed = false;
     fsutil::fsync_dir(&parent)?;
@@ -224,9 +283,19 @@ pub(crate) fn restore_cmd(dirs: &Dirs, args: &RestoreArgs) -> Result<ExitCode> {
         dir.display(),
         human(bytes),
         t0.elapsed().as_secs_f64(),
-        if had_dir { format!("; the previous directory is kept at {}", aside.display()) } else { String::new() }
+        if had_dir {
+            format!("; the previous directory is kept at {}", aside.display())
+        } else {
+            String::new()
+        }
     );
-    crate::logging::event(log::Level::Info, crate::logging::MSG_RESTORE_OK, args.instance.as_deref().unwrap_or(""), &[], &text);
+    crate::logging::event(
+        log::Level::Info,
+        crate::logging::MSG_RESTORE_OK,
+        args.instance.as_deref().unwrap_or(""),
+        &[],
+        &text,
+    );
     if had_dir {
         let u = unit.as_deref().unwrap_or("UNIT");
         println!(

@@ -38,7 +38,9 @@ pub(crate) fn reasons(times: &[DateTime<Utc>], keep: Keep) -> Vec<Vec<&'static s
         }
     };
     bucket("daily", keep.daily, &|t| (t.year(), t.ordinal()));
-    bucket("weekly", keep.weekly, &|t| (t.iso_week().year(), t.iso_week().week()));
+    bucket("weekly", keep.weekly, &|t| {
+        (t.iso_week().year(), t.iso_week().week())
+    });
     bucket("monthly", keep.monthly, &|t| (t.year(), t.month()));
     out
 }
@@ -49,7 +51,12 @@ mod tests {
     use chrono::{Duration, TimeZone};
 
     fn keep(last: u32, daily: u32, weekly: u32, monthly: u32) -> Keep {
-        Keep { last, daily, weekly, monthly }
+        Keep {
+            last,
+            daily,
+            weekly,
+            monthly,
+        }
     }
 
     fn survivors(times: &[DateTime<Utc>], k: Keep) -> Vec<String> {
@@ -112,8 +119,14 @@ mod tests {
     fn days_without_backups_do_not_count() {
         let t = |m, d| Utc.with_ymd_and_hms(2026, m, d, 1, 0, 0).unwrap();
         let times = vec![t(1, 1), t(1, 5), t(1, 9), t(2, 1)];
-        assert_eq!(survivors(&times, keep(0, 3, 0, 0)), vec!["2026-01-05 01:00", "2026-01-09 01:00", "2026-02-01 01:00"]);
-        assert_eq!(survivors(&times, keep(0, 0, 0, 1)), vec!["2026-02-01 01:00"]);
+        assert_eq!(
+            survivors(&times, keep(0, 3, 0, 0)),
+            vec!["2026-01-05 01:00", "2026-01-09 01:00", "2026-02-01 01:00"]
+        );
+        assert_eq!(
+            survivors(&times, keep(0, 0, 0, 1)),
+            vec!["2026-02-01 01:00"]
+        );
         assert_eq!(survivors(&times, keep(0, 0, 0, 0)), Vec::<String>::new());
     }
 }

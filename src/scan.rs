@@ -138,7 +138,9 @@ fn walk(src: &Path, rel: &Path, skipdirs: &GlobSet, plan: &mut Plan) -> Result<(
             });
             walk(src, &rel_child, skipdirs, plan)?;
         } else if ft.is_file() {
-            if rel.as_os_str().is_empty() && (name_str == MANIFEST_NAME || name_str == crate::catalog::VERIFIED_MARK) {
+            if rel.as_os_str().is_empty()
+                && (name_str == MANIFEST_NAME || name_str == crate::catalog::VERIFIED_MARK)
+            {
                 log::debug!("skipping an old manifest {}", path.display());
                 continue;
             }

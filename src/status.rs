@@ -63,16 +63,28 @@ pub(crate) fn load(state_dir: &Path, instance: &str, kind: &str) -> Option<Statu
 
 /// Record a run: the status file and the metrics file.
 pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> Result<()> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let mut json = serde_json::to_vec_pretty(status)?;
     json.push(b'\n');
-    write_atomic(&status_path(state_dir, &status.instance, &status.kind), &json, 0o644)?;
+    write_atomic(
+        &status_path(state_dir, &status.instance, &status.kind),
+        &json,
+        0o644,
+    )?;
     match std::fs::create_dir_all(metrics_dir) {
         Ok(()) => {
-            let path = metrics_dir.join(format!("synbackup-{}{}.prom", status.instance, suffix(&status.kind)));
+            let path = metrics_dir.join(format!(
+                "synbackup-{}{}.prom",
+                status.instance,
+                suffix(&status.kind)
+            ));
             write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
         }
-        Err(e) => log::warn!("no metrics written: cannot create {}: {e}", metrics_dir.display()),
+        Err(e) => log::warn!(
+            "no metrics written: cannot create {}: {e}",
+            metrics_dir.display()
+        ),
     }
     Ok(())
 }
@@ -92,21 +104,60 @@ fn epoch(rfc3339: Option<&str>) -> Option<f64> {
 
 /// The Prometheus text exposition of a status.
 pub(crate) fn render_metrics(s: &Status) -> String {
-    let prefix = if s.kind == "backup" { "synbackup".to_string() } else { format!("synbackup_{}", s.kind) };
-    let label = format!("{{instance=\"{}\"}}", s.instance.replace('\\', "\\\\").replace('"', "\\\""));
+    let prefix = if s.kind == "backup" {
+        "synbackup".to_string()
+    } else {
+        format!("synbackup_{}", s.kind)
+    };
+    let label = format!(
+        "{{instance=\"{}\"}}",
+        s.instance.replace('\\', "\\\\").replace('"', "\\\"")
+    );
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: f64| {
         out.push_str(&format!("# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} gauge\n{prefix}_{name}{label} {value}\n"));
     };
-    gauge("last_attempt_timestamp_seconds", "When the last run finished (success or not).", epoch(Some(&s.finished)).unwrap_or(0.0));
-    gauge("last_success", "1 if the last run succeeded, else 0.", if s.result == "success" { 1.0 } else { 0.0 });
-    gauge("last_success_timestamp_seconds", "When the last successful run finished (0: never).", epoch(s.last_success.as_deref()).unwrap_or(0.0));
-    gauge("last_duration_seconds", "How long the last run took.", s.duration_seconds);
-    gauge("last_exit_code", "Exit code of the last run.", f64::from(s.exit_code));
-    gauge("last_bytes", "Bytes written by the last run.", s.bytes as f64);
-    gauge("backups_kept", "Complete backups of the instance after the last run.", s.backups_kept as f64);
+    gauge(
+        "last_attempt_timestamp_seconds",
+        "When the last run finished (success or not).",
+        epoch(Some(&s.finished)).unwrap_or(0.0),
+    );
+    gauge(
+        "last_success",
+        "1 if the last run succeeded, else 0.",
+        if s.result == "success" { 1.0 } else { 0.0 },
+    );
+    gauge(
+        "last_success_timestamp_seconds",
+        "When the last successful run finished (0: never).",
+        epoch(s.last_success.as_deref()).unwrap_or(0.0),
+    );
+    gauge(
+        "last_duration_seconds",
+        "How long the last run took.",
+        s.duration_seconds,
+    );
+    gauge(
+        "last_exit_code",
+        "Exit code of the last run.",
+        f64::from(s.exit_code),
+    );
+    gauge(
+        "last_bytes",
+        "Bytes written by the last run.",
+        s.bytes as f64,
+    );
+    gauge(
+        "backups_kept",
+        "Complete backups of the instance after the last run.",
+        s.backups_kept as f64,
+    );
     if let Some(ms) = s.freeze_ms {
-        gauge("last_freeze_seconds", "How long the service was frozen in the last run.", ms / 1000.0);
+        gauge(
+            "last_freeze_seconds",
+            "How long the service was frozen in the last run.",
+            ms / 1000.0,
+        );
     }
     out
 }
@@ -127,9 +178,18 @@ mod tests {
             ..Status::default()
         };
         let m = render_metrics(&s);
-        assert!(m.contains("synbackup_last_success{instance=\"c0\"} 0\n"), "{m}");
-        assert!(m.contains("synbackup_last_success_timestamp_seconds{instance=\"c0\"} 1764037800\n"), "{m}");
-        assert!(m.contains("synbackup_last_attempt_timestamp_seconds{instance=\"c0\"} 1764124200\n"), "{m}");
+        assert!(
+            m.contains("synbackup_last_success{instance=\"c0\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("synbackup_last_success_timestamp_seconds{instance=\"c0\"} 1764037800\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("synbackup_last_attempt_timestamp_seconds{instance=\"c0\"} 1764124200\n"),
+            "{m}"
+        );
         assert!(m.contains("synbackup_last_exit_code{instance=\"c0\"} 4\n"));
         assert!(!m.contains("freeze"));
     }

@@ -92,7 +92,10 @@ fn wait_state(unit: &str, want: &[&str], timeout: Duration, what: &str) -> Resul
         if Instant::now() > deadline {
             return Err(fail(
                 Code::Service,
-                format!("{unit} did not {what} within {}s (it is {state}); see journalctl -u {unit}", timeout.as_secs()),
+                format!(
+                    "{unit} did not {what} within {}s (it is {state}); see journalctl -u {unit}",
+                    timeout.as_secs()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -115,13 +118,19 @@ pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
         match active_state(unit)?.as_str() {
             "active" => return Ok(()),
             "failed" => {
-                return Err(fail(Code::Service, format!("{unit} failed to start; see journalctl -u {unit}")))
+                return Err(fail(
+                    Code::Service,
+                    format!("{unit} failed to start; see journalctl -u {unit}"),
+                ))
             }
             // Restart= may cycle it through these: keep waiting.
             state if Instant::now() > deadline => {
                 return Err(fail(
                     Code::Service,
-                    format!("{unit} did not start within {}s (it is {state}); see journalctl -u {unit}", timeout.as_secs()),
+                    format!(
+                        "{unit} did not start within {}s (it is {state}); see journalctl -u {unit}",
+                        timeout.as_secs()
+                    ),
                 ))
             }
             _ => std::thread::sleep(Duration::from_millis(200)),

@@ -69,7 +69,10 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
     }
     let listed: BTreeSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
     for extra in present.difference(&listed) {
-        if extra == manifest::MANIFEST_NAME || extra == crate::catalog::VERIFIED_MARK || extra.ends_with("/lock.mdb") {
+        if extra == manifest::MANIFEST_NAME
+            || extra == crate::catalog::VERIFIED_MARK
+            || extra.ends_with("/lock.mdb")
+        {
             continue;
         }
         r.problems.push(format!(

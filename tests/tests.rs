@@ -11,3 +11,5 @@ mod backup;
 mod bad_input;
 /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
 mod cortex;
+/// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).
+mod sysctl;
