@@ -167,7 +167,7 @@ pub(crate) fn cold_cmd(dirs: &Dirs, args: &ColdArgs, show_bar: bool) -> Result<E
         Ok(i) => i,
         Err(e) => {
             crate::instance::record_failure(dirs, &args.instance, "cold", started, t0, &e, None);
-            return Err(e);
+            return Err(crate::exit::reported(&e));
         }
     };
     let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "cold")?;
@@ -224,7 +224,7 @@ pub(crate) fn cold_cmd(dirs: &Dirs, args: &ColdArgs, show_bar: bool) -> Result<E
                 e
             };
             crate::instance::record_failure(dirs, &inst.name, "cold", started, t0, &e, details);
-            Err(e)
+            Err(crate::exit::reported(&e))
         }
     }
 }

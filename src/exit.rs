@@ -70,10 +70,37 @@ pub(crate) fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// An error already told to the operator (as a journal event with a MESSAGE_ID):
+/// `main` exits with its code without printing it again.
+#[derive(Debug)]
+pub(crate) struct Reported(pub(crate) Code);
+
+impl fmt::Display for Reported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "failed (reported above), exit code {}", self.0.as_i32())
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Mark an error as reported, keeping its exit code.
+pub(crate) fn reported(err: &anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Reported(code_of(err)))
+}
+
+/// True when the error was already reported.
+pub(crate) fn is_reported(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Reported>().is_some()
+}
+
 /// The exit code for an error chain: the first [`Failure`] in it, else `Other`.
 pub(crate) fn code_of(err: &anyhow::Error) -> Code {
     err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code))
+        .find_map(|e| {
+            e.downcast_ref::<Failure>()
+                .map(|f| f.code)
+                .or_else(|| e.downcast_ref::<Reported>().map(|r| r.0))
+        })
         .unwrap_or(Code::Other)
 }
 

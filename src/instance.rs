@@ -40,7 +40,7 @@ pub(crate) fn run(dirs: &Dirs, args: &RunArgs, show_bar: bool) -> Result<ExitCod
         Ok(i) => i,
         Err(e) => {
             record_failure(dirs, &args.instance, "backup", started, t0, &e, None);
-            return Err(e);
+            return Err(crate::exit::reported(&e));
         }
     };
     // A second run exits here, and leaves the first one's status alone.
@@ -80,7 +80,7 @@ pub(crate) fn run(dirs: &Dirs, args: &RunArgs, show_bar: bool) -> Result<ExitCod
         }
         Err(e) => {
             record_failure(dirs, &inst.name, "backup", started, t0, &e, None);
-            Err(e)
+            Err(crate::exit::reported(&e))
         }
     }
 }

@@ -90,7 +90,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let code = code_of(&e);
-            log::error!("{e:#}");
+            if !exit::is_reported(&e) {
+                log::error!("{e:#}");
+            }
             ExitCode::from(code.as_i32() as u8)
         }
     }

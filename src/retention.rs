@@ -17,9 +17,10 @@ use crate::config::Keep;
 
 /// Why a backup is kept (for `prune`'s report).
 pub(crate) fn reasons(times: &[DateTime<Utc>], keep: Keep) -> Vec<Vec<&'static str>> {
-    // Newest first, remembering original positions.
+    // Newest first, remembering original positions; among equal times the later
+    // position (callers list oldest first, ties in name order) is the newer.
     let mut order: Vec<usize> = (0..times.len()).collect();
-    order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(b.cmp(&a)));
     let mut out = vec![Vec::new(); times.len()];
     for (rank, &i) in order.iter().enumerate() {
         if rank < keep.last as usize {

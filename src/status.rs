@@ -183,11 +183,11 @@ mod tests {
             "{m}"
         );
         assert!(
-            m.contains("synbackup_last_success_timestamp_seconds{instance=\"c0\"} 1764037800\n"),
+            m.contains("synbackup_last_success_timestamp_seconds{instance=\"c0\"} 1795573800\n"),
             "{m}"
         );
         assert!(
-            m.contains("synbackup_last_attempt_timestamp_seconds{instance=\"c0\"} 1764124200\n"),
+            m.contains("synbackup_last_attempt_timestamp_seconds{instance=\"c0\"} 1795660200\n"),
             "{m}"
         );
         assert!(m.contains("synbackup_last_exit_code{instance=\"c0\"} 4\n"));

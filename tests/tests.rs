@@ -11,5 +11,7 @@ mod backup;
 mod bad_input;
 /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
 mod cortex;
+/// Instances: run, list, prune, status, metrics, the lock, restore.
+mod instances;
 /// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).
 mod sysctl;

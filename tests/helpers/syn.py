@@ -50,8 +50,8 @@ async def main(argv):
         if cmd == 'add':
             n = int(argv[2])
             start = int(argv[3]) if len(argv) > 3 else 0
-            await storm(core, 'for $k in $lib.range($a, $b) { [inet:ipv4=$k +#t] }',
-                        opts={'vars': {'a': start, 'b': start + n}})
+            # Storm's signature is $lib.range(stop, start): values start..start+n-1.
+            await storm(core, f'for $k in $lib.range({start + n}, {start}) {{ [inet:ipv4=$k +#t] }}')
         elif cmd == 'count':
             form = argv[2] if len(argv) > 2 else 'inet:ipv4'
             print(await core.count(form))
@@ -59,16 +59,16 @@ async def main(argv):
             k = int(argv[2])
             print(k, flush=True)
             while True:
-                await storm(core, '[inet:ipv4=$k +#w]', opts={'vars': {'k': k}})
+                await storm(core, f'[inet:ipv4={k} +#w]')
                 k += 1
                 if k % 50 == 0:
                     print(k, flush=True)
         elif cmd == 'delete':
             n = int(argv[2])
-            await storm(core, 'inet:ipv4 | limit $n | delnode', opts={'vars': {'n': n}})
+            await storm(core, f'inet:ipv4 | limit {n} | delnode')
         elif cmd == 'sample':
             n = int(argv[2])
-            async for m in core.storm('inet:ipv4 | limit $n', opts={'vars': {'n': n}}):
+            async for m in core.storm(f'inet:ipv4 | limit {n}'):
                 if m[0] == 'node':
                     (form, valu), info = m[1]
                     print(json.dumps({'form': form, 'valu': valu, 'props': info.get('props'),
