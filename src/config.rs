@@ -148,6 +148,24 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
 
 /// Load and validate instance `name` from `config_dir`, the environment and flags.
 pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> Result<Instance> {
+    load_with(config_dir, name, flags, true)
+}
+
+/// Like [`load`], ignoring the environment (the generator runs in systemd's).
+pub(crate) fn load_file_only(
+    config_dir: &Path,
+    name: &str,
+    flags: &InstanceOverrides,
+) -> Result<Instance> {
+    load_with(config_dir, name, flags, false)
+}
+
+fn load_with(
+    config_dir: &Path,
+    name: &str,
+    flags: &InstanceOverrides,
+    use_env: bool,
+) -> Result<Instance> {
     check_name(name)?;
     let path = config_dir.join(format!("{name}.conf"));
     let mut values = match std::fs::read_to_string(&path) {
@@ -161,7 +179,7 @@ pub(crate) fn load(config_dir: &Path, name: &str, flags: &InstanceOverrides) -> 
         }
     };
     let file_exists = path.exists();
-    for (key, _) in KEYS {
+    for (key, _) in KEYS.iter().filter(|_| use_env) {
         if let Ok(v) = std::env::var(key) {
             values.insert(
                 key.to_string(),

@@ -25,6 +25,8 @@ mod exit;
 mod fault;
 /// Sparse copies, fsync, atomic writes, free space.
 mod fsutil;
+/// The systemd generator that writes per-instance ReadWritePaths= drop-ins.
+mod generator;
 /// Processes holding a directory's LMDB files (procfs).
 mod holders;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
@@ -72,6 +74,24 @@ use crate::cli::{Cli, Command};
 use crate::exit::{code_of, Code};
 
 fn main() -> ExitCode {
+    // Linked as /usr/lib/systemd/system-generators/synbackup-generator.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "synbackup-generator")
+    {
+        let args: Vec<std::path::PathBuf> = std::env::args_os().skip(1).map(Into::into).collect();
+        let dir: std::path::PathBuf = std::env::var_os("SYNBACKUP_CONFIG_DIR")
+            .map(Into::into)
+            .unwrap_or_else(|| "/etc/synbackup".into());
+        return match generator::generate(&dir, &args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("synbackup-generator: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
