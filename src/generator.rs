@@ -125,7 +125,7 @@ mod tests {
         .unwrap();
         fs::write(etc.join("bad.conf"), "SYNBACKUP_NOPE=1\n").unwrap();
         let out = t.path().join("gen");
-        generate(&etc, &[out.clone()]).unwrap();
+        generate(&etc, std::slice::from_ref(&out)).unwrap();
         let b =
             fs::read_to_string(out.join("synbackup@c0.service.d/50-synbackup-paths.conf")).unwrap();
         assert!(b.contains("ReadWritePaths=-/data/c0 -/backups"));
