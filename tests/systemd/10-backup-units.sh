@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# synbackup@.service and synbackup@.timer in a booted systemd, against a real Cortex
+# running as a unit: a verified backup, progress in `systemctl status`, the journal's
+# MESSAGE_ID, the timer, a failing run, and the units' verification and exposure.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=synbackup.sh
+. "$NS_DIR/synbackup.sh"
+
+ns_boot t10
+sb_install
+sb_cortex cortex00
+ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
+ns_exec storm.py add /srv/cortex/cortex00 200 >/dev/null
+# Enough data that a run lasts long enough to watch its status line.
+ns_exec dd if=/dev/zero of=/srv/cortex/cortex00/bulk.bin bs=1M count=1500 status=none
+sb_config cortex00 </dev/null
+
+unit=synbackup@cortex00.service
+has_progress() { sb_prop $unit StatusText | grep -q ' of '; }
+finished() { [ "$(sb_prop $unit ActiveState)" = inactive ] || [ "$(sb_prop $unit ActiveState)" = failed ]; }
+success_event() {
+  ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e01 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'backed up'
+}
+
+# 1. A verified backup of the running Cortex; the unit ends inactive with success.
+ns_exec systemctl start --no-block $unit
+ns_wait_until 60 "a STATUS= progress line" has_progress
+ns_log "status line: $(sb_prop synbackup@cortex00.service StatusText)"
+ns_exec systemctl status --no-pager synbackup@cortex00.service | grep -q 'Status: "' \
+  || ns_log "(run finished before systemctl status could show it)"
+ns_wait_until 300 "the backup to finish" finished
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run"
+backup=$(ns_exec sh -c 'ls -d /srv/backups/cortex00/cortex00_*' | head -n1)
+[ -n "$backup" ] || ns_die "no backup in /srv/backups/cortex00"
+ns_exec synbackup verify "$backup"
+ns_exec test -f "$backup/synbackup-verified"
+ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.json"))["result"])')" "status file"
+ns_exec grep -q 'synbackup_last_success{instance="cortex00"} 1' /var/lib/prometheus/node-exporter/synbackup-cortex00.prom
+# The freeze happened (the Cortex logs it) and the service takes edits after it.
+ns_journal -u synapse-cortex@cortex00.service | grep -q 'Resuming normal operations from a freeze'
+ns_exec storm.py add /srv/cortex/cortex00 5 --start 9000 >/dev/null
+
+# 2. The journal has the success event with the instance as a field.
+ns_wait_until 10 "the success event in the journal" success_event
+
+# 3. The timer, made to fire soon by a drop-in, runs the service again.
+ns_exec mkdir -p /etc/systemd/system/synbackup@cortex00.timer.d
+printf '[Timer]\nOnCalendar=\nOnActiveSec=2s\nRandomizedDelaySec=0\nAccuracySec=1s\n' \
+  | ns_exec tee /etc/systemd/system/synbackup@cortex00.timer.d/soon.conf >/dev/null
+ns_exec systemctl daemon-reload
+first=$(sb_prop synbackup@cortex00.service ExecMainStartTimestampMonotonic)
+ns_exec systemctl start synbackup@cortex00.timer
+ns_exec systemctl list-timers --all --no-pager | grep -q 'synbackup@cortex00.timer'
+ran_again() { [ "$(sb_prop $unit ExecMainStartTimestampMonotonic)" != "$first" ] && finished; }
+ns_wait_until 300 "the timer to run the backup again" ran_again
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the timer's run"
+ns_exec systemctl stop synbackup@cortex00.timer
+
+# 4. A failing run: the backup root is not writable (read-only under the unit's
+#    ProtectSystem=strict). The unit fails, status and metrics say so, the journal
+#    has one line with the failure MESSAGE_ID.
+ns_exec sed -i 's|^SYNBACKUP_BACKUP_ROOT=.*|SYNBACKUP_BACKUP_ROOT=/usr/local/lib/nowhere|' /etc/synbackup/cortex00.conf
+ns_exec systemctl daemon-reload
+if ns_exec systemctl start synbackup@cortex00.service; then ns_die "a run into a read-only root succeeded"; fi
+ns_assert_eq failed "$(sb_prop synbackup@cortex00.service ActiveState)" "unit state after a failed run"
+ns_assert_eq failed "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.json"))["result"])')" "status file after failure"
+ns_exec grep -q 'synbackup_last_success{instance="cortex00"} 0' /var/lib/prometheus/node-exporter/synbackup-cortex00.prom
+lines=$(ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e02 SYNBACKUP_INSTANCE=cortex00 -o cat)
+ns_log "failure event: $lines"
+ns_assert_eq 1 "$(printf '%s\n' "$lines" | grep -c 'backup failed: cannot create the backup root /usr/local/lib/nowhere')" "one journal line saying why"
+ns_exec systemctl reset-failed synbackup@cortex00.service
+
+# 5. Every unit verifies; record the exposure of the hardened ones.
+for u in synbackup@cortex00.service synbackup@cortex00.timer synbackup-cold@cortex00.service \
+         synbackup-cold@cortex00.timer synbackup-sysctl.service synbackup-failure@x.service; do
+  ns_exec systemd-analyze verify "$u"
+done
+for u in synbackup@cortex00.service synbackup-cold@cortex00.service synbackup-sysctl.service; do
+  ns_log "exposure $u: $(ns_exec systemd-analyze security --no-pager "$u" | tail -n1)"
+done
+ns_poweroff
