@@ -59,7 +59,16 @@ ns_wait_until 300 "the timer to run the backup again" ran_again
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the timer's run"
 ns_exec systemctl stop synbackup@cortex00.timer
 
-# 4. A failing run: the backup root is not writable (read-only under the unit's
+# 4. Restore the first backup (200 nodes) over the running Cortex (205 nodes now):
+#    restore --instance stops the unit, swaps, starts it again and keeps the old dir.
+ns_assert_eq 205 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes before restore"
+ns_exec synbackup restore --instance cortex00 "$backup" | grep -q 'to undo:'
+ns_assert_eq active "$(sb_prop synapse-cortex@cortex00.service ActiveState)" "service after restore"
+ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
+ns_assert_eq 200 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes after restore"
+ns_exec sh -c 'ls -d /srv/cortex/cortex00.pre-restore-*' >/dev/null || ns_die "the old directory was not kept"
+
+# 5. A failing run: the backup root is not writable (read-only under the unit's
 #    ProtectSystem=strict). The unit fails, status and metrics say so, the journal
 #    has one line with the failure MESSAGE_ID.
 ns_exec sed -i 's|^SYNBACKUP_BACKUP_ROOT=.*|SYNBACKUP_BACKUP_ROOT=/usr/local/lib/nowhere|' /etc/synbackup/cortex00.conf
@@ -73,7 +82,7 @@ ns_log "failure event: $lines"
 ns_assert_eq 1 "$(printf '%s\n' "$lines" | grep -c 'backup failed: cannot create the backup root /usr/local/lib/nowhere')" "one journal line saying why"
 ns_exec systemctl reset-failed synbackup@cortex00.service
 
-# 5. Every unit verifies; record the exposure of the hardened ones.
+# 6. Every unit verifies; record the exposure of the hardened ones.
 for u in synbackup@cortex00.service synbackup@cortex00.timer synbackup-cold@cortex00.service \
          synbackup-cold@cortex00.timer synbackup-sysctl.service synbackup-failure@x.service; do
   ns_exec systemd-analyze verify "$u"
