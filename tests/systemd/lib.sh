@@ -209,7 +209,9 @@ ns_boot() {
   fi
 
   NS_NAME=$name
-  NS_STATE=$(mktemp -d "${TMPDIR:-/tmp}/synbackup-ns-$name.XXXXXX")
+  # The runner sets NS_TMPDIR to a directory of its own, so it can remove what a
+  # killed test left there.
+  NS_STATE=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-ns-$name.XXXXXX")
   NS_SRV=$NS_STATE/srv
   NS_CONSOLE=$NS_STATE/console.log
   mkdir -m 0755 "$NS_SRV"
@@ -338,7 +340,7 @@ ns_poweroff() {
 # cleanup changes it), then poweroff (which runs the deferred commands). INT/TERM (e.g. the runner's timeout) exit through it.
 _ns_on_exit() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM ERR
   set +e
   if [ $rc != 0 ] && _ns_alive; then
     ns_log "test failed (exit $rc); failed units and the end of the journal:"
@@ -349,8 +351,23 @@ _ns_on_exit() {
   exit $rc
 }
 
+
 _ns_install_trap() {
+  set -E
   trap _ns_on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
 }
+
+# The ERR trap names the command that failed and the test's line that led to it,
+# which `set -e` alone would not. It is set here, at the test's top level, because
+# bash restores a caller's ERR trap when a function returns; ns_boot turns on
+# `set -E` so it also fires inside functions, where `set -e` stops the test.
+_ns_on_err() {
+  local rc=$1 cmd=$2 line=$3 n=${#BASH_SOURCE[@]}
+  # The outermost frame is the test script; BASH_LINENO[n-2] is its line that called
+  # into the function that failed (when it failed at top level, it is LINENO).
+  [ "$n" -gt 2 ] && line=${BASH_LINENO[n - 2]}
+  ns_log "command failed (exit $rc): $cmd [$(basename "${BASH_SOURCE[n - 1]}"):$line]"
+}
+trap '_ns_on_err $? "$BASH_COMMAND" "$LINENO"' ERR
