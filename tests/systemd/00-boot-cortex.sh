@@ -25,4 +25,9 @@ ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/test00 inet:ipv4)" "inet:i
 ns_exec systemctl stop synapse-cortex@test00.service
 ns_assert_eq inactive "$(ns_exec systemctl is-active synapse-cortex@test00.service || true)" "unit state after stop"
 [ -f "$NS_SRV/cortex/test00/cell.guid" ] || ns_die "no cell.guid in $NS_SRV/cortex/test00"
+
+# A reboot keeps what the container wrote (the installed unit) and /srv.
+ns_reboot
+ns_exec systemctl cat synapse-cortex@.service >/dev/null
+ns_exec test -f /srv/cortex/test00/cell.guid
 ns_poweroff

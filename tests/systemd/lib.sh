@@ -16,8 +16,12 @@
 #   leaves cgroups behind on the host.
 # - a tmpfs on the host's /run/systemd/nspawn: nspawn keeps state there and complains
 #   at shutdown without it.
-# - --volatile=overlay: every write lands in a tmpfs upper layer, so the cached tree
-#   stays pristine and every boot starts from the same state.
+# - the root is an overlay of the cached tree with an upper layer in the test's temp
+#   dir, so the cached tree stays pristine and every test starts from the same state.
+#   (Like --volatile=overlay, but on disk rather than a 6 GB tmpfs, kept across
+#   ns_reboot, and readable after a failure with NS_KEEP=1.) It is mounted in a
+#   private mount namespace that nspawn execs into, so it disappears with nspawn,
+#   even when a test is killed.
 # - --private-network: services in the container (a Cortex binds TCP ports) only see
 #   their own loopback, never the host's ports.
 # - commands run through `nsenter -t LEADER -a`: `systemd-run -M`, `machinectl` and
@@ -25,8 +29,9 @@
 #
 # Globals after ns_boot: NS_NAME, NS_PID (systemd-nspawn), NS_LEADER (the container's
 # PID 1 as seen from the host), NS_STATE (host temp dir), NS_SRV (host dir bound at
-# /srv inside: service dirs live on a real disk, visible from the host), NS_CONSOLE
-# (the container's console log).
+# /srv inside: service dirs live on a real disk, visible from the host), NS_UPPER
+# (the overlay's upper layer: every file the container changed), NS_CONSOLE (the
+# container's console log, appended to on every boot).
 
 NS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NS_REPO=$(cd "$NS_DIR/../.." && pwd)
@@ -44,8 +49,8 @@ NS_POWEROFF_TIMEOUT=${NS_POWEROFF_TIMEOUT:-30}
 NS_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
         HOME=/root LANG=C.UTF-8 TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0)
 
-NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_CONSOLE=''
-_NS_DEFERRED=()
+NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_UPPER='' NS_CONSOLE=''
+_NS_DEFERRED=() _NS_BOOT_ARGS=()
 
 ns_log() { printf '[%s %s] %s\n' "$(date +%T)" "${NS_NAME:-ns}" "$*" >&2; }
 ns_die() { ns_log "FAIL: $*"; exit 1; }
@@ -139,21 +144,32 @@ _ns_cgroup_prepare() {
   for root in $(_ns_cgroup_roots); do mkdir -p "$root/$NS_CGROUP_PARENT/$name"; done
 }
 
-# _ns_exec_nspawn [--setsid] NAME ARGS...: moves the calling (sub)shell into cgroup
-# NAME and replaces it with systemd-nspawn, so the caller's $! is nspawn itself. Call it
-# in a subshell. --setsid gives nspawn a session of its own, so a Ctrl-C meant for the
-# test reaches the test's trap, which powers the container off cleanly, instead of
-# reaching nspawn directly (in a background subshell of a non-interactive shell,
-# setsid execs without forking).
+# _ns_exec_nspawn [--setsid] [--overlay STATE] NAME ARGS...: moves the calling
+# (sub)shell into cgroup NAME and replaces it with systemd-nspawn, so the caller's $!
+# is nspawn itself. Call it in a subshell. Every step execs, none forks:
+# --setsid gives nspawn a session of its own, so a Ctrl-C meant for the test reaches
+#   the test's trap, which powers the container off cleanly, instead of reaching
+#   nspawn directly (in a background subshell, setsid needs no fork);
+# --overlay STATE mounts NS_ROOTFS + STATE/upper on STATE/root in a new mount
+#   namespace (unshare), where nspawn then runs with -D STATE/root.
 _ns_exec_nspawn() {
-  local setsid=() name root
+  local setsid=() overlay='' name root
   if [ "$1" = --setsid ]; then setsid=(setsid); shift; fi
+  if [ "$1" = --overlay ]; then overlay=$2; shift 2; fi
   name=$1
   shift
   for root in $(_ns_cgroup_roots); do
     echo "$BASHPID" >"$root/$NS_CGROUP_PARENT/$name/cgroup.procs"
   done
-  exec "${setsid[@]}" systemd-nspawn --quiet --register=no --keep-unit "$@"
+  if [ -z "$overlay" ]; then
+    exec "${setsid[@]}" systemd-nspawn --quiet --register=no --keep-unit "$@"
+  fi
+  # shellcheck disable=SC2016 # expanded by the inner sh
+  exec "${setsid[@]}" unshare --mount --propagation private sh -ec '
+    mount -t overlay overlay -o "lowerdir=$1,upperdir=$2/upper,workdir=$2/work" "$2/root"
+    shift 2
+    exec systemd-nspawn --quiet --register=no --keep-unit "$@"' \
+    sh "$NS_ROOTFS" "$overlay" -D "$overlay/root" "$@"
 }
 
 # ns_nspawn_run TREE NSPAWN-ARGS... -- CMD...: runs one command in TREE (no boot),
@@ -178,9 +194,9 @@ _ns_alive() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
-# _ns_find_leader: the container's PID 1 is the process in our cgroup (beside
-# nspawn, before it moves them both into sub-cgroups) or in its "payload" cgroup whose NSpid
-# (its pid in each pid namespace, outermost first) has two entries ending in 1.
+# _ns_find_leader: the container's PID 1 is the process whose NSpid (its pid in each
+# pid namespace, outermost first) has two entries ending in 1. It is in our cgroup
+# at first, then in the "payload" cgroup nspawn makes, then in payload/init.scope.
 _ns_find_leader() {
   local root pid nspid
   root=$(_ns_cgroup_roots | head -n1)
@@ -195,10 +211,10 @@ _ns_find_leader() {
 
 # ns_boot NAME [NSPAWN-ARGS...]: boots the cached tree as container NAME and waits
 # until its systemd says the boot is done (running or degraded). Extra arguments go
-# to systemd-nspawn, e.g. --bind-ro="$NS_REPO/target/release:/run/synbackup-bin".
-# A host temp dir is bound at /srv; tests put service dirs and backups there.
+# to systemd-nspawn, e.g. --bind-ro="$NS_REPO/target/release/synbackup:/usr/bin/synbackup".
+# A host temp dir (NS_SRV) is bound at /srv; tests put service dirs and backups there.
 ns_boot() {
-  local name=$1 deadline state start=$SECONDS
+  local name=$1
   shift
   [ -z "$NS_PID" ] || ns_die "ns_boot: container $NS_NAME is already running (one per test)"
   [ "$(id -u)" = 0 ] || ns_die "ns_boot needs root (systemd-nspawn)"
@@ -207,21 +223,37 @@ ns_boot() {
   if [ -z "${SYNBACKUP_ROOTFS:-}" ]; then
     "$NS_DIR/build-rootfs" || ns_die "building the rootfs failed"
   fi
+  [ -x "$NS_ROOTFS/opt/synapse-venv/bin/python" ] || ns_die "no usable tree at $NS_ROOTFS"
 
   NS_NAME=$name
+  _NS_BOOT_ARGS=("$@")
   # The runner sets NS_TMPDIR to a directory of its own, so it can remove what a
   # killed test left there.
   NS_STATE=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-ns-$name.XXXXXX")
   NS_SRV=$NS_STATE/srv
+  NS_UPPER=$NS_STATE/upper
   NS_CONSOLE=$NS_STATE/console.log
-  mkdir -m 0755 "$NS_SRV"
+  mkdir -m 0755 "$NS_SRV" "$NS_UPPER" "$NS_STATE/work" "$NS_STATE/root"
   _ns_install_trap
+  _ns_start
+}
 
-  _ns_cgroup_prepare "$name"
-  _ns_exec_nspawn --setsid "$name" \
-    -D "$NS_ROOTFS" -M "$name" -b --console=read-only --volatile=overlay \
-    --private-network --link-journal=no --timezone=off --resolv-conf=off \
-    --bind="$NS_SRV:/srv" "$@" </dev/null >"$NS_CONSOLE" 2>&1 &
+# ns_reboot: powers the container off and boots it again with the same arguments,
+# keeping what it wrote (the overlay's upper layer and /srv), as a real reboot would.
+ns_reboot() {
+  [ -n "$NS_PID" ] || ns_die "ns_reboot: no container"
+  _ns_stop
+  _ns_start
+}
+
+# _ns_start: starts nspawn on the container's state and waits for the boot.
+_ns_start() {
+  local deadline state start=$SECONDS
+  _ns_cgroup_prepare "$NS_NAME"
+  _ns_exec_nspawn --setsid --overlay "$NS_STATE" "$NS_NAME" \
+    -M "$NS_NAME" -b --console=read-only --private-network --link-journal=no \
+    --timezone=off --resolv-conf=off --bind="$NS_SRV:/srv" "${_NS_BOOT_ARGS[@]}" \
+    </dev/null >>"$NS_CONSOLE" 2>&1 &
   NS_PID=$!
 
   deadline=$((SECONDS + NS_BOOT_TIMEOUT))
@@ -233,7 +265,8 @@ ns_boot() {
   # systemctl fails until the container's systemd listens on its private socket;
   # after that, --wait blocks until the boot transaction is done.
   until state=$(timeout 10 nsenter -t "$NS_LEADER" -a -- env -i "${NS_ENV[@]}" \
-                  systemctl is-system-running --wait 2>/dev/null); [ -n "$state" ] && [ "$state" != offline ]; do
+                  systemctl is-system-running --wait 2>/dev/null) \
+        && [ -n "$state" ] && [ "$state" != offline ]; do
     _ns_alive || { cat "$NS_CONSOLE" >&2; ns_die "systemd-nspawn exited during boot"; }
     [ $SECONDS -lt $deadline ] || { tail -n 40 "$NS_CONSOLE" >&2; ns_die "boot did not finish in ${NS_BOOT_TIMEOUT}s (state '$state')"; }
     sleep 0.1
@@ -262,7 +295,7 @@ ns_run() {
 
 # ns_copy_in HOSTPATH CONTAINERPATH: copies a file (keeping its mode) or a directory's
 # contents (tar, keeping modes and times) into the container. Writes go to the
-# overlay's tmpfs layer, so the cached tree is never touched.
+# overlay's upper layer, so the cached tree is never touched.
 ns_copy_in() {
   local src=$1 dst=$2
   if [ -d "$src" ]; then
@@ -300,11 +333,10 @@ ns_defer() {
   _NS_DEFERRED+=("$(printf '%q ' "$@")")
 }
 
-# ns_poweroff: powers the container off and removes its cgroups and temp dir (kept
-# when NS_KEEP=1). Asks systemd inside first; if that does not finish in time, sends
-# the container's systemd SIGRTMIN+4 (its "poweroff now"); at last, kills.
+# ns_poweroff: runs the deferred commands, powers the container off, and removes its
+# cgroups and temp dir (kept when NS_KEEP=1).
 ns_poweroff() {
-  local deadline start=$SECONDS i
+  local start=$SECONDS i
   [ -n "$NS_NAME" ] || return 0
   if _ns_alive; then
     for ((i = ${#_NS_DEFERRED[@]} - 1; i >= 0; i--)); do
@@ -312,6 +344,20 @@ ns_poweroff() {
     done
   fi
   _NS_DEFERRED=()
+  _ns_stop
+  if [ "${NS_KEEP:-0}" = 1 ]; then
+    ns_log "kept $NS_STATE (NS_KEEP=1)"
+  else
+    rm -rf --one-file-system "$NS_STATE"
+  fi
+  ns_log "powered off in $((SECONDS - start)) s"
+  NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_UPPER='' NS_CONSOLE=''
+}
+
+# _ns_stop: asks systemd inside to power off; if that does not finish in time, sends
+# it SIGRTMIN+4 (its "poweroff now"); at last, kills. Then removes the cgroups.
+_ns_stop() {
+  local deadline
   if _ns_alive; then
     timeout 10 nsenter -t "$NS_LEADER" -a -- env -i "${NS_ENV[@]}" \
       systemctl --no-block poweroff >/dev/null 2>&1 || true
@@ -327,17 +373,12 @@ ns_poweroff() {
   fi
   wait "$NS_PID" 2>/dev/null || true
   _ns_cgroup_kill_remove "$NS_NAME"
-  if [ "${NS_KEEP:-0}" = 1 ]; then
-    ns_log "kept $NS_STATE (NS_KEEP=1)"
-  else
-    rm -rf --one-file-system "$NS_STATE"
-  fi
-  ns_log "powered off in $((SECONDS - start)) s"
-  NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_CONSOLE=''
+  NS_PID='' NS_LEADER=''
 }
 
 # The EXIT trap: on failure, what a reader of the CI log needs to see (before any
-# cleanup changes it), then poweroff (which runs the deferred commands). INT/TERM (e.g. the runner's timeout) exit through it.
+# cleanup changes it), then poweroff (which runs the deferred commands). INT and
+# TERM (the runner's timeout sends TERM) exit through it.
 _ns_on_exit() {
   local rc=$?
   trap - EXIT INT TERM ERR
@@ -350,7 +391,6 @@ _ns_on_exit() {
   ns_poweroff
   exit $rc
 }
-
 
 _ns_install_trap() {
   set -E
