@@ -354,11 +354,26 @@ ns_poweroff() {
   NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_UPPER='' NS_CONSOLE=''
 }
 
+# _ns_kill_strays: kills what ns_exec started in the container and is still running
+# (e.g. a command a failed test left waiting): such processes are in the container's
+# pid namespace but not in its cgroups, and the container's shutdown would wait on
+# them (systemd-shutdown's "Waiting for process") instead of killing them.
+_ns_kill_strays() {
+  local pidns p
+  pidns=$(readlink "/proc/$NS_LEADER/ns/pid") || return 0
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$pidns" ] || continue
+    grep -q "/$NS_CGROUP_PARENT/$NS_NAME/" "$p/cgroup" 2>/dev/null && continue
+    kill -9 "${p#/proc/}" 2>/dev/null || true
+  done
+}
+
 # _ns_stop: asks systemd inside to power off; if that does not finish in time, sends
 # it SIGRTMIN+4 (its "poweroff now"); at last, kills. Then removes the cgroups.
 _ns_stop() {
   local deadline
   if _ns_alive; then
+    _ns_kill_strays
     timeout 10 nsenter -t "$NS_LEADER" -a -- env -i "${NS_ENV[@]}" \
       systemctl --no-block poweroff >/dev/null 2>&1 || true
     deadline=$((SECONDS + NS_POWEROFF_TIMEOUT))
