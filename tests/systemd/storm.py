@@ -1,0 +1,113 @@
+#!/opt/synapse-venv/bin/python
+# SPDX-License-Identifier: Apache-2.0
+"""Talks to a Cortex from inside the test container, for tests/systemd/*.sh.
+
+Runs with the container's /opt/synapse-venv python, so it uses Synapse's own telepath
+client: what it sees is what a Synapse user would see, independent of synbackup's own
+telepath code under test. SERVICE is a service directory (its unix socket,
+cell://DIR, needs root or the service's user) or a telepath URL.
+
+  storm.py wait SERVICE [--timeout S]        until the service answers a call
+  storm.py add SERVICE N [--start K] [--tag T]  adds inet:ipv4 nodes K..K+N-1, tagged
+  storm.py count SERVICE QUERY               prints how many nodes QUERY yields
+  storm.py storm SERVICE TEXT                runs Storm, prints its print/warn/err
+                                             messages; exit 1 on an error message
+"""
+import argparse
+import asyncio
+import sys
+import time
+
+import synapse.telepath as s_telepath
+
+
+def url_of(service):
+    return service if '://' in service else 'cell://' + service
+
+
+async def wait(args):
+    # Readiness is the service answering a real call: the socket file appears before
+    # the service accepts on it, and a process that runs may still be starting.
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            async with await s_telepath.openurl(url_of(args.service)) as proxy:
+                info = await proxy.getCellInfo()
+                print(f"ready: {info['cell']['type']} {info['cell']['version']}")
+                return 0
+        except Exception as e:  # any failure means "not yet"; the last one is shown
+            last = e
+        await asyncio.sleep(0.5)
+    print(f'not ready after {args.timeout}s: {last!r}', file=sys.stderr)
+    return 1
+
+
+async def run_storm(proxy, text, opts=None):
+    """Runs Storm; prints print/warn/err messages; returns (nodes yielded, errors)."""
+    nodes = errors = 0
+    async for mesg in proxy.storm(text, opts=opts):
+        kind, info = mesg
+        if kind == 'node':
+            nodes += 1
+        elif kind in ('print', 'warn'):
+            print(f"{kind}: {info.get('mesg')}", file=sys.stderr)
+        elif kind == 'err':
+            errors += 1
+            print(f'err: {info}', file=sys.stderr)
+    return nodes, errors
+
+
+async def add(args):
+    # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
+    text = 'for $k in $lib.range($end, start=$start) { [ inet:ipv4=$k +#$tag ] }'
+    opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
+    async with await s_telepath.openurl(url_of(args.service)) as core:
+        _, errors = await run_storm(core, text, opts)
+        if errors:
+            return 1
+        # Report what is there, not what was sent: the caller asserts on it.
+        print(await core.count(f'inet:ipv4#{args.tag}'))
+    return 0
+
+
+async def count(args):
+    async with await s_telepath.openurl(url_of(args.service)) as core:
+        print(await core.count(args.query))
+    return 0
+
+
+async def storm(args):
+    async with await s_telepath.openurl(url_of(args.service)) as core:
+        nodes, errors = await run_storm(core, args.text)
+        print(nodes)
+    return 1 if errors else 0
+
+
+def main(argv):
+    pars = argparse.ArgumentParser(prog='storm.py', description=__doc__.splitlines()[0])
+    subs = pars.add_subparsers(dest='cmd', required=True)
+    p = subs.add_parser('wait', help='wait until the service answers')
+    p.add_argument('service')
+    p.add_argument('--timeout', type=float, default=120)
+    p.set_defaults(func=wait)
+    p = subs.add_parser('add', help='add N inet:ipv4 nodes; prints the tagged count')
+    p.add_argument('service')
+    p.add_argument('n', type=int)
+    p.add_argument('--start', type=int, default=0)
+    p.add_argument('--tag', default='synbackup.test')
+    p.set_defaults(func=add)
+    p = subs.add_parser('count', help='print how many nodes a Storm query yields')
+    p.add_argument('service')
+    p.add_argument('query')
+    p.set_defaults(func=count)
+    p = subs.add_parser('storm', help='run Storm; prints the number of nodes yielded')
+    p.add_argument('service')
+    p.add_argument('text')
+    p.set_defaults(func=storm)
+    args = pars.parse_args(argv)
+    return asyncio.run(args.func(args))
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))
