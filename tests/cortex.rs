@@ -13,7 +13,7 @@ use std::process::Command;
 use crate::util::*;
 
 fn count(dir: &str) -> u64 {
-    syn(&["count", dir]).parse().unwrap()
+    storm(&["count", dir, "inet:ipv4"]).parse().unwrap()
 }
 
 #[test]
@@ -22,10 +22,10 @@ fn live_cortex_backups() {
     let src = t.path().join("core00");
     let mut core = Cortex::start(&src);
     let d = core.url_dir().to_string();
-    syn(&["add", &d, "300"]);
+    storm(&["add", &d, "300"]);
 
     // Phase 1: a backup while a writer adds nodes without pause.
-    let mut writer = syn_spawn(&["writer", &d, "100000"]);
+    let mut writer = storm_spawn(&["writer", &d, "--start", "100000"]);
     let mut lines = BufReader::new(writer.stdout.take().unwrap()).lines();
     lines.next().unwrap().unwrap(); // the writer is connected
     lines.next().unwrap().unwrap(); // ... and has committed edits
@@ -69,7 +69,13 @@ fn live_cortex_backups() {
     assert!(stderr(&o).contains("injected fault at after-freeze"));
     assert!(!t.path().join("b2").exists());
     assert!(
-        syn_status(&["edit", &d]),
+        storm_status(&[
+            "storm",
+            &d,
+            "[inet:ipv4=255.255.255.254]",
+            "--timeout",
+            "20"
+        ]),
         "the service must accept edits after a failed backup"
     );
 
@@ -84,7 +90,13 @@ fn live_cortex_backups() {
     assert!(!o.status.success());
     assert!(!t.path().join("b3").exists());
     assert!(
-        syn_status(&["edit", &d]),
+        storm_status(&[
+            "storm",
+            &d,
+            "[inet:ipv4=255.255.255.253]",
+            "--timeout",
+            "20"
+        ]),
         "the service must accept edits after a panic"
     );
 

@@ -283,11 +283,11 @@ fn restore_refuses_a_running_service_and_restores_a_stopped_one() {
     let dir = t.path().join("core00");
     let mut core = Cortex::start(&dir);
     let d = core.url_dir().to_string();
-    syn(&["add", &d, "120"]);
+    storm(&["add", &d, "120"]);
     let bk = t.path().join("bk");
     assert!(run(&[&"backup", &dir, &bk]).status.success());
-    syn(&["add", &d, "30", "5000"]);
-    assert_eq!(syn(&["count", &d]), "150");
+    storm(&["add", &d, "30", "--start", "5000"]);
+    assert_eq!(storm(&["count", &d, "inet:ipv4"]), "150");
 
     // Running: refused, nothing changed.
     let before = names(t.path());
@@ -306,7 +306,7 @@ fn restore_refuses_a_running_service_and_restores_a_stopped_one() {
     assert_eq!(aside.len(), 1, "the old directory is kept");
     assert!(!dir.join("synbackup-manifest.json").exists());
     let restored = Cortex::start(&dir);
-    assert_eq!(syn(&["count", restored.url_dir()]), "120");
+    assert_eq!(restored.count(), 120);
 }
 
 #[test]

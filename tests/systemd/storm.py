@@ -10,8 +10,15 @@ cell://DIR, needs root or the service's user) or a telepath URL.
   storm.py wait SERVICE [--timeout S]        until the service answers a call
   storm.py add SERVICE N [--start K] [--tag T]  adds inet:ipv4 nodes K..K+N-1, tagged
   storm.py count SERVICE QUERY               prints how many nodes QUERY yields
-  storm.py storm SERVICE TEXT                runs Storm, prints its print/warn/err
-                                             messages; exit 1 on an error message
+  storm.py storm SERVICE TEXT [--timeout S]  runs Storm, prints its print/warn/err
+                                             messages; exit 1 on an error message or
+                                             when it takes longer than S seconds
+  storm.py writer SERVICE --start K          adds nodes K, K+1, ... one edit at a time
+                                             until killed; prints K once connected and
+                                             every 50th value committed
+
+Also used on the host by the Rust tests (tests/util/mod.rs) and by
+tests/fixtures/make-fixture.sh, with the venv's python.
 """
 import argparse
 import asyncio
@@ -79,9 +86,26 @@ async def count(args):
 
 async def storm(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
-        nodes, errors = await run_storm(core, args.text)
+        try:
+            nodes, errors = await asyncio.wait_for(run_storm(core, args.text), timeout=args.timeout)
+        except asyncio.TimeoutError:
+            print(f'no answer within {args.timeout}s', file=sys.stderr)
+            return 1
         print(nodes)
     return 1 if errors else 0
+
+
+async def writer(args):
+    async with await s_telepath.openurl(url_of(args.service)) as core:
+        k = args.start
+        print(k, flush=True)
+        while True:
+            _, errors = await run_storm(core, f'[ inet:ipv4={k} +#synbackup.writer ]')
+            if errors:
+                return 1
+            k += 1
+            if k % 50 == 0:
+                print(k, flush=True)
 
 
 def main(argv):
@@ -104,7 +128,12 @@ def main(argv):
     p = subs.add_parser('storm', help='run Storm; prints the number of nodes yielded')
     p.add_argument('service')
     p.add_argument('text')
+    p.add_argument('--timeout', type=float, default=600)
     p.set_defaults(func=storm)
+    p = subs.add_parser('writer', help='add nodes one edit at a time until killed')
+    p.add_argument('service')
+    p.add_argument('--start', type=int, default=100000)
+    p.set_defaults(func=writer)
     args = pars.parse_args(argv)
     return asyncio.run(args.func(args))
 

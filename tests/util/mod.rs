@@ -272,29 +272,29 @@ pub fn python() -> PathBuf {
     venv().join("bin/python")
 }
 
-fn syn_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/syn.py")
+fn storm_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/storm.py")
 }
 
-/// Run `syn.py ARGS` against a Cortex; panics on failure, returns stdout.
-pub fn syn(args: &[&str]) -> String {
+/// Run `storm.py ARGS` against a Cortex; panics on failure, returns stdout.
+pub fn storm(args: &[&str]) -> String {
     let out = Command::new(python())
-        .arg(syn_script())
+        .arg(storm_script())
         .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "syn.py {args:?}: {}",
+        "storm.py {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Like `syn` but returns the status instead of panicking.
-pub fn syn_status(args: &[&str]) -> bool {
+/// Like `storm` but returns the status instead of panicking.
+pub fn storm_status(args: &[&str]) -> bool {
     Command::new(python())
-        .arg(syn_script())
+        .arg(storm_script())
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -303,9 +303,9 @@ pub fn syn_status(args: &[&str]) -> bool {
         .success()
 }
 
-pub fn syn_spawn(args: &[&str]) -> Child {
+pub fn storm_spawn(args: &[&str]) -> Child {
     Command::new(python())
-        .arg(syn_script())
+        .arg(storm_script())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -346,11 +346,18 @@ impl Cortex {
         };
         let d = dir.to_str().unwrap();
         assert!(
-            syn_status(&["wait", d, "120"]),
+            storm_status(&["wait", d, "--timeout", "120"]),
             "Cortex on {d} did not come up; log {}",
             c.log.display()
         );
         c
+    }
+
+    /// inet:ipv4 nodes in the Cortex at `dir`.
+    pub fn count(&self) -> u64 {
+        storm(&["count", self.url_dir(), "inet:ipv4"])
+            .parse()
+            .unwrap()
     }
 
     pub fn url_dir(&self) -> &str {
