@@ -84,13 +84,13 @@ fn hash_zeros(h: &mut Sha256, mut n: u64) {
     }
 }
 
-/// Copy `src` into the new, empty `dst` extent by extent (holes stay holes), hashing
-/// the full logical content (holes as zeros). `on_bytes` is told each chunk written.
-pub(crate) fn copy_sparse_hashed(
+/// Read `src` extent by extent (holes skipped), hashing its full logical content
+/// (holes as zeros); when `dst` is given, write each extent at the same offset there
+/// (holes stay holes) and give it the same length. `on_bytes` is told each chunk.
+fn walk_extents(
     src: &File,
     src_path: &Path,
-    dst: &File,
-    dst_path: &Path,
+    dst: Option<(&File, &Path)>,
     mut on_bytes: impl FnMut(u64) -> Result<()>,
 ) -> Result<Hashed> {
     use std::os::unix::fs::FileExt;
@@ -117,11 +117,13 @@ pub(crate) fn copy_sparse_hashed(
                 )
             })?;
             if n == 0 {
-                break; // the file shrank while we copied: copy what is there
+                break; // the file shrank meanwhile: what is there, then zeros
             }
             h.update(&buf[..n]);
-            dst.write_all_at(&buf[..n], off)
-                .map_err(|e| write_error(dst_path, e))?;
+            if let Some((dst, dst_path)) = dst {
+                dst.write_all_at(&buf[..n], off)
+                    .map_err(|e| write_error(dst_path, e))?;
+            }
             off += n as u64;
             data_bytes += n as u64;
             on_bytes(n as u64)?;
@@ -131,10 +133,11 @@ pub(crate) fn copy_sparse_hashed(
             break;
         }
     }
-    // A trailing hole (or a file that shrank): the logical size is what we hashed.
     let size = len.max(pos);
     hash_zeros(&mut h, size - pos);
-    dst.set_len(size).map_err(|e| write_error(dst_path, e))?;
+    if let Some((dst, dst_path)) = dst {
+        dst.set_len(size).map_err(|e| write_error(dst_path, e))?;
+    }
     Ok(Hashed {
         size,
         data_bytes,
@@ -142,40 +145,22 @@ pub(crate) fn copy_sparse_hashed(
     })
 }
 
+/// Copy `src` into the new, empty `dst` extent by extent (holes stay holes), hashing
+/// the full logical content (holes as zeros). `on_bytes` is told each chunk written.
+pub(crate) fn copy_sparse_hashed(
+    src: &File,
+    src_path: &Path,
+    dst: &File,
+    dst_path: &Path,
+    on_bytes: impl FnMut(u64) -> Result<()>,
+) -> Result<Hashed> {
+    walk_extents(src, src_path, Some((dst, dst_path)), on_bytes)
+}
+
 /// SHA-256 of a file's content, reading only its data extents.
 pub(crate) fn hash_file(path: &Path) -> Result<Hashed> {
-    use std::os::unix::fs::FileExt;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata()?.len();
-    let extents =
-        data_extents(&file, len).with_context(|| format!("cannot map {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    let mut data_bytes = 0u64;
-    for (start, elen) in extents {
-        hash_zeros(&mut h, start - pos);
-        let mut off = start;
-        while off < start + elen {
-            let want = ((start + elen - off) as usize).min(CHUNK);
-            let n = file
-                .read_at(&mut buf[..want], off)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            off += n as u64;
-            data_bytes += n as u64;
-        }
-        pos = off;
-    }
-    hash_zeros(&mut h, len.saturating_sub(pos));
-    Ok(Hashed {
-        size: len.max(pos),
-        data_bytes,
-        sha256: hex(&h.finish()),
-    })
+    walk_extents(&file, path, None, |_| Ok(()))
 }
 
 /// Create a new file for writing (never overwrites), private until finished.

@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 
 use crate::util::*;
@@ -89,28 +88,11 @@ fn corrupt_data_mdb() {
 
 #[test]
 fn not_enough_space_fails_before_writing() {
-    assert!(
-        is_root(),
-        "this test mounts a tmpfs: run the suite as root (CI does)"
-    );
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("svc");
     fake_service(&src, 20000);
     let small = t.path().join("small");
-    fs::create_dir(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Umount(&small);
+    let _fs = Tmpfs::mount(&small, "size=1m");
     let o = run(&[&"backup", &src, &small.join("b")]);
     assert_fails(&o, 4, "not enough space in");
     let line = &error_lines(&o)[0];
@@ -127,30 +109,13 @@ fn not_enough_space_fails_before_writing() {
 
 #[test]
 fn full_disk_during_the_copy_removes_the_partial_copy() {
-    assert!(
-        is_root(),
-        "this test mounts a tmpfs: run the suite as root (CI does)"
-    );
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("svc");
     fake_service(&src, 200);
     // The preflight counts bytes; a tmpfs with plenty of bytes but only a dozen
     // inodes runs out (ENOSPC) in the middle of the copy, deterministically.
     let small = t.path().join("small");
-    fs::create_dir(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=12", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Umount(&small);
+    let _fs = Tmpfs::mount(&small, "size=64m,nr_inodes=12");
     let o = run(&[&"backup", &src, &small.join("b")]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));

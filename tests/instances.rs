@@ -318,20 +318,7 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
     assert!(run(&[&"backup", &src, &bk]).status.success());
     // The service directory lives on a filesystem that runs out of inodes midway.
     let small = t.path().join("small");
-    fs::create_dir(&small).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=16", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap()
-        .success());
-    struct Umount<'a>(&'a Path);
-    impl Drop for Umount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Umount(&small);
+    let _fs = Tmpfs::mount(&small, "size=64m,nr_inodes=16");
     let dir = small.join("svc");
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("cell.guid"), "original").unwrap();
