@@ -447,6 +447,10 @@ class Bench:
         cmds = {}
         cmds['synbackup'] = [a.synbackup, 'backup', self.src, dst, '--json']
         cmds['synbackup-j1'] = [a.synbackup, 'backup', self.src, dst, '--json', '--jobs', '1']
+        for name, path in a.variants:
+            # NAME=PATH, or NAME=PATH:EXTRA ARGS (e.g. prefetch-j1=/tmp/sb:--jobs 1)
+            path, _, extra = path.partition(':')
+            cmds[name] = [path, 'backup', self.src, dst, '--json'] + extra.split()
         if os.path.exists(py):
             cmds['python-tool'] = ['sh', '-c', f'"{py}" -m synapse.tools.service.backup '
                                    f'"{self.src}" "{dst}" && sync']
@@ -461,7 +465,8 @@ class Bench:
                           f'count={count}', 'conv=fdatasync']
             cmds['dd-direct'] = ['dd', 'if=/dev/zero', f'of={self.out}/dd.out', 'bs=1M',
                                  f'count={count}', 'oflag=direct', 'conv=fdatasync']
-        return {k: v for k, v in cmds.items() if k in a.commands}
+        return {k: v for k, v in cmds.items()
+                if k in a.commands or k in dict(a.variants)}
 
     def prepare(self, cold):
         rmtree(self.out)
@@ -483,7 +488,7 @@ class Bench:
         r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load)
         if r['rc'] != 0:
             raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
-        if name.startswith('synbackup'):
+        if name.startswith('synbackup') or name in dict(self.args.variants):
             s = json.loads(r['stdout'])
             r['bytes'] = s['bytes_written']
             r['tool_seconds'] = s['seconds']
@@ -508,7 +513,7 @@ class Bench:
         self.dd_bytes = json.loads(r['stdout'])['bytes_written']
         log(f'synbackup writes {self.dd_bytes / 1e9:.3f} GB; dd will write as much')
         names = list(self.commands())
-        caches = [False, True] if self.args.cold else [False]
+        caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
         for rnd in range(1, self.args.rounds + 1):
             # Rotate the order each round so no command always follows the same one.
             k = (rnd - 1) % len(names)
@@ -585,10 +590,11 @@ def cortex_freeze(args):
             s = json.loads(r['stdout'])
             rec = {'freeze_ms': s['freeze_ms'], 'freeze_call_ms': s['freeze_call_ms'],
                    'wall': r['wall'], 'bytes': s['bytes_written'],
+                   'rss_anon_mib': r['rss_anon_mib'],
                    'environments': s['environments'], 'load': load}
             log(f'live Cortex backup {i + 1}: frozen {s["freeze_ms"]:.0f} ms (freeze call '
                 f'{s["freeze_call_ms"]:.0f} ms), {s["environments"]} environments, '
-                f'wall {r["wall"]:.2f} s, load {load:.2f}')
+                f'wall {r["wall"]:.2f} s, RssAnon {r["rss_anon_mib"]:.1f} MiB, load {load:.2f}')
             out.append(rec)
             rmtree(dst)
             time.sleep(1)
@@ -657,7 +663,8 @@ def summarize(results, freeze, meta):
                      f'{freeze[0]["environments"]} environments: frozen median {med(fm):.0f} ms '
                      f'({min(fm):.0f}–{max(fm):.0f}), of which the service\'s own freeze call '
                      f'median {med(fc):.0f} ms ({min(fc):.0f}–{max(fc):.0f}); starting the '
-                     f'snapshots took median {med([a - b for a, b in zip(fm, fc)]):.0f} ms.')
+                     f'snapshots took median {med([a - b for a, b in zip(fm, fc)]):.0f} ms; '
+                     f'peak RssAnon {max(f["rss_anon_mib"] for f in freeze):.1f} MiB.')
     return '\n'.join(lines), ratios
 
 
@@ -678,6 +685,10 @@ def main():
     p.add_argument('--venv', default=default_venv, help='venv with synapse (the anchor)')
     p.add_argument('--commands', default='synbackup,synbackup-j1,python-tool,mdb_copy,dd,'
                    'dd-direct,python-import', help='comma-separated subset to measure')
+    p.add_argument('--variant', action='append', default=[], metavar='NAME=PATH',
+                   help='also measure another synbackup binary (A/B of engine changes)')
+    p.add_argument('--caches', default='warm,cold',
+                   help='cache states to measure: warm, cold or both (default)')
     p.add_argument('--no-cold', dest='cold', action='store_false',
                    help='warm cache only (dropping caches needs root)')
     p.add_argument('--no-cortex', dest='cortex', action='store_false',
@@ -689,6 +700,8 @@ def main():
     p.add_argument('--json', help='also write every measurement to this file')
     args = p.parse_args()
     args.commands = args.commands.split(',')
+    args.caches = args.caches.split(',')
+    args.variants = [tuple(v.split('=', 1)) for v in args.variant]
     if args.rounds is None:
         args.rounds = 1 if args.small else 3
     if lmdb is None:
