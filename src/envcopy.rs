@@ -197,22 +197,10 @@ impl Copy {
         abort: &dyn Fn() -> bool,
         on_bytes: &dyn Fn(u64),
     ) -> Result<Hashed> {
-        let out = fsutil::create_new(dst)?;
+        let mut out = fsutil::create_new(dst)?;
         let _prefetch = Prefetch::start(self.dir.join("data.mdb"), self.used);
-        // The compacted copy goes around the page cache: it is written once and read
-        // back only by verify, and buffered writes of a fresh file cost a memcpy into
-        // newly allocated page-cache pages plus writeback at the fsync (bench/RESULTS.md).
-        let mut out = fsutil::DirectWriter::new(out, CHUNK);
-        log::debug!(
-            "{}: {}",
-            dst.display(),
-            if out.is_direct() {
-                "O_DIRECT"
-            } else {
-                "buffered (no O_DIRECT here)"
-            }
-        );
         let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
         let mut size = 0u64;
         let reader = self
             .reader
@@ -224,13 +212,14 @@ impl Copy {
                 interrupt::check()?;
                 return Err(anyhow!("stopped after another copy failed"));
             }
-            let n = match reader.read(out.spare()) {
+            let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("cannot read the copy pipe"),
             };
-            if let Err(e) = out.filled(n, |b| h.update(b)) {
+            h.update(&buf[..n]);
+            if let Err(e) = std::io::Write::write_all(&mut out, &buf[..n]) {
                 self.join().ok();
                 return Err(fsutil::write_error(dst, e));
             }
@@ -238,7 +227,6 @@ impl Copy {
             on_bytes(n as u64);
         }
         self.join()?;
-        let out = out.finish().map_err(|e| fsutil::write_error(dst, e))?;
         out.sync_all().map_err(|e| fsutil::write_error(dst, e))?;
         Ok(Hashed {
             size,
