@@ -26,7 +26,6 @@ Nothing here asserts anything about time; `--small` exists so CI can keep the ha
 working.
 """
 import argparse
-import asyncio
 import glob
 import json
 import os
@@ -516,7 +515,7 @@ class Bench:
         caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
         for rnd in range(1, self.args.rounds + 1):
             # Rotate the order each round so no command always follows the same one.
-            k = (rnd - 1) % len(names)
+            k = (rnd - 1) % max(1, len(names))
             order = names[k:] + names[:k]
             for cold in caches:
                 for name in order:
@@ -543,6 +542,18 @@ async def main(d):
             if k % 1000 == 0:
                 print(k, time.monotonic() - t0, flush=True)
 asyncio.run(main(sys.argv[1]))
+'''
+
+FORK = r'''
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, n):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        for _ in range(n):
+            async for m in core.storm('$lib.view.get().fork()'):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 '''
 
 WAIT = r'''
@@ -577,6 +588,9 @@ def cortex_freeze(args):
     try:
         if subprocess.run([py, '-c', WAIT, cdir, '180']).returncode != 0:
             raise SystemExit('the Cortex did not answer within 180 s (see cortex.log)')
+        if args.cortex_views:
+            # Each forked view brings a layer: more environments, as in a real Cortex.
+            subprocess.run([py, '-c', FORK, cdir, str(args.cortex_views)], check=True)
         writer = subprocess.Popen([py, '-c', WRITER, cdir], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(5)  # the writer is going
@@ -651,7 +665,7 @@ def summarize(results, freeze, meta):
                          f'{med([r["cpu"] for r in rs]):.2f} | '
                          f'{max(r["rss_anon_mib"] for r in rs):.1f} | '
                          f'{"" if gb is None else f"{gb / 1e9:.3f}"} | {rp:.2f} | {rd:.2f} |')
-    loads = [r['load'] for r in results]
+    loads = [r['load'] for r in results] or [float('nan')]
     lines.append('')
     lines.append(f'{len(results)} measurements, {meta["rounds"]} rounds; load average (1 min) '
                  f'at the start of each: {min(loads):.2f}–{max(loads):.2f}.')
@@ -694,6 +708,8 @@ def main():
     p.add_argument('--no-cortex', dest='cortex', action='store_false',
                    help='skip the live-Cortex freeze measurement')
     p.add_argument('--freeze-runs', type=int, default=5)
+    p.add_argument('--cortex-views', type=int, default=0,
+                   help='fork the Cortex\'s view N times first (more environments)')
     p.add_argument('--settle', type=float, default=3.0,
                    help='seconds to wait after preparing each command (default 3)')
     p.add_argument('--generate-only', action='store_true')
