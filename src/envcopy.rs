@@ -15,6 +15,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,81 @@ pub(crate) struct Copy {
     dir: PathBuf,
     reader: Option<File>,
     thread: Option<JoinHandle<Result<(), MdbError>>>,
+    /// Bytes of `data.mdb` in use (pages up to the last one) when the copy started.
+    used: u64,
+}
+
+/// Reads a source `data.mdb` ahead of the compacting copy while it is drained.
+///
+/// The copy walks the B-trees, so on a cold page cache it faults pages in tree order:
+/// small random reads, one page fault at a time, on the copy's critical path. The
+/// prefetcher asks the kernel (readahead(2), no copy into user memory) for the used
+/// range front to back in large windows on its own thread, so the device sees large
+/// sequential reads and the walk finds its pages in the cache. The pages are page
+/// cache, not our memory (RssAnon does not grow) and reclaimable; ranges larger
+/// than half the available memory are not prefetched (they would evict themselves
+/// before the walk reached them).
+struct Prefetch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Size of one readahead request.
+const PREFETCH_WINDOW: u64 = 8 << 20;
+
+impl Prefetch {
+    fn start(path: PathBuf, used: u64) -> Option<Prefetch> {
+        if used < 2 * PREFETCH_WINDOW || used > mem_available() / 2 {
+            return None;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lmdb-prefetch".into())
+            .spawn(move || {
+                let Ok(f) = File::open(&path) else { return };
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+                let mut off = 0u64;
+                while off < used && !stop2.load(Ordering::Relaxed) {
+                    let len = PREFETCH_WINDOW.min(used - off);
+                    // SAFETY: readahead on a descriptor we own; it only fills the cache.
+                    if unsafe { libc::readahead(fd, off as i64, len as usize) } != 0 {
+                        return;
+                    }
+                    off += len;
+                }
+            })
+            .ok()?;
+        Some(Prefetch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (0 when unknown: no prefetch).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_mem_available(&s))
+        .unwrap_or(0)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
 }
 
 fn make_pipe() -> Result<(File, OwnedFd)> {
@@ -56,6 +133,10 @@ fn make_pipe() -> Result<(File, OwnedFd)> {
 /// Start a compacting copy of `env` on its own thread.
 pub(crate) fn start(env: Env) -> Result<Copy> {
     let dir = env.dir().to_path_buf();
+    let used = env
+        .info()
+        .map(|i| (i.last_pgno + 1) * i.page_size)
+        .unwrap_or(0);
     let (reader, writer) = make_pipe()?;
     let thread = std::thread::Builder::new()
         .name("lmdb-copy".into())
@@ -85,6 +166,7 @@ pub(crate) fn start(env: Env) -> Result<Copy> {
         dir,
         reader: Some(reader),
         thread: Some(thread),
+        used,
     })
 }
 
@@ -116,6 +198,7 @@ impl Copy {
         on_bytes: &dyn Fn(u64),
     ) -> Result<Hashed> {
         let mut out = fsutil::create_new(dst)?;
+        let _prefetch = Prefetch::start(self.dir.join("data.mdb"), self.used);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         let mut size = 0u64;
@@ -214,4 +297,16 @@ pub(crate) fn wait_snapshots(copies: &[&Copy], timeout: Duration) -> Result<()> 
             .collect();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mem_available;
+
+    #[test]
+    fn mem_available_is_read_from_meminfo() {
+        let s = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   23000000 kB\n";
+        assert_eq!(parse_mem_available(s), Some(23_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
 }

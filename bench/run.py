@@ -1,0 +1,762 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark: synbackup against Synapse's own backup tool, mdb_copy and the disk.
+
+Run with the Synapse venv's python (it has py-lmdb), as root (to drop caches):
+
+  VENV/bin/python bench/run.py [--size-gib 2.5] [--rounds 3] [--small] ...
+
+It generates a Synapse-shaped service directory under --workdir (kept between runs
+and regenerated only when the shape changes), then measures, alternating within each
+round, every command with the page cache warm and with it dropped before the command:
+
+  synbackup        synbackup backup SRC DST --json             (default --jobs)
+  synbackup-j1     synbackup backup SRC DST --json --jobs 1
+  python-tool      python -m synapse.tools.service.backup SRC DST; sync
+  mdb_copy         mdb_copy -c of each environment one after another; sync
+  dd               dd if=/dev/zero bs=1M count=<synbackup's bytes> conv=fdatasync
+  dd-direct        the same with oflag=direct (the device without the page cache)
+  python-import    python -c 'import synapse.tools.service.backup' (the anchor's start-up)
+
+For each: wall time, CPU time (user+sys of the command and its children, from
+wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
+10 ms from /proc/PID/status). Then, when the venv can run a Cortex: the freeze
+duration of `synbackup backup` on a live Cortex under write load.
+
+Nothing here asserts anything about time; `--small` exists so CI can keep the harness
+working.
+"""
+import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+try:
+    import lmdb
+except ImportError:  # pragma: no cover - told to the user below
+    lmdb = None
+
+GIB = 1 << 30
+MIB = 1 << 20
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE_VERSION = 4
+
+# The environments of the generated service directory: (relative path, share of the
+# total size, kind). Shares of the big ones add up to 1; the small ones get a fixed
+# few hundred KiB each, as in a real Cortex.
+LAYER = 'layers/8f2d0c6b4a1e4e5f9a7b3c2d1e0f9a8b'
+VIEW = 'views/1b2c3d4e5f60718293a4b5c6d7e8f901'
+BIG_ENVS = [
+    (f'{LAYER}/layer_v2.lmdb', 0.40, 'index'),
+    (f'{LAYER}/nodedata.lmdb', 0.15, 'medium'),
+    (f'{LAYER}/nodeedits.lmdb', 0.15, 'edits'),
+    ('slabs/nexuslog/seqn0000000000000000.lmdb', 0.15, 'log'),
+    ('axon/blob.lmdb', 0.15, 'blob'),
+]
+SMALL_ENVS = ['slabs/cell.lmdb', 'slabs/nexus.lmdb', 'slabs/queues.lmdb', 'slabs/graphs.lmdb',
+              'slabs/drive.lmdb', f'{VIEW}/viewstate.lmdb', 'axon/axon.lmdb',
+              'jsonstor/slabs/jsonstor.lmdb']
+
+# Named databases per kind (Synapse opens many; the layer has the most).
+INDEX_DBS = ['bybuidv3', 'byverb', 'edgesn1', 'edgesn2', 'bytag', 'bytagprop', 'byprop',
+             'byarray', 'byhollow', 'bynid', 'nid2buid', 'buid2nid', 'taghist', 'propvals',
+             'formcounts', 'tagcounts', 'nodeprops', 'univprops', 'ndefs', 'metadata']
+DUPSORT_DBS = {'byprop', 'byarray', 'bytag', 'edgesn1', 'edgesn2', 'taghist'}
+
+
+def log(msg):
+    print(f'[bench {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open('/proc/loadavg') as f:
+        return float(f.read().split()[0])
+
+
+# ---------------------------------------------------------------------------------
+# Generating the service directory
+
+
+class Rand:
+    """Fast random bytes: slices of one random buffer (content does not matter)."""
+
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.pool = memoryview(self.rng.randbytes(8 * MIB))
+        self.keys = self.rng.randbytes(32 * MIB)
+        self.kpos = 0
+
+    def key(self, n):
+        if self.kpos + n > len(self.keys):
+            self.keys = self.rng.randbytes(32 * MIB)
+            self.kpos = 0
+        k = self.keys[self.kpos:self.kpos + n]
+        self.kpos += n
+        return k
+
+    def val(self, n):
+        off = self.rng.randrange(0, len(self.pool) - n)
+        return self.pool[off:off + n]
+
+
+def value_size(kind, rng):
+    r = rng.random()
+    if kind == 'index':
+        return rng.randint(8, 120) if r < 0.9 else rng.randint(200, 600)
+    if kind == 'medium':
+        return rng.randint(60, 400) if r < 0.7 else rng.randint(1000, 6000)
+    if kind == 'edits':
+        return rng.randint(300, 1800) if r < 0.8 else rng.randint(4000, 20000)
+    if kind == 'log':
+        return rng.randint(200, 1500) if r < 0.85 else rng.randint(3000, 12000)
+    if kind == 'blob':
+        return rng.randint(16 * 1024, 256 * 1024)
+    return rng.randint(20, 200)
+
+
+def db_names(kind):
+    if kind == 'index':
+        return INDEX_DBS
+    if kind == 'medium':
+        return ['nodedata', 'abrv', 'names', 'props']
+    if kind == 'edits':
+        return ['nodeedits', 'offsets']
+    if kind == 'log':
+        return ['nexuslog', 'indx']
+    if kind == 'blob':
+        return ['blobs', 'offsets', 'metrics']
+    return ['info', 'hive', 'users', 'roles', 'meta']
+
+
+def used_bytes(env):
+    return (env.info()['last_pgno'] + 1) * env.stat()['psize']
+
+
+def map_size_for(target):
+    # Synapse grows its maps in 1 GiB steps (doubling up to 100 GiB): a data.mdb is as
+    # large as its map and sparse.
+    size = GIB
+    while size < target * 1.6:
+        size *= 2
+    return size
+
+
+def fill(env, dbs, kind, rr, stop_bytes, seq):
+    """Insert entries in random key order (sequential keys for the log) until the
+    environment uses `stop_bytes`. Returns the next sequence number."""
+    rng = rr.rng
+    names = list(dbs)
+    used = used_bytes(env)
+    while used < stop_bytes:
+        # Transactions of a few MiB, smaller near the end so the size is met closely.
+        budget = max(128 * 1024, min(16 * MIB, (stop_bytes - used) // 2))
+        with env.begin(write=True) as txn:
+            done = 0
+            while done < budget:
+                name = rng.choice(names)
+                db = dbs[name]
+                items = []
+                nbytes = 0
+                while nbytes < min(MIB, budget - done) or not items:
+                    if kind == 'log' and name == 'nexuslog':
+                        k = seq.to_bytes(8, 'big')
+                        seq += 1
+                    else:
+                        k = rr.key(rng.choice((8, 16, 32, 40)))
+                    if name in DUPSORT_DBS:
+                        v = rr.val(rng.randint(8, 40))
+                    else:
+                        v = rr.val(value_size(kind, rng))
+                    items.append((k, v))
+                    nbytes += len(k) + len(v) + 16
+                if kind == 'log' and name == 'nexuslog':
+                    txn.cursor(db=db).putmulti(items, append=True)
+                else:
+                    txn.cursor(db=db).putmulti(items, dupdata=name in DUPSORT_DBS)
+                done += nbytes
+        used = used_bytes(env)
+    return seq
+
+
+def delete_third(env, dbs, kind, salt):
+    """Delete about a third of every database: the keys whose first byte is `salt`
+    modulo 3 (keys are random, so these are runs spread over the whole key space and
+    whole pages become free), or the oldest third of the log (Synapse culls its nexus
+    log from the front)."""
+    for name, db in dbs.items():
+        if kind == 'log' and name == 'nexuslog':
+            with env.begin() as txn:
+                n = txn.stat(db)['entries']
+            todo = n // 3
+            while todo > 0:
+                with env.begin(write=True) as txn:
+                    cur = txn.cursor(db=db)
+                    cur.first()
+                    for _ in range(min(todo, 50000)):
+                        if not cur.delete():
+                            break
+                        todo -= 1
+            continue
+        start = None
+        while True:
+            with env.begin(write=True) as txn:
+                cur = txn.cursor(db=db)
+                ok = cur.set_range(start) if start is not None else cur.first()
+                steps = 0
+                while ok and steps < 200000:
+                    k = cur.key()
+                    if not k:
+                        ok = False
+                        break
+                    if (k[0] + salt) % 3 == 0:
+                        ok = cur.delete()
+                    else:
+                        ok = cur.next()
+                    steps += 1
+                start = bytes(cur.key()) if ok else None
+            if start is None:
+                break
+
+
+def make_env(path, target, kind, seed):
+    os.makedirs(path, exist_ok=True)
+    env = lmdb.open(path, map_size=map_size_for(target), writemap=True, max_dbs=16384,
+                    sync=False, metasync=False, lock=True)
+    rr = Rand(seed)
+    names = db_names(kind)
+    dbs = {}
+    with env.begin(write=True) as txn:
+        for n in names:
+            dbs[n] = env.open_db(n.encode(), txn=txn, dupsort=n in DUPSORT_DBS)
+    # Fill to 60 %, delete a third, fill to the target (new pages land in the freed
+    # holes all over the file, so B-tree order and file order differ: fragmentation),
+    # delete a third again (free pages at the end, as in a service that deleted data).
+    seq = fill(env, dbs, kind, rr, int(target * 0.6), 0)
+    delete_third(env, dbs, kind, 0)
+    fill(env, dbs, kind, rr, target, seq)
+    delete_third(env, dbs, kind, 1)
+    env.sync(True)
+    info = used_bytes(env)
+    env.close()
+    return info
+
+
+def generate(src, total, seed):
+    if os.path.exists(src):
+        shutil.rmtree(src)
+    os.makedirs(src)
+    rng = random.Random(seed)
+
+    def small_file(rel, size, mode=0o644):
+        p = os.path.join(src, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, 'wb') as f:
+            f.write(rng.randbytes(size))
+        os.chmod(p, mode)
+
+    with open(os.path.join(src, 'cell.guid'), 'w') as f:
+        f.write('%032x' % rng.getrandbits(128))
+    for sub in ('axon', 'jsonstor'):
+        os.makedirs(os.path.join(src, sub), exist_ok=True)
+        with open(os.path.join(src, sub, 'cell.guid'), 'w') as f:
+            f.write('%032x' % rng.getrandbits(128))
+    small_file('cookie.secret', 64, 0o600)
+    small_file('sslkey.pem', 1704, 0o600)
+    small_file('sslcert.pem', 1200)
+    small_file('certs/cas/synapse.crt', 1200)
+    small_file('cell.yaml', 300)
+    for name in ('cell', 'nexus', 'queues', 'graphs', 'drive'):
+        small_file(f'slabs/{name}.opts.yaml', 40)
+    os.makedirs(os.path.join(src, 'tmp'), exist_ok=True)
+    small_file('tmp/ignored', 4096)
+    sizes = {}
+    for i, (rel, share, kind) in enumerate(BIG_ENVS):
+        t0 = time.monotonic()
+        sizes[rel] = make_env(os.path.join(src, rel), int(total * share), kind, seed + i)
+        log(f'  {rel}: {sizes[rel] / MIB:.0f} MiB used in {time.monotonic() - t0:.1f} s')
+    for j, rel in enumerate(SMALL_ENVS):
+        sizes[rel] = make_env(os.path.join(src, rel), 256 * 1024, 'small', seed + 100 + j)
+    return sizes
+
+
+def ensure_source(args):
+    total = int((64 * MIB) if args.small else args.size_gib * GIB)
+    shape = {'version': SHAPE_VERSION, 'total': total, 'seed': args.seed}
+    src = os.path.join(args.workdir, 'src-small' if args.small else 'src')
+    stamp = src + '.shape.json'
+    if not args.regen and os.path.exists(stamp):
+        with open(stamp) as f:
+            if json.load(f) == shape:
+                log(f'reusing {src}')
+                return src
+    log(f'generating {src} ({total / GIB:.2f} GiB)')
+    t0 = time.monotonic()
+    if os.path.exists(stamp):
+        os.unlink(stamp)
+    generate(src, total, args.seed)
+    with open(stamp, 'w') as f:
+        json.dump(shape, f)
+    log(f'generated in {time.monotonic() - t0:.0f} s')
+    return src
+
+
+def env_dirs(src):
+    out = []
+    for p in sorted(glob.glob(os.path.join(src, '**', 'data.mdb'), recursive=True)):
+        rel = os.path.relpath(os.path.dirname(p), src)
+        if rel.split(os.sep)[0] in ('tmp', 'backups') or '/tmp/' in rel:
+            continue
+        out.append(rel)
+    return out
+
+
+def describe_source(src):
+    apparent = allocated = 0
+    for root, _, files in os.walk(src):
+        for f in files:
+            st = os.lstat(os.path.join(root, f))
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+    return apparent, allocated
+
+
+# ---------------------------------------------------------------------------------
+# Measuring
+
+
+def tree_pids(pid):
+    out = [pid]
+    i = 0
+    while i < len(out):
+        p = out[i]
+        i += 1
+        for task in glob.glob(f'/proc/{p}/task/*/children'):
+            try:
+                with open(task) as f:
+                    out.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return out
+
+
+def rss_anon_kib(pid):
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith('RssAnon:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(cmd, env=None):
+    """Run cmd; return wall, cpu (user+sys of it and its children), peak RssAnon of
+    the process tree (MiB), exit code and stdout."""
+    t0 = time.perf_counter()
+    # stdout/stderr are read after exit: the commands print little (under a pipe's 64 KiB).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    peak = 0
+    rusage = None
+    status = None
+    while True:
+        pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            wall = time.perf_counter() - t0
+            rusage, status = ru, st
+            break
+        peak = max(peak, sum(rss_anon_kib(p) for p in tree_pids(proc.pid)))
+        time.sleep(0.01)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = proc.stdout.read().decode(errors='replace')
+    stderr = proc.stderr.read().decode(errors='replace')
+    return {
+        'wall': wall,
+        'cpu': rusage.ru_utime + rusage.ru_stime,
+        'user': rusage.ru_utime,
+        'sys': rusage.ru_stime,
+        'rss_anon_mib': peak / 1024,
+        'rc': proc.returncode,
+        'stdout': stdout,
+        'stderr': stderr[-2000:],
+    }
+
+
+def drop_caches():
+    subprocess.run(['sync'], check=True)
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3\n')
+
+
+def warm(paths):
+    """Read every data extent of every file under paths into the page cache."""
+    for top in paths:
+        for root, _, files in os.walk(top):
+            for name in files:
+                p = os.path.join(root, name)
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    size = os.fstat(fd).st_size
+                    pos = 0
+                    while pos < size:
+                        try:
+                            start = os.lseek(fd, pos, os.SEEK_DATA)
+                        except OSError:
+                            break
+                        stop = os.lseek(fd, start, os.SEEK_HOLE)
+                        os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+                        off = start
+                        while off < stop:
+                            n = len(os.pread(fd, min(8 * MIB, stop - off), off))
+                            if n == 0:
+                                break
+                            off += n
+                        pos = stop
+                finally:
+                    os.close(fd)
+
+
+def rmtree(p):
+    if os.path.lexists(p):
+        shutil.rmtree(p)
+
+
+class Bench:
+    def __init__(self, args, src):
+        self.args = args
+        self.src = src
+        self.out = os.path.join(args.workdir, 'out')
+        self.envs = env_dirs(src)
+        self.dd_bytes = None
+        self.results = []
+
+    def commands(self):
+        a = self.args
+        dst = os.path.join(self.out, 'backup')
+        py = os.path.join(a.venv, 'bin', 'python')
+        cmds = {}
+        cmds['synbackup'] = [a.synbackup, 'backup', self.src, dst, '--json']
+        cmds['synbackup-j1'] = [a.synbackup, 'backup', self.src, dst, '--json', '--jobs', '1']
+        for name, path in a.variants:
+            # NAME=PATH, or NAME=PATH:EXTRA ARGS (e.g. prefetch-j1=/tmp/sb:--jobs 1)
+            path, _, extra = path.partition(':')
+            cmds[name] = [path, 'backup', self.src, dst, '--json'] + extra.split()
+        if os.path.exists(py):
+            cmds['python-tool'] = ['sh', '-c', f'"{py}" -m synapse.tools.service.backup '
+                                   f'"{self.src}" "{dst}" && sync']
+            cmds['python-import'] = [py, '-c', 'import synapse.tools.service.backup']
+        if shutil.which('mdb_copy'):
+            steps = ' && '.join(f'mkdir -p "{dst}/{e}" && mdb_copy -c "{self.src}/{e}" "{dst}/{e}"'
+                                for e in self.envs)
+            cmds['mdb_copy'] = ['sh', '-c', f'{steps} && sync']
+        if self.dd_bytes:
+            count = -(-self.dd_bytes // MIB)
+            cmds['dd'] = ['dd', 'if=/dev/zero', f'of={self.out}/dd.out', 'bs=1M',
+                          f'count={count}', 'conv=fdatasync']
+            cmds['dd-direct'] = ['dd', 'if=/dev/zero', f'of={self.out}/dd.out', 'bs=1M',
+                                 f'count={count}', 'oflag=direct', 'conv=fdatasync']
+        return {k: v for k, v in cmds.items()
+                if k in a.commands or k in dict(a.variants)}
+
+    def prepare(self, cold):
+        rmtree(self.out)
+        os.makedirs(self.out)
+        if cold:
+            drop_caches()
+        else:
+            subprocess.run(['sync'], check=True)
+            warm([self.src, os.path.join(self.args.venv, 'lib')])
+        # Let the kernel finish with what was just freed (on a VM with free page
+        # reporting, freed memory goes back to the host a moment later, and whoever
+        # touches it next pays): every command then starts from the same state.
+        time.sleep(self.args.settle)
+
+    def run_one(self, name, cmd, cold, rnd):
+        self.prepare(cold)
+        load = loadavg()
+        r = measure(cmd)
+        r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load)
+        if r['rc'] != 0:
+            raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
+        if name.startswith('synbackup') or name in dict(self.args.variants):
+            s = json.loads(r['stdout'])
+            r['bytes'] = s['bytes_written']
+            r['tool_seconds'] = s['seconds']
+        elif name in ('python-tool', 'mdb_copy'):
+            r['bytes'] = sum(os.path.getsize(os.path.join(self.out, 'backup', e, 'data.mdb'))
+                             for e in self.envs)
+        r.pop('stdout')
+        r.pop('stderr')
+        log(f'round {rnd} {r["cache"]:4} {name:14} wall {r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s'
+            f'  RssAnon {r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
+        self.results.append(r)
+        return r
+
+    def run(self):
+        # A first synbackup run checks the setup and tells dd how many bytes to write.
+        self.prepare(False)
+        r = measure(self.commands()['synbackup'] if 'synbackup' in self.args.commands
+                    else [self.args.synbackup, 'backup', self.src,
+                          os.path.join(self.out, 'backup'), '--json'])
+        if r['rc'] != 0:
+            raise SystemExit(f'synbackup failed: {r["stderr"]}')
+        self.dd_bytes = json.loads(r['stdout'])['bytes_written']
+        log(f'synbackup writes {self.dd_bytes / 1e9:.3f} GB; dd will write as much')
+        names = list(self.commands())
+        caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
+        for rnd in range(1, self.args.rounds + 1):
+            # Rotate the order each round so no command always follows the same one.
+            k = (rnd - 1) % max(1, len(names))
+            order = names[k:] + names[:k]
+            for cold in caches:
+                for name in order:
+                    self.run_one(name, self.commands()[name], cold, rnd)
+        rmtree(self.out)
+
+
+# ---------------------------------------------------------------------------------
+# The live Cortex: freeze duration under write load
+
+WRITER = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        k = 0
+        t0 = time.monotonic()
+        while True:
+            async for m in core.storm('for $i in $lib.range(20) { [inet:ipv4=($k + $i)] }',
+                                      opts={'vars': {'k': k}}):
+                if m[0] == 'err':
+                    print(m, file=sys.stderr, flush=True)
+            k += 20
+            if k % 1000 == 0:
+                print(k, time.monotonic() - t0, flush=True)
+asyncio.run(main(sys.argv[1]))
+'''
+
+FORK = r'''
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, n):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        for _ in range(n):
+            async for m in core.storm('$lib.view.get().fork()'):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+'''
+
+WAIT = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with await s_telepath.openurl('cell://' + d) as core:
+                await core.count('inet:ipv4')
+                return 0
+        except Exception:
+            await asyncio.sleep(0.25)
+    return 1
+sys.exit(asyncio.run(main(sys.argv[1], float(sys.argv[2]))))
+'''
+
+
+def cortex_freeze(args):
+    py = os.path.join(args.venv, 'bin', 'python')
+    cdir = os.path.join(args.workdir, 'cortex')
+    rmtree(cdir)
+    os.makedirs(cdir)
+    logf = open(os.path.join(args.workdir, 'cortex.log'), 'wb')
+    log('starting a Cortex for the freeze measurement')
+    core = subprocess.Popen([py, '-m', 'synapse.servers.cortex', '--telepath',
+                             'tcp://127.0.0.1:0', '--https', '0', cdir],
+                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    writer = None
+    out = []
+    try:
+        if subprocess.run([py, '-c', WAIT, cdir, '180']).returncode != 0:
+            raise SystemExit('the Cortex did not answer within 180 s (see cortex.log)')
+        if args.cortex_views:
+            # Each forked view brings a layer: more environments, as in a real Cortex.
+            subprocess.run([py, '-c', FORK, cdir, str(args.cortex_views)], check=True)
+        writer = subprocess.Popen([py, '-c', WRITER, cdir], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(5)  # the writer is going
+        for i in range(args.freeze_runs):
+            dst = os.path.join(args.workdir, f'cortex-backup-{i}')
+            rmtree(dst)
+            load = loadavg()
+            r = measure([args.synbackup, 'backup', cdir, dst, '--json'])
+            if r['rc'] != 0:
+                raise SystemExit(f'synbackup on the live Cortex failed: {r["stderr"]}')
+            s = json.loads(r['stdout'])
+            rec = {'freeze_ms': s['freeze_ms'], 'freeze_call_ms': s['freeze_call_ms'],
+                   'wall': r['wall'], 'bytes': s['bytes_written'],
+                   'rss_anon_mib': r['rss_anon_mib'],
+                   'environments': s['environments'], 'load': load}
+            log(f'live Cortex backup {i + 1}: frozen {s["freeze_ms"]:.0f} ms (freeze call '
+                f'{s["freeze_call_ms"]:.0f} ms), {s["environments"]} environments, '
+                f'wall {r["wall"]:.2f} s, RssAnon {r["rss_anon_mib"]:.1f} MiB, load {load:.2f}')
+            out.append(rec)
+            rmtree(dst)
+            time.sleep(1)
+    finally:
+        for p in (writer, core):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        logf.close()
+        rmtree(cdir)
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Report
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float('nan')
+
+
+def summarize(results, freeze, meta):
+    lines = []
+    by = {}
+    for r in results:
+        by.setdefault((r['name'], r['cache']), []).append(r)
+    names = []
+    for r in results:
+        if r['name'] not in names:
+            names.append(r['name'])
+    lines.append('| command | cache | wall median (min–max) s | CPU median s | peak RssAnon MiB'
+                 ' | GB written | ÷ python-tool | ÷ dd |')
+    lines.append('|---|---|---|---|---|---|---|---|')
+    # The ratios are of medians: wall(command) ÷ wall(python-tool) and ÷ wall(dd).
+    ratios = {}
+    for cache in ('warm', 'cold'):
+        py = med([r['wall'] for r in by.get(('python-tool', cache), [])])
+        dd = med([r['wall'] for r in by.get(('dd', cache), [])])
+        for n in names:
+            rs = by.get((n, cache))
+            if not rs:
+                continue
+            w = [r['wall'] for r in rs]
+            m = med(w)
+            rp = m / py if py == py else float('nan')
+            rd = m / dd if dd == dd else float('nan')
+            ratios[(n, cache)] = (rp, rd)
+            gb = rs[0].get('bytes')
+            lines.append(f'| {n} | {cache} | {m:.2f} ({min(w):.2f}–{max(w):.2f}) | '
+                         f'{med([r["cpu"] for r in rs]):.2f} | '
+                         f'{max(r["rss_anon_mib"] for r in rs):.1f} | '
+                         f'{"" if gb is None else f"{gb / 1e9:.3f}"} | {rp:.2f} | {rd:.2f} |')
+    loads = [r['load'] for r in results] or [float('nan')]
+    lines.append('')
+    lines.append(f'{len(results)} measurements, {meta["rounds"]} rounds; load average (1 min) '
+                 f'at the start of each: {min(loads):.2f}–{max(loads):.2f}.')
+    if freeze:
+        fm = [f['freeze_ms'] for f in freeze]
+        fc = [f['freeze_call_ms'] for f in freeze]
+        lines.append('')
+        lines.append(f'Live Cortex under write load, {len(freeze)} backups of '
+                     f'{freeze[0]["environments"]} environments: frozen median {med(fm):.0f} ms '
+                     f'({min(fm):.0f}–{max(fm):.0f}), of which the service\'s own freeze call '
+                     f'median {med(fc):.0f} ms ({min(fc):.0f}–{max(fc):.0f}); starting the '
+                     f'snapshots took median {med([a - b for a, b in zip(fm, fc)]):.0f} ms; '
+                     f'peak RssAnon {max(f["rss_anon_mib"] for f in freeze):.1f} MiB.')
+    return '\n'.join(lines), ratios
+
+
+def main():
+    default_venv = os.environ.get('SYNBACKUP_TEST_VENV',
+                                  '/var/cache/synbackup-ci/venv-synapse-2.256.0')
+    target = os.environ.get('CARGO_TARGET_DIR', os.path.join(REPO, 'target'))
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--workdir', default='/var/tmp/synbackup-bench',
+                   help='where the generated data and the copies go (not the repo)')
+    p.add_argument('--size-gib', type=float, default=2.5,
+                   help='allocated size of the big environments together (default 2.5)')
+    p.add_argument('--small', action='store_true', help='64 MiB of data, 1 round (for CI)')
+    p.add_argument('--rounds', type=int, default=None, help='rounds (default 3, --small 1)')
+    p.add_argument('--seed', type=int, default=1)
+    p.add_argument('--regen', action='store_true', help='generate the data again')
+    p.add_argument('--synbackup', default=os.path.join(target, 'release', 'synbackup'))
+    p.add_argument('--venv', default=default_venv, help='venv with synapse (the anchor)')
+    p.add_argument('--commands', default='synbackup,synbackup-j1,python-tool,mdb_copy,dd,'
+                   'dd-direct,python-import', help='comma-separated subset to measure')
+    p.add_argument('--variant', action='append', default=[], metavar='NAME=PATH',
+                   help='also measure another synbackup binary (A/B of engine changes)')
+    p.add_argument('--caches', default='warm,cold',
+                   help='cache states to measure: warm, cold or both (default)')
+    p.add_argument('--no-cold', dest='cold', action='store_false',
+                   help='warm cache only (dropping caches needs root)')
+    p.add_argument('--no-cortex', dest='cortex', action='store_false',
+                   help='skip the live-Cortex freeze measurement')
+    p.add_argument('--freeze-runs', type=int, default=5)
+    p.add_argument('--cortex-views', type=int, default=0,
+                   help='fork the Cortex\'s view N times first (more environments)')
+    p.add_argument('--settle', type=float, default=3.0,
+                   help='seconds to wait after preparing each command (default 3)')
+    p.add_argument('--generate-only', action='store_true')
+    p.add_argument('--json', help='also write every measurement to this file')
+    args = p.parse_args()
+    args.commands = args.commands.split(',')
+    args.caches = args.caches.split(',')
+    args.variants = [tuple(v.split('=', 1)) for v in args.variant]
+    if args.rounds is None:
+        args.rounds = 1 if args.small else 3
+    if lmdb is None:
+        raise SystemExit('py-lmdb is missing: run this with the Synapse venv\'s python')
+    if args.cold and os.geteuid() != 0:
+        raise SystemExit('dropping the page cache needs root (or give --no-cold)')
+    if not os.path.exists(args.synbackup):
+        raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
+    os.makedirs(args.workdir, exist_ok=True)
+    start_uptime = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
+    src = ensure_source(args)
+    apparent, allocated = describe_source(src)
+    log(f'source: {apparent / GIB:.1f} GiB apparent, {allocated / GIB:.2f} GiB allocated, '
+        f'{len(env_dirs(src))} environments')
+    if args.generate_only:
+        return 0
+    b = Bench(args, src)
+    b.run()
+    freeze = []
+    if args.cortex and os.path.exists(os.path.join(args.venv, 'bin', 'python')):
+        freeze = cortex_freeze(args)
+    meta = {'date': time.strftime('%Y-%m-%d %H:%M %Z'), 'rounds': args.rounds,
+            'uptime_start': start_uptime,
+            'uptime_end': subprocess.run(['uptime'], capture_output=True,
+                                         text=True).stdout.strip(),
+            'cpus': os.cpu_count(), 'source_apparent': apparent,
+            'source_allocated': allocated, 'argv': sys.argv}
+    table, _ = summarize(b.results, freeze, meta)
+    print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; source {apparent / GIB:.1f} GiB '
+          f'apparent, {allocated / GIB:.2f} GiB allocated, {len(b.envs)} environments')
+    print(f'uptime before: {start_uptime}')
+    print(f'uptime after:  {meta["uptime_end"]}')
+    print()
+    print(table)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'meta': meta, 'results': b.results, 'freeze': freeze}, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
