@@ -61,7 +61,7 @@ const PREFETCH_WINDOW: u64 = 8 << 20;
 
 impl Prefetch {
     fn start(path: PathBuf, used: u64) -> Option<Prefetch> {
-        if used < 2 * PREFETCH_WINDOW || used > mem_available() / 2 {
+        if used < 2 * PREFETCH_WINDOW || used > crate::host::mem_available().unwrap_or(0) / 2 {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -96,22 +96,6 @@ impl Drop for Prefetch {
             let _ = t.join();
         }
     }
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (0 when unknown: no prefetch).
-fn mem_available() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| parse_mem_available(&s))
-        .unwrap_or(0)
-}
-
-fn parse_mem_available(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
 }
 
 fn make_pipe() -> Result<(File, OwnedFd)> {
@@ -297,16 +281,4 @@ pub(crate) fn wait_snapshots(copies: &[&Copy], timeout: Duration) -> Result<()> 
             .collect();
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_mem_available;
-
-    #[test]
-    fn mem_available_is_read_from_meminfo() {
-        let s = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   23000000 kB\n";
-        assert_eq!(parse_mem_available(s), Some(23_000_000 * 1024));
-        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
-    }
 }

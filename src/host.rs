@@ -41,26 +41,34 @@ pub(crate) fn mem_total_bytes(root: &Path) -> Result<u64> {
 /// The `MemTotal:` line of a `/proc/meminfo` text, in bytes (the kernel writes kB,
 /// meaning KiB).
 pub(crate) fn parse_meminfo(text: &str) -> Result<u64> {
+    let bytes = parse_meminfo_field(text, "MemTotal")?;
+    if bytes == 0 {
+        bail!("MemTotal is 0");
+    }
+    Ok(bytes)
+}
+
+/// One `FIELD: N kB` line of a `/proc/meminfo` text, in bytes.
+pub(crate) fn parse_meminfo_field(text: &str, field: &str) -> Result<u64> {
+    let prefix = format!("{field}:");
     let line = text
         .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .ok_or_else(|| anyhow!("no MemTotal line"))?;
-    let bad = || {
-        anyhow!(
-            "bad MemTotal line {}, expected `MemTotal: N kB`",
-            quote(line)
-        )
-    };
-    let mut words = line["MemTotal:".len()..].split_whitespace();
+        .find(|l| l.starts_with(&prefix))
+        .ok_or_else(|| anyhow!("no {field} line"))?;
+    let bad = || anyhow!("bad {field} line {}, expected `{field}: N kB`", quote(line));
+    let mut words = line[prefix.len()..].split_whitespace();
     let (Some(number), Some("kB"), None) = (words.next(), words.next(), words.next()) else {
         return Err(bad());
     };
     let kib: u64 = number.parse().map_err(|_| bad())?;
-    if kib == 0 {
-        bail!("MemTotal is 0");
-    }
     kib.checked_mul(1024)
-        .ok_or_else(|| anyhow!("MemTotal {kib} kB is too large"))
+        .ok_or_else(|| anyhow!("{field} {kib} kB is too large"))
+}
+
+/// This host's `MemAvailable` in bytes, if it can be read.
+pub(crate) fn mem_available() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_field(&text, "MemAvailable").ok()
 }
 
 /// Where the value of a sysctl key (`vm.dirty_ratio`) lives under `root`.
@@ -125,6 +133,17 @@ mod tests {
 
     const REAL: &str = "MemTotal:       131910244 kB\nMemFree:         1523412 kB\n\
                         MemAvailable:   98765432 kB\nHugePages_Total:       0\n";
+
+    #[test]
+    fn meminfo_fields() {
+        let s = "MemTotal:       24576000 kB\nMemFree:  100 kB\nMemAvailable:   23000000 kB\n";
+        assert_eq!(
+            parse_meminfo_field(s, "MemAvailable").unwrap(),
+            23_000_000 * 1024
+        );
+        assert!(parse_meminfo_field("MemTotal: 1 kB\n", "MemAvailable").is_err());
+        assert!(parse_meminfo_field("MemAvailable: lots kB\n", "MemAvailable").is_err());
+    }
 
     #[test]
     fn memtotal_in_bytes() {
