@@ -3,9 +3,9 @@
 //! directory that appears atomically.
 //!
 //! Order of work: check the paths; scan; open every environment; check free space;
-//! create a private temporary beside DST; (freeze; start every compacting copy; wait
-//! for every snapshot; resume); drain copies and copy plain files in parallel, each
-//! file hashed as written and fsynced; give directories their modes; write the
+//! create a private temporary beside DST; (freeze; begin a read transaction on every
+//! environment; resume); run the compacting copies of those snapshots `--jobs` at a
+//! time, and copy plain files, each file hashed as written and fsynced; give directories their modes; write the
 //! manifest; optionally verify; rename the temporary to DST and fsync the parent.
 //! Anything that fails removes the temporary (and only it); a killed run leaves only
 //! `.NAME.synbackup-partial.PID`, which nothing mistakes for a backup.
@@ -16,17 +16,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::cli::FreezeMode;
-use crate::envcopy::{self, Copy};
+use crate::envcopy;
 use crate::exit::{bail_code, fail, Code};
 use crate::fsutil::{self, human};
 use crate::interrupt::{self, Frozen};
-use crate::lmdb::{Env, Mode};
+use crate::lmdb::{Env, Mode, Snapshot};
 use crate::manifest::{self, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest};
 use crate::progress::Progress;
 use crate::scan::{self, Item};
@@ -34,9 +34,6 @@ use crate::{telepath, verify};
 
 /// The marker in a temporary's name: `.NAME.synbackup-partial.PID`.
 pub(crate) const PARTIAL_MARK: &str = ".synbackup-partial.";
-
-/// How long every copy may take to take its snapshot while the service is frozen.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to back up, and how.
 #[derive(Debug, Clone)]
@@ -256,13 +253,20 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
     })
 }
 
+/// What an environment task copies from.
+enum Source {
+    /// A snapshot taken while the service was frozen.
+    Held(Snapshot),
+    /// An open environment: its snapshot is taken when the task starts.
+    Open(Env),
+}
+
 /// The work queue's items.
 enum Task {
     Env {
         job_rel: PathBuf,
         data_meta: fs::Metadata,
-        copy: Option<Copy>,
-        env: Option<Env>,
+        source: Source,
     },
     File {
         rel: PathBuf,
@@ -439,27 +443,27 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
             )
         })?;
         let call_ms = f0.elapsed().as_secs_f64() * 1e3;
-        let mut copies = Vec::new();
-        let started_all = (|| -> Result<()> {
+        // Every snapshot while frozen: one point in time across environments.
+        let mut snaps = Vec::new();
+        let taken = (|| -> Result<()> {
             for e in envs.drain(..) {
-                let rel = e.rel.clone();
-                let meta = e.data_meta.clone();
-                copies.push((rel, meta, envcopy::start(e.env)?));
+                snaps.push((e.rel, e.data_meta, Snapshot::take(e.env)?));
             }
-            let refs: Vec<&Copy> = copies.iter().map(|(_, _, c)| c).collect();
-            wait_copies(&refs)?;
             crate::fault::point("after-freeze")
         })();
         frozen.resume();
         let ms = f0.elapsed().as_secs_f64() * 1e3;
-        started_all?;
-        log::info!("service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms)");
-        for (rel, meta, copy) in copies {
+        taken?;
+        log::info!(
+            "service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
+            snaps.len(),
+            ms - call_ms
+        );
+        for (rel, meta, snap) in snaps {
             tasks.push_back(Task::Env {
                 job_rel: rel,
                 data_meta: meta,
-                copy: Some(copy),
-                env: None,
+                source: Source::Held(snap),
             });
         }
         (Some(ms), Some(call_ms))
@@ -468,8 +472,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
             tasks.push_back(Task::Env {
                 job_rel: e.rel,
                 data_meta: e.data_meta,
-                copy: None,
-                env: Some(e.env),
+                source: Source::Open(e.env),
             });
         }
         (None, None)
@@ -619,10 +622,6 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     })
 }
 
-fn wait_copies(copies: &[&Copy]) -> Result<()> {
-    envcopy::wait_snapshots(copies, SNAPSHOT_TIMEOUT)
-}
-
 fn rel_str(rel: &Path) -> String {
     rel.to_string_lossy().into_owned()
 }
@@ -712,14 +711,13 @@ fn run_task(
         Task::Env {
             job_rel,
             data_meta,
-            copy,
-            env,
+            source,
         } => {
-            let copy = match (copy, env) {
-                (Some(c), _) => c,
-                (None, Some(env)) => envcopy::start(env)?,
-                (None, None) => return Err(anyhow!("nothing to copy for {}", job_rel.display())),
+            let snap = match source {
+                Source::Held(snap) => snap,
+                Source::Open(env) => Snapshot::take(env)?,
             };
+            let copy = envcopy::start(snap)?;
             let dst = tmp.join(&job_rel).join("data.mdb");
             let hashed = copy.drain(&dst, stop, &|n| progress.add(n))?;
             let f = File::open(&dst)?;

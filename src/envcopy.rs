@@ -1,15 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Compacting copies of LMDB environments through pipes, with a point-in-time start.
+//! Compacting copies of LMDB environments through pipes, from held snapshots.
 //!
-//! `mdb_env_copyfd2(.., MDB_CP_COMPACT)` begins its own read transaction and only then
-//! writes its first bytes; a copy writing into a pipe nobody drains blocks while
-//! keeping its snapshot. So: start a copy per environment (each on its own thread,
-//! writing into its own pipe), wait until every pipe has data (every snapshot is
-//! taken), resume the frozen service, then drain the pipes — hashing each byte once
-//! on its way into the file. A copy's transaction ends when its last byte is in the
-//! pipe, so each snapshot is released as soon as its environment is copied.
-//!
-//! Each started copy holds LMDB's 2 MiB double buffer until it is drained.
+//! The snapshots (read transactions, `lmdb::Snapshot`) are taken first, all while the
+//! service is frozen; a copy is `mdb_env_copyfd3(.., MDB_CP_COMPACT, txn)` of one of
+//! them, run on its own thread into a pipe, and drained by a worker that hashes each
+//! byte once on its way into the file. Only `--jobs` copies run at once (each holds
+//! LMDB's 2 MiB double buffer); the others wait as bare transactions. A snapshot is
+//! released as soon as its copy has ended, so the service can reuse its pages.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,19 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use openssl::sha::Sha256;
 
 use crate::exit::{fail, Code};
 use crate::fsutil::{self, Hashed, CHUNK};
 use crate::interrupt;
-use crate::lmdb::{Env, MdbError, Mode};
-
-/// How often a copy is retried when the service grew its map under us.
-const RESIZE_RETRIES: u32 = 10;
+use crate::lmdb::{MdbError, Snapshot};
 
 /// A compacting copy in flight: its thread and the pipe's read end.
 pub(crate) struct Copy {
@@ -114,10 +106,11 @@ fn make_pipe() -> Result<(File, OwnedFd)> {
     Ok((File::from(r), w))
 }
 
-/// Start a compacting copy of `env` on its own thread.
-pub(crate) fn start(env: Env) -> Result<Copy> {
-    let dir = env.dir().to_path_buf();
-    let used = env
+/// Start a compacting copy of `snap` on its own thread; the snapshot is released
+/// when the copy ends.
+pub(crate) fn start(snap: Snapshot) -> Result<Copy> {
+    let dir = snap.dir().to_path_buf();
+    let used = snap
         .info()
         .map(|i| (i.last_pgno + 1) * i.page_size)
         .unwrap_or(0);
@@ -125,24 +118,9 @@ pub(crate) fn start(env: Env) -> Result<Copy> {
     let thread = std::thread::Builder::new()
         .name("lmdb-copy".into())
         .spawn(move || {
-            let mut env = env;
-            let mut tries = 0;
-            let result = loop {
-                match env.copy_compact_to(writer.as_fd()) {
-                    Err(e) if e.is_map_resized() && tries < RESIZE_RETRIES => {
-                        // The service grew its map since we opened: reopen at the new size.
-                        tries += 1;
-                        log::debug!("{}: map resized, reopening", env.dir().display());
-                        match Env::open(env.dir(), Mode::Live) {
-                            Ok(e2) => env = e2,
-                            Err(_) => break Err(e),
-                        }
-                    }
-                    other => break other,
-                }
-            };
+            let result = snap.copy_compact_to(writer.as_fd());
+            drop(snap); // released: the service may reuse the pages it pinned
             drop(writer); // EOF for the reader
-            drop(env);
             result
         })
         .context("cannot start a copy thread")?;
@@ -155,10 +133,6 @@ pub(crate) fn start(env: Env) -> Result<Copy> {
 }
 
 impl Copy {
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn join(&mut self) -> Result<()> {
         self.reader = None; // a blocked writer now fails with EPIPE instead of hanging
         match self.thread.take() {
@@ -240,45 +214,4 @@ fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
     } else {
         anyhow::Error::new(e).context(format!("compacting copy of {} failed", dir.display()))
     }
-}
-
-/// Wait until every copy has produced its first bytes (or ended): from then on every
-/// copy's snapshot is taken. Fails after `timeout` or on a signal.
-pub(crate) fn wait_snapshots(copies: &[&Copy], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut pending: Vec<usize> = (0..copies.len()).collect();
-    while !pending.is_empty() {
-        interrupt::check()?;
-        if Instant::now() > deadline {
-            return Err(anyhow!(
-                "{} of {} copies did not start within {:?} (first: {})",
-                pending.len(),
-                copies.len(),
-                timeout,
-                copies[pending[0]].dir().display()
-            ));
-        }
-        let mut fds: Vec<PollFd> = pending
-            .iter()
-            .filter_map(|&i| {
-                copies[i]
-                    .reader
-                    .as_ref()
-                    .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN))
-            })
-            .collect();
-        poll(&mut fds, PollTimeout::from(200u16)).context("poll on copy pipes failed")?;
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        drop(fds);
-        pending = pending
-            .into_iter()
-            .zip(ready)
-            .filter(|(_, ready)| !ready)
-            .map(|(i, _)| i)
-            .collect();
-    }
-    Ok(())
 }

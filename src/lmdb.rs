@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-//! LMDB through `lmdb-rkv-sys`: the few calls synbackup needs, wrapped safely.
+//! LMDB (the vendored 0.9.33 with py-lmdb's patches, see build.rs): the few calls
+//! synbackup needs, wrapped safely.
 //!
-//! Why this binding: it is plain LMDB 0.9.x with lock-file format 1, the format of
-//! py-lmdb's LMDB that Synapse writes with, so we can open an environment next to a
-//! running service (heed's "0.9.70" cannot: see Cargo.toml). Live environments are
-//! opened `MDB_RDONLY | MDB_NOTLS` (a reader slot per transaction, not per thread:
-//! the compacting copy begins its own transaction on another thread); our own
-//! copies, which nobody else uses, are opened `MDB_NOLOCK` so that reading them
-//! creates no `lock.mdb` inside a backup.
+//! Why this LMDB: it is the one Synapse writes with (lock-file format 1), so we can
+//! open an environment next to a running service (heed's "0.9.70" cannot: see
+//! Cargo.toml), and it has `mdb_env_copyfd3`, a compacting copy from a read
+//! transaction we hold. Live environments are opened `MDB_RDONLY | MDB_NOTLS` (a
+//! reader slot per transaction, not per thread: a snapshot is taken on one thread
+//! and copied on another); our own copies, which nobody else uses, are opened
+//! `MDB_NOLOCK` so that reading them creates no `lock.mdb` inside a backup.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -16,7 +17,111 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 
 use anyhow::{bail, Context, Result};
-use lmdb_sys as ffi;
+
+/// The C API of the vendored LMDB (vendor/lmdb/lmdb.h), as much as we call.
+#[allow(non_camel_case_types)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_uint, c_void};
+
+    /// Opaque handles.
+    #[repr(C)]
+    pub(crate) struct MDB_env {
+        _p: [u8; 0],
+    }
+    #[repr(C)]
+    pub(crate) struct MDB_txn {
+        _p: [u8; 0],
+    }
+    #[repr(C)]
+    pub(crate) struct MDB_cursor {
+        _p: [u8; 0],
+    }
+    pub(crate) type MDB_dbi = c_uint;
+
+    #[repr(C)]
+    pub(crate) struct MDB_val {
+        pub(crate) mv_size: usize,
+        pub(crate) mv_data: *mut c_void,
+    }
+
+    #[repr(C)]
+    pub(crate) struct MDB_stat {
+        pub(crate) ms_psize: c_uint,
+        pub(crate) ms_depth: c_uint,
+        pub(crate) ms_branch_pages: usize,
+        pub(crate) ms_leaf_pages: usize,
+        pub(crate) ms_overflow_pages: usize,
+        pub(crate) ms_entries: usize,
+    }
+
+    #[repr(C)]
+    pub(crate) struct MDB_envinfo {
+        pub(crate) me_mapaddr: *mut c_void,
+        pub(crate) me_mapsize: usize,
+        pub(crate) me_last_pgno: usize,
+        pub(crate) me_last_txnid: usize,
+        pub(crate) me_maxreaders: c_uint,
+        pub(crate) me_numreaders: c_uint,
+    }
+
+    pub(crate) const MDB_RDONLY: c_uint = 0x20000;
+    pub(crate) const MDB_NOTLS: c_uint = 0x200000;
+    pub(crate) const MDB_NOLOCK: c_uint = 0x400000;
+    pub(crate) const MDB_CP_COMPACT: c_uint = 0x01;
+    pub(crate) const MDB_FIRST: c_uint = 0;
+    pub(crate) const MDB_NEXT: c_uint = 8;
+    pub(crate) const MDB_NOTFOUND: c_int = -30798;
+    pub(crate) const MDB_MAP_RESIZED: c_int = -30785;
+    pub(crate) const MDB_INCOMPATIBLE: c_int = -30784;
+
+    extern "C" {
+        pub(crate) fn mdb_strerror(err: c_int) -> *const c_char;
+        pub(crate) fn mdb_env_create(env: *mut *mut MDB_env) -> c_int;
+        pub(crate) fn mdb_env_set_mapsize(env: *mut MDB_env, size: usize) -> c_int;
+        pub(crate) fn mdb_env_set_maxdbs(env: *mut MDB_env, dbs: MDB_dbi) -> c_int;
+        pub(crate) fn mdb_env_open(
+            env: *mut MDB_env,
+            path: *const c_char,
+            flags: c_uint,
+            mode: u32,
+        ) -> c_int;
+        pub(crate) fn mdb_env_close(env: *mut MDB_env);
+        pub(crate) fn mdb_env_stat(env: *mut MDB_env, stat: *mut MDB_stat) -> c_int;
+        pub(crate) fn mdb_env_info(env: *mut MDB_env, info: *mut MDB_envinfo) -> c_int;
+        pub(crate) fn mdb_env_copyfd3(
+            env: *mut MDB_env,
+            fd: c_int,
+            flags: c_uint,
+            txn: *mut MDB_txn,
+        ) -> c_int;
+        pub(crate) fn mdb_txn_begin(
+            env: *mut MDB_env,
+            parent: *mut MDB_txn,
+            flags: c_uint,
+            txn: *mut *mut MDB_txn,
+        ) -> c_int;
+        pub(crate) fn mdb_txn_abort(txn: *mut MDB_txn);
+        pub(crate) fn mdb_dbi_open(
+            txn: *mut MDB_txn,
+            name: *const c_char,
+            flags: c_uint,
+            dbi: *mut MDB_dbi,
+        ) -> c_int;
+        pub(crate) fn mdb_stat(txn: *mut MDB_txn, dbi: MDB_dbi, stat: *mut MDB_stat) -> c_int;
+        pub(crate) fn mdb_cursor_open(
+            txn: *mut MDB_txn,
+            dbi: MDB_dbi,
+            cursor: *mut *mut MDB_cursor,
+        ) -> c_int;
+        pub(crate) fn mdb_cursor_get(
+            cursor: *mut MDB_cursor,
+            key: *mut MDB_val,
+            data: *mut MDB_val,
+            op: c_uint,
+        ) -> c_int;
+        pub(crate) fn mdb_cursor_close(cursor: *mut MDB_cursor);
+    }
+}
 
 /// The `max_dbs` Synapse's own tool opens environments with.
 const MAX_DBS: u32 = 16384;
@@ -24,12 +129,6 @@ const MAX_DBS: u32 = 16384;
 /// An LMDB error code with LMDB's own message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MdbError(pub(crate) i32);
-
-impl MdbError {
-    pub(crate) fn is_map_resized(self) -> bool {
-        self.0 == ffi::MDB_MAP_RESIZED
-    }
-}
 
 impl std::fmt::Display for MdbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +162,7 @@ pub(crate) enum Mode {
 pub(crate) struct Env {
     raw: *mut ffi::MDB_env,
     dir: PathBuf,
+    mode: Mode,
 }
 
 // SAFETY: MDB_env with MDB_NOTLS may be used from other threads; Env is moved, not
@@ -101,6 +201,7 @@ impl Env {
             let env = Env {
                 raw,
                 dir: dir.to_path_buf(),
+                mode,
             };
             check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
                 .with_context(|| format!("cannot set map size of {}", dir.display()))?;
@@ -151,19 +252,76 @@ impl Env {
         }
         Ok(Txn { raw, _env: self })
     }
-
-    /// LMDB's compacting copy into `fd` (a file or a pipe), from a read transaction
-    /// the call begins itself. Blocks until everything is written.
-    pub(crate) fn copy_compact_to(&self, fd: BorrowedFd<'_>) -> std::result::Result<(), MdbError> {
-        // SAFETY: the fd is valid for the duration of the call.
-        check(unsafe { ffi::mdb_env_copyfd2(self.raw, fd.as_raw_fd(), ffi::MDB_CP_COMPACT) })
-    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         // SAFETY: every Txn borrows the Env, so none is alive here.
         unsafe { ffi::mdb_env_close(self.raw) }
+    }
+}
+
+/// One point in time of an environment: a read transaction held on an environment
+/// we own. It can move to another thread (MDB_NOTLS) and is released on drop: the
+/// service can reuse the pages it pins only after that.
+pub(crate) struct Snapshot {
+    txn: *mut ffi::MDB_txn,
+    env: Env,
+}
+
+// SAFETY: with MDB_NOTLS a read transaction may be used from another thread; a
+// Snapshot is moved, never shared.
+unsafe impl Send for Snapshot {}
+
+/// How often a snapshot is retried when the service grows its map under us.
+const RESIZE_RETRIES: u32 = 10;
+
+impl Snapshot {
+    /// Begin a read transaction on `env`. When the service has grown its map since we
+    /// opened the environment (MDB_MAP_RESIZED), reopen it at the new size and retry.
+    pub(crate) fn take(mut env: Env) -> Result<Snapshot> {
+        let mut tries = 0;
+        loop {
+            let mut raw = ptr::null_mut();
+            // SAFETY: a read-only transaction on our open env.
+            let rc =
+                unsafe { ffi::mdb_txn_begin(env.raw, ptr::null_mut(), ffi::MDB_RDONLY, &mut raw) };
+            if rc == ffi::MDB_MAP_RESIZED && tries < RESIZE_RETRIES {
+                tries += 1;
+                log::debug!("{}: map resized, reopening", env.dir.display());
+                env = Env::open(&env.dir.clone(), env.mode)?;
+                continue;
+            }
+            check(rc).with_context(|| {
+                format!("cannot begin a read transaction on {}", env.dir.display())
+            })?;
+            return Ok(Snapshot { txn: raw, env });
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.env.dir()
+    }
+
+    /// Page size and last page of the environment (newest meta page).
+    pub(crate) fn info(&self) -> Result<EnvInfo> {
+        self.env.info()
+    }
+
+    /// LMDB's compacting copy of this snapshot into `fd` (a file or a pipe). Blocks
+    /// until everything is written.
+    pub(crate) fn copy_compact_to(&self, fd: BorrowedFd<'_>) -> std::result::Result<(), MdbError> {
+        // SAFETY: txn belongs to env and is alive; fd is valid for the call.
+        check(unsafe {
+            ffi::mdb_env_copyfd3(self.env.raw, fd.as_raw_fd(), ffi::MDB_CP_COMPACT, self.txn)
+        })
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // SAFETY: the transaction was begun on self.env, which is closed after this.
+        unsafe { ffi::mdb_txn_abort(self.txn) }
     }
 }
 

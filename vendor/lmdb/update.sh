@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Remake vendor/lmdb from py-lmdb's source distribution on PyPI: LMDB 0.9.33 as
+# Synapse runs it (py-lmdb bundles it and applies its two patches at build time,
+# among them env-copy-txn.patch, which adds mdb_env_copyfd3: a compacting copy from
+# a read transaction the caller holds). Usage: vendor/lmdb/update.sh [VERSION]
+set -euo pipefail
+version=${1:-1.7.5}
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download -q --no-deps --no-binary :all: "lmdb==$version" -d "$work"
+tar -xzf "$work/lmdb-$version.tar.gz" -C "$work"
+src=$work/lmdb-$version
+cp "$src/lib/lmdb.h" "$src/lib/mdb.c" "$src/lib/midl.c" "$src/lib/midl.h" "$here/"
+cp "$src/LICENSE" "$here/LICENSE"
+for p in env-copy-txn.patch its-10346.patch; do
+  cp "$src/lib/py-lmdb/$p" "$here/$p"
+  patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/$p"
+done
+echo "vendored LMDB from py-lmdb $version into $here"
