@@ -13,5 +13,7 @@ mod bad_input;
 mod cortex;
 /// Instances: run, list, prune, status, metrics, the lock, restore.
 mod instances;
+/// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
+mod manpage;
 /// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).
 mod sysctl;

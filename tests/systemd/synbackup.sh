@@ -1,23 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
 # shellcheck shell=bash
 # Helpers shared by the synbackup tests in the booted container (source after
-# lib.sh): install synbackup, start the test Cortex, write an instance config.
+# lib.sh): install the package, start the test Cortex, write an instance config.
 
-# The binary under test: $SYNBACKUP_BIN, else the release build of this repo.
-SB_BIN=${SYNBACKUP_BIN:-$NS_REPO/target/release/synbackup}
-
-# Install the binary, units, generator link and static sysctl file as the package
-# lays them out (the package test installs the real .deb instead).
+# Install the package as an operator would: the .deb built from this tree
+# (packaging/build-package; linted separately by tests/run-all), with apt.
 sb_install() {
-  [ -x "$SB_BIN" ] || ns_die "no synbackup binary at $SB_BIN (cargo build --release)"
-  ns_copy_in "$SB_BIN" /usr/bin/synbackup
-  local u
-  for u in "$NS_REPO"/systemd/*; do
-    ns_copy_in "$u" "/usr/lib/systemd/system/$(basename "$u")"
-  done
-  ns_exec mkdir -p /usr/lib/systemd/system-generators /etc/synbackup
-  ns_exec ln -sf /usr/bin/synbackup /usr/lib/systemd/system-generators/synbackup-generator
-  ns_exec systemctl daemon-reload
+  local deb
+  deb=$(SKIP_LINT=1 "$NS_REPO/packaging/build-package" deb | tail -n1)
+  [ -f "$deb" ] || ns_die "no .deb built ($deb)"
+  ns_copy_in "$deb" "/root/$(basename "$deb")"
+  ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "/root/$(basename "$deb")" >/dev/null
 }
 
 # Start the test Cortex NAME (/srv/cortex/NAME) and wait until it answers.

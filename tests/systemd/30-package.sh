@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The .deb on a booted Debian 12 with systemd, as an operator meets it:
+# - install with apt: the tuning applies at once (synbackup-sysctl.service enabled
+#   and run, the drop-ins exist), no template timer is enabled, the generator link,
+#   `systemd-analyze verify` of every installed unit, `man` pages render without
+#   warnings, bash completion works;
+# - an instance for a running Cortex: `systemctl enable --now synbackup@cortex00.timer`
+#   shows in list-timers, and a backup through the installed units succeeds;
+# - upgrade to a rebuilt package with a higher version while a backup is running:
+#   the edited config, the enabled timer and the running backup are kept as they are;
+# - apt remove: binary and units go; config, state and every backup stay;
+# - apt purge: config and state go; every backup and the service directory stay.
+#
+# Builds the two packages itself (packaging/build-package deb VERSION; cached
+# builds are quick): VERSION-1 and the same with revision 2.
+set -euo pipefail
+# shellcheck disable=SC2016 # single-quoted: expanded inside the container, or by dpkg-query
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$NS_REPO/Cargo.toml" | head -n1)
+old=$version-1 new=$version-2
+debs=()
+for v in "$old" "$new"; do
+  deb=$("$NS_REPO/packaging/build-package" deb "$v" | tail -n1)
+  [ -f "$deb" ] || ns_die "no package built for $v"
+  debs+=("$deb")
+done
+
+ns_boot t30
+for deb in "${debs[@]}"; do ns_copy_in "$deb" "/root/$(basename "$deb")"; done
+
+# what_is NAME...: "present" or "absent" for each path, for one comparison.
+what_is() {
+  local p out=()
+  for p in "$@"; do
+    if ns_exec test -e "$p" -o -L "$p"; then out+=("$p:present"); else out+=("$p:absent"); fi
+  done
+  echo "${out[*]}"
+}
+# unit_is STATE UNIT: does `systemctl is-active UNIT` say STATE?
+unit_is() {
+  [ "$(ns_exec systemctl is-active "$2" || true)" = "$1" ]
+}
+# backups_digest: every backup's name and manifest hash (what "kept" means).
+backups_digest() {
+  ns_exec sh -c 'cd /srv/backups/cortex00 && for d in cortex00_*; do
+    printf "%s %s\n" "$d" "$(sha256sum <"$d/synbackup-manifest.json" | cut -d" " -f1)"; done'
+}
+
+# ---- install ----------------------------------------------------------------------
+ns_log "apt install ./$(basename "${debs[0]}")"
+# The container has no network: every dependency must already be there, which is
+# what a Debian 12 with systemd has (libc6, libssl3, init-system-helpers).
+ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+  "/root/$(basename "${debs[0]}")"
+ns_assert_eq "install ok installed $old" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state"
+
+ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup-sysctl.service)" "synbackup-sysctl.service enabled"
+ns_assert_eq active "$(ns_exec systemctl is-active synbackup-sysctl.service)" "synbackup-sysctl.service ran"
+ns_exec test -s /usr/lib/sysctl.d/60-synbackup.conf
+ns_exec grep -q '^vm.dirty' /run/sysctl.d/61-synbackup-memory.conf
+ns_log "ok: sysctl drop-ins: $(ns_exec cat /run/sysctl.d/61-synbackup-memory.conf | grep '^vm' | xargs)"
+ns_assert_eq /usr/bin/synbackup "$(ns_exec readlink -f /usr/lib/systemd/system-generators/synbackup-generator)" "generator link"
+ns_assert_eq "/etc/synbackup:present" "$(what_is /etc/synbackup)" "config directory"
+# No template unit enabled by the package: no wants links, list-timers is empty.
+ns_assert_eq "" "$(ns_exec find /etc/systemd/system -name 'synbackup*@*' -print)" "instance units enabled by the package"
+ns_assert_eq "" "$(ns_exec systemctl list-timers --all --no-legend 'synbackup*' | grep -v '^0 timers' || true)" "timers after install"
+
+# systemd-analyze verify on the installed units (templates through an instance);
+# it also checks that the Documentation= man pages exist.
+units=(synbackup-sysctl.service synbackup@cortex00.service synbackup@cortex00.timer
+       synbackup-cold@cortex00.service synbackup-cold@cortex00.timer
+       synbackup-failure@synbackup@cortex00.service.service)
+verify=$(ns_exec systemd-analyze verify "${units[@]}" 2>&1) || ns_die "systemd-analyze verify failed: $verify"
+ns_assert_eq "" "$verify" "systemd-analyze verify ${units[*]}"
+
+# The man pages render, and groff has nothing to say about them.
+for page in synbackup synbackup.conf; do
+  warn=$(ns_exec env MANWIDTH=80 man --warnings "$page" 2>&1 >/dev/null)
+  ns_assert_eq "" "$warn" "man --warnings $page"
+done
+ns_exec man -P cat synbackup | grep -q '^EXIT STATUS'
+ns_exec man -P cat synbackup.conf | grep -q 'SYNBACKUP_KEEP_DAILY'
+
+# Bash completion, loaded on demand as in an interactive shell.
+got=$(ns_exec bash -c '. /usr/share/bash-completion/bash_completion
+  __load_completion synbackup || exit 1
+  COMP_WORDS=(synbackup ba); COMP_CWORD=1; COMP_LINE="synbackup ba"; COMP_POINT=${#COMP_LINE}
+  "$(complete -p synbackup | sed -n "s/.*-F \([^ ]*\) .*/\1/p")" synbackup ba synbackup
+  echo "${COMPREPLY[@]}"')
+ns_assert_eq backup "$got" "bash completion of 'synbackup ba'"
+
+# ---- an instance for a running Cortex ---------------------------------------------
+ns_install_unit "$NS_DIR/units/synapse-cortex@.service"
+ns_copy_in "$NS_DIR/storm.py" /usr/local/bin/storm.py
+ns_exec systemctl start synapse-cortex@cortex00.service
+ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
+ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
+ns_exec storm.py add /srv/cortex/cortex00 200 >/dev/null
+
+# The operator's config: the shipped example, edited.
+ns_exec sh -ec 'sed -e "s|^SYNBACKUP_SERVICE_DIR=.*|SYNBACKUP_SERVICE_DIR=/srv/cortex/cortex00|" \
+    -e "s|^SYNBACKUP_BACKUP_ROOT=.*|SYNBACKUP_BACKUP_ROOT=/srv/backups/cortex00|" \
+    -e "s|^#SYNBACKUP_KEEP_LAST=3|SYNBACKUP_KEEP_LAST=5|" \
+    /usr/share/doc/synbackup/examples/instance.conf >/etc/synbackup/cortex00.conf
+  mkdir -p /srv/backups/cortex00
+  # What prometheus-node-exporter would have made: metrics are written when it exists.
+  mkdir -p /var/lib/prometheus/node-exporter
+  systemctl daemon-reload'
+conf_sum=$(ns_exec sha256sum /etc/synbackup/cortex00.conf)
+ns_exec systemctl enable --now synbackup@cortex00.timer
+ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer | grep -q 'synbackup@cortex00.timer' \
+  || ns_die "synbackup@cortex00.timer is not in systemctl list-timers"
+ns_log "ok: $(ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer)"
+
+ns_exec systemctl start synbackup@cortex00.service
+ns_assert_eq success "$(ns_exec systemctl show -P Result synbackup@cortex00.service)" "first backup through the installed unit"
+ns_exec test -s /var/lib/synbackup/cortex00.json
+ns_exec test -s /var/lib/prometheus/node-exporter/synbackup-cortex00.prom
+
+# ---- upgrade, with a backup running ------------------------------------------------
+# A drop-in holds the next backup in its start phase long enough to upgrade under it.
+ns_exec sh -ec 'mkdir -p /run/systemd/system/synbackup@cortex00.service.d
+  printf "[Service]\nExecStartPre=/bin/sleep 15\n" >/run/systemd/system/synbackup@cortex00.service.d/slow.conf
+  systemctl daemon-reload'
+ns_exec systemctl start --no-block synbackup@cortex00.service
+ns_wait_until 10 "the backup to start" unit_is activating synbackup@cortex00.service
+running_id=$(ns_exec systemctl show -P InvocationID synbackup@cortex00.service)
+timer_id=$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)
+backups_before=$(backups_digest)
+
+ns_log "apt install ./$(basename "${debs[1]}") (upgrade)"
+ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+  "/root/$(basename "${debs[1]}")"
+ns_assert_eq "install ok installed $new" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state after upgrade"
+ns_assert_eq "$running_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.service)" "running backup not restarted by the upgrade"
+ns_assert_eq "$timer_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)" "timer not restarted by the upgrade"
+ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "edited config kept by the upgrade"
+ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup@cortex00.timer)" "timer still enabled after upgrade"
+ns_assert_eq active "$(ns_exec systemctl is-active synbackup@cortex00.timer)" "timer still active after upgrade"
+ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup-sysctl.service)" "synbackup-sysctl.service after upgrade"
+# The backup that was running when the package changed under it finishes well.
+ns_wait_until 120 "the running backup to finish" unit_is inactive synbackup@cortex00.service
+ns_assert_eq success "$(ns_exec systemctl show -P Result synbackup@cortex00.service)" "backup that ran across the upgrade"
+ns_exec sh -c 'rm -r /run/systemd/system/synbackup@cortex00.service.d; systemctl daemon-reload'
+backups=$(backups_digest)
+[ "$(wc -l <<<"$backups")" -gt "$(wc -l <<<"$backups_before")" ] || ns_die "no new backup after the upgrade"
+lost=$(comm -23 <(sort <<<"$backups_before") <(sort <<<"$backups"))
+ns_assert_eq "" "$lost" "backups changed or gone across the upgrade"
+ns_log "ok: $(wc -l <<<"$backups") backups"
+
+# ---- remove -----------------------------------------------------------------------
+ns_exec env DEBIAN_FRONTEND=noninteractive apt-get remove -y synbackup
+ns_assert_eq "deinstall ok config-files" "$(ns_exec dpkg-query -W -f='${Status}' synbackup)" "package state after remove"
+ns_assert_eq "/usr/bin/synbackup:absent /usr/lib/systemd/system/synbackup@.service:absent /usr/lib/systemd/system/synbackup@.timer:absent /usr/lib/systemd/system-generators/synbackup-generator:absent /run/sysctl.d/61-synbackup-memory.conf:absent" \
+  "$(what_is /usr/bin/synbackup /usr/lib/systemd/system/synbackup@.service /usr/lib/systemd/system/synbackup@.timer \
+       /usr/lib/systemd/system-generators/synbackup-generator /run/sysctl.d/61-synbackup-memory.conf)" "files after remove"
+ns_assert_eq inactive "$(ns_exec systemctl is-active synbackup@cortex00.timer || true)" "instance timer after remove"
+ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "config after remove"
+ns_exec test -s /var/lib/synbackup/cortex00.json
+ns_assert_eq "$backups" "$(backups_digest)" "backups after remove"
+
+# ---- purge ------------------------------------------------------------------------
+ns_exec env DEBIAN_FRONTEND=noninteractive apt-get purge -y synbackup
+ns_assert_eq "" "$(ns_exec dpkg-query -W -f='${Status}' synbackup 2>/dev/null || true)" "package state after purge"
+ns_assert_eq "/etc/synbackup:absent /var/lib/synbackup:absent /run/synbackup:absent /var/lib/prometheus/node-exporter/synbackup-cortex00.prom:absent /etc/systemd/system/timers.target.wants/synbackup@cortex00.timer:absent" \
+  "$(what_is /etc/synbackup /var/lib/synbackup /run/synbackup /var/lib/prometheus/node-exporter/synbackup-cortex00.prom \
+       /etc/systemd/system/timers.target.wants/synbackup@cortex00.timer)" "files after purge"
+ns_assert_eq "$backups" "$(backups_digest)" "backups after purge"
+ns_exec test -f /srv/cortex/cortex00/cell.guid
+ns_assert_eq active "$(ns_exec systemctl is-active synapse-cortex@cortex00.service)" "the service after purge"
+ns_poweroff
