@@ -21,7 +21,7 @@ sb_config cortex00 </dev/null
 ns_exec mkdir -p /var/lib/prometheus/node-exporter
 
 unit=synbackup@cortex00.service
-has_progress() { sb_prop $unit StatusText | grep -q ' of '; }
+has_progress() { sb_prop $unit StatusText | grep -q '^copying /srv/cortex/cortex00: .* of '; }
 finished() { [ "$(sb_prop $unit ActiveState)" = inactive ] || [ "$(sb_prop $unit ActiveState)" = failed ]; }
 success_event() {
   ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e01 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'backed up'
@@ -31,7 +31,7 @@ success_event() {
 ns_exec systemctl start --no-block $unit
 ns_wait_until 60 "a STATUS= progress line" has_progress
 shown=$(ns_exec systemctl status --no-pager $unit || true)
-printf '%s\n' "$shown" | grep -E 'Status: "backing up /srv/cortex/cortex00: .* of 1\.[0-9] GiB' \
+printf '%s\n' "$shown" | grep -E 'Status: "copying /srv/cortex/cortex00: .* of 1\.[0-9] GiB' \
   || ns_die "systemctl status shows no progress line: $shown"
 ns_wait_until 300 "the backup to finish" finished
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run"
