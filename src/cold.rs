@@ -37,7 +37,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::cli::{ColdArgs, Dirs, FreezeMode};
-use crate::config::{self, Instance};
+use crate::config::Instance;
 use crate::exit::{code_of, fail, Code};
 use crate::fsutil::human;
 use crate::status::{self, Status};
@@ -160,16 +160,10 @@ pub(crate) fn remove_kept(dir: &Path, keep: Option<&Path>, max_age: Option<Durat
 
 /// `synbackup cold INSTANCE`.
 pub(crate) fn cold_cmd(dirs: &Dirs, args: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
-    config::check_name(&args.instance)?;
     let started = Utc::now();
     let t0 = Instant::now();
-    let inst = match config::load(&dirs.config_dir, &args.instance, &args.overrides) {
-        Ok(i) => i,
-        Err(e) => {
-            crate::instance::record_failure(dirs, &args.instance, "cold", started, t0, &e, None);
-            return Err(crate::exit::reported(&e));
-        }
-    };
+    let inst =
+        crate::instance::load_for_run(dirs, &args.instance, &args.overrides, "cold", started, t0)?;
     let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "cold")?;
     let mut report = Report::default();
     let result = window(&inst, &mut report, show_bar);

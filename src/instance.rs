@@ -31,18 +31,28 @@ fn now_str(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Load an instance for a run of `kind`; a bad configuration is recorded as a
+/// failed run (status, metrics, journal) and returned as reported.
+pub(crate) fn load_for_run(
+    dirs: &Dirs,
+    name: &str,
+    overrides: &InstanceOverrides,
+    kind: &str,
+    started: DateTime<Utc>,
+    t0: Instant,
+) -> Result<Instance> {
+    config::check_name(name)?;
+    config::load(&dirs.config_dir, name, overrides).map_err(|e| {
+        record_failure(dirs, name, kind, started, t0, &e, None);
+        crate::exit::reported(&e)
+    })
+}
+
 /// `synbackup run INSTANCE`.
 pub(crate) fn run(dirs: &Dirs, args: &RunArgs, show_bar: bool) -> Result<ExitCode> {
-    config::check_name(&args.instance)?;
     let started = Utc::now();
     let t0 = Instant::now();
-    let inst = match config::load(&dirs.config_dir, &args.instance, &args.overrides) {
-        Ok(i) => i,
-        Err(e) => {
-            record_failure(dirs, &args.instance, "backup", started, t0, &e, None);
-            return Err(crate::exit::reported(&e));
-        }
-    };
+    let inst = load_for_run(dirs, &args.instance, &args.overrides, "backup", started, t0)?;
     // A second run exits here, and leaves the first one's status alone.
     let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "run")?;
     let result = backup_and_prune(&inst, started, show_bar);
