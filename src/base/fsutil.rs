@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Filesystem helpers where data safety lives: sparse-aware hashed copies,
+//! ownership/mode/time preservation, fsync of files and directories, atomic writes
+//! and free space.
+//!
+//! Writes are followed by an fsync of the file and then of its directory: a file we
+//! say is written is on disk. Sparse files (LMDB with writemap is as large as its
+//! map) are copied by their data extents (SEEK_DATA/SEEK_HOLE); holes stay holes.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use nix::sys::stat::{futimens, utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, Gid, Uid};
+use openssl::sha::Sha256;
+
+use crate::base::exit::{fail, Code};
+
+/// Size of the buffers data is moved in.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+/// Lower-case hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Map an I/O error while writing the backup: a full disk gets its own code.
+pub(crate) fn write_error(path: &Path, e: io::Error) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => fail(
+            Code::NoSpace,
+            format!(
+                "no space left writing {}: free space there and run again",
+                path.display()
+            ),
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot write {}", path.display())),
+    }
+}
+
+/// Data extents of a file: `(offset, len)` pairs, holes left out.
+fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let end = len as i64;
+    while pos < end {
+        let start = match lseek(file.as_fd(), pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole up to EOF
+            Err(nix::errno::Errno::EINVAL) => return Ok(vec![(0, len)]), // no SEEK_DATA here
+            Err(e) => return Err(e.into()),
+        };
+        let stop = lseek(file.as_fd(), start, Whence::SeekHole).map_err(io::Error::from)?;
+        let stop = stop.min(end);
+        if stop > start {
+            out.push((start as u64, (stop - start) as u64));
+        }
+        pos = stop;
+    }
+    Ok(out)
+}
+
+/// What a hashed copy or read saw.
+#[derive(Debug, Clone)]
+pub(crate) struct Hashed {
+    pub(crate) size: u64,
+    pub(crate) data_bytes: u64,
+    pub(crate) sha256: String,
+}
+
+static ZEROS: [u8; CHUNK] = [0u8; CHUNK];
+
+fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(CHUNK as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Read `src` extent by extent (holes skipped), hashing its full logical content
+/// (holes as zeros); when `dst` is given, write each extent at the same offset there
+/// (holes stay holes) and give it the same length. `on_bytes` is told each chunk.
+fn walk_extents(
+    src: &File,
+    src_path: &Path,
+    dst: Option<(&File, &Path)>,
+    mut on_bytes: impl FnMut(u64) -> Result<()>,
+) -> Result<Hashed> {
+    use std::os::unix::fs::FileExt;
+    let len = src
+        .metadata()
+        .with_context(|| format!("cannot stat {}", src_path.display()))?
+        .len();
+    let extents =
+        data_extents(src, len).with_context(|| format!("cannot map {}", src_path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    let mut data_bytes = 0u64;
+    for (start, elen) in extents {
+        hash_zeros(&mut h, start - pos);
+        let mut off = start;
+        let stop = start + elen;
+        while off < stop {
+            let want = ((stop - off) as usize).min(CHUNK);
+            let n = src.read_at(&mut buf[..want], off).map_err(|e| {
+                fail(
+                    Code::BadPath,
+                    format!("cannot read {}: {e}", src_path.display()),
+                )
+            })?;
+            if n == 0 {
+                break; // the file shrank meanwhile: what is there, then zeros
+            }
+            h.update(&buf[..n]);
+            if let Some((dst, dst_path)) = dst {
+                dst.write_all_at(&buf[..n], off)
+                    .map_err(|e| write_error(dst_path, e))?;
+            }
+            off += n as u64;
+            data_bytes += n as u64;
+            on_bytes(n as u64)?;
+        }
+        pos = off;
+        if off < stop {
+            break;
+        }
+    }
+    let size = len.max(pos);
+    hash_zeros(&mut h, size - pos);
+    if let Some((dst, dst_path)) = dst {
+        dst.set_len(size).map_err(|e| write_error(dst_path, e))?;
+    }
+    Ok(Hashed {
+        size,
+        data_bytes,
+        sha256: hex(&h.finish()),
+    })
+}
+
+/// Copy `src` into the new, empty `dst` extent by extent (holes stay holes), hashing
+/// the full logical content (holes as zeros). `on_bytes` is told each chunk written.
+pub(crate) fn copy_sparse_hashed(
+    src: &File,
+    src_path: &Path,
+    dst: &File,
+    dst_path: &Path,
+    on_bytes: impl FnMut(u64) -> Result<()>,
+) -> Result<Hashed> {
+    walk_extents(src, src_path, Some((dst, dst_path)), on_bytes)
+}
+
+/// SHA-256 of a file's content, reading only its data extents.
+pub(crate) fn hash_file(path: &Path) -> Result<Hashed> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    walk_extents(&file, path, None, |_| Ok(()))
+}
+
+/// Create a new file for writing (never overwrites), private until finished.
+pub(crate) fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| write_error(path, e))
+}
+
+fn ts(sec: i64, nsec: i64) -> TimeSpec {
+    TimeSpec::new(sec, nsec)
+}
+
+/// Give an open file the owner, mode and times of `meta` (owner only where we may:
+/// as root, or when it is already ours).
+pub(crate) fn apply_meta_fd(
+    file: &File,
+    path: &Path,
+    meta: &Metadata,
+    keep_times: bool,
+) -> Result<()> {
+    chown_fd(file, path, meta)?;
+    file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    if keep_times {
+        futimens(
+            file.as_fd(),
+            &ts(meta.atime(), meta.atime_nsec()),
+            &ts(meta.mtime(), meta.mtime_nsec()),
+        )
+        .with_context(|| format!("cannot set times of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn chown_fd(file: &File, path: &Path, meta: &Metadata) -> Result<()> {
+    match fchown(
+        file.as_fd(),
+        Some(Uid::from_raw(meta.uid())),
+        Some(Gid::from_raw(meta.gid())),
+    ) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) if !Uid::effective().is_root() => {
+            log::debug!(
+                "cannot give {} its owner (not root); kept ours",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot chown {}", path.display())),
+    }
+}
+
+/// Owner, mode and times of a directory (applied after its content is written).
+pub(crate) fn apply_meta_dir(path: &Path, meta: &Metadata) -> Result<()> {
+    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    apply_meta_fd(&dir, path, meta, true)?;
+    dir.sync_all()
+        .with_context(|| format!("cannot fsync {}", path.display()))
+}
+
+/// Owner and times of a symlink itself.
+pub(crate) fn apply_meta_link(path: &Path, meta: &Metadata) -> Result<()> {
+    match fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(Uid::from_raw(meta.uid())),
+        Some(Gid::from_raw(meta.gid())),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot chown {}", path.display())),
+    }
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &ts(meta.atime(), meta.atime_nsec()),
+        &ts(meta.mtime(), meta.mtime_nsec()),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .with_context(|| format!("cannot set times of {}", path.display()))
+}
+
+/// fsync a directory (its entries are durable afterwards).
+pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", path.display()))
+}
+
+/// Write `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync dir.
+#[allow(dead_code)] // status, metrics and sysctl files use it (in progress)
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| write_error(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| write_error(&tmp, e))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all().map_err(|e| write_error(&tmp, e))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path`.
+pub(crate) fn free_space(path: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("cannot statvfs {}", path.display()))?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Bytes a file occupies on disk (sparse files less than their length).
+pub(crate) fn allocated(meta: &Metadata) -> u64 {
+    meta.blocks() * 512
+}
+
+/// Human-readable size (binary units).
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_hashes_zeros() {
+        let t = tempfile::tempdir().unwrap();
+        let src_path = t.path().join("s");
+        let src = File::create(&src_path).unwrap();
+        src.set_len(64 << 20).unwrap();
+        src.write_all_at(b"hello", 10 << 20).unwrap();
+        src.sync_all().unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dst_path = t.path().join("d");
+        let dst = create_new(&dst_path).unwrap();
+        let h = copy_sparse_hashed(&src, &src_path, &dst, &dst_path, |_| Ok(())).unwrap();
+        assert_eq!(h.size, 64 << 20);
+        assert!(h.data_bytes < (64 << 20));
+        let meta = fs::metadata(&dst_path).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(allocated(&meta) < (8 << 20), "holes were filled");
+        assert_eq!(hash_file(&dst_path).unwrap().sha256, h.sha256);
+        let mut full = vec![0u8; 64 << 20];
+        full[10 << 20..(10 << 20) + 5].copy_from_slice(b"hello");
+        assert_eq!(hex(&openssl::sha::sha256(&full)), h.sha256);
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        write_atomic(&p, b"one", 0o644).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+}
