@@ -212,7 +212,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     drop(progress);
     fault::point("before-publish")?;
     let verified = req.verify && verify_before_publish(&src, &tmp)?;
-    publish(&mut partial, &src_meta, &dst)?;
+    publish(&mut partial, &src, &src_meta, &dst)?;
     Ok(Summary {
         source: src.to_string_lossy().into_owned(),
         backup: dst.to_string_lossy().into_owned(),
@@ -547,12 +547,12 @@ fn verify_before_publish(src: &Path, tmp: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// The top gets the source's owner and mode (never more open), then the rename
-/// and the parent's fsync.
-fn publish(partial: &mut Partial, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
+/// The top gets the source's owner, mode (never more open) and xattrs, then the
+/// rename and the parent's fsync.
+fn publish(partial: &mut Partial, src: &Path, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
     interrupt::check()?;
     let tmp = partial.path().to_path_buf();
-    fsutil::apply_meta_dir(&tmp, src_meta)?;
+    fsutil::copy_meta_dir(&tmp, src_meta, &workers::source_xattrs(src)?)?;
     fs::rename(&tmp, dst).map_err(|e| {
         bad(format!(
             "cannot rename {} to {}: {e}; was the destination created meanwhile?",

@@ -295,6 +295,49 @@ mod tests {
     }
 
     #[test]
+    fn links_out_of_the_tree_are_followed_links_inside_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().join("svc");
+        let out = t.path().join("elsewhere");
+        fs::create_dir_all(s.join("a")).unwrap();
+        fs::create_dir_all(out.join("env")).unwrap();
+        fs::create_dir_all(out.join("plain")).unwrap();
+        fs::write(out.join("env/data.mdb"), b"x").unwrap();
+        fs::write(out.join("plain/f"), b"x").unwrap();
+        fs::write(out.join("key.pem"), b"x").unwrap();
+        fs::write(s.join("cell.guid"), b"x").unwrap();
+        let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, s.join(name));
+        link(&out.join("env"), "env.lmdb").unwrap();
+        link(&out.join("plain"), "plain").unwrap();
+        link(Path::new("../elsewhere/key.pem"), "key.pem").unwrap();
+        link(Path::new("cell.guid"), "inside").unwrap();
+        link(&s.join("cell.guid"), "absolute-inside").unwrap();
+        link(Path::new("/nonexistent/x"), "dangling").unwrap();
+        link(&s, "a/loop").unwrap();
+        let plan = scan(&s, &GlobSet::empty()).unwrap();
+        assert_eq!(
+            rels(&plan),
+            vec![
+                "d a",
+                "l a/loop",
+                "f absolute-inside",
+                "f cell.guid",
+                "l dangling",
+                "e env.lmdb",
+                "l inside",
+                "f key.pem",
+                "d plain",
+                "f plain/f",
+            ]
+        );
+        let followed: Vec<_> = plan.followed.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(
+            followed,
+            ["absolute-inside", "env.lmdb", "key.pem", "plain"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
     fn dot_prefixed_patterns_work_too() {
         let set = compile_skipdirs(&["./layers".to_string()]).unwrap();
         assert!(skip_dir(Path::new("layers"), "layers", &set));

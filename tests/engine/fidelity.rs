@@ -70,6 +70,7 @@ fn add_the_hard_parts(src: &Path, layer: &str, outside: &Path) {
     // xattrs and ACLs on a file and a directory.
     xattr::set(src.join("cell.guid"), "user.origin", b"\x00binary\xff").unwrap();
     xattr::set(src.join("slabs"), "user.tier", b"fast").unwrap();
+    xattr::set(src, "user.top", b"top").unwrap();
     setfacl(&["-m", "u:65534:r"], &src.join("cookie.secret"));
     setfacl(&["-d", "-m", "u:65534:rx"], &src.join("slabs"));
 }
@@ -106,6 +107,7 @@ fn check_the_hard_parts(src: &Path, dst: &Path, layer: &str) {
         xattr::get(dst.join("slabs"), "user.tier").unwrap(),
         Some(b"fast".to_vec())
     );
+    assert_eq!(xattr::get(dst, "user.top").unwrap(), Some(b"top".to_vec()));
     for p in ["cookie.secret", "slabs"] {
         assert_eq!(getfacl(&src.join(p)), getfacl(&dst.join(p)), "ACL of {p}");
     }
