@@ -97,6 +97,14 @@ fn check_xattrs(path: &Path, recorded: &Xattrs, problems: &mut Vec<String>) {
     }
 }
 
+/// Whether the link at `path` resolves to something outside the backup `dir`.
+fn links_outside(dir: &Path, path: &Path) -> bool {
+    match (fs::canonicalize(dir), fs::canonicalize(path)) {
+        (Ok(top), Ok(to)) => !to.starts_with(top),
+        _ => false, // dangling: nothing is missing from the backup
+    }
+}
+
 /// Modes and xattrs of the directories, targets of the links.
 fn check_layout(dir: &Path, m: &Manifest, present: &Present, r: &mut Report) {
     let v2 = m.format != manifest::FORMAT_V1;
@@ -142,7 +150,15 @@ fn check_layout(dir: &Path, m: &Manifest, present: &Present, r: &mut Report) {
         }
         listed.insert(l.path.clone());
         match fs::read_link(&path) {
-            Ok(t) if t == path_of(&l.target) => {}
+            Ok(t) if t == path_of(&l.target) => {
+                if !v2 && links_outside(dir, &path) {
+                    r.problems.push(format!(
+                        "{}: links to {}, outside the backup: this data is not in it (synbackup before manifest format 2 kept such links); make a new backup",
+                        path.display(),
+                        l.target
+                    ));
+                }
+            }
             Ok(t) => r.problems.push(format!(
                 "{}: links to {} but the manifest says {}",
                 path.display(),

@@ -225,7 +225,7 @@ fn verify_catches_a_dir_mode_a_link_target_a_stripped_xattr_and_a_tampered_manif
     xattr::set(dst.join("cell.guid"), "user.origin", b"x").unwrap();
     assert!(run(&[&"verify", &dst]).status.success());
 
-    // One digit of one recorded size changed: the manifest's own digest catches it.
+    // One recorded mode widened (0600 to 0644): the manifest's own digest catches it.
     let mpath = dst.join("synbackup-manifest.json");
     let text = fs::read_to_string(&mpath).unwrap();
     let tampered = text.replacen("\"mode\": 384", "\"mode\": 420", 1);
@@ -234,19 +234,34 @@ fn verify_catches_a_dir_mode_a_link_target_a_stripped_xattr_and_a_tampered_manif
     assert_verify_fails(&dst, "the manifest was changed or damaged");
 }
 
+/// Rewrite the backup's manifest as synbackup 0.1 wrote it (format 1: no body
+/// digest, no xattrs, no followed links), after `edit`.
+fn rewrite_as_format_1(dst: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut m = manifest(dst);
+    edit(&mut m);
+    m["format"] = serde_json::json!("synbackup-manifest/1");
+    let o = m.as_object_mut().unwrap();
+    o.remove("body_sha256");
+    for list in ["files", "dirs"] {
+        for e in o[list].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("xattrs");
+        }
+    }
+    let mpath = dst.join("synbackup-manifest.json");
+    fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
 #[test]
 fn verify_checks_the_main_database_count() {
     let t = tempdir();
     let dst = small_backup(t.path());
-    let mpath = dst.join("synbackup-manifest.json");
-    let mut m = manifest(&dst);
-    let dbs = &mut m["environments"][0]["databases"];
-    let n = dbs["(main)"].as_u64().unwrap();
-    dbs["(main)"] = serde_json::json!(n + 1);
-    // Re-sealed as format 1 (no digest), so only the count is wrong.
-    m["format"] = serde_json::json!("synbackup-manifest/1");
-    m.as_object_mut().unwrap().remove("body_sha256");
-    fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let mut n = 0;
+    // As format 1 (no digest to fail first), so only the count is wrong.
+    rewrite_as_format_1(&dst, |m| {
+        let dbs = &mut m["environments"][0]["databases"];
+        n = dbs["(main)"].as_u64().unwrap();
+        dbs["(main)"] = serde_json::json!(n + 1);
+    });
     assert_verify_fails(
         &dst,
         &format!(
@@ -260,20 +275,28 @@ fn verify_checks_the_main_database_count() {
 fn verify_reads_format_1_manifests() {
     let t = tempdir();
     let dst = small_backup(t.path());
-    // What synbackup 0.1 wrote: format 1, no body digest, no xattrs, no followed.
-    let mpath = dst.join("synbackup-manifest.json");
-    let mut m = manifest(&dst);
-    m["format"] = serde_json::json!("synbackup-manifest/1");
-    let o = m.as_object_mut().unwrap();
-    o.remove("body_sha256");
-    for list in ["files", "dirs"] {
-        for e in o[list].as_array_mut().unwrap() {
-            e.as_object_mut().unwrap().remove("xattrs");
-        }
-    }
-    fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    rewrite_as_format_1(&dst, |_| {});
     let v = run(&[&"verify", &dst]);
     assert!(v.status.success(), "{}", stderr(&v));
+    // A link such a version kept to data outside the backup is reported.
+    let outside = t.path().join("svc/sslkey.pem");
+    std::os::unix::fs::symlink(&outside, dst.join("key-link")).unwrap();
+    rewrite_as_format_1(&dst, |m| {
+        m["symlinks"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "path": "key-link", "target": outside.to_str().unwrap()
+            }))
+    });
+    assert_verify_fails(&dst, "key-link: links to");
+    fs::remove_file(dst.join("key-link")).unwrap();
+    rewrite_as_format_1(&dst, |m| {
+        m["symlinks"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|l| l["path"] != "key-link")
+    });
     // ... and still checks the files.
     fs::write(dst.join("sslcert.pem"), "changed").unwrap();
     assert_verify_fails(&dst, "sslcert.pem: size");
