@@ -4,10 +4,10 @@
 //! `trusted.*`, read from a source and set on its copy, through open descriptors.
 //!
 //! The `xattr` crate (fd-based `FileExt`, over rustix) does the system calls; nix does
-//! not wrap them. `user.*` and `system.*` must be kept: failing to set one is an
-//! error naming the file. `security.*` and `trusted.*` are best effort (an
-//! unprivileged run, or a filesystem or LSM that refuses a label): skipped, logged
-//! once per run. Attributes the copy has that the source has not (a default ACL
+//! not wrap them. `user.*` and the POSIX ACLs must be kept: failing to set one is
+//! an error naming the file. `security.*`, `trusted.*` and other `system.*` ones (an
+//! NFSv4 ACL means nothing on a local disk) are best effort (an unprivileged run, or
+//! a filesystem or LSM that refuses a label): skipped, logged once per run. Attributes the copy has that the source has not (a default ACL
 //! inherited from the destination's directory) are removed, so the copy carries
 //! exactly the source's.
 
@@ -25,11 +25,11 @@ use xattr::FileExt;
 /// Attribute name to value.
 pub(crate) type Attrs = BTreeMap<OsString, Vec<u8>>;
 
-/// Whether an attribute is one we must keep (`user.*`, `system.*`); the others are
-/// best effort.
+/// Whether an attribute is one we must keep (`user.*`, the POSIX ACLs); the others
+/// are best effort.
 pub(crate) fn required(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.starts_with(b"user.") || b.starts_with(b"system.")
+    b.starts_with(b"user.") || b.starts_with(b"system.posix_acl_")
 }
 
 fn unsupported(e: &io::Error) -> bool {

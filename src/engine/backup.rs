@@ -64,7 +64,7 @@ pub(crate) struct Summary {
     pub(crate) files: usize,
     /// Bytes the copied data took at the source (allocated on disk).
     pub(crate) source_bytes: u64,
-    /// Bytes written into the backup.
+    /// Data bytes written into the backup (holes of sparse files are not written).
     pub(crate) bytes_written: u64,
     pub(crate) seconds: f64,
     /// Source bytes not written thanks to compaction (and holes).
@@ -424,6 +424,7 @@ fn collect(done: Vec<Done>) -> Copied {
                 env,
                 source_bytes: s,
             } => {
+                bytes_written += file.size; // a compacted copy has no holes
                 files.push(file);
                 envs.push(env);
                 source_bytes += s;
@@ -436,10 +437,8 @@ fn collect(done: Vec<Done>) -> Copied {
                 files.push(file);
                 source_bytes += s;
                 bytes_written += written;
-                continue;
             }
         }
-        bytes_written += files.last().map_or(0, |f| f.size);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     envs.sort_by(|a, b| a.path.cmp(&b.path));

@@ -5,7 +5,7 @@
 //! matches its own `body_sha256` (format 2); every listed file exists with its size,
 //! SHA-256 and mode; every listed directory with its mode; every kept symlink with
 //! its target, and where a followed link was, data and no link; the xattrs of files
-//! and directories (format 2: every `user.*`/`system.*` one, and the others the
+//! and directories (format 2: every `user.*` and ACL one, and the others the
 //! manifest recorded); nothing unlisted was added (a stray `lock.mdb` from a Synapse
 //! that ran on the backup is tolerated); every environment whose `data.mdb` hashed
 //! correctly opens read-only (without creating a lock file), has every recorded
