@@ -19,7 +19,9 @@
 //! compacted, counted, hashed; a directory is walked) and the manifest says so. Only
 //! a relative link that resolves inside the tree is kept as a link (it stays valid
 //! in the backup). A dangling link, or one to a directory already being walked (a
-//! loop), is kept as a link with a warning.
+//! loop), is kept as a link with a warning. (Synapse's tool also copies links inside
+//! the tree as files, makes a link to a plain directory an empty directory, and
+//! drops dangling links: we keep, walk and keep them.)
 
 use std::fs::{self, Metadata};
 use std::os::unix::fs::FileTypeExt;
