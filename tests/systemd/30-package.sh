@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2016 # single-quoted: expanded inside the container, or by dpkg-query
 # The .deb on a booted Debian 12 with systemd, as an operator meets it:
 # - install with apt: the tuning applies at once (synbackup-sysctl.service enabled
-#   and run, the drop-ins exist), no template timer is enabled, the generator link,
+#   and run, the drop-ins exist, our sysctl keys and only them are applied, and
+#   systemd-sysctl.service is not restarted: an administrator's runtime change to
+#   another key stays), no template timer is enabled, the generator link,
 #   `systemd-analyze verify` of every installed unit, `man` pages render without
 #   warnings, bash completion works;
 # - an instance for a running Cortex: `systemctl enable --now synbackup@cortex00.timer`
 #   shows in list-timers, and a backup through the installed units succeeds;
 # - upgrade to a rebuilt package with a higher version while a backup is running:
-#   the edited config, the enabled timer and the running backup are kept as they are;
+#   the edited config, the enabled timer and the running backup are kept as they are,
+#   and the sysctl keys are applied as on install;
 # - apt remove: binary and units go; config, state and every backup stay;
 # - apt purge: config and state go; every backup and the service directory stay.
 #
 # Builds the two packages itself (packaging/build-package deb VERSION; cached
 # builds are quick): VERSION-1 and the same with revision 2.
 set -euo pipefail
-# shellcheck disable=SC2016 # single-quoted: expanded inside the container, or by dpkg-query
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -49,12 +52,53 @@ backups_digest() {
     printf "%s %s\n" "$d" "$(sha256sum <"$d/synbackup-manifest.json" | cut -d" " -f1)"; done'
 }
 
+# ---- an administrator's sysctl settings --------------------------------------------
+# The administrator's own file sets a key of ours (it wins) and one of theirs, which
+# they then change at runtime. Restarting systemd-sysctl.service (what the package
+# did) writes every key of sysctl.d again and reverts that change. In the container
+# only /proc/sys/net is writable (it has its own network namespace; the rest of
+# /proc/sys is read-only), so the runtime change is to a net.* key, and which vm.*
+# keys the package writes is read from systemd-sysctl's debug log instead
+# (SYSTEMD_LOG_LEVEL reaches the maintainer script through apt and dpkg; writes to
+# a read-only /proc/sys are logged and skipped).
+ns_exec sh -c 'printf "%s\n" "net.ipv4.ip_default_ttl = 65" "vm.swappiness = 5" >/etc/sysctl.d/70-admin.conf'
+ns_exec sysctl -q -w net.ipv4.ip_default_ttl=99
+ns_exec systemctl restart systemd-sysctl.service
+ns_assert_eq 65 "$(ns_exec sysctl -n net.ipv4.ip_default_ttl)" "net.ipv4.ip_default_ttl after restarting systemd-sysctl (the check can fail)"
+ns_exec sysctl -q -w net.ipv4.ip_default_ttl=99
+sysctl_id=$(ns_exec systemctl show -P InvocationID systemd-sysctl.service)
+
+# apt_install DEB LOG: apt-get install, with systemd's tools logging at debug level;
+# the output (apt runs dpkg on a pty: the maintainer scripts' stderr is in it too)
+# goes to LOG, printed if apt fails; dpkg's steps and our warnings are shown.
+apt_install() {
+  ns_exec env DEBIAN_FRONTEND=noninteractive SYSTEMD_LOG_LEVEL=debug \
+    apt-get install -y --no-install-recommends "/root/$(basename "$1")" >"$2" 2>&1 \
+    || { tail -n 40 "$2" >&2; ns_die "apt-get install $(basename "$1") failed"; }
+  grep -E '^(Unpacking|Setting up|synbackup: )' "$2" >&2 || true
+}
+# sysctl_written LOG: the keys systemd-sysctl wrote (or tried to), KEY=VALUE.
+sysctl_written() {
+  sed -n "s|^Setting '/proc/sys/\([^']*\)' to '\([^']*\)'.*|\1=\2|p" "$1" | sed 's|/|.|g' | sort
+}
+# check_sysctl LOG WHEN: only our keys were written, with the values of the whole
+# sysctl.d configuration (the administrator's vm.swappiness), the runtime change to
+# another key is still there, and systemd-sysctl.service was not restarted.
+check_sysctl() {
+  local want
+  want=$({ printf '%s\n' vm.swappiness=5 vm.dirty_expire_centisecs=20 vm.dirty_writeback_centisecs=20
+           ns_exec sed -n 's/^\(vm\.[a-z_]*\) *= *\([0-9]*\)$/\1=\2/p' /run/sysctl.d/61-synbackup-memory.conf
+         } | sort)
+  ns_assert_eq "$(xargs <<<"$want")" "$(sysctl_written "$1" | xargs)" "sysctl keys written by the package ($2)"
+  ns_assert_eq 99 "$(ns_exec sysctl -n net.ipv4.ip_default_ttl)" "the administrator's runtime net.ipv4.ip_default_ttl ($2)"
+  ns_assert_eq "$sysctl_id" "$(ns_exec systemctl show -P InvocationID systemd-sysctl.service)" "systemd-sysctl.service not restarted ($2)"
+}
+
 # ---- install ----------------------------------------------------------------------
 ns_log "apt install ./$(basename "${debs[0]}")"
 # The container has no network: every dependency must already be there, which is
 # what a Debian 12 with systemd has (libc6, libssl3, init-system-helpers).
-ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  "/root/$(basename "${debs[0]}")"
+apt_install "${debs[0]}" "$NS_STATE/install.log"
 ns_assert_eq "install ok installed $old" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state"
 
 ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup-sysctl.service)" "synbackup-sysctl.service enabled"
@@ -62,6 +106,7 @@ ns_assert_eq active "$(ns_exec systemctl is-active synbackup-sysctl.service)" "s
 ns_exec test -s /usr/lib/sysctl.d/60-synbackup.conf
 ns_exec grep -q '^vm.dirty' /run/sysctl.d/61-synbackup-memory.conf
 ns_log "ok: sysctl drop-ins: $(ns_exec cat /run/sysctl.d/61-synbackup-memory.conf | grep '^vm' | xargs)"
+check_sysctl "$NS_STATE/install.log" install
 ns_assert_eq /usr/bin/synbackup "$(ns_exec readlink -f /usr/lib/systemd/system-generators/synbackup-generator)" "generator link"
 ns_assert_eq "/etc/synbackup:present" "$(what_is /etc/synbackup)" "config directory"
 # No template unit enabled by the package: no wants links, list-timers is empty.
@@ -132,9 +177,9 @@ timer_id=$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)
 backups_before=$(backups_digest)
 
 ns_log "apt install ./$(basename "${debs[1]}") (upgrade)"
-ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  "/root/$(basename "${debs[1]}")"
+apt_install "${debs[1]}" "$NS_STATE/upgrade.log"
 ns_assert_eq "install ok installed $new" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state after upgrade"
+check_sysctl "$NS_STATE/upgrade.log" upgrade
 ns_assert_eq "$running_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.service)" "running backup not restarted by the upgrade"
 ns_assert_eq "$timer_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)" "timer not restarted by the upgrade"
 ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "edited config kept by the upgrade"
