@@ -13,7 +13,11 @@
 # - upgrade to a rebuilt package with a higher version while a backup is running:
 #   the edited config, the enabled timer and the running backup are kept as they are,
 #   and the sysctl keys are applied as on install;
-# - apt remove: binary and units go; config, state and every backup stay;
+# - apt remove: binary and units go, the timers stop; config, state and every backup
+#   stay;
+# - apt install again: every enabled instance timer runs again (list-timers), one
+#   that cannot start is a warning, not a failed install; a timer never enabled
+#   stays stopped;
 # - apt purge: config and state go; every backup and the service directory stay.
 #
 # Builds the two packages itself (packaging/build-package deb VERSION; cached
@@ -155,10 +159,17 @@ ns_exec sh -ec 'sed -e "s|^SYNBACKUP_SERVICE_DIR=.*|SYNBACKUP_SERVICE_DIR=/srv/c
   mkdir -p /var/lib/prometheus/node-exporter
   systemctl daemon-reload'
 conf_sum=$(ns_exec sha256sum /etc/synbackup/cortex00.conf)
-ns_exec systemctl enable --now synbackup@cortex00.timer
-ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer | grep -q 'synbackup@cortex00.timer' \
-  || ns_die "synbackup@cortex00.timer is not in systemctl list-timers"
-ns_log "ok: $(ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer)"
+# The nightly and the monthly window, enabled; a timer started but never enabled.
+ns_exec systemctl enable --now synbackup@cortex00.timer synbackup-cold@cortex00.timer
+ns_exec systemctl start synbackup@scratch.timer
+# in_list_timers UNIT: is UNIT in `systemctl list-timers` (running, with a next time)?
+in_list_timers() {
+  ns_exec systemctl list-timers --no-legend "$1" | grep -qF "$1"
+}
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer; do
+  in_list_timers $t || ns_die "$t is not in systemctl list-timers"
+  ns_log "ok: $(ns_exec systemctl list-timers --no-legend $t)"
+done
 
 ns_exec systemctl start synbackup@cortex00.service
 ns_assert_eq success "$(ns_exec systemctl show -P Result synbackup@cortex00.service)" "first backup through the installed unit"
@@ -196,16 +207,42 @@ lost=$(comm -23 <(sort <<<"$backups_before") <(sort <<<"$backups"))
 ns_assert_eq "" "$lost" "backups changed or gone across the upgrade"
 ns_log "ok: $(wc -l <<<"$backups") backups"
 
+# A timer enabled for an instance whose backup unit cannot be loaded (masked): it
+# cannot start, and an install must not fail for it.
+ns_exec systemctl mask synbackup@broken.service
+ns_exec systemctl enable synbackup@broken.timer
+
 # ---- remove -----------------------------------------------------------------------
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get remove -y synbackup
 ns_assert_eq "deinstall ok config-files" "$(ns_exec dpkg-query -W -f='${Status}' synbackup)" "package state after remove"
 ns_assert_eq "/usr/bin/synbackup:absent /usr/lib/systemd/system/synbackup@.service:absent /usr/lib/systemd/system/synbackup@.timer:absent /usr/lib/systemd/system-generators/synbackup-generator:absent /run/sysctl.d/61-synbackup-memory.conf:absent" \
   "$(what_is /usr/bin/synbackup /usr/lib/systemd/system/synbackup@.service /usr/lib/systemd/system/synbackup@.timer \
        /usr/lib/systemd/system-generators/synbackup-generator /run/sysctl.d/61-synbackup-memory.conf)" "files after remove"
-ns_assert_eq inactive "$(ns_exec systemctl is-active synbackup@cortex00.timer || true)" "instance timer after remove"
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup@scratch.timer; do
+  ns_assert_eq inactive "$(ns_exec systemctl is-active $t || true)" "$t after remove"
+done
 ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "config after remove"
 ns_exec test -s /var/lib/synbackup/cortex00.json
 ns_assert_eq "$backups" "$(backups_digest)" "backups after remove"
+
+# ---- install again -----------------------------------------------------------------
+# prerm stopped the timers; installing again starts the enabled ones (before, they
+# stayed enabled and inactive, with nothing in list-timers, until a reboot).
+ns_log "apt install ./$(basename "${debs[1]}") (after remove)"
+apt_install "${debs[1]}" "$NS_STATE/reinstall.log"
+ns_assert_eq "install ok installed $new" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state after installing again"
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer; do
+  ns_assert_eq "enabled active" "$(ns_exec systemctl is-enabled $t) $(ns_exec systemctl is-active $t || true)" "$t after remove and install"
+  in_list_timers $t || ns_die "$t is not in systemctl list-timers after remove and install"
+done
+ns_log "ok: $(ns_exec systemctl list-timers --no-legend 'synbackup*' | xargs)"
+ns_assert_eq inactive "$(ns_exec systemctl is-active synbackup@scratch.timer || true)" "a timer never enabled, after remove and install"
+grep -qF 'synbackup: warning: could not start synbackup@broken.timer' "$NS_STATE/reinstall.log" \
+  || ns_die "no warning about synbackup@broken.timer: $(grep -v '^[A-Z]' "$NS_STATE/reinstall.log" | tail -n 5)"
+ns_log "ok: $(grep -F 'synbackup: warning: could not start synbackup@broken.timer' "$NS_STATE/reinstall.log")"
+check_sysctl "$NS_STATE/reinstall.log" "install after remove"
+ns_exec systemctl disable synbackup@broken.timer
+ns_exec systemctl unmask synbackup@broken.service
 
 # ---- purge ------------------------------------------------------------------------
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get purge -y synbackup
