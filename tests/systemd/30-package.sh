@@ -18,6 +18,8 @@
 # - apt install again: every enabled instance timer runs again (list-timers), one
 #   that cannot start is a warning, not a failed install; a timer never enabled
 #   stays stopped;
+# - the .rpm's %preun (erase) and %post (install) scriptlets, run by hand on the
+#   same systemd: timers stopped, then started again; sysctl as for the .deb;
 # - apt purge: config and state go; every backup and the service directory stay.
 #
 # Builds the two packages itself (packaging/build-package deb VERSION; cached
@@ -243,6 +245,25 @@ ns_log "ok: $(grep -F 'synbackup: warning: could not start synbackup@broken.time
 check_sysctl "$NS_STATE/reinstall.log" "install after remove"
 ns_exec systemctl disable synbackup@broken.timer
 ns_exec systemctl unmask synbackup@broken.service
+
+# ---- the .rpm's scriptlets, on this systemd ----------------------------------------
+# packaging/rpm/preun and post (cargo-generate-rpm packages them verbatim), run by
+# hand as rpm runs them for an erase and a new install (there is no rpm database
+# here; the .deb's files stay): %preun 0 stops the instance timers and disables
+# synbackup-sysctl.service, %post 1 enables and runs it, applies our sysctl keys
+# only, and starts the enabled timers again.
+for f in preun post; do ns_copy_in "$NS_REPO/packaging/rpm/$f" "/root/rpm-$f"; done
+ns_exec sh /root/rpm-preun 0
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup-sysctl.service; do
+  ns_assert_eq inactive "$(ns_exec systemctl is-active $t || true)" "$t after rpm %preun 0"
+done
+ns_exec env SYSTEMD_LOG_LEVEL=debug sh /root/rpm-post 1 >"$NS_STATE/rpm-post.log" 2>&1 \
+  || { tail -n 40 "$NS_STATE/rpm-post.log" >&2; ns_die "rpm %post 1 failed"; }
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup-sysctl.service; do
+  ns_assert_eq "enabled active" "$(ns_exec systemctl is-enabled $t) $(ns_exec systemctl is-active $t || true)" "$t after rpm %post 1"
+done
+in_list_timers synbackup@cortex00.timer || ns_die "synbackup@cortex00.timer is not in list-timers after rpm %post 1"
+check_sysctl "$NS_STATE/rpm-post.log" "rpm %post 1"
 
 # ---- purge ------------------------------------------------------------------------
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get purge -y synbackup
