@@ -22,20 +22,17 @@
 #   same systemd: timers stopped, then started again; sysctl as for the .deb;
 # - apt purge: config and state go; every backup and the service directory stay.
 #
-# Builds the two packages itself (packaging/build-package deb VERSION; cached
-# builds are quick): VERSION-1 and the same with revision 2.
+# Two packages: VERSION-1 and the same with revision 2 (sb_deb: the ones `run` built
+# for this run, or built here; tests/run-all lints them).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=synbackup.sh
+. "$NS_DIR/synbackup.sh"
 
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$NS_REPO/Cargo.toml" | head -n1)
+version=$(sb_version)
 old=$version-1 new=$version-2
-debs=()
-for v in "$old" "$new"; do
-  deb=$("$NS_REPO/packaging/build-package" deb "$v" | tail -n1)
-  [ -f "$deb" ] || ns_die "no package built for $v"
-  debs+=("$deb")
-done
+debs=("$(sb_deb 1)" "$(sb_deb 2)")
 
 ns_boot t30
 for deb in "${debs[@]}"; do ns_copy_in "$deb" "/root/$(basename "$deb")"; done
