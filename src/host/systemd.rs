@@ -8,7 +8,8 @@
 //! Long runs: the units are `Type=oneshot` with a start timeout sized for a normal
 //! backup; while the copy makes progress we send `EXTEND_TIMEOUT_USEC` for the next
 //! interval, so a large backup is never killed for being large, and a hung one (no
-//! progress, no extension) still hits the timeout.
+//! progress, no extension) still hits the timeout. Waits for another unit to stop
+//! or start extend it too, each only up to its own bound.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,6 +41,13 @@ pub(crate) fn extend_timeout(extra: Duration) {
             log::debug!("sd_notify EXTEND_TIMEOUT_USEC failed: {e}");
         }
     }
+}
+
+/// Inside a bounded wait: say what we wait for and ask for a little more time (the
+/// wait's own deadline ends it, so a hung unit still fails).
+fn keep_alive(what: &str) {
+    status(what);
+    extend_timeout(Duration::from_secs(30));
 }
 
 /// Run `systemctl ARGS`, returning its stdout; an error names the command and what
@@ -98,6 +106,7 @@ fn wait_state(unit: &str, want: &[&str], timeout: Duration, what: &str) -> Resul
                 ),
             ));
         }
+        keep_alive(&format!("waiting for {unit} to {what}"));
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -133,7 +142,10 @@ pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
                     ),
                 ))
             }
-            _ => std::thread::sleep(Duration::from_millis(200)),
+            _ => {
+                keep_alive(&format!("waiting for {unit} to start"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }

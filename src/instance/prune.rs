@@ -3,7 +3,8 @@
 //! is removed, and temporaries of runs that died. Only directories that carry our
 //! name pattern and manifest, or our temporaries, are ever removed; a backup is first
 //! renamed to a temporary name, so a removal cut short never leaves a half backup
-//! that looks complete.
+//! that looks complete. The newest verified backup is never removed, whatever the
+//! policy says: pruning must not leave an instance with nothing to restore.
 
 use std::fs;
 use std::path::Path;
@@ -30,20 +31,32 @@ pub(crate) fn prune(
         .collect();
     let times: Vec<_> = complete.iter().map(|e| e.time).collect();
     let reasons = retention::reasons(&times, inst.keep);
+    let newest_verified = complete
+        .iter()
+        .rev()
+        .find(|e| e.state == State::Verified)
+        .map(|e| e.name.clone());
     let verb = if dry_run { "would remove" } else { "removing" };
     let mut kept = 0;
     for (e, why) in complete.iter().zip(reasons) {
-        if !why.is_empty() || Some(e.name.as_str()) == newest {
+        let why = if !why.is_empty() {
+            why.join(", ")
+        } else if Some(e.name.as_str()) == newest {
+            "just made".to_string()
+        } else if Some(&e.name) == newest_verified.as_ref() {
+            "the newest verified backup".to_string()
+        } else {
+            String::new()
+        };
+        if !why.is_empty() {
             kept += 1;
-            log::debug!(
-                "keeping {} ({})",
-                e.name,
-                if why.is_empty() {
-                    "new".to_string()
-                } else {
-                    why.join(", ")
-                }
-            );
+            // A dry run is asked to explain itself; a real prune only on -v.
+            let level = if dry_run {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            };
+            log::log!(level, "keeping {} ({why})", e.name);
             continue;
         }
         log::info!(
