@@ -89,6 +89,33 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
     Ok(())
 }
 
+/// The line a finished unit leaves in `systemctl status` (`STATUS=`), so that it
+/// does not keep showing the last progress line ("copying ... (90%)").
+pub(crate) fn final_line(s: &Status) -> String {
+    let what = match s.kind.as_str() {
+        "backup" => "backup",
+        "cold" => "maintenance window",
+        other => other,
+    };
+    match s.result.as_str() {
+        "success" => format!(
+            "{what} done at {} in {:.0} s{}",
+            s.finished,
+            s.duration_seconds,
+            s.backup
+                .as_deref()
+                .map(|b| format!(": {b}"))
+                .unwrap_or_default()
+        ),
+        result => format!(
+            "{what} {result} at {} (exit {}): {}",
+            s.finished,
+            s.exit_code,
+            s.error.as_deref().unwrap_or("")
+        ),
+    }
+}
+
 fn suffix(kind: &str) -> String {
     if kind == "backup" {
         String::new()
