@@ -37,17 +37,20 @@ pub(crate) mod sysctl;
 /// `synbackup verify BACKUP`.
 pub(crate) mod verify;
 
+/// The `--help` section of the options every subcommand takes.
+const GLOBAL: &str = "Global options";
+
 /// Consistent, compacted, verified backups of Synapse services.
 #[derive(Debug, Parser)]
 #[command(name = "synbackup", version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {
     /// More log output (repeat for debug and trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub(crate) verbose: u8,
     /// Only errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub(crate) quiet: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = GLOBAL)]
     pub(crate) dirs: Dirs,
     #[command(subcommand)]
     pub(crate) command: Command,

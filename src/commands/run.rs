@@ -29,5 +29,6 @@ pub(crate) fn exec(dirs: &Dirs, a: &RunArgs, show_bar: bool) -> Result<ExitCode>
 pub(crate) fn leave_final_status(dirs: &Dirs, instance: &str, kind: &str) {
     if let Some(st) = crate::instance::status::load(&dirs.state_dir, instance, kind) {
         crate::host::systemd::status(&crate::instance::status::final_line(&st));
+        crate::host::systemd::barrier(std::time::Duration::from_secs(5));
     }
 }

@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::base::exit::Code;
+use crate::base::fsutil::human;
 use crate::base::units::format_duration;
 use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
@@ -39,6 +40,11 @@ struct Health {
     backup: Option<Status>,
     cold: Option<Status>,
     restore: Option<Status>,
+    /// The service directory's file system and disk, data size, RAM, and the bytes
+    /// a window would reclaim (from the last run).
+    host: Option<serde_json::Value>,
+    /// What the deployment guide warns about (not a failure).
+    warnings: Vec<String>,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -64,7 +70,8 @@ pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
 fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let mut problems = Vec::new();
     // A configuration that does not parse is a failing check, never a default.
-    let max_age = match config::load(&dirs.config_dir, name, &InstanceOverrides::default()) {
+    let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default());
+    let max_age = match &inst {
         Ok(i) => i.max_age,
         Err(e) => {
             problems.push(format!("bad configuration: {e:#}"));
@@ -72,6 +79,16 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         }
     };
     let backup = status::load(&dirs.state_dir, name, "backup");
+    let last_run = backup
+        .as_ref()
+        .and_then(|b| b.details.clone())
+        .unwrap_or_default();
+    let host = inst.as_ref().ok().map(|i| {
+        let mut facts = status::host_facts(&i.service_dir, last_run["data_bytes"].as_u64());
+        facts["reclaimable_bytes"] = last_run["reclaimable_bytes"].clone();
+        facts
+    });
+    let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
     let cold = status::load(&dirs.state_dir, name, "cold");
     let restore = status::load(&dirs.state_dir, name, "restore");
     let age = backup
@@ -105,6 +122,8 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         backup,
         cold,
         restore,
+        host,
+        warnings,
     }
 }
 
@@ -122,6 +141,26 @@ fn last_problem(what: &str, s: &Status) -> String {
     )
 }
 
+/// "data 1.2 GiB on ext4 (SSD), RAM 16 GiB; a window would reclaim 300 MiB".
+fn describe_host(f: &serde_json::Value) -> String {
+    let size = |k: &str| f[k].as_u64().map(human).unwrap_or_else(|| "?".into());
+    let disk = match f["rotational"].as_bool() {
+        Some(true) => " (rotational disk)",
+        Some(false) => " (non-rotational disk)",
+        None => "",
+    };
+    let reclaim = match f["reclaimable_bytes"].as_u64() {
+        Some(b) => format!("; a maintenance window would reclaim about {}", human(b)),
+        None => String::new(),
+    };
+    format!(
+        "data {} on {}{disk}, RAM {}{reclaim}",
+        size("data_bytes"),
+        f["fstype"].as_str().unwrap_or("?"),
+        size("mem_total_bytes")
+    )
+}
+
 fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -130,6 +169,13 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
             out,
             "no instances configured in {}",
             dirs.config_dir.display()
+        )?;
+    }
+    if !all.is_empty() && !dirs.metrics_dir.is_dir() {
+        writeln!(
+            out,
+            "no metrics are written: {} does not exist (install node_exporter's textfile collector, or set --metrics-dir)",
+            dirs.metrics_dir.display()
         )?;
     }
     for h in all {
@@ -143,6 +189,12 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         match &h.problem {
             None => writeln!(out, "{}: OK, {last}", h.instance)?,
             Some(p) => writeln!(out, "{}: PROBLEM: {p}; {last}", h.instance)?,
+        }
+        if let Some(f) = &h.host {
+            writeln!(out, "{}: {}", h.instance, describe_host(f))?;
+        }
+        for w in &h.warnings {
+            writeln!(out, "{}: WARNING: {w}", h.instance)?;
         }
         for (what, s) in [("maintenance window", &h.cold), ("restore", &h.restore)] {
             if let Some(s) = s {

@@ -33,6 +33,53 @@ pub(crate) fn status(text: &str) {
     }
 }
 
+/// Wait (up to `timeout`) until systemd has read every notification sent so far:
+/// the final `STATUS=` of a process about to exit is otherwise lost when systemd
+/// reads it after the exit (sd_notify_barrier(3): `BARRIER=1` with a pipe's write
+/// end, which systemd closes once it has got that far).
+pub(crate) fn barrier(timeout: Duration) {
+    if notify_enabled() {
+        if let Err(e) = try_barrier(timeout) {
+            log::debug!("sd_notify BARRIER failed: {e:#}");
+        }
+    }
+}
+
+fn try_barrier(timeout: Duration) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{
+        sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = std::env::var("NOTIFY_SOCKET").context("no NOTIFY_SOCKET")?;
+    let addr = match path.strip_prefix('@') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
+        None => UnixAddr::new(path.as_str())?,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    let fds = [write_end.as_raw_fd()];
+    sendmsg(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(b"BARRIER=1\n")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    drop(write_end);
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    poll(
+        &mut [PollFd::new(read_end.as_fd(), PollFlags::POLLHUP)],
+        PollTimeout::from(ms),
+    )?;
+    Ok(())
+}
+
 /// Ask for `extra` more time before the unit's start timeout fires.
 pub(crate) fn extend_timeout(extra: Duration) {
     if notify_enabled() {

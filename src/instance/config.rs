@@ -126,6 +126,25 @@ struct Value {
     origin: String,
 }
 
+/// "unknown key X; did you mean Y?" when one key is close, else the known keys.
+fn unknown_key(origin: &str, key: &str) -> String {
+    let nearest = KEYS
+        .iter()
+        .map(|(k, _)| (strsim::jaro_winkler(key, k), *k))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score > 0.9);
+    match nearest {
+        Some((_, k)) => format!("{origin}: unknown key {key}; did you mean {k}?"),
+        None => {
+            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            format!(
+                "{origin}: unknown key {key}; known keys: {}",
+                known.join(", ")
+            )
+        }
+    }
+}
+
 /// Parse EnvironmentFile text into key -> (value, "file:line").
 fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
@@ -143,14 +162,7 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
         };
         let key = key.trim();
         if !KEYS.iter().any(|(k, _)| *k == key) {
-            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "{origin}: unknown key {key}; known keys: {}",
-                    known.join(", ")
-                ),
-            ));
+            return Err(fail(Code::Usage, unknown_key(&origin, key)));
         }
         let mut value = value.trim().to_string();
         for q in ['"', '\''] {

@@ -51,21 +51,23 @@ pub(crate) fn prune(
         if !why.is_empty() {
             kept += 1;
             // A dry run is asked to explain itself; a real prune only on -v.
-            let level = if dry_run {
-                log::Level::Info
+            if dry_run {
+                tell(dry_run, &format!("keeping {} ({why})", e.name));
             } else {
-                log::Level::Debug
-            };
-            log::log!(level, "keeping {} ({why})", e.name);
+                log::debug!("keeping {} ({why})", e.name);
+            }
             continue;
         }
-        log::info!(
-            "{verb} {}: kept by no rule (keep last {}, daily {}, weekly {}, monthly {})",
-            e.path.display(),
-            inst.keep.last,
-            inst.keep.daily,
-            inst.keep.weekly,
-            inst.keep.monthly
+        tell(
+            dry_run,
+            &format!(
+                "{verb} {}: kept by no rule (keep last {}, daily {}, weekly {}, monthly {})",
+                e.path.display(),
+                inst.keep.last,
+                inst.keep.daily,
+                inst.keep.weekly,
+                inst.keep.monthly
+            ),
         );
         if !dry_run {
             remove_backup(&e.path, &e.name)?;
@@ -73,22 +75,38 @@ pub(crate) fn prune(
     }
     for e in entries.iter().filter(|e| e.state == State::Partial) {
         if !own_lock {
-            log::info!(
-                "leaving {}: a run of {} is in progress",
-                e.path.display(),
-                inst.name
+            tell(
+                dry_run,
+                &format!(
+                    "leaving {}: a run of {} is in progress",
+                    e.path.display(),
+                    inst.name
+                ),
             );
             continue;
         }
-        log::info!(
-            "{verb} {}: temporary of a run that did not finish",
-            e.path.display()
+        tell(
+            dry_run,
+            &format!(
+                "{verb} {}: temporary of a run that did not finish",
+                e.path.display()
+            ),
         );
         if !dry_run {
             remove_tree(&e.path)?;
         }
     }
     Ok(kept)
+}
+
+/// A dry run's answer is its output (stdout, to pipe or read); a real prune logs
+/// what it does (stderr or the journal).
+fn tell(dry_run: bool, line: &str) {
+    if dry_run {
+        println!("{line}");
+    } else {
+        log::info!("{line}");
+    }
 }
 
 /// Rename a backup to a temporary name, then delete it.

@@ -90,7 +90,7 @@ pub(crate) fn run(
                 last_success: Some(now_str(Utc::now())),
                 last_success_backup: Some(summary.backup.clone()),
                 backups_kept: kept,
-                details: None,
+                details: Some(run_details(&inst, &summary)),
             };
             status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
             crate::base::logging::event(
@@ -110,6 +110,14 @@ pub(crate) fn run(
             Err(crate::base::exit::reported(&e))
         }
     }
+}
+
+/// What a successful run learnt: the host facts and what a window would reclaim
+/// (the free pages the compacting copy left out).
+fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
+    let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
+    facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    facts
 }
 
 /// Record a failed run of `kind` (`skipped` when the lock was busy): keeps the last

@@ -173,3 +173,32 @@ fn every_config_key_is_in_synbackup_conf_5_and_the_example() {
         );
     }
 }
+
+#[test]
+fn every_option_bash_completion_offers_is_in_the_man_page() {
+    let page = read("man/synbackup.8.scd");
+    let o = bin()
+        .args(["completions", "bash"])
+        .output()
+        .expect("run synbackup");
+    assert!(o.status.success());
+    let script = String::from_utf8(o.stdout).expect("utf-8 script");
+    let offered: BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("opts=\""))
+        .flat_map(|l| l.trim_end_matches('"').split_whitespace())
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(
+        offered.contains("--config-dir"),
+        "could not read the script"
+    );
+    let missing: Vec<_> = offered
+        .iter()
+        .filter(|opt| !page.contains(&format!("*{opt}*")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "completion offers undocumented {missing:?}"
+    );
+}

@@ -24,6 +24,8 @@ impl Setup {
         fake_service(&src, 200);
         let backups = root.join("backups");
         fs::create_dir_all(root.join("etc")).unwrap();
+        // node_exporter's textfile directory, as its package makes it.
+        fs::create_dir_all(root.join("metrics")).unwrap();
         fs::write(
             root.join("etc/c0.conf"),
             format!(
@@ -111,6 +113,14 @@ fn runs_back_up_verify_prune_and_record_status() {
     assert_eq!(metric(&m, "synbackup_backups_kept"), 2.0);
     assert!(metric(&m, "synbackup_last_success_timestamp_seconds") > 1.7e9);
     assert!(metric(&m, "synbackup_last_bytes") > 0.0);
+    // The guide's host advice, checked: what a window would reclaim, data vs RAM.
+    assert!(metric(&m, "synbackup_reclaimable_bytes") >= 0.0);
+    assert!(metric(&m, "synbackup_data_bytes") > 0.0);
+    assert!(metric(&m, "synbackup_mem_total_bytes") > 0.0);
+    assert!(
+        m.contains("synbackup_service_dir_network_fs{instance=\"c0\"} 0\n"),
+        "{m}"
+    );
 
     let o = s.run(&["list", "c0", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -129,7 +139,35 @@ fn runs_back_up_verify_prune_and_record_status() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("c0: OK"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("c0: OK"), "{out}");
+    assert!(
+        out.contains("c0: data ")
+            && out.contains(", RAM ")
+            && out.contains("a maintenance window would reclaim about"),
+        "{out}"
+    );
+    let o = s.run(&["status", "c0", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(h[0]["host"]["fstype"].is_string(), "{h}");
+    assert!(h[0]["host"]["reclaimable_bytes"].is_u64(), "{h}");
+}
+
+#[test]
+fn without_a_metrics_directory_no_metrics_are_written_and_status_says_so() {
+    let s = Setup::new("");
+    fs::remove_dir(s.root.join("metrics")).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("metrics"), "{}", stderr(&o));
+    assert!(
+        !s.root.join("metrics").exists(),
+        "a run made the collector's directory"
+    );
+    let o = s.run(&["status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("no metrics are written:"), "{out}");
 }
 
 #[test]
@@ -336,8 +374,8 @@ fn prune_never_removes_the_newest_verified_backup() {
     assert!(run(&[&"backup", &s.src, &newer]).status.success());
     let o = s.run(&["prune", "c0", "--dry-run"]);
     assert!(
-        stderr(&o).contains("(the newest verified backup)"),
-        "{}",
+        String::from_utf8_lossy(&o.stdout).contains("(the newest verified backup)"),
+        "a dry run's answer is on stdout: {}",
         stderr(&o)
     );
     let o = s.run(&["prune", "c0"]);
@@ -406,11 +444,15 @@ fn prune_removes_temporaries_of_dead_runs_only_and_nothing_while_locked() {
     );
     let o = s.run(&["prune", "c0", "--dry-run"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("in progress"), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("in progress"),
+        "{}",
+        stderr(&o)
+    );
     // The run dies: its temporary goes.
     release();
     let o = s.run(&["prune", "c0", "--dry-run"]);
-    assert!(tmp.exists() && stderr(&o).contains("would remove"));
+    assert!(tmp.exists() && String::from_utf8_lossy(&o.stdout).contains("would remove"));
     let o = s.run(&["prune", "c0"]);
     assert!(o.status.success());
     assert!(!tmp.exists(), "{}", stderr(&o));
@@ -486,5 +528,91 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
         names(&small),
         vec!["svc"],
         "the unfinished copy must be removed"
+    );
+}
+
+#[test]
+fn restore_by_path_takes_the_lock_of_the_instance_it_restores_from() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let backup = s.status_json()["backup"].as_str().unwrap().to_string();
+    let target = s.root.join("restored");
+    let release = hold_lock(&s);
+    let o = s
+        .cmd()
+        .args(["restore", &backup])
+        .arg(&target)
+        .env("SYNBACKUP_LOCK_WAIT", "0")
+        .output()
+        .unwrap();
+    assert_fails(&o, 7, "instance c0 is busy");
+    assert!(!target.exists(), "restored while a run held the lock");
+    release();
+    let o = s
+        .cmd()
+        .args(["restore", &backup])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(target.join("cell.guid").exists());
+}
+
+#[test]
+fn verify_prints_its_verdict_on_stdout() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let backup = s.status_json()["backup"].as_str().unwrap().to_string();
+    let o = run(&[&"verify", &backup]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("is intact"),
+        "{}",
+        stderr(&o)
+    );
+    // One damaged file: one problem, on stdout, and "1 problem" in the error.
+    let victim = fs::read_dir(&backup)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.is_file()
+                && !p.ends_with("synbackup-manifest.json")
+                && !p.ends_with("synbackup-verified")
+        })
+        .unwrap();
+    fs::write(&victim, b"damaged").unwrap();
+    let o = run(&[&"verify", &backup]);
+    assert_fails(&o, 6, "failed verification: 1 problem");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("size"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn backup_takes_skipdirs_before_src_dst_and_a_freeze_timeout_duration() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("svc");
+    fake_service(&src, 50);
+    fs::create_dir_all(src.join("cache/x")).unwrap();
+    fs::write(src.join("cache/x/junk"), "junk").unwrap();
+    let dst = t.path().join("bk");
+    // The man page's (and Synapse's tool's) order: --skipdirs GLOB... SRC DST.
+    let o = run(&[
+        &"backup",
+        &"--freeze-timeout",
+        &"2m",
+        &"--skipdirs",
+        &"cache",
+        &src,
+        &dst,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dst.join("cell.guid").exists());
+    assert!(
+        !dst.join("cache").exists(),
+        "--skipdirs before SRC DST was ignored"
     );
 }
