@@ -28,6 +28,8 @@ pub(crate) mod list;
 pub(crate) mod prune;
 /// `synbackup restore BACKUP [DIR]`.
 pub(crate) mod restore;
+/// `synbackup retire INSTANCE`.
+pub(crate) mod retire;
 /// `synbackup run INSTANCE`.
 pub(crate) mod run;
 /// `synbackup status [INSTANCE]`.
@@ -76,6 +78,8 @@ pub(crate) enum Command {
     Status(status::StatusArgs),
     /// Print, write, apply or check the kernel settings computed from this host's RAM.
     Sysctl(sysctl::SysctlArgs),
+    /// Forget a removed instance: delete its status and metrics files (never backups).
+    Retire(retire::RetireArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
 }
@@ -94,6 +98,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),
+        Command::Retire(a) => retire::exec(dirs, &a),
         Command::Completions(a) => completions::exec(&a),
     }
 }

@@ -163,6 +163,29 @@ pub(crate) fn final_line(s: &Status) -> String {
     }
 }
 
+/// The kinds of record an instance can have.
+const KINDS: &[&str] = &["backup", "cold", "restore"];
+
+/// Remove every status and metrics file of `instance` (each of [`KINDS`]);
+/// returns the paths removed.
+pub(crate) fn retire(state_dir: &Path, metrics_dir: &Path, instance: &str) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for kind in KINDS {
+        let files = [
+            status_path(state_dir, instance, kind),
+            metrics_dir.join(format!("synbackup-{instance}{}.prom", suffix(kind))),
+        ];
+        for p in files {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn suffix(kind: &str) -> String {
     if kind == "backup" {
         String::new()

@@ -616,3 +616,19 @@ fn backup_takes_skipdirs_before_src_dst_and_a_freeze_timeout_duration() {
         "--skipdirs before SRC DST was ignored"
     );
 }
+
+#[test]
+fn retire_removes_a_removed_instances_state_and_metrics_only() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let o = s.run(&["retire", "c0"]);
+    assert_fails(&o, 2, "still configures c0");
+    fs::remove_file(s.root.join("etc/c0.conf")).unwrap();
+    let backups = names(&s.backups);
+    let o = s.run(&["retire", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("c0.json"));
+    assert!(!s.root.join("state/c0.json").exists());
+    assert!(!s.root.join("metrics/synbackup-c0.prom").exists());
+    assert_eq!(names(&s.backups), backups, "retire touched the backups");
+}
