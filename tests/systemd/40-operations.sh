@@ -53,14 +53,18 @@ ns_exec rm /srv/cortex/cortex00/bulk.bin
 
 # 3. An unmounted backup volume: the unit fails on its mount dependency and writes
 #    nothing into the mount point on the root file system.
-printf '[Mount]\nWhat=/srv/no-such-volume\nWhere=/srv/vol\nType=none\nOptions=bind\n' \
+# The volume's device holds no file system: the mount fails, as a missing disk's would.
+ns_exec truncate -s 1M /srv/vol.img
+printf '[Mount]\nWhat=/srv/vol.img\nWhere=/srv/vol\nType=ext4\n' \
   | ns_exec tee /etc/systemd/system/srv-vol.mount >/dev/null
 printf '%s\n' SYNBACKUP_SERVICE_DIR=/srv/cortex/cortex00 SYNBACKUP_BACKUP_ROOT=/srv/vol/cortex00 \
   | ns_exec tee /etc/synbackup/vol.conf >/dev/null
 ns_exec systemctl daemon-reload
 if ns_exec systemctl start synbackup@vol.service; then ns_die "a run onto an unmounted volume succeeded"; fi
 ns_exec test ! -e /srv/vol/cortex00 || ns_die "something was written into the unmounted mount point"
-ns_exec rm /etc/synbackup/vol.conf /etc/systemd/system/srv-vol.mount
+ns_journal -u synbackup@vol.service | grep -q 'Dependency failed' \
+  || ns_log "note: no 'Dependency failed' line for synbackup@vol.service"
+ns_exec rm /etc/synbackup/vol.conf /etc/systemd/system/srv-vol.mount /srv/vol.img
 ns_exec systemctl daemon-reload
 ns_exec systemctl reset-failed
 
