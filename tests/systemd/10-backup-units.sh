@@ -83,11 +83,11 @@ ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 ns_assert_eq 200 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes after restore"
 ns_exec sh -c 'ls -d /srv/cortex/cortex00.pre-restore-*' >/dev/null || ns_die "the old directory was not kept"
 
-# 5. A failing run: the backup root is not writable (read-only under the unit's
-#    ProtectSystem=strict). The unit fails, status and metrics say so, the journal
-#    has one line with the failure MESSAGE_ID.
+# 5. A failing run: the backup root is edited without `systemctl daemon-reload`, so
+#    it is outside the unit's writable paths (read-only under ProtectSystem=strict).
+#    The unit fails, status and metrics say so, the journal has one line with the
+#    failure MESSAGE_ID that names the path and the fix.
 ns_exec sed -i 's|^SYNBACKUP_BACKUP_ROOT=.*|SYNBACKUP_BACKUP_ROOT=/usr/local/lib/nowhere|' /etc/synbackup/cortex00.conf
-ns_exec systemctl daemon-reload
 if ns_exec systemctl start synbackup@cortex00.service; then ns_die "a run into a read-only root succeeded"; fi
 ns_assert_eq failed "$(sb_prop synbackup@cortex00.service ActiveState)" "unit state after a failed run"
 ns_assert_eq failed "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.json"))["result"])')" "status file after failure"
@@ -95,6 +95,8 @@ ns_exec grep -q 'synbackup_last_success{instance="cortex00"} 0' /var/lib/prometh
 lines=$(ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e02 SYNBACKUP_INSTANCE=cortex00 -o cat)
 ns_log "failure event: $lines"
 ns_assert_eq 1 "$(printf '%s\n' "$lines" | grep -c 'backup failed: cannot create the backup root /usr/local/lib/nowhere')" "one journal line saying why"
+printf '%s\n' "$lines" | grep -q "outside this unit's writable paths.*systemctl daemon-reload" \
+  || ns_die "the failure does not say that daemon-reload picks up the config: $lines"
 ns_exec systemctl reset-failed synbackup@cortex00.service
 
 # 6. Every unit verifies; record the exposure of the hardened ones.
