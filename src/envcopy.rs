@@ -1,34 +1,32 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Compacting copies of LMDB environments through pipes, from held snapshots.
+//! Compacting copies of LMDB environments from held snapshots, hashed in place.
 //!
 //! The snapshots (read transactions, `lmdb::Snapshot`) are taken first, all while the
-//! service is frozen; a copy is `mdb_env_copyfd3(.., MDB_CP_COMPACT, txn)` of one of
-//! them, run on its own thread into a pipe, and drained by a worker that hashes each
-//! byte once on its way into the file. Only `--jobs` copies run at once (each holds
-//! LMDB's 2 MiB double buffer); the others wait as bare transactions. A snapshot is
-//! released as soon as its copy has ended, so the service can reuse its pages.
+//! service is frozen; a copy is `mdb_env_copycb3(.., MDB_CP_COMPACT, txn)` of one of
+//! them (vendor/lmdb/copy-callback.patch): LMDB's writer thread hands us each of its
+//! buffers, which is hashed where it lies and written with O_DIRECT by the draining
+//! worker at the same time (`Copy::drain`). Only `--jobs` copies run at once (each
+//! holds LMDB's 2 MiB double buffer); the others wait as bare transactions. A
+//! snapshot is released as soon as its copy has ended, so the service can reuse its
+//! pages.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use openssl::sha::Sha256;
 
 use crate::exit::{fail, Code};
-use crate::fsutil::{self, Hashed, CHUNK};
+use crate::fsutil::{self, DirectWriter, Hashed};
 use crate::interrupt;
 use crate::lmdb::{MdbError, Snapshot};
 
-/// A compacting copy in flight: its thread and the pipe's read end.
+/// A compacting copy of a held snapshot, run by `drain`.
 pub(crate) struct Copy {
-    dir: PathBuf,
-    reader: Option<File>,
-    thread: Option<JoinHandle<Result<(), MdbError>>>,
+    snap: Snapshot,
     /// Bytes of `data.mdb` in use (pages up to the last one) when the copy started.
     used: u64,
 }
@@ -90,113 +88,130 @@ impl Drop for Prefetch {
     }
 }
 
-fn make_pipe() -> Result<(File, OwnedFd)> {
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // A larger pipe lets the copy run ahead of the hashing reader; the system's
-    // maximum (fs.pipe-max-size) may be lower, so failure here is fine.
-    // SAFETY: fcntl on a pipe fd we own.
-    unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&w),
-            libc::F_SETPIPE_SZ,
-            CHUNK as libc::c_int,
-        );
-    }
-    Ok((File::from(r), w))
+/// One of LMDB's buffers, lent to the writing thread while LMDB's writer thread
+/// (inside the copy callback) waits for it to be written.
+struct Lent {
+    ptr: *const u8,
+    len: usize,
 }
 
-/// Start a compacting copy of `snap` on its own thread; the snapshot is released
-/// when the copy ends.
+// SAFETY: the lender blocks until the borrower acknowledges; the memory stays valid
+// and unchanged for that time (LMDB reuses a buffer only after the callback returns).
+unsafe impl Send for Lent {}
+
+/// Begin the compacting copy of `snap` (it runs in `drain`); the snapshot is released
+/// as soon as the copy has ended.
 pub(crate) fn start(snap: Snapshot) -> Result<Copy> {
-    let dir = snap.dir().to_path_buf();
     let used = snap
         .info()
         .map(|i| (i.last_pgno + 1) * i.page_size)
         .unwrap_or(0);
-    let (reader, writer) = make_pipe()?;
-    let thread = std::thread::Builder::new()
-        .name("lmdb-copy".into())
-        .spawn(move || {
-            let result = snap.copy_compact_to(writer.as_fd());
-            drop(snap); // released: the service may reuse the pages it pinned
-            drop(writer); // EOF for the reader
-            result
-        })
-        .context("cannot start a copy thread")?;
-    Ok(Copy {
-        dir,
-        reader: Some(reader),
-        thread: Some(thread),
-        used,
-    })
+    Ok(Copy { snap, used })
 }
 
 impl Copy {
-    fn join(&mut self) -> Result<()> {
-        self.reader = None; // a blocked writer now fails with EPIPE instead of hanging
-        match self.thread.take() {
-            None => Ok(()),
-            Some(t) => match t.join() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(corrupt_or_failed(&self.dir, e)),
-                Err(_) => Err(anyhow!(
-                    "the copy thread of {} panicked",
-                    self.dir.display()
-                )),
-            },
-        }
-    }
-
-    /// Drain the copy into the new file `dst`, hashing as it goes; fsync it.
+    /// Run the copy into the new file `dst`, hashing every byte; fsync it.
+    ///
+    /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
+    /// while LMDB's writer thread, in our callback, lends the other buffer to this
+    /// thread, which writes it (O_DIRECT where possible), and hashes it in place
+    /// meanwhile; the callback returns (and LMDB reuses the buffer) when both are
+    /// done. So hashing, the device and the walk overlap, and no byte is copied on
+    /// its way (no pipe, no page cache where O_DIRECT is taken).
     pub(crate) fn drain(
-        mut self,
+        self,
         dst: &Path,
         abort: &dyn Fn() -> bool,
         on_bytes: &dyn Fn(u64),
     ) -> Result<Hashed> {
-        let mut out = fsutil::create_new(dst)?;
-        let _prefetch = Prefetch::start(self.dir.join("data.mdb"), self.used);
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        let reader = self
-            .reader
-            .as_mut()
-            .ok_or_else(|| anyhow!("copy already drained"))?;
-        loop {
-            if abort() {
-                self.join().ok();
-                interrupt::check()?;
-                return Err(anyhow!("stopped after another copy failed"));
-            }
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("cannot read the copy pipe"),
+        let dir = self.snap.dir().to_path_buf();
+        let mut out = DirectWriter::create(dst)?;
+        let _prefetch = Prefetch::start(dir.join("data.mdb"), self.used);
+        let (job_tx, job_rx) = mpsc::sync_channel::<Lent>(0);
+        let (ack_tx, ack_rx) = mpsc::sync_channel::<bool>(0);
+        let snap = self.snap;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut buffers = 0u64;
+        let joined = std::thread::scope(|s| {
+            let copier = std::thread::Builder::new()
+                .name("lmdb-copy".into())
+                .spawn_scoped(s, move || {
+                    let mut h = Sha256::new();
+                    let hash = &mut h;
+                    let result = snap.copy_compact_with(move |buf| {
+                        let lent = Lent {
+                            ptr: buf.as_ptr(),
+                            len: buf.len(),
+                        };
+                        if job_tx.send(lent).is_err() {
+                            return libc::ECANCELED;
+                        }
+                        hash.update(buf); // while the other thread writes the same bytes
+                        match ack_rx.recv() {
+                            Ok(true) => 0,
+                            _ => libc::ECANCELED,
+                        }
+                    });
+                    drop(snap); // released: the service may reuse the pages it pinned
+                    (result, h.finish())
+                });
+            let copier = match copier {
+                Ok(c) => c,
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot start a copy thread")),
             };
-            h.update(&buf[..n]);
-            if let Err(e) = std::io::Write::write_all(&mut out, &buf[..n]) {
-                self.join().ok();
-                return Err(fsutil::write_error(dst, e));
+            // Ends when the copy has ended (its callback, holding job_tx, is dropped).
+            for lent in job_rx.iter() {
+                // SAFETY: the lender waits for our acknowledgement below.
+                let buf = unsafe { std::slice::from_raw_parts(lent.ptr, lent.len) };
+                let ok = if failure.is_some() {
+                    false
+                } else if abort() {
+                    failure = Some(
+                        interrupt::check()
+                            .err()
+                            .unwrap_or_else(|| anyhow!("stopped after another copy failed")),
+                    );
+                    false
+                } else if let Err(e) = (if buffers > 0 {
+                    crate::fault::point("mid-copy") // tests: a failure after some output
+                } else {
+                    Ok(())
+                })
+                .and_then(|()| {
+                    buffers += 1;
+                    out.write(buf)
+                }) {
+                    failure = Some(e);
+                    false
+                } else {
+                    on_bytes(buf.len() as u64);
+                    true
+                };
+                if ack_tx.send(ok).is_err() {
+                    break;
+                }
             }
-            size += n as u64;
-            on_bytes(n as u64);
+            copier
+                .join()
+                .map_err(|_| anyhow!("the copy thread of {} panicked", dir.display()))
+        });
+        let (result, digest) = joined?;
+        if let Some(e) = failure {
+            return Err(e);
         }
-        self.join()?;
-        out.sync_all().map_err(|e| fsutil::write_error(dst, e))?;
+        result.map_err(|e| corrupt_or_failed(&dir, e))?;
+        let size = out.len();
+        log::debug!(
+            "{}: {size} bytes in {buffers} buffers, {} of them with O_DIRECT",
+            dst.display(),
+            out.direct_bytes()
+        );
+        out.finish()?;
         Ok(Hashed {
             size,
             data_bytes: size,
-            sha256: fsutil::hex(&h.finish()),
+            sha256: fsutil::hex(&digest),
         })
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = self.join();
     }
 }
 
@@ -213,5 +228,108 @@ fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
         )
     } else {
         anyhow::Error::new(e).context(format!("compacting copy of {} failed", dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lmdb::{Env, Mode};
+    use ::lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
+    use std::sync::atomic::AtomicUsize;
+
+    /// An environment with inline values, overflow values (one larger than LMDB's
+    /// 1 MiB buffer) and a third of its keys deleted.
+    fn make_env(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let env = Environment::new()
+            .set_flags(EnvironmentFlags::WRITE_MAP | EnvironmentFlags::NO_SYNC)
+            .set_max_dbs(8)
+            .set_map_size(256 << 20)
+            .open(dir)
+            .unwrap();
+        let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in 0..6000u32 {
+            let size = match k % 50 {
+                0 => 20_000,
+                1 if k % 1000 == 1 => 3 << 20,
+                _ => 16 + (k as usize * 37) % 3000,
+            };
+            let val: Vec<u8> = (0..size).map(|j| ((j as u32 + k) % 251) as u8).collect();
+            txn.put(db, &format!("key{k:08}"), &val, WriteFlags::empty())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in (0..6000u32).step_by(3) {
+            txn.del(db, &format!("key{k:08}"), None).unwrap();
+        }
+        txn.commit().unwrap();
+        env.sync(true).unwrap();
+    }
+
+    fn snapshot(dir: &Path) -> Snapshot {
+        Snapshot::take(Env::open(dir, Mode::Private).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_callback_copy_is_lmdbs_own_copy_byte_for_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let theirs = t.path().join("theirs.mdb");
+        let f = File::create(&theirs).unwrap();
+        snapshot(&src)
+            .copy_compact_to(std::os::fd::AsFd::as_fd(&f))
+            .unwrap();
+        drop(f);
+        let ours = t.path().join("ours.mdb");
+        let seen = AtomicUsize::new(0);
+        let h = start(snapshot(&src))
+            .unwrap()
+            .drain(&ours, &|| false, &|n| {
+                seen.fetch_add(n as usize, Ordering::Relaxed);
+            })
+            .unwrap();
+        let want = std::fs::read(&theirs).unwrap();
+        let got = std::fs::read(&ours).unwrap();
+        assert!(
+            want.len() > 4 << 20,
+            "too small to span buffers: {}",
+            want.len()
+        );
+        assert!(
+            want == got,
+            "copies differ ({} and {} bytes)",
+            want.len(),
+            got.len()
+        );
+        assert_eq!(h.size, want.len() as u64);
+        assert_eq!(seen.load(Ordering::Relaxed), want.len());
+        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&want)));
+    }
+
+    #[test]
+    fn an_abort_mid_way_stops_the_copy_and_releases_the_snapshot() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let calls = AtomicUsize::new(0);
+        let err = start(snapshot(&src))
+            .unwrap()
+            .drain(
+                &t.path().join("partial.mdb"),
+                &|| calls.fetch_add(1, Ordering::Relaxed) >= 2,
+                &|_| {},
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped after"), "{err:#}");
+        // Nothing waits on the copy any more: a new snapshot and copy work.
+        let h = start(snapshot(&src))
+            .unwrap()
+            .drain(&t.path().join("again.mdb"), &|| false, &|_| {})
+            .unwrap();
+        assert!(h.size > 0);
     }
 }

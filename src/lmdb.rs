@@ -11,7 +11,6 @@
 //! `MDB_NOLOCK` so that reading them creates no `lock.mdb` inside a backup.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -64,6 +63,10 @@ mod ffi {
         pub(crate) me_numreaders: c_uint,
     }
 
+    /// The receiver of `mdb_env_copycb3` (vendor/lmdb/copy-callback.patch).
+    pub(crate) type MDB_copy_func =
+        unsafe extern "C" fn(ctx: *mut c_void, buf: *const c_void, len: usize) -> c_int;
+
     pub(crate) const MDB_RDONLY: c_uint = 0x20000;
     pub(crate) const MDB_NOTLS: c_uint = 0x200000;
     pub(crate) const MDB_NOLOCK: c_uint = 0x400000;
@@ -88,9 +91,17 @@ mod ffi {
         pub(crate) fn mdb_env_close(env: *mut MDB_env);
         pub(crate) fn mdb_env_stat(env: *mut MDB_env, stat: *mut MDB_stat) -> c_int;
         pub(crate) fn mdb_env_info(env: *mut MDB_env, info: *mut MDB_envinfo) -> c_int;
+        #[cfg(test)]
         pub(crate) fn mdb_env_copyfd3(
             env: *mut MDB_env,
             fd: c_int,
+            flags: c_uint,
+            txn: *mut MDB_txn,
+        ) -> c_int;
+        pub(crate) fn mdb_env_copycb3(
+            env: *mut MDB_env,
+            func: MDB_copy_func,
+            ctx: *mut c_void,
             flags: c_uint,
             txn: *mut MDB_txn,
         ) -> c_int;
@@ -308,12 +319,69 @@ impl Snapshot {
         self.env.info()
     }
 
-    /// LMDB's compacting copy of this snapshot into `fd` (a file or a pipe). Blocks
-    /// until everything is written.
-    pub(crate) fn copy_compact_to(&self, fd: BorrowedFd<'_>) -> std::result::Result<(), MdbError> {
+    /// LMDB's own compacting copy of this snapshot into `fd`: what `copy_compact_with`
+    /// must produce byte for byte (tests).
+    #[cfg(test)]
+    pub(crate) fn copy_compact_to(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::result::Result<(), MdbError> {
         // SAFETY: txn belongs to env and is alive; fd is valid for the call.
         check(unsafe {
-            ffi::mdb_env_copyfd3(self.env.raw, fd.as_raw_fd(), ffi::MDB_CP_COMPACT, self.txn)
+            ffi::mdb_env_copyfd3(
+                self.env.raw,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                ffi::MDB_CP_COMPACT,
+                self.txn,
+            )
+        })
+    }
+}
+
+/// The trampoline `mdb_env_copycb3` calls on LMDB's writer thread: `ctx` is the
+/// caller's closure. A panic in it fails the copy (EIO) instead of unwinding into C.
+unsafe extern "C" fn copy_trampoline<F>(
+    ctx: *mut std::ffi::c_void,
+    buf: *const std::ffi::c_void,
+    len: usize,
+) -> std::ffi::c_int
+where
+    F: FnMut(&[u8]) -> i32 + Send,
+{
+    // SAFETY: ctx is the &mut F that copy_compact_with passed, alive for the call;
+    // LMDB gives a buffer of len bytes valid until we return.
+    let f = unsafe { &mut *(ctx as *mut F) };
+    let data = if len == 0 {
+        &[][..]
+    } else {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(buf as *const u8, len) }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(data))) {
+        Ok(rc) => rc,
+        Err(_) => libc::EIO,
+    }
+}
+
+impl Snapshot {
+    /// LMDB's compacting copy of this snapshot, each buffer handed to `sink` (on
+    /// LMDB's writer thread, in file order; the slice is valid only during the call)
+    /// instead of written to a descriptor. A non-zero return from `sink` fails the
+    /// copy with that code. Blocks until the copy has ended.
+    pub(crate) fn copy_compact_with<F>(&self, mut sink: F) -> std::result::Result<(), MdbError>
+    where
+        F: FnMut(&[u8]) -> i32 + Send,
+    {
+        // SAFETY: txn belongs to env and is alive; the closure outlives the call, which
+        // joins LMDB's writer thread before returning.
+        check(unsafe {
+            ffi::mdb_env_copycb3(
+                self.env.raw,
+                copy_trampoline::<F>,
+                &mut sink as *mut F as *mut std::ffi::c_void,
+                ffi::MDB_CP_COMPACT,
+                self.txn,
+            )
         })
     }
 }

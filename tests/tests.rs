@@ -9,6 +9,8 @@ mod util;
 mod backup;
 /// Bad input: each case one error line, its exit code, nothing left behind.
 mod bad_input;
+/// The copy engine's failure paths: a copy failing mid-way publishes nothing.
+mod copy_engine;
 /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
 mod cortex;
 /// Instances: run, list, prune, status, metrics, the lock, restore.
