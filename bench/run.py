@@ -921,7 +921,7 @@ def main():
                    help='warm cache only (dropping caches needs root)')
     p.add_argument('--no-cortex', dest='cortex', action='store_false',
                    help='skip the live-Cortex freeze measurement')
-    p.add_argument('--freeze-runs', type=int, default=5)
+    p.add_argument('--freeze-runs', type=int, default=None, help='default 5, --small 2')
     p.add_argument('--cortex-views', type=int, default=0,
                    help='fork the Cortex\'s view N times first (more environments)')
     p.add_argument('--settle', type=float, default=None,
@@ -933,6 +933,8 @@ def main():
         return read_runs(args.read_runs)
     if args.size_gib is None:
         args.size_gib = 20.0 if args.scale else 2.5
+    if args.freeze_runs is None:
+        args.freeze_runs = 2 if args.small else 5
     if args.settle is None:
         args.settle = 0.2 if args.small else 3.0
     args.shapes = args.shapes.split(',')

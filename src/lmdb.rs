@@ -319,6 +319,41 @@ impl Snapshot {
         self.env.info()
     }
 
+    /// The free pages of this snapshot (its free list) as a bitmap over pages
+    /// `0..=last_pgno`, a set bit a free page; `None` when the bitmap would take more
+    /// than `max_bytes`. Reads only the free list (a few pages), not the trees.
+    pub(crate) fn free_page_bitmap(
+        &self,
+        last_pgno: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u64>>> {
+        const FREE_DBI: ffi::MDB_dbi = 0;
+        let pages = last_pgno + 1;
+        let words = pages.div_ceil(64);
+        if words.saturating_mul(8) > max_bytes as u64 {
+            return Ok(None);
+        }
+        let mut bits = vec![0u64; words as usize];
+        let word = std::mem::size_of::<usize>();
+        walk_raw(self.txn, FREE_DBI, |_, v| {
+            // An ID list: its length, then that many page numbers.
+            let mut ids = v.chunks_exact(word).map(|c| {
+                let mut b = [0u8; std::mem::size_of::<usize>()];
+                b.copy_from_slice(c);
+                usize::from_ne_bytes(b) as u64
+            });
+            let n = ids.next().unwrap_or(0);
+            for pg in ids.take(n as usize) {
+                if pg < pages {
+                    bits[(pg / 64) as usize] |= 1 << (pg % 64);
+                }
+            }
+            Ok(())
+        })
+        .with_context(|| format!("cannot read the free list of {}", self.dir().display()))?;
+        Ok(Some(bits))
+    }
+
     /// LMDB's own compacting copy of this snapshot into `fd`: what `copy_compact_with`
     /// must produce byte for byte (tests).
     #[cfg(test)]
@@ -393,6 +428,42 @@ impl Drop for Snapshot {
     }
 }
 
+/// Walk every record of `dbi` in key order (duplicates included) in the live read
+/// transaction `raw`, calling `each` with key and value.
+fn walk_raw(
+    raw: *mut ffi::MDB_txn,
+    dbi: ffi::MDB_dbi,
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut cur = ptr::null_mut();
+
+    // SAFETY: cursor and slices live only inside this transaction; LMDB returns
+    // pointers into its map that stay valid until the next cursor operation.
+    unsafe {
+        check(ffi::mdb_cursor_open(raw, dbi, &mut cur)).context("mdb_cursor_open")?;
+        let mut key: ffi::MDB_val = std::mem::zeroed();
+        let mut val: ffi::MDB_val = std::mem::zeroed();
+        let mut op = ffi::MDB_FIRST;
+        let result = loop {
+            let rc = ffi::mdb_cursor_get(cur, &mut key, &mut val, op);
+            if rc == ffi::MDB_NOTFOUND {
+                break Ok(());
+            }
+            if let Err(e) = check(rc) {
+                break Err(anyhow::Error::new(e));
+            }
+            let k = std::slice::from_raw_parts(key.mv_data as *const u8, key.mv_size);
+            let v = std::slice::from_raw_parts(val.mv_data as *const u8, val.mv_size);
+            if let Err(e) = each(k, v) {
+                break Err(e);
+            }
+            op = ffi::MDB_NEXT;
+        };
+        ffi::mdb_cursor_close(cur);
+        result
+    }
+}
+
 /// A read transaction.
 pub(crate) struct Txn<'e> {
     raw: *mut ffi::MDB_txn,
@@ -436,39 +507,9 @@ impl Txn<'_> {
 
     /// Walk every record of `dbi` in key order (duplicates included), calling `each`
     /// with key and value. Reads every page of the database.
-    fn walk(
-        &self,
-        dbi: ffi::MDB_dbi,
-        mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        let mut cur = ptr::null_mut();
-        // SAFETY: cursor and slices live only inside this transaction; LMDB returns
-        // pointers into its map that stay valid until the next cursor operation.
-        unsafe {
-            check(ffi::mdb_cursor_open(self.raw, dbi, &mut cur)).context("mdb_cursor_open")?;
-            let mut key: ffi::MDB_val = std::mem::zeroed();
-            let mut val: ffi::MDB_val = std::mem::zeroed();
-            let mut op = ffi::MDB_FIRST;
-            let result = loop {
-                let rc = ffi::mdb_cursor_get(cur, &mut key, &mut val, op);
-                if rc == ffi::MDB_NOTFOUND {
-                    break Ok(());
-                }
-                if let Err(e) = check(rc) {
-                    break Err(anyhow::Error::new(e));
-                }
-                let k = std::slice::from_raw_parts(key.mv_data as *const u8, key.mv_size);
-                let v = std::slice::from_raw_parts(val.mv_data as *const u8, val.mv_size);
-                if let Err(e) = each(k, v) {
-                    break Err(e);
-                }
-                op = ffi::MDB_NEXT;
-            };
-            ffi::mdb_cursor_close(cur);
-            result
-        }
+    fn walk(&self, dbi: ffi::MDB_dbi, each: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        walk_raw(self.raw, dbi, each)
     }
-
     /// The named databases (records of the main database that are sub-databases).
     pub(crate) fn named_dbs(&self) -> Result<Vec<NamedDb>> {
         let main = self.open_main()?;
