@@ -14,8 +14,12 @@ round, every command with the page cache warm and with it dropped before the com
   python-tool      python -m synapse.tools.service.backup SRC DST; sync
   mdb_copy         mdb_copy -c of each environment one after another; sync
   dd               dd if=/dev/zero bs=1M count=<synbackup's bytes> conv=fdatasync
-  dd-direct        the same with oflag=direct (the device without the page cache)
-  python-import    python -c 'import synapse.tools.service.backup' (the anchor's start-up)
+  dd-direct        the same with oflag=direct: the write limit (the device alone)
+  read-direct      O_DIRECT read of the live pages in file order: the read limit (cold)
+  python-import    python -c 'import synapse.tools.service.backup' (not by default)
+
+on each data shape (--shapes: inline, blob, log, many, mixed), each its own rows.
+--scale instead measures synbackup alone on the mixed shape at growing sizes.
 
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
