@@ -177,16 +177,125 @@ impl Drop for Prefetch {
     }
 }
 
-/// One of LMDB's buffers, lent to the writing thread while LMDB's writer thread
-/// (inside the copy callback) waits for it to be written.
-struct Lent {
-    ptr: *const u8,
+/// Pieces at least this large are written straight from LMDB's memory (lent); smaller
+/// ones (a buffer cut short by an overflow value, the overflow pages of a small
+/// value) are gathered into staging buffers, so the device never sees a stream of
+/// small synchronous writes (an Axon's blobs are mostly 16-256 KiB).
+const LEND_MIN: usize = 512 << 10;
+
+/// Size of one staging buffer; each copy has two.
+const STAGE: usize = 2 << 20;
+
+/// A staging buffer: `STAGE` bytes at a DIRECT_ALIGN-aligned address in `mem`.
+struct Stage {
+    mem: Vec<u8>,
+    start: usize,
     len: usize,
 }
 
-// SAFETY: the lender blocks until the borrower acknowledges; the memory stays valid
-// and unchanged for that time (LMDB reuses a buffer only after the callback returns).
-unsafe impl Send for Lent {}
+impl Stage {
+    fn new() -> Stage {
+        let mem = vec![0u8; STAGE + fsutil::DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(fsutil::DIRECT_ALIGN);
+        Stage { mem, start, len: 0 }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// Append as much of `buf` as fits; returns how much.
+    fn push(&mut self, buf: &[u8]) -> usize {
+        let n = buf.len().min(STAGE - self.len);
+        let at = self.start + self.len;
+        self.mem[at..at + n].copy_from_slice(&buf[..n]);
+        self.len += n;
+        n
+    }
+}
+
+/// What LMDB's writer thread (in the copy callback) sends the writing thread, in file
+/// order.
+enum Piece {
+    /// One of LMDB's buffers, lent while the callback waits for its acknowledgement.
+    Lent { ptr: *const u8, len: usize },
+    /// A full (or last) staging buffer, sent back through the pool once written.
+    Staged(Stage),
+}
+
+// SAFETY: a lent buffer's lender blocks until the borrower acknowledges; the memory
+// stays valid and unchanged for that time (LMDB reuses a buffer only after the
+// callback returns, and overflow pages are in the snapshot's map). Stage owns its
+// memory.
+unsafe impl Send for Piece {}
+
+/// The copy callback's side: hashes every byte where it lies, lends large pieces
+/// and stages small ones.
+struct Sink {
+    hash: Sha256,
+    to_writer: mpsc::SyncSender<Piece>,
+    acks: mpsc::Receiver<bool>,
+    pool: mpsc::Receiver<Stage>,
+    current: Option<Stage>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Sink {
+    /// Take the next `buf` of the copy: 0, or an error code that ends the copy.
+    fn take(&mut self, buf: &[u8]) -> i32 {
+        if self.failed.load(Ordering::Relaxed) {
+            return libc::ECANCELED;
+        }
+        if buf.len() >= LEND_MIN {
+            // Whatever is staged goes first (file order), then the lent piece, hashed
+            // here while the writing thread writes it.
+            if self.flush().is_err() {
+                return libc::ECANCELED;
+            }
+            let lent = Piece::Lent {
+                ptr: buf.as_ptr(),
+                len: buf.len(),
+            };
+            if self.to_writer.send(lent).is_err() {
+                return libc::ECANCELED;
+            }
+            self.hash.update(buf);
+            return match self.acks.recv() {
+                Ok(true) => 0,
+                _ => libc::ECANCELED,
+            };
+        }
+        self.hash.update(buf);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let stage = match self.current.as_mut() {
+                Some(s) => s,
+                None => match self.pool.recv() {
+                    Ok(s) => self.current.insert(s),
+                    Err(_) => return libc::ECANCELED,
+                },
+            };
+            let n = stage.push(rest);
+            rest = &rest[n..];
+            if stage.len == STAGE && self.flush().is_err() {
+                return libc::ECANCELED;
+            }
+        }
+        0
+    }
+
+    /// Send the staging buffer being filled, if it holds anything.
+    fn flush(&mut self) -> std::result::Result<(), ()> {
+        match self.current.take() {
+            Some(s) if s.len > 0 => self.to_writer.send(Piece::Staged(s)).map_err(|_| ()),
+            Some(s) => {
+                self.current = Some(s);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
 
 /// Begin the compacting copy of `snap` (it runs in `drain`); the snapshot is released
 /// as soon as the copy has ended.
@@ -198,11 +307,12 @@ impl Copy {
     /// Run the copy into the new file `dst`, hashing every byte; fsync it.
     ///
     /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
-    /// while LMDB's writer thread, in our callback, lends the other buffer to this
-    /// thread, which writes it (O_DIRECT where possible), and hashes it in place
-    /// meanwhile; the callback returns (and LMDB reuses the buffer) when both are
-    /// done. So hashing, the device and the walk overlap, and no byte is copied on
-    /// its way (no pipe, no page cache where O_DIRECT is taken).
+    /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
+    /// where it lies and passes it to this thread, which writes it (O_DIRECT where
+    /// possible): a full buffer is lent (the callback returns, and LMDB reuses it,
+    /// once it is written, its hashing overlapping the write), small pieces are
+    /// gathered into two staging buffers written while the next fills. So hashing,
+    /// the device and the walk overlap, and no pipe or page cache is in the way.
     pub(crate) fn drain(
         self,
         dst: &Path,
@@ -212,42 +322,48 @@ impl Copy {
         let dir = self.snap.dir().to_path_buf();
         let mut out = DirectWriter::create(dst)?;
         let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"));
-        let (job_tx, job_rx) = mpsc::sync_channel::<Lent>(0);
-        let (ack_tx, ack_rx) = mpsc::sync_channel::<bool>(0);
+        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(2);
+        let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
+        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(2);
+        for _ in 0..2 {
+            pool_tx
+                .send(Stage::new())
+                .map_err(|_| anyhow!("cannot fill the staging pool"))?;
+        }
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut sink = Sink {
+            hash: Sha256::new(),
+            to_writer,
+            acks,
+            pool,
+            current: None,
+            failed: failed.clone(),
+        };
         let snap = self.snap;
         let mut failure: Option<anyhow::Error> = None;
-        let mut buffers = 0u64;
+        let mut pieces_written = 0u64;
         let joined = std::thread::scope(|s| {
             let copier = std::thread::Builder::new()
                 .name("lmdb-copy".into())
                 .spawn_scoped(s, move || {
-                    let mut h = Sha256::new();
-                    let hash = &mut h;
-                    let result = snap.copy_compact_with(move |buf| {
-                        let lent = Lent {
-                            ptr: buf.as_ptr(),
-                            len: buf.len(),
-                        };
-                        if job_tx.send(lent).is_err() {
-                            return libc::ECANCELED;
-                        }
-                        hash.update(buf); // while the other thread writes the same bytes
-                        match ack_rx.recv() {
-                            Ok(true) => 0,
-                            _ => libc::ECANCELED,
-                        }
-                    });
+                    let mut result = snap.copy_compact_with(|buf| sink.take(buf));
                     drop(snap); // released: the service may reuse the pages it pinned
-                    (result, h.finish())
+                    if result.is_ok() && sink.flush().is_err() {
+                        result = Err(MdbError(libc::ECANCELED));
+                    }
+                    (result, sink.hash.finish())
                 });
             let copier = match copier {
                 Ok(c) => c,
                 Err(e) => return Err(anyhow::Error::new(e).context("cannot start a copy thread")),
             };
-            // Ends when the copy has ended (its callback, holding job_tx, is dropped).
-            for lent in job_rx.iter() {
-                // SAFETY: the lender waits for our acknowledgement below.
-                let buf = unsafe { std::slice::from_raw_parts(lent.ptr, lent.len) };
+            // Ends when the copy has ended (the sink, holding the sender, is dropped).
+            for piece in pieces.iter() {
+                let buf: &[u8] = match &piece {
+                    // SAFETY: the lender waits for our acknowledgement below.
+                    Piece::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+                    Piece::Staged(stage) => stage.filled(),
+                };
                 let ok = if failure.is_some() {
                     false
                 } else if abort() {
@@ -257,23 +373,34 @@ impl Copy {
                             .unwrap_or_else(|| anyhow!("stopped after another copy failed")),
                     );
                     false
-                } else if let Err(e) = (if buffers > 0 {
+                } else if let Err(e) = (if pieces_written > 0 {
                     crate::fault::point("mid-copy") // tests: a failure after some output
                 } else {
                     Ok(())
                 })
-                .and_then(|()| {
-                    buffers += 1;
-                    out.write(buf)
-                }) {
+                .and_then(|()| out.write(buf))
+                {
                     failure = Some(e);
                     false
                 } else {
+                    pieces_written += 1;
                     on_bytes(buf.len() as u64);
                     true
                 };
-                if ack_tx.send(ok).is_err() {
-                    break;
+                if !ok {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                match piece {
+                    Piece::Lent { .. } => {
+                        if ack_tx.send(ok).is_err() {
+                            break;
+                        }
+                    }
+                    Piece::Staged(mut stage) => {
+                        stage.len = 0;
+                        // The sink may be gone already (the copy ended): fine.
+                        let _ = pool_tx.try_send(stage);
+                    }
                 }
             }
             copier
@@ -287,7 +414,7 @@ impl Copy {
         result.map_err(|e| corrupt_or_failed(&dir, e))?;
         let size = out.len();
         log::debug!(
-            "{}: {size} bytes in {buffers} buffers, {} of them with O_DIRECT",
+            "{}: {size} bytes in {pieces_written} writes, {} bytes with O_DIRECT",
             dst.display(),
             out.direct_bytes()
         );
