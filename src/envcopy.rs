@@ -177,14 +177,21 @@ impl Drop for Prefetch {
     }
 }
 
-/// Pieces at least this large are written straight from LMDB's memory (lent); smaller
-/// ones (a buffer cut short by an overflow value, the overflow pages of a small
-/// value) are gathered into staging buffers, so the device never sees a stream of
-/// small synchronous writes (an Axon's blobs are mostly 16-256 KiB).
-const LEND_MIN: usize = 512 << 10;
+/// Pieces at least this large (the overflow pages of a big value) are written
+/// straight from LMDB's memory, lent while the callback waits; everything else
+/// (LMDB's 1 MiB buffers, short buffers and small overflow values, an Axon's blobs
+/// are mostly 16-256 KiB) is copied into staging buffers and the callback returns at
+/// once. Measured on the inline shape (bench/RESULTS.md): lending every 1 MiB buffer
+/// made LMDB's walk wait for each device write (and for the writing thread to be
+/// scheduled, on a loaded host); one memcpy into a queue of staging buffers keeps the
+/// device busy and costs little next to SHA-256.
+const LEND_MIN: usize = 4 << 20;
 
-/// Size of one staging buffer; each copy has two.
+/// Size of one staging buffer.
 const STAGE: usize = 2 << 20;
+
+/// Staging buffers per copy: writes queued ahead of the device.
+const STAGES: usize = 4;
 
 /// A staging buffer: `STAGE` bytes at a DIRECT_ALIGN-aligned address in `mem`.
 struct Stage {
@@ -229,8 +236,8 @@ enum Piece {
 // memory.
 unsafe impl Send for Piece {}
 
-/// The copy callback's side: hashes every byte where it lies, lends large pieces
-/// and stages small ones.
+/// The copy callback's side: hashes every byte where it lies, stages it (or lends
+/// a very large piece).
 struct Sink {
     hash: Sha256,
     to_writer: mpsc::SyncSender<Piece>,
@@ -308,10 +315,10 @@ impl Copy {
     ///
     /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
     /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
-    /// where it lies and passes it to this thread, which writes it (O_DIRECT where
-    /// possible): a full buffer is lent (the callback returns, and LMDB reuses it,
-    /// once it is written, its hashing overlapping the write), small pieces are
-    /// gathered into two staging buffers written while the next fills. So hashing,
+    /// where it lies and copies it into a queue of aligned staging buffers, which
+    /// this thread writes (O_DIRECT where possible) one after another while the
+    /// next ones fill; the overflow pages of a very large value are lent instead
+    /// (written from LMDB's memory while hashed, the callback waiting). So hashing,
     /// the device and the walk overlap, and no pipe or page cache is in the way.
     pub(crate) fn drain(
         self,
@@ -322,10 +329,10 @@ impl Copy {
         let dir = self.snap.dir().to_path_buf();
         let mut out = DirectWriter::create(dst)?;
         let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"));
-        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(2);
+        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(STAGES);
         let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
-        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(2);
-        for _ in 0..2 {
+        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
+        for _ in 0..STAGES {
             pool_tx
                 .send(Stage::new())
                 .map_err(|_| anyhow!("cannot fill the staging pool"))?;
@@ -450,8 +457,8 @@ mod tests {
     use ::lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
     use std::sync::atomic::AtomicUsize;
 
-    /// An environment with inline values, overflow values (one larger than LMDB's
-    /// 1 MiB buffer) and a third of its keys deleted.
+    /// An environment with inline values, overflow values (some larger than LMDB's
+    /// 1 MiB buffer, one larger than LEND_MIN) and a third of its keys deleted.
     fn make_env(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         let env = Environment::new()
@@ -466,6 +473,7 @@ mod tests {
             let size = match k % 50 {
                 0 => 20_000,
                 1 if k % 1000 == 1 => 3 << 20,
+                2 if k == 2002 => 9 << 20, // lent, not staged
                 _ => 16 + (k as usize * 37) % 3000,
             };
             let val: Vec<u8> = (0..size).map(|j| ((j as u32 + k) % 251) as u8).collect();
