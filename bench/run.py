@@ -499,9 +499,13 @@ def rss_anon_kib(pid):
 def measure(cmd, env=None):
     """Run cmd; return wall, cpu (user+sys of it and its children), peak RssAnon of
     the process tree (MiB), exit code and stdout."""
+    import tempfile
+    # Output goes to files, read after exit: a pipe read only then would block a
+    # command that prints more than 64 KiB (the Python tool logs every environment).
+    out_f = tempfile.TemporaryFile()
+    err_f = tempfile.TemporaryFile()
     t0 = time.perf_counter()
-    # stdout/stderr are read after exit: the commands print little (under a pipe's 64 KiB).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
     peak = 0
     rusage = None
     status = None
@@ -514,8 +518,12 @@ def measure(cmd, env=None):
         peak = max(peak, sum(rss_anon_kib(p) for p in tree_pids(proc.pid)))
         time.sleep(0.01)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout = proc.stdout.read().decode(errors='replace')
-    stderr = proc.stderr.read().decode(errors='replace')
+    out_f.seek(0)
+    err_f.seek(0)
+    stdout = out_f.read().decode(errors='replace')
+    stderr = err_f.read().decode(errors='replace')
+    out_f.close()
+    err_f.close()
     return {
         'wall': wall,
         'cpu': rusage.ru_utime + rusage.ru_stime,
