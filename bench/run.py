@@ -938,8 +938,9 @@ def main():
     p.add_argument('--regen', action='store_true', help='generate the data again')
     p.add_argument('--synbackup', default=os.path.join(target, 'release', 'synbackup'))
     p.add_argument('--venv', default=default_venv, help='venv with synapse (the anchor)')
-    p.add_argument('--commands', default='synbackup,synbackup-j1,python-tool,mdb_copy,dd,'
-                   'dd-direct,read-direct', help='comma-separated subset to measure (also: '
+    p.add_argument('--commands', default=None, help='comma-separated subset to measure '
+                   '(default synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,'
+                   'read-direct; --small: synbackup,python-tool,dd-direct,read-direct; also: '
                    'python-import)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME=PATH',
                    help='also measure another synbackup binary (A/B of engine changes)')
@@ -968,6 +969,11 @@ def main():
     args.shapes = args.shapes.split(',')
     for shape in args.shapes:
         shape_envs(shape, args.small)  # an unknown name fails here, before any work
+    if args.commands is None:
+        # --small keeps one row of each kind so CI exercises the harness in under a
+        # minute on an idle machine (the Cortex start-up is most of it).
+        args.commands = ('synbackup,python-tool,dd-direct,read-direct' if args.small else
+                         'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
     args.commands = args.commands.split(',')
     args.caches = args.caches.split(',')
     args.variants = [tuple(v.split('=', 1)) for v in args.variant]
