@@ -344,7 +344,7 @@ def ensure_source(args, name='mixed', size_gib=None):
     total = int((SMALL_BYTES if args.small else size_gib * GIB))
     shape = {'version': SHAPE_VERSION, 'total': total, 'seed': args.seed, 'shape': name}
     src = os.path.join(args.workdir, f'src-{name}' + ('-small' if args.small else '')
-                       + (f'-{size_gib:g}g' if size_gib != args.size_gib else ''))
+                       + (f'-{size_gib:g}g' if size_gib != args.size_gib or args.scale else ''))
     stamp = src + '.shape.json'
     if not args.regen and os.path.exists(stamp):
         with open(stamp) as f:
