@@ -1,21 +1,39 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The integration tests, one module per capability. Each runs the real binary
-//! against real LMDB environments or a real Synapse Cortex (from the venv that
-//! `.ci/setup` makes; `SYNBACKUP_TEST_VENV` points elsewhere).
+//! The integration tests, grouped by the layer of `src/` they exercise. Each runs
+//! the real binary against real LMDB environments or a real Synapse Cortex (from
+//! the venv that `.ci/setup` makes; `SYNBACKUP_TEST_VENV` points elsewhere). The
+//! real-systemd tests are shell scripts in `tests/systemd/`.
 
 mod util;
 
-/// `synbackup backup` and `verify` on LMDB environments the tests create.
-mod backup;
-/// Bad input: each case one error line, its exit code, nothing left behind.
-mod bad_input;
-/// The copy engine's failure paths: a copy failing mid-way publishes nothing.
-mod copy_engine;
-/// Against a real, running Cortex: freeze, write load, Synapse's own tool.
-mod cortex;
+/// The engine: `backup` and `verify` on LMDB environments and a live Cortex.
+mod engine {
+    /// `synbackup backup` and `verify` on LMDB environments the tests create.
+    mod backup;
+    /// Bad input: each case one error line, its exit code, nothing left behind.
+    mod bad_input;
+    /// The copy engine's failure paths: a copy failing mid-way publishes nothing.
+    mod copy_engine;
+    /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
+    mod cortex;
+    /// The source as it is: links, names, xattrs, ACLs, owners, sparse files; verify.
+    mod fidelity;
+}
+
 /// Instances: run, list, prune, status, metrics, the lock, restore.
-mod instances;
-/// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
-mod manpage;
-/// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).
-mod sysctl;
+mod instance {
+    /// Runs, retention, status and metrics, the lock, restore.
+    mod instances;
+}
+
+/// The host layer.
+mod host {
+    /// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).
+    mod sysctl;
+}
+
+/// The command surface.
+mod commands {
+    /// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
+    mod manpage;
+}

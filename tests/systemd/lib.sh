@@ -39,9 +39,13 @@ NS_CACHE=${SYNBACKUP_CACHE:-/var/cache/synbackup-ci}
 NS_ROOTFS=${SYNBACKUP_ROOTFS:-$NS_CACHE/rootfs-bookworm}
 # Written last by build-rootfs: a tree without it is not finished.
 NS_STAMP_FILE=etc/synbackup-test-rootfs.stamp
-# Parent cgroup (under each hierarchy nspawn uses) of every container we start, so
-# the runner can find and remove whatever a killed test left behind.
-NS_CGROUP_PARENT=synbackup-nspawn
+# Parent cgroup (under each hierarchy nspawn uses) of every container one run starts,
+# so the runner can find and remove whatever a killed test left behind. One parent
+# per run (`synbackup-nspawn-RUNPID`, the runner's PID in NS_RUN_ID): runs from two
+# checkouts at once never see, or clean up, each other's containers; a run removes
+# the parents of runs whose runner is gone.
+NS_CGROUP_PREFIX=synbackup-nspawn-
+NS_CGROUP_PARENT=$NS_CGROUP_PREFIX${NS_RUN_ID:-$$}
 NS_BOOT_TIMEOUT=${NS_BOOT_TIMEOUT:-60}
 NS_POWEROFF_TIMEOUT=${NS_POWEROFF_TIMEOUT:-30}
 # The environment of commands run inside: nsenter would otherwise pass on the host's
@@ -123,9 +127,25 @@ ns_leftover_containers() {
   done | sort -u
 }
 
-# ns_cleanup_leftovers: removes what killed tests left (used by the runner).
+# ns_cleanup_leftovers: removes what killed tests of this run left, and whatever
+# runs whose runner process is gone left (used by the runner).
 ns_cleanup_leftovers() {
-  local name
+  local name root dir run own=$NS_CGROUP_PARENT
+  for root in $(_ns_cgroup_roots); do
+    for dir in "$root/$NS_CGROUP_PREFIX"*; do
+      [ -d "$dir" ] || continue
+      run=${dir##*/"$NS_CGROUP_PREFIX"}
+      [ "$NS_CGROUP_PREFIX$run" = "$own" ] && continue
+      kill -0 "$run" 2>/dev/null && continue
+      NS_CGROUP_PARENT=$NS_CGROUP_PREFIX$run
+      for name in $(ns_leftover_containers); do
+        ns_log "removing container $name left by dead run $run"
+        _ns_cgroup_kill_remove "$name"
+      done
+      rmdir "$dir" 2>/dev/null || true
+    done
+  done
+  NS_CGROUP_PARENT=$own
   for name in $(ns_leftover_containers); do
     ns_log "removing leftover container $name"
     _ns_cgroup_kill_remove "$name"
@@ -199,7 +219,10 @@ _ns_alive() {
 # at first, then in the "payload" cgroup nspawn makes, then in payload/init.scope.
 _ns_find_leader() {
   local root pid nspid
-  root=$(_ns_cgroup_roots | head -n1)
+  # The first hierarchy (not `| head -n1`: head exits before the second echo, and
+  # bash prints "write error: Broken pipe").
+  root=$(_ns_cgroup_roots)
+  root=${root%%$'\n'*}
   while read -r pid; do
     nspid=$(awk '$1 == "NSpid:" {print NF - 1, $NF}' "/proc/$pid/status" 2>/dev/null) || continue
     if [ "$nspid" = "2 1" ]; then echo "$pid"; return 0; fi

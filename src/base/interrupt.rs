@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+//! SIGINT/SIGTERM handling.
+//!
+//! The signal thread first runs the hook `main` installed (the engine's resume of a
+//! frozen service: a frozen Synapse accepts no edits until someone resumes it, so a
+//! signal must never leave one frozen), then sets a flag that the work checks
+//! between chunks (`check()`), so each caller unwinds through its normal cleanup:
+//! the backup engine removes its temporary, the cold window puts the original
+//! directory back and starts the service. A second signal exits immediately (after
+//! the same hook).
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::Result;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::base::exit::{fail, Code};
+
+/// The signal that interrupted us (0: none yet).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Start the signal thread. Call once, early in `main`; `on_signal` runs on every
+/// signal before the flag is set (and before a second signal exits).
+pub(crate) fn install(on_signal: fn(&str)) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let first = SIGNAL.swap(sig, Ordering::SeqCst) == 0;
+                log::warn!(
+                    "received {}, stopping",
+                    if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
+                );
+                on_signal("signal");
+                if !first {
+                    std::process::exit(code_for(sig).as_i32());
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn code_for(sig: i32) -> Code {
+    if sig == SIGINT {
+        Code::Interrupted
+    } else {
+        Code::Terminated
+    }
+}
+
+/// True once a SIGINT or SIGTERM arrived.
+pub(crate) fn requested() -> bool {
+    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// An error if a signal arrived: call between steps and chunks.
+pub(crate) fn check() -> Result<()> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        sig => Err(fail(
+            code_for(sig),
+            "interrupted by a signal; nothing was published",
+        )),
+    }
+}

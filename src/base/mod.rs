@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The ground floor every layer stands on: exit codes, logging, signals, fault
+//! injection, filesystem helpers and the units of sizes and durations. Imports
+//! nothing of this crate outside `base`.
+
+/// Exit codes and typed failures.
+pub(crate) mod exit;
+/// Named fault-injection points for tests.
+pub(crate) mod fault;
+/// Sparse copies, fsync, atomic writes, free space.
+pub(crate) mod fsutil;
+/// SIGINT/SIGTERM handling.
+pub(crate) mod interrupt;
+/// Journal or stderr logging.
+pub(crate) mod logging;
+/// Sizes and durations in config files and options.
+pub(crate) mod units;
+/// Extended attributes, ACLs and labels: read from a source, set on its copy.
+pub(crate) mod xattrs;

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup cold INSTANCE`: what `synbackup-cold@.service` runs, the maintenance
+//! window (`service::window`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::instance::config::InstanceOverrides;
+use crate::instance::dirs::Dirs;
+
+#[derive(Debug, Args)]
+pub(crate) struct ColdArgs {
+    /// The instance name (its configuration is CONFIG_DIR/INSTANCE.conf).
+    pub(crate) instance: String,
+    #[command(flatten)]
+    pub(crate) overrides: InstanceOverrides,
+}
+
+/// Run the window for the instance.
+pub(crate) fn exec(dirs: &Dirs, a: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
+    crate::service::window::run(dirs, &a.instance, &a.overrides, show_bar)?;
+    Ok(ExitCode::SUCCESS)
+}

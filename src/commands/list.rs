@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup list [INSTANCE] [--json]`: every backup of the instances with its age,
+//! size and state (`instance::catalog`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use chrono::Utc;
+use clap::Args;
+use serde::Serialize;
+
+use crate::base::fsutil::human;
+use crate::base::units::format_duration;
+use crate::commands::print_json;
+use crate::instance::catalog::{self, State};
+use crate::instance::config::{self, InstanceOverrides};
+use crate::instance::dirs::Dirs;
+use crate::instance::run::now_str;
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this instance (default: every configured instance).
+    pub(crate) instance: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    instance: String,
+    name: String,
+    path: String,
+    time: String,
+    age_seconds: i64,
+    bytes: u64,
+    state: State,
+}
+
+/// `synbackup list [INSTANCE] [--json]`.
+pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for name in config::selected(&dirs.config_dir, args.instance.as_deref())? {
+        let inst = config::load(&dirs.config_dir, &name, &InstanceOverrides::default())?;
+        for e in catalog::scan(&inst.backup_root, &name)? {
+            rows.push(Listed {
+                instance: name.clone(),
+                name: e.name,
+                path: e.path.to_string_lossy().into_owned(),
+                time: now_str(e.time),
+                age_seconds: (now - e.time).num_seconds(),
+                bytes: e.bytes,
+                state: e.state,
+            });
+        }
+    }
+    if args.json {
+        print_json(&rows)?;
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:<40} {:<20} {:>8} {:>10}  STATE",
+            "BACKUP", "TIME (UTC)", "AGE", "SIZE"
+        )?;
+        for r in &rows {
+            let age = std::time::Duration::from_secs(r.age_seconds.max(0) as u64);
+            let state = serde_json::to_value(r.state)?
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            writeln!(
+                out,
+                "{:<40} {:<20} {:>8} {:>10}  {state}",
+                r.name,
+                &r.time[..19.min(r.time.len())],
+                format_duration(age),
+                human(r.bytes)
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

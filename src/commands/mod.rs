@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The commands layer: one file per subcommand, each with its clap arguments and an
+//! `exec` that calls the layer below and returns the exit code. Nothing below this
+//! folder parses a command line.
+//!
+//! Instance settings can come from the environment (clap's `env`) so that the units'
+//! `EnvironmentFile=/etc/synbackup/%i.conf` and the command line read the same keys;
+//! an explicit flag always wins. Every subcommand and long option here must also be
+//! in `man/synbackup.8.scd` (a test checks it).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::instance::dirs::Dirs;
+
+/// `synbackup backup SRC DST`.
+pub(crate) mod backup;
+/// `synbackup cold INSTANCE`.
+pub(crate) mod cold;
+/// `synbackup completions SHELL`.
+pub(crate) mod completions;
+/// `synbackup list [INSTANCE]`.
+pub(crate) mod list;
+/// `synbackup prune INSTANCE`.
+pub(crate) mod prune;
+/// `synbackup restore BACKUP [DIR]`.
+pub(crate) mod restore;
+/// `synbackup run INSTANCE`.
+pub(crate) mod run;
+/// `synbackup status [INSTANCE]`.
+pub(crate) mod status;
+/// `synbackup sysctl`.
+pub(crate) mod sysctl;
+/// `synbackup verify BACKUP`.
+pub(crate) mod verify;
+
+/// Consistent, compacted, verified backups of Synapse services.
+#[derive(Debug, Parser)]
+#[command(name = "synbackup", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// More log output (repeat for debug and trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) dirs: Dirs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Back up a service directory (a drop-in for `python -m synapse.tools.service.backup`).
+    Backup(backup::BackupArgs),
+    /// Check a backup against its manifest and read every database to the end.
+    Verify(verify::VerifyArgs),
+    /// Restore a backup into a service directory (the old one is moved aside).
+    Restore(restore::RestoreArgs),
+    /// Back up an instance into its backup root, verify, prune, record status.
+    Run(run::RunArgs),
+    /// Maintenance window: stop the service, compact, swap in, start, roll back on failure.
+    Cold(cold::ColdArgs),
+    /// List an instance's backups with age, size and state.
+    List(list::ListArgs),
+    /// Remove backups that retention no longer keeps, and stale temporaries.
+    Prune(prune::PruneArgs),
+    /// Last run results; exits non-zero when failed or stale (a monitoring check).
+    Status(status::StatusArgs),
+    /// Print, write, apply or check the kernel settings computed from this host's RAM.
+    Sysctl(sysctl::SysctlArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+}
+
+/// Run the subcommand the command line names.
+pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let show_bar = !cli.quiet;
+    let dirs = &cli.dirs;
+    match cli.command {
+        Command::Backup(a) => backup::exec(a, show_bar),
+        Command::Verify(a) => verify::exec(&a),
+        Command::Restore(a) => restore::exec(dirs, &a),
+        Command::Run(a) => run::exec(dirs, &a, show_bar),
+        Command::Cold(a) => cold::exec(dirs, &a, show_bar),
+        Command::List(a) => list::exec(dirs, &a),
+        Command::Prune(a) => prune::exec(dirs, &a),
+        Command::Status(a) => status::exec(dirs, &a),
+        Command::Sysctl(a) => sysctl::exec(&a),
+        Command::Completions(a) => completions::exec(&a),
+    }
+}
+
+/// Print `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE]`: put a
+//! backup in place of a service directory (`service::restore`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::instance::dirs::Dirs;
+use crate::service::restore::{self, Request};
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup to restore.
+    pub(crate) backup: PathBuf,
+    /// The service directory to restore into (moved aside first if it exists).
+    /// Default with --instance: the instance's SYNBACKUP_SERVICE_DIR.
+    pub(crate) dir: Option<PathBuf>,
+    /// Stop this unit before restoring and start it afterwards.
+    #[arg(long, conflicts_with = "instance")]
+    pub(crate) unit: Option<String>,
+    /// Take the service directory and unit from this instance's configuration.
+    #[arg(long)]
+    pub(crate) instance: Option<String>,
+}
+
+/// Restore as asked.
+pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
+    restore::restore(
+        dirs,
+        &Request {
+            backup: a.backup.clone(),
+            dir: a.dir.clone(),
+            unit: a.unit.clone(),
+            instance: a.instance.clone(),
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup run INSTANCE`: what `synbackup@.service` runs (`instance::run`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::instance::config::InstanceOverrides;
+use crate::instance::dirs::Dirs;
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The instance name (its configuration is CONFIG_DIR/INSTANCE.conf).
+    pub(crate) instance: String,
+    #[command(flatten)]
+    pub(crate) overrides: InstanceOverrides,
+}
+
+/// Back up the instance, prune, record status.
+pub(crate) fn exec(dirs: &Dirs, a: &RunArgs, show_bar: bool) -> Result<ExitCode> {
+    crate::instance::run::run(dirs, &a.instance, &a.overrides, show_bar)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,565 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup backup SRC DST`: a consistent, compacted, checksummed copy of a service
+//! directory that appears atomically.
+//!
+//! Order of work, one function per step ([`run`] reads as this list): check the
+//! paths; size up (scan, open every environment, count the compacted bytes); check
+//! free space; create a private temporary beside DST (`partial`) and lay out its
+//! directories and links; take the snapshots (freeze; begin a read transaction on
+//! every environment; resume); copy: the compacting copies of those snapshots and
+//! the plain files, `--jobs` at a time (`workers`), each file hashed as written and
+//! fsynced; give directories their modes; assemble and write the manifest;
+//! optionally verify; publish (rename the temporary to DST and fsync the parent).
+//! Anything that fails removes the temporary (and only it); a killed run leaves only
+//! `.NAME.synbackup-partial.PID`, which nothing mistakes for a backup.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::base::exit::{bail_code, fail, Code};
+use crate::base::fault;
+use crate::base::fsutil::{self, human};
+use crate::base::interrupt;
+use crate::engine::freeze::{FreezeMode, Frozen};
+use crate::engine::lmdb::{Env, Snapshot};
+use crate::engine::lockowner;
+use crate::engine::manifest::{
+    self, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
+};
+use crate::engine::partial::Partial;
+use crate::engine::paths::{bad, check_destination, check_source};
+use crate::engine::progress::Progress;
+use crate::engine::scan::{self, Item};
+use crate::engine::telepath;
+use crate::engine::verify;
+use crate::engine::workers::{self, rel_str, Done, Source, Task};
+
+/// What to back up, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) src: PathBuf,
+    pub(crate) dst: PathBuf,
+    pub(crate) skipdirs: Vec<String>,
+    pub(crate) jobs: Option<u32>,
+    pub(crate) freeze: FreezeMode,
+    pub(crate) freeze_timeout: u64,
+    pub(crate) verify: bool,
+    /// Space that must remain free at the destination after the backup.
+    pub(crate) min_free: u64,
+    pub(crate) show_bar: bool,
+}
+
+/// What a finished backup reports.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) source: String,
+    pub(crate) backup: String,
+    pub(crate) environments: usize,
+    pub(crate) files: usize,
+    /// Bytes the copied data took at the source (allocated on disk).
+    pub(crate) source_bytes: u64,
+    /// Data bytes written into the backup (holes of sparse files are not written).
+    pub(crate) bytes_written: u64,
+    pub(crate) seconds: f64,
+    /// Source bytes not written thanks to compaction (and holes).
+    pub(crate) saved_bytes: u64,
+    pub(crate) frozen: bool,
+    /// Milliseconds the service was frozen (None: not frozen).
+    pub(crate) freeze_ms: Option<f64>,
+    /// Of which: the service's own freeze call (nexus lock and flush).
+    pub(crate) freeze_call_ms: Option<f64>,
+    pub(crate) verified: bool,
+}
+
+impl Summary {
+    /// The one-line summary.
+    pub(crate) fn line(&self) -> String {
+        let mbps = self.bytes_written as f64 / 1e6 / self.seconds.max(1e-6);
+        let freeze = match self.freeze_ms {
+            Some(ms) => format!("frozen {ms:.0} ms"),
+            None => "not frozen".to_string(),
+        };
+        format!(
+            "backed up {} to {}: {} environments, {} files; read {}, wrote {} in {:.2} s ({mbps:.0} MB/s); compaction saved {}; {freeze}{}",
+            self.source,
+            self.backup,
+            self.environments,
+            self.files,
+            human(self.source_bytes),
+            human(self.bytes_written),
+            self.seconds,
+            human(self.saved_bytes),
+            if self.verified { "; verified" } else { "" }
+        )
+    }
+}
+
+/// An environment to copy.
+struct EnvJob {
+    rel: PathBuf,
+    env: Env,
+    data_meta: fs::Metadata,
+    compacted: u64,
+}
+
+fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> {
+    let dir = src.join(rel);
+    let data = dir.join("data.mdb");
+    let env = lockowner::open_live(&dir).map_err(|e| {
+        bad(format!(
+            "{} cannot be opened as LMDB ({}); if it is damaged, restore it from an older backup",
+            data.display(),
+            e.root_cause()
+        ))
+    })?;
+    let info = env.info()?;
+    let needed = (info.last_pgno + 1) * info.page_size;
+    if data_meta.len() < needed {
+        return Err(bad(format!(
+            "{} is truncated: {} bytes, but its last page ends at {needed}; restore it from an older backup",
+            data.display(),
+            data_meta.len()
+        )));
+    }
+    let compacted = {
+        let txn = env.read_txn()?;
+        txn.compacted_pages(&info)? * info.page_size
+    };
+    Ok(EnvJob {
+        rel: rel.to_path_buf(),
+        env,
+        data_meta: data_meta.clone(),
+        compacted,
+    })
+}
+
+/// The scanned source, its open environments and the bytes a backup writes.
+struct Sized {
+    plan: scan::Plan,
+    envs: Vec<EnvJob>,
+    env_bytes: u64,
+    file_bytes: u64,
+    needed: u64,
+}
+
+fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
+    let skip = scan::compile_skipdirs(skipdirs)?;
+    let plan = scan::scan(src, &skip)?;
+    let mut envs = Vec::new();
+    for item in plan.envs() {
+        if let Item::Env { rel, data, .. } = item {
+            envs.push(open_env(src, rel, data)?);
+        }
+    }
+    let file_bytes: u64 = plan
+        .items
+        .iter()
+        .map(|i| match i {
+            Item::File { meta, .. } => fsutil::allocated(meta).min(meta.len()),
+            _ => 0,
+        })
+        .sum();
+    let env_bytes: u64 = envs.iter().map(|e| e.compacted).sum();
+    let meta_bytes = 64 * 1024 + plan.items.len() as u64 * 256;
+    let needed = env_bytes + file_bytes + meta_bytes;
+    Ok(Sized {
+        plan,
+        envs,
+        env_bytes,
+        file_bytes,
+        needed,
+    })
+}
+
+/// Bytes a backup of `src` would write now (for preflights of callers).
+pub(crate) fn estimate(src: &Path, skipdirs: &[String]) -> Result<u64> {
+    Ok(size_up(src, skipdirs)?.needed)
+}
+
+/// Run a backup. The caller logs or prints the summary.
+pub(crate) fn run(req: &Request) -> Result<Summary> {
+    let started = chrono::Utc::now();
+    let t0 = Instant::now();
+    let src = check_source(&req.src)?;
+    let dst = check_destination(&src, &req.dst)?;
+    let sized = size_up(&src, &req.skipdirs)?;
+    check_space(&src, &dst, &sized, req.min_free)?;
+    let mut partial = Partial::create(&dst)?;
+    interrupt::check()?;
+    let tmp = partial.path().to_path_buf();
+    let layout = lay_out(&sized.plan, &tmp)?;
+    let jobs = job_count(req.jobs, sized.envs.len());
+    let progress = Progress::start(
+        &format!("backing up {}", src.display()),
+        sized.needed,
+        req.show_bar,
+    );
+    let (mut tasks, freeze) = take_snapshots(req, &src, sized.envs, &progress)?;
+    tasks.extend(file_tasks(&sized.plan));
+    progress.set_label(&format!("copying {}", src.display()));
+    let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
+    let copied = collect(done);
+    let dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
+    let src_meta = fs::metadata(&src)?;
+    let manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
+    write_manifest(&tmp, &manifest, &src_meta)?;
+    drop(progress);
+    fault::point("before-publish")?;
+    let verified = req.verify && verify_before_publish(&src, &tmp)?;
+    publish(&mut partial, &src, &src_meta, &dst)?;
+    Ok(Summary {
+        source: src.to_string_lossy().into_owned(),
+        backup: dst.to_string_lossy().into_owned(),
+        environments: manifest.environments.len(),
+        files: copied.files.len() - copied.envs.len(),
+        source_bytes: copied.source_bytes,
+        bytes_written: copied.bytes_written,
+        seconds: t0.elapsed().as_secs_f64(),
+        saved_bytes: copied.source_bytes.saturating_sub(copied.bytes_written),
+        frozen: freeze.ms.is_some(),
+        freeze_ms: freeze.ms,
+        freeze_call_ms: freeze.call_ms,
+        verified,
+    })
+}
+
+/// Fail early, with both numbers, when DST's filesystem cannot hold the backup.
+fn check_space(src: &Path, dst: &Path, sized: &Sized, min_free: u64) -> Result<()> {
+    let parent = dst.parent().unwrap_or(Path::new("/"));
+    let free = fsutil::free_space(parent)?;
+    let needed = sized.needed;
+    if needed + min_free > free {
+        bail_code!(
+            Code::NoSpace,
+            "not enough space in {}: the backup needs {} ({} bytes){}, {} ({} bytes) is free; free space or choose another destination",
+            parent.display(),
+            human(needed),
+            needed,
+            if min_free > 0 { format!(" plus {} kept free", human(min_free)) } else { String::new() },
+            human(free),
+            free
+        );
+    }
+    log::info!(
+        "backing up {} to {}: {} environments ({}), {} other bytes, {} free",
+        src.display(),
+        dst.display(),
+        sized.envs.len(),
+        human(sized.env_bytes),
+        human(sized.file_bytes),
+        human(free)
+    );
+    Ok(())
+}
+
+/// The links of the backup, as the manifest lists them (followed ones included).
+struct Layout {
+    symlinks: Vec<LinkEntry>,
+}
+
+/// Create the directories (private while they are filled) and the symlinks.
+fn lay_out(plan: &scan::Plan, tmp: &Path) -> Result<Layout> {
+    let mut symlinks = Vec::new();
+    for item in &plan.items {
+        match item {
+            Item::Dir { rel, .. } | Item::Env { rel, .. } => {
+                let p = tmp.join(rel);
+                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+            }
+            Item::Symlink { rel, target, meta } => {
+                let p = tmp.join(rel);
+                std::os::unix::fs::symlink(target, &p).map_err(|e| fsutil::write_error(&p, e))?;
+                fsutil::apply_meta_link(&p, meta)?;
+                symlinks.push(LinkEntry {
+                    path: rel_str(rel),
+                    target: rel_str(target),
+                    followed: false,
+                });
+            }
+            Item::File { .. } => {}
+        }
+    }
+    symlinks.extend(plan.followed.iter().map(|(rel, target)| LinkEntry {
+        path: rel_str(rel),
+        target: rel_str(target),
+        followed: true,
+    }));
+    symlinks.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Layout { symlinks })
+}
+
+/// `--jobs`, or the CPUs; never more than the environments, at least one.
+fn job_count(jobs: Option<u32>, envs: usize) -> usize {
+    jobs.map(|j| j as usize)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .min(envs.max(1))
+        .max(1)
+}
+
+/// How long the service was frozen (None: not frozen).
+struct FreezeTimes {
+    ms: Option<f64>,
+    call_ms: Option<f64>,
+}
+
+/// The environment tasks: snapshots taken together while the service is frozen, or
+/// each taken when its copy starts (no freeze).
+fn take_snapshots(
+    req: &Request,
+    src: &Path,
+    mut envs: Vec<EnvJob>,
+    progress: &Progress,
+) -> Result<(VecDeque<Task>, FreezeTimes)> {
+    let sock = src.join("sock");
+    let want_freeze = match req.freeze {
+        FreezeMode::Never => false,
+        FreezeMode::Auto => telepath::answers(&sock),
+        FreezeMode::Always => true,
+    };
+    let mut tasks: VecDeque<Task> = VecDeque::new();
+    envs.sort_by_key(|e| std::cmp::Reverse(e.compacted));
+    if !want_freeze {
+        for e in envs.drain(..) {
+            tasks.push_back(Task::Env {
+                job_rel: e.rel,
+                data_meta: e.data_meta,
+                source: Source::Open(e.env),
+            });
+        }
+        let none = FreezeTimes {
+            ms: None,
+            call_ms: None,
+        };
+        return Ok((tasks, none));
+    }
+    progress.set_label("freezing the service");
+    let f0 = Instant::now();
+    let frozen = Frozen::freeze(&sock, req.freeze_timeout).map_err(|e| {
+        fail(
+            Code::Freeze,
+            format!(
+                "could not freeze the service at {}: {:#}; check that it runs and that this user may open its socket, or use --freeze never",
+                sock.display(),
+                e
+            ),
+        )
+    })?;
+    let call_ms = f0.elapsed().as_secs_f64() * 1e3;
+    // Every snapshot while frozen: one point in time across environments.
+    let mut snaps = Vec::new();
+    let taken = (|| -> Result<()> {
+        for e in envs.drain(..) {
+            snaps.push((e.rel, e.data_meta, Snapshot::take(e.env)?));
+        }
+        fault::point("after-freeze")
+    })();
+    frozen.resume();
+    let ms = f0.elapsed().as_secs_f64() * 1e3;
+    taken?;
+    log::info!(
+        "service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
+        snaps.len(),
+        ms - call_ms
+    );
+    for (rel, meta, snap) in snaps {
+        tasks.push_back(Task::Env {
+            job_rel: rel,
+            data_meta: meta,
+            source: Source::Held(snap),
+        });
+    }
+    let times = FreezeTimes {
+        ms: Some(ms),
+        call_ms: Some(call_ms),
+    };
+    Ok((tasks, times))
+}
+
+/// The plain files' tasks, largest first.
+fn file_tasks(plan: &scan::Plan) -> Vec<Task> {
+    let mut files: Vec<(PathBuf, fs::Metadata)> = plan
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File { rel, meta } => Some((rel.clone(), meta.clone())),
+            _ => None,
+        })
+        .collect();
+    files.sort_by_key(|(_, m)| std::cmp::Reverse(m.len()));
+    files
+        .into_iter()
+        .map(|(rel, meta)| Task::File { rel, meta })
+        .collect()
+}
+
+/// What the copies wrote, sorted as the manifest lists it.
+#[derive(Clone)]
+struct Copied {
+    files: Vec<FileEntry>,
+    envs: Vec<EnvEntry>,
+    source_bytes: u64,
+    bytes_written: u64,
+}
+
+fn collect(done: Vec<Done>) -> Copied {
+    let mut files = Vec::new();
+    let mut envs = Vec::new();
+    let mut source_bytes = 0;
+    let mut bytes_written = 0;
+    for d in done {
+        match d {
+            Done::Env {
+                file,
+                env,
+                source_bytes: s,
+            } => {
+                bytes_written += file.size; // a compacted copy has no holes
+                files.push(file);
+                envs.push(env);
+                source_bytes += s;
+            }
+            Done::File {
+                file,
+                source_bytes: s,
+                written,
+            } => {
+                files.push(file);
+                source_bytes += s;
+                bytes_written += written;
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    envs.sort_by(|a, b| a.path.cmp(&b.path));
+    Copied {
+        files,
+        envs,
+        source_bytes,
+        bytes_written,
+    }
+}
+
+/// Directory modes, owners, xattrs and times, deepest first; the manifest's list of
+/// them (with the mode given, see `fsutil::copy_meta_dir`), sorted.
+fn apply_dir_meta(plan: &scan::Plan, src: &Path, tmp: &Path) -> Result<Vec<DirEntry>> {
+    let mut dirs = Vec::new();
+    for item in plan.items.iter().rev() {
+        if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
+            let attrs = workers::source_xattrs(&src.join(rel))?;
+            let applied = fsutil::copy_meta_dir(&tmp.join(rel), meta, &attrs)?;
+            dirs.push(DirEntry {
+                path: rel_str(rel),
+                mode: applied.mode,
+                xattrs: manifest::xattr_keys(&applied.xattrs),
+            });
+        }
+    }
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(dirs)
+}
+
+fn assemble_manifest(
+    req: &Request,
+    src: &Path,
+    started: chrono::DateTime<chrono::Utc>,
+    freeze: &FreezeTimes,
+    copied: Copied,
+    layout: Layout,
+    dirs: Vec<DirEntry>,
+) -> Manifest {
+    Manifest {
+        format: manifest::FORMAT.to_string(),
+        body_sha256: String::new(),
+        tool: "synbackup".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        source: src.to_string_lossy().into_owned(),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cell_guid: fs::read_to_string(src.join("cell.guid"))
+            .ok()
+            .map(|s| s.trim().to_string()),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        freeze: FreezeInfo {
+            mode: format!("{:?}", req.freeze).to_lowercase(),
+            frozen: freeze.ms.is_some(),
+            ms: freeze.ms,
+        },
+        files: copied.files,
+        symlinks: layout.symlinks,
+        dirs,
+        environments: copied.envs,
+    }
+}
+
+/// Write the manifest into the temporary, fsynced. It holds digests of every file:
+/// readable by group/others only where the source's top directory and every file
+/// it describes are (the mode of the most private one).
+fn write_manifest(tmp: &Path, manifest: &Manifest, src_meta: &fs::Metadata) -> Result<()> {
+    let mpath = tmp.join(manifest::MANIFEST_NAME);
+    let f = fsutil::create_new(&mpath)?;
+    std::io::Write::write_all(&mut &f, &manifest.to_json()?)
+        .map_err(|e| fsutil::write_error(&mpath, e))?;
+    let readable = manifest
+        .files
+        .iter()
+        .fold(src_meta.mode() & 0o044, |m, f| m & f.mode);
+    let mode = 0o600 | readable;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    let _ = nix::unistd::fchown(
+        std::os::fd::AsFd::as_fd(&f),
+        Some(nix::unistd::Uid::from_raw(src_meta.uid())),
+        Some(nix::unistd::Gid::from_raw(src_meta.gid())),
+    );
+    f.sync_all().map_err(|e| fsutil::write_error(&mpath, e))?;
+    Ok(())
+}
+
+/// Verify the temporary; mark it verified. Returns true (a failure is an error).
+fn verify_before_publish(src: &Path, tmp: &Path) -> Result<bool> {
+    interrupt::check()?;
+    let report = verify::verify(tmp)?;
+    if !report.ok() {
+        bail_code!(
+            Code::Verify,
+            "the new backup of {} failed verification ({}); it was not published",
+            src.display(),
+            report.problems.join("; ")
+        );
+    }
+    let marker = tmp.join(manifest::VERIFIED_MARK);
+    fs::write(&marker, format!("{}\n", chrono::Utc::now().to_rfc3339()))
+        .and_then(|()| File::open(&marker)?.sync_all())
+        .map_err(|e| fsutil::write_error(&marker, e))?;
+    Ok(true)
+}
+
+/// The top gets the source's owner, mode (never more open) and xattrs, then the
+/// rename and the parent's fsync.
+fn publish(partial: &mut Partial, src: &Path, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
+    interrupt::check()?;
+    let tmp = partial.path().to_path_buf();
+    fsutil::copy_meta_dir(&tmp, src_meta, &workers::source_xattrs(src)?)?;
+    fs::rename(&tmp, dst).map_err(|e| {
+        bad(format!(
+            "cannot rename {} to {}: {e}; was the destination created meanwhile?",
+            tmp.display(),
+            dst.display()
+        ))
+    })?;
+    partial.disarm();
+    fsutil::fsync_dir(dst.parent().unwrap_or(Path::new("/")))?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The backup engine: everything that turns a service directory into a verified
+//! backup, and nothing that knows about instances, units or systemd's state. It
+//! imports only `base` and `host` (procfs readers, sd_notify for progress).
+
+/// `synbackup backup`: the order of work, one function per step.
+pub(crate) mod backup;
+/// Compacting LMDB copies through pipes, from held snapshots.
+pub(crate) mod envcopy;
+/// Freezing the running service for the snapshots; resuming it whatever happens.
+pub(crate) mod freeze;
+/// LMDB through the vendored 0.9.33.
+pub(crate) mod lmdb;
+/// Opening a source environment without taking its lock file from its owner.
+pub(crate) mod lockowner;
+/// The backup manifest format.
+pub(crate) mod manifest;
+/// The private temporary a backup is written under.
+pub(crate) mod partial;
+/// Checks of SRC and DST before anything is written.
+pub(crate) mod paths;
+/// Progress bar and systemd status lines.
+pub(crate) mod progress;
+/// The source walk and its skip rules.
+pub(crate) mod scan;
+/// The telepath client for a service's unix socket.
+pub(crate) mod telepath;
+/// Checking a backup against its manifest.
+pub(crate) mod verify;
+/// The copy tasks and the `--jobs` workers that run them.
+pub(crate) mod workers;

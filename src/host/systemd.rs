@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Everything that talks to systemd: sd_notify (status lines, timeout extension)
+//! and unit control through `systemctl`.
+//!
+//! sd_notify is wrapped here once; the rest of the code says `systemd::status(..)`
+//! and never sees the socket. Outside a unit (no `NOTIFY_SOCKET`) these are no-ops.
+//!
+//! Long runs: the units are `Type=oneshot` with a start timeout sized for a normal
+//! backup; while the copy makes progress we send `EXTEND_TIMEOUT_USEC` for the next
+//! interval, so a large backup is never killed for being large, and a hung one (no
+//! progress, no extension) still hits the timeout.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::base::exit::{fail, Code};
+use sd_notify::NotifyState;
+
+/// True when running under a unit that listens for notifications.
+pub(crate) fn notify_enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Show `text` in `systemctl status` (`STATUS=`).
+pub(crate) fn status(text: &str) {
+    if notify_enabled() {
+        if let Err(e) = sd_notify::notify(false, &[NotifyState::Status(text)]) {
+            log::debug!("sd_notify STATUS failed: {e}");
+        }
+    }
+}
+
+/// Ask for `extra` more time before the unit's start timeout fires.
+pub(crate) fn extend_timeout(extra: Duration) {
+    if notify_enabled() {
+        let usec = extra.as_micros().min(u128::from(u32::MAX)) as u32;
+        if let Err(e) = sd_notify::notify(false, &[NotifyState::ExtendTimeoutUsec(usec)]) {
+            log::debug!("sd_notify EXTEND_TIMEOUT_USEC failed: {e}");
+        }
+    }
+}
+
+/// Run `systemctl ARGS`, returning its stdout; an error names the command and what
+/// systemctl said.
+pub(crate) fn systemctl(args: &[&str]) -> Result<String> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run systemctl {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The unit's `ActiveState` (`active`, `inactive`, `failed`, `activating` ...).
+pub(crate) fn active_state(unit: &str) -> Result<String> {
+    let out = systemctl(&["show", "--property=ActiveState", "--value", unit])?;
+    Ok(parse_value(&out))
+}
+
+/// The value printed by `systemctl show --value` (one line).
+pub(crate) fn parse_value(out: &str) -> String {
+    out.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// The unit's main PID (0 when it has none).
+pub(crate) fn main_pid(unit: &str) -> Result<u32> {
+    let out = systemctl(&["show", "--property=MainPID", "--value", unit])?;
+    Ok(parse_value(&out).parse().unwrap_or(0))
+}
+
+/// True when the unit is known to systemd (has a unit file or is loaded).
+pub(crate) fn unit_exists(unit: &str) -> Result<bool> {
+    let out = systemctl(&["show", "--property=LoadState", "--value", unit])?;
+    Ok(parse_value(&out) == "loaded")
+}
+
+fn wait_state(unit: &str, want: &[&str], timeout: Duration, what: &str) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = active_state(unit)?;
+        if want.contains(&state.as_str()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                Code::Service,
+                format!(
+                    "{unit} did not {what} within {}s (it is {state}); see journalctl -u {unit}",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stop `unit` and wait until it is inactive (or failed).
+pub(crate) fn stop_unit(unit: &str, timeout: Duration) -> Result<()> {
+    log::info!("stopping {unit}");
+    systemctl(&["stop", "--no-block", unit]).map_err(|e| fail(Code::Service, format!("{e:#}")))?;
+    wait_state(unit, &["inactive", "failed"], timeout, "stop")
+}
+
+/// Start `unit` and wait until it is active.
+pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
+    log::info!("starting {unit}");
+    systemctl(&["start", "--no-block", unit]).map_err(|e| fail(Code::Service, format!("{e:#}")))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match active_state(unit)?.as_str() {
+            "active" => return Ok(()),
+            "failed" => {
+                return Err(fail(
+                    Code::Service,
+                    format!("{unit} failed to start; see journalctl -u {unit}"),
+                ))
+            }
+            // Restart= may cycle it through these: keep waiting.
+            state if Instant::now() > deadline => {
+                return Err(fail(
+                    Code::Service,
+                    format!(
+                        "{unit} did not start within {}s (it is {state}); see journalctl -u {unit}",
+                        timeout.as_secs()
+                    ),
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parse_show_value() {
+        assert_eq!(super::parse_value("active\n"), "active");
+        assert_eq!(super::parse_value(""), "");
+    }
+}

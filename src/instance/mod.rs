@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Instances: one configured service each (`/etc/synbackup/NAME.conf`), with its
+//! backup root, catalog, retention, lock, status and metrics, and the nightly run.
+//! Imports the engine and the host layer, never a command.
+
+/// An instance's backups in its backup root.
+pub(crate) mod catalog;
+/// Instance configuration files.
+pub(crate) mod config;
+/// Where configuration, state, locks and metrics live.
+pub(crate) mod dirs;
+/// The systemd generator that writes per-instance ReadWritePaths= drop-ins.
+pub(crate) mod generator;
+/// Directories kept by maintenance windows, and their expiry.
+pub(crate) mod kept;
+/// The per-instance lock.
+pub(crate) mod lock;
+/// Retention applied to a backup root.
+pub(crate) mod prune;
+/// Which backups retention keeps.
+pub(crate) mod retention;
+/// `synbackup run`: back up, prune, record.
+pub(crate) mod run;
+/// Status files and metrics for monitoring.
+pub(crate) mod status;

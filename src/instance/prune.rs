@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Retention applied to an instance's backup root: what the policy no longer keeps
+//! is removed, and temporaries of runs that died. Only directories that carry our
+//! name pattern and manifest, or our temporaries, are ever removed; a backup is first
+//! renamed to a temporary name, so a removal cut short never leaves a half backup
+//! that looks complete.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::engine::partial::PARTIAL_MARK;
+use crate::instance::catalog::{self, State};
+use crate::instance::config::Instance;
+use crate::instance::retention;
+
+/// Apply retention; remove temporaries when `own_lock` (no run can be live).
+/// Returns how many complete backups remain.
+pub(crate) fn prune(
+    inst: &Instance,
+    newest: Option<&str>,
+    dry_run: bool,
+    own_lock: bool,
+) -> Result<usize> {
+    let entries = catalog::scan(&inst.backup_root, &inst.name)?;
+    let complete: Vec<_> = entries
+        .iter()
+        .filter(|e| e.state != State::Partial)
+        .collect();
+    let times: Vec<_> = complete.iter().map(|e| e.time).collect();
+    let reasons = retention::reasons(&times, inst.keep);
+    let verb = if dry_run { "would remove" } else { "removing" };
+    let mut kept = 0;
+    for (e, why) in complete.iter().zip(reasons) {
+        if !why.is_empty() || Some(e.name.as_str()) == newest {
+            kept += 1;
+            log::debug!(
+                "keeping {} ({})",
+                e.name,
+                if why.is_empty() {
+                    "new".to_string()
+                } else {
+                    why.join(", ")
+                }
+            );
+            continue;
+        }
+        log::info!(
+            "{verb} {}: kept by no rule (keep last {}, daily {}, weekly {}, monthly {})",
+            e.path.display(),
+            inst.keep.last,
+            inst.keep.daily,
+            inst.keep.weekly,
+            inst.keep.monthly
+        );
+        if !dry_run {
+            remove_backup(&e.path, &e.name)?;
+        }
+    }
+    for e in entries.iter().filter(|e| e.state == State::Partial) {
+        if !own_lock {
+            log::info!(
+                "leaving {}: a run of {} is in progress",
+                e.path.display(),
+                inst.name
+            );
+            continue;
+        }
+        log::info!(
+            "{verb} {}: temporary of a run that did not finish",
+            e.path.display()
+        );
+        if !dry_run {
+            remove_tree(&e.path)?;
+        }
+    }
+    Ok(kept)
+}
+
+/// Rename a backup to a temporary name, then delete it.
+fn remove_backup(path: &Path, name: &str) -> Result<()> {
+    let doomed = path.with_file_name(format!(".{name}{PARTIAL_MARK}removing"));
+    match fs::rename(path, &doomed) {
+        Ok(()) => remove_tree(&doomed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()), // a concurrent prune won
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}

@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: Apache-2.0
+//! An instance's run (what `synbackup@.service` runs): take the instance lock, back
+//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published), prune
+//! by retention, expire directories kept by maintenance windows, and record status
+//! and metrics, on failure too.
+
+use std::fs;
+use std::time::Instant;
+
+use anyhow::Result;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::base::exit::{code_of, fail, Code};
+use crate::engine::backup;
+use crate::instance::catalog::{self, State};
+use crate::instance::config::{self, Instance, InstanceOverrides};
+use crate::instance::dirs::Dirs;
+use crate::instance::status::{self, Status};
+use crate::instance::{kept, lock, prune};
+
+/// A time as status files and listings write it.
+pub(crate) fn now_str(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Load an instance for a run of `kind`; a bad configuration is recorded as a
+/// failed run (status, metrics, journal) and returned as reported.
+pub(crate) fn load_for_run(
+    dirs: &Dirs,
+    name: &str,
+    overrides: &InstanceOverrides,
+    kind: &str,
+    started: DateTime<Utc>,
+    t0: Instant,
+) -> Result<Instance> {
+    config::check_name(name)?;
+    config::load(&dirs.config_dir, name, overrides).map_err(|e| {
+        record_failure(dirs, name, kind, started, t0, &e, None);
+        crate::base::exit::reported(&e)
+    })
+}
+
+/// `synbackup run INSTANCE`.
+pub(crate) fn run(
+    dirs: &Dirs,
+    name: &str,
+    overrides: &InstanceOverrides,
+    show_bar: bool,
+) -> Result<()> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let inst = load_for_run(dirs, name, overrides, "backup", started, t0)?;
+    // A second run exits here, and leaves the first one's status alone.
+    let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "run")?;
+    let result = backup_and_prune(&inst, started, show_bar);
+    match result {
+        Ok((summary, kept)) => {
+            let st = Status {
+                instance: inst.name.clone(),
+                kind: "backup".into(),
+                result: "success".into(),
+                started: now_str(started),
+                finished: now_str(Utc::now()),
+                duration_seconds: t0.elapsed().as_secs_f64(),
+                backup: Some(summary.backup.clone()),
+                bytes: summary.bytes_written,
+                freeze_ms: summary.freeze_ms,
+                exit_code: 0,
+                error: None,
+                last_success: Some(now_str(Utc::now())),
+                last_success_backup: Some(summary.backup.clone()),
+                backups_kept: kept,
+                details: None,
+            };
+            status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
+            crate::base::logging::event(
+                log::Level::Info,
+                crate::base::logging::MSG_BACKUP_OK,
+                &inst.name,
+                &[
+                    ("SYNBACKUP_BACKUP", summary.backup.as_str()),
+                    ("SYNBACKUP_BYTES", &summary.bytes_written.to_string()),
+                ],
+                &format!("{}: {}", inst.name, summary.line()),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            record_failure(dirs, &inst.name, "backup", started, t0, &e, None);
+            Err(crate::base::exit::reported(&e))
+        }
+    }
+}
+
+/// Record a failed run of `kind`: keeps the last success, logs the failure event.
+pub(crate) fn record_failure(
+    dirs: &Dirs,
+    instance: &str,
+    kind: &str,
+    started: DateTime<Utc>,
+    t0: Instant,
+    err: &anyhow::Error,
+    details: Option<serde_json::Value>,
+) {
+    let prev = status::load(&dirs.state_dir, instance, kind);
+    let kept = config::load(&dirs.config_dir, instance, &InstanceOverrides::default())
+        .ok()
+        .and_then(|i| catalog::scan(&i.backup_root, instance).ok())
+        .map(|v| v.iter().filter(|e| e.state != State::Partial).count())
+        .unwrap_or(0);
+    let st = Status {
+        instance: instance.to_string(),
+        kind: kind.to_string(),
+        result: "failed".into(),
+        started: now_str(started),
+        finished: now_str(Utc::now()),
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        backup: None,
+        bytes: 0,
+        freeze_ms: None,
+        exit_code: code_of(err).as_i32(),
+        error: Some(format!("{err:#}")),
+        last_success: prev.as_ref().and_then(|p| p.last_success.clone()),
+        last_success_backup: prev.as_ref().and_then(|p| p.last_success_backup.clone()),
+        backups_kept: kept,
+        details,
+    };
+    if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
+        log::error!("could not record the failure of {instance}: {e:#}");
+    }
+    let id = if kind == "backup" {
+        crate::base::logging::MSG_BACKUP_FAILED
+    } else {
+        crate::base::logging::MSG_COLD_FAILED
+    };
+    crate::base::logging::event(
+        log::Level::Error,
+        id,
+        instance,
+        &[],
+        &format!("{instance}: {kind} failed: {err:#}"),
+    );
+}
+
+fn backup_and_prune(
+    inst: &Instance,
+    started: DateTime<Utc>,
+    show_bar: bool,
+) -> Result<(backup::Summary, usize)> {
+    fs::create_dir_all(&inst.backup_root).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!(
+                "cannot create the backup root {}: {e}; create it or fix SYNBACKUP_BACKUP_ROOT",
+                inst.backup_root.display()
+            ),
+        )
+    })?;
+    let base = catalog::backup_name(&inst.name, started);
+    let mut name = base.clone();
+    let mut n = 2;
+    while inst.backup_root.join(&name).exists() {
+        name = format!("{base}-{n}");
+        n += 1;
+    }
+    let req = backup::Request {
+        src: inst.service_dir.clone(),
+        dst: inst.backup_root.join(&name),
+        skipdirs: inst.skipdirs.clone(),
+        jobs: inst.jobs,
+        freeze: inst.freeze,
+        freeze_timeout: inst.freeze_timeout.as_secs(),
+        verify: true,
+        min_free: inst.min_free,
+        show_bar,
+    };
+    let summary = backup::run(&req)?;
+    let kept = prune::prune(inst, Some(&name), false, true)?;
+    // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD.
+    kept::remove_kept(&inst.service_dir, None, Some(inst.cold_keep_old));
+    Ok((summary, kept))
+}

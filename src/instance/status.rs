@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What monitoring reads: one JSON status file per instance in the state directory
+//! (`/var/lib/synbackup/INSTANCE.json`) and a Prometheus textfile for
+//! node_exporter's textfile collector (`METRICS_DIR/synbackup-INSTANCE.prom`).
+//!
+//! Both are rewritten atomically after every run, success or failure. A failure
+//! keeps the previous `last_success` (never makes it look recent) and records the
+//! error in one line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::base::fsutil::write_atomic;
+
+/// The last run of one kind (`run` or `cold`) of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub(crate) struct Status {
+    pub(crate) instance: String,
+    /// `backup` or `cold`.
+    pub(crate) kind: String,
+    /// `success` or `failed`.
+    pub(crate) result: String,
+    pub(crate) started: String,
+    pub(crate) finished: String,
+    pub(crate) duration_seconds: f64,
+    pub(crate) backup: Option<String>,
+    pub(crate) bytes: u64,
+    pub(crate) freeze_ms: Option<f64>,
+    pub(crate) exit_code: i32,
+    pub(crate) error: Option<String>,
+    /// When the last successful run finished (RFC 3339), and what it made.
+    pub(crate) last_success: Option<String>,
+    pub(crate) last_success_backup: Option<String>,
+    pub(crate) backups_kept: usize,
+    /// Extra facts of the kind (cold: downtime, reclaimed bytes, old directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) details: Option<serde_json::Value>,
+}
+
+/// Where an instance's status of `kind` lives.
+pub(crate) fn status_path(state_dir: &Path, instance: &str, kind: &str) -> PathBuf {
+    if kind == "backup" {
+        state_dir.join(format!("{instance}.json"))
+    } else {
+        state_dir.join(format!("{instance}.{kind}.json"))
+    }
+}
+
+/// The last recorded status, if any (unreadable files are reported, not fatal).
+pub(crate) fn load(state_dir: &Path, instance: &str, kind: &str) -> Option<Status> {
+    let p = status_path(state_dir, instance, kind);
+    let bytes = std::fs::read(&p).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("ignoring unreadable status {}: {e}", p.display());
+            None
+        }
+    }
+}
+
+/// Record a run: the status file and the metrics file.
+pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let mut json = serde_json::to_vec_pretty(status)?;
+    json.push(b'\n');
+    write_atomic(
+        &status_path(state_dir, &status.instance, &status.kind),
+        &json,
+        0o644,
+    )?;
+    match std::fs::create_dir_all(metrics_dir) {
+        Ok(()) => {
+            let path = metrics_dir.join(format!(
+                "synbackup-{}{}.prom",
+                status.instance,
+                suffix(&status.kind)
+            ));
+            write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
+        }
+        Err(e) => log::warn!(
+            "no metrics written: cannot create {}: {e}",
+            metrics_dir.display()
+        ),
+    }
+    Ok(())
+}
+
+fn suffix(kind: &str) -> String {
+    if kind == "backup" {
+        String::new()
+    } else {
+        format!("-{kind}")
+    }
+}
+
+fn epoch(rfc3339: Option<&str>) -> Option<f64> {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339?).ok()?;
+    Some(t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// The Prometheus text exposition of a status.
+pub(crate) fn render_metrics(s: &Status) -> String {
+    let prefix = if s.kind == "backup" {
+        "synbackup".to_string()
+    } else {
+        format!("synbackup_{}", s.kind)
+    };
+    let label = format!(
+        "{{instance=\"{}\"}}",
+        s.instance.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        out.push_str(&format!("# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} gauge\n{prefix}_{name}{label} {value}\n"));
+    };
+    gauge(
+        "last_attempt_timestamp_seconds",
+        "When the last run finished (success or not).",
+        epoch(Some(&s.finished)).unwrap_or(0.0),
+    );
+    gauge(
+        "last_success",
+        "1 if the last run succeeded, else 0.",
+        if s.result == "success" { 1.0 } else { 0.0 },
+    );
+    gauge(
+        "last_success_timestamp_seconds",
+        "When the last successful run finished (0: never).",
+        epoch(s.last_success.as_deref()).unwrap_or(0.0),
+    );
+    gauge(
+        "last_duration_seconds",
+        "How long the last run took.",
+        s.duration_seconds,
+    );
+    gauge(
+        "last_exit_code",
+        "Exit code of the last run.",
+        f64::from(s.exit_code),
+    );
+    gauge(
+        "last_bytes",
+        "Bytes written by the last run.",
+        s.bytes as f64,
+    );
+    gauge(
+        "backups_kept",
+        "Complete backups of the instance after the last run.",
+        s.backups_kept as f64,
+    );
+    if let Some(ms) = s.freeze_ms {
+        gauge(
+            "last_freeze_seconds",
+            "How long the service was frozen in the last run.",
+            ms / 1000.0,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text() {
+        let s = Status {
+            instance: "c0".into(),
+            kind: "backup".into(),
+            result: "failed".into(),
+            finished: "2026-11-26T02:30:00Z".into(),
+            last_success: Some("2026-11-25T02:30:00Z".into()),
+            exit_code: 4,
+            ..Status::default()
+        };
+        let m = render_metrics(&s);
+        assert!(
+            m.contains("synbackup_last_success{instance=\"c0\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("synbackup_last_success_timestamp_seconds{instance=\"c0\"} 1795573800\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("synbackup_last_attempt_timestamp_seconds{instance=\"c0\"} 1795660200\n"),
+            "{m}"
+        );
+        assert!(m.contains("synbackup_last_exit_code{instance=\"c0\"} 4\n"));
+        assert!(!m.contains("freeze"));
+    }
+}

@@ -1,0 +1,385 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup cold INSTANCE`: the maintenance window. Stop the service, make a
+//! compacted copy next to its directory, verify it, swap it in, start the service,
+//! wait until it answers, and put everything back on any failure.
+//!
+//! Steps (each timed for the report):
+//! 1. preflight (changes nothing): the unit exists and is active, its main process
+//!    runs on SYNBACKUP_SERVICE_DIR, there is room for a full compacted copy on
+//!    that filesystem;
+//! 2. stop the unit; wait until no process holds an LMDB file of the directory;
+//! 3. back up the directory to `DIR.cold-new` (no freeze: the service is down) and
+//!    verify the copy;
+//! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept), `DIR.cold-new` -> `DIR`, fsync;
+//! 5. start the unit and wait until the service answers `getHealthCheck` with
+//!    `nominal` or `degraded` (SYNBACKUP_HEALTH_TIMEOUT);
+//! 6. report downtime, step times, space reclaimed; remove the directories kept by
+//!    earlier windows (the one just kept stays until the next successful window or
+//!    SYNBACKUP_COLD_KEEP_OLD, default 7 days, whichever comes first: `run` removes
+//!    kept directories older than that).
+//!
+//! Rollback: any failure after the stop, SIGTERM included (`systemctl stop` of the
+//! window), stops the unit if we started it, puts the original directory back,
+//! removes our copy and starts the unit again. The service is never left stopped by
+//! us; if even the restart fails, the error says so and how to recover.
+//!
+//! The compacted copy is not also kept in the backup root: after the swap it *is*
+//! the live directory, and the kept `DIR.pre-cold-*` is the way back. The nightly
+//! `run` makes the next backup as usual.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::base::exit::{code_of, fail, Code};
+use crate::base::fault;
+use crate::base::fsutil::human;
+use crate::base::interrupt;
+use crate::engine::backup;
+use crate::engine::freeze::FreezeMode;
+use crate::engine::telepath;
+use crate::host::holders;
+use crate::host::systemd;
+use crate::instance::config::{Instance, InstanceOverrides};
+use crate::instance::dirs::Dirs;
+use crate::instance::lock;
+use crate::instance::run::{load_for_run, record_failure};
+use crate::instance::status::{self, Status};
+
+use crate::instance::kept::{self, PRE_COLD};
+
+/// What a window reports.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Report {
+    pub(crate) downtime_seconds: f64,
+    pub(crate) copy_seconds: f64,
+    pub(crate) stop_seconds: f64,
+    pub(crate) start_seconds: f64,
+    pub(crate) bytes_before: u64,
+    pub(crate) bytes_after: u64,
+    pub(crate) reclaimed_bytes: u64,
+    pub(crate) kept_old: Option<String>,
+    pub(crate) rolled_back: bool,
+}
+
+/// Bytes a directory tree takes on disk.
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(entries) = fs::read_dir(p) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(t) if t.is_file() => e
+                    .metadata()
+                    .map(|m| crate::base::fsutil::allocated(&m))
+                    .unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(dir)
+}
+
+/// Wait until the service at `dir` answers its health check.
+fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let sock = dir.join("sock");
+    let mut last;
+    loop {
+        if cancellable {
+            interrupt::check()?;
+        }
+        match telepath::Client::connect(&sock, Duration::from_secs(10))
+            .and_then(|mut c| c.health_status())
+        {
+            Ok(s) if s == "nominal" || s == "degraded" => return Ok(s),
+            Ok(s) => last = format!("health is {s}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                Code::Service,
+                format!(
+                    "the service on {} did not answer its health check within {}s ({last})",
+                    dir.display(),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}{suffix}"))
+}
+
+/// `synbackup cold INSTANCE`: the window, recorded in status, metrics and journal.
+pub(crate) fn run(
+    dirs: &Dirs,
+    name: &str,
+    overrides: &InstanceOverrides,
+    show_bar: bool,
+) -> Result<()> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let inst = load_for_run(dirs, name, overrides, "cold", started, t0)?;
+    let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "cold")?;
+    let mut report = Report::default();
+    let result = window(&inst, &mut report, show_bar);
+    let details = serde_json::to_value(&report).ok();
+    match result {
+        Ok(()) => {
+            let st = Status {
+                instance: inst.name.clone(),
+                kind: "cold".into(),
+                result: "success".into(),
+                started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                finished: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                duration_seconds: t0.elapsed().as_secs_f64(),
+                backup: None,
+                bytes: report.bytes_after,
+                freeze_ms: None,
+                exit_code: 0,
+                error: None,
+                last_success: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                last_success_backup: report.kept_old.clone(),
+                backups_kept: 0,
+                details,
+            };
+            status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
+            let text = format!(
+                "{}: maintenance window done: down {:.1} s (copy {:.1} s), {} -> {} (reclaimed {}), old directory kept at {}",
+                inst.name,
+                report.downtime_seconds,
+                report.copy_seconds,
+                human(report.bytes_before),
+                human(report.bytes_after),
+                human(report.reclaimed_bytes),
+                report.kept_old.as_deref().unwrap_or("-")
+            );
+            crate::base::logging::event(
+                log::Level::Info,
+                crate::base::logging::MSG_COLD_OK,
+                &inst.name,
+                &[],
+                &text,
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let e = if report.rolled_back
+                && code_of(&e) != Code::Interrupted
+                && code_of(&e) != Code::Terminated
+            {
+                let msg = format!("{e:#}; rolled back: the original directory is in place and the service was started again");
+                fail(Code::RolledBack, msg)
+            } else {
+                e
+            };
+            record_failure(dirs, &inst.name, "cold", started, t0, &e, details);
+            Err(crate::base::exit::reported(&e))
+        }
+    }
+}
+
+fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
+    let unit = inst.service_unit.clone().ok_or_else(|| {
+        fail(Code::Usage, format!("instance {} has no SYNBACKUP_SERVICE_UNIT: the window must know which unit to stop", inst.name))
+    })?;
+    let dir = crate::engine::paths::check_source(&inst.service_dir)?;
+    // 1. Preflight: nothing changes when it fails.
+    if !systemd::unit_exists(&unit)? {
+        return Err(fail(
+            Code::Service,
+            format!("unit {unit} does not exist; fix SYNBACKUP_SERVICE_UNIT"),
+        ));
+    }
+    let state = systemd::active_state(&unit)?;
+    if state != "active" {
+        return Err(fail(Code::Service, format!("{unit} is {state}, not active; start it first (the window only runs on a running service)")));
+    }
+    let pid = systemd::main_pid(&unit)?;
+    let runs_here = pid != 0
+        && (holders::holders(Path::new("/proc"), &dir)
+            .iter()
+            .any(|h| h.pid == pid)
+            || fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(dir.to_string_lossy().as_ref()))
+                .unwrap_or(false));
+    if !runs_here {
+        return Err(fail(
+            Code::Service,
+            format!("{unit} (pid {pid}) does not run on {}; check SYNBACKUP_SERVICE_DIR and SYNBACKUP_SERVICE_UNIT", dir.display()),
+        ));
+    }
+    let new = sibling(&dir, ".cold-new");
+    if new.exists() {
+        return Err(fail(
+            Code::BadPath,
+            format!("{} exists (left by an interrupted window?); remove it after checking it is not needed", new.display()),
+        ));
+    }
+    let estimate = backup::estimate(&dir, &inst.skipdirs)?;
+    let free = crate::base::fsutil::free_space(dir.parent().unwrap_or(Path::new("/")))?;
+    if estimate > free {
+        return Err(fail(
+            Code::NoSpace,
+            format!(
+                "not enough space next to {}: the compacted copy needs {}, {} is free",
+                dir.display(),
+                human(estimate),
+                human(free)
+            ),
+        ));
+    }
+    report.bytes_before = disk_usage(&dir);
+    interrupt::check()?;
+    fault::point("cold-preflight")?;
+
+    // 2. Stop. From here on, any failure rolls back.
+    let down = Instant::now();
+    let t = Instant::now();
+    let mut swapped: Option<PathBuf> = None;
+    let result = (|| -> Result<()> {
+        crate::host::systemd::status(&format!("stopping {unit}"));
+        systemd::stop_unit(&unit, inst.stop_timeout)?;
+        holders::wait_released(&dir, inst.stop_timeout, true)?;
+        report.stop_seconds = t.elapsed().as_secs_f64();
+        interrupt::check()?;
+
+        // 3. Compacted copy beside the directory, verified.
+        let t = Instant::now();
+        fault::point("cold-copy")?;
+        let summary = backup::run(&backup::Request {
+            src: dir.clone(),
+            dst: new.clone(),
+            skipdirs: inst.skipdirs.clone(),
+            jobs: inst.jobs,
+            freeze: FreezeMode::Never,
+            freeze_timeout: 0,
+            verify: true,
+            min_free: 0,
+            show_bar,
+        })?;
+        fault::point("cold-verify")?;
+        // The copy is a service directory now, not a backup: drop the backup's marker files.
+        for f in [
+            crate::engine::manifest::MANIFEST_NAME,
+            crate::engine::manifest::VERIFIED_MARK,
+        ] {
+            let _ = fs::remove_file(new.join(f));
+        }
+        report.copy_seconds = t.elapsed().as_secs_f64();
+        log::info!("{}", summary.line());
+        interrupt::check()?;
+
+        // 4. Swap.
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let old = sibling(&dir, &format!("{PRE_COLD}{stamp}"));
+        fs::rename(&dir, &old).map_err(|e| {
+            fail(
+                Code::Other,
+                format!("cannot move {} aside: {e}", dir.display()),
+            )
+        })?;
+        swapped = Some(old.clone());
+        fs::rename(&new, &dir).map_err(|e| {
+            fail(
+                Code::Other,
+                format!("cannot move {} into place: {e}", new.display()),
+            )
+        })?;
+        crate::base::fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+        fault::point("cold-after-swap")?;
+
+        // 5. Start and wait for health.
+        let t = Instant::now();
+        crate::host::systemd::status(&format!("starting {unit}"));
+        systemd::start_unit(&unit, inst.health_timeout)?;
+        fault::point("cold-health")?;
+        let health = wait_healthy(&dir, inst.health_timeout, true)?;
+        report.start_seconds = t.elapsed().as_secs_f64();
+        report.downtime_seconds = down.elapsed().as_secs_f64();
+        log::info!(
+            "{unit} is back ({health}) after {:.1} s down",
+            report.downtime_seconds
+        );
+        report.kept_old = Some(old.to_string_lossy().into_owned());
+        Ok(())
+    })();
+
+    match result {
+        Ok(()) => {
+            report.bytes_after = disk_usage(&dir);
+            report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
+            kept::remove_kept(&dir, swapped.as_deref(), None);
+            Ok(())
+        }
+        Err(e) => {
+            log::error!(
+                "maintenance window of {} failed: {e:#}; rolling back",
+                inst.name
+            );
+            crate::host::systemd::status("rolling back");
+            rollback(&unit, &dir, &new, swapped.as_deref(), inst)?;
+            report.rolled_back = true;
+            report.downtime_seconds = down.elapsed().as_secs_f64();
+            Err(e)
+        }
+    }
+}
+
+/// Put the original directory back and start the unit. Errors only when that fails.
+fn rollback(unit: &str, dir: &Path, new: &Path, old: Option<&Path>, inst: &Instance) -> Result<()> {
+    // The unit may be running on the new directory: stop it first.
+    if let Ok(state) = systemd::active_state(unit) {
+        if state != "inactive" && state != "failed" {
+            systemd::stop_unit(unit, inst.stop_timeout)?;
+        }
+    }
+    holders::wait_released(dir, inst.stop_timeout, false)?;
+    if let Some(old) = old {
+        // dir is our compacted copy (or missing if the second rename failed).
+        if dir.exists() {
+            fs::rename(dir, new).map_err(|e| {
+                fail(
+                    Code::Other,
+                    format!(
+                        "ROLLBACK FAILED: cannot move {} away: {e}; the original is at {}",
+                        dir.display(),
+                        old.display()
+                    ),
+                )
+            })?;
+        }
+        fs::rename(old, dir).map_err(|e| {
+            fail(Code::Other, format!("ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start {unit}", old.display(), dir.display()))
+        })?;
+        crate::base::fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+    }
+    if new.exists() {
+        if let Err(e) = fs::remove_dir_all(new) {
+            log::warn!("could not remove the discarded copy {}: {e}", new.display());
+        }
+    }
+    systemd::start_unit(unit, inst.health_timeout).map_err(|e| {
+        fail(Code::Service, format!("ROLLBACK INCOMPLETE: the original directory is back at {} but {unit} did not start: {e:#}", dir.display()))
+    })?;
+    match wait_healthy(dir, inst.health_timeout, false) {
+        Ok(h) => log::info!("rolled back: {unit} runs on the original directory ({h})"),
+        Err(e) => log::error!("rolled back, but the service does not answer yet: {e:#}"),
+    }
+    Ok(())
+}
