@@ -14,8 +14,12 @@ round, every command with the page cache warm and with it dropped before the com
   python-tool      python -m synapse.tools.service.backup SRC DST; sync
   mdb_copy         mdb_copy -c of each environment one after another; sync
   dd               dd if=/dev/zero bs=1M count=<synbackup's bytes> conv=fdatasync
-  dd-direct        the same with oflag=direct (the device without the page cache)
-  python-import    python -c 'import synapse.tools.service.backup' (the anchor's start-up)
+  dd-direct        the same with oflag=direct: the write limit (the device alone)
+  read-direct      O_DIRECT read of the live pages in file order: the read limit (cold)
+  python-import    python -c 'import synapse.tools.service.backup' (not by default)
+
+on each data shape (--shapes: inline, blob, log, many, mixed), each its own rows.
+--scale instead measures synbackup alone on the mixed shape at growing sizes.
 
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
@@ -45,7 +49,9 @@ except ImportError:  # pragma: no cover - told to the user below
 GIB = 1 << 30
 MIB = 1 << 20
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPE_VERSION = 4
+SHAPE_VERSION = 5
+# --small: the size of each shape (CI keeps the harness working, quickly).
+SMALL_BYTES = 24 * MIB
 
 # The environments of the generated service directory: (relative path, share of the
 # total size, kind). Shares of the big ones add up to 1; the small ones get a fixed
@@ -62,6 +68,42 @@ BIG_ENVS = [
 SMALL_ENVS = ['slabs/cell.lmdb', 'slabs/nexus.lmdb', 'slabs/queues.lmdb', 'slabs/graphs.lmdb',
               'slabs/drive.lmdb', f'{VIEW}/viewstate.lmdb', 'axon/axon.lmdb',
               'jsonstor/slabs/jsonstor.lmdb']
+
+# The data shapes, each generated into its own service directory and reported on its
+# own rows: {name: (big environments as (path, share, kind), small environments)}.
+# - inline: layer data, values under a page (16-3000 bytes), a third deleted: five
+#   layers sharing the size;
+# - blob: an Axon, nearly all overflow pages (16-256 KiB values);
+# - log: an append-mostly nexus log (sequential keys, culled from the front);
+# - many: a Cortex with ~200 views/layers: many small environments (MANY_ENVS, fewer
+#   with --small), the size shared evenly;
+# - mixed: a Cortex with an Axon and a nexus log, the shape of the earlier runs.
+MANY_ENVS = 200
+MANY_ENVS_SMALL = 20
+
+
+def layer(i):
+    return 'layers/%032x' % (0x8f2d0c6b4a1e4e5f9a7b3c2d1e0f0000 + i)
+
+
+def shape_envs(shape, small):
+    if shape == 'inline':
+        return [(f'{layer(i)}/layer_v2.lmdb', 0.2, 'inline') for i in range(5)], SMALL_ENVS[:2]
+    if shape == 'blob':
+        return [('axon/blob.lmdb', 1.0, 'blob')], ['axon/axon.lmdb']
+    if shape == 'log':
+        return [('slabs/nexuslog/seqn0000000000000000.lmdb', 1.0, 'log')], SMALL_ENVS[:2]
+    if shape == 'many':
+        n = MANY_ENVS_SMALL if small else MANY_ENVS
+        kinds = ('index', 'inline', 'edits', 'medium')
+        return ([(f'{layer(i // 2)}/{("layer_v2", "nodeedits")[i % 2]}.lmdb', 1.0 / n,
+                  kinds[i % len(kinds)]) for i in range(n)], SMALL_ENVS)
+    if shape == 'mixed':
+        return BIG_ENVS, SMALL_ENVS
+    raise SystemExit(f'unknown shape {shape!r} (inline, blob, log, many, mixed)')
+
+
+SHAPES = ['inline', 'blob', 'log', 'many', 'mixed']
 
 # Named databases per kind (Synapse opens many; the layer has the most).
 INDEX_DBS = ['bybuidv3', 'byverb', 'edgesn1', 'edgesn2', 'bytag', 'bytagprop', 'byprop',
@@ -117,12 +159,16 @@ def value_size(kind, rng):
         return rng.randint(200, 1500) if r < 0.85 else rng.randint(3000, 12000)
     if kind == 'blob':
         return rng.randint(16 * 1024, 256 * 1024)
+    if kind == 'inline':
+        return rng.randint(16, 3000)
     return rng.randint(20, 200)
 
 
 def db_names(kind):
     if kind == 'index':
         return INDEX_DBS
+    if kind == 'inline':
+        return [n for n in INDEX_DBS if n not in DUPSORT_DBS][:8]
     if kind == 'medium':
         return ['nodedata', 'abrv', 'names', 'props']
     if kind == 'edits':
@@ -247,7 +293,7 @@ def make_env(path, target, kind, seed):
     return info
 
 
-def generate(src, total, seed):
+def generate(src, total, seed, shape='mixed', small=False):
     if os.path.exists(src):
         shutil.rmtree(src)
     os.makedirs(src)
@@ -276,19 +322,29 @@ def generate(src, total, seed):
     os.makedirs(os.path.join(src, 'tmp'), exist_ok=True)
     small_file('tmp/ignored', 4096)
     sizes = {}
-    for i, (rel, share, kind) in enumerate(BIG_ENVS):
-        t0 = time.monotonic()
-        sizes[rel] = make_env(os.path.join(src, rel), int(total * share), kind, seed + i)
-        log(f'  {rel}: {sizes[rel] / MIB:.0f} MiB used in {time.monotonic() - t0:.1f} s')
-    for j, rel in enumerate(SMALL_ENVS):
+    big, smalls = shape_envs(shape, small)
+    t0 = time.monotonic()
+    for i, (rel, share, kind) in enumerate(big):
+        t1 = time.monotonic()
+        sizes[rel] = make_env(os.path.join(src, rel), max(256 * 1024, int(total * share)),
+                              kind, seed + i)
+        if len(big) <= 10:
+            log(f'  {rel}: {sizes[rel] / MIB:.0f} MiB used in {time.monotonic() - t1:.1f} s')
+    if len(big) > 10:
+        log(f'  {len(big)} environments: {sum(sizes.values()) / MIB:.0f} MiB used in '
+            f'{time.monotonic() - t0:.1f} s')
+    for j, rel in enumerate(smalls):
         sizes[rel] = make_env(os.path.join(src, rel), 256 * 1024, 'small', seed + 100 + j)
     return sizes
 
 
-def ensure_source(args):
-    total = int((64 * MIB) if args.small else args.size_gib * GIB)
-    shape = {'version': SHAPE_VERSION, 'total': total, 'seed': args.seed}
-    src = os.path.join(args.workdir, 'src-small' if args.small else 'src')
+def ensure_source(args, name='mixed', size_gib=None):
+    if size_gib is None:
+        size_gib = args.size_gib
+    total = int((SMALL_BYTES if args.small else size_gib * GIB))
+    shape = {'version': SHAPE_VERSION, 'total': total, 'seed': args.seed, 'shape': name}
+    src = os.path.join(args.workdir, f'src-{name}' + ('-small' if args.small else '')
+                       + (f'-{size_gib:g}g' if size_gib != args.size_gib or args.scale else ''))
     stamp = src + '.shape.json'
     if not args.regen and os.path.exists(stamp):
         with open(stamp) as f:
@@ -299,7 +355,7 @@ def ensure_source(args):
     t0 = time.monotonic()
     if os.path.exists(stamp):
         os.unlink(stamp)
-    generate(src, total, args.seed)
+    generate(src, total, args.seed, name, args.small)
     with open(stamp, 'w') as f:
         json.dump(shape, f)
     log(f'generated in {time.monotonic() - t0:.0f} s')
@@ -324,6 +380,90 @@ def describe_source(src):
             apparent += st.st_size
             allocated += st.st_blocks * 512
     return apparent, allocated
+
+
+def live_runs(src, envs):
+    """The live pages of every environment as runs in file order: [(data.mdb, [(offset,
+    length), ...])]. Pages up to the last used one, less the free list's pages
+    (`mdb_stat -fff` lists them as runs); the used range when mdb_stat is missing."""
+    out = []
+    for e in envs:
+        path = os.path.join(src, e, 'data.mdb')
+        env = lmdb.open(os.path.join(src, e), readonly=True, lock=False, max_dbs=16384)
+        psize = env.stat()['psize']
+        npages = env.info()['last_pgno'] + 1
+        env.close()
+        free = []
+        if shutil.which('mdb_stat'):
+            text = subprocess.run(['mdb_stat', '-fff', os.path.join(src, e)], check=True,
+                                  capture_output=True, text=True).stdout
+            section = False
+            for line in text.splitlines():
+                if line.startswith('Freelist Status'):
+                    section = True
+                elif not line.startswith(' '):
+                    section = False
+                elif section:
+                    w = line.strip()
+                    if w and w[0].isdigit():
+                        pg, _, n = w.partition('[')
+                        free.append((int(pg), int(n.rstrip(']')) if n else 1))
+        free.sort()
+        runs = []
+        pos = 0
+        for pg, n in free:
+            if pg > pos:
+                runs.append((pos * psize, (pg - pos) * psize))
+            pos = max(pos, pg + n)
+        if npages > pos:
+            runs.append((pos * psize, (npages - pos) * psize))
+        out.append((path, runs))
+    return out
+
+
+# The read limit reads free gaps shorter than this along with the live pages around
+# them: on a device one large read costs less than two small ones with a seek.
+READ_MERGE_GAP = 1 * MIB
+
+
+def merged_runs(runs, gap):
+    out = []
+    for off, length in runs:
+        if out and off - (out[-1][0] + out[-1][1]) < gap:
+            out[-1] = (out[-1][0], off + length - out[-1][0])
+        else:
+            out.append((off, length))
+    return out
+
+
+def read_runs(spec):
+    """The read limit: read the live pages of `spec` (a live_runs() JSON) with O_DIRECT
+    in file order, free gaps under READ_MERGE_GAP read through, in requests of at most
+    8 MiB, file by file: a sequential read of what a copy must at least read."""
+    import mmap
+    with open(spec) as f:
+        files = json.load(f)
+    buf = mmap.mmap(-1, 8 * MIB)
+    view = memoryview(buf)
+    total = 0
+    for path, runs in files:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            fd = os.open(path, os.O_RDONLY)  # a filesystem without O_DIRECT (tmpfs)
+        try:
+            for off, length in merged_runs(runs, READ_MERGE_GAP):
+                while length > 0:
+                    n = os.preadv(fd, [view[:min(length, 8 * MIB)]], off)
+                    if n <= 0:
+                        break
+                    off += n
+                    length -= n
+                    total += n
+        finally:
+            os.close(fd)
+    print(total)
+    return 0
 
 
 # ---------------------------------------------------------------------------------
@@ -359,9 +499,13 @@ def rss_anon_kib(pid):
 def measure(cmd, env=None):
     """Run cmd; return wall, cpu (user+sys of it and its children), peak RssAnon of
     the process tree (MiB), exit code and stdout."""
+    import tempfile
+    # Output goes to files, read after exit: a pipe read only then would block a
+    # command that prints more than 64 KiB (the Python tool logs every environment).
+    out_f = tempfile.TemporaryFile()
+    err_f = tempfile.TemporaryFile()
     t0 = time.perf_counter()
-    # stdout/stderr are read after exit: the commands print little (under a pipe's 64 KiB).
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
     peak = 0
     rusage = None
     status = None
@@ -374,8 +518,12 @@ def measure(cmd, env=None):
         peak = max(peak, sum(rss_anon_kib(p) for p in tree_pids(proc.pid)))
         time.sleep(0.01)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout = proc.stdout.read().decode(errors='replace')
-    stderr = proc.stderr.read().decode(errors='replace')
+    out_f.seek(0)
+    err_f.seek(0)
+    stdout = out_f.read().decode(errors='replace')
+    stderr = err_f.read().decode(errors='replace')
+    out_f.close()
+    err_f.close()
     return {
         'wall': wall,
         'cpu': rusage.ru_utime + rusage.ru_stime,
@@ -431,13 +579,19 @@ def rmtree(p):
 
 
 class Bench:
-    def __init__(self, args, src):
+    def __init__(self, args, src, shape='mixed'):
         self.args = args
         self.src = src
+        self.shape = shape
         self.out = os.path.join(args.workdir, 'out')
         self.envs = env_dirs(src)
         self.dd_bytes = None
         self.results = []
+        self.runs_file = os.path.join(args.workdir, f'live-runs-{os.path.basename(src)}.json')
+        runs = live_runs(src, self.envs)
+        self.live_bytes = sum(n for _, rs in runs for _, n in rs)
+        with open(self.runs_file, 'w') as f:
+            json.dump(runs, f)
 
     def commands(self):
         a = self.args
@@ -464,6 +618,8 @@ class Bench:
                           f'count={count}', 'conv=fdatasync']
             cmds['dd-direct'] = ['dd', 'if=/dev/zero', f'of={self.out}/dd.out', 'bs=1M',
                                  f'count={count}', 'oflag=direct', 'conv=fdatasync']
+        cmds['read-direct'] = [sys.executable, os.path.abspath(__file__), '--read-runs',
+                               self.runs_file]
         return {k: v for k, v in cmds.items()
                 if k in a.commands or k in dict(a.variants)}
 
@@ -480,11 +636,16 @@ class Bench:
         # touches it next pays): every command then starts from the same state.
         time.sleep(self.args.settle)
 
+    def commands_synbackup(self):
+        return [self.args.synbackup, 'backup', self.src, os.path.join(self.out, 'backup'),
+                '--json']
+
     def run_one(self, name, cmd, cold, rnd):
         self.prepare(cold)
         load = loadavg()
         r = measure(cmd)
-        r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load)
+        r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load,
+                 shape=self.shape)
         if r['rc'] != 0:
             raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
         if name.startswith('synbackup') or name in dict(self.args.variants):
@@ -494,9 +655,11 @@ class Bench:
         elif name in ('python-tool', 'mdb_copy'):
             r['bytes'] = sum(os.path.getsize(os.path.join(self.out, 'backup', e, 'data.mdb'))
                              for e in self.envs)
+        elif name == 'read-direct':
+            r['bytes'] = int(r['stdout'].strip() or 0)
         r.pop('stdout')
         r.pop('stderr')
-        log(f'round {rnd} {r["cache"]:4} {name:14} wall {r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s'
+        log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:14} wall {r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s'
             f'  RssAnon {r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
         self.results.append(r)
         return r
@@ -519,6 +682,8 @@ class Bench:
             order = names[k:] + names[:k]
             for cold in caches:
                 for name in order:
+                    if name == 'read-direct' and not cold:
+                        continue  # O_DIRECT reads the device whatever the cache holds
                     self.run_one(name, self.commands()[name], cold, rnd)
         rmtree(self.out)
 
@@ -634,23 +799,24 @@ def med(xs):
     return statistics.median(xs) if xs else float('nan')
 
 
-def summarize(results, freeze, meta):
+def shape_table(results):
+    """One shape's rows: medians with min-max, CPU, RssAnon, bytes, and the ratios to
+    the Python tool, the write limit (dd-direct), and cold also to read + write limit."""
     lines = []
     by = {}
-    for r in results:
-        by.setdefault((r['name'], r['cache']), []).append(r)
     names = []
     for r in results:
+        by.setdefault((r['name'], r['cache']), []).append(r)
         if r['name'] not in names:
             names.append(r['name'])
     lines.append('| command | cache | wall median (min–max) s | CPU median s | peak RssAnon MiB'
-                 ' | GB written | ÷ python-tool | ÷ dd |')
-    lines.append('|---|---|---|---|---|---|---|---|')
-    # The ratios are of medians: wall(command) ÷ wall(python-tool) and ÷ wall(dd).
+                 ' | GB | ÷ python-tool | ÷ write limit | ÷ read+write limit |')
+    lines.append('|---|---|---|---|---|---|---|---|---|')
     ratios = {}
+    read = med([r['wall'] for r in by.get(('read-direct', 'cold'), [])])
     for cache in ('warm', 'cold'):
         py = med([r['wall'] for r in by.get(('python-tool', cache), [])])
-        dd = med([r['wall'] for r in by.get(('dd', cache), [])])
+        wl = med([r['wall'] for r in by.get(('dd-direct', cache), [])])
         for n in names:
             rs = by.get((n, cache))
             if not rs:
@@ -658,13 +824,57 @@ def summarize(results, freeze, meta):
             w = [r['wall'] for r in rs]
             m = med(w)
             rp = m / py if py == py else float('nan')
-            rd = m / dd if dd == dd else float('nan')
-            ratios[(n, cache)] = (rp, rd)
+            rw = m / wl if wl == wl else float('nan')
+            rrw = m / (read + wl) if cache == 'cold' and read == read and wl == wl else None
+            ratios[(n, cache)] = (rp, rw, rrw)
             gb = rs[0].get('bytes')
             lines.append(f'| {n} | {cache} | {m:.2f} ({min(w):.2f}–{max(w):.2f}) | '
                          f'{med([r["cpu"] for r in rs]):.2f} | '
                          f'{max(r["rss_anon_mib"] for r in rs):.1f} | '
-                         f'{"" if gb is None else f"{gb / 1e9:.3f}"} | {rp:.2f} | {rd:.2f} |')
+                         f'{"" if gb is None else f"{gb / 1e9:.3f}"} | {rp:.2f} | {rw:.2f} | '
+                         f'{"" if rrw is None else f"{rrw:.2f}"} |')
+    return lines, ratios
+
+
+def targets(shape, ratios):
+    """Issue 15's targets for synbackup on one shape, as a line of the report."""
+    out = []
+    w = ratios.get(('synbackup', 'warm'))
+    c = ratios.get(('synbackup', 'cold'))
+    if w:
+        out.append(f'warm {w[0]:.2f}× python-tool (≤ 1.0: {"met" if w[0] <= 1.0 else "MISSED"}),'
+                   f' {w[1]:.2f}× write limit (≤ 1.5: {"met" if w[1] <= 1.5 else "MISSED"})')
+    if c:
+        out.append(f'cold {c[0]:.2f}× python-tool (≤ 0.6: {"met" if c[0] <= 0.6 else "MISSED"})'
+                   + ('' if c[2] is None else f', {c[2]:.2f}× read+write limit (≤ 1.3: '
+                      f'{"met" if c[2] <= 1.3 else "MISSED"})'))
+    return f'{shape}: ' + '; '.join(out) if out else ''
+
+
+def summarize(results, freeze, meta):
+    lines = []
+    all_ratios = {}
+    shapes = []
+    for r in results:
+        if r.get('shape', 'mixed') not in shapes:
+            shapes.append(r.get('shape', 'mixed'))
+    for shape in shapes:
+        rs = [r for r in results if r.get('shape', 'mixed') == shape]
+        info = meta.get('shapes', {}).get(shape, {})
+        lines.append(f'### {shape}')
+        lines.append('')
+        if info:
+            lines.append(f'{info["environments"]} environments, {info["allocated"] / GIB:.2f} GiB '
+                         f'allocated, {info["live"] / 1e9:.3f} GB of live pages.')
+            lines.append('')
+        table, ratios = shape_table(rs)
+        lines.extend(table)
+        all_ratios[shape] = ratios
+        lines.append('')
+    for shape in shapes:
+        t = targets(shape, all_ratios[shape])
+        if t:
+            lines.append(f'- {t}')
     loads = [r['load'] for r in results] or [float('nan')]
     lines.append('')
     lines.append(f'{len(results)} measurements, {meta["rounds"]} rounds; load average (1 min) '
@@ -679,7 +889,30 @@ def summarize(results, freeze, meta):
                      f'median {med(fc):.0f} ms ({min(fc):.0f}–{max(fc):.0f}); starting the '
                      f'snapshots took median {med([a - b for a, b in zip(fm, fc)]):.0f} ms; '
                      f'peak RssAnon {max(f["rss_anon_mib"] for f in freeze):.1f} MiB.')
-    return '\n'.join(lines), ratios
+    return '\n'.join(lines), all_ratios
+
+
+def scale_run(args):
+    """--scale: synbackup alone on the mixed shape at a quarter, half and all of
+    --size-gib (default 20), warm and cold, one round each: seconds per GiB and peak
+    RssAnon should stay flat as the data grows."""
+    rows = []
+    for frac in (0.25, 0.5, 1.0):
+        size = args.size_gib * frac
+        src = ensure_source(args, 'mixed', size)
+        _, allocated = describe_source(src)
+        b = Bench(args, src, f'scale-{size:g}')
+        for cold in (False, True):
+            r = b.run_one('synbackup', b.commands_synbackup(), cold, 1)
+            rows.append((size, allocated, r))
+        rmtree(b.out)
+    lines = ['| size GiB (allocated) | cache | wall s | s per GiB allocated | CPU s | '
+             'peak RssAnon MiB | GB written |', '|---|---|---|---|---|---|---|']
+    for size, allocated, r in rows:
+        lines.append(f'| {size:g} ({allocated / GIB:.2f}) | {r["cache"]} | {r["wall"]:.2f} | '
+                     f'{r["wall"] / (allocated / GIB):.2f} | {r["cpu"]:.2f} | '
+                     f'{r["rss_anon_mib"]:.1f} | {r["bytes"] / 1e9:.3f} |')
+    return '\n'.join(lines), rows
 
 
 def main():
@@ -689,16 +922,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--workdir', default='/var/tmp/synbackup-bench',
                    help='where the generated data and the copies go (not the repo)')
-    p.add_argument('--size-gib', type=float, default=2.5,
-                   help='allocated size of the big environments together (default 2.5)')
-    p.add_argument('--small', action='store_true', help='64 MiB of data, 1 round (for CI)')
+    p.add_argument('--size-gib', type=float, default=None,
+                   help='allocated size of the big environments of each shape together '
+                   '(default 2.5; 20 with --scale)')
+    p.add_argument('--small', action='store_true',
+                   help='24 MiB per shape, 1 round, short settle (for CI)')
+    p.add_argument('--shapes', default=','.join(SHAPES),
+                   help=f'comma-separated data shapes (default {",".join(SHAPES)})')
+    p.add_argument('--scale', action='store_true',
+                   help='instead: synbackup alone on the mixed shape at 1/4, 1/2 and all '
+                   'of --size-gib (default 20), warm and cold (run by hand, not in CI)')
+    p.add_argument('--read-runs', help=argparse.SUPPRESS)  # internal: the read limit
     p.add_argument('--rounds', type=int, default=None, help='rounds (default 3, --small 1)')
     p.add_argument('--seed', type=int, default=1)
     p.add_argument('--regen', action='store_true', help='generate the data again')
     p.add_argument('--synbackup', default=os.path.join(target, 'release', 'synbackup'))
     p.add_argument('--venv', default=default_venv, help='venv with synapse (the anchor)')
-    p.add_argument('--commands', default='synbackup,synbackup-j1,python-tool,mdb_copy,dd,'
-                   'dd-direct,python-import', help='comma-separated subset to measure')
+    p.add_argument('--commands', default=None, help='comma-separated subset to measure '
+                   '(default synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,'
+                   'read-direct; --small: synbackup,python-tool,dd-direct,read-direct; also: '
+                   'python-import)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME=PATH',
                    help='also measure another synbackup binary (A/B of engine changes)')
     p.add_argument('--caches', default='warm,cold',
@@ -707,14 +950,30 @@ def main():
                    help='warm cache only (dropping caches needs root)')
     p.add_argument('--no-cortex', dest='cortex', action='store_false',
                    help='skip the live-Cortex freeze measurement')
-    p.add_argument('--freeze-runs', type=int, default=5)
+    p.add_argument('--freeze-runs', type=int, default=None, help='default 5, --small 2')
     p.add_argument('--cortex-views', type=int, default=0,
                    help='fork the Cortex\'s view N times first (more environments)')
-    p.add_argument('--settle', type=float, default=3.0,
-                   help='seconds to wait after preparing each command (default 3)')
+    p.add_argument('--settle', type=float, default=None,
+                   help='seconds to wait after preparing each command (default 3, --small 0.2)')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
     args = p.parse_args()
+    if args.read_runs:
+        return read_runs(args.read_runs)
+    if args.size_gib is None:
+        args.size_gib = 20.0 if args.scale else 2.5
+    if args.freeze_runs is None:
+        args.freeze_runs = 2 if args.small else 5
+    if args.settle is None:
+        args.settle = 0.2 if args.small else 3.0
+    args.shapes = args.shapes.split(',')
+    for shape in args.shapes:
+        shape_envs(shape, args.small)  # an unknown name fails here, before any work
+    if args.commands is None:
+        # --small keeps one row of each kind so CI exercises the harness in under a
+        # minute on an idle machine (the Cortex start-up is most of it).
+        args.commands = ('synbackup,python-tool,dd-direct,read-direct' if args.small else
+                         'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
     args.commands = args.commands.split(',')
     args.caches = args.caches.split(',')
     args.variants = [tuple(v.split('=', 1)) for v in args.variant]
@@ -728,14 +987,37 @@ def main():
         raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
     os.makedirs(args.workdir, exist_ok=True)
     start_uptime = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
-    src = ensure_source(args)
-    apparent, allocated = describe_source(src)
-    log(f'source: {apparent / GIB:.1f} GiB apparent, {allocated / GIB:.2f} GiB allocated, '
-        f'{len(env_dirs(src))} environments')
+    if args.scale:
+        table, rows = scale_run(args)
+        print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; '
+              f'scale run of the mixed shape')
+        print(f'uptime before: {start_uptime}')
+        print(f'uptime after:  '
+              f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
+        print()
+        print(table)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump({'argv': sys.argv, 'scale': [r for _, _, r in rows]}, f, indent=1)
+        return 0
+    sources = {}
+    shapes_meta = {}
+    for shape in args.shapes:
+        src = ensure_source(args, shape)
+        apparent, allocated = describe_source(src)
+        log(f'{shape}: {apparent / GIB:.1f} GiB apparent, {allocated / GIB:.2f} GiB allocated, '
+            f'{len(env_dirs(src))} environments')
+        sources[shape] = src
+        shapes_meta[shape] = {'apparent': apparent, 'allocated': allocated,
+                              'environments': len(env_dirs(src))}
     if args.generate_only:
         return 0
-    b = Bench(args, src)
-    b.run()
+    results = []
+    for shape in args.shapes:
+        b = Bench(args, sources[shape], shape)
+        shapes_meta[shape]['live'] = b.live_bytes
+        b.run()
+        results.extend(b.results)
     freeze = []
     if args.cortex and os.path.exists(os.path.join(args.venv, 'bin', 'python')):
         freeze = cortex_freeze(args)
@@ -743,18 +1025,16 @@ def main():
             'uptime_start': start_uptime,
             'uptime_end': subprocess.run(['uptime'], capture_output=True,
                                          text=True).stdout.strip(),
-            'cpus': os.cpu_count(), 'source_apparent': apparent,
-            'source_allocated': allocated, 'argv': sys.argv}
-    table, _ = summarize(b.results, freeze, meta)
-    print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; source {apparent / GIB:.1f} GiB '
-          f'apparent, {allocated / GIB:.2f} GiB allocated, {len(b.envs)} environments')
+            'cpus': os.cpu_count(), 'shapes': shapes_meta, 'argv': sys.argv}
+    table, _ = summarize(results, freeze, meta)
+    print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  {meta["uptime_end"]}')
     print()
     print(table)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'meta': meta, 'results': b.results, 'freeze': freeze}, f, indent=1)
+            json.dump({'meta': meta, 'results': results, 'freeze': freeze}, f, indent=1)
     return 0
 
 

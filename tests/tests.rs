@@ -12,6 +12,8 @@ mod engine {
     mod backup;
     /// Bad input: each case one error line, its exit code, nothing left behind.
     mod bad_input;
+    /// The copy engine's failure paths: a copy failing mid-way publishes nothing.
+    mod copy_engine;
     /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
     mod cortex;
     /// The source as it is: links, names, xattrs, ACLs, owners, sparse files; verify.

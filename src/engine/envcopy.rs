@@ -1,48 +1,47 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Compacting copies of LMDB environments through pipes, from held snapshots.
+//! Compacting copies of LMDB environments from held snapshots, hashed in place.
 //!
 //! The snapshots (read transactions, `lmdb::Snapshot`) are taken first, all while the
-//! service is frozen; a copy is `mdb_env_copyfd3(.., MDB_CP_COMPACT, txn)` of one of
-//! them, run on its own thread into a pipe, and drained by a worker that hashes each
-//! byte once on its way into the file. Only `--jobs` copies run at once (each holds
-//! LMDB's 2 MiB double buffer); the others wait as bare transactions. A snapshot is
-//! released as soon as its copy has ended, so the service can reuse its pages.
+//! service is frozen; a copy is `mdb_env_copycb3(.., MDB_CP_COMPACT, txn)` of one of
+//! them (vendor/lmdb/copy-callback.patch): LMDB's writer thread hands us each of its
+//! buffers, which is hashed where it lies and written with O_DIRECT by the draining
+//! worker at the same time (`Copy::drain`). Only `--jobs` copies run at once (each
+//! holds LMDB's 2 MiB double buffer); the others wait as bare transactions. A
+//! snapshot is released as soon as its copy has ended, so the service can reuse its
+//! pages.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use openssl::sha::Sha256;
 
 use crate::base::exit::{fail, Code};
-use crate::base::fsutil::{self, Hashed, CHUNK};
+use crate::base::fsutil::{self, DirectWriter, Hashed};
 use crate::base::interrupt;
 use crate::engine::lmdb::{MdbError, Snapshot};
 
-/// A compacting copy in flight: its thread and the pipe's read end.
+/// A compacting copy of a held snapshot, run by `drain`.
 pub(crate) struct Copy {
-    dir: PathBuf,
-    reader: Option<File>,
-    thread: Option<JoinHandle<Result<(), MdbError>>>,
-    /// Bytes of `data.mdb` in use (pages up to the last one) when the copy started.
-    used: u64,
+    snap: Snapshot,
 }
 
-/// Reads a source `data.mdb` ahead of the compacting copy while it is drained.
+/// Reads the live pages of a source `data.mdb` ahead of the compacting copy.
 ///
 /// The copy walks the B-trees, so on a cold page cache it faults pages in tree order:
 /// small random reads, one page fault at a time, on the copy's critical path. The
-/// prefetcher asks the kernel (readahead(2), no copy into user memory) for the used
-/// range front to back in large windows on its own thread, so the device sees large
-/// sequential reads and the walk finds its pages in the cache. The pages are page
-/// cache, not our memory (RssAnon does not grow) and reclaimable; ranges larger
-/// than half the available memory are not prefetched (they would evict themselves
-/// before the walk reached them).
+/// prefetcher asks the kernel (readahead(2), no copy into user memory) for the pages
+/// that are live in the snapshot (every page up to the last one but those on its free
+/// list, small free gaps read anyway), front to back in runs of at most one window,
+/// on its own thread: the device sees large reads in file order and the walk finds
+/// its pages in the cache, and the free third of a fragmented file is not read. The
+/// pages are page cache, not our memory (RssAnon does not grow) and reclaimable; when
+/// the live pages are more than half the available memory nothing is prefetched
+/// (they would evict themselves before the walk reached them). The free-page bitmap
+/// is bounded (MAX_BITMAP); a larger environment is read by its whole used range.
 struct Prefetch {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -51,13 +50,95 @@ struct Prefetch {
 /// Size of one readahead request.
 const PREFETCH_WINDOW: u64 = 8 << 20;
 
+/// Free pages between two live runs that are read anyway: one larger read costs less
+/// than two requests.
+const MERGE_GAP_PAGES: u64 = 16;
+
+/// The most memory the free-page bitmap may take: 1 MiB, 8 Mi pages (32 GiB of
+/// 4 KiB pages).
+const MAX_BITMAP: usize = 1 << 20;
+
+/// Runs `(first page, pages)` of live pages in file order: pages `0..pages` not set in
+/// `free` (all of them when there is no bitmap), free gaps shorter than `gap` merged.
+struct LiveRuns {
+    free: Option<Vec<u64>>,
+    pages: u64,
+    pos: u64,
+    gap: u64,
+}
+
+impl LiveRuns {
+    fn is_free(&self, pg: u64) -> bool {
+        match &self.free {
+            None => false,
+            Some(bits) => bits
+                .get((pg / 64) as usize)
+                .is_some_and(|w| w >> (pg % 64) & 1 == 1),
+        }
+    }
+
+    /// Live pages (exact; merged gaps not counted).
+    fn live_pages(&self) -> u64 {
+        let free: u64 = self
+            .free
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum();
+        self.pages.saturating_sub(free)
+    }
+}
+
+impl Iterator for LiveRuns {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        while self.pos < self.pages && self.is_free(self.pos) {
+            self.pos += 1;
+        }
+        if self.pos >= self.pages {
+            return None;
+        }
+        let start = self.pos;
+        loop {
+            while self.pos < self.pages && !self.is_free(self.pos) {
+                self.pos += 1;
+            }
+            // A free gap: merged when short and followed by a live page.
+            let mut end = self.pos;
+            while end < self.pages && end - self.pos < self.gap && self.is_free(end) {
+                end += 1;
+            }
+            if end < self.pages && end - self.pos < self.gap && !self.is_free(end) {
+                self.pos = end;
+                continue;
+            }
+            return Some((start, self.pos - start));
+        }
+    }
+}
+
 impl Prefetch {
-    fn start(path: PathBuf, used: u64) -> Option<Prefetch> {
-        if used < 2 * PREFETCH_WINDOW
-            || used > crate::host::procfs::mem_available().unwrap_or(0) / 2
+    fn start(snap: &Snapshot, path: PathBuf) -> Option<Prefetch> {
+        let info = snap.info().ok()?;
+        let free = snap
+            .free_page_bitmap(info.last_pgno, MAX_BITMAP)
+            .map_err(|e| log::debug!("{e:#}; prefetching the whole used range"))
+            .ok()
+            .flatten();
+        let runs = LiveRuns {
+            free,
+            pages: info.last_pgno + 1,
+            pos: 0,
+            gap: MERGE_GAP_PAGES,
+        };
+        let live = runs.live_pages() * info.page_size;
+        if live < 2 * PREFETCH_WINDOW
+            || live > crate::host::procfs::mem_available().unwrap_or(0) / 2
         {
             return None;
         }
+        let psize = info.page_size;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -65,14 +146,20 @@ impl Prefetch {
             .spawn(move || {
                 let Ok(f) = File::open(&path) else { return };
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-                let mut off = 0u64;
-                while off < used && !stop2.load(Ordering::Relaxed) {
-                    let len = PREFETCH_WINDOW.min(used - off);
-                    // SAFETY: readahead on a descriptor we own; it only fills the cache.
-                    if unsafe { libc::readahead(fd, off as i64, len as usize) } != 0 {
-                        return;
+                for (first, count) in runs {
+                    let mut off = first * psize;
+                    let end = (first + count) * psize;
+                    while off < end {
+                        if stop2.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let len = PREFETCH_WINDOW.min(end - off);
+                        // SAFETY: readahead on a descriptor we own; it only fills the cache.
+                        if unsafe { libc::readahead(fd, off as i64, len as usize) } != 0 {
+                            return;
+                        }
+                        off += len;
                     }
-                    off += len;
                 }
             })
             .ok()?;
@@ -92,113 +179,260 @@ impl Drop for Prefetch {
     }
 }
 
-fn make_pipe() -> Result<(File, OwnedFd)> {
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // A larger pipe lets the copy run ahead of the hashing reader; the system's
-    // maximum (fs.pipe-max-size) may be lower, so failure here is fine.
-    // SAFETY: fcntl on a pipe fd we own.
-    unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&w),
-            libc::F_SETPIPE_SZ,
-            CHUNK as libc::c_int,
-        );
-    }
-    Ok((File::from(r), w))
+/// Pieces at least this large (the overflow pages of a big value) are written
+/// straight from LMDB's memory, lent while the callback waits; everything else
+/// (LMDB's 1 MiB buffers, short buffers and small overflow values, an Axon's blobs
+/// are mostly 16-256 KiB) is copied into staging buffers and the callback returns at
+/// once. Measured on the inline shape (bench/RESULTS.md): lending every 1 MiB buffer
+/// made LMDB's walk wait for each device write (and for the writing thread to be
+/// scheduled, on a loaded host); one memcpy into a queue of staging buffers keeps the
+/// device busy and costs little next to SHA-256.
+const LEND_MIN: usize = 4 << 20;
+
+/// Size of one staging buffer.
+const STAGE: usize = 2 << 20;
+
+/// Staging buffers per copy: writes queued ahead of the device.
+const STAGES: usize = 4;
+
+/// A staging buffer: `STAGE` bytes at a DIRECT_ALIGN-aligned address in `mem`.
+struct Stage {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
 }
 
-/// Start a compacting copy of `snap` on its own thread; the snapshot is released
-/// when the copy ends.
+impl Stage {
+    fn new() -> Stage {
+        let mem = vec![0u8; STAGE + fsutil::DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(fsutil::DIRECT_ALIGN);
+        Stage { mem, start, len: 0 }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// Append as much of `buf` as fits; returns how much.
+    fn push(&mut self, buf: &[u8]) -> usize {
+        let n = buf.len().min(STAGE - self.len);
+        let at = self.start + self.len;
+        self.mem[at..at + n].copy_from_slice(&buf[..n]);
+        self.len += n;
+        n
+    }
+}
+
+/// What LMDB's writer thread (in the copy callback) sends the writing thread, in file
+/// order.
+enum Piece {
+    /// One of LMDB's buffers, lent while the callback waits for its acknowledgement.
+    Lent { ptr: *const u8, len: usize },
+    /// A full (or last) staging buffer, sent back through the pool once written.
+    Staged(Stage),
+}
+
+// SAFETY: a lent buffer's lender blocks until the borrower acknowledges; the memory
+// stays valid and unchanged for that time (LMDB reuses a buffer only after the
+// callback returns, and overflow pages are in the snapshot's map). Stage owns its
+// memory.
+unsafe impl Send for Piece {}
+
+/// The copy callback's side: hashes every byte where it lies, stages it (or lends
+/// a very large piece).
+struct Sink {
+    hash: Sha256,
+    to_writer: mpsc::SyncSender<Piece>,
+    acks: mpsc::Receiver<bool>,
+    pool: mpsc::Receiver<Stage>,
+    current: Option<Stage>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Sink {
+    /// Take the next `buf` of the copy: 0, or an error code that ends the copy.
+    fn take(&mut self, buf: &[u8]) -> i32 {
+        if self.failed.load(Ordering::Relaxed) {
+            return libc::ECANCELED;
+        }
+        if buf.len() >= LEND_MIN {
+            // Whatever is staged goes first (file order), then the lent piece, hashed
+            // here while the writing thread writes it.
+            if self.flush().is_err() {
+                return libc::ECANCELED;
+            }
+            let lent = Piece::Lent {
+                ptr: buf.as_ptr(),
+                len: buf.len(),
+            };
+            if self.to_writer.send(lent).is_err() {
+                return libc::ECANCELED;
+            }
+            self.hash.update(buf);
+            return match self.acks.recv() {
+                Ok(true) => 0,
+                _ => libc::ECANCELED,
+            };
+        }
+        self.hash.update(buf);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let stage = match self.current.as_mut() {
+                Some(s) => s,
+                None => match self.pool.recv() {
+                    Ok(s) => self.current.insert(s),
+                    Err(_) => return libc::ECANCELED,
+                },
+            };
+            let n = stage.push(rest);
+            rest = &rest[n..];
+            if stage.len == STAGE && self.flush().is_err() {
+                return libc::ECANCELED;
+            }
+        }
+        0
+    }
+
+    /// Send the staging buffer being filled, if it holds anything.
+    fn flush(&mut self) -> std::result::Result<(), ()> {
+        match self.current.take() {
+            Some(s) if s.len > 0 => self.to_writer.send(Piece::Staged(s)).map_err(|_| ()),
+            Some(s) => {
+                self.current = Some(s);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Begin the compacting copy of `snap` (it runs in `drain`); the snapshot is released
+/// as soon as the copy has ended.
 pub(crate) fn start(snap: Snapshot) -> Result<Copy> {
-    let dir = snap.dir().to_path_buf();
-    let used = snap
-        .info()
-        .map(|i| (i.last_pgno + 1) * i.page_size)
-        .unwrap_or(0);
-    let (reader, writer) = make_pipe()?;
-    let thread = std::thread::Builder::new()
-        .name("lmdb-copy".into())
-        .spawn(move || {
-            let result = snap.copy_compact_to(writer.as_fd());
-            drop(snap); // released: the service may reuse the pages it pinned
-            drop(writer); // EOF for the reader
-            result
-        })
-        .context("cannot start a copy thread")?;
-    Ok(Copy {
-        dir,
-        reader: Some(reader),
-        thread: Some(thread),
-        used,
-    })
+    Ok(Copy { snap })
 }
 
 impl Copy {
-    fn join(&mut self) -> Result<()> {
-        self.reader = None; // a blocked writer now fails with EPIPE instead of hanging
-        match self.thread.take() {
-            None => Ok(()),
-            Some(t) => match t.join() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(corrupt_or_failed(&self.dir, e)),
-                Err(_) => Err(anyhow!(
-                    "the copy thread of {} panicked",
-                    self.dir.display()
-                )),
-            },
-        }
-    }
-
-    /// Drain the copy into the new file `dst`, hashing as it goes; fsync it.
+    /// Run the copy into the new file `dst`, hashing every byte; fsync it.
+    ///
+    /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
+    /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
+    /// where it lies and copies it into a queue of aligned staging buffers, which
+    /// this thread writes (O_DIRECT where possible) one after another while the
+    /// next ones fill; the overflow pages of a very large value are lent instead
+    /// (written from LMDB's memory while hashed, the callback waiting). So hashing,
+    /// the device and the walk overlap, and no pipe or page cache is in the way.
     pub(crate) fn drain(
-        mut self,
+        self,
         dst: &Path,
         abort: &dyn Fn() -> bool,
         on_bytes: &dyn Fn(u64),
     ) -> Result<Hashed> {
-        let mut out = fsutil::create_new(dst)?;
-        let _prefetch = Prefetch::start(self.dir.join("data.mdb"), self.used);
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        let reader = self
-            .reader
-            .as_mut()
-            .ok_or_else(|| anyhow!("copy already drained"))?;
-        loop {
-            if abort() {
-                self.join().ok();
-                interrupt::check()?;
-                return Err(anyhow!("stopped after another copy failed"));
-            }
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("cannot read the copy pipe"),
-            };
-            h.update(&buf[..n]);
-            if let Err(e) = std::io::Write::write_all(&mut out, &buf[..n]) {
-                self.join().ok();
-                return Err(fsutil::write_error(dst, e));
-            }
-            size += n as u64;
-            on_bytes(n as u64);
+        let dir = self.snap.dir().to_path_buf();
+        let mut out = DirectWriter::create(dst)?;
+        let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"));
+        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(STAGES);
+        let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
+        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
+        for _ in 0..STAGES {
+            pool_tx
+                .send(Stage::new())
+                .map_err(|_| anyhow!("cannot fill the staging pool"))?;
         }
-        self.join()?;
-        out.sync_all().map_err(|e| fsutil::write_error(dst, e))?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut sink = Sink {
+            hash: Sha256::new(),
+            to_writer,
+            acks,
+            pool,
+            current: None,
+            failed: failed.clone(),
+        };
+        let snap = self.snap;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut pieces_written = 0u64;
+        let joined = std::thread::scope(|s| {
+            let copier = std::thread::Builder::new()
+                .name("lmdb-copy".into())
+                .spawn_scoped(s, move || {
+                    let mut result = snap.copy_compact_with(|buf| sink.take(buf));
+                    drop(snap); // released: the service may reuse the pages it pinned
+                    if result.is_ok() && sink.flush().is_err() {
+                        result = Err(MdbError(libc::ECANCELED));
+                    }
+                    (result, sink.hash.finish())
+                });
+            let copier = match copier {
+                Ok(c) => c,
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot start a copy thread")),
+            };
+            // Ends when the copy has ended (the sink, holding the sender, is dropped).
+            for piece in pieces.iter() {
+                let buf: &[u8] = match &piece {
+                    // SAFETY: the lender waits for our acknowledgement below.
+                    Piece::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+                    Piece::Staged(stage) => stage.filled(),
+                };
+                let ok = if failure.is_some() {
+                    false
+                } else if abort() {
+                    failure = Some(
+                        interrupt::check()
+                            .err()
+                            .unwrap_or_else(|| anyhow!("stopped after another copy failed")),
+                    );
+                    false
+                } else if let Err(e) = (if pieces_written > 0 {
+                    crate::base::fault::point("mid-copy") // tests: a failure after some output
+                } else {
+                    Ok(())
+                })
+                .and_then(|()| out.write(buf))
+                {
+                    failure = Some(e);
+                    false
+                } else {
+                    pieces_written += 1;
+                    on_bytes(buf.len() as u64);
+                    true
+                };
+                if !ok {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                match piece {
+                    Piece::Lent { .. } => {
+                        if ack_tx.send(ok).is_err() {
+                            break;
+                        }
+                    }
+                    Piece::Staged(mut stage) => {
+                        stage.len = 0;
+                        // The sink may be gone already (the copy ended): fine.
+                        let _ = pool_tx.try_send(stage);
+                    }
+                }
+            }
+            copier
+                .join()
+                .map_err(|_| anyhow!("the copy thread of {} panicked", dir.display()))
+        });
+        let (result, digest) = joined?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        result.map_err(|e| corrupt_or_failed(&dir, e))?;
+        let size = out.len();
+        log::debug!(
+            "{}: {size} bytes in {pieces_written} writes, {} bytes with O_DIRECT",
+            dst.display(),
+            out.direct_bytes()
+        );
+        out.finish()?;
         Ok(Hashed {
             size,
             data_bytes: size,
-            sha256: fsutil::hex(&h.finish()),
+            sha256: fsutil::hex(&digest),
         })
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = self.join();
     }
 }
 
@@ -215,5 +449,163 @@ fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
         )
     } else {
         anyhow::Error::new(e).context(format!("compacting copy of {} failed", dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::lmdb::{Env, Mode};
+    use ::lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
+    use std::sync::atomic::AtomicUsize;
+
+    /// An environment with inline values, overflow values (some larger than LMDB's
+    /// 1 MiB buffer, one larger than LEND_MIN) and a third of its keys deleted.
+    fn make_env(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let env = Environment::new()
+            .set_flags(EnvironmentFlags::WRITE_MAP | EnvironmentFlags::NO_SYNC)
+            .set_max_dbs(8)
+            .set_map_size(256 << 20)
+            .open(dir)
+            .unwrap();
+        let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in 0..6000u32 {
+            let size = match k % 50 {
+                0 => 20_000,
+                1 if k % 1000 == 1 => 3 << 20,
+                2 if k == 2002 => 9 << 20, // lent, not staged
+                _ => 16 + (k as usize * 37) % 3000,
+            };
+            let val: Vec<u8> = (0..size).map(|j| ((j as u32 + k) % 251) as u8).collect();
+            txn.put(db, &format!("key{k:08}"), &val, WriteFlags::empty())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in (0..6000u32).step_by(3) {
+            txn.del(db, &format!("key{k:08}"), None).unwrap();
+        }
+        txn.commit().unwrap();
+        env.sync(true).unwrap();
+    }
+
+    fn snapshot(dir: &Path) -> Snapshot {
+        Snapshot::take(Env::open(dir, Mode::Private).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_callback_copy_is_lmdbs_own_copy_byte_for_byte() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let theirs = t.path().join("theirs.mdb");
+        let f = File::create(&theirs).unwrap();
+        snapshot(&src)
+            .copy_compact_to(std::os::fd::AsFd::as_fd(&f))
+            .unwrap();
+        drop(f);
+        let ours = t.path().join("ours.mdb");
+        let seen = AtomicUsize::new(0);
+        let h = start(snapshot(&src))
+            .unwrap()
+            .drain(&ours, &|| false, &|n| {
+                seen.fetch_add(n as usize, Ordering::Relaxed);
+            })
+            .unwrap();
+        let want = std::fs::read(&theirs).unwrap();
+        let got = std::fs::read(&ours).unwrap();
+        assert!(
+            want.len() > 4 << 20,
+            "too small to span buffers: {}",
+            want.len()
+        );
+        assert!(
+            want == got,
+            "copies differ ({} and {} bytes)",
+            want.len(),
+            got.len()
+        );
+        assert_eq!(h.size, want.len() as u64);
+        assert_eq!(seen.load(Ordering::Relaxed), want.len());
+        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&want)));
+    }
+
+    #[test]
+    fn live_runs_skip_free_pages_and_merge_short_gaps() {
+        // Pages 0..200: 10..20 free (a short gap, merged), 50..100 free (skipped),
+        // 190..200 free (the end).
+        let mut bits = vec![0u64; 4];
+        for pg in (10..20).chain(50..100).chain(190..200) {
+            bits[pg / 64] |= 1 << (pg % 64);
+        }
+        let runs = LiveRuns {
+            free: Some(bits),
+            pages: 200,
+            pos: 0,
+            gap: 16,
+        };
+        assert_eq!(runs.live_pages(), 130);
+        assert_eq!(runs.collect::<Vec<_>>(), vec![(0, 50), (100, 90)]);
+        let all = LiveRuns {
+            free: None,
+            pages: 7,
+            pos: 0,
+            gap: 16,
+        };
+        assert_eq!(all.collect::<Vec<_>>(), vec![(0, 7)]);
+    }
+
+    #[test]
+    fn the_free_bitmap_matches_the_compacted_size() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let env = Env::open(&src, Mode::Private).unwrap();
+        let info = env.info().unwrap();
+        let compacted = env.read_txn().unwrap().compacted_pages(&info).unwrap();
+        let snap = Snapshot::take(env).unwrap();
+        let bits = snap
+            .free_page_bitmap(info.last_pgno, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let runs = LiveRuns {
+            free: Some(bits),
+            pages: info.last_pgno + 1,
+            pos: 0,
+            gap: 1,
+        };
+        // Live = all pages less the free ones; the compacted copy also leaves out
+        // the free list's own pages (a few, some of them overflow pages here).
+        let live = runs.live_pages();
+        assert!(
+            live >= compacted && live <= compacted + 32,
+            "{live} vs {compacted}"
+        );
+        assert!(snap.free_page_bitmap(info.last_pgno, 1).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_abort_mid_way_stops_the_copy_and_releases_the_snapshot() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let calls = AtomicUsize::new(0);
+        let err = start(snapshot(&src))
+            .unwrap()
+            .drain(
+                &t.path().join("partial.mdb"),
+                &|| calls.fetch_add(1, Ordering::Relaxed) >= 2,
+                &|_| {},
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped after"), "{err:#}");
+        // Nothing waits on the copy any more: a new snapshot and copy work.
+        let h = start(snapshot(&src))
+            .unwrap()
+            .drain(&t.path().join("again.mdb"), &|| false, &|_| {})
+            .unwrap();
+        assert!(h.size > 0);
     }
 }

@@ -9174,6 +9174,8 @@ typedef struct mdb_copy {
 	size_t mc_olen[2];
 	pgno_t mc_next_pgno;
 	HANDLE mc_fd;
+	MDB_copy_func *mc_func;	/**< If set, gets the output instead of #mc_fd */
+	void *mc_ctx;			/**< Passed to #mc_func */
 	int mc_toggle;			/**< Buffer number in provider */
 	int mc_new;				/**< (0-2 buffers to write) | (#MDB_EOF at end) */
 	/** Error code.  Never cleared if set.  Both threads can set nonzero
@@ -9215,6 +9217,11 @@ mdb_env_copythr(void *arg)
 		ptr = my->mc_wbuf[toggle];
 again:
 		rc = MDB_SUCCESS;
+		if (my->mc_func) {
+			if (wsize > 0 && !my->mc_error)
+				rc = my->mc_func(my->mc_ctx, ptr, wsize);
+			wsize = 0;
+		}
 		while (wsize > 0 && !my->mc_error) {
 			DO_WRITE(rc, my->mc_fd, ptr, wsize, len);
 			if (!rc) {
@@ -9443,7 +9450,8 @@ done:
 
 	/** Copy environment with compaction. */
 static int ESECT
-mdb_env_copyfd1(MDB_env *env, HANDLE fd, MDB_txn *txn)
+mdb_env_copyfd1(MDB_env *env, HANDLE fd, MDB_txn *txn,
+	MDB_copy_func *func, void *ctx)
 {
 	MDB_meta *mm;
 	MDB_page *mp;
@@ -9490,6 +9498,8 @@ mdb_env_copyfd1(MDB_env *env, HANDLE fd, MDB_txn *txn)
 	my.mc_next_pgno = NUM_METAS;
 	my.mc_env = env;
 	my.mc_fd = fd;
+	my.mc_func = func;
+	my.mc_ctx = ctx;
 	rc = THREAD_CREATE(thr, mdb_env_copythr, &my);
 	if (rc)
 		goto done;
@@ -9679,13 +9689,22 @@ int ESECT
 mdb_env_copyfd3(MDB_env *env, HANDLE fd, unsigned int flags, MDB_txn *txn)
 {
 	if (flags & MDB_CP_COMPACT)
-		return mdb_env_copyfd1(env, fd, txn);
+		return mdb_env_copyfd1(env, fd, txn, NULL, NULL);
 	else
 	{
 		if (txn) /* may only use txn with compact */
 			return EINVAL;
 		return mdb_env_copyfd0(env, fd);
 	}
+}
+
+int ESECT
+mdb_env_copycb3(MDB_env *env, MDB_copy_func *func, void *ctx, unsigned int flags,
+	MDB_txn *txn)
+{
+	if (!func || !(flags & MDB_CP_COMPACT))
+		return EINVAL;
+	return mdb_env_copyfd1(env, INVALID_HANDLE_VALUE, txn, func, ctx);
 }
 
 int ESECT
