@@ -16,6 +16,8 @@ mod engine {
     mod cortex;
     /// The source as it is: links, names, xattrs, ACLs, owners, sparse files; verify.
     mod fidelity;
+    /// Never leave a service frozen: slow flush, failing resume, SIGKILL, SIGHUP.
+    mod freeze;
 }
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.

@@ -26,7 +26,7 @@ use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
-use crate::engine::freeze::{FreezeMode, Frozen};
+use crate::engine::freeze::{self, FreezeMode, Frozen};
 use crate::engine::lmdb::{Env, Snapshot};
 use crate::engine::lockowner;
 use crate::engine::manifest::{
@@ -36,7 +36,7 @@ use crate::engine::partial::Partial;
 use crate::engine::paths::{bad, check_destination, check_source};
 use crate::engine::progress::{Heartbeat, Progress};
 use crate::engine::scan::{self, Item};
-use crate::engine::telepath;
+use crate::engine::telepath::{self, Probe};
 use crate::engine::verify;
 use crate::engine::workers::{self, rel_str, Done, Source, Task};
 
@@ -311,6 +311,28 @@ fn job_count(jobs: Option<u32>, envs: usize) -> usize {
 struct FreezeTimes {
     ms: Option<f64>,
     call_ms: Option<f64>,
+    /// Why a service that has a socket was not frozen (`--freeze auto`).
+    reason: Option<String>,
+}
+
+/// Whether to freeze, and why not when a socket is there but cannot be used. A
+/// freeze recorded by a synbackup that died is resumed first.
+fn decide_freeze(mode: FreezeMode, sock: &Path) -> (bool, Option<String>) {
+    let probe = telepath::probe(sock);
+    if matches!(probe, Probe::Answers) {
+        freeze::recover_stale(sock);
+    }
+    match (mode, probe) {
+        (FreezeMode::Never, _) => (false, None),
+        (FreezeMode::Always, _) | (FreezeMode::Auto, Probe::Answers) => (true, None),
+        (FreezeMode::Auto, Probe::NoService) => (false, None),
+        (FreezeMode::Auto, Probe::Unreachable(why)) => {
+            log::warn!(
+                "{why}; backing up without a freeze (--freeze auto): each environment is consistent on its own, not all at one point in time"
+            );
+            (false, Some(why))
+        }
+    }
 }
 
 /// The environment tasks: snapshots taken together while the service is frozen, or
@@ -322,11 +344,7 @@ fn take_snapshots(
     progress: &Progress,
 ) -> Result<(VecDeque<Task>, FreezeTimes)> {
     let sock = src.join("sock");
-    let want_freeze = match req.freeze {
-        FreezeMode::Never => false,
-        FreezeMode::Auto => telepath::answers(&sock),
-        FreezeMode::Always => true,
-    };
+    let (want_freeze, reason) = decide_freeze(req.freeze, &sock);
     let mut tasks: VecDeque<Task> = VecDeque::new();
     envs.sort_by_key(|e| std::cmp::Reverse(e.compacted));
     if !want_freeze {
@@ -340,6 +358,7 @@ fn take_snapshots(
         let none = FreezeTimes {
             ms: None,
             call_ms: None,
+            reason,
         };
         return Ok((tasks, none));
     }
@@ -364,9 +383,10 @@ fn take_snapshots(
         }
         fault::point("after-freeze")
     })();
-    frozen.resume();
+    let resumed = frozen.resume();
     let ms = f0.elapsed().as_secs_f64() * 1e3;
     taken?;
+    resumed?;
     log::info!(
         "service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
         snaps.len(),
@@ -382,6 +402,7 @@ fn take_snapshots(
     let times = FreezeTimes {
         ms: Some(ms),
         call_ms: Some(call_ms),
+        reason: None,
     };
     Ok((tasks, times))
 }
@@ -496,6 +517,7 @@ fn assemble_manifest(
             mode: format!("{:?}", req.freeze).to_lowercase(),
             frozen: freeze.ms.is_some(),
             ms: freeze.ms,
+            reason: freeze.reason.clone(),
         },
         files: copied.files,
         symlinks: layout.symlinks,

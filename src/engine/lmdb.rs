@@ -86,6 +86,7 @@ mod ffi {
             mode: u32,
         ) -> c_int;
         pub(crate) fn mdb_env_close(env: *mut MDB_env);
+        pub(crate) fn mdb_reader_check(env: *mut MDB_env, dead: *mut c_int) -> c_int;
         pub(crate) fn mdb_env_stat(env: *mut MDB_env, stat: *mut MDB_stat) -> c_int;
         pub(crate) fn mdb_env_info(env: *mut MDB_env, info: *mut MDB_envinfo) -> c_int;
         pub(crate) fn mdb_env_copyfd3(
@@ -212,12 +213,32 @@ impl Env {
             }
             check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
                 .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
+            env.clear_stale_readers();
             Ok(env)
         }
     }
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// In a live environment, free the reader slots of processes that died holding
+    /// one (a killed backup): while the service runs, LMDB never does, and the
+    /// pages they pin cannot be reused. Done at open and at close; logged.
+    fn clear_stale_readers(&self) {
+        if self.mode != Mode::Live {
+            return;
+        }
+        let mut dead: std::ffi::c_int = 0;
+        // SAFETY: an open env; `dead` is an out-parameter.
+        match check(unsafe { ffi::mdb_reader_check(self.raw, &mut dead) }) {
+            Ok(()) if dead > 0 => log::warn!(
+                "{}: cleared {dead} stale reader slot(s) of dead processes from lock.mdb",
+                self.dir.display()
+            ),
+            Ok(()) => {}
+            Err(e) => log::warn!("{}: mdb_reader_check: {e}", self.dir.display()),
+        }
     }
 
     /// Page size and last used page (from the newest meta page).
@@ -256,6 +277,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.clear_stale_readers();
         // SAFETY: every Txn borrows the Env, so none is alive here.
         unsafe { ffi::mdb_env_close(self.raw) }
     }
