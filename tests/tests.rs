@@ -18,6 +18,8 @@ mod engine {
     mod fidelity;
     /// Never leave a service frozen: slow flush, failing resume, SIGKILL, SIGHUP.
     mod freeze;
+    /// The snapshot step on a source that changes: environment set, sizes, socket.
+    mod snapshots;
 }
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.

@@ -9,8 +9,11 @@
 //! milliseconds longer each time it is passed (a slow disk, for timeout tests);
 //! `hold:NAME` makes it stop there (logging "fault injection: holding at NAME")
 //! until a signal arrives or ten minutes passed, then fail: a test can kill the
-//! process at that point. Documented in synbackup(8) as a testing aid; unset, the points cost one environment lookup.
+//! process at that point; or until the file `SYNBACKUP_FAULT_RELEASE` names
+//! exists, then go on: a test can change the source at that point. Documented in
+//! synbackup(8) as a testing aid; unset, the points cost one environment lookup.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -34,10 +37,16 @@ pub(crate) fn point(name: &str) -> Result<()> {
         if item.strip_prefix("hold:") == Some(name) {
             log::warn!("fault injection: holding at {name}");
             let until = Instant::now() + HOLD_MAX;
-            while !interrupt::requested() && Instant::now() < until {
+            let release = std::env::var_os("SYNBACKUP_FAULT_RELEASE");
+            let released = || release.as_ref().is_some_and(|f| Path::new(f).exists());
+            while !interrupt::requested() && !released() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(50));
             }
             interrupt::check()?;
+            if released() {
+                log::warn!("fault injection: released at {name}");
+                return Ok(());
+            }
             return Err(anyhow!("injected hold at {name} ended (SYNBACKUP_FAULT)"));
         }
         if item.strip_prefix("panic:") == Some(name) {
