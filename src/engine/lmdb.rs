@@ -199,10 +199,11 @@ impl Env {
         // SAFETY: plain FFI calls on a handle we own; errors close the handle.
         unsafe {
             check(ffi::mdb_env_create(&mut raw)).context("mdb_env_create")?;
-            let env = Env {
+            // Private until opened: the reader check on drop needs an open env.
+            let mut env = Env {
                 raw,
                 dir: dir.to_path_buf(),
-                mode,
+                mode: Mode::Private,
             };
             check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
                 .with_context(|| format!("cannot set map size of {}", dir.display()))?;
@@ -213,6 +214,7 @@ impl Env {
             }
             check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
                 .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
+            env.mode = mode;
             env.clear_stale_readers();
             Ok(env)
         }

@@ -30,6 +30,8 @@ fn start(env: &[(&str, &str)]) -> Case {
     let ev = events.to_str().unwrap().to_string();
     all.push(("SYNTEST_EVENTS", &ev));
     let core = Cortex::start_patched(&t.path().join("core"), &all);
+    // A first edit (Storm's parser loads on first use) so later ones measure the freeze.
+    assert!(core.takes_edit("10.9.9.9", 120), "first edit");
     Case {
         lock_dir: t.path().join("run"),
         dst: t.path().join("backup"),
@@ -76,12 +78,13 @@ impl Case {
         }
     }
 
-    /// The Cortex is not paused, takes an edit within 10 s; returns the frozen span.
+    /// The Cortex is not paused, takes an edit within 20 s (a loaded machine);
+    /// returns the frozen span.
     fn assert_unfrozen(&self, case: &str, node: &str) -> f64 {
         assert!(!self.core.paused(), "{case}: the Cortex is still paused");
         assert!(
-            self.core.takes_edit(node, 10),
-            "{case}: an edit did not complete within 10 s"
+            self.core.takes_edit(node, 20),
+            "{case}: an edit did not complete within 20 s"
         );
         let s = self
             .longest_frozen()
@@ -294,4 +297,40 @@ fn sighup_mid_freeze_stops_like_sigterm_and_resumes() {
     assert_eq!(st.code(), Some(129), "SIGHUP exits 129: {st:?}");
     assert!(!case.dst.exists());
     case.assert_unfrozen("SIGHUP", "10.0.0.5");
+}
+
+#[test]
+fn a_second_sigterm_while_resuming_waits_for_the_resume() {
+    // The resume fails 4 times: synbackup is still retrying when both signals come.
+    let case = start(&[("SYNTEST_RESUME_FAILS", "4")]);
+    let mut child = case
+        .backup()
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "synbackup ended before retrying a resume:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("retrying") {
+            break;
+        }
+    }
+    let pid = child.id() as i32;
+    nix_kill(pid, 15).unwrap();
+    nix_kill(pid, 15).unwrap();
+    let st = child.wait().unwrap();
+    for l in reader.lines() {
+        seen.push_str(&l.unwrap());
+        seen.push('\n');
+    }
+    assert_eq!(st.code(), Some(143), "{seen}");
+    assert!(!case.dst.exists());
+    case.assert_unfrozen("two SIGTERMs while resuming", "10.0.0.6");
 }
