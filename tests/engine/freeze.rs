@@ -6,7 +6,6 @@
 //! within seconds) and prints how long the service stayed frozen, from the
 //! Cortex's own record of its freeze and resume calls.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -115,22 +114,7 @@ fn spawn_held(case: &Case, extra: &[&str]) -> (Child, Vec<String>) {
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = cmd.spawn().unwrap();
-    let mut lines = Vec::new();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "synbackup ended before the hold: {lines:?}"
-        );
-        let holding = line.contains("fault injection: holding at after-freeze");
-        lines.push(line);
-        if holding {
-            break;
-        }
-    }
-    // Keep draining stderr so the process never blocks on it.
-    std::thread::spawn(move || for _ in reader.lines() {});
+    let lines = stderr_until(&mut child, "fault injection: holding at after-freeze");
     (child, lines)
 }
 
@@ -309,28 +293,12 @@ fn a_second_sigterm_while_resuming_waits_for_the_resume() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "synbackup ended before retrying a resume:\n{seen}"
-        );
-        seen.push_str(&line);
-        if line.contains("retrying") {
-            break;
-        }
-    }
+    stderr_until(&mut child, "retrying");
     let pid = child.id() as i32;
     nix_kill(pid, 15).unwrap();
     nix_kill(pid, 15).unwrap();
     let st = child.wait().unwrap();
-    for l in reader.lines() {
-        seen.push_str(&l.unwrap());
-        seen.push('\n');
-    }
-    assert_eq!(st.code(), Some(143), "{seen}");
+    assert_eq!(st.code(), Some(143), "{st:?}");
     assert!(!case.dst.exists());
     case.assert_unfrozen("two SIGTERMs while resuming", "10.0.0.6");
 }

@@ -7,7 +7,6 @@
 //! while the test changes the source.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 
@@ -27,20 +26,7 @@ fn spawn_held(src: &Path, dst: &Path, release: &Path, point: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "synbackup ended before holding at {point}:\n{seen}"
-        );
-        seen.push_str(&line);
-        if line.contains(&format!("holding at {point}")) {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in reader.lines() {});
+    stderr_until(&mut child, &format!("holding at {point}"));
     child
 }
 

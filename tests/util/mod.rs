@@ -439,6 +439,30 @@ pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
     }
 }
 
+/// Read `child`'s piped stderr until a line contains `needle` (panics if it ends
+/// first); the rest is drained in the background so the child never blocks on it.
+/// Returns the lines read.
+pub fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "ended before a line with {needle:?}:\n{}",
+            lines.join("")
+        );
+        let found = line.contains(needle);
+        lines.push(line);
+        if found {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    lines
+}
+
 /// Names in a directory (sorted).
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
