@@ -210,8 +210,9 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         sized.needed,
         req.show_bar,
     );
-    let (mut tasks, freeze, added) = take_snapshots(req, &src, &sized.plan, sized.envs, &progress)?;
-    lay_out_added(&mut sized.plan, &tmp, added)?;
+    let (mut tasks, freeze, changes) =
+        take_snapshots(req, &src, &sized.plan, sized.envs, &progress)?;
+    lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
     let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
@@ -360,7 +361,7 @@ fn take_snapshots(
     plan: &scan::Plan,
     envs: Vec<EnvJob>,
     progress: &Progress,
-) -> Result<(VecDeque<Task>, FreezeTimes, Vec<Item>)> {
+) -> Result<(VecDeque<Task>, FreezeTimes, EnvChanges)> {
     let sock = src.join("sock");
     let (want_freeze, reason) = decide_freeze(req.freeze, &sock);
     let mut tasks: VecDeque<Task> = VecDeque::new();
@@ -379,7 +380,7 @@ fn take_snapshots(
             call_ms: None,
             reason,
         };
-        return Ok((tasks, none, set.added));
+        return Ok((tasks, none, set.changes));
     }
     progress.set_label("freezing the service");
     let f0 = Instant::now();
@@ -397,10 +398,10 @@ fn take_snapshots(
     // Every snapshot while frozen: one point in time across environments, of the
     // environments there are now.
     let mut snaps = Vec::new();
-    let mut added = Vec::new();
+    let mut changes = EnvChanges::default();
     let taken = (|| -> Result<()> {
         let set = env_set_now(src, &req.skipdirs, plan, envs)?;
-        added = set.added;
+        changes = set.changes;
         for e in set.envs {
             let snap = Snapshot::take(e.env)?;
             let meta = check_not_truncated(&snap.dir().join("data.mdb"), &snap.info()?)?;
@@ -429,16 +430,24 @@ fn take_snapshots(
         call_ms: Some(call_ms),
         reason: None,
     };
-    Ok((tasks, times, added))
+    Ok((tasks, times, changes))
 }
 
 /// The environments to snapshot, as the source is now.
 struct EnvSet {
     /// Open, largest first: those of the scan still there and those created since.
     envs: Vec<EnvJob>,
+    changes: EnvChanges,
+}
+
+/// How the environments changed between the scan and the snapshot.
+#[derive(Default)]
+struct EnvChanges {
     /// Items of the environments created since the scan, and of their new parent
     /// directories (parents first).
     added: Vec<Item>,
+    /// Environments of the scan that are gone.
+    removed: Vec<PathBuf>,
 }
 
 /// Walk the source again (a cheap walk): an environment removed since the scan is
@@ -453,10 +462,12 @@ fn env_set_now(
     let known: HashSet<&Path> = scanned.items.iter().map(item_rel).collect();
     let current: HashSet<&Path> = now.envs().map(item_rel).collect();
     let mut kept: Vec<EnvJob> = Vec::new();
+    let mut removed = Vec::new();
     for e in envs {
         if current.contains(e.rel.as_path()) {
             kept.push(e);
         } else {
+            removed.push(e.rel.clone());
             log::info!(
                 "{} was removed since the scan; it is not in the backup",
                 src.join(&e.rel).display()
@@ -490,7 +501,10 @@ fn env_set_now(
         }
     }
     kept.sort_by_key(|e| std::cmp::Reverse(e.compacted));
-    Ok(EnvSet { envs: kept, added })
+    Ok(EnvSet {
+        envs: kept,
+        changes: EnvChanges { added, removed },
+    })
 }
 
 fn item_rel(item: &Item) -> &Path {
@@ -502,10 +516,16 @@ fn item_rel(item: &Item) -> &Path {
     }
 }
 
-/// Directories of environments created since the scan: in the temporary and in the
-/// plan (whose directories get their metadata and manifest entries at the end).
-fn lay_out_added(plan: &mut scan::Plan, tmp: &Path, added: Vec<Item>) -> Result<()> {
-    for item in added {
+/// The temporary and the plan (whose directories get their metadata and manifest
+/// entries at the end) after the environment changes: directories of new
+/// environments are created, those of removed ones (empty, ours) removed.
+fn lay_out_changes(plan: &mut scan::Plan, tmp: &Path, changes: EnvChanges) -> Result<()> {
+    for rel in &changes.removed {
+        plan.items.retain(|i| item_rel(i) != rel.as_path());
+        let p = tmp.join(rel);
+        fs::remove_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
+    }
+    for item in changes.added {
         if let Item::Dir { rel, .. } | Item::Env { rel, .. } = &item {
             make_dir(tmp, rel)?;
         }

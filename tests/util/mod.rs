@@ -440,7 +440,8 @@ pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
 }
 
 /// Read `child`'s piped stderr until a line contains `needle` (panics if it ends
-/// first); the rest is drained in the background so the child never blocks on it.
+/// first); the rest is drained in the background (echoed to the test's stderr) so
+/// the child never blocks on it.
 /// Returns the lines read.
 pub fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
     use std::io::{BufRead, BufReader};
@@ -459,7 +460,12 @@ pub fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
             break;
         }
     }
-    std::thread::spawn(move || for _ in reader.lines() {});
+    // Echoed: the test harness shows them when the test fails.
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            eprintln!("{l}");
+        }
+    });
     lines
 }
 
