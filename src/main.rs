@@ -58,6 +58,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Started by a freeze as its guardian (engine/guardian.rs).
+    if let Some(code) = engine::guardian::main_if_guardian() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

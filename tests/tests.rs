@@ -18,6 +18,10 @@ mod engine {
     mod cortex;
     /// The source as it is: links, names, xattrs, ACLs, owners, sparse files; verify.
     mod fidelity;
+    /// Never leave a service frozen: slow flush, failing resume, SIGKILL, SIGHUP.
+    mod freeze;
+    /// The snapshot step on a source that changes: environment set, sizes, socket.
+    mod snapshots;
 }
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.

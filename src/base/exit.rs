@@ -34,6 +34,8 @@ pub(crate) enum Code {
     Unhealthy = 9,
     /// A maintenance window failed and was rolled back.
     RolledBack = 10,
+    /// Stopped by SIGHUP (the terminal or SSH session went away).
+    HungUp = 129,
     /// Interrupted by SIGINT.
     Interrupted = 130,
     /// Stopped by SIGTERM.

@@ -1,18 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-//! SIGINT/SIGTERM handling.
+//! SIGINT/SIGTERM/SIGHUP handling (SIGHUP: a dropped SSH session, handled like
+//! SIGTERM).
 //!
 //! The signal thread first runs the hook `main` installed (the engine's resume of a
 //! frozen service: a frozen Synapse accepts no edits until someone resumes it, so a
 //! signal must never leave one frozen), then sets a flag that the work checks
 //! between chunks (`check()`), so each caller unwinds through its normal cleanup:
 //! the backup engine removes its temporary, the cold window puts the original
-//! directory back and starts the service. A second signal exits immediately (after
-//! the same hook).
+//! directory back and starts the service. A second signal exits immediately after
+//! the same hook (which waits for a resume in progress: the engine holds its lock).
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Result;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::base::exit::{fail, Code};
 
@@ -21,16 +22,13 @@ static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Start the signal thread. Call once, early in `main`; `on_signal` runs on every
 /// signal before the flag is set (and before a second signal exits).
 pub(crate) fn install(on_signal: fn(&str)) -> Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
                 let first = SIGNAL.swap(sig, Ordering::SeqCst) == 0;
-                log::warn!(
-                    "received {}, stopping",
-                    if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
-                );
+                log::warn!("received {}, stopping", name_of(sig));
                 on_signal("signal");
                 if !first {
                     std::process::exit(code_for(sig).as_i32());
@@ -40,15 +38,23 @@ pub(crate) fn install(on_signal: fn(&str)) -> Result<()> {
     Ok(())
 }
 
-fn code_for(sig: i32) -> Code {
-    if sig == SIGINT {
-        Code::Interrupted
-    } else {
-        Code::Terminated
+fn name_of(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        _ => "SIGTERM",
     }
 }
 
-/// True once a SIGINT or SIGTERM arrived.
+fn code_for(sig: i32) -> Code {
+    match sig {
+        SIGINT => Code::Interrupted,
+        SIGHUP => Code::HungUp,
+        _ => Code::Terminated,
+    }
+}
+
+/// True once a SIGINT, SIGTERM or SIGHUP arrived.
 pub(crate) fn requested() -> bool {
     SIGNAL.load(Ordering::SeqCst) != 0
 }

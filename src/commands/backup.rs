@@ -45,8 +45,8 @@ pub(crate) struct EngineOpts {
     /// Freeze the running service while the snapshots are taken.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = FreezeMode::Auto)]
     pub(crate) freeze: FreezeMode,
-    /// How long the service may take to freeze (its nexus lock and flush): a
-    /// duration such as 120s or 5m, as SYNBACKUP_FREEZE_TIMEOUT.
+    /// How long the service may take to take its nexus lock (the whole freeze gets
+    /// 5 s more): a duration such as 120s or 5m, as SYNBACKUP_FREEZE_TIMEOUT.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub(crate) freeze_timeout: Duration,
 }

@@ -88,6 +88,7 @@ pub(crate) enum Command {
 pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     let show_bar = !cli.quiet;
     let dirs = &cli.dirs;
+    crate::engine::freeze_record::set_dir(&dirs.lock_dir);
     match cli.command {
         Command::Backup(a) => backup::exec(a, show_bar),
         Command::Verify(a) => verify::exec(&a),

@@ -13,7 +13,7 @@
 //! Anything that fails removes the temporary (and only it); a killed run leaves only
 //! `.NAME.synbackup-partial.PID`, which nothing mistakes for a backup.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,8 +26,8 @@ use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
-use crate::engine::freeze::{FreezeMode, Frozen};
-use crate::engine::lmdb::{Env, Snapshot};
+use crate::engine::freeze::{self, FreezeMode, Frozen};
+use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
 use crate::engine::manifest::{
     self, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
@@ -36,7 +36,7 @@ use crate::engine::partial::Partial;
 use crate::engine::paths::{bad, check_destination, check_source};
 use crate::engine::progress::{Heartbeat, Progress};
 use crate::engine::scan::{self, Item};
-use crate::engine::telepath;
+use crate::engine::telepath::{self, Probe};
 use crate::engine::verify;
 use crate::engine::workers::{self, rel_str, Done, Source, Task};
 
@@ -119,14 +119,7 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
         ))
     })?;
     let info = env.info()?;
-    let needed = (info.last_pgno + 1) * info.page_size;
-    if data_meta.len() < needed {
-        return Err(bad(format!(
-            "{} is truncated: {} bytes, but its last page ends at {needed}; restore it from an older backup",
-            data.display(),
-            data_meta.len()
-        )));
-    }
+    check_not_truncated(&data, &info)?;
     let compacted = {
         let txn = env.read_txn()?;
         txn.compacted_pages(&info)? * info.page_size
@@ -137,6 +130,22 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
         data_meta: data_meta.clone(),
         compacted,
     })
+}
+
+/// Fail when `data` is shorter than its newest meta page says, compared against its
+/// size now (it may have grown since the scan); returns its metadata now.
+fn check_not_truncated(data: &Path, info: &EnvInfo) -> Result<fs::Metadata> {
+    let meta =
+        fs::metadata(data).map_err(|e| bad(format!("cannot stat {}: {e}", data.display())))?;
+    let needed = (info.last_pgno + 1) * info.page_size;
+    if meta.len() < needed {
+        return Err(bad(format!(
+            "{} is truncated: {} bytes, but its last page ends at {needed}; restore it from an older backup",
+            data.display(),
+            meta.len()
+        )));
+    }
+    Ok(meta)
 }
 
 /// The scanned source, its open environments and the bytes a backup writes.
@@ -151,6 +160,7 @@ struct Sized {
 fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
     let skip = scan::compile_skipdirs(skipdirs)?;
     let plan = scan::scan(src, &skip)?;
+    fault::point("after-scan")?;
     let mut envs = Vec::new();
     for item in plan.envs() {
         if let Item::Env { rel, data, .. } = item {
@@ -188,7 +198,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let sized = size_up(&src, &req.skipdirs)?;
+    let mut sized = size_up(&src, &req.skipdirs)?;
     check_space(&src, &dst, &sized, req.min_free)?;
     let mut partial = Partial::create(&dst)?;
     interrupt::check()?;
@@ -200,7 +210,9 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         sized.needed,
         req.show_bar,
     );
-    let (mut tasks, freeze) = take_snapshots(req, &src, sized.envs, &progress)?;
+    let (mut tasks, freeze, changes) =
+        take_snapshots(req, &src, &sized.plan, sized.envs, &progress)?;
+    lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
     let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
@@ -269,9 +281,7 @@ fn lay_out(plan: &scan::Plan, tmp: &Path) -> Result<Layout> {
     for item in &plan.items {
         match item {
             Item::Dir { rel, .. } | Item::Env { rel, .. } => {
-                let p = tmp.join(rel);
-                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+                make_dir(tmp, rel)?;
             }
             Item::Symlink { rel, target, meta } => {
                 let p = tmp.join(rel);
@@ -295,6 +305,14 @@ fn lay_out(plan: &scan::Plan, tmp: &Path) -> Result<Layout> {
     Ok(Layout { symlinks })
 }
 
+/// Create directory `rel` in the temporary, private while it is filled.
+fn make_dir(tmp: &Path, rel: &Path) -> Result<()> {
+    let p = tmp.join(rel);
+    fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
 /// `--jobs`, or the CPUs; never more than the environments, at least one.
 fn job_count(jobs: Option<u32>, envs: usize) -> usize {
     jobs.map(|j| j as usize)
@@ -311,6 +329,28 @@ fn job_count(jobs: Option<u32>, envs: usize) -> usize {
 struct FreezeTimes {
     ms: Option<f64>,
     call_ms: Option<f64>,
+    /// Why a service that has a socket was not frozen (`--freeze auto`).
+    reason: Option<String>,
+}
+
+/// Whether to freeze, and why not when a socket is there but cannot be used. A
+/// freeze recorded by a synbackup that died is resumed first.
+fn decide_freeze(mode: FreezeMode, sock: &Path) -> (bool, Option<String>) {
+    let probe = telepath::probe(sock);
+    if matches!(probe, Probe::Answers) {
+        freeze::recover_stale(sock);
+    }
+    match (mode, probe) {
+        (FreezeMode::Never, _) => (false, None),
+        (FreezeMode::Always, _) | (FreezeMode::Auto, Probe::Answers) => (true, None),
+        (FreezeMode::Auto, Probe::NoService) => (false, None),
+        (FreezeMode::Auto, Probe::Unreachable(why)) => {
+            log::warn!(
+                "{why}; backing up without a freeze (--freeze auto): each environment is consistent on its own, not all at one point in time"
+            );
+            (false, Some(why))
+        }
+    }
 }
 
 /// The environment tasks: snapshots taken together while the service is frozen, or
@@ -318,19 +358,17 @@ struct FreezeTimes {
 fn take_snapshots(
     req: &Request,
     src: &Path,
-    mut envs: Vec<EnvJob>,
+    plan: &scan::Plan,
+    envs: Vec<EnvJob>,
     progress: &Progress,
-) -> Result<(VecDeque<Task>, FreezeTimes)> {
+) -> Result<(VecDeque<Task>, FreezeTimes, EnvChanges)> {
     let sock = src.join("sock");
-    let want_freeze = match req.freeze {
-        FreezeMode::Never => false,
-        FreezeMode::Auto => telepath::answers(&sock),
-        FreezeMode::Always => true,
-    };
+    let (want_freeze, reason) = decide_freeze(req.freeze, &sock);
     let mut tasks: VecDeque<Task> = VecDeque::new();
-    envs.sort_by_key(|e| std::cmp::Reverse(e.compacted));
+    fault::point("before-snapshots")?;
     if !want_freeze {
-        for e in envs.drain(..) {
+        let mut set = env_set_now(src, &req.skipdirs, plan, envs)?;
+        for e in set.envs.drain(..) {
             tasks.push_back(Task::Env {
                 job_rel: e.rel,
                 data_meta: e.data_meta,
@@ -340,8 +378,9 @@ fn take_snapshots(
         let none = FreezeTimes {
             ms: None,
             call_ms: None,
+            reason,
         };
-        return Ok((tasks, none));
+        return Ok((tasks, none, set.changes));
     }
     progress.set_label("freezing the service");
     let f0 = Instant::now();
@@ -356,17 +395,24 @@ fn take_snapshots(
         )
     })?;
     let call_ms = f0.elapsed().as_secs_f64() * 1e3;
-    // Every snapshot while frozen: one point in time across environments.
+    // Every snapshot while frozen: one point in time across environments, of the
+    // environments there are now.
     let mut snaps = Vec::new();
+    let mut changes = EnvChanges::default();
     let taken = (|| -> Result<()> {
-        for e in envs.drain(..) {
-            snaps.push((e.rel, e.data_meta, Snapshot::take(e.env)?));
+        let set = env_set_now(src, &req.skipdirs, plan, envs)?;
+        changes = set.changes;
+        for e in set.envs {
+            let snap = Snapshot::take(e.env)?;
+            let meta = check_not_truncated(&snap.dir().join("data.mdb"), &snap.info()?)?;
+            snaps.push((e.rel, meta, snap));
         }
         fault::point("after-freeze")
     })();
-    frozen.resume();
+    let resumed = frozen.resume();
     let ms = f0.elapsed().as_secs_f64() * 1e3;
     taken?;
+    resumed?;
     log::info!(
         "service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
         snaps.len(),
@@ -382,8 +428,110 @@ fn take_snapshots(
     let times = FreezeTimes {
         ms: Some(ms),
         call_ms: Some(call_ms),
+        reason: None,
     };
-    Ok((tasks, times))
+    Ok((tasks, times, changes))
+}
+
+/// The environments to snapshot, as the source is now.
+struct EnvSet {
+    /// Open, largest first: those of the scan still there and those created since.
+    envs: Vec<EnvJob>,
+    changes: EnvChanges,
+}
+
+/// How the environments changed between the scan and the snapshot.
+#[derive(Default)]
+struct EnvChanges {
+    /// Items of the environments created since the scan, and of their new parent
+    /// directories (parents first).
+    added: Vec<Item>,
+    /// Environments of the scan that are gone.
+    removed: Vec<PathBuf>,
+}
+
+/// Walk the source again (a cheap walk): an environment removed since the scan is
+/// gone, not corrupt; one created since is opened and included.
+fn env_set_now(
+    src: &Path,
+    skipdirs: &[String],
+    scanned: &scan::Plan,
+    envs: Vec<EnvJob>,
+) -> Result<EnvSet> {
+    let now = scan::scan(src, &scan::compile_skipdirs(skipdirs)?)?;
+    let known: HashSet<&Path> = scanned.items.iter().map(item_rel).collect();
+    let current: HashSet<&Path> = now.envs().map(item_rel).collect();
+    let mut kept: Vec<EnvJob> = Vec::new();
+    let mut removed = Vec::new();
+    for e in envs {
+        if current.contains(e.rel.as_path()) {
+            kept.push(e);
+        } else {
+            removed.push(e.rel.clone());
+            log::info!(
+                "{} was removed since the scan; it is not in the backup",
+                src.join(&e.rel).display()
+            );
+        }
+    }
+    let new_envs: Vec<PathBuf> = current
+        .iter()
+        .filter(|r| !known.contains(*r))
+        .map(|r| r.to_path_buf())
+        .collect();
+    let mut added = Vec::new();
+    for item in now.items {
+        let rel = item_rel(&item).to_path_buf();
+        match &item {
+            Item::Env { data, .. } if new_envs.contains(&rel) => {
+                log::info!(
+                    "{} was created since the scan; it is included",
+                    src.join(&rel).display()
+                );
+                kept.push(open_env(src, &rel, data)?);
+                added.push(item);
+            }
+            Item::Dir { .. }
+                if !known.contains(rel.as_path())
+                    && new_envs.iter().any(|e| e.starts_with(&rel)) =>
+            {
+                added.push(item)
+            }
+            _ => {}
+        }
+    }
+    kept.sort_by_key(|e| std::cmp::Reverse(e.compacted));
+    Ok(EnvSet {
+        envs: kept,
+        changes: EnvChanges { added, removed },
+    })
+}
+
+fn item_rel(item: &Item) -> &Path {
+    match item {
+        Item::Dir { rel, .. }
+        | Item::File { rel, .. }
+        | Item::Symlink { rel, .. }
+        | Item::Env { rel, .. } => rel,
+    }
+}
+
+/// The temporary and the plan (whose directories get their metadata and manifest
+/// entries at the end) after the environment changes: directories of new
+/// environments are created, those of removed ones (empty, ours) removed.
+fn lay_out_changes(plan: &mut scan::Plan, tmp: &Path, changes: EnvChanges) -> Result<()> {
+    for rel in &changes.removed {
+        plan.items.retain(|i| item_rel(i) != rel.as_path());
+        let p = tmp.join(rel);
+        fs::remove_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
+    }
+    for item in changes.added {
+        if let Item::Dir { rel, .. } | Item::Env { rel, .. } = &item {
+            make_dir(tmp, rel)?;
+        }
+        plan.items.push(item);
+    }
+    Ok(())
 }
 
 /// The plain files' tasks, largest first.
@@ -496,6 +644,7 @@ fn assemble_manifest(
             mode: format!("{:?}", req.freeze).to_lowercase(),
             frozen: freeze.ms.is_some(),
             ms: freeze.ms,
+            reason: freeze.reason.clone(),
         },
         files: copied.files,
         symlinks: layout.symlinks,

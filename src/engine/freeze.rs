@@ -1,22 +1,38 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Freezing a running service for the moment the snapshots are taken, and the one
-//! place that knows a service is frozen.
+//! place that knows a service may be frozen.
 //!
-//! A frozen Synapse accepts no edits until someone resumes it, so nothing may leave
-//! one frozen: the [`Frozen`] guard resumes on drop (errors, panics), and `main`
-//! installs [`resume_if_frozen`] as the signal hook.
+//! Synapse's `freeze()` holds the nexus lock from the moment it has it; its timeout
+//! bounds only the lock wait, not the flush after it, and nothing in Synapse ever
+//! resumes on its own. So nothing may leave a service frozen:
 //!
-//! Exactly-once resume: the freezer publishes the frozen socket only after `freeze`
-//! returned and then re-checks the signal flag; the signal thread sets the flag
-//! before it takes the socket. Whichever runs second sees the other's write.
+//! - the service counts as possibly frozen from the moment the freeze call is sent;
+//! - the whole call is bounded by `--freeze-timeout` plus [`FLUSH_MARGIN`]; a freeze
+//!   that takes longer is abandoned: the connection is closed and the service
+//!   resumed on a fresh one;
+//! - every resume is [`ensure_resumed`]: retried for a bounded time, "not frozen"
+//!   counts as done, confirmed with `getCellInfo`; if that fails the run fails
+//!   with the freeze exit code (the [`Frozen`] guard also resumes on drop: errors,
+//!   panics; `main` installs [`resume_if_frozen`] as the signal hook);
+//! - a [`Guardian`] child resumes the service if this process dies meanwhile, and
+//!   a record under the lock directory lets the next run resume it if both died.
+//!
+//! One resume at a time: [`ACTIVE`]'s lock is held for the whole resume, so a second
+//! signal (whose hook takes the same lock before the process exits) cannot end the
+//! process before the resume was sent. The freezer arms the slot again after the
+//! freeze call returned and then re-checks the signal flag; the signal thread sets
+//! the flag before it takes the slot: whichever runs second sees the other's write.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::base::interrupt::requested;
+use crate::engine::freeze_record::{self, Record};
+use crate::engine::guardian::Guardian;
+use crate::engine::resume::{ensure_resumed, Resumed, RESUME_BOUND};
 use crate::engine::telepath;
 
 /// When to freeze the running service while the snapshots are taken.
@@ -30,61 +46,135 @@ pub(crate) enum FreezeMode {
     Never,
 }
 
-/// The socket of the service we froze and have not resumed yet.
-static FROZEN: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Added to `--freeze-timeout` (the nexus lock wait Synapse bounds itself) for the
+/// whole freeze call, flush included, before it is abandoned.
+pub(crate) const FLUSH_MARGIN: Duration = Duration::from_secs(5);
 
-/// Record that the service behind `sock` is frozen; resumes at once if a signal
-/// arrived meanwhile. Pair with [`resume_if_frozen`] (the [`Frozen`] guard does).
-fn publish_frozen(sock: &Path) {
-    if let Ok(mut slot) = FROZEN.lock() {
-        *slot = Some(sock.to_path_buf());
+/// The socket of the service that may be frozen by us and is not confirmed resumed.
+static ACTIVE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn active() -> MutexGuard<'static, Option<PathBuf>> {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn arm(sock: &Path) {
+    *active() = Some(sock.to_path_buf());
+}
+
+/// Resume the service we may have frozen, if any, holding [`ACTIVE`] throughout.
+/// Ok(false): there was none.
+fn resume_armed(why: &str) -> Result<bool> {
+    let mut slot = active();
+    let Some(sock) = slot.clone() else {
+        return Ok(false);
+    };
+    let outcome = ensure_resumed(&sock, RESUME_BOUND)?;
+    *slot = None;
+    match outcome {
+        Resumed::Now => log::info!("resumed the service at {} ({why})", sock.display()),
+        Resumed::WasNotFrozen => {
+            log::info!("the service at {} is not frozen ({why})", sock.display())
+        }
+        Resumed::NotRunning => log::warn!(
+            "the service at {} no longer answers; it is not frozen ({why})",
+            sock.display()
+        ),
     }
-    if requested() {
-        resume_if_frozen("signal during freeze");
+    Ok(true)
+}
+
+/// Resume the service we may have frozen, if any (the signal hook). Errors are
+/// logged: the run fails on its own way out.
+pub(crate) fn resume_if_frozen(why: &str) {
+    if let Err(e) = resume_armed(why) {
+        log::error!("{e:#}");
     }
 }
 
-/// Resume the frozen service, if any, exactly once. Returns whether it resumed one.
-pub(crate) fn resume_if_frozen(why: &str) -> bool {
-    let sock = match FROZEN.lock() {
-        Ok(mut slot) => slot.take(),
-        Err(_) => None,
-    };
-    let Some(sock) = sock else { return false };
-    match telepath::Client::connect(&sock, Duration::from_secs(30)).and_then(|mut c| c.resume()) {
-        Ok(()) => log::info!("resumed the service at {} ({why})", sock.display()),
-        Err(e) => log::error!(
-            "could not resume the service at {}: {e:#}; resume it with: python -m synapse.tools.service.snapshot resume --url cell://{}",
-            sock.display(),
-            sock.parent().unwrap_or(Path::new("/")).display()
-        ),
+/// A freeze recorded by a synbackup that died: resume the service if it is still
+/// paused (logged). Errors are logged, not fatal to this run.
+pub(crate) fn recover_stale(sock: &Path) {
+    if let Err(e) = freeze_record::recover_stale(sock) {
+        log::error!("{e:#}");
     }
-    true
 }
 
 /// A frozen service: resumed when this guard is dropped (errors, panics) unless
 /// resumed before.
 pub(crate) struct Frozen {
-    _private: (),
+    guardian: Option<Guardian>,
+    record: Option<Record>,
+    resumed: bool,
 }
 
 impl Frozen {
-    /// Freeze the service behind `sock` through telepath.
+    /// Freeze the service behind `sock` through telepath; `timeout_secs` bounds the
+    /// nexus lock wait, plus [`FLUSH_MARGIN`] the whole call. A failed or abandoned
+    /// freeze is resumed before this returns its error.
     pub(crate) fn freeze(sock: &Path, timeout_secs: u64) -> Result<Frozen> {
-        let mut client = telepath::Client::connect(sock, Duration::from_secs(30))?;
-        client.freeze(timeout_secs)?;
-        publish_frozen(sock);
-        Ok(Frozen { _private: () })
+        let record = Record::write(sock);
+        let guardian = match Guardian::spawn(sock, record.as_ref().map(Record::path)) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log::warn!("{e:#}; freezing without a guardian");
+                None
+            }
+        };
+        let mut frozen = Frozen {
+            guardian,
+            record,
+            resumed: false,
+        };
+        arm(sock);
+        let called = call_freeze(sock, timeout_secs);
+        arm(sock);
+        if requested() {
+            resume_if_frozen("signal during freeze");
+        }
+        match called {
+            Ok(()) => Ok(frozen),
+            Err(e) => match frozen.finish("freeze failed") {
+                Ok(()) => Err(e.context("the service was resumed")),
+                Err(r) => Err(r.context(format!("{e:#}"))),
+            },
+        }
     }
 
-    /// Resume now.
-    pub(crate) fn resume(self) {
-        drop(self)
+    /// Resume now and confirm it; an error (freeze exit code) when the service may
+    /// still be frozen.
+    pub(crate) fn resume(mut self) -> Result<()> {
+        self.finish("done")
     }
+
+    /// Resume (once: a failure is not retried by `drop`; the guardian, dropped
+    /// unreleased with its pipe closed, then tries on its own).
+    fn finish(&mut self, why: &str) -> Result<()> {
+        self.resumed = true;
+        resume_armed(why)?;
+        if let Some(g) = self.guardian.take() {
+            g.release();
+        }
+        if let Some(r) = self.record.take() {
+            r.remove();
+        }
+        Ok(())
+    }
+}
+
+/// The freeze call on its own connection, closed when it returns (a call that
+/// timed out is thereby cancelled in the service).
+fn call_freeze(sock: &Path, timeout_secs: u64) -> Result<()> {
+    let mut client = telepath::Client::connect(sock, Duration::from_secs(30))?;
+    client.set_timeout(Duration::from_secs(timeout_secs) + FLUSH_MARGIN)?;
+    client.freeze(timeout_secs)
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        resume_if_frozen("done");
+        if !self.resumed {
+            if let Err(e) = self.finish("cleanup") {
+                log::error!("{e:#}");
+            }
+        }
     }
 }

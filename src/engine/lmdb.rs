@@ -89,6 +89,7 @@ mod ffi {
             mode: u32,
         ) -> c_int;
         pub(crate) fn mdb_env_close(env: *mut MDB_env);
+        pub(crate) fn mdb_reader_check(env: *mut MDB_env, dead: *mut c_int) -> c_int;
         pub(crate) fn mdb_env_stat(env: *mut MDB_env, stat: *mut MDB_stat) -> c_int;
         pub(crate) fn mdb_env_info(env: *mut MDB_env, info: *mut MDB_envinfo) -> c_int;
         #[cfg(test)]
@@ -209,10 +210,11 @@ impl Env {
         // SAFETY: plain FFI calls on a handle we own; errors close the handle.
         unsafe {
             check(ffi::mdb_env_create(&mut raw)).context("mdb_env_create")?;
-            let env = Env {
+            // Private until opened: the reader check on drop needs an open env.
+            let mut env = Env {
                 raw,
                 dir: dir.to_path_buf(),
-                mode,
+                mode: Mode::Private,
             };
             check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
                 .with_context(|| format!("cannot set map size of {}", dir.display()))?;
@@ -232,12 +234,33 @@ impl Env {
             }
             check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
                 .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
+            env.mode = mode;
+            env.clear_stale_readers();
             Ok(env)
         }
     }
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// In a live environment, free the reader slots of processes that died holding
+    /// one (a killed backup): while the service runs, LMDB never does, and the
+    /// pages they pin cannot be reused. Done at open and at close; logged.
+    fn clear_stale_readers(&self) {
+        if self.mode != Mode::Live {
+            return;
+        }
+        let mut dead: std::ffi::c_int = 0;
+        // SAFETY: an open env; `dead` is an out-parameter.
+        match check(unsafe { ffi::mdb_reader_check(self.raw, &mut dead) }) {
+            Ok(()) if dead > 0 => log::warn!(
+                "{}: cleared {dead} stale reader slot(s) of dead processes from lock.mdb",
+                self.dir.display()
+            ),
+            Ok(()) => {}
+            Err(e) => log::warn!("{}: mdb_reader_check: {e}", self.dir.display()),
+        }
     }
 
     /// Page size and last used page (from the newest meta page).
@@ -276,6 +299,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.clear_stale_readers();
         // SAFETY: every Txn borrows the Env, so none is alive here.
         unsafe { ffi::mdb_env_close(self.raw) }
     }

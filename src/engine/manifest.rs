@@ -8,7 +8,8 @@
 //!   empty (`"body_sha256": ""`), so `sed 's/"body_sha256": "[0-9a-f]*"/"body_sha256": ""/'
 //!   synbackup-manifest.json | sha256sum` recomputes it;
 //! - `tool`, `version`: who wrote it; `source`, `host`, `cell_guid`;
-//! - `started`, `finished` (RFC 3339, UTC); `freeze`: `{mode, frozen, ms}`;
+//! - `started`, `finished` (RFC 3339, UTC); `freeze`: `{mode, frozen, ms}`, and `reason`
+//!   when a service's socket was there but could not be connected to;
 //! - `files`: every regular file (LMDB `data.mdb` included) with `path` (relative),
 //!   `size`, `sha256` (of the full logical content: holes count as zeros, so it is
 //!   what `sha256sum` prints), `mode` (as given in the backup) and `xattrs`;
@@ -79,6 +80,9 @@ pub(crate) struct FreezeInfo {
     pub(crate) mode: String,
     pub(crate) frozen: bool,
     pub(crate) ms: Option<f64>,
+    /// Why a service with a socket was not frozen (`--freeze auto` could not connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

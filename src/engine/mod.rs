@@ -9,6 +9,10 @@ pub(crate) mod backup;
 pub(crate) mod envcopy;
 /// Freezing the running service for the snapshots; resuming it whatever happens.
 pub(crate) mod freeze;
+/// The record of a freeze in progress under the lock directory.
+pub(crate) mod freeze_record;
+/// The child process that resumes the service if synbackup dies during a freeze.
+pub(crate) mod guardian;
 /// LMDB through the vendored 0.9.33.
 pub(crate) mod lmdb;
 /// Opening a source environment without taking its lock file from its owner.
@@ -21,6 +25,8 @@ pub(crate) mod partial;
 pub(crate) mod paths;
 /// Progress bar and systemd status lines.
 pub(crate) mod progress;
+/// Resuming a service, confirmed, retried for a bounded time.
+pub(crate) mod resume;
 /// The source walk and its skip rules.
 pub(crate) mod scan;
 /// The telepath client for a service's unix socket.

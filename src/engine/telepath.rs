@@ -3,8 +3,9 @@
 //!
 //! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
 //! the socket (the service's user or root) is the service's root user, so no
-//! credentials are sent. We need five calls: `freeze`, `resume`, `getCellInfo`,
-//! `getHealthCheck` and nothing with generators, so this is a plain request/answer loop.
+//! credentials are sent. We need four calls: `freeze`, `resume`, `getCellInfo`
+//! (whether the cell is `paused`) and `getHealthCheck`, nothing with generators, so
+//! this is a plain request/answer loop.
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -36,6 +37,15 @@ impl std::fmt::Display for RemoteError {
 }
 
 impl std::error::Error for RemoteError {}
+
+/// True when the chain holds the service's `BadState` (e.g. "The service is not
+/// frozen." from `resume`).
+pub(crate) fn is_bad_state(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<RemoteError>()
+            .is_some_and(|r| r.class == "BadState")
+    })
+}
 
 fn map(pairs: Vec<(&str, Value)>) -> Value {
     Value::Map(
@@ -160,9 +170,10 @@ impl Client {
         parse_retn(retn).with_context(|| format!("{name}() on {} failed", self.path.display()))
     }
 
-    /// Freeze: the service takes its nexus lock (no edits) and flushes to disk.
+    /// Freeze: the service takes its nexus lock (no edits; `timeout_secs` bounds
+    /// the wait for it) and flushes to disk. The read timeout set before bounds the
+    /// whole call.
     pub(crate) fn freeze(&mut self, timeout_secs: u64) -> Result<()> {
-        self.set_timeout(Duration::from_secs(timeout_secs + 30))?;
         self.call(
             "freeze",
             vec![],
@@ -177,6 +188,15 @@ impl Client {
         Ok(())
     }
 
+    /// Whether the cell is frozen now (`getCellInfo()['cell']['paused']`).
+    pub(crate) fn paused(&mut self) -> Result<bool> {
+        let info = self.call("getCellInfo", vec![], vec![])?;
+        get(&info, "cell")
+            .and_then(|c| get(c, "paused"))
+            .and_then(Value::as_bool)
+            .ok_or_else(|| anyhow!("getCellInfo answer without cell.paused"))
+    }
+
     /// The health status word (`nominal`, `degraded`, `failed`).
     #[allow(dead_code)] // used by cold (in progress)
     pub(crate) fn health_status(&mut self) -> Result<String> {
@@ -188,9 +208,29 @@ impl Client {
     }
 }
 
+/// What a connection attempt to a service's socket found.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// Something accepts connections on it.
+    Answers,
+    /// No socket: no service runs on this directory.
+    NoService,
+    /// A socket that could not be connected to (permission, refused, ...): why.
+    Unreachable(String),
+}
+
 /// True when something accepts connections on `sock`.
 pub(crate) fn answers(sock: &Path) -> bool {
-    UnixStream::connect(sock).is_ok()
+    matches!(probe(sock), Probe::Answers)
+}
+
+/// Try to connect to `sock` once.
+pub(crate) fn probe(sock: &Path) -> Probe {
+    match UnixStream::connect(sock) {
+        Ok(_) => Probe::Answers,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::NoService,
+        Err(e) => Probe::Unreachable(format!("cannot connect to {}: {e}", sock.display())),
+    }
 }
 
 #[cfg(test)]

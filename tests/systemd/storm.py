@@ -13,6 +13,7 @@ cell://DIR, needs root or the service's user) or a telepath URL.
   storm.py storm SERVICE TEXT [--timeout S]  runs Storm, prints its print/warn/err
                                              messages; exit 1 on an error message or
                                              when it takes longer than S seconds
+  storm.py paused SERVICE                    prints getCellInfo()['cell']['paused']
   storm.py writer SERVICE --start K          adds nodes K, K+1, ... one edit at a time
                                              until killed; prints K once connected and
                                              every 50th value committed
@@ -95,6 +96,13 @@ async def storm(args):
     return 1 if errors else 0
 
 
+async def paused(args):
+    async with await s_telepath.openurl(url_of(args.service)) as cell:
+        info = await cell.getCellInfo()
+        print(info['cell']['paused'])
+    return 0
+
+
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
         k = args.start
@@ -130,6 +138,9 @@ def main(argv):
     p.add_argument('text')
     p.add_argument('--timeout', type=float, default=600)
     p.set_defaults(func=storm)
+    p = subs.add_parser('paused', help="print whether the cell is frozen")
+    p.add_argument('service')
+    p.set_defaults(func=paused)
     p = subs.add_parser('writer', help='add nodes one edit at a time until killed')
     p.add_argument('service')
     p.add_argument('--start', type=int, default=100000)

@@ -323,17 +323,30 @@ pub struct Cortex {
 impl Cortex {
     /// Start a Cortex on `dir` (created if needed) and wait until it answers Storm.
     pub fn start(dir: &Path) -> Cortex {
+        Cortex::launch(dir, None)
+    }
+
+    /// Start a real Cortex through `tests/util/patched_cortex.py`, which patches
+    /// the one function the `SYNTEST_*` variables in `env` select.
+    pub fn start_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
+        Cortex::launch(dir, Some(env))
+    }
+
+    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
-        let child = Command::new(python())
-            .args([
-                "-m",
-                "synapse.servers.cortex",
-                "--telepath",
-                "tcp://127.0.0.1:0",
-                "--https",
-                "0",
-            ])
+        let mut cmd = Command::new(python());
+        match patched {
+            Some(env) => {
+                cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/patched_cortex.py"));
+                cmd.envs(env.iter().copied());
+            }
+            None => {
+                cmd.args(["-m", "synapse.servers.cortex"]);
+            }
+        }
+        let child = cmd
+            .args(["--telepath", "tcp://127.0.0.1:0", "--https", "0"])
             .arg(dir)
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -386,6 +399,26 @@ impl Cortex {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// `getCellInfo()['cell']['paused']`, through Synapse's own client.
+    pub fn paused(&self) -> bool {
+        match storm(&["paused", self.url_dir()]).as_str() {
+            "True" => true,
+            "False" => false,
+            other => panic!("storm.py paused printed {other:?}"),
+        }
+    }
+
+    /// True when an edit completes within `secs` seconds.
+    pub fn takes_edit(&self, node: &str, secs: u32) -> bool {
+        storm_status(&[
+            "storm",
+            self.url_dir(),
+            &format!("[inet:ipv4={node}]"),
+            "--timeout",
+            &secs.to_string(),
+        ])
+    }
 }
 
 impl Drop for Cortex {
@@ -404,6 +437,36 @@ pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::other("kill failed"))
     }
+}
+
+/// Read `child`'s piped stderr until a line contains `needle` (panics if it ends
+/// first); the rest is drained in the background (echoed to the test's stderr) so
+/// the child never blocks on it.
+/// Returns the lines read.
+pub fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "ended before a line with {needle:?}:\n{}",
+            lines.join("")
+        );
+        let found = line.contains(needle);
+        lines.push(line);
+        if found {
+            break;
+        }
+    }
+    // Echoed: the test harness shows them when the test fails.
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            eprintln!("{l}");
+        }
+    });
+    lines
 }
 
 /// Names in a directory (sorted).

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Runs the real Synapse Cortex server with one function patched, for the fault tests.
+
+  python patched_cortex.py [synapse.servers.cortex arguments]
+
+Selected by environment variables (none set: the plain server):
+
+  SYNTEST_SLOW_SYNC=SECS     os.sync sleeps SECS first: freeze()'s flush is slow
+  SYNTEST_RESUME_FAILS=N     Cell.resume raises SynErr on its first N calls
+  SYNTEST_EVENTS=FILE        appends "freeze T", "resumed T" and "resume-failed T"
+                             lines (time.time()) on each Cell.freeze call, successful
+                             resume and failed one, so a test can tell how long the
+                             service stayed frozen
+
+Everything else is the real server, from the venv's synapse.
+"""
+import asyncio
+import os
+import sys
+import time
+
+import synapse.cortex as s_cortex
+import synapse.exc as s_exc
+import synapse.lib.cell as s_cell
+
+
+def event(kind):
+    path = os.environ.get('SYNTEST_EVENTS')
+    if path:
+        with open(path, 'a') as f:
+            f.write(f'{kind} {time.time():.3f}\n')
+
+
+def patch():
+    slow = float(os.environ.get('SYNTEST_SLOW_SYNC', '0'))
+    if slow > 0:
+        real_sync = os.sync
+
+        def slow_sync():
+            time.sleep(slow)
+            real_sync()
+
+        os.sync = slow_sync
+
+    fails = [int(os.environ.get('SYNTEST_RESUME_FAILS', '0'))]
+    real_freeze = s_cell.Cell.freeze
+    real_resume = s_cell.Cell.resume
+
+    async def freeze(self, timeout=30):
+        event('freeze')
+        return await real_freeze(self, timeout=timeout)
+
+    async def resume(self):
+        if fails[0] > 0:
+            fails[0] -= 1
+            event('resume-failed')
+            raise s_exc.SynErr(mesg='injected resume failure (SYNTEST_RESUME_FAILS)')
+        retn = await real_resume(self)
+        event('resumed')
+        return retn
+
+    s_cell.Cell.freeze = freeze
+    s_cell.Cell.resume = resume
+
+
+if __name__ == '__main__':
+    patch()
+    asyncio.run(s_cortex.Cortex.execmain(sys.argv[1:]))
