@@ -3,8 +3,8 @@
 //!
 //! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
 //! the socket (the service's user or root) is the service's root user, so no
-//! credentials are sent. We need five calls: `freeze`, `resume`, `getCellInfo`,
-//! `getHealthCheck` and nothing with generators, so this is a plain request/answer loop.
+//! credentials are sent. We need a few calls: `freeze`, `resume`, `getCellInfo`,
+//! `getHealthCheck`, `callStorm`, and nothing with generators, so this is a plain request/answer loop.
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -46,7 +46,8 @@ fn map(pairs: Vec<(&str, Value)>) -> Value {
     )
 }
 
-fn get<'a>(info: &'a Value, key: &str) -> Option<&'a Value> {
+/// The value under `key` in a msgpack map.
+pub(crate) fn get<'a>(info: &'a Value, key: &str) -> Option<&'a Value> {
     info.as_map()?
         .iter()
         .find(|(k, _)| k.as_str() == Some(key))
@@ -177,8 +178,22 @@ impl Client {
         Ok(())
     }
 
+    /// `getCellInfo()`: `cell` (type, iden, ...) and `synapse` (version) sections.
+    pub(crate) fn cell_info(&mut self) -> Result<Value> {
+        self.call("getCellInfo", vec![], vec![])
+    }
+
+    /// `callStorm(text)` on a Cortex: the value the query returns. `mirror: false`
+    /// so a mirror answers itself instead of asking its upstream.
+    pub(crate) fn call_storm(&mut self, text: &str) -> Result<Value> {
+        self.call(
+            "callStorm",
+            vec![text.into()],
+            vec![("opts", map(vec![("mirror", false.into())]))],
+        )
+    }
+
     /// The health status word (`nominal`, `degraded`, `failed`).
-    #[allow(dead_code)] // used by cold (in progress)
     pub(crate) fn health_status(&mut self) -> Result<String> {
         let health = self.call("getHealthCheck", vec![], vec![])?;
         match get(&health, "status").and_then(|s| s.as_str()) {
