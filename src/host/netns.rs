@@ -3,7 +3,8 @@
 //! with only loopback (up), as a given user, killed when its parent dies.
 //!
 //! Done in the child between fork and exec (`pre_exec`), with raw syscalls only:
-//! `unshare(CLONE_NEWNET)` (needs root), `lo` brought up with `SIOCSIFFLAGS`, then
+//! `setsid` (the server and every worker it spawns share one process group, so they
+//! can be ended together, also by a later drill), `unshare(CLONE_NEWNET)` (needs root), `lo` brought up with `SIOCSIFFLAGS`, then
 //! groups, gid and uid dropped, then `PR_SET_PDEATHSIG` = SIGKILL (set after the uid
 //! change, which would clear it), so a drill killed with SIGKILL takes its server
 //! along. std's own `Command::uid` would change the user before `pre_exec`, too
@@ -34,6 +35,7 @@ fn check(r: libc::c_int) -> io::Result<()> {
 fn isolate_child(uid: u32, gid: u32, parent: u32) -> io::Result<()> {
     // SAFETY: plain syscalls on values we own; no memory is shared with the parent.
     unsafe {
+        check(libc::setsid())?;
         check(libc::unshare(libc::CLONE_NEWNET))?;
         loopback_up()?;
         if libc::geteuid() == 0 {
@@ -80,4 +82,25 @@ unsafe fn loopback_up() -> io::Result<()> {
         return Err(err);
     }
     Ok(())
+}
+
+/// The process group of `pid` (`/proc/PID/stat`), if it runs.
+pub(crate) fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// SIGKILL every process in process group `pgid` (a server started by [`isolate`]).
+pub(crate) fn kill_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    if pgid > 1 {
+        // SAFETY: kill on a process group id; no memory involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
 }

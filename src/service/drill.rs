@@ -89,6 +89,8 @@ impl Outcome {
 /// The server under test; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Server {
     child: Child,
+    /// Stopped, and its process group ended.
+    ended: bool,
 }
 
 impl Server {
@@ -109,11 +111,20 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stop the server, then end any worker of its process group still running.
+    fn stop_all(&mut self) {
+        if !self.ended {
+            self.stop();
+            netns::kill_group(self.child.id());
+            self.ended = true;
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        self.stop_all();
     }
 }
 
@@ -163,7 +174,12 @@ fn start_server(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<S
             req.module
         ))
     })?;
-    Ok(Server { child })
+    let server = Server {
+        child,
+        ended: false,
+    };
+    scratch.record_server(server.child.id())?;
+    Ok(server)
 }
 
 /// Wait until the server answers `getCellInfo` on `sock`; its answer.
@@ -269,7 +285,7 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let info = wait_answers(&mut server, &sock, &scratch.log, req.timeout)?;
     let boot_seconds = t_boot.elapsed().as_secs_f64();
     let checked = check_service(req, &sock, &info, &want_guid, &scratch.log);
-    server.stop();
+    server.stop_all();
     drop(server);
     let scratch_method = scratch.method;
     drop(scratch);

@@ -7,7 +7,9 @@
 //! and times are kept so the service runs as it would on the backup. The copy is a
 //! sibling of the backup, `.NAME.synbackup-drill.PID`, holding the marker
 //! [`SCRATCH_MARK`]; [`remove_stale`] removes the ones whose drill is gone (killed),
-//! and only those: a directory without the marker is never deleted.
+//! and only those: a directory without the marker is never deleted. The marker holds
+//! the pid of the server started on the copy (its process group): the workers a
+//! killed drill's server left are ended before their copy is removed.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -18,7 +20,7 @@ use anyhow::{Context, Result};
 
 use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, human};
-use crate::host::holders;
+use crate::host::{holders, netns};
 
 /// The part of a scratch copy's name after the backup's name.
 pub(crate) const SCRATCH_INFIX: &str = ".synbackup-drill.";
@@ -40,6 +42,14 @@ pub(crate) struct Scratch {
     pub(crate) path: PathBuf,
     pub(crate) log: PathBuf,
     pub(crate) method: Method,
+}
+
+impl Scratch {
+    /// Note in the marker the server (process group) started on the copy.
+    pub(crate) fn record_server(&self, pid: u32) -> Result<()> {
+        let mark = self.path.join(SCRATCH_MARK);
+        fs::write(&mark, format!("{pid}\n")).map_err(|e| fsutil::write_error(&mark, e))
+    }
 }
 
 impl Drop for Scratch {
@@ -109,14 +119,7 @@ pub(crate) fn remove_stale(dir: &Path) -> usize {
             );
             continue;
         }
-        if let Some(h) = holders::holders(Path::new("/proc"), &path).first() {
-            log::warn!(
-                "leaving the stale scratch copy {}: pid {} ({}) still holds {}",
-                path.display(),
-                h.pid,
-                h.comm,
-                h.path.display()
-            );
+        if !released(&path) {
             continue;
         }
         log::info!(
@@ -127,6 +130,42 @@ pub(crate) fn remove_stale(dir: &Path) -> usize {
         removed += 1;
     }
     removed
+}
+
+/// End what the dead drill's server left running on `path` (processes of its
+/// process group only); true once nothing holds the copy's files.
+fn released(path: &Path) -> bool {
+    let server: Option<u32> = fs::read_to_string(path.join(SCRATCH_MARK))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let held = holders::holders(Path::new("/proc"), path);
+        let Some(h) = held.first() else {
+            return true;
+        };
+        let ours = server.filter(|s| held.iter().all(|h| netns::pgid_of(h.pid) == Some(*s)));
+        match ours {
+            Some(pgid) if std::time::Instant::now() < deadline => {
+                log::info!(
+                    "ending what a dead drill's server left on {} (process group {pgid})",
+                    path.display()
+                );
+                netns::kill_group(pgid);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            _ => {
+                log::warn!(
+                    "leaving the stale scratch copy {}: pid {} ({}) still holds {}",
+                    path.display(),
+                    h.pid,
+                    h.comm,
+                    h.path.display()
+                );
+                return false;
+            }
+        }
+    }
 }
 
 /// Clone `src` into the new file `dst` with FICLONE; false when the filesystem cannot.
