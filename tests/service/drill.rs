@@ -2,7 +2,8 @@
 //! `synbackup drill` against real Synapse 2.256.0: a backup of a live Cortex boots
 //! with its node counts; a killed drill's scratch copy is removed by the next drill;
 //! a backup whose `cell.yaml` the service rejects fails with the service's own
-//! error; a restored mirror stays isolated from its upstream on the host's loopback.
+//! error; a restored mirror stays isolated from its upstream on the host's loopback;
+//! `drill INSTANCE` picks the newest verified backup and records status and metrics.
 //!
 //! One test function runs the phases in order: each boot takes 15–60 s here.
 
@@ -171,4 +172,52 @@ fn drills_on_real_cortex_backups() {
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(out["form_counts"]["inet:ipv4"], live_ipv4, "{out}");
     assert_eq!(scratch_left(t.path()), Vec::<String>::new());
+
+    // Phase 5: an instance: the newest verified backup, the Python and module from
+    // the config, the operator's check, status and metrics recorded.
+    let etc = t.path().join("etc");
+    fs::create_dir_all(&etc).unwrap();
+    fs::write(
+        etc.join("c0.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_DRILL_PYTHON={}\n\
+             SYNBACKUP_DRILL_MODULE=synapse.servers.cortex\nSYNBACKUP_DRILL_CHECK=inet:ipv4 | limit 1\n",
+            src.display(),
+            t.path().join("root").display(),
+            python().display()
+        ),
+    )
+    .unwrap();
+    let with_dirs = |args: &[&str]| {
+        bin()
+            .arg("--config-dir")
+            .arg(&etc)
+            .arg("--state-dir")
+            .arg(t.path().join("state"))
+            .arg("--lock-dir")
+            .arg(t.path().join("lock"))
+            .arg("--metrics-dir")
+            .arg(t.path().join("metrics"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = with_dirs(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = with_dirs(&["drill", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.path().join("state/c0.drill.json")).unwrap()).unwrap();
+    assert_eq!(st["result"], "success", "{st}");
+    assert_eq!(st["details"]["form_counts"]["inet:ipv4"], live_ipv4, "{st}");
+    let prom = fs::read_to_string(t.path().join("metrics/synbackup-c0-drill.prom")).unwrap();
+    assert!(
+        prom.contains("synbackup_drill_last_success_timestamp_seconds{instance=\"c0\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("synbackup_drill_boot_seconds{instance=\"c0\"} "),
+        "{prom}"
+    );
+    assert_eq!(scratch_left(&t.path().join("root")), Vec::<String>::new());
 }
