@@ -24,7 +24,6 @@ use serde::Serialize;
 
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::logging;
-use crate::engine::manifest::Manifest;
 use crate::engine::telepath::{self, Client};
 use crate::engine::verify;
 use crate::host::{execstart, netns};
@@ -244,19 +243,7 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     if let Some(parent) = backup.parent() {
         scratch::remove_stale(parent);
     }
-    log::info!("verifying {}", backup.display());
-    let report = verify::verify(&backup)?;
-    if !report.ok() {
-        return Err(fail(
-            Code::Verify,
-            format!(
-                "{} failed verification, not drilled: {}",
-                backup.display(),
-                report.problems.join("; ")
-            ),
-        ));
-    }
-    let manifest = Manifest::load(&backup)?;
+    let manifest = verify::verified_manifest(&backup, "not drilled")?;
     let Some(want_guid) = manifest.cell_guid.clone() else {
         return Err(failed(format!(
             "{} has no cell.guid (its manifest records none): a service started on it would be a new cell, not this one",
