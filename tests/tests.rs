@@ -30,6 +30,12 @@ mod instance {
     mod instances;
 }
 
+/// The service layer.
+mod service {
+    /// `synbackup drill`: boot a backup's copy isolated, check it, clean up.
+    mod drill;
+}
+
 /// The host layer.
 mod host {
     /// `synbackup sysctl` against fixture trees (tests/sysctl/NN-name/).

@@ -34,6 +34,8 @@ pub(crate) enum Code {
     Unhealthy = 9,
     /// A maintenance window failed and was rolled back.
     RolledBack = 10,
+    /// A restore drill failed: the backup's copy did not boot or failed a check.
+    Drill = 11,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

@@ -106,6 +106,11 @@ pub(crate) const MSG_COLD_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e04";
 /// A restore finished.
 pub(crate) const MSG_RESTORE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05";
 
+/// A restore drill passed.
+pub(crate) const MSG_DRILL_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16";
+/// A restore drill failed.
+pub(crate) const MSG_DRILL_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e17";
+
 /// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
 /// text on stderr).
 pub(crate) fn event(

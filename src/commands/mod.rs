@@ -22,6 +22,8 @@ pub(crate) mod backup;
 pub(crate) mod cold;
 /// `synbackup completions SHELL`.
 pub(crate) mod completions;
+/// `synbackup drill INSTANCE [BACKUP]`.
+pub(crate) mod drill;
 /// `synbackup list [INSTANCE]`.
 pub(crate) mod list;
 /// `synbackup prune INSTANCE`.
@@ -70,6 +72,8 @@ pub(crate) enum Command {
     Run(run::RunArgs),
     /// Maintenance window: stop the service, compact, swap in, start, roll back on failure.
     Cold(cold::ColdArgs),
+    /// Boot a copy of a backup, isolated from the network, and check that it answers.
+    Drill(drill::DrillArgs),
     /// List an instance's backups with age, size and state.
     List(list::ListArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
@@ -95,6 +99,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Restore(a) => restore::exec(dirs, &a),
         Command::Run(a) => run::exec(dirs, &a, show_bar),
         Command::Cold(a) => cold::exec(dirs, &a, show_bar),
+        Command::Drill(a) => drill::exec(dirs, &a),
         Command::List(a) => list::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),

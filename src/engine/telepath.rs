@@ -3,9 +3,9 @@
 //!
 //! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
 //! the socket (the service's user or root) is the service's root user, so no
-//! credentials are sent. We need four calls: `freeze`, `resume`, `getCellInfo`
-//! (whether the cell is `paused`) and `getHealthCheck`, nothing with generators, so
-//! this is a plain request/answer loop.
+//! credentials are sent. We need a few calls: `freeze`, `resume`, `getCellInfo`
+//! (whether the cell is `paused`, its iden and version), `getHealthCheck` and
+//! `callStorm`, nothing with generators, so this is a plain request/answer loop.
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -56,7 +56,8 @@ fn map(pairs: Vec<(&str, Value)>) -> Value {
     )
 }
 
-fn get<'a>(info: &'a Value, key: &str) -> Option<&'a Value> {
+/// The value under `key` in a msgpack map.
+pub(crate) fn get<'a>(info: &'a Value, key: &str) -> Option<&'a Value> {
     info.as_map()?
         .iter()
         .find(|(k, _)| k.as_str() == Some(key))
@@ -190,15 +191,29 @@ impl Client {
 
     /// Whether the cell is frozen now (`getCellInfo()['cell']['paused']`).
     pub(crate) fn paused(&mut self) -> Result<bool> {
-        let info = self.call("getCellInfo", vec![], vec![])?;
+        let info = self.cell_info()?;
         get(&info, "cell")
             .and_then(|c| get(c, "paused"))
             .and_then(Value::as_bool)
             .ok_or_else(|| anyhow!("getCellInfo answer without cell.paused"))
     }
 
+    /// `getCellInfo()`: `cell` (type, iden, ...) and `synapse` (version) sections.
+    pub(crate) fn cell_info(&mut self) -> Result<Value> {
+        self.call("getCellInfo", vec![], vec![])
+    }
+
+    /// `callStorm(text)` on a Cortex: the value the query returns. `mirror: false`
+    /// so a mirror answers itself instead of asking its upstream.
+    pub(crate) fn call_storm(&mut self, text: &str) -> Result<Value> {
+        self.call(
+            "callStorm",
+            vec![text.into()],
+            vec![("opts", map(vec![("mirror", false.into())]))],
+        )
+    }
+
     /// The health status word (`nominal`, `degraded`, `failed`).
-    #[allow(dead_code)] // used by cold (in progress)
     pub(crate) fn health_status(&mut self) -> Result<String> {
         let health = self.call("getHealthCheck", vec![], vec![])?;
         match get(&health, "status").and_then(|s| s.as_str()) {

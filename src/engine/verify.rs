@@ -176,6 +176,24 @@ fn check_layout(dir: &Path, m: &Manifest, present: &Present, r: &mut Report) {
     }
 }
 
+/// Verify the backup at `dir` before using it (`not_what`: "not drilled"): its
+/// manifest when intact, else one `Verify` error listing every problem.
+pub(crate) fn verified_manifest(dir: &Path, not_what: &str) -> Result<Manifest> {
+    log::info!("verifying {}", dir.display());
+    let report = verify(dir)?;
+    if !report.ok() {
+        return Err(crate::base::exit::fail(
+            crate::base::exit::Code::Verify,
+            format!(
+                "{} failed verification, {not_what}: {}",
+                dir.display(),
+                report.problems.join("; ")
+            ),
+        ));
+    }
+    Manifest::load(dir)
+}
+
 /// Verify the backup at `dir`. Errors only when the manifest cannot be read; every
 /// other finding is a problem in the report.
 pub(crate) fn verify(dir: &Path) -> Result<Report> {

@@ -3,8 +3,12 @@
 //! (meminfo, /proc/sys, which processes hold LMDB files) and the sysctl drop-in.
 //! Imports only `base`.
 
+/// The Python and module a service unit's ExecStart runs.
+pub(crate) mod execstart;
 /// Processes holding a directory's LMDB files (procfs).
 pub(crate) mod holders;
+/// Starting a process in a network namespace of its own (loopback only).
+pub(crate) mod netns;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
 pub(crate) mod procfs;
 /// What a directory is stored on: file system type, rotational device.

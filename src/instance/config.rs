@@ -67,6 +67,19 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "SYNBACKUP_LOCK_WAIT",
         "a duration a run or window waits for another to finish (default 1h)",
     ),
+    (
+        "SYNBACKUP_DRILL_PYTHON",
+        "the Python a drill runs (default: from the unit's ExecStart)",
+    ),
+    (
+        "SYNBACKUP_DRILL_MODULE",
+        "the server module a drill runs, e.g. synapse.servers.cortex (default: from ExecStart)",
+    ),
+    (
+        "SYNBACKUP_DRILL_CHECK",
+        "a Storm query a drill runs, which must succeed",
+    ),
+    ("SYNBACKUP_DRILL_TIMEOUT", "a duration (default 10m)"),
 ];
 
 /// `SYNBACKUP_MAX_AGE` when unset.
@@ -90,6 +103,10 @@ pub(crate) struct Instance {
     pub(crate) health_timeout: Duration,
     pub(crate) cold_keep_old: Duration,
     pub(crate) lock_wait: Duration,
+    pub(crate) drill_python: Option<PathBuf>,
+    pub(crate) drill_module: Option<String>,
+    pub(crate) drill_check: Option<String>,
+    pub(crate) drill_timeout: Duration,
 }
 
 /// Retention counts.
@@ -398,6 +415,19 @@ fn load_with(
         health_timeout: duration("SYNBACKUP_HEALTH_TIMEOUT", Duration::from_secs(300))?,
         cold_keep_old: duration("SYNBACKUP_COLD_KEEP_OLD", Duration::from_secs(7 * 86400))?,
         lock_wait: duration("SYNBACKUP_LOCK_WAIT", crate::instance::lock::DEFAULT_WAIT)?,
+        drill_python: values
+            .get("SYNBACKUP_DRILL_PYTHON")
+            .filter(|v| !v.text.is_empty())
+            .map(|v| PathBuf::from(&v.text)),
+        drill_module: values
+            .get("SYNBACKUP_DRILL_MODULE")
+            .filter(|v| !v.text.is_empty())
+            .map(|v| v.text.clone()),
+        drill_check: values
+            .get("SYNBACKUP_DRILL_CHECK")
+            .filter(|v| !v.text.is_empty())
+            .map(|v| v.text.clone()),
+        drill_timeout: duration("SYNBACKUP_DRILL_TIMEOUT", Duration::from_secs(600))?,
     })
 }
 

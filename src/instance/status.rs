@@ -281,6 +281,19 @@ pub(crate) fn render_metrics(s: &Status) -> String {
             gauge(name, help, if v { 1.0 } else { 0.0 });
         }
     }
+    if let Some(boot) = s
+        .details
+        .as_ref()
+        .filter(|_| s.kind == "drill")
+        .and_then(|d| d.get("boot_seconds"))
+        .and_then(|b| b.as_f64())
+    {
+        gauge(
+            "boot_seconds",
+            "How long the last drilled backup took to boot and answer.",
+            boot,
+        );
+    }
     if let Some(ms) = s.freeze_ms {
         gauge(
             "last_freeze_seconds",

@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup drill`: prove that a backup boots.
+//!
+//! Order: remove what dead drills left beside the backup; verify the backup (the
+//! engine's verify); make a scratch copy of it (`scratch.rs`: reflink or sparse);
+//! start the Synapse server on the copy, isolated (`host::netns`: a network
+//! namespace with only loopback, as the backup's owner, killed if we die); wait,
+//! within the timeout, until it answers `getCellInfo` on the copy's `sock`; check
+//! that its `cell.guid` is the backup's (manifest `cell_guid`), its health is
+//! nominal or degraded, and for a Cortex read the per-form node counts and run the
+//! operator's check query; stop the server and remove the copy. The backup itself
+//! is only read. With an instance, the result is recorded (status kind `drill`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rmpv::Value;
+use serde::Serialize;
+
+use crate::base::exit::{code_of, fail, Code};
+use crate::base::logging;
+use crate::engine::telepath::{self, Client};
+use crate::engine::verify;
+use crate::host::{execstart, netns};
+use crate::instance::catalog::{self, State};
+use crate::instance::config::{self, InstanceOverrides};
+use crate::instance::dirs::Dirs;
+use crate::instance::{lock, status};
+use crate::service::scratch::{self, Method, Scratch};
+
+/// What to drill, with what.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) backup: PathBuf,
+    pub(crate) python: PathBuf,
+    pub(crate) module: String,
+    /// How long the server may take to answer.
+    pub(crate) timeout: Duration,
+    /// A Storm query that must succeed (Cortex only).
+    pub(crate) check: Option<String>,
+}
+
+/// What a passed drill found.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Outcome {
+    pub(crate) backup: String,
+    pub(crate) scratch_method: Method,
+    pub(crate) copy_seconds: f64,
+    /// From starting the server until it answered.
+    pub(crate) boot_seconds: f64,
+    pub(crate) cell_type: String,
+    pub(crate) cell_guid: String,
+    pub(crate) synapse_version: String,
+    pub(crate) health: String,
+    /// Nodes per form (a Cortex's default view).
+    pub(crate) form_counts: BTreeMap<String, u64>,
+    pub(crate) nodes: u64,
+    pub(crate) check: Option<String>,
+}
+
+impl Outcome {
+    /// The one-line summary.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "drill passed: {} booted as {} {} (Synapse {}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s",
+            self.backup,
+            self.cell_type,
+            self.cell_guid,
+            self.synapse_version,
+            self.boot_seconds,
+            self.health,
+            self.nodes,
+            self.form_counts.len(),
+            match self.scratch_method {
+                Method::Reflink => "reflink",
+                Method::Sparse => "sparse copy",
+            },
+            self.copy_seconds
+        )
+    }
+}
+
+/// The server under test; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    /// Stopped, and its process group ended.
+    ended: bool,
+}
+
+impl Server {
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        log::warn!("the drill's server did not stop within 60 s; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stop the server, then end any worker of its process group still running.
+    fn stop_all(&mut self) {
+        if !self.ended {
+            self.stop();
+            netns::kill_group(self.child.id());
+            self.ended = true;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// The last line of the server's log that says something (its error, usually).
+fn cause_from_log(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(its log is empty)");
+    line.chars().take(400).collect()
+}
+
+fn failed(message: String) -> anyhow::Error {
+    fail(Code::Drill, message)
+}
+
+/// Start the server on the scratch copy, isolated, as the backup's owner.
+fn start_server(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+    let log = File::create(&scratch.log)
+        .with_context(|| format!("cannot create {}", scratch.log.display()))?;
+    let mut cmd = Command::new(&req.python);
+    cmd.args([
+        "-m",
+        &req.module,
+        "--telepath",
+        "tcp://127.0.0.1:0",
+        "--https",
+        "0",
+    ])
+    .arg(&scratch.path)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    netns::isolate(&mut cmd, owner.0, owner.1);
+    let child = cmd.spawn().map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            " (a drill runs the server in a network namespace of its own: run it as root)"
+        } else {
+            ""
+        };
+        failed(format!(
+            "cannot start {} -m {}: {e}{hint}",
+            req.python.display(),
+            req.module
+        ))
+    })?;
+    let server = Server {
+        child,
+        ended: false,
+    };
+    scratch.record_server(server.child.id())?;
+    Ok(server)
+}
+
+/// Wait until the server answers `getCellInfo` on `sock`; its answer.
+fn wait_answers(server: &mut Server, sock: &Path, log: &Path, timeout: Duration) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no socket yet");
+    loop {
+        crate::base::interrupt::check()?;
+        if let Some(st) = server.child.try_wait()? {
+            return Err(failed(format!(
+                "the service did not boot: it exited ({st}) before answering; its log says: {}",
+                cause_from_log(log)
+            )));
+        }
+        if sock.exists() {
+            match Client::connect(sock, Duration::from_secs(30)).and_then(|mut c| c.cell_info()) {
+                Ok(info) => return Ok(info),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(failed(format!(
+                "the service did not answer on {} within {} s ({last}); its log ends: {}",
+                sock.display(),
+                timeout.as_secs(),
+                cause_from_log(log)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn text_at(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for k in path {
+        match telepath::get(cur, k) {
+            Some(next) => cur = next,
+            None => return String::new(),
+        }
+    }
+    cur.as_str().map(String::from).unwrap_or_default()
+}
+
+fn form_counts(v: &Value) -> BTreeMap<String, u64> {
+    v.as_map()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, n)| Some((k.as_str()?.to_string(), n.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Drill one backup (no instance): verify, copy, boot isolated, check, clean up.
+pub(crate) fn drill(req: &Request) -> Result<Outcome> {
+    let backup = fs::canonicalize(&req.backup).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("backup {} cannot be used: {e}", req.backup.display()),
+        )
+    })?;
+    if let Some(parent) = backup.parent() {
+        scratch::remove_stale(parent);
+    }
+    let manifest = verify::verified_manifest(&backup, "not drilled")?;
+    let Some(want_guid) = manifest.cell_guid.clone() else {
+        return Err(failed(format!(
+            "{} has no cell.guid (its manifest records none): a service started on it would be a new cell, not this one",
+            backup.display()
+        )));
+    };
+    let meta = fs::metadata(&backup)?;
+    let need: u64 = manifest.files.iter().map(|f| f.size).sum();
+
+    let t_copy = Instant::now();
+    let scratch = scratch::make(&backup, need)?;
+    let copy_seconds = t_copy.elapsed().as_secs_f64();
+    log::info!(
+        "scratch copy {} made by {} in {copy_seconds:.1} s",
+        scratch.path.display(),
+        if scratch.method == Method::Reflink {
+            "reflink"
+        } else {
+            "sparse copy"
+        }
+    );
+
+    let t_boot = Instant::now();
+    let mut server = start_server(req, &scratch, (meta.uid(), meta.gid()))?;
+    let sock = scratch.path.join("sock");
+    let info = wait_answers(&mut server, &sock, &scratch.log, req.timeout)?;
+    let boot_seconds = t_boot.elapsed().as_secs_f64();
+    let checked = check_service(req, &sock, &info, &want_guid, &scratch.log);
+    server.stop_all();
+    drop(server);
+    let scratch_method = scratch.method;
+    drop(scratch);
+    let (health, counts) = checked?;
+    Ok(Outcome {
+        backup: backup.display().to_string(),
+        scratch_method,
+        copy_seconds,
+        boot_seconds,
+        cell_type: text_at(&info, &["cell", "type"]),
+        cell_guid: want_guid,
+        synapse_version: text_at(&info, &["synapse", "verstring"]),
+        health,
+        nodes: counts.values().sum(),
+        form_counts: counts,
+        check: req.check.clone(),
+    })
+}
+
+/// The checks on a server that answers: guid, health, form counts, operator check.
+fn check_service(
+    req: &Request,
+    sock: &Path,
+    info: &Value,
+    want_guid: &str,
+    log: &Path,
+) -> Result<(String, BTreeMap<String, u64>)> {
+    let guid = text_at(info, &["cell", "iden"]);
+    if guid != want_guid {
+        return Err(failed(format!(
+            "the service booted as cell {guid}, not the backup's {want_guid} (is cell.guid missing or changed in the backup?)"
+        )));
+    }
+    let mut client = Client::connect(sock, req.timeout)?;
+    let health = client.health_status()?;
+    if health != "nominal" && health != "degraded" {
+        return Err(failed(format!(
+            "the service's health check says {health}; its log ends: {}",
+            cause_from_log(log)
+        )));
+    }
+    let mut counts = BTreeMap::new();
+    if text_at(info, &["cell", "type"]) == "cortex" {
+        let v = client
+            .call_storm("return($lib.view.get().getFormCounts())")
+            .context("cannot read the per-form node counts")
+            .map_err(|e| failed(format!("{e:#}")))?;
+        counts = form_counts(&v);
+        if let Some(q) = &req.check {
+            client.call_storm(q).map_err(|e| {
+                failed(format!(
+                    "the check query SYNBACKUP_DRILL_CHECK failed: {e:#}"
+                ))
+            })?;
+        }
+    }
+    Ok((health, counts))
+}
+
+/// Drill an instance's backup (`backup`: a path or a name in its root; default the
+/// newest verified one), taking Python and module from the config or the unit, and
+/// record the result.
+pub(crate) fn drill_instance(
+    dirs: &Dirs,
+    name: &str,
+    backup: Option<&Path>,
+    check: Option<String>,
+) -> Result<Outcome> {
+    let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
+    let _lock = lock::acquire(&dirs.lock_dir, name, "drill")?;
+    let started = chrono::Utc::now();
+    let t0 = Instant::now();
+    let backup = match backup {
+        Some(b) if b.is_absolute() || b.exists() => b.to_path_buf(),
+        Some(b) => inst.backup_root.join(b),
+        None => catalog::scan(&inst.backup_root, name)?
+            .into_iter()
+            .rfind(|e| e.state == State::Verified)
+            .map(|e| e.path)
+            .ok_or_else(|| {
+                fail(
+                    Code::BadPath,
+                    format!(
+                        "{} holds no verified backup of {name}; run `synbackup run {name}` first or name a BACKUP",
+                        inst.backup_root.display()
+                    ),
+                )
+            })?,
+    };
+    let result = python_and_module(&inst).and_then(|(python, module)| {
+        drill(&Request {
+            backup: backup.clone(),
+            python,
+            module,
+            timeout: inst.drill_timeout,
+            check: check.or(inst.drill_check.clone()),
+        })
+    });
+    let previous = status::load(&dirs.state_dir, name, "drill");
+    let finished = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut st = status::Status {
+        instance: name.to_string(),
+        kind: "drill".into(),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: finished.clone(),
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        backup: Some(backup.display().to_string()),
+        last_success: previous.as_ref().and_then(|p| p.last_success.clone()),
+        last_success_backup: previous.and_then(|p| p.last_success_backup),
+        ..status::Status::default()
+    };
+    match &result {
+        Ok(o) => {
+            st.result = "success".into();
+            st.last_success = Some(finished);
+            st.last_success_backup = st.backup.clone();
+            st.details = serde_json::to_value(o).ok();
+        }
+        Err(e) => {
+            st.result = "failed".into();
+            st.exit_code = code_of(e).as_i32();
+            st.error = Some(format!("{e:#}"));
+        }
+    }
+    if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
+        log::error!("could not record the drill's status: {e:#}");
+    }
+    report(name, &result);
+    result.map_err(|e| crate::base::exit::reported(&e))
+}
+
+/// The Python and module for an instance: its config, else its unit's ExecStart.
+fn python_and_module(inst: &config::Instance) -> Result<(PathBuf, String)> {
+    let from_unit = match (&inst.drill_python, &inst.drill_module, &inst.service_unit) {
+        (Some(_), Some(_), _) => None,
+        (_, _, Some(unit)) => Some(execstart::of_unit(unit)?),
+        _ => {
+            return Err(fail(
+                Code::Usage,
+                format!("instance {}: set SYNBACKUP_DRILL_PYTHON and SYNBACKUP_DRILL_MODULE, or SYNBACKUP_SERVICE_UNIT to take them from its ExecStart", inst.name),
+            ))
+        }
+    };
+    let python = inst
+        .drill_python
+        .clone()
+        .or_else(|| from_unit.as_ref().map(|u| PathBuf::from(&u.python)))
+        .unwrap_or_default();
+    let module = inst
+        .drill_module
+        .clone()
+        .or_else(|| from_unit.map(|u| u.module))
+        .unwrap_or_default();
+    Ok((python, module))
+}
+
+/// The journal line for a drill's result (MESSAGE_ID pass or fail).
+pub(crate) fn report(instance: &str, result: &Result<Outcome>) {
+    match result {
+        Ok(o) => logging::event(
+            log::Level::Info,
+            logging::MSG_DRILL_OK,
+            instance,
+            &[("SYNBACKUP_BACKUP", &o.backup)],
+            &o.line(),
+        ),
+        Err(e) => logging::event(
+            log::Level::Error,
+            logging::MSG_DRILL_FAILED,
+            instance,
+            &[],
+            &format!("drill failed: {e:#}"),
+        ),
+    }
+}
