@@ -51,6 +51,7 @@ pub(crate) fn exec(a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         src: a.src,
         dst: a.dst,
         skipdirs: a.engine.skipdirs,
+        whole: false,
         jobs: a.engine.jobs,
         freeze: a.engine.freeze,
         freeze_timeout: a.engine.freeze_timeout,

@@ -45,6 +45,9 @@ pub(crate) struct Request {
     pub(crate) src: PathBuf,
     pub(crate) dst: PathBuf,
     pub(crate) skipdirs: Vec<String>,
+    /// Copy the whole directory (a maintenance window): no skip rule applies and
+    /// `skipdirs` is ignored (`scan::scan_whole`).
+    pub(crate) whole: bool,
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: u64,
@@ -147,9 +150,12 @@ struct Sized {
     needed: u64,
 }
 
-fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
-    let skip = scan::compile_skipdirs(skipdirs)?;
-    let plan = scan::scan(src, &skip)?;
+fn size_up(src: &Path, skipdirs: &[String], whole: bool) -> Result<Sized> {
+    let plan = if whole {
+        scan::scan_whole(src)?
+    } else {
+        scan::scan(src, &scan::compile_skipdirs(skipdirs)?)?
+    };
     let mut envs = Vec::new();
     for item in plan.envs() {
         if let Item::Env { rel, data, .. } = item {
@@ -177,8 +183,9 @@ fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
 }
 
 /// Bytes a backup of `src` would write now (for preflights of callers).
-pub(crate) fn estimate(src: &Path, skipdirs: &[String]) -> Result<u64> {
-    Ok(size_up(src, skipdirs)?.needed)
+/// `whole`: as `Request::whole`.
+pub(crate) fn estimate(src: &Path, skipdirs: &[String], whole: bool) -> Result<u64> {
+    Ok(size_up(src, skipdirs, whole)?.needed)
 }
 
 /// Run a backup. The caller logs or prints the summary.
@@ -187,7 +194,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let sized = size_up(&src, &req.skipdirs)?;
+    let sized = size_up(&src, &req.skipdirs, req.whole)?;
     check_space(&src, &dst, &sized, req.min_free)?;
     let mut partial = Partial::create(&dst)?;
     interrupt::check()?;

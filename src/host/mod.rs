@@ -5,6 +5,8 @@
 
 /// Processes holding a directory's LMDB files (procfs).
 pub(crate) mod holders;
+/// Mount points (/proc/self/mountinfo).
+pub(crate) mod mounts;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
 pub(crate) mod procfs;
 /// The sysctl drop-in computed from the host's RAM.
