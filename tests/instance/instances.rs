@@ -321,7 +321,9 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
     let _fs = Tmpfs::mount(&small, "size=64m,nr_inodes=16");
     let dir = small.join("svc");
     fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("cell.guid"), "original").unwrap();
+    // The same cell (another one would be refused before any copy).
+    fs::copy(src.join("cell.guid"), dir.join("cell.guid")).unwrap();
+    fs::write(dir.join("marker"), "original").unwrap();
     let before = hash_tree(&dir);
     let o = run(&[&"restore", &bk, &dir]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
@@ -331,5 +333,59 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
         names(&small),
         vec!["svc"],
         "the unfinished copy must be removed"
+    );
+}
+
+#[test]
+fn restore_takes_a_backup_name_and_records_its_result() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let name = fs::read_dir(&s.backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("c0_"))
+        .unwrap();
+    fs::write(s.src.join("added-later"), "x").unwrap();
+    // The name as `list` prints it, from the instance's backup root.
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!s.src.join("added-later").exists());
+    assert!(s.src.join("slabs/cell.lmdb/data.mdb").is_file());
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    assert_eq!(st["kind"], "restore");
+    assert_eq!(st["result"], "success");
+    assert!(st["backup"].as_str().unwrap().ends_with(&name));
+
+    // A name that is not there: the failure is recorded too.
+    let o = s.run(&["restore", "--instance", "c0", "c0_19990101T000000Z"]);
+    assert_fails(&o, 3, "c0_19990101T000000Z cannot be used");
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    assert_eq!(st["result"], "failed");
+    assert_eq!(st["exit_code"], 3);
+}
+
+#[test]
+fn restore_of_another_cell_needs_force() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let bk = fs::read_dir(&s.backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("c0_"))
+        .unwrap();
+    fs::write(s.src.join("cell.guid"), "fedcba9876543210fedcba9876543210").unwrap();
+    let before = names(&s.root);
+    let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
+    assert_fails(&o, 3, "pass --force");
+    assert!(stderr(&o).contains("fedcba9876543210fedcba9876543210"), "{}", stderr(&o));
+    assert_eq!(names(&s.root), before, "nothing may change");
+    let o = s.run(&["restore", "--force", "--instance", "c0", bk.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("restoring anyway (--force)"), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
     );
 }
