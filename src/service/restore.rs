@@ -237,9 +237,17 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
                 e
             };
             if args.instance.is_some() {
+                // Status, metrics and the event (as every kind's failure is recorded).
                 record_failure(dirs, instance, "restore", started, t0, &e, details);
+                logging::journal_copy(
+                    log::Level::Error,
+                    logging::MSG_RESTORE_FAILED,
+                    instance,
+                    &[],
+                    &format!("{instance}: restore failed: {e:#}"),
+                );
             } else {
-                logging::event(
+                logging::event_journaled(
                     log::Level::Error,
                     logging::MSG_RESTORE_FAILED,
                     "",

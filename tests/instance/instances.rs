@@ -379,11 +379,25 @@ fn restore_of_another_cell_needs_force() {
     let before = names(&s.root);
     let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
     assert_fails(&o, 3, "pass --force");
-    assert!(stderr(&o).contains("fedcba9876543210fedcba9876543210"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fedcba9876543210fedcba9876543210"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(names(&s.root), before, "nothing may change");
-    let o = s.run(&["restore", "--force", "--instance", "c0", bk.to_str().unwrap()]);
+    let o = s.run(&[
+        "restore",
+        "--force",
+        "--instance",
+        "c0",
+        bk.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("restoring anyway (--force)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("restoring anyway (--force)"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         fs::read_to_string(s.src.join("cell.guid")).unwrap(),
         "0123456789abcdef0123456789abcdef"
