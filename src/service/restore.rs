@@ -350,7 +350,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let backup = fs::canonicalize(&t.backup).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("backup {} cannot be used: {e}", t.backup.display()),
+            format!(
+                "backup {} cannot be used: {e}; give its path, or with --instance its name as `synbackup list` prints it",
+                t.backup.display()
+            ),
         )
     })?;
     outcome.backup = backup.to_string_lossy().into_owned();

@@ -403,3 +403,35 @@ fn restore_of_another_cell_needs_force() {
         "0123456789abcdef0123456789abcdef"
     );
 }
+
+#[test]
+fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let name = fs::read_dir(&s.backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("c0_"))
+        .unwrap();
+    // SYNBACKUP_SERVICE_DIR=ROOT/svc is a symlink to the volume's ROOT/vol/svc.
+    let real = s.root.join("vol/svc");
+    fs::create_dir(s.root.join("vol")).unwrap();
+    fs::rename(&s.src, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &s.src).unwrap();
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::symlink_metadata(&s.src).unwrap().file_type().is_symlink());
+    assert!(real.join("slabs/cell.lmdb/data.mdb").is_file());
+    assert_eq!(
+        names(&s.root.join("vol"))
+            .iter()
+            .filter(|n| n.starts_with("svc.pre-restore-"))
+            .count(),
+        1,
+        "the previous directory is kept beside the real one"
+    );
+    assert!(
+        !names(&s.root).iter().any(|n| n.starts_with("svc.pre-restore-")),
+        "the symlink was moved aside"
+    );
+}
