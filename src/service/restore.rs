@@ -191,7 +191,7 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     let details = serde_json::to_value(&outcome).ok();
     match result {
         Ok(text) => {
-            logging::event(
+            logging::event_journaled(
                 log::Level::Info,
                 logging::MSG_RESTORE_OK,
                 instance,

@@ -420,7 +420,10 @@ fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
     std::os::unix::fs::symlink(&real, &s.src).unwrap();
     let o = s.run(&["restore", "--instance", "c0", &name]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(fs::symlink_metadata(&s.src).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&s.src)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert!(real.join("slabs/cell.lmdb/data.mdb").is_file());
     assert_eq!(
         names(&s.root.join("vol"))
@@ -431,7 +434,9 @@ fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
         "the previous directory is kept beside the real one"
     );
     assert!(
-        !names(&s.root).iter().any(|n| n.starts_with("svc.pre-restore-")),
+        !names(&s.root)
+            .iter()
+            .any(|n| n.starts_with("svc.pre-restore-")),
         "the symlink was moved aside"
     );
 }
