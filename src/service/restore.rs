@@ -377,11 +377,22 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         preflight::refuse_mount_point(dir, "restore")?;
     }
     let busy = in_use(dir);
-    if let (Some(what), None) = (&busy, &t.unit) {
-        return Err(fail(
-            Code::Service,
-            format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
-        ));
+    match (&busy, &t.unit, state.as_deref()) {
+        (Some(what), None, _) => {
+            return Err(fail(
+                Code::Service,
+                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
+            ));
+        }
+        // A mistyped template instance exists as far as systemd is concerned, but
+        // stopping it would stop nothing: say so now, not after a stop timeout.
+        (Some(what), Some(u), Some(st)) if st != "active" => {
+            return Err(fail(
+                Code::Service,
+                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.display()),
+            ));
+        }
+        _ => {}
     }
     check_same_cell(&backup, dir, force)?;
 

@@ -132,7 +132,7 @@ sed 's/^SYNBACKUP_SERVICE_UNIT=.*/SYNBACKUP_SERVICE_UNIT=synapse-cortex@cortx00.
 t0=$SECONDS rc=0
 out=$(ns_exec synbackup restore --instance typo "/srv/backups/cortex00/$backup" 2>&1) || rc=$?
 ns_assert_eq 8 "$rc" "mistyped unit: exit code"
-grep -q 'unit synapse-cortex@cortx00.service does not exist' <<<"$out" || ns_die "mistyped unit: $out"
+grep -q 'synapse-cortex@cortx00.service is inactive: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT' <<<"$out" || ns_die "mistyped unit: $out"
 [ $((SECONDS - t0)) -lt 10 ] || ns_die "mistyped unit: took $((SECONDS - t0)) s"
 ns_exec rm /etc/synbackup/typo.conf
 svc_active "mistyped unit"
