@@ -59,6 +59,17 @@ impl Setup {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Run `run c0` and return the name of the backup it made.
+    fn backup_now(&self) -> String {
+        let o = self.run(&["run", "c0"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::read_dir(&self.backups)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("c0_"))
+            .unwrap()
+    }
+
     fn status_json(&self) -> serde_json::Value {
         serde_json::from_slice(&fs::read(self.root.join("state/c0.json")).unwrap()).unwrap()
     }
@@ -339,12 +350,7 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
 #[test]
 fn restore_takes_a_backup_name_and_records_its_result() {
     let s = Setup::new("");
-    assert!(s.run(&["run", "c0"]).status.success());
-    let name = fs::read_dir(&s.backups)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("c0_"))
-        .unwrap();
+    let name = s.backup_now();
     fs::write(s.src.join("added-later"), "x").unwrap();
     // The name as `list` prints it, from the instance's backup root.
     let o = s.run(&["restore", "--instance", "c0", &name]);
@@ -369,12 +375,7 @@ fn restore_takes_a_backup_name_and_records_its_result() {
 #[test]
 fn restore_of_another_cell_needs_force() {
     let s = Setup::new("");
-    assert!(s.run(&["run", "c0"]).status.success());
-    let bk = fs::read_dir(&s.backups)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("c0_"))
-        .unwrap();
+    let bk = s.backups.join(s.backup_now());
     fs::write(s.src.join("cell.guid"), "fedcba9876543210fedcba9876543210").unwrap();
     let before = names(&s.root);
     let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
@@ -407,12 +408,7 @@ fn restore_of_another_cell_needs_force() {
 #[test]
 fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
     let s = Setup::new("");
-    assert!(s.run(&["run", "c0"]).status.success());
-    let name = fs::read_dir(&s.backups)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("c0_"))
-        .unwrap();
+    let name = s.backup_now();
     // SYNBACKUP_SERVICE_DIR=ROOT/svc is a symlink to the volume's ROOT/vol/svc.
     let real = s.root.join("vol/svc");
     fs::create_dir(s.root.join("vol")).unwrap();
