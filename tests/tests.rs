@@ -14,6 +14,8 @@ mod engine {
     mod bad_input;
     /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
     mod cortex;
+    /// The source as it is: links, names, xattrs, ACLs, owners, sparse files; verify.
+    mod fidelity;
 }
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.

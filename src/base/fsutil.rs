@@ -5,7 +5,18 @@
 //!
 //! Writes are followed by an fsync of the file and then of its directory: a file we
 //! say is written is on disk. Sparse files (LMDB with writemap is as large as its
-//! map) are copied by their data extents (SEEK_DATA/SEEK_HOLE); holes stay holes.
+//! map) are copied by their data extents (SEEK_DATA/SEEK_HOLE); holes stay holes,
+//! and only data counts as read and written.
+//!
+//! A file's digest is the SHA-256 of its whole logical content, holes as zeros: what
+//! `sha256sum` prints, so an operator can check a backup with standard tools. Holes
+//! are never read: their zeros are fed to the hash from a static block. SHA-256 has
+//! no shortcut for a run of zeros, so a hole still costs hashing time (measured:
+//! about 0.5 s of CPU per GiB with SHA-NI); a digest that skipped holes would lose
+//! `sha256sum` compatibility, which matters more than that.
+//!
+//! Owners that cannot be given (not root) are handled by [`narrow_group`]; xattrs
+//! are copied by `xattrs`.
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
@@ -20,6 +31,7 @@ use nix::unistd::{fchown, fchownat, Gid, Uid};
 use openssl::sha::Sha256;
 
 use crate::base::exit::{fail, Code};
+use crate::base::xattrs::{self, Attrs};
 
 /// Size of the buffers data is moved in.
 pub(crate) const CHUNK: usize = 1 << 20;
@@ -178,16 +190,42 @@ fn ts(sec: i64, nsec: i64) -> TimeSpec {
     TimeSpec::new(sec, nsec)
 }
 
+/// What a copy was given: its mode (narrower than the source's when its owner or
+/// group could not be kept) and the xattrs it holds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Applied {
+    pub(crate) mode: u32,
+    pub(crate) xattrs: Attrs,
+}
+
 /// Give an open file the owner, mode and times of `meta` (owner only where we may:
-/// as root, or when it is already ours).
-pub(crate) fn apply_meta_fd(
+/// as root, or when it is already ours; see [`chown_fd`]), and exactly the xattrs
+/// `attrs` (read from the source).
+pub(crate) fn copy_meta_fd(
     file: &File,
     path: &Path,
     meta: &Metadata,
     keep_times: bool,
-) -> Result<()> {
-    chown_fd(file, path, meta)?;
-    file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+    attrs: &Attrs,
+) -> Result<Applied> {
+    set_meta_fd(file, path, meta, keep_times, Some(attrs))
+}
+
+fn set_meta_fd(
+    file: &File,
+    path: &Path,
+    meta: &Metadata,
+    keep_times: bool,
+    attrs: Option<&Attrs>,
+) -> Result<Applied> {
+    let mode = chown_fd(file, path, meta)?;
+    // After the chown (which may clear some), before the chmod (an ACL sets the
+    // group bits; the source's mode already agrees with its ACL's mask).
+    let xattrs = match attrs {
+        Some(want) => xattrs::apply(file, path, want)?,
+        None => Attrs::new(),
+    };
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
     if keep_times {
         futimens(
@@ -197,33 +235,68 @@ pub(crate) fn apply_meta_fd(
         )
         .with_context(|| format!("cannot set times of {}", path.display()))?;
     }
-    Ok(())
+    Ok(Applied { mode, xattrs })
 }
 
-fn chown_fd(file: &File, path: &Path, meta: &Metadata) -> Result<()> {
-    match fchown(
-        file.as_fd(),
-        Some(Uid::from_raw(meta.uid())),
-        Some(Gid::from_raw(meta.gid())),
-    ) {
-        Ok(()) => Ok(()),
+/// The mode of a copy whose group is not the source's: the group gets no more than
+/// others had (a member of our group was one of the others), and set-id bits go.
+pub(crate) fn narrow_group(mode: u32) -> u32 {
+    let others = mode & 0o007;
+    let group = (mode >> 3) & 0o007 & others;
+    (mode & !0o6070) | (group << 3)
+}
+
+/// Give the copy the source's owner and group; returns the mode it may then have.
+/// Not root: the group alone when we are in it, else the group is ours and the mode
+/// is narrowed ([`narrow_group`]) so that no one gains access; warned.
+fn chown_fd(file: &File, path: &Path, meta: &Metadata) -> Result<u32> {
+    let mode = meta.mode() & 0o7777;
+    let (uid, gid) = (Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()));
+    match fchown(file.as_fd(), Some(uid), Some(gid)) {
+        Ok(()) => Ok(mode),
         Err(nix::errno::Errno::EPERM) if !Uid::effective().is_root() => {
-            log::debug!(
-                "cannot give {} its owner (not root); kept ours",
-                path.display()
+            let group_kept = fchown(file.as_fd(), None, Some(gid)).is_ok();
+            let owner_kept = uid == Uid::effective();
+            let given = match (owner_kept, group_kept) {
+                (_, false) => narrow_group(mode),
+                (false, true) => mode & !0o4000,
+                (true, true) => mode,
+            };
+            log::warn!(
+                "cannot give {} its owner {}:{} (not root): {}, mode {:04o}{}",
+                path.display(),
+                meta.uid(),
+                meta.gid(),
+                if group_kept {
+                    "kept the group"
+                } else {
+                    "the group is ours"
+                },
+                given,
+                if given != mode {
+                    format!(" (narrowed from {mode:04o})")
+                } else {
+                    String::new()
+                }
             );
-            Ok(())
+            Ok(given)
         }
         Err(e) => Err(e).with_context(|| format!("cannot chown {}", path.display())),
     }
 }
 
-/// Owner, mode and times of a directory (applied after its content is written).
-pub(crate) fn apply_meta_dir(path: &Path, meta: &Metadata) -> Result<()> {
+/// Owner, mode, times and exactly the xattrs `attrs` (read from the source) of a
+/// directory (applied after its content is written).
+pub(crate) fn copy_meta_dir(path: &Path, meta: &Metadata, attrs: &Attrs) -> Result<Applied> {
+    copy_dir_meta(path, meta, Some(attrs))
+}
+
+fn copy_dir_meta(path: &Path, meta: &Metadata, attrs: Option<&Attrs>) -> Result<Applied> {
     let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    apply_meta_fd(&dir, path, meta, true)?;
+    let applied = set_meta_fd(&dir, path, meta, true, attrs)?;
     dir.sync_all()
-        .with_context(|| format!("cannot fsync {}", path.display()))
+        .with_context(|| format!("cannot fsync {}", path.display()))?;
+    Ok(applied)
 }
 
 /// Owner and times of a symlink itself.
@@ -353,6 +426,14 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_group_not_kept_gets_no_more_than_others() {
+        assert_eq!(narrow_group(0o640), 0o600);
+        assert_eq!(narrow_group(0o644), 0o644);
+        assert_eq!(narrow_group(0o2750), 0o0700);
+        assert_eq!(narrow_group(0o755), 0o755);
     }
 
     #[test]

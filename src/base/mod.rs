@@ -15,3 +15,5 @@ pub(crate) mod interrupt;
 pub(crate) mod logging;
 /// Sizes and durations in config files and options.
 pub(crate) mod units;
+/// Extended attributes, ACLs and labels: read from a source, set on its copy.
+pub(crate) mod xattrs;

@@ -27,7 +27,8 @@ use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
 use crate::engine::freeze::{FreezeMode, Frozen};
-use crate::engine::lmdb::{Env, Mode, Snapshot};
+use crate::engine::lmdb::{Env, Snapshot};
+use crate::engine::lockowner;
 use crate::engine::manifest::{
     self, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
 };
@@ -66,7 +67,7 @@ pub(crate) struct Summary {
     pub(crate) files: usize,
     /// Bytes the copied data took at the source (allocated on disk).
     pub(crate) source_bytes: u64,
-    /// Bytes written into the backup.
+    /// Data bytes written into the backup (holes of sparse files are not written).
     pub(crate) bytes_written: u64,
     pub(crate) seconds: f64,
     /// Source bytes not written thanks to compaction (and holes).
@@ -113,7 +114,7 @@ struct EnvJob {
 fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> {
     let dir = src.join(rel);
     let data = dir.join("data.mdb");
-    let env = Env::open(&dir, Mode::Live).map_err(|e| {
+    let env = lockowner::open_live(&dir).map_err(|e| {
         bad(format!(
             "{} cannot be opened as LMDB ({}); if it is damaged, restore it from an older backup",
             data.display(),
@@ -211,14 +212,14 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     progress.set_label(&format!("copying {}", src.display()));
     let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
     let copied = collect(done);
-    apply_dir_meta(&sized.plan, &tmp)?;
+    let dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
     let src_meta = fs::metadata(&src)?;
-    let manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout);
+    let manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
     write_manifest(&tmp, &manifest, &src_meta)?;
     drop(progress);
     fault::point("before-publish")?;
     let verified = req.verify && verify_before_publish(&src, &tmp)?;
-    publish(&mut partial, &src_meta, &dst)?;
+    publish(&mut partial, &src, &src_meta, &dst)?;
     Ok(Summary {
         source: src.to_string_lossy().into_owned(),
         backup: dst.to_string_lossy().into_owned(),
@@ -264,26 +265,20 @@ fn check_space(src: &Path, dst: &Path, sized: &Sized, min_free: u64) -> Result<(
     Ok(())
 }
 
-/// Directories and links of the backup, as the manifest lists them.
+/// The links of the backup, as the manifest lists them (followed ones included).
 struct Layout {
-    dirs: Vec<DirEntry>,
     symlinks: Vec<LinkEntry>,
 }
 
 /// Create the directories (private while they are filled) and the symlinks.
 fn lay_out(plan: &scan::Plan, tmp: &Path) -> Result<Layout> {
-    let mut dirs = Vec::new();
     let mut symlinks = Vec::new();
     for item in &plan.items {
         match item {
-            Item::Dir { rel, meta } | Item::Env { rel, meta, .. } => {
+            Item::Dir { rel, .. } | Item::Env { rel, .. } => {
                 let p = tmp.join(rel);
                 fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-                dirs.push(DirEntry {
-                    path: rel_str(rel),
-                    mode: meta.mode() & 0o7777,
-                });
             }
             Item::Symlink { rel, target, meta } => {
                 let p = tmp.join(rel);
@@ -291,13 +286,20 @@ fn lay_out(plan: &scan::Plan, tmp: &Path) -> Result<Layout> {
                 fsutil::apply_meta_link(&p, meta)?;
                 symlinks.push(LinkEntry {
                     path: rel_str(rel),
-                    target: target.to_string_lossy().into_owned(),
+                    target: rel_str(target),
+                    followed: false,
                 });
             }
             Item::File { .. } => {}
         }
     }
-    Ok(Layout { dirs, symlinks })
+    symlinks.extend(plan.followed.iter().map(|(rel, target)| LinkEntry {
+        path: rel_str(rel),
+        target: rel_str(target),
+        followed: true,
+    }));
+    symlinks.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Layout { symlinks })
 }
 
 /// `--jobs`, or the CPUs; never more than the environments, at least one.
@@ -421,6 +423,7 @@ fn collect(done: Vec<Done>) -> Copied {
     let mut files = Vec::new();
     let mut envs = Vec::new();
     let mut source_bytes = 0;
+    let mut bytes_written = 0;
     for d in done {
         match d {
             Done::Env {
@@ -428,6 +431,7 @@ fn collect(done: Vec<Done>) -> Copied {
                 env,
                 source_bytes: s,
             } => {
+                bytes_written += file.size; // a compacted copy has no holes
                 files.push(file);
                 envs.push(env);
                 source_bytes += s;
@@ -435,15 +439,16 @@ fn collect(done: Vec<Done>) -> Copied {
             Done::File {
                 file,
                 source_bytes: s,
+                written,
             } => {
                 files.push(file);
                 source_bytes += s;
+                bytes_written += written;
             }
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     envs.sort_by(|a, b| a.path.cmp(&b.path));
-    let bytes_written = files.iter().map(|f| f.size).sum();
     Copied {
         files,
         envs,
@@ -452,14 +457,23 @@ fn collect(done: Vec<Done>) -> Copied {
     }
 }
 
-/// Directory modes, owners and times, deepest first.
-fn apply_dir_meta(plan: &scan::Plan, tmp: &Path) -> Result<()> {
+/// Directory modes, owners, xattrs and times, deepest first; the manifest's list of
+/// them (with the mode given, see `fsutil::copy_meta_dir`), sorted.
+fn apply_dir_meta(plan: &scan::Plan, src: &Path, tmp: &Path) -> Result<Vec<DirEntry>> {
+    let mut dirs = Vec::new();
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::apply_meta_dir(&tmp.join(rel), meta)?;
+            let attrs = workers::source_xattrs(&src.join(rel))?;
+            let applied = fsutil::copy_meta_dir(&tmp.join(rel), meta, &attrs)?;
+            dirs.push(DirEntry {
+                path: rel_str(rel),
+                mode: applied.mode,
+                xattrs: manifest::xattr_keys(&applied.xattrs),
+            });
         }
     }
-    Ok(())
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(dirs)
 }
 
 fn assemble_manifest(
@@ -469,9 +483,11 @@ fn assemble_manifest(
     freeze: &FreezeTimes,
     copied: Copied,
     layout: Layout,
+    dirs: Vec<DirEntry>,
 ) -> Manifest {
     Manifest {
         format: manifest::FORMAT.to_string(),
+        body_sha256: String::new(),
         tool: "synbackup".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         source: src.to_string_lossy().into_owned(),
@@ -490,19 +506,24 @@ fn assemble_manifest(
         },
         files: copied.files,
         symlinks: layout.symlinks,
-        dirs: layout.dirs,
+        dirs,
         environments: copied.envs,
     }
 }
 
-/// Write the manifest into the temporary, fsynced; readable by group/others only
-/// where the source's top directory is.
+/// Write the manifest into the temporary, fsynced. It holds digests of every file:
+/// readable by group/others only where the source's top directory and every file
+/// it describes are (the mode of the most private one).
 fn write_manifest(tmp: &Path, manifest: &Manifest, src_meta: &fs::Metadata) -> Result<()> {
     let mpath = tmp.join(manifest::MANIFEST_NAME);
     let f = fsutil::create_new(&mpath)?;
     std::io::Write::write_all(&mut &f, &manifest.to_json()?)
         .map_err(|e| fsutil::write_error(&mpath, e))?;
-    let mode = 0o600 | (src_meta.mode() & 0o044);
+    let readable = manifest
+        .files
+        .iter()
+        .fold(src_meta.mode() & 0o044, |m, f| m & f.mode);
+    let mode = 0o600 | readable;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     let _ = nix::unistd::fchown(
         std::os::fd::AsFd::as_fd(&f),
@@ -532,12 +553,12 @@ fn verify_before_publish(src: &Path, tmp: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// The top gets the source's owner and mode (never more open), then the rename
-/// and the parent's fsync.
-fn publish(partial: &mut Partial, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
+/// The top gets the source's owner, mode (never more open) and xattrs, then the
+/// rename and the parent's fsync.
+fn publish(partial: &mut Partial, src: &Path, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
     interrupt::check()?;
     let tmp = partial.path().to_path_buf();
-    fsutil::apply_meta_dir(&tmp, src_meta)?;
+    fsutil::copy_meta_dir(&tmp, src_meta, &workers::source_xattrs(src)?)?;
     fs::rename(&tmp, dst).map_err(|e| {
         bad(format!(
             "cannot rename {} to {}: {e}; was the destination created meanwhile?",

@@ -2,22 +2,35 @@
 //! The manifest: what a backup contains and how to prove it is intact.
 //!
 //! `synbackup-manifest.json` sits at the top of every backup (Synapse ignores it, so
-//! the backup stays a valid service directory). Format `synbackup-manifest/1`:
+//! the backup stays a valid service directory). Format `synbackup-manifest/2`:
 //!
+//! - `body_sha256`: SHA-256 of the manifest file as written with this field's value
+//!   empty (`"body_sha256": ""`), so `sed 's/"body_sha256": "[0-9a-f]*"/"body_sha256": ""/'
+//!   synbackup-manifest.json | sha256sum` recomputes it;
 //! - `tool`, `version`: who wrote it; `source`, `host`, `cell_guid`;
 //! - `started`, `finished` (RFC 3339, UTC); `freeze`: `{mode, frozen, ms}`;
 //! - `files`: every regular file (LMDB `data.mdb` included) with `path` (relative),
-//!   `size`, `sha256` (of the bytes as they were written) and `mode`;
-//! - `symlinks`: `path` and `target`; `dirs`: `path` and `mode`;
+//!   `size`, `sha256` (of the full logical content: holes count as zeros, so it is
+//!   what `sha256sum` prints), `mode` (as given in the backup) and `xattrs`;
+//! - `symlinks`: `path` and `target`, and `followed: true` for a link whose data was
+//!   copied in its place (it pointed outside the tree, or was absolute);
+//!   `dirs`: `path`, `mode` and `xattrs`;
 //! - `environments`: per LMDB environment `path`, `page_size`, `last_pgno`,
 //!   `source_bytes` (space its data.mdb took at the source) and `databases`, the
 //!   entry count of every named database (names that are not UTF-8 as `hex:...`),
 //!   with `(main)` for the main database's own records.
 //!
-//! Writers add fields, never change the meaning of one; readers ignore unknown ones.
+//! Paths, link targets and xattr names that are not UTF-8 (or that begin with
+//! `hex:`) are written `hex:` and the lower-case hex of their bytes; `xattrs` maps
+//! each attribute name to the hex of its value (left out when there are none).
+//! `synbackup-manifest/1` (no `body_sha256`, `xattrs`, `followed`; lossy names) is
+//! still read. Writers add fields, never change the meaning of one; readers ignore
+//! unknown ones.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -29,12 +42,22 @@ pub(crate) const MANIFEST_NAME: &str = "synbackup-manifest.json";
 /// The marker written into a backup that passed verification before it was
 /// published (ignored by `verify`, like the manifest).
 pub(crate) const VERIFIED_MARK: &str = "synbackup-verified";
-/// The format identifier.
-pub(crate) const FORMAT: &str = "synbackup-manifest/1";
+/// The format identifier written.
+pub(crate) const FORMAT: &str = "synbackup-manifest/2";
+/// The previous format, still read.
+pub(crate) const FORMAT_V1: &str = "synbackup-manifest/1";
+/// The field holding the digest of the manifest's own body.
+const BODY_FIELD: &str = "\"body_sha256\": \"";
+
+/// Extended attributes: name key (see [`name_key`]) to the hex of the value.
+pub(crate) type Xattrs = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Manifest {
     pub(crate) format: String,
+    /// Empty in v1 manifests and while the digest is computed.
+    #[serde(default)]
+    pub(crate) body_sha256: String,
     pub(crate) tool: String,
     pub(crate) version: String,
     pub(crate) source: String,
@@ -64,18 +87,25 @@ pub(crate) struct FileEntry {
     pub(crate) size: u64,
     pub(crate) sha256: String,
     pub(crate) mode: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) xattrs: Xattrs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LinkEntry {
     pub(crate) path: String,
     pub(crate) target: String,
+    /// The link's data was copied in its place; the backup holds no link here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) followed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DirEntry {
     pub(crate) path: String,
     pub(crate) mode: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) xattrs: Xattrs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +128,63 @@ pub(crate) fn db_key(name: &[u8]) -> String {
 /// The key under which the main database's own record count is kept.
 pub(crate) const MAIN_DB: &str = "(main)";
 
+/// A name or path as the manifest writes it: plain when it is UTF-8 (and does not
+/// begin with `hex:`), else `hex:` and the hex of its bytes. Lossless.
+pub(crate) fn name_key(name: &OsStr) -> String {
+    match name.to_str() {
+        Some(s) if !s.starts_with("hex:") => s.to_string(),
+        _ => format!("hex:{}", crate::base::fsutil::hex(name.as_bytes())),
+    }
+}
+
+/// A relative path as the manifest writes it.
+pub(crate) fn path_key(rel: &Path) -> String {
+    name_key(rel.as_os_str())
+}
+
+/// The bytes of a name written by [`name_key`] (a v1 manifest's lossy name as is).
+pub(crate) fn name_of(key: &str) -> OsString {
+    key.strip_prefix("hex:")
+        .and_then(unhex)
+        .map(OsString::from_vec)
+        .unwrap_or_else(|| OsString::from(key))
+}
+
+/// The relative path written by [`path_key`].
+pub(crate) fn path_of(key: &str) -> PathBuf {
+    PathBuf::from(name_of(key))
+}
+
+/// Bytes of lower-case or upper-case hex; None if it is not hex.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Xattrs as the manifest writes them: name key to the hex of the value.
+pub(crate) fn xattr_keys(attrs: &crate::base::xattrs::Attrs) -> Xattrs {
+    attrs
+        .iter()
+        .map(|(n, v)| (name_key(n), crate::base::fsutil::hex(v)))
+        .collect()
+}
+
+/// The digest of a manifest file's bytes with its `body_sha256` value blanked.
+fn body_digest(bytes: &[u8]) -> Option<String> {
+    let field = BODY_FIELD.as_bytes();
+    let at = bytes.windows(field.len()).position(|w| w == field)? + field.len();
+    let len = bytes[at..].iter().position(|&b| b == b'"')?;
+    let mut h = openssl::sha::Sha256::new();
+    h.update(&bytes[..at]);
+    h.update(&bytes[at + len..]);
+    Some(crate::base::fsutil::hex(&h.finish()))
+}
+
 impl Manifest {
     /// Read the manifest of the backup at `dir`.
     pub(crate) fn load(dir: &Path) -> Result<Manifest> {
@@ -117,22 +204,42 @@ impl Manifest {
                 format!("{} is not a valid manifest: {e}", path.display()),
             )
         })?;
-        if m.format != FORMAT {
+        if m.format != FORMAT && m.format != FORMAT_V1 {
             return Err(fail(
                 Code::Verify,
                 format!(
-                    "{}: unknown format {:?} (this synbackup reads {FORMAT})",
+                    "{}: unknown format {:?} (this synbackup reads {FORMAT} and {FORMAT_V1})",
                     path.display(),
                     m.format
+                ),
+            ));
+        }
+        if m.format != FORMAT_V1 && body_digest(&bytes).as_deref() != Some(m.body_sha256.as_str()) {
+            return Err(fail(
+                Code::Verify,
+                format!(
+                    "{}: the manifest was changed or damaged (its body_sha256 does not match); restore it from a copy of this backup or use another backup",
+                    path.display()
                 ),
             ));
         }
         Ok(m)
     }
 
+    /// The manifest file's bytes, `body_sha256` filled in.
     pub(crate) fn to_json(&self) -> Result<Vec<u8>> {
-        let mut v = serde_json::to_vec_pretty(self).context("cannot encode the manifest")?;
+        let mut blank = self.clone();
+        blank.body_sha256 = String::new();
+        let mut v = serde_json::to_vec_pretty(&blank).context("cannot encode the manifest")?;
         v.push(b'\n');
+        let digest = body_digest(&v).context("cannot find body_sha256 in the manifest")?;
+        let field = BODY_FIELD.as_bytes();
+        let at = v
+            .windows(field.len())
+            .position(|w| w == field)
+            .context("cannot find body_sha256 in the manifest")?
+            + field.len();
+        v.splice(at..at, digest.into_bytes());
         Ok(v)
     }
 }
@@ -147,5 +254,21 @@ mod tests {
         assert_eq!(db_key(b"\xff\x00"), "hex:ff00");
         assert_eq!(db_key(b"hex:ab"), "hex:6865783a6162");
         assert_eq!(db_key(b"(main)"), "hex:286d61696e29");
+    }
+
+    #[test]
+    fn names_round_trip_losslessly() {
+        for raw in [
+            &b"caf\xe9"[..],
+            b"plain/name",
+            b"hex:abc",
+            b"",
+            b"\xff/\x00x",
+        ] {
+            let os = OsStr::from_bytes(raw);
+            assert_eq!(name_of(&name_key(os)).as_bytes(), raw);
+        }
+        assert_eq!(name_key(OsStr::new("a/b")), "a/b");
+        assert_eq!(name_key(OsStr::from_bytes(b"caf\xe9")), "hex:636166e9");
     }
 }

@@ -11,6 +11,8 @@ pub(crate) mod envcopy;
 pub(crate) mod freeze;
 /// LMDB through the vendored 0.9.33.
 pub(crate) mod lmdb;
+/// Opening a source environment without taking its lock file from its owner.
+pub(crate) mod lockowner;
 /// The backup manifest format.
 pub(crate) mod manifest;
 /// The private temporary a backup is written under.

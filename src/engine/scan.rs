@@ -10,15 +10,27 @@
 //! directory without `data.mdb` is left out with a warning; sockets, fifos and
 //! devices are skipped. Two additions: `sockets/` directories (runtime sockets) and
 //! a top-level `synbackup-manifest.json` (a restored backup's old manifest) are
-//! skipped too (as is its `synbackup-verified` marker), and symlinks are copied as
-//! links instead of followed.
+//! skipped too (as is its `synbackup-verified` marker).
+//!
+//! Symlinks: Synapse's tool follows a link to a file or to an environment and copies
+//! the data. So do we, for every link that is absolute or resolves outside the tree
+//! (a layer on another disk, an `sslkey.pem` from a secrets mount): the target is
+//! copied in the link's place (an environment behind a link is an environment:
+//! compacted, counted, hashed; a directory is walked) and the manifest says so. Only
+//! a relative link that resolves inside the tree is kept as a link (it stays valid
+//! in the backup). A dangling link, or one to a directory already being walked (a
+//! loop), is kept as a link with a warning. (Synapse's tool also copies links inside
+//! the tree as files, makes a link to a plain directory an empty directory, and
+//! drops dangling links: we keep, walk and keep them.)
 //!
 //! A maintenance window walks the whole directory instead (`scan_whole`): it is not
 //! a backup, the copy becomes the live service. No skip rule applies; environments
 //! are still compacted, except under `tmp/`, `backups/` and `sockets/` (Synapse's own
 //! backups and scratch, not environments the service runs on), which are copied
-//! file by file as they are. Only sockets (the service recreates `sock`), fifos,
-//! devices and `lock.mdb` of compacted environments are left out.
+//! file by file as they are. Every symlink stays a symlink (following one would
+//! give the live service a private copy of data that lives elsewhere). Only
+//! sockets (the service recreates `sock`), fifos, devices and `lock.mdb` of
+//! compacted environments are left out.
 
 use std::fs::{self, Metadata};
 use std::os::unix::fs::FileTypeExt;
@@ -61,9 +73,17 @@ pub(crate) enum Item {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub(crate) items: Vec<Item>,
+    /// Links whose targets were copied in their place: `(rel, target)`.
+    pub(crate) followed: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Plan {
+    fn note_followed(&mut self, rel: &Path, link: Option<PathBuf>) {
+        if let Some(target) = link {
+            self.followed.push((rel.to_path_buf(), target));
+        }
+    }
+
     pub(crate) fn envs(&self) -> impl Iterator<Item = &Item> {
         self.items.iter().filter(|i| matches!(i, Item::Env { .. }))
     }
@@ -101,8 +121,10 @@ fn skip_dir(rel: &Path, name: &str, user: &GlobSet) -> bool {
 /// Walk `src` and return everything a backup copies.
 pub(crate) fn scan(src: &Path, skipdirs: &GlobSet) -> Result<Plan> {
     let mut plan = Plan::default();
+    let root = fs::canonicalize(src).map_err(|e| unreadable(src, e))?;
     walk(
         src,
+        &root,
         Path::new(""),
         Rules::Backup(skipdirs),
         false,
@@ -115,8 +137,37 @@ pub(crate) fn scan(src: &Path, skipdirs: &GlobSet) -> Result<Plan> {
 /// directory (see the module's preamble).
 pub(crate) fn scan_whole(src: &Path) -> Result<Plan> {
     let mut plan = Plan::default();
-    walk(src, Path::new(""), Rules::Whole, false, &mut plan)?;
+    let root = fs::canonicalize(src).map_err(|e| unreadable(src, e))?;
+    walk(src, &root, Path::new(""), Rules::Whole, false, &mut plan)?;
     Ok(plan)
+}
+
+/// The metadata to copy a symlink at `path` by: its target's when the target is
+/// to be copied in its place, None when the link itself is kept.
+fn follow(root: &Path, dir: &Path, path: &Path, target: &Path) -> Option<Metadata> {
+    let resolved = fs::canonicalize(path).ok();
+    let Some(resolved) = resolved else {
+        log::warn!(
+            "{} is a dangling symlink (to {}); kept as a link",
+            path.display(),
+            target.display()
+        );
+        return None;
+    };
+    if target.is_relative() && resolved.starts_with(root) {
+        return None; // stays valid in the backup
+    }
+    let meta = fs::metadata(path).ok()?;
+    let walking = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if meta.is_dir() && walking.starts_with(&resolved) {
+        log::warn!(
+            "{} links to {}, a directory that contains it; kept as a link",
+            path.display(),
+            resolved.display()
+        );
+        return None;
+    }
+    Some(meta)
 }
 
 fn unreadable(path: &Path, e: std::io::Error) -> anyhow::Error {
@@ -131,7 +182,14 @@ fn unreadable(path: &Path, e: std::io::Error) -> anyhow::Error {
 
 /// `in_env`: `rel` is an environment (its `data.mdb` and `lock.mdb` are not files
 /// of the plan).
-fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> Result<()> {
+fn walk(
+    src: &Path,
+    root: &Path,
+    rel: &Path,
+    rules: Rules,
+    in_env: bool,
+    plan: &mut Plan,
+) -> Result<()> {
     let dir = src.join(rel);
     let mut entries = fs::read_dir(&dir)
         .map_err(|e| unreadable(&dir, e))?
@@ -142,7 +200,21 @@ fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> 
         let name = entry.file_name();
         let rel_child = rel.join(&name);
         let path = entry.path();
-        let meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
+        let mut meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
+        let mut link = None;
+        // A window keeps every link as it is.
+        if meta.file_type().is_symlink() && matches!(rules, Rules::Backup(_)) {
+            let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
+            if let Some(followed) = follow(root, &dir, &path, &target) {
+                log::info!(
+                    "{} is a symlink to {}: copying its data",
+                    path.display(),
+                    target.display()
+                );
+                link = Some(target);
+                meta = followed;
+            }
+        }
         let ft = meta.file_type();
         let name_str = name.to_string_lossy();
         if in_env && (name_str == "data.mdb" || name_str == "lock.mdb") {
@@ -164,6 +236,7 @@ fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> 
                 let data_path = path.join("data.mdb");
                 match fs::symlink_metadata(&data_path) {
                     Ok(data) if data.file_type().is_file() => {
+                        plan.note_followed(&rel_child, link);
                         plan.items.push(Item::Env {
                             rel: rel_child.clone(),
                             meta,
@@ -171,7 +244,7 @@ fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> 
                         });
                         if matches!(rules, Rules::Whole) {
                             // Anything beside the environment's own files is kept.
-                            walk(src, &rel_child, Rules::Verbatim, true, plan)?;
+                            walk(src, root, &rel_child, Rules::Verbatim, true, plan)?;
                         }
                         continue;
                     }
@@ -182,11 +255,12 @@ fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> 
                     continue;
                 }
             }
+            plan.note_followed(&rel_child, link);
             plan.items.push(Item::Dir {
                 rel: rel_child.clone(),
                 meta,
             });
-            walk(src, &rel_child, child_rules, false, plan)?;
+            walk(src, root, &rel_child, child_rules, false, plan)?;
         } else if ft.is_file() {
             if rel.as_os_str().is_empty()
                 && (name_str == MANIFEST_NAME || name_str == crate::engine::manifest::VERIFIED_MARK)
@@ -194,6 +268,7 @@ fn walk(src: &Path, rel: &Path, rules: Rules, in_env: bool, plan: &mut Plan) -> 
                 log::debug!("skipping an old manifest {}", path.display());
                 continue;
             }
+            plan.note_followed(&rel_child, link);
             plan.items.push(Item::File {
                 rel: rel_child,
                 meta,
@@ -284,6 +359,49 @@ mod tests {
     }
 
     #[test]
+    fn links_out_of_the_tree_are_followed_links_inside_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().join("svc");
+        let out = t.path().join("elsewhere");
+        fs::create_dir_all(s.join("a")).unwrap();
+        fs::create_dir_all(out.join("env")).unwrap();
+        fs::create_dir_all(out.join("plain")).unwrap();
+        fs::write(out.join("env/data.mdb"), b"x").unwrap();
+        fs::write(out.join("plain/f"), b"x").unwrap();
+        fs::write(out.join("key.pem"), b"x").unwrap();
+        fs::write(s.join("cell.guid"), b"x").unwrap();
+        let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, s.join(name));
+        link(&out.join("env"), "env.lmdb").unwrap();
+        link(&out.join("plain"), "plain").unwrap();
+        link(Path::new("../elsewhere/key.pem"), "key.pem").unwrap();
+        link(Path::new("cell.guid"), "inside").unwrap();
+        link(&s.join("cell.guid"), "absolute-inside").unwrap();
+        link(Path::new("/nonexistent/x"), "dangling").unwrap();
+        link(&s, "a/loop").unwrap();
+        let plan = scan(&s, &GlobSet::empty()).unwrap();
+        assert_eq!(
+            rels(&plan),
+            vec![
+                "d a",
+                "l a/loop",
+                "f absolute-inside",
+                "f cell.guid",
+                "l dangling",
+                "e env.lmdb",
+                "l inside",
+                "f key.pem",
+                "d plain",
+                "f plain/f",
+            ]
+        );
+        let followed: Vec<_> = plan.followed.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(
+            followed,
+            ["absolute-inside", "env.lmdb", "key.pem", "plain"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
     fn whole_keeps_everything_but_sockets_and_locks() {
         let t = tempfile::tempdir().unwrap();
         let s = t.path();
@@ -308,6 +426,8 @@ mod tests {
             fs::write(s.join(f), b"x").unwrap();
         }
         std::os::unix::net::UnixListener::bind(s.join("sock")).unwrap();
+        // Links stay links in a window, even those a backup follows.
+        std::os::unix::fs::symlink("/etc/hostname", s.join("outside")).unwrap();
         assert_eq!(
             rels(&scan_whole(s).unwrap()),
             vec![
@@ -319,6 +439,7 @@ mod tests {
                 "d backups/b1/slabs/cell.lmdb",
                 "f backups/b1/slabs/cell.lmdb/data.mdb",
                 "f cell.guid",
+                "l outside",
                 "d slabs",
                 "e slabs/cell.lmdb",
                 "f slabs/cell.lmdb/notes",

@@ -1,24 +1,29 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup verify BACKUP`: is this backup what its manifest says, and readable?
 //!
-//! Checks, each problem reported on its own line: the manifest is there and parses;
-//! every listed file exists with its size and SHA-256; nothing unlisted was added
-//! (a stray `lock.mdb` from a Synapse that ran on the backup is tolerated); every
-//! environment whose `data.mdb` hashed correctly opens read-only (without creating
-//! a lock file), has every recorded named database, and each reads to its end with
-//! the recorded entry count. A damaged `data.mdb` is not opened (its checksum
-//! already failed): reading a corrupt map could crash the reader.
+//! Checks, each problem reported on its own line: the manifest is there, parses and
+//! matches its own `body_sha256` (format 2); every listed file exists with its size,
+//! SHA-256 and mode; every listed directory with its mode; every kept symlink with
+//! its target, and where a followed link was, data and no link; the xattrs of files
+//! and directories (format 2: every `user.*` and ACL one, and the others the
+//! manifest recorded); nothing unlisted was added (a stray `lock.mdb` from a Synapse
+//! that ran on the backup is tolerated); every environment whose `data.mdb` hashed
+//! correctly opens read-only (without creating a lock file), has every recorded
+//! named database, and each (and the main database) reads to its end with the
+//! recorded entry count. A damaged `data.mdb` is not opened (its checksum already
+//! failed): reading a corrupt map could crash the reader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::base::fsutil;
+use crate::base::{fsutil, xattrs};
 use crate::engine::lmdb::{Env, Mode};
-use crate::engine::manifest::{self, Manifest};
+use crate::engine::manifest::{self, path_key, path_of, Manifest, Xattrs};
 
 /// The outcome of a verification.
 #[derive(Debug, Default, Serialize)]
@@ -38,18 +43,137 @@ impl Report {
     }
 }
 
-fn walk_files(root: &Path, rel: &Path, out: &mut BTreeSet<String>) -> std::io::Result<()> {
+/// What the backup holds, by manifest path key.
+#[derive(Default)]
+struct Present {
+    files: BTreeSet<String>,
+    links: BTreeSet<String>,
+}
+
+fn walk_tree(root: &Path, rel: &Path, out: &mut Present) -> std::io::Result<()> {
     for entry in fs::read_dir(root.join(rel))? {
         let entry = entry?;
         let ft = entry.file_type()?;
         let r = rel.join(entry.file_name());
         if ft.is_dir() {
-            walk_files(root, &r, out)?;
+            walk_tree(root, &r, out)?;
         } else if ft.is_file() {
-            out.insert(r.to_string_lossy().into_owned());
+            out.files.insert(path_key(&r));
+        } else if ft.is_symlink() {
+            out.links.insert(path_key(&r));
         }
     }
     Ok(())
+}
+
+/// Compare the xattrs of `path` with those recorded.
+fn check_xattrs(path: &Path, recorded: &Xattrs, problems: &mut Vec<String>) {
+    let present = match File::open(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| xattrs::read(&f, path))
+    {
+        Ok(a) => manifest::xattr_keys(&a),
+        Err(e) => {
+            problems.push(format!("{}: {e:#}", path.display()));
+            return;
+        }
+    };
+    for (name, value) in recorded {
+        match present.get(name) {
+            None => problems.push(format!("{}: xattr {name} is missing", path.display())),
+            Some(v) if v != value => {
+                problems.push(format!("{}: xattr {name} differs", path.display()))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in present.keys() {
+        if !recorded.contains_key(name) && xattrs::required(&manifest::name_of(name)) {
+            problems.push(format!(
+                "{}: xattr {name} is not in the manifest",
+                path.display()
+            ));
+        }
+    }
+}
+
+/// Whether the link at `path` resolves to something outside the backup `dir`.
+fn links_outside(dir: &Path, path: &Path) -> bool {
+    match (fs::canonicalize(dir), fs::canonicalize(path)) {
+        (Ok(top), Ok(to)) => !to.starts_with(top),
+        _ => false, // dangling: nothing is missing from the backup
+    }
+}
+
+/// Modes and xattrs of the directories, targets of the links.
+fn check_layout(dir: &Path, m: &Manifest, present: &Present, r: &mut Report) {
+    let v2 = m.format != manifest::FORMAT_V1;
+    for d in &m.dirs {
+        let path = dir.join(path_of(&d.path));
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                if meta.mode() & 0o7777 != d.mode {
+                    r.problems.push(format!(
+                        "{}: mode {:04o} but the manifest says {:04o}",
+                        path.display(),
+                        meta.mode() & 0o7777,
+                        d.mode
+                    ));
+                }
+                if v2 {
+                    check_xattrs(&path, &d.xattrs, &mut r.problems);
+                }
+            }
+            Ok(_) => r
+                .problems
+                .push(format!("{}: not a directory", path.display())),
+            Err(e) => r.problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let mut listed = BTreeSet::new();
+    for l in &m.symlinks {
+        let path = dir.join(path_of(&l.path));
+        if l.followed {
+            if present.links.contains(&l.path) {
+                r.problems.push(format!(
+                    "{}: a symlink, but its data was copied in its place",
+                    path.display()
+                ));
+            } else if fs::symlink_metadata(&path).is_err() {
+                r.problems.push(format!(
+                    "{}: missing (the data of a link to {})",
+                    path.display(),
+                    l.target
+                ));
+            }
+            continue;
+        }
+        listed.insert(l.path.clone());
+        match fs::read_link(&path) {
+            Ok(t) if t == path_of(&l.target) => {
+                if !v2 && links_outside(dir, &path) {
+                    r.problems.push(format!(
+                        "{}: links to {}, outside the backup: this data is not in it (synbackup before manifest format 2 kept such links); make a new backup",
+                        path.display(),
+                        l.target
+                    ));
+                }
+            }
+            Ok(t) => r.problems.push(format!(
+                "{}: links to {} but the manifest says {}",
+                path.display(),
+                t.display(),
+                l.target
+            )),
+            Err(e) => r.problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    for extra in present.links.difference(&listed) {
+        r.problems.push(format!(
+            "{}: a symlink not in the manifest",
+            dir.join(path_of(extra)).display()
+        ));
+    }
 }
 
 /// Verify the backup at `dir`. Errors only when the manifest cannot be read; every
@@ -62,13 +186,14 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
     };
     let mut bad_files = BTreeSet::new();
 
-    let mut present = BTreeSet::new();
-    if let Err(e) = walk_files(dir, Path::new(""), &mut present) {
+    let mut present = Present::default();
+    if let Err(e) = walk_tree(dir, Path::new(""), &mut present) {
         r.problems
             .push(format!("cannot list {}: {e}", dir.display()));
     }
+    check_layout(dir, &m, &present, &mut r);
     let listed: BTreeSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
-    for extra in present.difference(&listed) {
+    for extra in present.files.difference(&listed) {
         if extra == manifest::MANIFEST_NAME
             || extra == crate::engine::manifest::VERIFIED_MARK
             || extra.ends_with("/lock.mdb")
@@ -77,12 +202,19 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         }
         r.problems.push(format!(
             "{}: not in the manifest",
-            dir.join(extra).display()
+            dir.join(path_of(extra)).display()
         ));
     }
 
     for f in &m.files {
-        let path = dir.join(&f.path);
+        let path = dir.join(path_of(&f.path));
+        if present.links.contains(&f.path) {
+            r.problems
+                .push(format!("{}: a symlink, not a file", path.display()));
+            bad_files.insert(f.path.clone());
+            continue;
+        }
+        check_file_meta(&path, f, m.format != manifest::FORMAT_V1, &mut r.problems);
         crate::base::interrupt::check()?;
         match fsutil::hash_file(&path) {
             Err(e) => {
@@ -112,7 +244,7 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
     }
 
     for e in &m.environments {
-        let env_dir: PathBuf = dir.join(&e.path);
+        let env_dir: PathBuf = dir.join(path_of(&e.path));
         let data_rel = format!("{}/data.mdb", e.path);
         if bad_files.contains(&data_rel) || !listed.contains(&data_rel) {
             if !listed.contains(&data_rel) {
@@ -133,6 +265,23 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         }
     }
     Ok(r)
+}
+
+/// Mode and (format 2) xattrs of a listed file.
+fn check_file_meta(path: &Path, f: &manifest::FileEntry, v2: bool, problems: &mut Vec<String>) {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.mode() & 0o7777 != f.mode {
+            problems.push(format!(
+                "{}: mode {:04o} but the manifest says {:04o}",
+                path.display(),
+                meta.mode() & 0o7777,
+                f.mode
+            ));
+        }
+        if v2 {
+            check_xattrs(path, &f.xattrs, problems);
+        }
+    }
 }
 
 /// Open one environment and read every named database to its end.
@@ -185,6 +334,17 @@ fn check_env(
             }
         }
         seen.insert(key);
+    }
+    if let Some(&want) = expected.get(manifest::MAIN_DB) {
+        match txn.main_stat() {
+            Ok(s) if s.entries != want => problems.push(format!(
+                "{}: the main database has {} entries, the manifest says {want}",
+                dir.display(),
+                s.entries
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: main database: {e:#}", dir.display())),
+        }
     }
     for key in expected.keys() {
         if key != manifest::MAIN_DB && !seen.contains(key) {

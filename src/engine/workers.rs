@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -15,6 +14,7 @@ use anyhow::{anyhow, Result};
 
 use crate::base::fsutil;
 use crate::base::interrupt;
+use crate::base::xattrs;
 use crate::engine::envcopy;
 use crate::engine::lmdb::{Env, Mode, Snapshot};
 use crate::engine::manifest::{self, EnvEntry, FileEntry};
@@ -52,6 +52,8 @@ pub(crate) enum Done {
     File {
         file: FileEntry,
         source_bytes: u64,
+        /// Data bytes written (holes are not written).
+        written: u64,
     },
 }
 
@@ -149,18 +151,20 @@ fn run_task(
             let copy = envcopy::start(snap)?;
             let dst = tmp.join(&job_rel).join("data.mdb");
             let hashed = copy.drain(&dst, stop, &|n| progress.add(n))?;
+            let rel = job_rel.join("data.mdb");
+            let attrs = source_xattrs(&src.join(&rel))?;
             let f = File::open(&dst)?;
-            fsutil::apply_meta_fd(&f, &dst, &data_meta, false)?;
+            let applied = fsutil::copy_meta_fd(&f, &dst, &data_meta, false, &attrs)?;
             f.sync_all().map_err(|e| fsutil::write_error(&dst, e))?;
             drop(f);
             let env = describe_copy(&tmp.join(&job_rel), &job_rel, fsutil::allocated(&data_meta))?;
-            let rel = job_rel.join("data.mdb");
             Ok(Done::Env {
                 file: FileEntry {
                     path: rel_str(&rel),
                     size: hashed.size,
                     sha256: hashed.sha256,
-                    mode: data_meta.mode() & 0o7777,
+                    mode: applied.mode,
+                    xattrs: manifest::xattr_keys(&applied.xattrs),
                 },
                 env,
                 source_bytes: fsutil::allocated(&data_meta),
@@ -184,16 +188,19 @@ fn run_task(
                 }
                 Ok(())
             })?;
-            fsutil::apply_meta_fd(&df, &dp, &meta, true)?;
+            let attrs = xattrs::read(&sf, &sp)?;
+            let applied = fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;
             df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
             Ok(Done::File {
                 file: FileEntry {
                     path: rel_str(&rel),
                     size: hashed.size,
                     sha256: hashed.sha256,
-                    mode: meta.mode() & 0o7777,
+                    mode: applied.mode,
+                    xattrs: manifest::xattr_keys(&applied.xattrs),
                 },
                 source_bytes: hashed.data_bytes,
+                written: hashed.data_bytes,
             })
         }
     }
@@ -218,7 +225,18 @@ fn describe_copy(dir: &Path, rel: &Path, source_bytes: u64) -> Result<EnvEntry> 
     })
 }
 
-/// A path as the manifest writes it.
+/// The xattrs of a source file or directory.
+pub(crate) fn source_xattrs(path: &Path) -> Result<xattrs::Attrs> {
+    let f = File::open(path).map_err(|e| {
+        bad(format!(
+            "cannot read {}: {e}; fix its permissions or run as the service's user or root",
+            path.display()
+        ))
+    })?;
+    xattrs::read(&f, path)
+}
+
+/// A path as the manifest writes it (lossless, see `manifest::path_key`).
 pub(crate) fn rel_str(rel: &Path) -> String {
-    rel.to_string_lossy().into_owned()
+    manifest::path_key(rel)
 }

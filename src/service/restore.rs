@@ -32,10 +32,12 @@ use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
 use crate::base::logging;
+use crate::base::xattrs;
 use crate::engine::manifest::Manifest;
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
 use crate::engine::verify;
+use crate::engine::workers;
 use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config;
@@ -94,7 +96,8 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
                 ));
             }
         }
-        fsutil::apply_meta_fd(&df, &dp, meta, true)?;
+        // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
+        fsutil::copy_meta_fd(&df, &dp, meta, true, &xattrs::read(&sf, &sp)?)?;
         df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
         bytes += h.data_bytes;
         Ok(())
@@ -124,10 +127,18 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::apply_meta_dir(&dst.join(rel), meta)?;
+            fsutil::copy_meta_dir(
+                &dst.join(rel),
+                meta,
+                &workers::source_xattrs(&backup.join(rel))?,
+            )?;
         }
     }
-    fsutil::apply_meta_dir(dst, &fs::metadata(backup)?)?;
+    fsutil::copy_meta_dir(
+        dst,
+        &fs::metadata(backup)?,
+        &workers::source_xattrs(backup)?,
+    )?;
     Ok(bytes)
 }
 

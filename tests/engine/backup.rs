@@ -115,7 +115,7 @@ fn manifest_counts_match_mdb_stat_and_hashes_match_files() {
     let o = run(&[&"backup", &src, &dst, &"--jobs", &"1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = manifest(&dst);
-    assert_eq!(m["format"], "synbackup-manifest/1");
+    assert_eq!(m["format"], "synbackup-manifest/2");
     assert_eq!(m["cell_guid"], "0123456789abcdef0123456789abcdef");
     let envs = m["environments"].as_array().unwrap();
     assert_eq!(envs.len(), 3);
