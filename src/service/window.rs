@@ -64,8 +64,7 @@ use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::lock;
-use crate::instance::run::{load_for_run, record_failure};
+use crate::instance::run::{load_for_run, lock_for_run, record_failure};
 use crate::instance::status::{self, Status};
 use crate::service::preflight;
 
@@ -124,7 +123,7 @@ pub(crate) fn run(
     let started = Utc::now();
     let t0 = Instant::now();
     let inst = load_for_run(dirs, name, overrides, "cold", started, t0)?;
-    let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "cold")?;
+    let _lock = lock_for_run(dirs, &inst, "cold", started, t0)?;
     let mut report = Report::default();
     let result = window(&inst, &mut report, show_bar);
     let details = serde_json::to_value(&report).ok();
