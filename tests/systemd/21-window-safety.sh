@@ -179,7 +179,10 @@ ns_exec rm -f /var/lib/synbackup/cortex00.cold.json
 ino=$(inode)
 ns_exec systemctl start --no-block $cold
 copying() { sb_prop $cold StatusText | grep ' of ' >/dev/null; }
-rolling() { sb_prop $cold StatusText | grep 'rolling back' >/dev/null; }
+# The journal, not StatusText: the health wait's heartbeat replaces the status line.
+rollbacks() { ns_journal -u $cold | grep -c 'rolling back' || true; }
+rolled_before=$(rollbacks)
+rolling() { [ "$(rollbacks)" -gt "$rolled_before" ]; }
 ended() { ! sb_prop $cold ActiveState | grep -E 'activating|deactivating' >/dev/null; }
 ns_wait_until 120 "the window's copy to start" copying
 ns_exec systemctl kill --kill-who=main -s SIGTERM $cold
