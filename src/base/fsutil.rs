@@ -346,18 +346,8 @@ pub(crate) struct Applied {
 }
 
 /// Give an open file the owner, mode and times of `meta` (owner only where we may:
-/// as root, or when it is already ours; see [`chown_fd`]). Returns the mode given.
-/// Leaves xattrs as they are.
-pub(crate) fn apply_meta_fd(
-    file: &File,
-    path: &Path,
-    meta: &Metadata,
-    keep_times: bool,
-) -> Result<u32> {
-    Ok(set_meta_fd(file, path, meta, keep_times, None)?.mode)
-}
-
-/// [`apply_meta_fd`], and exactly the xattrs `attrs` (read from the source).
+/// as root, or when it is already ours; see [`chown_fd`]), and exactly the xattrs
+/// `attrs` (read from the source).
 pub(crate) fn copy_meta_fd(
     file: &File,
     path: &Path,
@@ -442,12 +432,8 @@ fn chown_fd(file: &File, path: &Path, meta: &Metadata) -> Result<u32> {
     }
 }
 
-/// Owner, mode and times of a directory (applied after its content is written).
-pub(crate) fn apply_meta_dir(path: &Path, meta: &Metadata) -> Result<u32> {
-    Ok(copy_dir_meta(path, meta, None)?.mode)
-}
-
-/// [`apply_meta_dir`], and exactly the xattrs `attrs` (read from the source).
+/// Owner, mode, times and exactly the xattrs `attrs` (read from the source) of a
+/// directory (applied after its content is written).
 pub(crate) fn copy_meta_dir(path: &Path, meta: &Metadata, attrs: &Attrs) -> Result<Applied> {
     copy_dir_meta(path, meta, Some(attrs))
 }

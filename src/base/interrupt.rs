@@ -8,9 +8,10 @@
 //! between chunks (`check()`), so each caller unwinds through its normal cleanup:
 //! the backup engine removes its temporary, the cold window puts the original
 //! directory back and starts the service. A second signal exits immediately after
-//! the same hook (which waits for a resume in progress: the engine holds its lock).
+//! the same hook (which waits for a resume in progress: the engine holds its lock),
+//! except once a rollback has begun (`shield`): that one finishes.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::Result;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -19,6 +20,15 @@ use crate::base::exit::{fail, Code};
 
 /// The signal that interrupted us (0: none yet).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Set once a rollback has begun: a further signal is noted, never an exit.
+static SHIELDED: AtomicBool = AtomicBool::new(false);
+
+/// A rollback begins: from now on a second SIGINT/SIGTERM no longer exits at once
+/// (the rollback does not check for signals, it finishes and then reports).
+pub(crate) fn shield() {
+    SHIELDED.store(true, Ordering::SeqCst);
+}
 /// Start the signal thread. Call once, early in `main`; `on_signal` runs on every
 /// signal before the flag is set (and before a second signal exits).
 pub(crate) fn install(on_signal: fn(&str)) -> Result<()> {
@@ -31,7 +41,13 @@ pub(crate) fn install(on_signal: fn(&str)) -> Result<()> {
                 log::warn!("received {}, stopping", name_of(sig));
                 on_signal("signal");
                 if !first {
-                    std::process::exit(code_for(sig).as_i32());
+                    if SHIELDED.load(Ordering::SeqCst) {
+                        log::warn!(
+                            "a rollback is under way: it finishes first, then synbackup exits"
+                        );
+                    } else {
+                        std::process::exit(code_for(sig).as_i32());
+                    }
                 }
             }
         })?;

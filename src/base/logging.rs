@@ -105,6 +105,8 @@ pub(crate) const MSG_COLD_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03";
 pub(crate) const MSG_COLD_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e04";
 /// A restore finished.
 pub(crate) const MSG_RESTORE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05";
+/// A restore failed (rolled back when it got as far as stopping the service).
+pub(crate) const MSG_RESTORE_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06";
 
 /// A restore drill passed.
 pub(crate) const MSG_DRILL_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16";
@@ -120,12 +122,53 @@ pub(crate) fn event(
     fields: &[(&str, &str)],
     text: &str,
 ) {
+    emit(log::logger(), level, message_id, instance, fields, text);
+}
+
+/// As `event`, and into the journal also when run from a shell (stderr is not the
+/// journal): an administrator's action, such as a restore, is found there either way.
+pub(crate) fn event_journaled(
+    level: Level,
+    message_id: &str,
+    instance: &str,
+    fields: &[(&str, &str)],
+    text: &str,
+) {
+    event(level, message_id, instance, fields, text);
+    journal_copy(level, message_id, instance, fields, text);
+}
+
+/// Send an event (already logged by `event`) to the journal too when stderr is
+/// not the journal; nothing when there is no journal.
+pub(crate) fn journal_copy(
+    level: Level,
+    message_id: &str,
+    instance: &str,
+    fields: &[(&str, &str)],
+    text: &str,
+) {
+    if !stderr_is_journal() {
+        if let Ok(j) = systemd_journal_logger::JournalLog::new() {
+            let j = j.with_syslog_identifier("synbackup".to_string());
+            emit(&j, level, message_id, instance, fields, text);
+        }
+    }
+}
+
+fn emit(
+    logger: &dyn log::Log,
+    level: Level,
+    message_id: &str,
+    instance: &str,
+    fields: &[(&str, &str)],
+    text: &str,
+) {
     let mut kvs: Vec<(&str, &str)> =
         vec![("MESSAGE_ID", message_id), ("SYNBACKUP_INSTANCE", instance)];
     kvs.extend_from_slice(fields);
     let kvs: &dyn log::kv::Source = &kvs;
     if level <= log::max_level() {
-        log::logger().log(
+        logger.log(
             &Record::builder()
                 .level(level)
                 .target("synbackup")

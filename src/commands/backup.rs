@@ -80,6 +80,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         src,
         dst,
         skipdirs: a.engine.skipdirs,
+        whole: false,
         jobs: a.engine.jobs,
         freeze: a.engine.freeze,
         freeze_timeout: a.engine.freeze_timeout.as_secs(),

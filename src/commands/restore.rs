@@ -15,7 +15,8 @@ use crate::service::restore::{self, Request};
 
 #[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {
-    /// The backup to restore.
+    /// The backup to restore: a path, or with --instance a backup's name in the
+    /// instance's SYNBACKUP_BACKUP_ROOT (as `synbackup list` prints it).
     pub(crate) backup: PathBuf,
     /// The service directory to restore into (moved aside first if it exists).
     /// Default with --instance: the instance's SYNBACKUP_SERVICE_DIR.
@@ -26,6 +27,10 @@ pub(crate) struct RestoreArgs {
     /// Take the service directory and unit from this instance's configuration.
     #[arg(long)]
     pub(crate) instance: Option<String>,
+    /// Restore even when the backup is of another cell (its cell.guid differs from
+    /// the directory's): that replaces the service with a different one.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 /// Restore as asked. By path (no `--instance`), the locks of the configured
@@ -43,6 +48,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
             dir: a.dir.clone(),
             unit: a.unit.clone(),
             instance: a.instance.clone(),
+            force: a.force,
         },
     )?;
     Ok(ExitCode::SUCCESS)

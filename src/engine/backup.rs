@@ -46,6 +46,9 @@ pub(crate) struct Request {
     pub(crate) src: PathBuf,
     pub(crate) dst: PathBuf,
     pub(crate) skipdirs: Vec<String>,
+    /// Copy the whole directory (a maintenance window): no skip rule applies and
+    /// `skipdirs` is ignored (`scan::scan_whole`).
+    pub(crate) whole: bool,
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: u64,
@@ -157,9 +160,8 @@ struct Sized {
     needed: u64,
 }
 
-fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
-    let skip = scan::compile_skipdirs(skipdirs)?;
-    let plan = scan::scan(src, &skip)?;
+fn size_up(src: &Path, skipdirs: &[String], whole: bool) -> Result<Sized> {
+    let plan = scan_source(src, skipdirs, whole)?;
     fault::point("after-scan")?;
     let mut envs = Vec::new();
     for item in plan.envs() {
@@ -188,8 +190,19 @@ fn size_up(src: &Path, skipdirs: &[String]) -> Result<Sized> {
 }
 
 /// Bytes a backup of `src` would write now (for preflights of callers).
-pub(crate) fn estimate(src: &Path, skipdirs: &[String]) -> Result<u64> {
-    Ok(size_up(src, skipdirs)?.needed)
+/// The walk of the source: a backup's (skip rules and `skipdirs`), or the whole
+/// directory for a maintenance window (`Request::whole`).
+fn scan_source(src: &Path, skipdirs: &[String], whole: bool) -> Result<scan::Plan> {
+    if whole {
+        scan::scan_whole(src)
+    } else {
+        scan::scan(src, &scan::compile_skipdirs(skipdirs)?)
+    }
+}
+
+/// `whole`: as `Request::whole`.
+pub(crate) fn estimate(src: &Path, skipdirs: &[String], whole: bool) -> Result<u64> {
+    Ok(size_up(src, skipdirs, whole)?.needed)
 }
 
 /// Run a backup. The caller logs or prints the summary.
@@ -198,7 +211,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let mut sized = size_up(&src, &req.skipdirs)?;
+    let mut sized = size_up(&src, &req.skipdirs, req.whole)?;
     check_space(&src, &dst, &sized, req.min_free)?;
     let mut partial = Partial::create(&dst)?;
     interrupt::check()?;
@@ -367,7 +380,7 @@ fn take_snapshots(
     let mut tasks: VecDeque<Task> = VecDeque::new();
     fault::point("before-snapshots")?;
     if !want_freeze {
-        let mut set = env_set_now(src, &req.skipdirs, plan, envs)?;
+        let mut set = env_set_now(src, &req.skipdirs, req.whole, plan, envs)?;
         for e in set.envs.drain(..) {
             tasks.push_back(Task::Env {
                 job_rel: e.rel,
@@ -400,7 +413,7 @@ fn take_snapshots(
     let mut snaps = Vec::new();
     let mut changes = EnvChanges::default();
     let taken = (|| -> Result<()> {
-        let set = env_set_now(src, &req.skipdirs, plan, envs)?;
+        let set = env_set_now(src, &req.skipdirs, req.whole, plan, envs)?;
         changes = set.changes;
         for e in set.envs {
             let snap = Snapshot::take(e.env)?;
@@ -455,10 +468,11 @@ struct EnvChanges {
 fn env_set_now(
     src: &Path,
     skipdirs: &[String],
+    whole: bool,
     scanned: &scan::Plan,
     envs: Vec<EnvJob>,
 ) -> Result<EnvSet> {
-    let now = scan::scan(src, &scan::compile_skipdirs(skipdirs)?)?;
+    let now = scan_source(src, skipdirs, whole)?;
     let known: HashSet<&Path> = scanned.items.iter().map(item_rel).collect();
     let current: HashSet<&Path> = now.envs().map(item_rel).collect();
     let mut kept: Vec<EnvJob> = Vec::new();

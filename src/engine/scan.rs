@@ -22,6 +22,15 @@
 //! loop), is kept as a link with a warning. (Synapse's tool also copies links inside
 //! the tree as files, makes a link to a plain directory an empty directory, and
 //! drops dangling links: we keep, walk and keep them.)
+//!
+//! A maintenance window walks the whole directory instead (`scan_whole`): it is not
+//! a backup, the copy becomes the live service. No skip rule applies; environments
+//! are still compacted, except under `tmp/`, `backups/` and `sockets/` (Synapse's own
+//! backups and scratch, not environments the service runs on), which are copied
+//! file by file as they are. Every symlink stays a symlink (following one would
+//! give the live service a private copy of data that lives elsewhere). Only
+//! sockets (the service recreates `sock`), fifos, devices and `lock.mdb` of
+//! compacted environments are left out.
 
 use std::fs::{self, Metadata};
 use std::os::unix::fs::FileTypeExt;
@@ -91,6 +100,17 @@ pub(crate) fn compile_skipdirs(patterns: &[String]) -> Result<GlobSet> {
     b.build().context("cannot compile --skipdirs patterns")
 }
 
+/// How a walk treats what it finds.
+#[derive(Clone, Copy)]
+enum Rules<'a> {
+    /// A backup: the skip rules above, with these `--skipdirs`.
+    Backup(&'a GlobSet),
+    /// A maintenance window: everything, environments detected.
+    Whole,
+    /// Under `tmp/`, `backups/`, `sockets/` in a window: everything, as plain files.
+    Verbatim,
+}
+
 fn skip_dir(rel: &Path, name: &str, user: &GlobSet) -> bool {
     if SKIP_DIR_NAMES.contains(&name) {
         return true;
@@ -102,7 +122,23 @@ fn skip_dir(rel: &Path, name: &str, user: &GlobSet) -> bool {
 pub(crate) fn scan(src: &Path, skipdirs: &GlobSet) -> Result<Plan> {
     let mut plan = Plan::default();
     let root = fs::canonicalize(src).map_err(|e| unreadable(src, e))?;
-    walk(src, &root, Path::new(""), skipdirs, &mut plan)?;
+    walk(
+        src,
+        &root,
+        Path::new(""),
+        Rules::Backup(skipdirs),
+        false,
+        &mut plan,
+    )?;
+    Ok(plan)
+}
+
+/// Walk `src` and return everything a maintenance window carries over: the whole
+/// directory (see the module's preamble).
+pub(crate) fn scan_whole(src: &Path) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let root = fs::canonicalize(src).map_err(|e| unreadable(src, e))?;
+    walk(src, &root, Path::new(""), Rules::Whole, false, &mut plan)?;
     Ok(plan)
 }
 
@@ -144,7 +180,16 @@ fn unreadable(path: &Path, e: std::io::Error) -> anyhow::Error {
     )
 }
 
-fn walk(src: &Path, root: &Path, rel: &Path, skipdirs: &GlobSet, plan: &mut Plan) -> Result<()> {
+/// `in_env`: `rel` is an environment (its `data.mdb` and `lock.mdb` are not files
+/// of the plan).
+fn walk(
+    src: &Path,
+    root: &Path,
+    rel: &Path,
+    rules: Rules,
+    in_env: bool,
+    plan: &mut Plan,
+) -> Result<()> {
     let dir = src.join(rel);
     let mut entries = fs::read_dir(&dir)
         .map_err(|e| unreadable(&dir, e))?
@@ -157,7 +202,8 @@ fn walk(src: &Path, root: &Path, rel: &Path, skipdirs: &GlobSet, plan: &mut Plan
         let path = entry.path();
         let mut meta = fs::symlink_metadata(&path).map_err(|e| unreadable(&path, e))?;
         let mut link = None;
-        if meta.file_type().is_symlink() {
+        // A window keeps every link as it is.
+        if meta.file_type().is_symlink() && matches!(rules, Rules::Backup(_)) {
             let target = fs::read_link(&path).map_err(|e| unreadable(&path, e))?;
             if let Some(followed) = follow(root, &dir, &path, &target) {
                 log::info!(
@@ -171,34 +217,50 @@ fn walk(src: &Path, root: &Path, rel: &Path, skipdirs: &GlobSet, plan: &mut Plan
         }
         let ft = meta.file_type();
         let name_str = name.to_string_lossy();
+        if in_env && (name_str == "data.mdb" || name_str == "lock.mdb") {
+            continue;
+        }
         if ft.is_dir() {
-            if skip_dir(&rel_child, &name_str, skipdirs) {
-                log::debug!("skipping directory {}", path.display());
-                continue;
-            }
-            let data_path = path.join("data.mdb");
-            match fs::symlink_metadata(&data_path) {
-                Ok(data) if data.file_type().is_file() => {
-                    plan.note_followed(&rel_child, link);
-                    plan.items.push(Item::Env {
-                        rel: rel_child,
-                        meta,
-                        data,
-                    });
+            let mut child_rules = rules;
+            match rules {
+                Rules::Backup(skipdirs) if skip_dir(&rel_child, &name_str, skipdirs) => {
+                    log::debug!("skipping directory {}", path.display());
                     continue;
+                }
+                Rules::Whole if SKIP_DIR_NAMES.contains(&name_str.as_ref()) => {
+                    child_rules = Rules::Verbatim;
                 }
                 _ => {}
             }
-            if name_str.ends_with(".lmdb") {
-                log::warn!("{} has no data.mdb; not copied", path.display());
-                continue;
+            if !matches!(child_rules, Rules::Verbatim) {
+                let data_path = path.join("data.mdb");
+                match fs::symlink_metadata(&data_path) {
+                    Ok(data) if data.file_type().is_file() => {
+                        plan.note_followed(&rel_child, link);
+                        plan.items.push(Item::Env {
+                            rel: rel_child.clone(),
+                            meta,
+                            data,
+                        });
+                        if matches!(rules, Rules::Whole) {
+                            // Anything beside the environment's own files is kept.
+                            walk(src, root, &rel_child, Rules::Verbatim, true, plan)?;
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                if name_str.ends_with(".lmdb") && matches!(rules, Rules::Backup(_)) {
+                    log::warn!("{} has no data.mdb; not copied", path.display());
+                    continue;
+                }
             }
             plan.note_followed(&rel_child, link);
             plan.items.push(Item::Dir {
                 rel: rel_child.clone(),
                 meta,
             });
-            walk(src, root, &rel_child, skipdirs, plan)?;
+            walk(src, root, &rel_child, child_rules, false, plan)?;
         } else if ft.is_file() {
             if rel.as_os_str().is_empty()
                 && (name_str == MANIFEST_NAME || name_str == crate::engine::manifest::VERIFIED_MARK)
@@ -336,6 +398,55 @@ mod tests {
         assert_eq!(
             followed,
             ["absolute-inside", "env.lmdb", "key.pem", "plain"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn whole_keeps_everything_but_sockets_and_locks() {
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path();
+        for d in [
+            "slabs/cell.lmdb",
+            "backups/b1/slabs/cell.lmdb",
+            "tmp",
+            "axon",
+            "x.lmdb",
+        ] {
+            fs::create_dir_all(s.join(d)).unwrap();
+        }
+        for f in [
+            "cell.guid",
+            "slabs/cell.lmdb/data.mdb",
+            "slabs/cell.lmdb/lock.mdb",
+            "slabs/cell.lmdb/notes",
+            "backups/b1/slabs/cell.lmdb/data.mdb",
+            "tmp/f",
+            "axon/blob",
+        ] {
+            fs::write(s.join(f), b"x").unwrap();
+        }
+        std::os::unix::net::UnixListener::bind(s.join("sock")).unwrap();
+        // Links stay links in a window, even those a backup follows.
+        std::os::unix::fs::symlink("/etc/hostname", s.join("outside")).unwrap();
+        assert_eq!(
+            rels(&scan_whole(s).unwrap()),
+            vec![
+                "d axon",
+                "f axon/blob",
+                "d backups",
+                "d backups/b1",
+                "d backups/b1/slabs",
+                "d backups/b1/slabs/cell.lmdb",
+                "f backups/b1/slabs/cell.lmdb/data.mdb",
+                "f cell.guid",
+                "l outside",
+                "d slabs",
+                "e slabs/cell.lmdb",
+                "f slabs/cell.lmdb/notes",
+                "d tmp",
+                "f tmp/f",
+                "d x.lmdb",
+            ]
         );
     }
 

@@ -7,6 +7,8 @@
 pub(crate) mod execstart;
 /// Processes holding a directory's LMDB files (procfs).
 pub(crate) mod holders;
+/// Mount points (/proc/self/mountinfo).
+pub(crate) mod mounts;
 /// Starting a process in a network namespace of its own (loopback only).
 pub(crate) mod netns;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.

@@ -165,9 +165,15 @@ pub(crate) fn stop_unit(unit: &str, timeout: Duration) -> Result<()> {
     wait_state(unit, &["inactive", "failed"], timeout, "stop")
 }
 
-/// Start `unit` and wait until it is active.
+/// Start `unit` and wait until it is active. A failed state and the start-rate
+/// counter are reset first: a unit with `Restart=` that was started and stopped a
+/// few times in a window would otherwise be refused ("start request repeated too
+/// quickly") exactly when it must come back.
 pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
     log::info!("starting {unit}");
+    if let Err(e) = systemctl(&["reset-failed", unit]) {
+        log::debug!("{e:#}");
+    }
     systemctl(&["start", "--no-block", unit]).map_err(|e| fail(Code::Service, format!("{e:#}")))?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -197,8 +203,64 @@ pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
     }
 }
 
+/// Units that stop when `unit` stops (`Requires=`, `BindsTo=` or `PartOf=` it) and
+/// are active now: they must be started again after the unit is.
+pub(crate) fn active_dependents(unit: &str) -> Result<Vec<String>> {
+    let out = systemctl(&[
+        "show",
+        "-p",
+        "RequiredBy",
+        "-p",
+        "BoundBy",
+        "-p",
+        "ConsistsOf",
+        unit,
+    ])?;
+    let mut deps = Vec::new();
+    for dep in parse_unit_lists(&out) {
+        if active_state(&dep)? == "active" {
+            deps.push(dep);
+        }
+    }
+    Ok(deps)
+}
+
+/// The unit names of `systemctl show -p A -p B` output (`A=x y`), deduplicated.
+pub(crate) fn parse_unit_lists(out: &str) -> Vec<String> {
+    let mut units: Vec<String> = Vec::new();
+    for line in out.lines() {
+        let Some((_, list)) = line.split_once('=') else {
+            continue;
+        };
+        for u in list.split_whitespace() {
+            if !units.iter().any(|x| x == u) {
+                units.push(u.to_string());
+            }
+        }
+    }
+    units
+}
+
+/// Start the units `deps` again (each waited for); returns the errors, one line each.
+pub(crate) fn start_dependents(deps: &[String], timeout: Duration) -> Vec<String> {
+    deps.iter()
+        .filter_map(|d| start_unit(d, timeout).err().map(|e| format!("{e:#}")))
+        .inspect(|e| log::error!("{e}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unit_lists() {
+        assert_eq!(
+            super::parse_unit_lists(
+                "RequiredBy=a.service b.service\nBoundBy=\nConsistsOf=a.service c.service\n"
+            ),
+            vec!["a.service", "b.service", "c.service"]
+        );
+    }
+
     #[test]
     fn parse_show_value() {
         assert_eq!(super::parse_value("active\n"), "active");

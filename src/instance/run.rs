@@ -74,7 +74,7 @@ pub(crate) fn run(
     let _lock = lock_for_run(dirs, &inst, "backup", started, t0)?;
     let result = backup_and_prune(&inst, started, show_bar);
     match result {
-        Ok((summary, kept)) => {
+        Ok((summary, kept, expiry_failed)) => {
             let st = Status {
                 instance: inst.name.clone(),
                 kind: "backup".into(),
@@ -90,7 +90,14 @@ pub(crate) fn run(
                 last_success: Some(now_str(Utc::now())),
                 last_success_backup: Some(summary.backup.clone()),
                 backups_kept: kept,
-                details: Some(run_details(&inst, &summary)),
+                details: Some({
+                    let mut d = run_details(&inst, &summary);
+                    // A kept window directory that could not be expired shows here.
+                    if !expiry_failed.is_empty() {
+                        d["kept_expiry_failed"] = serde_json::json!(expiry_failed);
+                    }
+                    d
+                }),
             };
             status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
             crate::base::logging::event(
@@ -162,10 +169,10 @@ pub(crate) fn record_failure(
     if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
         log::error!("could not record the failure of {instance}: {e:#}");
     }
-    let id = if kind == "backup" {
-        crate::base::logging::MSG_BACKUP_FAILED
-    } else {
-        crate::base::logging::MSG_COLD_FAILED
+    let id = match kind {
+        "backup" => crate::base::logging::MSG_BACKUP_FAILED,
+        "restore" => crate::base::logging::MSG_RESTORE_FAILED,
+        _ => crate::base::logging::MSG_COLD_FAILED,
     };
     crate::base::logging::event(
         log::Level::Error,
@@ -180,7 +187,7 @@ fn backup_and_prune(
     inst: &Instance,
     started: DateTime<Utc>,
     show_bar: bool,
-) -> Result<(backup::Summary, usize)> {
+) -> Result<(backup::Summary, usize, Vec<String>)> {
     fs::create_dir_all(&inst.backup_root).map_err(|e| {
         let fix = if e.raw_os_error() == Some(libc::EROFS) {
             crate::base::fsutil::read_only_hint(&inst.backup_root)
@@ -206,6 +213,7 @@ fn backup_and_prune(
         src: inst.service_dir.clone(),
         dst: inst.backup_root.join(&name),
         skipdirs: inst.skipdirs.clone(),
+        whole: false,
         jobs: inst.jobs,
         freeze: inst.freeze,
         freeze_timeout: inst.freeze_timeout.as_secs(),
@@ -215,7 +223,9 @@ fn backup_and_prune(
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;
-    // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD.
-    kept::remove_kept(&inst.service_dir, None, Some(inst.cold_keep_old));
-    Ok((summary, kept))
+    // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
+    // (beside the canonical directory: the window swaps that one).
+    let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
+    let expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
+    Ok((summary, kept, expiry_failed))
 }

@@ -301,6 +301,19 @@ pub(crate) fn render_metrics(s: &Status) -> String {
             ms / 1000.0,
         );
     }
+    if s.kind == "backup" {
+        let failed = s
+            .details
+            .as_ref()
+            .and_then(|d| d.get("kept_expiry_failed"))
+            .and_then(|v| v.as_array())
+            .map_or(0, Vec::len);
+        gauge(
+            "kept_expiry_failed",
+            "Directories kept by maintenance windows that the last run could not expire.",
+            failed as f64,
+        );
+    }
     out
 }
 

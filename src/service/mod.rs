@@ -4,6 +4,8 @@
 
 /// Restore drills: boot a backup's copy, isolated, and check it.
 pub(crate) mod drill;
+/// Checks before stopping anything; the health check after starting.
+pub(crate) mod preflight;
 /// Restoring a backup into a service directory.
 pub(crate) mod restore;
 /// The drill's scratch copy of a backup, and removing dead drills' copies.

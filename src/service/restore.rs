@@ -2,34 +2,51 @@
 //! `synbackup restore BACKUP DIR`: the seed guide's restore (`mv dir dir_old;
 //! cp -R backup dir; start`), made safe.
 //!
-//! Order: verify the backup; check space; copy it (sparse-aware, owners, modes and
-//! times kept, every file's SHA-256 checked against the manifest on the way) into a
-//! staging sibling of DIR while the service still runs; only then stop the service
-//! (refused unless a unit is named), move DIR aside to `DIR.pre-restore-TIMESTAMP`
-//! (never deleted), rename the staging copy into place, fsync, start the service
-//! again and print how to undo. A failure before the swap leaves DIR untouched (the
-//! staging copy is removed); a failure during the swap puts DIR back.
+//! Order: check what changes nothing first (the unit exists and runs on DIR, DIR
+//! is not a mount point, a running service is refused unless a unit is named, the
+//! backup is of the same cell unless `--force`), then verify the backup; check
+//! space; copy it (sparse-aware, owners, modes and times kept, every file's SHA-256
+//! checked against the manifest on the way) into a staging sibling of DIR while the
+//! service still runs; only then stop the service, move DIR aside to
+//! `DIR.pre-restore-TIMESTAMP` (never deleted), rename the staging copy into place,
+//! fsync, start the service again, wait for its health check and print how to undo.
+//! A failure before the stop leaves DIR untouched (the staging copy is removed);
+//! any failure after it rolls back as the window does: DIR back in place, the
+//! service started again (exit 10). Every result is recorded: the journal (with
+//! its MESSAGE_ID) always, the instance's `restore` status with `--instance`.
+//!
+//! DIR given through a symlink is resolved first: the swap happens beside the
+//! real directory, not on the symlink's file system.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use chrono::{SecondsFormat, Utc};
 
-use crate::base::exit::{fail, Code};
+use crate::base::exit::{code_of, fail, Code};
+use crate::base::fault;
 use crate::base::fsutil::{self, human};
+use crate::base::interrupt;
+use crate::base::logging;
+use crate::base::xattrs;
 use crate::engine::manifest::Manifest;
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
 use crate::engine::verify;
+use crate::engine::workers;
 use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
+use crate::instance::run::record_failure;
+use crate::instance::status::{self, Status};
+use crate::service::preflight;
 
 /// A staging copy that is removed unless it was swapped in.
 struct Staging {
@@ -79,7 +96,8 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
                 ));
             }
         }
-        fsutil::apply_meta_fd(&df, &dp, meta, true)?;
+        // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
+        fsutil::copy_meta_fd(&df, &dp, meta, true, &xattrs::read(&sf, &sp)?)?;
         df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
         bytes += h.data_bytes;
         Ok(())
@@ -109,10 +127,18 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::apply_meta_dir(&dst.join(rel), meta)?;
+            fsutil::copy_meta_dir(
+                &dst.join(rel),
+                meta,
+                &workers::source_xattrs(&backup.join(rel))?,
+            )?;
         }
     }
-    fsutil::apply_meta_dir(dst, &fs::metadata(backup)?)?;
+    fsutil::copy_meta_dir(
+        dst,
+        &fs::metadata(backup)?,
+        &workers::source_xattrs(backup)?,
+    )?;
     Ok(bytes)
 }
 
@@ -132,7 +158,7 @@ fn in_use(dir: &Path) -> Option<String> {
 /// What to restore, and where.
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
-    /// The backup to restore.
+    /// The backup to restore: a path, or with `instance` a name in its backup root.
     pub(crate) backup: PathBuf,
     /// The service directory (default with `instance`: its SYNBACKUP_SERVICE_DIR).
     pub(crate) dir: Option<PathBuf>,
@@ -140,20 +166,123 @@ pub(crate) struct Request {
     pub(crate) unit: Option<String>,
     /// The instance whose directory, unit and lock to use.
     pub(crate) instance: Option<String>,
+    /// Restore a backup of another cell (`cell.guid` differs from DIR's).
+    pub(crate) force: bool,
 }
 
-/// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE]`.
+/// Where a restore goes, resolved from the request and the instance.
+struct Target {
+    backup: PathBuf,
+    dir: PathBuf,
+    unit: Option<String>,
+    stop_timeout: Duration,
+    health_timeout: Duration,
+}
+
+/// What a restore reports (the status's details).
+#[derive(Debug, Default, serde::Serialize)]
+struct Outcome {
+    backup: String,
+    bytes: u64,
+    kept_previous: Option<String>,
+    rolled_back: bool,
+    service_was_running: bool,
+}
+
+/// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
+/// recorded in the journal and (with an instance) in its `restore` status.
 pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
+    let started = Utc::now();
     let t0 = Instant::now();
-    let (dir, unit, timeouts, _lock) = match &args.instance {
+    // Errors here (no such instance, the lock held) leave the last status alone.
+    let (target, _lock) = resolve(dirs, args)?;
+    let mut outcome = Outcome::default();
+    let result = restore_into(&target, args.force, &mut outcome);
+    let instance = args.instance.as_deref().unwrap_or("");
+    let details = serde_json::to_value(&outcome).ok();
+    match result {
+        Ok(text) => {
+            logging::event_journaled(
+                log::Level::Info,
+                logging::MSG_RESTORE_OK,
+                instance,
+                &[],
+                &text,
+            );
+            if args.instance.is_some() {
+                let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+                status::record(
+                    &dirs.state_dir,
+                    &dirs.metrics_dir,
+                    &Status {
+                        instance: instance.to_string(),
+                        kind: "restore".into(),
+                        result: "success".into(),
+                        started: started.to_rfc3339_opts(SecondsFormat::Millis, true),
+                        finished: now.clone(),
+                        duration_seconds: t0.elapsed().as_secs_f64(),
+                        backup: Some(outcome.backup.clone()),
+                        bytes: outcome.bytes,
+                        freeze_ms: None,
+                        exit_code: 0,
+                        error: None,
+                        last_success: Some(now),
+                        last_success_backup: Some(outcome.backup.clone()),
+                        backups_kept: 0,
+                        details,
+                    },
+                )?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let e = if outcome.rolled_back
+                && code_of(&e) != Code::Interrupted
+                && code_of(&e) != Code::Terminated
+            {
+                fail(
+                    Code::RolledBack,
+                    format!("{e:#}; rolled back: {} is as it was before the restore and the service was started again", target.dir.display()),
+                )
+            } else {
+                e
+            };
+            if args.instance.is_some() {
+                // Status, metrics and the event (as every kind's failure is recorded).
+                record_failure(dirs, instance, "restore", started, t0, &e, details);
+                logging::journal_copy(
+                    log::Level::Error,
+                    logging::MSG_RESTORE_FAILED,
+                    instance,
+                    &[],
+                    &format!("{instance}: restore failed: {e:#}"),
+                );
+            } else {
+                logging::event_journaled(
+                    log::Level::Error,
+                    logging::MSG_RESTORE_FAILED,
+                    "",
+                    &[],
+                    &format!("restore failed: {e:#}"),
+                );
+            }
+            Err(crate::base::exit::reported(&e))
+        }
+    }
+}
+
+/// The backup, directory, unit and timeouts, from the request and the instance's
+/// configuration (whose lock is held from here on).
+fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::InstanceLock>)> {
+    let (dir, unit, timeouts, root, lock) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
             let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
-            let dir = args.dir.clone().unwrap_or(inst.service_dir.clone());
             (
-                dir,
+                args.dir.clone().unwrap_or(inst.service_dir.clone()),
                 inst.service_unit.clone(),
                 (inst.stop_timeout, inst.health_timeout),
+                Some(inst.backup_root.clone()),
                 Some(lock),
             )
         }
@@ -164,19 +293,82 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
                     "restore needs DIR, or --instance to take it from the instance's configuration",
                 )
             })?;
-            let t = std::time::Duration::from_secs(300);
-            (dir, args.unit.clone(), (t, t), None)
+            let t = Duration::from_secs(300);
+            (dir, args.unit.clone(), (t, t), None, None)
         }
     };
     let dir =
         std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
-    let backup = fs::canonicalize(&args.backup).map_err(|e| {
+    // Through a symlink: swap beside the real directory.
+    let dir = fs::canonicalize(&dir).unwrap_or(dir);
+    Ok((
+        Target {
+            backup: backup_path(&args.backup, root.as_deref()),
+            dir,
+            unit,
+            stop_timeout: timeouts.0,
+            health_timeout: timeouts.1,
+        },
+        lock,
+    ))
+}
+
+/// `arg` as a path, or, when no such path exists and it is a bare name, the backup
+/// of that name in the instance's backup root (the name `list` prints).
+fn backup_path(arg: &Path, root: Option<&Path>) -> PathBuf {
+    if let Some(root) = root {
+        if !arg.exists() && arg.components().count() == 1 && root.join(arg).exists() {
+            return root.join(arg);
+        }
+    }
+    arg.to_path_buf()
+}
+
+/// The cell's GUID in a directory, if it has one.
+fn cell_guid(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join("cell.guid"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Refuse a backup of another cell unless `force`: it would replace this service
+/// with a different one.
+fn check_same_cell(backup: &Path, dir: &Path, force: bool) -> Result<()> {
+    let (Some(theirs), Some(ours)) = (cell_guid(backup), cell_guid(dir)) else {
+        return Ok(());
+    };
+    if theirs == ours {
+        return Ok(());
+    }
+    let what = format!(
+        "{} is a backup of cell {theirs}, but {} is cell {ours}",
+        backup.display(),
+        dir.display()
+    );
+    if !force {
+        return Err(fail(
+            Code::BadPath,
+            format!("{what}: restoring it replaces this service with another; pass --force if that is what you mean"),
+        ));
+    }
+    log::warn!("{what}; restoring anyway (--force)");
+    Ok(())
+}
+
+fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String> {
+    let t0 = Instant::now();
+    let dir = &t.dir;
+    let backup = fs::canonicalize(&t.backup).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("backup {} cannot be used: {e}", args.backup.display()),
+            format!(
+                "backup {} cannot be used: {e}; give its path, or with --instance its name as `synbackup list` prints it",
+                t.backup.display()
+            ),
         )
     })?;
-    if dir.starts_with(&backup) || backup.starts_with(&dir) {
+    outcome.backup = backup.to_string_lossy().into_owned();
+    if dir.starts_with(&backup) || backup.starts_with(dir) {
         return Err(fail(
             Code::BadPath,
             format!(
@@ -187,7 +379,35 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
         ));
     }
 
-    // 1. Verify.
+    // 1. What changes nothing and fails fast.
+    let state = match &t.unit {
+        Some(u) => Some(preflight::check_unit(u, dir)?),
+        None => None,
+    };
+    if dir.exists() {
+        preflight::refuse_mount_point(dir, "restore")?;
+    }
+    let busy = in_use(dir);
+    match (&busy, &t.unit, state.as_deref()) {
+        (Some(what), None, _) => {
+            return Err(fail(
+                Code::Service,
+                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
+            ));
+        }
+        // A mistyped template instance exists as far as systemd is concerned, but
+        // stopping it would stop nothing: say so now, not after a stop timeout.
+        (Some(what), Some(u), Some(st)) if st != "active" => {
+            return Err(fail(
+                Code::Service,
+                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.display()),
+            ));
+        }
+        _ => {}
+    }
+    check_same_cell(&backup, dir, force)?;
+
+    // 2. Verify.
     log::info!("verifying {}", backup.display());
     let report = verify::verify(&backup)?;
     if !report.ok() {
@@ -201,15 +421,6 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
         ));
     }
     let manifest = Manifest::load(&backup)?;
-
-    // 2. Refuse early when the service runs and we may not stop it.
-    let busy = in_use(&dir);
-    if let (Some(what), None) = (&busy, &unit) {
-        return Err(fail(
-            Code::Service,
-            format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
-        ));
-    }
 
     // 3. Space, then the staging copy while the service still runs.
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -244,84 +455,130 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
         armed: true,
     };
     log::info!("copying {} to {}", backup.display(), staging.path.display());
-    let bytes = copy_tree(&backup, &staging.path, &manifest)?;
-    crate::base::fault::point("restore-before-swap")?;
+    outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+    fault::point("restore-before-swap")?;
 
     // 4. Stop the service if it runs (we were told which unit).
-    let mut restart = false;
-    if let Some(u) = &unit {
-        let state = systemd::active_state(u)?;
-        if busy.is_some() || state == "active" || state == "activating" {
-            systemd::stop_unit(u, timeouts.0)?;
-            restart = true;
-        }
+    let running = busy.is_some() || matches!(state.as_deref(), Some("active" | "activating"));
+    outcome.service_was_running = running;
+    if let (Some(u), false) = (&t.unit, running) {
+        log::info!("{u} was stopped before the restore and is left stopped");
     }
-    holders::wait_released(&dir, timeouts.0, true)?;
+    let unit = t.unit.as_deref().filter(|_| running);
+    if let Some(u) = unit {
+        systemd::stop_unit(u, t.stop_timeout)?;
+    }
 
-    // 5. Swap: DIR aside (kept), the copy into place.
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    // 5. From the stop on, any failure rolls back.
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     let aside = parent.join(format!("{name}.pre-restore-{stamp}"));
     let had_dir = dir.exists();
-    if had_dir {
-        fs::rename(&dir, &aside).with_context(|| {
-            format!("cannot move {} aside to {}", dir.display(), aside.display())
-        })?;
-    }
-    if let Err(e) = fs::rename(&staging.path, &dir) {
+    let mut swapped = false;
+    let result = (|| -> Result<()> {
+        holders::wait_released(dir, t.stop_timeout, true)?;
+        fault::point("restore-after-stop")?;
         if had_dir {
-            if let Err(e2) = fs::rename(&aside, &dir) {
-                log::error!(
-                    "could not put {} back from {}: {e2}",
-                    dir.display(),
-                    aside.display()
-                );
-            }
+            fs::rename(dir, &aside).with_context(|| {
+                format!("cannot move {} aside to {}", dir.display(), aside.display())
+            })?;
         }
-        if restart {
-            if let Some(u) = &unit {
-                let _ = systemd::start_unit(u, timeouts.1);
-            }
+        swapped = true;
+        fs::rename(&staging.path, dir)
+            .with_context(|| format!("cannot move the restored copy into {}", dir.display()))?;
+        staging.armed = false;
+        fsutil::fsync_dir(&parent)?;
+        fault::point("restore-after-swap")?;
+        if let Some(u) = unit {
+            systemd::start_unit(u, t.health_timeout)?;
+            fault::point("restore-health")?;
+            let h = preflight::wait_healthy(dir, t.health_timeout, true)?;
+            log::info!("{u} runs on the restored directory ({h})");
         }
-        return Err(anyhow::Error::new(e).context(format!(
-            "cannot move the restored copy into {}",
-            dir.display()
-        )));
+        Ok(())
+    })();
+    if let Err(e) = result {
+        log::error!("restore into {} failed: {e:#}; rolling back", dir.display());
+        outcome.rolled_back = true;
+        rollback(
+            t,
+            unit,
+            &mut staging,
+            swapped.then_some((had_dir, aside.as_path())),
+        )?;
+        return Err(e);
     }
-    staging.armed = false;
-    fsutil::fsync_dir(&parent)?;
-
-    // 6. Start again.
-    if restart {
-        if let Some(u) = &unit {
-            systemd::start_unit(u, timeouts.1)?;
-        }
-    }
-    let text = format!(
-        "restored {} into {} ({} in {:.1} s){}",
-        backup.display(),
-        dir.display(),
-        human(bytes),
-        t0.elapsed().as_secs_f64(),
-        if had_dir {
-            format!("; the previous directory is kept at {}", aside.display())
-        } else {
-            String::new()
-        }
-    );
-    crate::base::logging::event(
-        log::Level::Info,
-        crate::base::logging::MSG_RESTORE_OK,
-        args.instance.as_deref().unwrap_or(""),
-        &[],
-        &text,
-    );
     if had_dir {
-        let u = unit.as_deref().unwrap_or("UNIT");
+        outcome.kept_previous = Some(aside.to_string_lossy().into_owned());
+        let u = t.unit.as_deref().unwrap_or("UNIT");
         println!(
             "to undo: systemctl stop {u}; mv {d} {d}.restored-{stamp} && mv {a} {d}; systemctl start {u}",
             d = dir.display(),
             a = aside.display()
         );
+    }
+    Ok(format!(
+        "restored {} into {} ({} in {:.1} s){}{}",
+        backup.display(),
+        dir.display(),
+        human(outcome.bytes),
+        t0.elapsed().as_secs_f64(),
+        if had_dir {
+            format!("; the previous directory is kept at {}", aside.display())
+        } else {
+            String::new()
+        },
+        match (&t.unit, running) {
+            (Some(u), false) => format!("; {u} was stopped before the restore and is left stopped"),
+            _ => String::new(),
+        }
+    ))
+}
+
+/// Undo a restore that failed after the stop: our copy out of the way (removed),
+/// the previous directory back, the unit started again. `swapped`: the swap began
+/// (whether DIR existed, where it was moved). Finishes whatever signals arrive.
+fn rollback(
+    t: &Target,
+    unit: Option<&str>,
+    staging: &mut Staging,
+    swapped: Option<(bool, &Path)>,
+) -> Result<()> {
+    interrupt::shield();
+    let dir = &t.dir;
+    if let Some((had_dir, aside)) = swapped {
+        if let Some(u) = unit {
+            if !matches!(systemd::active_state(u)?.as_str(), "inactive" | "failed") {
+                systemd::stop_unit(u, t.stop_timeout)?;
+            }
+        }
+        if !staging.path.exists() && dir.exists() && (!had_dir || aside.exists()) {
+            holders::wait_released(dir, t.stop_timeout, false)?;
+            fs::rename(dir, &staging.path).map_err(|e| {
+                fail(Code::Other, format!("ROLLBACK FAILED: cannot move the restored {} away: {e}; the previous directory is at {}", dir.display(), aside.display()))
+            })?;
+            staging.armed = true;
+        }
+        if had_dir && aside.exists() {
+            fs::rename(aside, dir).map_err(|e| {
+                fail(Code::Other, format!("ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start the service", aside.display(), dir.display()))
+            })?;
+        }
+        fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+    }
+    if let Some(u) = unit {
+        systemd::start_unit(u, t.health_timeout).map_err(|e| {
+            fail(
+                Code::Service,
+                format!(
+                    "ROLLBACK INCOMPLETE: {} is as it was but {u} did not start: {e:#}",
+                    dir.display()
+                ),
+            )
+        })?;
+        match preflight::wait_healthy(dir, t.health_timeout, false) {
+            Ok(h) => log::info!("rolled back: {u} runs on the previous directory ({h})"),
+            Err(e) => log::error!("rolled back, but the service does not answer yet: {e:#}"),
+        }
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 
 use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, human};
+use crate::base::xattrs;
 use crate::host::{holders, netns};
 
 /// The part of a scratch copy's name after the backup's name.
@@ -202,7 +203,7 @@ pub(crate) fn make(backup: &Path, need: u64) -> Result<Scratch> {
         .map_err(|e| fsutil::write_error(&scratch.path.join(SCRATCH_MARK), e))?;
     let mut sparse = false;
     copy_dir(backup, &scratch.path, &mut sparse)?;
-    fsutil::apply_meta_dir(&scratch.path, &fs::metadata(backup)?)?;
+    copy_dir_meta(backup, &scratch.path, &fs::metadata(backup)?)?;
     if sparse {
         scratch.method = Method::Sparse;
     }
@@ -220,7 +221,7 @@ fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool) -> Result<()> {
         if ft.is_dir() {
             fs::create_dir(&dp).map_err(|e| fsutil::write_error(&dp, e))?;
             copy_dir(&sp, &dp, sparse)?;
-            fsutil::apply_meta_dir(&dp, &meta)?;
+            copy_dir_meta(&sp, &dp, &meta)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&sp)?;
             std::os::unix::fs::symlink(&target, &dp).map_err(|e| fsutil::write_error(&dp, e))?;
@@ -234,9 +235,18 @@ fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool) -> Result<()> {
                     crate::base::interrupt::check()
                 })?;
             }
-            fsutil::apply_meta_fd(&df, &dp, &meta, true)?;
+            let attrs = xattrs::read(&sf, &sp)?;
+            fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;
         }
     }
+    Ok(())
+}
+
+/// A copied directory gets the source's owner, mode, times and xattrs.
+fn copy_dir_meta(src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<()> {
+    let dir = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let attrs = xattrs::read(&dir, src)?;
+    fsutil::copy_meta_dir(dst, meta, &attrs)?;
     Ok(())
 }
 

@@ -60,6 +60,17 @@ impl Setup {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Run `run c0` and return the name of the backup it made.
+    fn backup_now(&self) -> String {
+        let o = self.run(&["run", "c0"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::read_dir(&self.backups)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("c0_"))
+            .unwrap()
+    }
+
     fn status_json(&self) -> serde_json::Value {
         serde_json::from_slice(&fs::read(self.root.join("state/c0.json")).unwrap()).unwrap()
     }
@@ -518,7 +529,9 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
     let _fs = Tmpfs::mount(&small, "size=64m,nr_inodes=16");
     let dir = small.join("svc");
     fs::create_dir(&dir).unwrap();
-    fs::write(dir.join("cell.guid"), "original").unwrap();
+    // The same cell (another one would be refused before any copy).
+    fs::copy(src.join("cell.guid"), dir.join("cell.guid")).unwrap();
+    fs::write(dir.join("marker"), "original").unwrap();
     let before = hash_tree(&dir);
     let o = run(&[&"restore", &bk, &dir]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
@@ -528,6 +541,64 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
         names(&small),
         vec!["svc"],
         "the unfinished copy must be removed"
+    );
+}
+
+#[test]
+fn restore_takes_a_backup_name_and_records_its_result() {
+    let s = Setup::new("");
+    let name = s.backup_now();
+    fs::write(s.src.join("added-later"), "x").unwrap();
+    // The name as `list` prints it, from the instance's backup root.
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!s.src.join("added-later").exists());
+    assert!(s.src.join("slabs/cell.lmdb/data.mdb").is_file());
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    assert_eq!(st["kind"], "restore");
+    assert_eq!(st["result"], "success");
+    assert!(st["backup"].as_str().unwrap().ends_with(&name));
+
+    // A name that is not there: the failure is recorded too.
+    let o = s.run(&["restore", "--instance", "c0", "c0_19990101T000000Z"]);
+    assert_fails(&o, 3, "c0_19990101T000000Z cannot be used");
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    assert_eq!(st["result"], "failed");
+    assert_eq!(st["exit_code"], 3);
+}
+
+#[test]
+fn restore_of_another_cell_needs_force() {
+    let s = Setup::new("");
+    let bk = s.backups.join(s.backup_now());
+    fs::write(s.src.join("cell.guid"), "fedcba9876543210fedcba9876543210").unwrap();
+    let before = names(&s.root);
+    let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
+    assert_fails(&o, 3, "pass --force");
+    assert!(
+        stderr(&o).contains("fedcba9876543210fedcba9876543210"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(names(&s.root), before, "nothing may change");
+    let o = s.run(&[
+        "restore",
+        "--force",
+        "--instance",
+        "c0",
+        bk.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("restoring anyway (--force)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
     );
 }
 
@@ -614,6 +685,38 @@ fn backup_takes_skipdirs_before_src_dst_and_a_freeze_timeout_duration() {
     assert!(
         !dst.join("cache").exists(),
         "--skipdirs before SRC DST was ignored"
+    );
+}
+
+#[test]
+fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
+    let s = Setup::new("");
+    let name = s.backup_now();
+    // SYNBACKUP_SERVICE_DIR=ROOT/svc is a symlink to the volume's ROOT/vol/svc.
+    let real = s.root.join("vol/svc");
+    fs::create_dir(s.root.join("vol")).unwrap();
+    fs::rename(&s.src, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &s.src).unwrap();
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::symlink_metadata(&s.src)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(real.join("slabs/cell.lmdb/data.mdb").is_file());
+    assert_eq!(
+        names(&s.root.join("vol"))
+            .iter()
+            .filter(|n| n.starts_with("svc.pre-restore-"))
+            .count(),
+        1,
+        "the previous directory is kept beside the real one"
+    );
+    assert!(
+        !names(&s.root)
+            .iter()
+            .any(|n| n.starts_with("svc.pre-restore-")),
+        "the symlink was moved aside"
     );
 }
 

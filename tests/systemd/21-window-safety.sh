@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The maintenance window and restore must lose nothing and never leave the service
+# down (issue: "lose nothing, never leave the service down"), on a real Cortex unit:
+#  1. a window on a Cortex with a backups/ tree made by Synapse's own runBackup, an
+#     Axon blob, and directories in SYNBACKUP_SKIPDIRS: every path, owner, mode,
+#     time and byte is still in the live directory (environments compacted);
+#  2. the kept DIR.pre-cold-* outlives the next nightly run (expiry by the time
+#     recorded in its name, and the run may remove an expired one under the unit);
+#  3. restore by backup name (health checked, status and journal recorded); restore
+#     failing after the stop (fault points) rolls back: same directory, unit active;
+#     a mistyped SERVICE_UNIT fails at once;
+#  4. a window whose files stay held after the stop: the unit is started again;
+#  5. a unit with Restart=on-failure and a start-rate limit, and a unit BindsTo= it:
+#     after a rolled-back window both are active;
+#  6. a second SIGTERM during rollback: the rollback finishes, status recorded;
+#  7. a service directory that is a mount point: window and restore refuse before
+#     stopping anything.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=synbackup.sh
+. "$NS_DIR/synbackup.sh"
+
+ns_boot t21
+sb_install
+sb_cortex cortex00
+svc=synapse-cortex@cortex00.service
+ns_defer ns_exec systemctl stop $svc
+dir=/srv/cortex/cortex00
+cold=synbackup-cold@cortex00.service
+ns_exec storm.py add $dir 300 >/dev/null
+sb_config cortex00 <<'CONF'
+SYNBACKUP_STOP_TIMEOUT=20s
+SYNBACKUP_HEALTH_TIMEOUT=120s
+SYNBACKUP_SKIPDIRS=axon skipped
+SYNBACKUP_COLD_KEEP_OLD=1h
+CONF
+
+answers() { ns_exec storm.py wait $dir --timeout 120 >/dev/null; }
+inode() { ns_exec stat -c %i $dir; }
+state_of() { ns_exec python3 -c "import json,sys;s=json.load(open('/var/lib/synbackup/cortex00.$1.json'));print(s['result'], s['exit_code'])"; }
+svc_active() { ns_assert_eq active "$(sb_prop $svc ActiveState)" "$1: $svc"; }
+# Every path but sock and lock.mdb, with type, mode, owner; files also with size,
+# mtime and SHA-256, except the live environments' data.mdb (compacted), and no
+# mtime for the *.opts.yaml the service rewrites at every start.
+tree() {
+  ns_exec python3 - "$1" <<'PY'
+import hashlib, os, stat, sys
+root = sys.argv[1]
+for d, dirs, files in os.walk(root):
+    dirs.sort()
+    for n in sorted(dirs + files):
+        p = os.path.join(d, n); rel = os.path.relpath(p, root)
+        if n in ('sock', 'lock.mdb'):
+            continue
+        st = os.lstat(p)
+        line = f'{rel} {stat.filemode(st.st_mode)} {st.st_uid}:{st.st_gid}'
+        live_env = n == 'data.mdb' and not rel.startswith(('backups/', 'tmp/'))
+        if stat.S_ISREG(st.st_mode) and not live_env:
+            h = hashlib.sha256(open(p, 'rb').read()).hexdigest()
+            # Synapse rewrites each slab's *.opts.yaml when it opens it (same bytes).
+            mtime = '-' if n.endswith('.opts.yaml') else st.st_mtime_ns
+            line += f' {st.st_size} {mtime} {h}'
+        print(line)
+PY
+}
+
+# 1. The window carries everything.
+name=$(ns_exec /opt/synapse-venv/bin/python - <<'PY'
+import asyncio
+import synapse.telepath as t
+async def main():
+    async with await t.openurl('cell:///srv/cortex/cortex00') as core:
+        print(await core.runBackup())
+asyncio.run(main())
+PY
+)
+ns_exec test -f "$dir/backups/$name/cell.guid" || ns_die "Synapse's backup $name is not in $dir/backups"
+# shellcheck disable=SC2016 # Storm variables, not shell ones
+sha=$(ns_exec storm.py storm $dir '$buf=$lib.base64.decode("c3luYmFja3VwIHdpbmRvdyB0ZXN0IGJsb2I=") ($size, $sha)=$lib.axon.put($buf) $lib.print($sha)' 2>&1 | sed -n 's/^print: //p')
+[ ${#sha} = 64 ] || ns_die "no blob put in the Axon ($sha)"
+ns_exec mkdir -p $dir/skipped/deep
+ns_exec sh -c "head -c 3000000 /dev/urandom > $dir/skipped/deep/blob.bin; echo hi > $dir/skipped/owned; chown nobody:nogroup $dir/skipped/owned; chmod 0640 $dir/skipped/owned; touch -d '2020-01-02 03:04:05' $dir/skipped/owned; ln -s deep/blob.bin $dir/skipped/link"
+# The whole output is read (grep -q would end the pipe early: SIGPIPE, pipefail).
+axon_has() { ns_exec storm.py storm $dir "if \$lib.axon.has('$1') { \$lib.print('yes') }" 2>&1 | grep 'print: yes' >/dev/null; }
+axon_has "$sha" || ns_die "the blob is not in the Axon"
+nodes=$(ns_exec storm.py count $dir inet:ipv4)
+ns_exec systemctl start $cold
+ns_assert_eq success "$(sb_prop $cold Result)" "window result"
+svc_active "window"
+answers
+kept=$(ns_exec sh -c "ls -d $dir.pre-cold-*")
+diff <(tree "$kept") <(tree $dir) || ns_die "the live directory differs from the one before the window"
+ns_log "ok: every path, owner, mode, time and byte carried over ($(tree $dir | wc -l) paths)"
+axon_has "$sha" || ns_die "the Axon lost its blob in the window"
+ns_log "ok: \$lib.axon.has(...) after the window"
+ns_assert_eq "$nodes" "$(ns_exec storm.py count $dir inet:ipv4)" "nodes after the window"
+
+# 2. The kept directory outlives the next nightly run; one kept 2 h ago (the name
+#    says so; COLD_KEEP_OLD=1h) is removed, under the unit's ProtectSystem=strict.
+ns_exec touch -d '3 hours ago' "$kept"
+expired="$dir.pre-cold-$(date -u -d '2 hours ago' +%Y%m%dT%H%M%SZ)"
+ns_exec mkdir "$expired"
+ns_exec systemctl start synbackup@cortex00.service
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "nightly run"
+ns_exec test -d "$kept" || ns_die "the nightly run removed the directory the window just kept"
+ns_exec test ! -e "$expired" || ns_die "the nightly run did not expire $expired"
+ns_log "ok: the kept directory outlived the nightly run; the expired one is gone"
+backup=$(ns_exec sh -c 'ls /srv/backups/cortex00 | grep "^cortex00_" | tail -n1')
+
+# 3. Restore by name; restore failing after the stop; a mistyped unit.
+ns_exec storm.py add $dir 5 --start 90000 >/dev/null
+ns_exec synbackup restore --instance cortex00 "$backup"
+svc_active "restore"
+answers
+ns_assert_eq "$nodes" "$(ns_exec storm.py count $dir inet:ipv4)" "nodes after the restore"
+ns_assert_eq "success 0" "$(state_of restore)" "restore status"
+ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05 -o cat | grep "restored" >/dev/null || ns_die "no restore event in the journal"
+for f in restore-after-stop restore-after-swap restore-health; do
+  ino=$(inode)
+  rc=0; ns_exec env SYNBACKUP_FAULT=$f synbackup restore --instance cortex00 "$backup" || rc=$?
+  ns_assert_eq 10 "$rc" "$f: exit code"
+  ns_assert_eq "$ino" "$(inode)" "$f: the previous directory (inode) in place"
+  svc_active "$f"
+  answers
+  ns_assert_eq "failed 10" "$(state_of restore)" "$f: restore status"
+done
+ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06 -o cat | grep "restore failed" >/dev/null || ns_die "no failed-restore event in the journal"
+sed 's/^SYNBACKUP_SERVICE_UNIT=.*/SYNBACKUP_SERVICE_UNIT=synapse-cortex@cortx00.service/' \
+  < <(ns_exec cat /etc/synbackup/cortex00.conf) | ns_exec tee /etc/synbackup/typo.conf >/dev/null
+t0=$SECONDS rc=0
+out=$(ns_exec synbackup restore --instance typo "/srv/backups/cortex00/$backup" 2>&1) || rc=$?
+ns_assert_eq 8 "$rc" "mistyped unit: exit code"
+grep -q 'synapse-cortex@cortx00.service is inactive: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT' <<<"$out" || ns_die "mistyped unit: $out"
+[ $((SECONDS - t0)) -lt 10 ] || ns_die "mistyped unit: took $((SECONDS - t0)) s"
+ns_exec rm /etc/synbackup/typo.conf
+svc_active "mistyped unit"
+
+# 4. Files held after the stop (a process outside the unit maps data.mdb).
+ns_exec systemd-run -q --unit=holder python3 -c "import mmap, time; f = open('$dir/slabs/cell.lmdb/data.mdb', 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); time.sleep(600)"
+maps_it() { ns_exec sh -c "grep -q cell.lmdb/data.mdb /proc/\$(systemctl show -p MainPID --value holder)/maps"; }
+ns_wait_until 20 "the holder to map data.mdb" maps_it
+ino=$(inode)
+if ns_exec systemctl start $cold; then ns_die "held: the window succeeded"; fi
+ns_journal -u $cold | grep 'still in use' >/dev/null || ns_die "held: the reason is not in the journal"
+svc_active "held"
+ns_assert_eq "$ino" "$(inode)" "held: directory in place"
+answers
+ns_exec systemctl stop holder
+ns_exec systemctl reset-failed $cold
+
+# 5. Restart=on-failure with a start-rate limit, and a unit bound to the service.
+ns_exec mkdir -p /etc/systemd/system/$svc.d
+printf '[Unit]\nStartLimitIntervalSec=10min\nStartLimitBurst=2\n[Service]\nRestart=on-failure\n' \
+  | ns_exec tee /etc/systemd/system/$svc.d/restart.conf >/dev/null
+printf '[Unit]\nBindsTo=%s\nAfter=%s\n[Service]\nExecStart=/bin/sleep infinity\n' $svc $svc \
+  | ns_exec tee /etc/systemd/system/sidecar.service >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec systemctl restart $svc
+answers
+ns_exec systemctl start sidecar.service
+ns_exec mkdir -p /etc/systemd/system/$cold.d
+printf '[Service]\nEnvironment=SYNBACKUP_FAULT=cold-health\n' | ns_exec tee /etc/systemd/system/$cold.d/fault.conf >/dev/null
+ns_exec systemctl daemon-reload
+ino=$(inode)
+if ns_exec systemctl start $cold; then ns_die "rate limit: the window succeeded"; fi
+svc_active "rate limit"
+ns_assert_eq active "$(sb_prop sidecar.service ActiveState)" "rate limit: the bound unit"
+ns_assert_eq "$ino" "$(inode)" "rate limit: directory in place"
+answers
+ns_exec rm /etc/systemd/system/$cold.d/fault.conf /etc/systemd/system/$svc.d/restart.conf
+ns_exec systemctl daemon-reload
+ns_exec systemctl reset-failed $cold
+
+# 6. A second SIGTERM during the rollback.
+ns_exec dd if=/dev/zero of=$dir/bulk.bin bs=1M count=800 status=none
+ns_exec rm -f /var/lib/synbackup/cortex00.cold.json
+ino=$(inode)
+ns_exec systemctl start --no-block $cold
+copying() { sb_prop $cold StatusText | grep ' of ' >/dev/null; }
+# The journal, not StatusText: the health wait's heartbeat replaces the status line.
+rollbacks() { ns_journal -u $cold | grep -c 'rolling back' || true; }
+rolled_before=$(rollbacks)
+rolling() { [ "$(rollbacks)" -gt "$rolled_before" ]; }
+ended() { ! sb_prop $cold ActiveState | grep -E 'activating|deactivating' >/dev/null; }
+ns_wait_until 120 "the window's copy to start" copying
+ns_exec systemctl kill --kill-who=main -s SIGTERM $cold
+ns_wait_until 60 "the rollback to begin" rolling
+ns_exec systemctl kill --kill-who=main -s SIGTERM $cold
+ns_wait_until 180 "the window to end" ended
+svc_active "second signal"
+ns_assert_eq "$ino" "$(inode)" "second signal: directory in place"
+case "$(state_of cold)" in failed\ *) ns_log "ok: second signal: status says $(state_of cold)";; *) ns_die "second signal: status $(state_of cold)";; esac
+ns_journal -u $cold | grep 'a rollback is under way' >/dev/null || ns_die "second signal: not noted"
+answers
+ns_exec rm $dir/bulk.bin
+ns_exec systemctl reset-failed $cold
+
+# 7. A service directory that is a mount point.
+ns_exec systemctl stop $svc
+ns_exec mount --bind $dir $dir
+ns_exec systemctl start $svc
+answers
+ino=$(inode)
+since=$(sb_prop $svc ActiveEnterTimestampMonotonic)
+if ns_exec systemctl start $cold; then ns_die "mount: the window succeeded"; fi
+ns_journal -u $cold | grep "$dir is a mount point" >/dev/null || ns_die "mount: the window's reason is not in the journal"
+rc=0; out=$(ns_exec synbackup restore --instance cortex00 "$backup" 2>&1) || rc=$?
+ns_assert_eq 3 "$rc" "mount: restore exit code"
+grep -q "$dir is a mount point" <<<"$out" || ns_die "mount: restore said $out"
+svc_active "mount"
+ns_assert_eq "$ino" "$(inode)" "mount: directory in place"
+ns_assert_eq "$since" "$(sb_prop $svc ActiveEnterTimestampMonotonic)" "mount: the service was never stopped"
+answers
+ns_exec systemctl stop $svc
+ns_exec umount $dir
+ns_poweroff
