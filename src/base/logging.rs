@@ -105,6 +105,8 @@ pub(crate) const MSG_COLD_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03";
 pub(crate) const MSG_COLD_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e04";
 /// A restore finished.
 pub(crate) const MSG_RESTORE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e05";
+/// A certificate entered the warning window or expired (`synbackup certs`).
+pub(crate) const MSG_CERT_EXPIRY: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06";
 
 /// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
 /// text on stderr).

@@ -63,6 +63,18 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("SYNBACKUP_STOP_TIMEOUT", "a duration (default 5m)"),
     ("SYNBACKUP_HEALTH_TIMEOUT", "a duration (default 5m)"),
     ("SYNBACKUP_COLD_KEEP_OLD", "a duration (default 7d)"),
+    (
+        "SYNBACKUP_CERT_DIR",
+        "the service's certificate directory (default: from the unit, ~/.syn/certs of its User= or its SYN_CERT_DIR)",
+    ),
+    (
+        "SYNBACKUP_CERT_WARN_DAYS",
+        "warn when a certificate has fewer days left (default 30)",
+    ),
+    (
+        "SYNBACKUP_CERT_NAMES",
+        "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)",
+    ),
 ];
 
 /// An instance's settings, validated.
@@ -82,6 +94,9 @@ pub(crate) struct Instance {
     pub(crate) stop_timeout: Duration,
     pub(crate) health_timeout: Duration,
     pub(crate) cold_keep_old: Duration,
+    pub(crate) cert_dir: Option<PathBuf>,
+    pub(crate) cert_warn_days: u32,
+    pub(crate) cert_names: Vec<String>,
 }
 
 /// Retention counts.
@@ -299,6 +314,11 @@ fn load_with(
         }
     };
 
+    let cert_dir = match values.get("SYNBACKUP_CERT_DIR") {
+        None => None,
+        Some(v) if v.text.starts_with('/') => Some(PathBuf::from(&v.text)),
+        Some(v) => return Err(bad("SYNBACKUP_CERT_DIR", v, "an absolute path")),
+    };
     let service_dir = required_path("SYNBACKUP_SERVICE_DIR")?;
     let backup_root = required_path("SYNBACKUP_BACKUP_ROOT")?;
     let service_unit = match values.get("SYNBACKUP_SERVICE_UNIT") {
@@ -359,6 +379,12 @@ fn load_with(
         stop_timeout: duration("SYNBACKUP_STOP_TIMEOUT", Duration::from_secs(300))?,
         health_timeout: duration("SYNBACKUP_HEALTH_TIMEOUT", Duration::from_secs(300))?,
         cold_keep_old: duration("SYNBACKUP_COLD_KEEP_OLD", Duration::from_secs(7 * 86400))?,
+        cert_dir,
+        cert_warn_days: number("SYNBACKUP_CERT_WARN_DAYS", 30, 0..=100_000)?,
+        cert_names: values
+            .get("SYNBACKUP_CERT_NAMES")
+            .map(|v| v.text.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
     })
 }
 

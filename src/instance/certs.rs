@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+//! An instance's TLS check: where its certificate directory is, the metrics
+//! (`METRICS_DIR/synbackup-INSTANCE-certs.prom`, in x509-certificate-exporter's
+//! shape: a `not_after` timestamp per certificate, an error gauge per file), and one
+//! journal event when a certificate enters the warning window or expires (the last
+//! state of each is kept in `STATE_DIR/INSTANCE.certs.json`, so the event is logged
+//! once per change, not at every run).
+//!
+//! The certificate directory: `SYNBACKUP_CERT_DIR` when set; else the unit's
+//! `Environment=SYN_CERT_DIR=...`; else `~/.syn/certs` of the unit's `User=` (root
+//! when unset), its home from the passwd database; none without a unit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use log::Level;
+
+use crate::base::fsutil::write_atomic;
+use crate::base::logging::{self, MSG_CERT_EXPIRY};
+use crate::engine::certs::{self, Report};
+use crate::host::systemd;
+use crate::instance::config::Instance;
+
+/// The instance's certificate directory (see the module doc), `None` when it has no
+/// unit to ask and no `SYNBACKUP_CERT_DIR`.
+pub(crate) fn resolve_cert_dir(inst: &Instance) -> Result<Option<PathBuf>> {
+    if let Some(d) = &inst.cert_dir {
+        return Ok(Some(d.clone()));
+    }
+    let Some(unit) = &inst.service_unit else {
+        return Ok(None);
+    };
+    let out = systemd::systemctl(&["show", "--property=User", "--property=Environment", unit])
+        .with_context(|| {
+            format!("cannot find the certificate directory of {unit}: set SYNBACKUP_CERT_DIR")
+        })?;
+    let (user, env_dir) = parse_unit_cert_settings(&out);
+    if let Some(d) = env_dir {
+        return Ok(Some(PathBuf::from(d)));
+    }
+    let user = user.unwrap_or_else(|| "root".to_string());
+    let home = nix::unistd::User::from_name(&user)
+        .with_context(|| format!("cannot look up user {user} of {unit}"))?
+        .map(|u| u.dir)
+        .with_context(|| {
+            format!(
+                "{unit} runs as {user}, who is not in the passwd database: set SYNBACKUP_CERT_DIR"
+            )
+        })?;
+    Ok(Some(home.join(".syn/certs")))
+}
+
+/// `User=` and `SYN_CERT_DIR` from `systemctl show --property=User --property=Environment`.
+pub(crate) fn parse_unit_cert_settings(show: &str) -> (Option<String>, Option<String>) {
+    let (mut user, mut dir) = (None, None);
+    for line in show.lines() {
+        if let Some(u) = line.strip_prefix("User=") {
+            user = Some(u.trim().to_string()).filter(|u| !u.is_empty());
+        } else if let Some(env) = line.strip_prefix("Environment=") {
+            for word in env.split_whitespace() {
+                if let Some(d) = word.strip_prefix("SYN_CERT_DIR=") {
+                    dir = Some(d.trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    (user, dir)
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of a report.
+pub(crate) fn render_cert_metrics(instance: &str, r: &Report) -> String {
+    let inst = label(instance);
+    let mut out = String::from(
+        "# HELP synbackup_cert_not_after_timestamp_seconds When the certificate expires.\n\
+         # TYPE synbackup_cert_not_after_timestamp_seconds gauge\n",
+    );
+    for c in &r.certs {
+        out.push_str(&format!(
+            "synbackup_cert_not_after_timestamp_seconds{{instance=\"{inst}\",path=\"{}\",subject_cn=\"{}\",issuer_cn=\"{}\",serial=\"{}\"}} {}\n",
+            label(&c.path),
+            label(&c.subject_cn),
+            label(&c.issuer_cn),
+            label(&c.serial),
+            c.not_after
+        ));
+    }
+    out.push_str(
+        "# HELP synbackup_cert_not_before_timestamp_seconds When the certificate becomes valid.\n\
+         # TYPE synbackup_cert_not_before_timestamp_seconds gauge\n",
+    );
+    for c in &r.certs {
+        out.push_str(&format!(
+            "synbackup_cert_not_before_timestamp_seconds{{instance=\"{inst}\",path=\"{}\",subject_cn=\"{}\",issuer_cn=\"{}\",serial=\"{}\"}} {}\n",
+            label(&c.path),
+            label(&c.subject_cn),
+            label(&c.issuer_cn),
+            label(&c.serial),
+            c.not_before
+        ));
+    }
+    out.push_str(
+        "# HELP synbackup_cert_error 1 if a check of the file failed (see synbackup certs), else 0.\n\
+         # TYPE synbackup_cert_error gauge\n",
+    );
+    let mut paths: Vec<&String> = r
+        .files
+        .iter()
+        .chain(r.findings.iter().map(|f| &f.path))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    for p in paths {
+        out.push_str(&format!(
+            "synbackup_cert_error{{instance=\"{inst}\",path=\"{}\"}} {}\n",
+            label(p),
+            u8::from(r.file_failed(p))
+        ));
+    }
+    out
+}
+
+/// Write the metrics file of `instance` (a missing metrics directory is a warning,
+/// as for the run's metrics).
+pub(crate) fn write_cert_metrics(metrics_dir: &Path, instance: &str, r: &Report) -> Result<()> {
+    if let Err(e) = std::fs::create_dir_all(metrics_dir) {
+        log::warn!(
+            "no metrics written: cannot create {}: {e}",
+            metrics_dir.display()
+        );
+        return Ok(());
+    }
+    let path = metrics_dir.join(format!("synbackup-{instance}-certs.prom"));
+    write_atomic(&path, render_cert_metrics(instance, r).as_bytes(), 0o644)
+}
+
+/// `ok`, `expiring` or `expired`, for each certificate (path and serial).
+fn expiry_states(r: &Report) -> BTreeMap<String, String> {
+    r.certs
+        .iter()
+        .map(|c| {
+            let state = if c.days_left < 0 {
+                "expired"
+            } else if c.days_left < i64::from(r.warn_days) {
+                "expiring"
+            } else {
+                "ok"
+            };
+            (format!("{} {}", c.path, c.serial), state.to_string())
+        })
+        .collect()
+}
+
+/// Log one `MSG_CERT_EXPIRY` event for each certificate whose state became
+/// `expiring` or `expired` since the last check, and remember the states.
+pub(crate) fn announce_expiry_changes(
+    state_dir: &Path,
+    instance: &str,
+    r: &Report,
+) -> Result<usize> {
+    let path = state_dir.join(format!("{instance}.certs.json"));
+    let before: BTreeMap<String, String> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now = expiry_states(r);
+    let mut events = 0;
+    for c in &r.certs {
+        let key = format!("{} {}", c.path, c.serial);
+        let state = now.get(&key).map(String::as_str).unwrap_or("ok");
+        if state == "ok" || before.get(&key).map(String::as_str) == Some(state) {
+            continue;
+        }
+        let (level, text) = if state == "expired" {
+            (
+                Level::Error,
+                format!("certificate {} (CN={}) has expired", c.path, c.subject_cn),
+            )
+        } else {
+            (
+                Level::Warn,
+                format!(
+                    "certificate {} (CN={}) expires in {} days",
+                    c.path, c.subject_cn, c.days_left
+                ),
+            )
+        };
+        let not_after = c.not_after.to_string();
+        logging::event(
+            level,
+            MSG_CERT_EXPIRY,
+            instance,
+            &[
+                ("SYNBACKUP_CERT_PATH", &c.path),
+                ("SYNBACKUP_CERT_STATE", state),
+                ("SYNBACKUP_CERT_NOT_AFTER", &not_after),
+            ],
+            &text,
+        );
+        events += 1;
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let mut json = serde_json::to_vec_pretty(&now)?;
+    json.push(b'\n');
+    write_atomic(&path, &json, 0o644)?;
+    Ok(events)
+}
+
+/// Check an instance's material (the command and `run` call this).
+pub(crate) fn check_instance(inst: &Instance, opts: &certs::Options) -> Result<Report> {
+    let dir = resolve_cert_dir(inst)?;
+    certs::check_material(&inst.service_dir, dir.as_deref(), opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_settings() {
+        assert_eq!(
+            parse_unit_cert_settings("User=synapse\nEnvironment=A=1 SYN_CERT_DIR=/etc/syn/certs\n"),
+            (Some("synapse".into()), Some("/etc/syn/certs".into()))
+        );
+        assert_eq!(
+            parse_unit_cert_settings("User=\nEnvironment=\n"),
+            (None, None)
+        );
+    }
+}
