@@ -59,10 +59,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &CertsArgs) -> Result<ExitCode> {
                 },
                 now,
             };
-            let report = instance_certs::check_instance(&inst, &opts)?;
-            instance_certs::write_cert_metrics(&dirs.metrics_dir, name, &report)?;
-            instance_certs::announce_expiry_changes(&dirs.state_dir, name, &report)?;
-            report
+            instance_certs::check_and_record(dirs, &inst, &opts)?
         }
         (None, Some(dir)) => {
             require_dir(dir)?;

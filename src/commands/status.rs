@@ -35,6 +35,9 @@ struct Health {
     max_age_seconds: u64,
     backup: Option<Status>,
     cold: Option<Status>,
+    /// The last certificate check (`synbackup certs`, every `run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certs: Option<crate::instance::certs::CertsState>,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -66,6 +69,7 @@ pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
             )),
             _ => None,
         };
+        let certs = crate::instance::certs::load_state(&dirs.state_dir, &name);
         all.push(Health {
             instance: name,
             healthy: problem.is_none(),
@@ -74,6 +78,7 @@ pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
             max_age_seconds: max_age.as_secs(),
             backup,
             cold,
+            certs,
         });
     }
     if args.json {
@@ -99,6 +104,9 @@ pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
             match &h.problem {
                 None => writeln!(out, "{}: OK, {last}", h.instance)?,
                 Some(p) => writeln!(out, "{}: PROBLEM: {p}; {last}", h.instance)?,
+            }
+            if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
+                writeln!(out, "{}: certificates: {w}", h.instance)?;
             }
             if let Some(c) = &h.cold {
                 writeln!(

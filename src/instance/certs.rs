@@ -4,7 +4,8 @@
 //! shape: a `not_after` timestamp per certificate, an error gauge per file), and one
 //! journal event when a certificate enters the warning window or expires (the last
 //! state of each is kept in `STATE_DIR/INSTANCE.certs.json`, so the event is logged
-//! once per change, not at every run).
+//! once per change, not at every run; the worst finding is kept there too, for
+//! `status`). `run` checks after every backup; a failed check never fails the backup.
 //!
 //! The certificate directory: `SYNBACKUP_CERT_DIR` when set; else the unit's
 //! `Environment=SYN_CERT_DIR=...`; else `~/.syn/certs` of the unit's `User=` (root
@@ -15,12 +16,37 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use log::Level;
+use serde::{Deserialize, Serialize};
 
 use crate::base::fsutil::write_atomic;
 use crate::base::logging::{self, MSG_CERT_EXPIRY};
-use crate::engine::certs::{self, Report};
+use crate::engine::certs::{self, Report, Severity};
 use crate::host::systemd;
 use crate::instance::config::Instance;
+use crate::instance::dirs::Dirs;
+
+/// What `STATE_DIR/INSTANCE.certs.json` keeps of the last check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct CertsState {
+    /// When it ran (RFC 3339).
+    pub(crate) checked: String,
+    /// The worst severity, `None` when every check passed.
+    pub(crate) worst: Option<Severity>,
+    /// That finding, as `CHECK PATH: MESSAGE`.
+    pub(crate) worst_finding: Option<String>,
+    /// `ok`, `expiring` or `expired` by "PATH SERIAL".
+    pub(crate) expiry: BTreeMap<String, String>,
+}
+
+fn state_path(state_dir: &Path, instance: &str) -> PathBuf {
+    state_dir.join(format!("{instance}.certs.json"))
+}
+
+/// The last check's state, if one was recorded.
+pub(crate) fn load_state(state_dir: &Path, instance: &str) -> Option<CertsState> {
+    let bytes = std::fs::read(state_path(state_dir, instance)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
 /// The instance's certificate directory (see the module doc), `None` when it has no
 /// unit to ask and no `SYNBACKUP_CERT_DIR`.
@@ -158,17 +184,15 @@ fn expiry_states(r: &Report) -> BTreeMap<String, String> {
 }
 
 /// Log one `MSG_CERT_EXPIRY` event for each certificate whose state became
-/// `expiring` or `expired` since the last check, and remember the states.
+/// `expiring` or `expired` since the last check, and remember the states and the
+/// worst finding.
 pub(crate) fn announce_expiry_changes(
     state_dir: &Path,
     instance: &str,
     r: &Report,
 ) -> Result<usize> {
-    let path = state_dir.join(format!("{instance}.certs.json"));
-    let before: BTreeMap<String, String> = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let path = state_path(state_dir, instance);
+    let before = load_state(state_dir, instance).unwrap_or_default().expiry;
     let now = expiry_states(r);
     let mut events = 0;
     for c in &r.certs {
@@ -207,16 +231,56 @@ pub(crate) fn announce_expiry_changes(
     }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
-    let mut json = serde_json::to_vec_pretty(&now)?;
+    let state = CertsState {
+        checked: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        worst: r.worst(),
+        worst_finding: r
+            .worst_finding()
+            .map(|f| format!("{} {}: {}", f.check, f.path, f.message)),
+        expiry: now,
+    };
+    let mut json = serde_json::to_vec_pretty(&state)?;
     json.push(b'\n');
     write_atomic(&path, &json, 0o644)?;
     Ok(events)
 }
 
-/// Check an instance's material (the command and `run` call this).
-pub(crate) fn check_instance(inst: &Instance, opts: &certs::Options) -> Result<Report> {
+/// Check an instance's material, write its metrics, log and record expiry changes.
+pub(crate) fn check_and_record(
+    dirs: &Dirs,
+    inst: &Instance,
+    opts: &certs::Options,
+) -> Result<Report> {
     let dir = resolve_cert_dir(inst)?;
-    certs::check_material(&inst.service_dir, dir.as_deref(), opts)
+    let report = certs::check_material(&inst.service_dir, dir.as_deref(), opts)?;
+    write_cert_metrics(&dirs.metrics_dir, &inst.name, &report)?;
+    announce_expiry_changes(&dirs.state_dir, &inst.name, &report)?;
+    Ok(report)
+}
+
+/// The check `run` does after its backup, with the instance's settings: its
+/// findings are logged (a failure as a warning), its own errors too; it never
+/// fails the run.
+pub(crate) fn check_after_run(dirs: &Dirs, inst: &Instance) {
+    let opts = certs::Options {
+        warn_days: inst.cert_warn_days,
+        https_names: inst.cert_names.clone(),
+        now: chrono::Utc::now().timestamp(),
+    };
+    match check_and_record(dirs, inst, &opts) {
+        Ok(r) => {
+            for f in &r.findings {
+                log::warn!(
+                    "certificates of {}: {} {}: {}",
+                    inst.name,
+                    f.check,
+                    f.path,
+                    f.message
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot check the certificates of {}: {e:#}", inst.name),
+    }
 }
 
 #[cfg(test)]

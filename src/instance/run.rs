@@ -53,6 +53,7 @@ pub(crate) fn run(
     // A second run exits here, and leaves the first one's status alone.
     let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "run")?;
     let result = backup_and_prune(&inst, started, show_bar);
+    crate::instance::certs::check_after_run(dirs, &inst);
     match result {
         Ok((summary, kept)) => {
             let st = Status {

@@ -188,3 +188,60 @@ fn the_expiry_event_is_logged_once_per_change() {
         stderr(&third)
     );
 }
+
+#[test]
+fn run_checks_the_certificates_and_status_shows_the_worst_finding() {
+    let m = good_material();
+    // fake_service writes placeholder HTTPS files: keep the material's pair.
+    let pair: Vec<Vec<u8>> = ["sslcert.pem", "sslkey.pem"]
+        .iter()
+        .map(|n| fs::read(m.svc.join(n)).unwrap())
+        .collect();
+    fake_service(&m.svc, 50);
+    fs::write(m.svc.join("sslcert.pem"), &pair[0]).unwrap();
+    write_key(&m.svc.join("sslkey.pem"), &pair[1]);
+    fs::copy(m.root.join("testca.key"), m.certdir.join("cas/testca.key")).unwrap();
+    let i = Inst::new(m);
+    let dirs = |c: &mut std::process::Command| {
+        c.arg("--config-dir")
+            .arg(i.m.root.join("etc"))
+            .arg("--state-dir")
+            .arg(i.m.root.join("state"))
+            .arg("--lock-dir")
+            .arg(i.m.root.join("lock"))
+            .arg("--metrics-dir")
+            .arg(i.m.root.join("metrics"));
+    };
+    let mut run = bin();
+    dirs(&mut run);
+    let o = run
+        .env_remove("SYNBACKUP_CERT_DIR")
+        .args(["-q", "run", "c0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a failed check does not fail the backup: {}",
+        stderr(&o)
+    );
+    let ca_key = i.m.certdir.join("cas/testca.key");
+    assert_eq!(
+        i.metric(
+            "synbackup_cert_error",
+            &format!("path=\"{}\"", ca_key.display())
+        ),
+        Some(1.0)
+    );
+    let mut status = bin();
+    dirs(&mut status);
+    let o = status.args(["status", "c0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!(
+            "c0: certificates: ca-key {}: a CA's private key",
+            ca_key.display()
+        )),
+        "{text}"
+    );
+}

@@ -20,13 +20,13 @@ pub(crate) mod x509;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::files::{Pair, Role};
 use self::x509::Trust;
 
 /// How bad a finding is; a report's worst decides the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Severity {
     /// Act soon (expiring, the self-signed default).
@@ -78,6 +78,12 @@ impl Report {
     /// The worst severity found, `None` when all is well.
     pub(crate) fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
+    }
+
+    /// The first of the worst findings.
+    pub(crate) fn worst_finding(&self) -> Option<&Finding> {
+        let worst = self.worst()?;
+        self.findings.iter().find(|f| f.severity == worst)
     }
 
     /// True when a check failed.
