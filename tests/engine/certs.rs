@@ -331,3 +331,107 @@ fn a_missing_service_directory_is_one_error_line() {
         .unwrap();
     assert_fails(&o, 3, "nope is not a directory");
 }
+
+/// A TLS handshake with the listener at `port` as a telepath client does it: the
+/// server's certificate verified against `cas/testca.crt` for `cortex.local`, the
+/// user certificate `root@testca` presented. `Ok(CN)` of the server certificate.
+fn handshake(m: &Material, port: u16) -> Result<String, String> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_ca_file(m.certdir.join("cas/testca.crt"))
+        .map_err(|e| e.to_string())?;
+    b.set_certificate_file(m.certdir.join("users/root@testca.crt"), SslFiletype::PEM)
+        .map_err(|e| e.to_string())?;
+    b.set_private_key_file(m.certdir.join("users/root@testca.key"), SslFiletype::PEM)
+        .map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let tls = b
+        .build()
+        .connect("cortex.local", tcp)
+        .map_err(|e| e.to_string())?;
+    let cert = tls.ssl().peer_certificate().ok_or("no peer certificate")?;
+    let cn = cert
+        .subject_name()
+        .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+        .next()
+        .map(|e| e.data().as_slice().to_vec())
+        .unwrap_or_default();
+    Ok(String::from_utf8_lossy(&cn).into_owned())
+}
+
+/// Start a real Cortex on `m.svc` with `SYN_CERT_DIR=m.certdir`, its `ssl://`
+/// listener on a free port; wait (bounded) until a TLS handshake with it succeeds
+/// (`Some(server CN)`) or it exits (`None`). The process is stopped before returning.
+fn cortex_serves(m: &Material) -> (Option<String>, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs::write(
+        m.svc.join("cell.yaml"),
+        format!("dmon:listen: ssl://127.0.0.1:{port}?hostname=cortex.local&ca=testca\n"),
+    )
+    .unwrap();
+    let log = m.root.join("cortex.log");
+    let logf = fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(python())
+        .args(["-m", "synapse.servers.cortex", "--https", "0"])
+        .arg(&m.svc)
+        .env("SYN_CERT_DIR", &m.certdir)
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let served = loop {
+        if let Ok(cn) = handshake(m, port) {
+            break Some(cn);
+        }
+        if child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Cortex neither served nor exited: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = nix_kill(child.id() as i32, 15);
+    let _ = child.wait();
+    (served, fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn a_real_cortex_agrees_with_the_listener_check() {
+    let m = good_material();
+    expect(&m, 0, &[]);
+    let (served, log) = cortex_serves(&m);
+    assert_eq!(
+        served.as_deref(),
+        Some("cortex.local"),
+        "the check passed but the Cortex did not serve hosts/cortex.local.crt: {log}"
+    );
+
+    // Without its host certificate: the check fails, and so does the Cortex.
+    let moved = m.root.join("moved");
+    fs::create_dir(&moved).unwrap();
+    for ext in ["crt", "key"] {
+        fs::rename(
+            m.certdir.join(format!("hosts/cortex.local.{ext}")),
+            moved.join(format!("cortex.local.{ext}")),
+        )
+        .unwrap();
+    }
+    expect(&m, 9, &[("fail", "listener-cert-missing", "svc/cell.yaml")]);
+    let (served, log) = cortex_serves(&m);
+    assert_eq!(
+        served, None,
+        "the Cortex served without hosts/cortex.local.crt: {log}"
+    );
+    assert!(
+        log.contains("Missing TLS certificate file for host: cortex.local"),
+        "{log}"
+    );
+}
