@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::fsutil::write_atomic;
 use crate::base::logging::{self, MSG_CERT_EXPIRY};
-use crate::engine::certs::{self, Report, Severity};
+use crate::engine::certs::{self, CertInfo, Report, Severity};
 use crate::host::systemd;
 use crate::instance::config::Instance;
 use crate::instance::dirs::Dirs;
@@ -100,36 +100,34 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Which timestamp of a certificate a gauge shows.
+type Timestamp = fn(&CertInfo) -> i64;
+
 /// The Prometheus text of a report.
 pub(crate) fn render_cert_metrics(instance: &str, r: &Report) -> String {
     let inst = label(instance);
-    let mut out = String::from(
-        "# HELP synbackup_cert_not_after_timestamp_seconds When the certificate expires.\n\
-         # TYPE synbackup_cert_not_after_timestamp_seconds gauge\n",
-    );
-    for c in &r.certs {
-        out.push_str(&format!(
-            "synbackup_cert_not_after_timestamp_seconds{{instance=\"{inst}\",path=\"{}\",subject_cn=\"{}\",issuer_cn=\"{}\",serial=\"{}\"}} {}\n",
-            label(&c.path),
-            label(&c.subject_cn),
-            label(&c.issuer_cn),
-            label(&c.serial),
+    let mut out = String::new();
+    let timestamps: [(&str, &str, Timestamp); 2] = [
+        ("not_after", "When the certificate expires.", |c| {
             c.not_after
-        ));
-    }
-    out.push_str(
-        "# HELP synbackup_cert_not_before_timestamp_seconds When the certificate becomes valid.\n\
-         # TYPE synbackup_cert_not_before_timestamp_seconds gauge\n",
-    );
-    for c in &r.certs {
-        out.push_str(&format!(
-            "synbackup_cert_not_before_timestamp_seconds{{instance=\"{inst}\",path=\"{}\",subject_cn=\"{}\",issuer_cn=\"{}\",serial=\"{}\"}} {}\n",
-            label(&c.path),
-            label(&c.subject_cn),
-            label(&c.issuer_cn),
-            label(&c.serial),
+        }),
+        ("not_before", "When the certificate becomes valid.", |c| {
             c.not_before
-        ));
+        }),
+    ];
+    for (what, help, value) in timestamps {
+        let name = format!("synbackup_cert_{what}_timestamp_seconds");
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for c in &r.certs {
+            out.push_str(&format!(
+                "{name}{{instance=\"{inst}\",path=\"{}\",subject_cn=\"{}\",issuer_cn=\"{}\",serial=\"{}\"}} {}\n",
+                label(&c.path),
+                label(&c.subject_cn),
+                label(&c.issuer_cn),
+                label(&c.serial),
+                value(c)
+            ));
+        }
     }
     out.push_str(
         "# HELP synbackup_cert_error 1 if a check of the file failed (see synbackup certs), else 0.\n\
