@@ -51,8 +51,31 @@ pub(crate) fn write_error(path: &Path, e: io::Error) -> anyhow::Error {
                 path.display()
             ),
         ),
+        Some(libc::EROFS) => fail(
+            Code::BadPath,
+            format!(
+                "cannot write {}: {e}{}",
+                path.display(),
+                read_only_hint(path)
+            ),
+        ),
         _ => anyhow::Error::new(e).context(format!("cannot write {}", path.display())),
     }
+}
+
+/// What to say after "Read-only file system": under a hardened unit the cause is
+/// usually a path outside the unit's writable paths, which synbackup-generator
+/// derives from the config at `systemctl daemon-reload`.
+pub(crate) fn read_only_hint(path: &Path) -> String {
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return String::new();
+    }
+    format!(
+        " ({} is outside this unit's writable paths: synbackup-generator makes the configured \
+         SYNBACKUP_SERVICE_DIR and SYNBACKUP_BACKUP_ROOT writable; after editing the config run \
+         `systemctl daemon-reload`)",
+        path.display()
+    )
 }
 
 /// Data extents of a file: `(offset, len)` pairs, holes left out.

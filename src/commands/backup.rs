@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 
+use crate::base::exit::{fail, Code};
+use crate::base::units::parse_duration;
 use crate::commands::print_json;
 use crate::engine::backup;
 use crate::engine::freeze::FreezeMode;
@@ -15,9 +18,11 @@ use crate::engine::freeze::FreezeMode;
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
     /// The service directory to back up.
-    pub(crate) src: PathBuf,
+    #[arg(value_name = "SRC")]
+    pub(crate) src: Option<PathBuf>,
     /// Where the backup goes; must not exist, or be an empty directory.
-    pub(crate) dst: PathBuf,
+    #[arg(value_name = "DST")]
+    pub(crate) dst: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) engine: EngineOpts,
     /// Verify the copy before it is published under DST.
@@ -40,20 +45,44 @@ pub(crate) struct EngineOpts {
     /// Freeze the running service while the snapshots are taken.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = FreezeMode::Auto)]
     pub(crate) freeze: FreezeMode,
-    /// Seconds the service may take to freeze (its nexus lock and flush).
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    pub(crate) freeze_timeout: u64,
+    /// How long the service may take to freeze (its nexus lock and flush): a
+    /// duration such as 120s or 5m, as SYNBACKUP_FREEZE_TIMEOUT.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub(crate) freeze_timeout: Duration,
+}
+
+/// SRC and DST: after the options, or (Synapse's tool's synopsis) the last two
+/// words of a `--skipdirs` list that swallowed them.
+fn src_and_dst(a: &mut BackupArgs) -> Result<(PathBuf, PathBuf)> {
+    let mut missing = usize::from(a.src.is_none()) + usize::from(a.dst.is_none());
+    let mut taken = Vec::new();
+    while missing > 0 && a.engine.skipdirs.len() > 1 {
+        taken.push(PathBuf::from(a.engine.skipdirs.pop().unwrap_or_default()));
+        missing -= 1;
+    }
+    // Positionals given after the list come after the ones taken from it.
+    let mut paths: Vec<PathBuf> = taken.into_iter().rev().collect();
+    paths.extend(a.src.take());
+    paths.extend(a.dst.take());
+    match <[PathBuf; 2]>::try_from(paths) {
+        Ok([src, dst]) => Ok((src, dst)),
+        Err(_) => Err(fail(
+            Code::Usage,
+            "backup needs SRC and DST: synbackup backup [--skipdirs GLOB...] SRC DST",
+        )),
+    }
 }
 
 /// Back up, log the summary line, print it as JSON when asked.
-pub(crate) fn exec(a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
+pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
+    let (src, dst) = src_and_dst(&mut a)?;
     let req = backup::Request {
-        src: a.src,
-        dst: a.dst,
+        src,
+        dst,
         skipdirs: a.engine.skipdirs,
         jobs: a.engine.jobs,
         freeze: a.engine.freeze,
-        freeze_timeout: a.engine.freeze_timeout,
+        freeze_timeout: a.engine.freeze_timeout.as_secs(),
         verify: a.verify,
         min_free: 0,
         show_bar,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
+use crate::commands::run::leave_final_status;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 
@@ -20,6 +21,8 @@ pub(crate) struct ColdArgs {
 
 /// Run the window for the instance.
 pub(crate) fn exec(dirs: &Dirs, a: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
-    crate::service::window::run(dirs, &a.instance, &a.overrides, show_bar)?;
+    let result = crate::service::window::run(dirs, &a.instance, &a.overrides, show_bar);
+    leave_final_status(dirs, &a.instance, "cold");
+    result?;
     Ok(ExitCode::SUCCESS)
 }

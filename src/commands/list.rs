@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup list [INSTANCE] [--json]`: every backup of the instances with its age,
-//! size and state (`instance::catalog`).
+//! size and state (`instance::catalog`). An instance whose configuration does not
+//! load is reported on stderr and the others are still listed (exit 2).
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use chrono::Utc;
 use clap::Args;
 use serde::Serialize;
 
+use crate::base::exit::Code;
 use crate::base::fsutil::human;
 use crate::base::units::format_duration;
 use crate::commands::print_json;
@@ -41,8 +43,17 @@ struct Listed {
 pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
     let now = Utc::now();
     let mut rows = Vec::new();
+    let mut broken = 0;
     for name in config::selected(&dirs.config_dir, args.instance.as_deref())? {
-        let inst = config::load(&dirs.config_dir, &name, &InstanceOverrides::default())?;
+        // One broken file must not hide every other instance's backups.
+        let inst = match config::load(&dirs.config_dir, &name, &InstanceOverrides::default()) {
+            Ok(i) => i,
+            Err(e) => {
+                log::error!("{name}: not listed: {e:#}");
+                broken += 1;
+                continue;
+            }
+        };
         for e in catalog::scan(&inst.backup_root, &name)? {
             rows.push(Listed {
                 instance: name.clone(),
@@ -80,6 +91,9 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
                 human(r.bytes)
             )?;
         }
+    }
+    if broken > 0 {
+        return Ok(ExitCode::from(Code::Usage as u8));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,8 @@ pub(crate) mod list;
 pub(crate) mod prune;
 /// `synbackup restore BACKUP [DIR]`.
 pub(crate) mod restore;
+/// `synbackup retire INSTANCE`.
+pub(crate) mod retire;
 /// `synbackup run INSTANCE`.
 pub(crate) mod run;
 /// `synbackup status [INSTANCE]`.
@@ -39,17 +41,20 @@ pub(crate) mod sysctl;
 /// `synbackup verify BACKUP`.
 pub(crate) mod verify;
 
+/// The `--help` section of the options every subcommand takes.
+const GLOBAL: &str = "Global options";
+
 /// Consistent, compacted, verified backups of Synapse services.
 #[derive(Debug, Parser)]
 #[command(name = "synbackup", version, about, long_about = None, propagate_version = true)]
 pub(crate) struct Cli {
     /// More log output (repeat for debug and trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     pub(crate) verbose: u8,
     /// Only errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = GLOBAL)]
     pub(crate) quiet: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = GLOBAL)]
     pub(crate) dirs: Dirs,
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -77,6 +82,8 @@ pub(crate) enum Command {
     Sysctl(sysctl::SysctlArgs),
     /// Check every certificate and key the service uses (dates, keys, chains, names, modes).
     Certs(certs::CertsArgs),
+    /// Forget a removed instance: delete its status and metrics files (never backups).
+    Retire(retire::RetireArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
 }
@@ -96,6 +103,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),
         Command::Certs(a) => certs::exec(dirs, &a),
+        Command::Retire(a) => retire::exec(dirs, &a),
         Command::Completions(a) => completions::exec(&a),
     }
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `synbackup prune INSTANCE [--dry-run]`: retention by hand (`instance::prune`).
+//! `synbackup prune INSTANCE [--dry-run]`: retention by hand (`instance::prune`),
+//! never while a run, window or restore of the instance holds its lock.
 
 use std::process::ExitCode;
 
@@ -20,24 +21,28 @@ pub(crate) struct PruneArgs {
     pub(crate) dry_run: bool,
 }
 
-/// Prune; temporaries are removed only when no run holds the lock.
+/// Prune under the instance lock: while a run, window or restore holds it, a
+/// prune refuses (exit 7) and removes nothing; a dry run says what it would do.
 pub(crate) fn exec(dirs: &Dirs, args: &PruneArgs) -> Result<ExitCode> {
     let inst = config::load(
         &dirs.config_dir,
         &args.instance,
         &InstanceOverrides::default(),
     )?;
-    let lock = lock::acquire(&dirs.lock_dir, &inst.name, "prune");
-    let own = lock.is_ok();
-    if let Err(e) = &lock {
-        if code_of(e) != Code::Locked {
-            return Err(lock
-                .err()
-                .map(|e| e.context("prune"))
-                .unwrap_or_else(|| anyhow::anyhow!("lock")));
+    let held = match lock::try_acquire(&dirs.lock_dir, &inst.name, "prune") {
+        Ok(l) => Some(l),
+        Err(e) if args.dry_run && code_of(&e) == Code::Locked => {
+            log::info!("{e:#}; a prune now would remove nothing");
+            None
         }
-    }
+        Err(e) => return Err(e),
+    };
+    let own = held.is_some();
     let kept = prune::prune(&inst, None, args.dry_run, own)?;
-    log::info!("{}: {kept} backups kept", inst.name);
+    log::info!(
+        "{}: {kept} {} kept",
+        inst.name,
+        if kept == 1 { "backup" } else { "backups" }
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
-//! `Unhealthy` (9) when one failed or its last good backup is too old, so it serves
-//! as a monitoring check.
+//! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
+//! window or restore failed or was skipped, or its last good backup is too old, so
+//! it serves as a monitoring check.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::base::exit::Code;
+use crate::base::fsutil::human;
 use crate::base::units::format_duration;
 use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
@@ -30,11 +32,19 @@ pub(crate) struct StatusArgs {
 struct Health {
     instance: String,
     healthy: bool,
+    /// Every problem, joined (absent when healthy).
     problem: Option<String>,
+    problems: Vec<String>,
     last_success_age_seconds: Option<i64>,
     max_age_seconds: u64,
     backup: Option<Status>,
     cold: Option<Status>,
+    restore: Option<Status>,
+    /// The service directory's file system and disk, data size, RAM, and the bytes
+    /// a window would reclaim (from the last run).
+    host: Option<serde_json::Value>,
+    /// What the deployment guide warns about (not a failure).
+    warnings: Vec<String>,
     /// The last certificate check (`synbackup certs`, every `run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<crate::instance::certs::CertsState>,
@@ -45,81 +55,163 @@ pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
     let now = Utc::now();
     let mut all = Vec::new();
     for name in config::selected(&dirs.config_dir, args.instance.as_deref())? {
-        let max_age = config::load(&dirs.config_dir, &name, &InstanceOverrides::default())
-            .map(|i| i.max_age)
-            .unwrap_or(std::time::Duration::from_secs(26 * 3600));
-        let backup = status::load(&dirs.state_dir, &name, "backup");
-        let cold = status::load(&dirs.state_dir, &name, "cold");
-        let age = backup
-            .as_ref()
-            .and_then(|s| s.last_success.as_deref())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| (now - t.with_timezone(&Utc)).num_seconds());
-        let problem = match (&backup, age) {
-            (None, _) => Some("no run recorded yet".to_string()),
-            (Some(s), _) if s.result != "success" => Some(format!(
-                "last run failed: {}",
-                s.error.clone().unwrap_or_default()
-            )),
-            (_, None) => Some("no successful backup yet".to_string()),
-            (_, Some(a)) if a as u64 > max_age.as_secs() => Some(format!(
-                "last good backup is {} old (more than {})",
-                format_duration(std::time::Duration::from_secs(a as u64)),
-                format_duration(max_age)
-            )),
-            _ => None,
-        };
-        let certs = crate::instance::certs::load_state(&dirs.state_dir, &name);
-        all.push(Health {
-            instance: name,
-            healthy: problem.is_none(),
-            problem,
-            last_success_age_seconds: age,
-            max_age_seconds: max_age.as_secs(),
-            backup,
-            cold,
-            certs,
-        });
+        all.push(health_of(dirs, &name, now));
     }
     if args.json {
         print_json(&all)?;
     } else {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        if all.is_empty() {
-            writeln!(
-                out,
-                "no instances configured in {}",
-                dirs.config_dir.display()
-            )?;
-        }
-        for h in &all {
-            let last = match h.last_success_age_seconds {
-                Some(a) => format!(
-                    "last good backup {} ago",
-                    format_duration(std::time::Duration::from_secs(a.max(0) as u64))
-                ),
-                None => "no good backup".to_string(),
-            };
-            match &h.problem {
-                None => writeln!(out, "{}: OK, {last}", h.instance)?,
-                Some(p) => writeln!(out, "{}: PROBLEM: {p}; {last}", h.instance)?,
-            }
-            if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
-                writeln!(out, "{}: certificates: {w}", h.instance)?;
-            }
-            if let Some(c) = &h.cold {
-                writeln!(
-                    out,
-                    "{}: last maintenance window {} at {}",
-                    h.instance, c.result, c.finished
-                )?;
-            }
-        }
+        print_text(dirs, &all)?;
     }
     if all.iter().all(|h| h.healthy) {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::from(Code::Unhealthy as u8))
     }
+}
+
+/// One instance's health: its configuration, last run, window and restore.
+fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
+    let mut problems = Vec::new();
+    // A configuration that does not parse is a failing check, never a default.
+    let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default());
+    let max_age = match &inst {
+        Ok(i) => i.max_age,
+        Err(e) => {
+            problems.push(format!("bad configuration: {e:#}"));
+            config::DEFAULT_MAX_AGE
+        }
+    };
+    let backup = status::load(&dirs.state_dir, name, "backup");
+    let last_run = backup
+        .as_ref()
+        .and_then(|b| b.details.clone())
+        .unwrap_or_default();
+    let host = inst.as_ref().ok().map(|i| {
+        let mut facts = status::host_facts(&i.service_dir, last_run["data_bytes"].as_u64());
+        facts["reclaimable_bytes"] = last_run["reclaimable_bytes"].clone();
+        facts
+    });
+    let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
+    let cold = status::load(&dirs.state_dir, name, "cold");
+    let restore = status::load(&dirs.state_dir, name, "restore");
+    let age = backup
+        .as_ref()
+        .and_then(|s| s.last_success.as_deref())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (now - t.with_timezone(&Utc)).num_seconds());
+    match (&backup, age) {
+        (None, _) => problems.push("no run recorded yet".to_string()),
+        (Some(s), _) if s.result != "success" => problems.push(last_problem("run", s)),
+        (_, None) => problems.push("no successful backup yet".to_string()),
+        (_, Some(a)) if a as u64 > max_age.as_secs() => problems.push(format!(
+            "last good backup is {} old (more than {})",
+            format_duration(std::time::Duration::from_secs(a as u64)),
+            format_duration(max_age)
+        )),
+        _ => {}
+    }
+    for (what, s) in [("maintenance window", &cold), ("restore", &restore)] {
+        if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
+            problems.push(last_problem(what, s));
+        }
+    }
+    Health {
+        instance: name.to_string(),
+        healthy: problems.is_empty(),
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        problems,
+        last_success_age_seconds: age,
+        max_age_seconds: max_age.as_secs(),
+        backup,
+        cold,
+        restore,
+        host,
+        warnings,
+        certs: crate::instance::certs::load_state(&dirs.state_dir, name),
+    }
+}
+
+/// "last run failed: ..." / "last maintenance window was skipped: ...".
+fn last_problem(what: &str, s: &Status) -> String {
+    let verb = if s.result == "skipped" {
+        "was skipped"
+    } else {
+        "failed"
+    };
+    format!(
+        "last {what} {verb} at {}: {}",
+        s.finished,
+        s.error.as_deref().unwrap_or("no error recorded")
+    )
+}
+
+/// "data 1.2 GiB on ext4 (SSD), RAM 16 GiB; a window would reclaim 300 MiB".
+fn describe_host(f: &serde_json::Value) -> String {
+    let size = |k: &str| f[k].as_u64().map(human).unwrap_or_else(|| "?".into());
+    let disk = match f["rotational"].as_bool() {
+        Some(true) => " (rotational disk)",
+        Some(false) => " (non-rotational disk)",
+        None => "",
+    };
+    let reclaim = match f["reclaimable_bytes"].as_u64() {
+        Some(b) => format!("; a maintenance window would reclaim about {}", human(b)),
+        None => String::new(),
+    };
+    format!(
+        "data {} on {}{disk}, RAM {}{reclaim}",
+        size("data_bytes"),
+        f["fstype"].as_str().unwrap_or("?"),
+        size("mem_total_bytes")
+    )
+}
+
+fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if all.is_empty() {
+        writeln!(
+            out,
+            "no instances configured in {}",
+            dirs.config_dir.display()
+        )?;
+    }
+    if !all.is_empty() && !dirs.metrics_dir.is_dir() {
+        writeln!(
+            out,
+            "no metrics are written: {} does not exist (install node_exporter's textfile collector, or set --metrics-dir)",
+            dirs.metrics_dir.display()
+        )?;
+    }
+    for h in all {
+        let last = match h.last_success_age_seconds {
+            Some(a) => format!(
+                "last good backup {} ago",
+                format_duration(std::time::Duration::from_secs(a.max(0) as u64))
+            ),
+            None => "no good backup".to_string(),
+        };
+        match &h.problem {
+            None => writeln!(out, "{}: OK, {last}", h.instance)?,
+            Some(p) => writeln!(out, "{}: PROBLEM: {p}; {last}", h.instance)?,
+        }
+        if let Some(f) = &h.host {
+            writeln!(out, "{}: {}", h.instance, describe_host(f))?;
+        }
+        for w in &h.warnings {
+            writeln!(out, "{}: WARNING: {w}", h.instance)?;
+        }
+        if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
+            writeln!(out, "{}: certificates: {w}", h.instance)?;
+        }
+        for (what, s) in [("maintenance window", &h.cold), ("restore", &h.restore)] {
+            if let Some(s) = s {
+                writeln!(
+                    out,
+                    "{}: last {what} {} at {} (exit {})",
+                    h.instance, s.result, s.finished, s.exit_code
+                )?;
+            }
+        }
+    }
+    Ok(())
 }

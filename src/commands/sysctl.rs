@@ -34,8 +34,8 @@ pub(crate) struct SysctlArgs {
     /// exit 9 when there is one.
     #[arg(long)]
     pub(crate) check: bool,
-    /// Read /proc from below this directory instead of / (for tests).
-    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    /// Read /proc from below this directory instead of / (another host's copy, tests).
+    #[arg(long, value_name = "DIR", default_value = "/")]
     pub(crate) root: PathBuf,
 }
 

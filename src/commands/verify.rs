@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -28,27 +30,35 @@ pub(crate) fn exec(a: &VerifyArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&report)?;
     }
+    // The verdict is the command's output (stdout); errors also go to stderr.
+    let mut out = std::io::stdout().lock();
     if report.ok() {
-        log::info!(
-            "{} is intact: {} files ({}), {} environments, {} databases, {} entries",
-            report.backup,
-            report.files,
-            fsutil::human(report.bytes),
-            report.environments,
-            report.databases,
-            report.entries
-        );
+        if !a.json {
+            writeln!(
+                out,
+                "{} is intact: {} files ({}), {} environments, {} databases, {} entries",
+                report.backup,
+                report.files,
+                fsutil::human(report.bytes),
+                report.environments,
+                report.databases,
+                report.entries
+            )?;
+        }
         Ok(ExitCode::SUCCESS)
     } else {
-        for p in &report.problems {
-            log::error!("{p}");
+        if !a.json {
+            for p in &report.problems {
+                writeln!(out, "{p}")?;
+            }
         }
+        let n = report.problems.len();
         Err(exit::fail(
             Code::Verify,
             format!(
-                "{} failed verification: {} problems",
+                "{} failed verification: {n} {}",
                 report.backup,
-                report.problems.len()
+                if n == 1 { "problem" } else { "problems" }
             ),
         ))
     }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -34,7 +34,7 @@ use crate::engine::manifest::{
 };
 use crate::engine::partial::Partial;
 use crate::engine::paths::{bad, check_destination, check_source};
-use crate::engine::progress::Progress;
+use crate::engine::progress::{Heartbeat, Progress};
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
 use crate::engine::verify;
@@ -211,7 +211,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     write_manifest(&tmp, &manifest, &src_meta)?;
     drop(progress);
     fault::point("before-publish")?;
-    let verified = req.verify && verify_before_publish(&src, &tmp)?;
+    let verified = req.verify && verify_before_publish(&src, &tmp, copied.bytes_written)?;
     publish(&mut partial, &src, &src_meta, &dst)?;
     Ok(Summary {
         source: src.to_string_lossy().into_owned(),
@@ -528,8 +528,12 @@ fn write_manifest(tmp: &Path, manifest: &Manifest, src_meta: &fs::Metadata) -> R
 }
 
 /// Verify the temporary; mark it verified. Returns true (a failure is an error).
-fn verify_before_publish(src: &Path, tmp: &Path) -> Result<bool> {
+fn verify_before_publish(src: &Path, tmp: &Path, bytes: u64) -> Result<bool> {
     interrupt::check()?;
+    // Verify reads everything again: systemd hears from us until a generous bound.
+    let bound = Duration::from_secs(600 + bytes / (20 << 20));
+    let _beat = Heartbeat::start(&format!("verifying {}", tmp.display()), bound);
+    fault::point("verify")?;
     let report = verify::verify(tmp)?;
     if !report.ok() {
         bail_code!(

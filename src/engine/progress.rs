@@ -2,6 +2,10 @@
 //! Progress of a long copy, told the way the reader can see it: a bar on a
 //! terminal, `STATUS=` lines (and timeout extensions) under systemd, nothing in a
 //! pipe or cron job (the final summary line is logged either way).
+//!
+//! Steps that move no countable bytes (verify, a wait for a service) hold a
+//! [`Heartbeat`]: it keeps the status line current and extends the start timeout,
+//! but only up to the step's own bound, so a hung step still times out.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,6 +93,8 @@ impl Progress {
 
     /// Count `n` more bytes done.
     pub(crate) fn add(&self, n: u64) {
+        // A slow disk on demand, for the timeout tests (a no-op otherwise).
+        let _ = crate::base::fault::point("copy-chunk");
         self.shared.done.fetch_add(n, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.inc(n);
@@ -116,6 +122,46 @@ impl Drop for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
             logging::set_progress_bar(None);
+        }
+    }
+}
+
+/// Keeps systemd informed through a long step without a byte count: `STATUS=`
+/// with the elapsed time, and `EXTEND_TIMEOUT_USEC` until `bound` has passed.
+pub(crate) struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// Start beating for a step called `label` that should end within `bound`.
+    pub(crate) fn start(label: &str, bound: Duration) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = systemd::notify_enabled().then(|| {
+            let stop = stop.clone();
+            let label = label.to_string();
+            std::thread::spawn(move || {
+                let t0 = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let elapsed = t0.elapsed();
+                    systemd::status(&format!("{label} ({}s)", elapsed.as_secs()));
+                    if elapsed < bound {
+                        systemd::extend_timeout(EXTEND_BY.min(bound - elapsed + STATUS_EVERY * 2));
+                    }
+                    std::thread::park_timeout(STATUS_EVERY);
+                }
+            })
+        });
+        Heartbeat { stop, ticker }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
+            let _ = t.join();
         }
     }
 }

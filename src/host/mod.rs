@@ -7,6 +7,8 @@
 pub(crate) mod holders;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
 pub(crate) mod procfs;
+/// What a directory is stored on: file system type, rotational device.
+pub(crate) mod storage;
 /// The sysctl drop-in computed from the host's RAM.
 pub(crate) mod sysctl;
 /// sd_notify and systemctl.

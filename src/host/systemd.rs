@@ -8,7 +8,8 @@
 //! Long runs: the units are `Type=oneshot` with a start timeout sized for a normal
 //! backup; while the copy makes progress we send `EXTEND_TIMEOUT_USEC` for the next
 //! interval, so a large backup is never killed for being large, and a hung one (no
-//! progress, no extension) still hits the timeout.
+//! progress, no extension) still hits the timeout. Waits for another unit to stop
+//! or start extend it too, each only up to its own bound.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,6 +33,53 @@ pub(crate) fn status(text: &str) {
     }
 }
 
+/// Wait (up to `timeout`) until systemd has read every notification sent so far:
+/// the final `STATUS=` of a process about to exit is otherwise lost when systemd
+/// reads it after the exit (sd_notify_barrier(3): `BARRIER=1` with a pipe's write
+/// end, which systemd closes once it has got that far).
+pub(crate) fn barrier(timeout: Duration) {
+    if notify_enabled() {
+        if let Err(e) = try_barrier(timeout) {
+            log::debug!("sd_notify BARRIER failed: {e:#}");
+        }
+    }
+}
+
+fn try_barrier(timeout: Duration) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{
+        sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    let path = std::env::var("NOTIFY_SOCKET").context("no NOTIFY_SOCKET")?;
+    let addr = match path.strip_prefix('@') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
+        None => UnixAddr::new(path.as_str())?,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    let fds = [write_end.as_raw_fd()];
+    sendmsg(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(b"BARRIER=1\n")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    drop(write_end);
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    poll(
+        &mut [PollFd::new(read_end.as_fd(), PollFlags::POLLHUP)],
+        PollTimeout::from(ms),
+    )?;
+    Ok(())
+}
+
 /// Ask for `extra` more time before the unit's start timeout fires.
 pub(crate) fn extend_timeout(extra: Duration) {
     if notify_enabled() {
@@ -40,6 +88,13 @@ pub(crate) fn extend_timeout(extra: Duration) {
             log::debug!("sd_notify EXTEND_TIMEOUT_USEC failed: {e}");
         }
     }
+}
+
+/// Inside a bounded wait: say what we wait for and ask for a little more time (the
+/// wait's own deadline ends it, so a hung unit still fails).
+fn keep_alive(what: &str) {
+    status(what);
+    extend_timeout(Duration::from_secs(30));
 }
 
 /// Run `systemctl ARGS`, returning its stdout; an error names the command and what
@@ -98,6 +153,7 @@ fn wait_state(unit: &str, want: &[&str], timeout: Duration, what: &str) -> Resul
                 ),
             ));
         }
+        keep_alive(&format!("waiting for {unit} to {what}"));
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -133,7 +189,10 @@ pub(crate) fn start_unit(unit: &str, timeout: Duration) -> Result<()> {
                     ),
                 ))
             }
-            _ => std::thread::sleep(Duration::from_millis(200)),
+            _ => {
+                keep_alive(&format!("waiting for {unit} to start"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }

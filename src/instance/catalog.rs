@@ -38,7 +38,8 @@ pub(crate) struct Entry {
     pub(crate) path: PathBuf,
     pub(crate) time: DateTime<Utc>,
     pub(crate) state: State,
-    /// Bytes of the files in the backup (from its manifest), 0 for a partial one.
+    /// Bytes of the files in the backup (from its manifest); for a partial one, what
+    /// it takes on disk now.
     pub(crate) bytes: u64,
 }
 
@@ -84,7 +85,7 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
                         path,
                         time,
                         state: State::Partial,
-                        bytes: 0,
+                        bytes: disk_bytes(&e.path()),
                     });
                 }
             }
@@ -114,6 +115,24 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
     }
     out.sort_by(|a, b| a.time.cmp(&b.time).then(a.name.cmp(&b.name)));
     Ok(out)
+}
+
+/// What a tree takes on disk (allocated blocks; unreadable parts count 0): a
+/// killed run's temporary has no manifest to tell its size.
+fn disk_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = crate::base::fsutil::allocated(&meta);
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            total += entries
+                .flatten()
+                .map(|e| disk_bytes(&e.path()))
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
 #[cfg(test)]

@@ -75,7 +75,14 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "SYNBACKUP_CERT_NAMES",
         "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)",
     ),
+    (
+        "SYNBACKUP_LOCK_WAIT",
+        "a duration a run or window waits for another to finish (default 1h)",
+    ),
 ];
+
+/// `SYNBACKUP_MAX_AGE` when unset.
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(26 * 3600);
 
 /// An instance's settings, validated.
 #[derive(Debug, Clone)]
@@ -97,6 +104,7 @@ pub(crate) struct Instance {
     pub(crate) cert_dir: Option<PathBuf>,
     pub(crate) cert_warn_days: u32,
     pub(crate) cert_names: Vec<String>,
+    pub(crate) lock_wait: Duration,
 }
 
 /// Retention counts.
@@ -133,6 +141,25 @@ struct Value {
     origin: String,
 }
 
+/// "unknown key X; did you mean Y?" when one key is close, else the known keys.
+fn unknown_key(origin: &str, key: &str) -> String {
+    let nearest = KEYS
+        .iter()
+        .map(|(k, _)| (strsim::jaro_winkler(key, k), *k))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter(|(score, _)| *score > 0.9);
+    match nearest {
+        Some((_, k)) => format!("{origin}: unknown key {key}; did you mean {k}?"),
+        None => {
+            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            format!(
+                "{origin}: unknown key {key}; known keys: {}",
+                known.join(", ")
+            )
+        }
+    }
+}
+
 /// Parse EnvironmentFile text into key -> (value, "file:line").
 fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
@@ -150,14 +177,7 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
         };
         let key = key.trim();
         if !KEYS.iter().any(|(k, _)| *k == key) {
-            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-            return Err(fail(
-                Code::Usage,
-                format!(
-                    "{origin}: unknown key {key}; known keys: {}",
-                    known.join(", ")
-                ),
-            ));
+            return Err(fail(Code::Usage, unknown_key(&origin, key)));
         }
         let mut value = value.trim().to_string();
         for q in ['"', '\''] {
@@ -356,17 +376,35 @@ fn load_with(
             )
         })?,
     };
+    let keep = Keep {
+        last: number("SYNBACKUP_KEEP_LAST", 3, 0..=100_000)?,
+        daily: number("SYNBACKUP_KEEP_DAILY", 7, 0..=100_000)?,
+        weekly: number("SYNBACKUP_KEEP_WEEKLY", 4, 0..=100_000)?,
+        monthly: number("SYNBACKUP_KEEP_MONTHLY", 6, 0..=100_000)?,
+    };
+    if keep
+        == (Keep {
+            last: 0,
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        })
+    {
+        let origin = values
+            .get("SYNBACKUP_KEEP_LAST")
+            .map(|v| v.origin.clone())
+            .unwrap_or_else(|| path.display().to_string());
+        return Err(fail(
+            Code::Usage,
+            format!("{origin}: every SYNBACKUP_KEEP_* is 0, a policy that keeps nothing: set SYNBACKUP_KEEP_LAST to 1 or more"),
+        ));
+    }
     Ok(Instance {
         name: name.to_string(),
         service_dir,
         service_unit,
         backup_root,
-        keep: Keep {
-            last: number("SYNBACKUP_KEEP_LAST", 3, 0..=100_000)?,
-            daily: number("SYNBACKUP_KEEP_DAILY", 7, 0..=100_000)?,
-            weekly: number("SYNBACKUP_KEEP_WEEKLY", 4, 0..=100_000)?,
-            monthly: number("SYNBACKUP_KEEP_MONTHLY", 6, 0..=100_000)?,
-        },
+        keep,
         skipdirs: values
             .get("SYNBACKUP_SKIPDIRS")
             .map(|v| v.text.split_whitespace().map(String::from).collect())
@@ -375,7 +413,7 @@ fn load_with(
         freeze,
         freeze_timeout: duration("SYNBACKUP_FREEZE_TIMEOUT", Duration::from_secs(120))?,
         min_free,
-        max_age: duration("SYNBACKUP_MAX_AGE", Duration::from_secs(26 * 3600))?,
+        max_age: duration("SYNBACKUP_MAX_AGE", DEFAULT_MAX_AGE)?,
         stop_timeout: duration("SYNBACKUP_STOP_TIMEOUT", Duration::from_secs(300))?,
         health_timeout: duration("SYNBACKUP_HEALTH_TIMEOUT", Duration::from_secs(300))?,
         cold_keep_old: duration("SYNBACKUP_COLD_KEEP_OLD", Duration::from_secs(7 * 86400))?,
@@ -385,7 +423,13 @@ fn load_with(
             .get("SYNBACKUP_CERT_NAMES")
             .map(|v| v.text.split_whitespace().map(String::from).collect())
             .unwrap_or_default(),
+        lock_wait: duration("SYNBACKUP_LOCK_WAIT", crate::instance::lock::DEFAULT_WAIT)?,
     })
+}
+
+/// True when `CONFIG_DIR/NAME.conf` exists (the instance is configured).
+pub(crate) fn file_exists(config_dir: &Path, name: &str) -> bool {
+    check_name(name).is_ok() && config_dir.join(format!("{name}.conf")).exists()
 }
 
 /// The instances configured in `config_dir` (every `NAME.conf`), sorted.

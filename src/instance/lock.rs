@@ -1,19 +1,35 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The per-instance lock: `LOCK_DIR/INSTANCE.lock`, held with flock(2) for the
-//! whole of a `run`, `cold` window, `restore --instance` or `prune`.
+//! whole of a `run`, `cold` window, `restore` or `prune`.
 //!
 //! flock dies with its process, so a killed run never leaves a stale lock, and
 //! whether `prune` can take the lock tells it whether a temporary may belong to a
 //! live run.
+//!
+//! flock works on a read-only descriptor, so anyone who can open the file can
+//! block the instance: the directory is made 0700 and the files 0600 (root only).
+//!
+//! The nightly run and the monthly window can be due at the same time: a run or
+//! window that finds the lock held waits for it, within `SYNBACKUP_LOCK_WAIT`
+//! (default 1h), telling systemd it is still alive, and only then gives up.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::base::exit::{fail, Code};
+use crate::base::interrupt;
+use crate::base::units::{format_duration, parse_duration};
+use crate::host::systemd;
+
+/// How long a run waits for the lock when `SYNBACKUP_LOCK_WAIT` is not set.
+pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(3600);
+/// How often a waiting run tries the lock again.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// A held instance lock; released on drop.
 pub(crate) struct InstanceLock {
@@ -24,8 +40,10 @@ fn lock_path(lock_dir: &Path, instance: &str) -> PathBuf {
     lock_dir.join(format!("{instance}.lock"))
 }
 
-fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
-    std::fs::create_dir_all(lock_dir).map_err(|e| {
+/// Make the lock directory, root-only. An existing directory of ours is narrowed
+/// to 0700; one of another owner is left alone.
+fn make_private_dir(lock_dir: &Path) -> Result<()> {
+    let cannot = |e: std::io::Error| {
         fail(
             Code::Other,
             format!(
@@ -33,51 +51,163 @@ fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
                 lock_dir.display()
             ),
         )
-    })?;
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(lock_dir)
+        .map_err(cannot)?;
+    let meta = std::fs::metadata(lock_dir).map_err(cannot)?;
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(lock_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(cannot)?;
+    }
+    Ok(())
+}
+
+fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
+    make_private_dir(lock_dir)?;
     let path = lock_path(lock_dir, instance);
+    let cannot = |e: std::io::Error| {
+        fail(
+            Code::Other,
+            format!("cannot open the lock {}: {e}", path.display()),
+        )
+    };
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
         .open(&path)
-        .map_err(|e| {
-            fail(
-                Code::Other,
-                format!("cannot open the lock {}: {e}", path.display()),
-            )
-        })?;
+        .map_err(cannot)?;
+    // A lock file made by an older version was 0644.
+    let meta = f.metadata().map_err(cannot)?;
+    if meta.mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(cannot)?;
+    }
     Ok((f, path))
 }
 
-/// Take the lock or fail at once with `Code::Locked`.
+/// The wait bound from `SYNBACKUP_LOCK_WAIT` (the units load it from the
+/// instance's file), else [`DEFAULT_WAIT`].
+pub(crate) fn wait_bound() -> Result<Duration> {
+    match std::env::var("SYNBACKUP_LOCK_WAIT") {
+        Err(_) => Ok(DEFAULT_WAIT),
+        Ok(v) => parse_duration(&v).map_err(|e| {
+            fail(
+                Code::Usage,
+                format!("environment SYNBACKUP_LOCK_WAIT={v:?} is not valid: expected a duration such as 1h or 0 ({e})"),
+            )
+        }),
+    }
+}
+
+/// Take the lock, waiting for a holder up to [`wait_bound`]; then fail with
+/// `Code::Locked`.
 pub(crate) fn acquire(lock_dir: &Path, instance: &str, what: &str) -> Result<InstanceLock> {
-    let (f, path) = open(lock_dir, instance)?;
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(flock) => {
-            // Who holds it, for people looking at the file.
-            let _ = nix::unistd::ftruncate(&*flock, 0);
-            let _ = std::io::Write::write_all(
-                &mut &*flock,
-                format!("{} {what}\n", std::process::id()).as_bytes(),
-            );
-            Ok(InstanceLock { _flock: flock })
+    acquire_within(lock_dir, instance, what, wait_bound()?)
+}
+
+/// Take the lock or fail at once with `Code::Locked`.
+pub(crate) fn try_acquire(lock_dir: &Path, instance: &str, what: &str) -> Result<InstanceLock> {
+    acquire_within(lock_dir, instance, what, Duration::ZERO)
+}
+
+/// Take the lock, waiting up to `wait` for its holder to finish.
+pub(crate) fn acquire_within(
+    lock_dir: &Path,
+    instance: &str,
+    what: &str,
+    wait: Duration,
+) -> Result<InstanceLock> {
+    let (mut f, path) = open(lock_dir, instance)?;
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => {
+                if said {
+                    log::info!("{instance}: the lock is free, going on with the {what}");
+                }
+                return Ok(write_holder(flock, what));
+            }
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => f = back,
+            Err((_, e)) => {
+                return Err(fail(
+                    Code::Other,
+                    format!("cannot lock {}: {e}", path.display()),
+                ))
+            }
         }
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            Err(fail(
+        let holder = holder_of(&path);
+        if Instant::now() >= deadline {
+            return Err(fail(
                 Code::Locked,
                 format!(
-                    "instance {instance} is busy: another synbackup holds {} ({}); try again when it has finished",
+                    "instance {instance} is busy: another synbackup holds {} ({holder}){}; try again when it has finished",
                     path.display(),
-                    holder.trim()
+                    if wait.is_zero() { String::new() } else { format!(", waited {}", format_duration(wait)) }
                 ),
-            ))
+            ));
         }
-        Err((_, e)) => Err(fail(
-            Code::Other,
-            format!("cannot lock {}: {e}", path.display()),
-        )),
+        if !said {
+            log::info!(
+                "{instance}: waiting up to {} for the lock held by {holder} (SYNBACKUP_LOCK_WAIT)",
+                format_duration(wait)
+            );
+            systemd::status(&format!("waiting for {holder} to finish"));
+            said = true;
+        }
+        systemd::extend_timeout(RETRY_EVERY * 8);
+        interrupt::check()?;
+        std::thread::sleep(RETRY_EVERY);
+    }
+}
+
+/// Write who holds it, for people (and waiting runs) looking at the file.
+fn write_holder(flock: Flock<File>, what: &str) -> InstanceLock {
+    let _ = nix::unistd::ftruncate(&*flock, 0);
+    let _ = std::io::Write::write_all(
+        &mut &*flock,
+        format!("{} {what}\n", std::process::id()).as_bytes(),
+    );
+    InstanceLock { _flock: flock }
+}
+
+/// "a run, pid 503" from the lock file's "503 run".
+fn holder_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    describe_holder(&text)
+}
+
+fn describe_holder(text: &str) -> String {
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(pid), Some(what)) => format!("a {what}, pid {pid}"),
+        _ => "another process".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_is_described_in_words() {
+        assert_eq!(describe_holder("503 run\n"), "a run, pid 503");
+        assert_eq!(describe_holder(""), "another process");
+    }
+
+    #[test]
+    fn lock_files_are_root_only() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("locks");
+        let _l = try_acquire(&dir, "c0", "run").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("c0.lock")), 0o600);
     }
 }

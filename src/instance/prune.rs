@@ -3,7 +3,8 @@
 //! is removed, and temporaries of runs that died. Only directories that carry our
 //! name pattern and manifest, or our temporaries, are ever removed; a backup is first
 //! renamed to a temporary name, so a removal cut short never leaves a half backup
-//! that looks complete.
+//! that looks complete. The newest verified backup is never removed, whatever the
+//! policy says: pruning must not leave an instance with nothing to restore.
 
 use std::fs;
 use std::path::Path;
@@ -30,29 +31,43 @@ pub(crate) fn prune(
         .collect();
     let times: Vec<_> = complete.iter().map(|e| e.time).collect();
     let reasons = retention::reasons(&times, inst.keep);
+    let newest_verified = complete
+        .iter()
+        .rev()
+        .find(|e| e.state == State::Verified)
+        .map(|e| e.name.clone());
     let verb = if dry_run { "would remove" } else { "removing" };
     let mut kept = 0;
     for (e, why) in complete.iter().zip(reasons) {
-        if !why.is_empty() || Some(e.name.as_str()) == newest {
+        let why = if !why.is_empty() {
+            why.join(", ")
+        } else if Some(e.name.as_str()) == newest {
+            "just made".to_string()
+        } else if Some(&e.name) == newest_verified.as_ref() {
+            "the newest verified backup".to_string()
+        } else {
+            String::new()
+        };
+        if !why.is_empty() {
             kept += 1;
-            log::debug!(
-                "keeping {} ({})",
-                e.name,
-                if why.is_empty() {
-                    "new".to_string()
-                } else {
-                    why.join(", ")
-                }
-            );
+            // A dry run is asked to explain itself; a real prune only on -v.
+            if dry_run {
+                tell(dry_run, &format!("keeping {} ({why})", e.name));
+            } else {
+                log::debug!("keeping {} ({why})", e.name);
+            }
             continue;
         }
-        log::info!(
-            "{verb} {}: kept by no rule (keep last {}, daily {}, weekly {}, monthly {})",
-            e.path.display(),
-            inst.keep.last,
-            inst.keep.daily,
-            inst.keep.weekly,
-            inst.keep.monthly
+        tell(
+            dry_run,
+            &format!(
+                "{verb} {}: kept by no rule (keep last {}, daily {}, weekly {}, monthly {})",
+                e.path.display(),
+                inst.keep.last,
+                inst.keep.daily,
+                inst.keep.weekly,
+                inst.keep.monthly
+            ),
         );
         if !dry_run {
             remove_backup(&e.path, &e.name)?;
@@ -60,22 +75,38 @@ pub(crate) fn prune(
     }
     for e in entries.iter().filter(|e| e.state == State::Partial) {
         if !own_lock {
-            log::info!(
-                "leaving {}: a run of {} is in progress",
-                e.path.display(),
-                inst.name
+            tell(
+                dry_run,
+                &format!(
+                    "leaving {}: a run of {} is in progress",
+                    e.path.display(),
+                    inst.name
+                ),
             );
             continue;
         }
-        log::info!(
-            "{verb} {}: temporary of a run that did not finish",
-            e.path.display()
+        tell(
+            dry_run,
+            &format!(
+                "{verb} {}: temporary of a run that did not finish",
+                e.path.display()
+            ),
         );
         if !dry_run {
             remove_tree(&e.path)?;
         }
     }
     Ok(kept)
+}
+
+/// A dry run's answer is its output (stdout, to pipe or read); a real prune logs
+/// what it does (stderr or the journal).
+fn tell(dry_run: bool, line: &str) {
+    if dry_run {
+        println!("{line}");
+    } else {
+        log::info!("{line}");
+    }
 }
 
 /// Rename a backup to a temporary name, then delete it.

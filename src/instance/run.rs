@@ -35,7 +35,27 @@ pub(crate) fn load_for_run(
 ) -> Result<Instance> {
     config::check_name(name)?;
     config::load(&dirs.config_dir, name, overrides).map_err(|e| {
+        // No file, no instance: a typo must not leave state that alerts forever.
+        if !config::file_exists(&dirs.config_dir, name) {
+            return e;
+        }
         record_failure(dirs, name, kind, started, t0, &e, None);
+        crate::base::exit::reported(&e)
+    })
+}
+
+/// Take the instance lock for a run of `kind`, waiting for another run or window
+/// within the bound; one that gives up is recorded as skipped.
+pub(crate) fn lock_for_run(
+    dirs: &Dirs,
+    inst: &Instance,
+    kind: &str,
+    started: DateTime<Utc>,
+    t0: Instant,
+) -> Result<lock::InstanceLock> {
+    let what = if kind == "backup" { "run" } else { kind };
+    lock::acquire_within(&dirs.lock_dir, &inst.name, what, inst.lock_wait).map_err(|e| {
+        record_failure(dirs, &inst.name, kind, started, t0, &e, None);
         crate::base::exit::reported(&e)
     })
 }
@@ -50,8 +70,8 @@ pub(crate) fn run(
     let started = Utc::now();
     let t0 = Instant::now();
     let inst = load_for_run(dirs, name, overrides, "backup", started, t0)?;
-    // A second run exits here, and leaves the first one's status alone.
-    let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "run")?;
+    // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
+    let _lock = lock_for_run(dirs, &inst, "backup", started, t0)?;
     let result = backup_and_prune(&inst, started, show_bar);
     crate::instance::certs::check_after_run(dirs, &inst);
     match result {
@@ -71,7 +91,7 @@ pub(crate) fn run(
                 last_success: Some(now_str(Utc::now())),
                 last_success_backup: Some(summary.backup.clone()),
                 backups_kept: kept,
-                details: None,
+                details: Some(run_details(&inst, &summary)),
             };
             status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
             crate::base::logging::event(
@@ -93,7 +113,16 @@ pub(crate) fn run(
     }
 }
 
-/// Record a failed run of `kind`: keeps the last success, logs the failure event.
+/// What a successful run learnt: the host facts and what a window would reclaim
+/// (the free pages the compacting copy left out).
+fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
+    let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
+    facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    facts
+}
+
+/// Record a failed run of `kind` (`skipped` when the lock was busy): keeps the last
+/// success, logs the failure event.
 pub(crate) fn record_failure(
     dirs: &Dirs,
     instance: &str,
@@ -112,7 +141,12 @@ pub(crate) fn record_failure(
     let st = Status {
         instance: instance.to_string(),
         kind: kind.to_string(),
-        result: "failed".into(),
+        result: if code_of(err) == Code::Locked {
+            "skipped"
+        } else {
+            "failed"
+        }
+        .into(),
         started: now_str(started),
         finished: now_str(Utc::now()),
         duration_seconds: t0.elapsed().as_secs_f64(),
@@ -149,10 +183,15 @@ fn backup_and_prune(
     show_bar: bool,
 ) -> Result<(backup::Summary, usize)> {
     fs::create_dir_all(&inst.backup_root).map_err(|e| {
+        let fix = if e.raw_os_error() == Some(libc::EROFS) {
+            crate::base::fsutil::read_only_hint(&inst.backup_root)
+        } else {
+            String::new()
+        };
         fail(
             Code::BadPath,
             format!(
-                "cannot create the backup root {}: {e}; create it or fix SYNBACKUP_BACKUP_ROOT",
+                "cannot create the backup root {}: {e}{fix}; create it or fix SYNBACKUP_BACKUP_ROOT",
                 inst.backup_root.display()
             ),
         )

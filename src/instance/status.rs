@@ -39,6 +39,52 @@ pub(crate) struct Status {
     pub(crate) details: Option<serde_json::Value>,
 }
 
+/// The host facts the deployment guide asks about, for the service directory at
+/// `service_dir` holding `data_bytes`: its file system and device, and RAM.
+pub(crate) fn host_facts(service_dir: &Path, data_bytes: Option<u64>) -> serde_json::Value {
+    let root = Path::new("/");
+    let mount = crate::host::storage::mount_of(root, service_dir);
+    let rotational = mount
+        .as_ref()
+        .and_then(|m| crate::host::storage::rotational(root, m.major, m.minor));
+    serde_json::json!({
+        "fstype": mount.as_ref().map(|m| m.fstype.clone()),
+        "network_fs": mount.as_ref().map(|m| m.is_network()),
+        "rotational": rotational,
+        "data_bytes": data_bytes,
+        "mem_total_bytes": crate::host::procfs::mem_total_bytes(root).ok(),
+    })
+}
+
+/// What the guide warns about in `host_facts`: NFS, a spinning disk, data > RAM.
+pub(crate) fn host_warnings(facts: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let fstype = facts["fstype"].as_str().unwrap_or("?");
+    if facts["network_fs"] == true {
+        out.push(format!(
+            "the service directory is on {fstype}, a network file system: LMDB wants a local disk"
+        ));
+    }
+    if facts["rotational"] == true {
+        out.push(
+            "the service directory is on a rotational (mechanical) disk: use an SSD".to_string(),
+        );
+    }
+    if let (Some(data), Some(mem)) = (
+        facts["data_bytes"].as_u64(),
+        facts["mem_total_bytes"].as_u64(),
+    ) {
+        if data > mem {
+            out.push(format!(
+                "the data ({}) is larger than the RAM ({}): the service will read from disk",
+                crate::base::fsutil::human(data),
+                crate::base::fsutil::human(mem)
+            ));
+        }
+    }
+    out
+}
+
 /// Where an instance's status of `kind` lives.
 pub(crate) fn status_path(state_dir: &Path, instance: &str, kind: &str) -> PathBuf {
     if kind == "backup" {
@@ -72,21 +118,73 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
         &json,
         0o644,
     )?;
-    match std::fs::create_dir_all(metrics_dir) {
-        Ok(()) => {
-            let path = metrics_dir.join(format!(
-                "synbackup-{}{}.prom",
-                status.instance,
-                suffix(&status.kind)
-            ));
-            write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
-        }
-        Err(e) => log::warn!(
-            "no metrics written: cannot create {}: {e}",
+    // node_exporter's package makes its textfile directory; without it there is
+    // no collector to read metrics, so none are written (`status` says so).
+    if metrics_dir.is_dir() {
+        let path = metrics_dir.join(format!(
+            "synbackup-{}{}.prom",
+            status.instance,
+            suffix(&status.kind)
+        ));
+        write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
+    } else {
+        log::debug!(
+            "no metrics written: {} does not exist",
             metrics_dir.display()
-        ),
+        );
     }
     Ok(())
+}
+
+/// The line a finished unit leaves in `systemctl status` (`STATUS=`), so that it
+/// does not keep showing the last progress line ("copying ... (90%)").
+pub(crate) fn final_line(s: &Status) -> String {
+    let what = match s.kind.as_str() {
+        "backup" => "backup",
+        "cold" => "maintenance window",
+        other => other,
+    };
+    match s.result.as_str() {
+        "success" => format!(
+            "{what} done at {} in {:.0} s{}",
+            s.finished,
+            s.duration_seconds,
+            s.backup
+                .as_deref()
+                .map(|b| format!(": {b}"))
+                .unwrap_or_default()
+        ),
+        result => format!(
+            "{what} {result} at {} (exit {}): {}",
+            s.finished,
+            s.exit_code,
+            s.error.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// The kinds of record an instance can have.
+/// (`certs`: `instance::certs` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
+const KINDS: &[&str] = &["backup", "cold", "restore", "certs"];
+
+/// Remove every status and metrics file of `instance` (each of [`KINDS`]);
+/// returns the paths removed.
+pub(crate) fn retire(state_dir: &Path, metrics_dir: &Path, instance: &str) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for kind in KINDS {
+        let files = [
+            status_path(state_dir, instance, kind),
+            metrics_dir.join(format!("synbackup-{instance}{}.prom", suffix(kind))),
+        ];
+        for p in files {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn suffix(kind: &str) -> String {
@@ -147,11 +245,43 @@ pub(crate) fn render_metrics(s: &Status) -> String {
         "Bytes written by the last run.",
         s.bytes as f64,
     );
-    gauge(
-        "backups_kept",
-        "Complete backups of the instance after the last run.",
-        s.backups_kept as f64,
-    );
+    if s.kind == "backup" {
+        gauge(
+            "backups_kept",
+            "Complete backups of the instance after the last run.",
+            s.backups_kept as f64,
+        );
+    }
+    let details = s.details.clone().unwrap_or_default();
+    let facts = [
+        ("reclaimable_bytes", "Bytes a maintenance window would reclaim now (free pages the last run compacted away)."),
+        ("data_bytes", "Bytes in the service directory at the last run."),
+        ("mem_total_bytes", "MemTotal of the host at the last run."),
+    ];
+    for (name, help) in facts {
+        if let Some(v) = details[name].as_u64() {
+            gauge(name, help, v as f64);
+        }
+    }
+    for (name, help) in [
+        (
+            "service_dir_rotational",
+            "1 if the service directory's disk is rotational.",
+        ),
+        (
+            "service_dir_network_fs",
+            "1 if the service directory is on a network file system (NFS, EFS).",
+        ),
+    ] {
+        let key = if name.ends_with("rotational") {
+            "rotational"
+        } else {
+            "network_fs"
+        };
+        if let Some(v) = details[key].as_bool() {
+            gauge(name, help, if v { 1.0 } else { 0.0 });
+        }
+    }
     if let Some(ms) = s.freeze_ms {
         gauge(
             "last_freeze_seconds",

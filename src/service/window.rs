@@ -46,8 +46,7 @@ use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::lock;
-use crate::instance::run::{load_for_run, record_failure};
+use crate::instance::run::{load_for_run, lock_for_run, record_failure};
 use crate::instance::status::{self, Status};
 
 use crate::instance::kept::{self, PRE_COLD};
@@ -89,6 +88,7 @@ pub(crate) fn disk_usage(dir: &Path) -> u64 {
 
 /// Wait until the service at `dir` answers its health check.
 fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<String> {
+    let _beat = crate::engine::progress::Heartbeat::start("waiting for the health check", timeout);
     let deadline = Instant::now() + timeout;
     let sock = dir.join("sock");
     let mut last;
@@ -135,7 +135,7 @@ pub(crate) fn run(
     let started = Utc::now();
     let t0 = Instant::now();
     let inst = load_for_run(dirs, name, overrides, "cold", started, t0)?;
-    let _lock = lock::acquire(&dirs.lock_dir, &inst.name, "cold")?;
+    let _lock = lock_for_run(dirs, &inst, "cold", started, t0)?;
     let mut report = Report::default();
     let result = window(&inst, &mut report, show_bar);
     let details = serde_json::to_value(&report).ok();

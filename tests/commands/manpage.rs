@@ -173,3 +173,78 @@ fn every_config_key_is_in_synbackup_conf_5_and_the_example() {
         );
     }
 }
+
+#[test]
+fn every_option_bash_completion_offers_is_in_the_man_page() {
+    let page = read("man/synbackup.8.scd");
+    let o = bin()
+        .args(["completions", "bash"])
+        .output()
+        .expect("run synbackup");
+    assert!(o.status.success());
+    let script = String::from_utf8(o.stdout).expect("utf-8 script");
+    let offered: BTreeSet<&str> = script
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("opts=\""))
+        .flat_map(|l| l.trim_end_matches('"').split_whitespace())
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(
+        offered.contains("--config-dir"),
+        "could not read the script"
+    );
+    let missing: Vec<_> = offered
+        .iter()
+        .filter(|opt| !page.contains(&format!("*{opt}*")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "completion offers undocumented {missing:?}"
+    );
+}
+
+#[test]
+fn bash_completion_offers_instance_names() {
+    let t = tempfile::tempdir().unwrap();
+    let etc = t.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let root = t.path().join("backups");
+    std::fs::create_dir_all(root.join("cortex00_20261201T144445Z")).unwrap();
+    std::fs::write(
+        etc.join("cortex00.conf"),
+        format!("SYNBACKUP_BACKUP_ROOT={}\n", root.display()),
+    )
+    .unwrap();
+    std::fs::write(etc.join("axon01.conf"), "").unwrap();
+    let o = bin()
+        .args(["completions", "bash"])
+        .output()
+        .expect("run synbackup");
+    let script = t.path().join("synbackup.bash");
+    std::fs::write(&script, &o.stdout).unwrap();
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let shell = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; \
+             _synbackup_names synbackup '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let o = std::process::Command::new("bash")
+            .args(["-c", &shell])
+            .env("SYNBACKUP_CONFIG_DIR", &etc)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(complete("synbackup run c"), "cortex00\n");
+    assert_eq!(complete("synbackup status "), "axon01\ncortex00\n");
+    assert_eq!(complete("synbackup restore --instance a"), "axon01\n");
+    assert_eq!(
+        complete("synbackup restore --instance cortex00 c"),
+        "cortex00_20261201T144445Z\n"
+    );
+}

@@ -178,9 +178,11 @@ fn verify_catches_one_flipped_byte() {
         fs::write(&p, &bytes).unwrap();
         let o = run(&[&"verify", &dst]);
         assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+        // The verdict, each problem on its own line, is verify's output (stdout).
+        let out = String::from_utf8_lossy(&o.stdout);
         assert!(
-            stderr(&o).contains(victim) && stderr(&o).contains("SHA-256 mismatch"),
-            "{}",
+            out.contains(victim) && out.contains("SHA-256 mismatch"),
+            "{out}\n{}",
             stderr(&o)
         );
         bytes[i] ^= 0x01;
@@ -191,7 +193,7 @@ fn verify_catches_one_flipped_byte() {
     fs::write(dst.join("intruder"), "x").unwrap();
     let o = run(&[&"verify", &dst]);
     assert_eq!(o.status.code(), Some(6));
-    assert!(stderr(&o).contains("intruder: not in the manifest"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("intruder: not in the manifest"));
 }
 
 #[test]

@@ -5,7 +5,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -25,6 +24,8 @@ impl Setup {
         fake_service(&src, 200);
         let backups = root.join("backups");
         fs::create_dir_all(root.join("etc")).unwrap();
+        // node_exporter's textfile directory, as its package makes it.
+        fs::create_dir_all(root.join("metrics")).unwrap();
         fs::write(
             root.join("etc/c0.conf"),
             format!(
@@ -112,6 +113,14 @@ fn runs_back_up_verify_prune_and_record_status() {
     assert_eq!(metric(&m, "synbackup_backups_kept"), 2.0);
     assert!(metric(&m, "synbackup_last_success_timestamp_seconds") > 1.7e9);
     assert!(metric(&m, "synbackup_last_bytes") > 0.0);
+    // The guide's host advice, checked: what a window would reclaim, data vs RAM.
+    assert!(metric(&m, "synbackup_reclaimable_bytes") >= 0.0);
+    assert!(metric(&m, "synbackup_data_bytes") > 0.0);
+    assert!(metric(&m, "synbackup_mem_total_bytes") > 0.0);
+    assert!(
+        m.contains("synbackup_service_dir_network_fs{instance=\"c0\"} 0\n"),
+        "{m}"
+    );
 
     let o = s.run(&["list", "c0", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -130,7 +139,35 @@ fn runs_back_up_verify_prune_and_record_status() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("c0: OK"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("c0: OK"), "{out}");
+    assert!(
+        out.contains("c0: data ")
+            && out.contains(", RAM ")
+            && out.contains("a maintenance window would reclaim about"),
+        "{out}"
+    );
+    let o = s.run(&["status", "c0", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(h[0]["host"]["fstype"].is_string(), "{h}");
+    assert!(h[0]["host"]["reclaimable_bytes"].is_u64(), "{h}");
+}
+
+#[test]
+fn without_a_metrics_directory_no_metrics_are_written_and_status_says_so() {
+    let s = Setup::new("");
+    fs::remove_dir(s.root.join("metrics")).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("metrics"), "{}", stderr(&o));
+    assert!(
+        !s.root.join("metrics").exists(),
+        "a run made the collector's directory"
+    );
+    let o = s.run(&["status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("no metrics are written:"), "{out}");
 }
 
 #[test]
@@ -190,51 +227,10 @@ fn status_calls_an_old_backup_stale() {
     );
 }
 
-#[test]
-fn two_runs_at_once_the_second_exits_busy() {
-    let s = Setup::new("");
-    // Enough data that the first run is still copying when the second starts.
-    let big: Vec<u8> = (0..96u32 << 20).map(|i| (i % 251) as u8).collect();
-    fs::write(s.src.join("big.bin"), &big).unwrap();
-    let first = s
-        .cmd()
-        .args(["run", "c0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first run holds the lock once its temporary exists.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(s.backups.exists()
-        && names(&s.backups)
-            .iter()
-            .any(|n| n.contains("synbackup-partial")))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the first run never started copying"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let second = s.run(&["run", "c0"]);
-    assert_fails(&second, 7, "instance c0 is busy");
-    let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(
-        s.status_json()["result"],
-        "success",
-        "the busy run must not overwrite the status"
-    );
-}
-
-#[test]
-fn prune_removes_temporaries_of_dead_runs_only() {
-    let s = Setup::new("");
-    assert!(s.run(&["run", "c0"]).status.success());
-    let tmp = s
-        .backups
-        .join(".c0_20260101T000000Z.synbackup-partial.424242");
-    fs::create_dir_all(tmp.join("slabs")).unwrap();
-    // A live run: something holds the instance lock.
+/// Something holds the instance lock (a live run, window or restore) until the
+/// returned function is called.
+fn hold_lock(s: &Setup) -> impl FnOnce() {
+    fs::create_dir_all(s.root.join("lock")).unwrap();
     let mut holder = Command::new("flock")
         .arg(s.root.join("lock/c0.lock"))
         .args(["-c", "echo locked; read x"])
@@ -247,15 +243,216 @@ fn prune_removes_temporaries_of_dead_runs_only() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "locked");
+    move || {
+        holder.stdin.take().unwrap().write_all(b"\n").unwrap();
+        holder.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_run_waits_for_the_lock_and_one_that_gives_up_is_recorded_as_skipped() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let release = hold_lock(&s);
+    // No waiting allowed: refused at once, and recorded (not silently dropped).
+    let o = s
+        .cmd()
+        .args(["run", "c0"])
+        .env("SYNBACKUP_LOCK_WAIT", "0")
+        .output()
+        .unwrap();
+    assert_fails(&o, 7, "instance c0 is busy");
+    let st = s.status_json();
+    assert_eq!(st["result"], "skipped", "{st}");
+    assert_eq!(st["exit_code"], 7);
+    assert!(
+        st["last_success"].is_string(),
+        "a skip keeps the last success"
+    );
+    let o = s.run(&["status", "c0"]);
+    assert_eq!(o.status.code(), Some(9));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("last run was skipped"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Within the bound: the run waits for the holder, then runs.
+    let mut waiting = s
+        .cmd()
+        .args(["run", "c0"])
+        .env("SYNBACKUP_LOCK_WAIT", "2m")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(waiting.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("waiting up to 2m for the lock held by") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the run never waited"
+        );
+    }
+    release();
+    let rest: Vec<String> = err.lines().map(|l| l.unwrap()).collect();
+    assert!(waiting.wait().unwrap().success(), "{rest:?}");
+    assert_eq!(s.status_json()["result"], "success");
+}
+
+#[test]
+fn lock_files_are_root_only() {
+    let s = Setup::new("");
+    fs::create_dir_all(s.root.join("lock")).unwrap();
+    // A lock file left by an older version, world-readable.
+    fs::write(s.root.join("lock/c0.lock"), "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(s.root.join("lock"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        s.root.join("lock/c0.lock"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert!(s.run(&["run", "c0"]).status.success());
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.root.join("lock")), 0o700);
+    assert_eq!(mode(&s.root.join("lock/c0.lock")), 0o600);
+}
+
+#[test]
+fn status_reports_a_failed_window() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert_eq!(s.run(&["status", "c0"]).status.code(), Some(0));
+    // A window that fails (this instance has no SYNBACKUP_SERVICE_UNIT to stop).
+    let o = s.run(&["cold", "c0"]);
+    assert_fails(&o, 2, "no SYNBACKUP_SERVICE_UNIT");
+    let o = s.run(&["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert!(
+        out.contains("c0: PROBLEM: last maintenance window failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("c0: last maintenance window failed at"),
+        "{out}"
+    );
+    let o = s.run(&["status", "c0", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h[0]["healthy"], false);
+    assert_eq!(h[0]["cold"]["exit_code"], 2);
+}
+
+#[test]
+fn status_fails_on_a_config_that_does_not_parse() {
+    for bad in [
+        "SYNBACKUP_MAX_AGE=12 hours\n",
+        "SYNBACKUP_KEEP_LAST=three\n",
+        "SYNBACKUP_KEEP_DAYLY=3\n",
+    ] {
+        let s = Setup::new("");
+        assert!(s.run(&["run", "c0"]).status.success());
+        let conf = s.root.join("etc/c0.conf");
+        let mut text = fs::read_to_string(&conf).unwrap();
+        text.push_str(bad);
+        fs::write(&conf, text).unwrap();
+        let o = s.run(&["status"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(9), "{bad}: {out}");
+        assert!(out.contains("c0: PROBLEM: bad configuration:"), "{out}");
+        assert!(out.contains("c0.conf:4:"), "{out}");
+    }
+}
+
+#[test]
+fn prune_never_removes_the_newest_verified_backup() {
+    let s = Setup::new("SYNBACKUP_KEEP_LAST=1\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\nSYNBACKUP_KEEP_MONTHLY=0\n");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let verified = s.status_json()["backup"].as_str().unwrap().to_string();
+    // A newer, unverified backup (made by hand without --verify).
+    let newer = s.backups.join("c0_29991231T000000Z");
+    assert!(run(&[&"backup", &s.src, &newer]).status.success());
+    let o = s.run(&["prune", "c0", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(the newest verified backup)"),
+        "a dry run's answer is on stdout: {}",
+        stderr(&o)
+    );
     let o = s.run(&["prune", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(tmp.exists(), "a live run's temporary was removed");
-    assert!(stderr(&o).contains("in progress"));
-    // The run dies: its temporary goes.
-    holder.stdin.take().unwrap().write_all(b"\n").unwrap();
-    holder.wait().unwrap();
+    assert!(
+        Path::new(&verified).exists(),
+        "the only verified backup was pruned"
+    );
+    assert!(newer.exists());
+    assert!(stderr(&o).contains("c0: 2 backups kept"), "{}", stderr(&o));
+}
+
+#[test]
+fn config_refuses_a_policy_that_keeps_nothing() {
+    let s = Setup::new("SYNBACKUP_KEEP_LAST=0\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\nSYNBACKUP_KEEP_MONTHLY=0\n");
+    let o = s.run(&["prune", "c0"]);
+    assert_fails(&o, 2, "c0.conf:4: every SYNBACKUP_KEEP_* is 0");
+}
+
+#[test]
+fn a_run_of_an_unconfigured_instance_writes_no_state() {
+    let s = Setup::new("");
+    let o = s.run(&["run", "nosuch"]);
+    assert_fails(&o, 2, "nosuch.conf does not exist");
+    assert!(!s.root.join("state/nosuch.json").exists());
+    assert!(!s.root.join("metrics/synbackup-nosuch.prom").exists());
+}
+
+#[test]
+fn list_shows_the_others_when_one_config_is_broken_and_a_partial_by_its_size() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    fs::write(s.root.join("etc/bad.conf"), "SYNBACKUP_NOPE=1\n").unwrap();
+    let tmp = s
+        .backups
+        .join(".c0_20260101T000000Z.synbackup-partial.424242");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(tmp.join("data.mdb"), vec![7u8; 3 << 20]).unwrap();
+    let o = s.run(&["list", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad: not listed"), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let partial = rows.iter().find(|r| r["state"] == "partial").unwrap();
+    assert!(partial["bytes"].as_u64().unwrap() >= 3 << 20, "{partial}");
+}
+
+#[test]
+fn prune_removes_temporaries_of_dead_runs_only_and_nothing_while_locked() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let tmp = s
+        .backups
+        .join(".c0_20260101T000000Z.synbackup-partial.424242");
+    fs::create_dir_all(tmp.join("slabs")).unwrap();
+    let before = names(&s.backups);
+    // A live run, window or restore holds the instance lock: prune refuses.
+    let release = hold_lock(&s);
+    let o = s.run(&["prune", "c0"]);
+    assert_fails(&o, 7, "instance c0 is busy");
+    assert_eq!(
+        names(&s.backups),
+        before,
+        "a prune under a live lock removed something"
+    );
     let o = s.run(&["prune", "c0", "--dry-run"]);
-    assert!(tmp.exists() && stderr(&o).contains("would remove"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("in progress"),
+        "{}",
+        stderr(&o)
+    );
+    // The run dies: its temporary goes.
+    release();
+    let o = s.run(&["prune", "c0", "--dry-run"]);
+    assert!(tmp.exists() && String::from_utf8_lossy(&o.stdout).contains("would remove"));
     let o = s.run(&["prune", "c0"]);
     assert!(o.status.success());
     assert!(!tmp.exists(), "{}", stderr(&o));
@@ -332,4 +529,111 @@ fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
         vec!["svc"],
         "the unfinished copy must be removed"
     );
+}
+
+#[test]
+fn restore_by_path_takes_the_lock_of_the_instance_it_restores_from() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let backup = s.status_json()["backup"].as_str().unwrap().to_string();
+    let target = s.root.join("restored");
+    let release = hold_lock(&s);
+    let o = s
+        .cmd()
+        .args(["restore", &backup])
+        .arg(&target)
+        .env("SYNBACKUP_LOCK_WAIT", "0")
+        .output()
+        .unwrap();
+    assert_fails(&o, 7, "instance c0 is busy");
+    assert!(!target.exists(), "restored while a run held the lock");
+    release();
+    let o = s
+        .cmd()
+        .args(["restore", &backup])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(target.join("cell.guid").exists());
+}
+
+#[test]
+fn verify_prints_its_verdict_on_stdout() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let backup = s.status_json()["backup"].as_str().unwrap().to_string();
+    let o = run(&[&"verify", &backup]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("is intact"),
+        "{}",
+        stderr(&o)
+    );
+    // One damaged file: one problem, on stdout, and "1 problem" in the error.
+    let victim = fs::read_dir(&backup)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.is_file()
+                && !p.ends_with("synbackup-manifest.json")
+                && !p.ends_with("synbackup-verified")
+        })
+        .unwrap();
+    fs::write(&victim, b"damaged").unwrap();
+    let o = run(&[&"verify", &backup]);
+    assert_fails(&o, 6, "failed verification: 1 problem");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("size"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn backup_takes_skipdirs_before_src_dst_and_a_freeze_timeout_duration() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("svc");
+    fake_service(&src, 50);
+    fs::create_dir_all(src.join("cache/x")).unwrap();
+    fs::write(src.join("cache/x/junk"), "junk").unwrap();
+    let dst = t.path().join("bk");
+    // The man page's (and Synapse's tool's) order: --skipdirs GLOB... SRC DST.
+    let o = run(&[
+        &"backup",
+        &"--freeze-timeout",
+        &"2m",
+        &"--skipdirs",
+        &"cache",
+        &src,
+        &dst,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dst.join("cell.guid").exists());
+    assert!(
+        !dst.join("cache").exists(),
+        "--skipdirs before SRC DST was ignored"
+    );
+}
+
+#[test]
+fn retire_removes_a_removed_instances_state_and_metrics_only() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    // The run's certificate check leaves its own state and metrics.
+    assert!(s.root.join("state/c0.certs.json").exists());
+    assert!(s.root.join("metrics/synbackup-c0-certs.prom").exists());
+    let o = s.run(&["retire", "c0"]);
+    assert_fails(&o, 2, "still configures c0");
+    fs::remove_file(s.root.join("etc/c0.conf")).unwrap();
+    let backups = names(&s.backups);
+    let o = s.run(&["retire", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("c0.json"));
+    assert!(!s.root.join("state/c0.json").exists());
+    assert!(!s.root.join("metrics/synbackup-c0.prom").exists());
+    assert!(!s.root.join("state/c0.certs.json").exists());
+    assert!(!s.root.join("metrics/synbackup-c0-certs.prom").exists());
+    assert_eq!(names(&s.backups), backups, "retire touched the backups");
 }

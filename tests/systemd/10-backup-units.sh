@@ -3,6 +3,15 @@
 # synbackup@.service and synbackup@.timer in a booted systemd, against a real Cortex
 # running as a unit: a verified backup, progress in `systemctl status`, the journal's
 # MESSAGE_ID, the timer, a failing run, and the units' verification and exposure.
+# Then, in the same container (one boot and one Cortex for all of it): the test
+# Cortex itself (it answers on its unix socket, stores nodes, stops cleanly; the
+# harness's smoke test, formerly 00-boot-cortex), and after a reboot
+# synbackup-sysctl.service at boot (formerly 15-sysctl-boot): /run starts empty and
+# the drop-in computed from this host's RAM is there again, written before
+# systemd-sysctl.service started, part of the configuration systemd-sysctl reads,
+# with the values `synbackup sysctl` computes; an administrator's /etc/sysctl.d
+# file of the same name wins. (/proc/sys/vm is read-only in the container: the
+# kernel's values cannot change here, so they are not compared.)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,9 +20,13 @@ set -euo pipefail
 
 ns_boot t10
 sb_install
+ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup-sysctl.service)" "synbackup-sysctl.service enabled by the package"
+start=$SECONDS
 sb_cortex cortex00
+ns_log "cortex answered $((SECONDS - start)) s after its unit was started"
 ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
-ns_exec storm.py add /srv/cortex/cortex00 200 >/dev/null
+ns_assert_eq 200 "$(ns_exec storm.py add /srv/cortex/cortex00 200)" "nodes added"
+ns_assert_eq 200 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "inet:ipv4 count"
 # Enough data that a run lasts long enough to watch its status line.
 ns_exec dd if=/dev/zero of=/srv/cortex/cortex00/bulk.bin bs=1M count=1500 status=none
 sb_config cortex00 </dev/null
@@ -70,11 +83,11 @@ ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 ns_assert_eq 200 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes after restore"
 ns_exec sh -c 'ls -d /srv/cortex/cortex00.pre-restore-*' >/dev/null || ns_die "the old directory was not kept"
 
-# 5. A failing run: the backup root is not writable (read-only under the unit's
-#    ProtectSystem=strict). The unit fails, status and metrics say so, the journal
-#    has one line with the failure MESSAGE_ID.
+# 5. A failing run: the backup root is edited without `systemctl daemon-reload`, so
+#    it is outside the unit's writable paths (read-only under ProtectSystem=strict).
+#    The unit fails, status and metrics say so, the journal has one line with the
+#    failure MESSAGE_ID that names the path and the fix.
 ns_exec sed -i 's|^SYNBACKUP_BACKUP_ROOT=.*|SYNBACKUP_BACKUP_ROOT=/usr/local/lib/nowhere|' /etc/synbackup/cortex00.conf
-ns_exec systemctl daemon-reload
 if ns_exec systemctl start synbackup@cortex00.service; then ns_die "a run into a read-only root succeeded"; fi
 ns_assert_eq failed "$(sb_prop synbackup@cortex00.service ActiveState)" "unit state after a failed run"
 ns_assert_eq failed "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.json"))["result"])')" "status file after failure"
@@ -82,6 +95,8 @@ ns_exec grep -q 'synbackup_last_success{instance="cortex00"} 0' /var/lib/prometh
 lines=$(ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e02 SYNBACKUP_INSTANCE=cortex00 -o cat)
 ns_log "failure event: $lines"
 ns_assert_eq 1 "$(printf '%s\n' "$lines" | grep -c 'backup failed: cannot create the backup root /usr/local/lib/nowhere')" "one journal line saying why"
+printf '%s\n' "$lines" | grep -q "outside this unit's writable paths.*systemctl daemon-reload" \
+  || ns_die "the failure does not say that daemon-reload picks up the config: $lines"
 ns_exec systemctl reset-failed synbackup@cortex00.service
 
 # 6. Every unit verifies; record the exposure of the hardened ones.
@@ -92,4 +107,43 @@ done
 for u in synbackup@cortex00.service synbackup-cold@cortex00.service synbackup-sysctl.service; do
   ns_log "exposure $u: $(ns_exec systemd-analyze security --no-pager "$u" | tail -n1)"
 done
+
+# 7. A clean stop of the Cortex: the unit ends inactive (not failed), and the service
+#    dir is on the host's disk, where backups read it.
+ns_exec systemctl stop synapse-cortex@cortex00.service
+ns_assert_eq inactive "$(ns_exec systemctl is-active synapse-cortex@cortex00.service || true)" "Cortex unit state after stop"
+[ -f "$NS_SRV/cortex/cortex00/cell.guid" ] || ns_die "no cell.guid in $NS_SRV/cortex/cortex00"
+
+# 8. A reboot keeps what the container wrote (the installed units) and /srv; /run
+#    starts empty, and synbackup-sysctl.service writes the drop-in again at boot.
+ns_reboot
+ns_exec systemctl cat synapse-cortex@.service >/dev/null
+ns_exec test -f /srv/cortex/cortex00/cell.guid
+dropin=/run/sysctl.d/61-synbackup-memory.conf
+ns_exec test -s $dropin || ns_die "no $dropin after boot"
+ns_assert_eq active "$(sb_prop synbackup-sysctl.service ActiveState)" "synbackup-sysctl.service after boot"
+# Ordering: ours finished before systemd-sysctl.service began (or was skipped).
+ours=$(sb_prop synbackup-sysctl.service ExecMainExitTimestampMonotonic)
+theirs=$(sb_prop systemd-sysctl.service InactiveExitTimestampMonotonic)
+ns_log "synbackup-sysctl done at $ours us, systemd-sysctl left inactive at $theirs us"
+if [ "$ours" -le 0 ] || [ "$ours" -gt "$theirs" ]; then
+  ns_die "synbackup-sysctl did not run before systemd-sysctl"
+fi
+
+# systemd-sysctl's configuration includes the drop-in, with the computed values.
+want=$(ns_exec synbackup sysctl | grep '^vm\.')
+config=$(ns_exec /lib/systemd/systemd-sysctl --cat-config)
+printf '%s\n' "$config" | grep -qxF "# $dropin" || ns_die "systemd-sysctl does not read $dropin"
+while read -r line; do
+  printf '%s\n' "$config" | grep -qxF "$line" || ns_die "systemd-sysctl's configuration lacks: $line"
+done <<<"$want"
+ns_log "ok: systemd-sysctl reads: $(printf '%s' "$want" | xargs)"
+ns_exec grep -q '^vm.dirty_expire_centisecs *= *20' /usr/lib/sysctl.d/60-synbackup.conf
+
+# An administrator's file of the same name in /etc wins over ours in /run.
+printf 'vm.dirty_ratio = 7\n' | ns_exec tee /etc/sysctl.d/61-synbackup-memory.conf >/dev/null
+config=$(ns_exec /lib/systemd/systemd-sysctl --cat-config)
+printf '%s\n' "$config" | grep -qxF "# /etc/sysctl.d/61-synbackup-memory.conf" || ns_die "the admin's file is not read"
+printf '%s\n' "$config" | grep -qxF "# $dropin" && ns_die "ours is still read next to the admin's file"
+ns_log "ok: /etc/sysctl.d/61-synbackup-memory.conf overrides the generated drop-in"
 ns_poweroff

@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
+# shellcheck disable=SC2016 # single-quoted: expanded inside the container, or by dpkg-query
 # The .deb on a booted Debian 12 with systemd, as an operator meets it:
 # - install with apt: the tuning applies at once (synbackup-sysctl.service enabled
-#   and run, the drop-ins exist), no template timer is enabled, the generator link,
+#   and run, the drop-ins exist, our sysctl keys and only them are applied, and
+#   systemd-sysctl.service is not restarted: an administrator's runtime change to
+#   another key stays), no template timer is enabled, the generator link,
 #   `systemd-analyze verify` of every installed unit, `man` pages render without
 #   warnings, bash completion works;
 # - an instance for a running Cortex: `systemctl enable --now synbackup@cortex00.timer`
 #   shows in list-timers, and a backup through the installed units succeeds;
 # - upgrade to a rebuilt package with a higher version while a backup is running:
-#   the edited config, the enabled timer and the running backup are kept as they are;
-# - apt remove: binary and units go; config, state and every backup stay;
+#   the edited config, the enabled timer and the running backup are kept as they are,
+#   and the sysctl keys are applied as on install;
+# - apt remove: binary and units go, the timers stop; config, state and every backup
+#   stay;
+# - apt install again: every enabled instance timer runs again (list-timers), one
+#   that cannot start is a warning, not a failed install; a timer never enabled
+#   stays stopped;
+# - the .rpm's %preun (erase) and %post (install) scriptlets, run by hand on the
+#   same systemd: timers stopped, then started again; sysctl as for the .deb;
 # - apt purge: config and state go; every backup and the service directory stay.
 #
-# Builds the two packages itself (packaging/build-package deb VERSION; cached
-# builds are quick): VERSION-1 and the same with revision 2.
+# Two packages: VERSION-1 and the same with revision 2 (sb_deb: the ones `run` built
+# for this run, or built here; tests/run-all lints them).
 set -euo pipefail
-# shellcheck disable=SC2016 # single-quoted: expanded inside the container, or by dpkg-query
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=synbackup.sh
+. "$NS_DIR/synbackup.sh"
 
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$NS_REPO/Cargo.toml" | head -n1)
+version=$(sb_version)
 old=$version-1 new=$version-2
-debs=()
-for v in "$old" "$new"; do
-  deb=$("$NS_REPO/packaging/build-package" deb "$v" | tail -n1)
-  [ -f "$deb" ] || ns_die "no package built for $v"
-  debs+=("$deb")
-done
+debs=("$(sb_deb 1)" "$(sb_deb 2)")
 
 ns_boot t30
 for deb in "${debs[@]}"; do ns_copy_in "$deb" "/root/$(basename "$deb")"; done
@@ -49,12 +55,53 @@ backups_digest() {
     printf "%s %s\n" "$d" "$(sha256sum <"$d/synbackup-manifest.json" | cut -d" " -f1)"; done'
 }
 
+# ---- an administrator's sysctl settings --------------------------------------------
+# The administrator's own file sets a key of ours (it wins) and one of theirs, which
+# they then change at runtime. Restarting systemd-sysctl.service (what the package
+# did) writes every key of sysctl.d again and reverts that change. In the container
+# only /proc/sys/net is writable (it has its own network namespace; the rest of
+# /proc/sys is read-only), so the runtime change is to a net.* key, and which vm.*
+# keys the package writes is read from systemd-sysctl's debug log instead
+# (SYSTEMD_LOG_LEVEL reaches the maintainer script through apt and dpkg; writes to
+# a read-only /proc/sys are logged and skipped).
+ns_exec sh -c 'printf "%s\n" "net.ipv4.ip_default_ttl = 65" "vm.swappiness = 5" >/etc/sysctl.d/70-admin.conf'
+ns_exec sysctl -q -w net.ipv4.ip_default_ttl=99
+ns_exec systemctl restart systemd-sysctl.service
+ns_assert_eq 65 "$(ns_exec sysctl -n net.ipv4.ip_default_ttl)" "net.ipv4.ip_default_ttl after restarting systemd-sysctl (the check can fail)"
+ns_exec sysctl -q -w net.ipv4.ip_default_ttl=99
+sysctl_id=$(ns_exec systemctl show -P InvocationID systemd-sysctl.service)
+
+# apt_install DEB LOG: apt-get install, with systemd's tools logging at debug level;
+# the output (apt runs dpkg on a pty: the maintainer scripts' stderr is in it too)
+# goes to LOG, printed if apt fails; dpkg's steps and our warnings are shown.
+apt_install() {
+  ns_exec env DEBIAN_FRONTEND=noninteractive SYSTEMD_LOG_LEVEL=debug \
+    apt-get install -y --no-install-recommends "/root/$(basename "$1")" >"$2" 2>&1 \
+    || { tail -n 40 "$2" >&2; ns_die "apt-get install $(basename "$1") failed"; }
+  grep -E '^(Unpacking|Setting up|synbackup: )' "$2" >&2 || true
+}
+# sysctl_written LOG: the keys systemd-sysctl wrote (or tried to), KEY=VALUE.
+sysctl_written() {
+  sed -n "s|^Setting '/proc/sys/\([^']*\)' to '\([^']*\)'.*|\1=\2|p" "$1" | sed 's|/|.|g' | sort
+}
+# check_sysctl LOG WHEN: only our keys were written, with the values of the whole
+# sysctl.d configuration (the administrator's vm.swappiness), the runtime change to
+# another key is still there, and systemd-sysctl.service was not restarted.
+check_sysctl() {
+  local want
+  want=$({ printf '%s\n' vm.swappiness=5 vm.dirty_expire_centisecs=20 vm.dirty_writeback_centisecs=20
+           ns_exec sed -n 's/^\(vm\.[a-z_]*\) *= *\([0-9]*\)$/\1=\2/p' /run/sysctl.d/61-synbackup-memory.conf
+         } | sort)
+  ns_assert_eq "$(xargs <<<"$want")" "$(sysctl_written "$1" | xargs)" "sysctl keys written by the package ($2)"
+  ns_assert_eq 99 "$(ns_exec sysctl -n net.ipv4.ip_default_ttl)" "the administrator's runtime net.ipv4.ip_default_ttl ($2)"
+  ns_assert_eq "$sysctl_id" "$(ns_exec systemctl show -P InvocationID systemd-sysctl.service)" "systemd-sysctl.service not restarted ($2)"
+}
+
 # ---- install ----------------------------------------------------------------------
 ns_log "apt install ./$(basename "${debs[0]}")"
 # The container has no network: every dependency must already be there, which is
 # what a Debian 12 with systemd has (libc6, libssl3, init-system-helpers).
-ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  "/root/$(basename "${debs[0]}")"
+apt_install "${debs[0]}" "$NS_STATE/install.log"
 ns_assert_eq "install ok installed $old" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state"
 
 ns_assert_eq enabled "$(ns_exec systemctl is-enabled synbackup-sysctl.service)" "synbackup-sysctl.service enabled"
@@ -62,6 +109,7 @@ ns_assert_eq active "$(ns_exec systemctl is-active synbackup-sysctl.service)" "s
 ns_exec test -s /usr/lib/sysctl.d/60-synbackup.conf
 ns_exec grep -q '^vm.dirty' /run/sysctl.d/61-synbackup-memory.conf
 ns_log "ok: sysctl drop-ins: $(ns_exec cat /run/sysctl.d/61-synbackup-memory.conf | grep '^vm' | xargs)"
+check_sysctl "$NS_STATE/install.log" install
 ns_assert_eq /usr/bin/synbackup "$(ns_exec readlink -f /usr/lib/systemd/system-generators/synbackup-generator)" "generator link"
 ns_assert_eq "/etc/synbackup:present" "$(what_is /etc/synbackup)" "config directory"
 # No template unit enabled by the package: no wants links, list-timers is empty.
@@ -110,10 +158,17 @@ ns_exec sh -ec 'sed -e "s|^SYNBACKUP_SERVICE_DIR=.*|SYNBACKUP_SERVICE_DIR=/srv/c
   mkdir -p /var/lib/prometheus/node-exporter
   systemctl daemon-reload'
 conf_sum=$(ns_exec sha256sum /etc/synbackup/cortex00.conf)
-ns_exec systemctl enable --now synbackup@cortex00.timer
-ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer | grep -q 'synbackup@cortex00.timer' \
-  || ns_die "synbackup@cortex00.timer is not in systemctl list-timers"
-ns_log "ok: $(ns_exec systemctl list-timers --no-legend synbackup@cortex00.timer)"
+# The nightly and the monthly window, enabled; a timer started but never enabled.
+ns_exec systemctl enable --now synbackup@cortex00.timer synbackup-cold@cortex00.timer
+ns_exec systemctl start synbackup@scratch.timer
+# in_list_timers UNIT: is UNIT in `systemctl list-timers` (running, with a next time)?
+in_list_timers() {
+  ns_exec systemctl list-timers --no-legend "$1" | grep -qF "$1"
+}
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer; do
+  in_list_timers $t || ns_die "$t is not in systemctl list-timers"
+  ns_log "ok: $(ns_exec systemctl list-timers --no-legend $t)"
+done
 
 ns_exec systemctl start synbackup@cortex00.service
 ns_assert_eq success "$(ns_exec systemctl show -P Result synbackup@cortex00.service)" "first backup through the installed unit"
@@ -132,9 +187,9 @@ timer_id=$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)
 backups_before=$(backups_digest)
 
 ns_log "apt install ./$(basename "${debs[1]}") (upgrade)"
-ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  "/root/$(basename "${debs[1]}")"
+apt_install "${debs[1]}" "$NS_STATE/upgrade.log"
 ns_assert_eq "install ok installed $new" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state after upgrade"
+check_sysctl "$NS_STATE/upgrade.log" upgrade
 ns_assert_eq "$running_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.service)" "running backup not restarted by the upgrade"
 ns_assert_eq "$timer_id" "$(ns_exec systemctl show -P InvocationID synbackup@cortex00.timer)" "timer not restarted by the upgrade"
 ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "edited config kept by the upgrade"
@@ -151,16 +206,61 @@ lost=$(comm -23 <(sort <<<"$backups_before") <(sort <<<"$backups"))
 ns_assert_eq "" "$lost" "backups changed or gone across the upgrade"
 ns_log "ok: $(wc -l <<<"$backups") backups"
 
+# A timer enabled for an instance whose backup unit cannot be loaded (masked): it
+# cannot start, and an install must not fail for it.
+ns_exec systemctl mask synbackup@broken.service
+ns_exec systemctl enable synbackup@broken.timer
+
 # ---- remove -----------------------------------------------------------------------
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get remove -y synbackup
 ns_assert_eq "deinstall ok config-files" "$(ns_exec dpkg-query -W -f='${Status}' synbackup)" "package state after remove"
 ns_assert_eq "/usr/bin/synbackup:absent /usr/lib/systemd/system/synbackup@.service:absent /usr/lib/systemd/system/synbackup@.timer:absent /usr/lib/systemd/system-generators/synbackup-generator:absent /run/sysctl.d/61-synbackup-memory.conf:absent" \
   "$(what_is /usr/bin/synbackup /usr/lib/systemd/system/synbackup@.service /usr/lib/systemd/system/synbackup@.timer \
        /usr/lib/systemd/system-generators/synbackup-generator /run/sysctl.d/61-synbackup-memory.conf)" "files after remove"
-ns_assert_eq inactive "$(ns_exec systemctl is-active synbackup@cortex00.timer || true)" "instance timer after remove"
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup@scratch.timer; do
+  ns_assert_eq inactive "$(ns_exec systemctl is-active $t || true)" "$t after remove"
+done
 ns_assert_eq "$conf_sum" "$(ns_exec sha256sum /etc/synbackup/cortex00.conf)" "config after remove"
 ns_exec test -s /var/lib/synbackup/cortex00.json
 ns_assert_eq "$backups" "$(backups_digest)" "backups after remove"
+
+# ---- install again -----------------------------------------------------------------
+# prerm stopped the timers; installing again starts the enabled ones (before, they
+# stayed enabled and inactive, with nothing in list-timers, until a reboot).
+ns_log "apt install ./$(basename "${debs[1]}") (after remove)"
+apt_install "${debs[1]}" "$NS_STATE/reinstall.log"
+ns_assert_eq "install ok installed $new" "$(ns_exec dpkg-query -W -f='${Status} ${Version}' synbackup)" "package state after installing again"
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer; do
+  ns_assert_eq "enabled active" "$(ns_exec systemctl is-enabled $t) $(ns_exec systemctl is-active $t || true)" "$t after remove and install"
+  in_list_timers $t || ns_die "$t is not in systemctl list-timers after remove and install"
+done
+ns_log "ok: $(ns_exec systemctl list-timers --no-legend 'synbackup*' | xargs)"
+ns_assert_eq inactive "$(ns_exec systemctl is-active synbackup@scratch.timer || true)" "a timer never enabled, after remove and install"
+grep -qF 'synbackup: warning: could not start synbackup@broken.timer' "$NS_STATE/reinstall.log" \
+  || ns_die "no warning about synbackup@broken.timer: $(grep -v '^[A-Z]' "$NS_STATE/reinstall.log" | tail -n 5)"
+ns_log "ok: $(grep -F 'synbackup: warning: could not start synbackup@broken.timer' "$NS_STATE/reinstall.log")"
+check_sysctl "$NS_STATE/reinstall.log" "install after remove"
+ns_exec systemctl disable synbackup@broken.timer
+ns_exec systemctl unmask synbackup@broken.service
+
+# ---- the .rpm's scriptlets, on this systemd ----------------------------------------
+# packaging/rpm/preun and post (cargo-generate-rpm packages them verbatim), run by
+# hand as rpm runs them for an erase and a new install (there is no rpm database
+# here; the .deb's files stay): %preun 0 stops the instance timers and disables
+# synbackup-sysctl.service, %post 1 enables and runs it, applies our sysctl keys
+# only, and starts the enabled timers again.
+for f in preun post; do ns_copy_in "$NS_REPO/packaging/rpm/$f" "/root/rpm-$f"; done
+ns_exec sh /root/rpm-preun 0
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup-sysctl.service; do
+  ns_assert_eq inactive "$(ns_exec systemctl is-active $t || true)" "$t after rpm %preun 0"
+done
+ns_exec env SYSTEMD_LOG_LEVEL=debug sh /root/rpm-post 1 >"$NS_STATE/rpm-post.log" 2>&1 \
+  || { tail -n 40 "$NS_STATE/rpm-post.log" >&2; ns_die "rpm %post 1 failed"; }
+for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer synbackup-sysctl.service; do
+  ns_assert_eq "enabled active" "$(ns_exec systemctl is-enabled $t) $(ns_exec systemctl is-active $t || true)" "$t after rpm %post 1"
+done
+in_list_timers synbackup@cortex00.timer || ns_die "synbackup@cortex00.timer is not in list-timers after rpm %post 1"
+check_sysctl "$NS_STATE/rpm-post.log" "rpm %post 1"
 
 # ---- purge ------------------------------------------------------------------------
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get purge -y synbackup

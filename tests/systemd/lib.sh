@@ -219,7 +219,10 @@ _ns_alive() {
 # at first, then in the "payload" cgroup nspawn makes, then in payload/init.scope.
 _ns_find_leader() {
   local root pid nspid
-  root=$(_ns_cgroup_roots | head -n1)
+  # The first hierarchy (not `| head -n1`: head exits before the second echo, and
+  # bash prints "write error: Broken pipe").
+  root=$(_ns_cgroup_roots)
+  root=${root%%$'\n'*}
   while read -r pid; do
     nspid=$(awk '$1 == "NSpid:" {print NF - 1, $NF}' "/proc/$pid/status" 2>/dev/null) || continue
     if [ "$nspid" = "2 1" ]; then echo "$pid"; return 0; fi

@@ -3,12 +3,30 @@
 # Helpers shared by the synbackup tests in the booted container (source after
 # lib.sh): install the package, start the test Cortex, write an instance config.
 
-# Install the package as an operator would: the .deb built from this tree
-# (packaging/build-package; linted separately by tests/run-all), with apt.
+# The crate's version (Cargo.toml).
+sb_version() {
+  sed -n 's/^version = "\(.*\)"$/\1/p' "$NS_REPO/Cargo.toml" | head -n1
+}
+
+# sb_deb [REVISION]: the path of this tree's .deb with Debian revision REVISION (1 or
+# 2, default 1): the one `run` built once for the whole run (NS_DEB_1, NS_DEB_2), or,
+# when a test runs on its own, built now. packaging/build-package with SKIP_LINT=1:
+# tests/run-all lints the packages.
+sb_deb() {
+  local rev=${1:-1} var deb
+  var=NS_DEB_$rev
+  deb=${!var:-}
+  if [ -z "$deb" ]; then
+    deb=$(SKIP_LINT=1 "$NS_REPO/packaging/build-package" deb "$(sb_version)-$rev" | tail -n1)
+  fi
+  [ -f "$deb" ] || ns_die "no .deb for revision $rev ($deb)"
+  echo "$deb"
+}
+
+# Install the package as an operator would: the .deb built from this tree, with apt.
 sb_install() {
   local deb
-  deb=$(SKIP_LINT=1 "$NS_REPO/packaging/build-package" deb | tail -n1)
-  [ -f "$deb" ] || ns_die "no .deb built ($deb)"
+  deb=$(sb_deb 1)
   ns_copy_in "$deb" "/root/$(basename "$deb")"
   ns_exec env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "/root/$(basename "$deb")" >/dev/null
