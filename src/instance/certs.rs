@@ -150,12 +150,13 @@ pub(crate) fn render_cert_metrics(instance: &str, r: &Report) -> String {
     out
 }
 
-/// Write the metrics file of `instance` (a missing metrics directory is a warning,
-/// as for the run's metrics).
+/// Write the metrics file of `instance` (none when the metrics directory does not
+/// exist, as for the run's metrics).
 pub(crate) fn write_cert_metrics(metrics_dir: &Path, instance: &str, r: &Report) -> Result<()> {
-    if let Err(e) = std::fs::create_dir_all(metrics_dir) {
-        log::warn!(
-            "no metrics written: cannot create {}: {e}",
+    // As for the run's metrics: no collector directory, no metrics (never created here).
+    if !metrics_dir.is_dir() {
+        log::debug!(
+            "no certificate metrics written: {} does not exist",
             metrics_dir.display()
         );
         return Ok(());

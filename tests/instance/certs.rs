@@ -17,6 +17,8 @@ struct Inst {
 impl Inst {
     fn new(m: Material) -> Inst {
         fs::create_dir_all(m.root.join("etc")).unwrap();
+        // node_exporter's textfile directory: metrics are written only where it exists.
+        fs::create_dir_all(m.root.join("metrics")).unwrap();
         fs::write(
             m.root.join("etc/c0.conf"),
             format!(
