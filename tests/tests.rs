@@ -12,6 +12,8 @@ mod engine {
     mod backup;
     /// Bad input: each case one error line, its exit code, nothing left behind.
     mod bad_input;
+    /// `certs`: the TLS material of a service, checked on real easycert material.
+    mod certs;
     /// The copy engine's failure paths: a copy failing mid-way publishes nothing.
     mod copy_engine;
     /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
@@ -26,6 +28,8 @@ mod engine {
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.
 mod instance {
+    /// `certs INSTANCE`: certificate metrics and expiry events.
+    mod certs;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
 }

@@ -112,6 +112,8 @@ pub(crate) const MSG_RESTORE_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06";
 pub(crate) const MSG_DRILL_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16";
 /// A restore drill failed.
 pub(crate) const MSG_DRILL_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e17";
+/// A certificate entered the warning window or expired (`synbackup certs`).
+pub(crate) const MSG_CERT_EXPIRY: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e07";
 
 /// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
 /// text on stderr).

@@ -18,6 +18,8 @@ use crate::instance::dirs::Dirs;
 
 /// `synbackup backup SRC DST`.
 pub(crate) mod backup;
+/// `synbackup certs INSTANCE`.
+pub(crate) mod certs;
 /// `synbackup cold INSTANCE`.
 pub(crate) mod cold;
 /// `synbackup completions SHELL`.
@@ -82,6 +84,8 @@ pub(crate) enum Command {
     Status(status::StatusArgs),
     /// Print, write, apply or check the kernel settings computed from this host's RAM.
     Sysctl(sysctl::SysctlArgs),
+    /// Check every certificate and key the service uses (dates, keys, chains, names, modes).
+    Certs(certs::CertsArgs),
     /// Forget a removed instance: delete its status and metrics files (never backups).
     Retire(retire::RetireArgs),
     /// Print a shell completion script.
@@ -104,6 +108,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),
+        Command::Certs(a) => certs::exec(dirs, &a),
         Command::Retire(a) => retire::exec(dirs, &a),
         Command::Completions(a) => completions::exec(&a),
     }

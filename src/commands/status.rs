@@ -45,6 +45,9 @@ struct Health {
     host: Option<serde_json::Value>,
     /// What the deployment guide warns about (not a failure).
     warnings: Vec<String>,
+    /// The last certificate check (`synbackup certs`, every `run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certs: Option<crate::instance::certs::CertsState>,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -124,6 +127,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         restore,
         host,
         warnings,
+        certs: crate::instance::certs::load_state(&dirs.state_dir, name),
     }
 }
 
@@ -195,6 +199,9 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         }
         for w in &h.warnings {
             writeln!(out, "{}: WARNING: {w}", h.instance)?;
+        }
+        if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
+            writeln!(out, "{}: certificates: {w}", h.instance)?;
         }
         for (what, s) in [("maintenance window", &h.cold), ("restore", &h.restore)] {
             if let Some(s) = s {

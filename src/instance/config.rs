@@ -64,6 +64,18 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("SYNBACKUP_HEALTH_TIMEOUT", "a duration (default 5m)"),
     ("SYNBACKUP_COLD_KEEP_OLD", "a duration (default 7d)"),
     (
+        "SYNBACKUP_CERT_DIR",
+        "the service's certificate directory (default: from the unit, ~/.syn/certs of its User= or its SYN_CERT_DIR)",
+    ),
+    (
+        "SYNBACKUP_CERT_WARN_DAYS",
+        "warn when a certificate has fewer days left (default 30)",
+    ),
+    (
+        "SYNBACKUP_CERT_NAMES",
+        "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)",
+    ),
+    (
         "SYNBACKUP_LOCK_WAIT",
         "a duration a run or window waits for another to finish (default 1h)",
     ),
@@ -102,6 +114,9 @@ pub(crate) struct Instance {
     pub(crate) stop_timeout: Duration,
     pub(crate) health_timeout: Duration,
     pub(crate) cold_keep_old: Duration,
+    pub(crate) cert_dir: Option<PathBuf>,
+    pub(crate) cert_warn_days: u32,
+    pub(crate) cert_names: Vec<String>,
     pub(crate) lock_wait: Duration,
     pub(crate) drill_python: Option<PathBuf>,
     pub(crate) drill_module: Option<String>,
@@ -336,6 +351,11 @@ fn load_with(
         }
     };
 
+    let cert_dir = match values.get("SYNBACKUP_CERT_DIR") {
+        None => None,
+        Some(v) if v.text.starts_with('/') => Some(PathBuf::from(&v.text)),
+        Some(v) => return Err(bad("SYNBACKUP_CERT_DIR", v, "an absolute path")),
+    };
     let service_dir = required_path("SYNBACKUP_SERVICE_DIR")?;
     let backup_root = required_path("SYNBACKUP_BACKUP_ROOT")?;
     let service_unit = match values.get("SYNBACKUP_SERVICE_UNIT") {
@@ -414,6 +434,12 @@ fn load_with(
         stop_timeout: duration("SYNBACKUP_STOP_TIMEOUT", Duration::from_secs(300))?,
         health_timeout: duration("SYNBACKUP_HEALTH_TIMEOUT", Duration::from_secs(300))?,
         cold_keep_old: duration("SYNBACKUP_COLD_KEEP_OLD", Duration::from_secs(7 * 86400))?,
+        cert_dir,
+        cert_warn_days: number("SYNBACKUP_CERT_WARN_DAYS", 30, 0..=100_000)?,
+        cert_names: values
+            .get("SYNBACKUP_CERT_NAMES")
+            .map(|v| v.text.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         lock_wait: duration("SYNBACKUP_LOCK_WAIT", crate::instance::lock::DEFAULT_WAIT)?,
         drill_python: values
             .get("SYNBACKUP_DRILL_PYTHON")

@@ -5,6 +5,8 @@
 
 /// An instance's backups in its backup root.
 pub(crate) mod catalog;
+/// An instance's TLS check: its certificate directory, metrics and expiry events.
+pub(crate) mod certs;
 /// Instance configuration files.
 pub(crate) mod config;
 /// Where configuration, state, locks and metrics live.

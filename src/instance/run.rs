@@ -73,6 +73,7 @@ pub(crate) fn run(
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
     let _lock = lock_for_run(dirs, &inst, "backup", started, t0)?;
     let result = backup_and_prune(&inst, started, show_bar);
+    crate::instance::certs::check_after_run(dirs, &inst);
     match result {
         Ok((summary, kept, expiry_failed)) => {
             let st = Status {

@@ -164,7 +164,8 @@ pub(crate) fn final_line(s: &Status) -> String {
 }
 
 /// The kinds of record an instance can have.
-const KINDS: &[&str] = &["backup", "cold", "restore"];
+/// (`certs`: `instance::certs` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
+const KINDS: &[&str] = &["backup", "cold", "restore", "certs"];
 
 /// Remove every status and metrics file of `instance` (each of [`KINDS`]);
 /// returns the paths removed.

@@ -724,6 +724,9 @@ fn restore_through_a_symlinked_service_dir_swaps_the_real_directory() {
 fn retire_removes_a_removed_instances_state_and_metrics_only() {
     let s = Setup::new("");
     assert!(s.run(&["run", "c0"]).status.success());
+    // The run's certificate check leaves its own state and metrics.
+    assert!(s.root.join("state/c0.certs.json").exists());
+    assert!(s.root.join("metrics/synbackup-c0-certs.prom").exists());
     let o = s.run(&["retire", "c0"]);
     assert_fails(&o, 2, "still configures c0");
     fs::remove_file(s.root.join("etc/c0.conf")).unwrap();
@@ -733,5 +736,7 @@ fn retire_removes_a_removed_instances_state_and_metrics_only() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("c0.json"));
     assert!(!s.root.join("state/c0.json").exists());
     assert!(!s.root.join("metrics/synbackup-c0.prom").exists());
+    assert!(!s.root.join("state/c0.certs.json").exists());
+    assert!(!s.root.join("metrics/synbackup-c0-certs.prom").exists());
     assert_eq!(names(&s.backups), backups, "retire touched the backups");
 }

@@ -188,6 +188,9 @@ fn drills_on_real_cortex_backups() {
         ),
     )
     .unwrap();
+    // The collector's directory exists (node_exporter's package makes it): metrics
+    // are written only then.
+    fs::create_dir_all(t.path().join("metrics")).unwrap();
     let with_dirs = |args: &[&str]| {
         bin()
             .arg("--config-dir")
