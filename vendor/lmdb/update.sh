@@ -21,7 +21,5 @@ for p in env-copy-txn.patch its-10346.patch; do
 done
 # Ours, kept here (not in py-lmdb): mdb_env_copycb3, the compacting copy into a
 # callback (synbackup hashes and writes each buffer itself, no pipe).
-for p in copy-callback.patch; do
-  patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/$p"
-done
+patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/copy-callback.patch"
 echo "vendored LMDB from py-lmdb $version into $here"
