@@ -79,9 +79,6 @@ pub(crate) fn requested() -> bool {
 pub(crate) fn check() -> Result<()> {
     match SIGNAL.load(Ordering::SeqCst) {
         0 => Ok(()),
-        sig => Err(fail(
-            code_for(sig),
-            "interrupted by a signal; nothing was published",
-        )),
+        sig => Err(fail(code_for(sig), "interrupted by a signal")),
     }
 }

@@ -427,7 +427,7 @@ fn take_snapshots(
     taken?;
     resumed?;
     log::info!(
-        "service frozen for {ms:.0} ms (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
+        "service frozen for {ms:.0} ms, then resumed (freeze call {call_ms:.0} ms, {} snapshots {:.0} ms)",
         snaps.len(),
         ms - call_ms
     );

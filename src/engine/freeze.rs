@@ -71,6 +71,10 @@ fn resume_armed(why: &str) -> Result<bool> {
     let outcome = ensure_resumed(&sock, RESUME_BOUND)?;
     *slot = None;
     match outcome {
+        // After a normal freeze the caller logs how long it lasted, resume included.
+        Resumed::Now if why == "done" => {
+            log::debug!("resumed the service at {} ({why})", sock.display())
+        }
         Resumed::Now => log::info!("resumed the service at {} ({why})", sock.display()),
         Resumed::WasNotFrozen => {
             log::info!("the service at {} is not frozen ({why})", sock.display())

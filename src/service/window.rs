@@ -142,7 +142,9 @@ pub(crate) fn run(
                 exit_code: 0,
                 error: None,
                 last_success: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                last_success_backup: report.kept_old.clone(),
+                // A window publishes no backup; the directory it kept is
+                // `details.kept_old`.
+                last_success_backup: None,
                 backups_kept: 0,
                 details,
             };

@@ -127,6 +127,10 @@ for f in restore-after-stop restore-after-swap restore-health; do
   ns_assert_eq "failed 10" "$(state_of restore)" "$f: restore status"
 done
 ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06 -o cat | grep "restore failed" >/dev/null || ns_die "no failed-restore event in the journal"
+# status tells the truth about the failed restore (issue 14): a problem, exit 9.
+rc=0; out=$(ns_exec synbackup status cortex00 2>&1) || rc=$?
+ns_assert_eq 9 "$rc" "status after a failed restore: exit code"
+grep -q 'PROBLEM: .*last restore failed' <<<"$out" || ns_die "status after a failed restore: $out"
 sed 's/^SYNBACKUP_SERVICE_UNIT=.*/SYNBACKUP_SERVICE_UNIT=synapse-cortex@cortx00.service/' \
   < <(ns_exec cat /etc/synbackup/cortex00.conf) | ns_exec tee /etc/synbackup/typo.conf >/dev/null
 t0=$SECONDS rc=0
