@@ -159,13 +159,7 @@ fn run_task(
             drop(f);
             let env = describe_copy(&tmp.join(&job_rel), &job_rel, fsutil::allocated(&data_meta))?;
             Ok(Done::Env {
-                file: FileEntry {
-                    path: rel_str(&rel),
-                    size: hashed.size,
-                    sha256: hashed.sha256,
-                    mode: applied.mode,
-                    xattrs: manifest::xattr_keys(&applied.xattrs),
-                },
+                file: file_entry(&rel, hashed, &applied),
                 env,
                 source_bytes: fsutil::allocated(&data_meta),
             })
@@ -191,16 +185,11 @@ fn run_task(
             let attrs = xattrs::read(&sf, &sp)?;
             let applied = fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;
             df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
+            let source_bytes = hashed.data_bytes;
             Ok(Done::File {
-                file: FileEntry {
-                    path: rel_str(&rel),
-                    size: hashed.size,
-                    sha256: hashed.sha256,
-                    mode: applied.mode,
-                    xattrs: manifest::xattr_keys(&applied.xattrs),
-                },
-                source_bytes: hashed.data_bytes,
-                written: hashed.data_bytes,
+                file: file_entry(&rel, hashed, &applied),
+                source_bytes,
+                written: source_bytes,
             })
         }
     }
@@ -239,4 +228,15 @@ pub(crate) fn source_xattrs(path: &Path) -> Result<xattrs::Attrs> {
 /// A path as the manifest writes it (lossless, see `manifest::path_key`).
 pub(crate) fn rel_str(rel: &Path) -> String {
     manifest::path_key(rel)
+}
+
+/// The manifest entry of a copied file: what was written and the metadata given.
+fn file_entry(rel: &Path, hashed: fsutil::Hashed, applied: &fsutil::Applied) -> FileEntry {
+    FileEntry {
+        path: rel_str(rel),
+        size: hashed.size,
+        sha256: hashed.sha256,
+        mode: applied.mode,
+        xattrs: manifest::xattr_keys(&applied.xattrs),
+    }
 }

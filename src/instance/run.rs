@@ -60,6 +60,21 @@ pub(crate) fn lock_for_run(
     })
 }
 
+/// The start of a recorded run of `kind` (a backup or a window): its clock, the
+/// instance (a bad config recorded as a failed run), and the lock, waited for.
+pub(crate) fn begin_run(
+    dirs: &Dirs,
+    name: &str,
+    overrides: &InstanceOverrides,
+    kind: &str,
+) -> Result<(Instance, lock::InstanceLock, DateTime<Utc>, Instant)> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let inst = load_for_run(dirs, name, overrides, kind, started, t0)?;
+    let lock = lock_for_run(dirs, &inst, kind, started, t0)?;
+    Ok((inst, lock, started, t0))
+}
+
 /// `synbackup run INSTANCE`.
 pub(crate) fn run(
     dirs: &Dirs,
@@ -67,11 +82,8 @@ pub(crate) fn run(
     overrides: &InstanceOverrides,
     show_bar: bool,
 ) -> Result<()> {
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let inst = load_for_run(dirs, name, overrides, "backup", started, t0)?;
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
-    let _lock = lock_for_run(dirs, &inst, "backup", started, t0)?;
+    let (inst, _lock, started, t0) = begin_run(dirs, name, overrides, "backup")?;
     let result = backup_and_prune(&inst, started, show_bar);
     crate::instance::certs::check_after_run(dirs, &inst);
     match result {

@@ -64,7 +64,7 @@ use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::run::{load_for_run, lock_for_run, record_failure};
+use crate::instance::run::{begin_run, record_failure};
 use crate::instance::status::{self, Status};
 use crate::service::preflight;
 
@@ -120,10 +120,7 @@ pub(crate) fn run(
     overrides: &InstanceOverrides,
     show_bar: bool,
 ) -> Result<()> {
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let inst = load_for_run(dirs, name, overrides, "cold", started, t0)?;
-    let _lock = lock_for_run(dirs, &inst, "cold", started, t0)?;
+    let (inst, _lock, started, t0) = begin_run(dirs, name, overrides, "cold")?;
     let mut report = Report::default();
     let result = window(&inst, &mut report, show_bar);
     let details = serde_json::to_value(&report).ok();
