@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! An instance's run (what `synbackup@.service` runs): take the instance lock, back
-//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published), prune
+//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published, the
+//! service's certificate directory carried in it), prune
 //! by retention, expire directories kept by maintenance windows, and record status
 //! and metrics, on failure too.
 
@@ -233,6 +234,7 @@ fn backup_and_prune(
         verify: true,
         min_free: inst.min_free,
         show_bar,
+        cert_dir: crate::instance::certs::cert_dir_to_carry(inst),
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;
