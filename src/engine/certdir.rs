@@ -181,7 +181,7 @@ pub(crate) fn copy_cert_dir(p: &CertPlan, tmp: &Path, progress: &Progress) -> Re
         } = done
         {
             let rel = path_of(&file.path);
-            narrow_key(&top.join(&rel), &mut file)?;
+            narrow_key(&top.join(&rel), &p.dir.join(&rel), &mut file)?;
             file.path = rel_str(&carried_rel(&rel));
             bytes += written;
             files.push(file);
@@ -228,16 +228,16 @@ fn make_private_dir(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A copied private key gets at most 0600 (its entry's mode and xattrs follow:
-/// chmod rewrites an ACL's mask).
-fn narrow_key(copy: &Path, entry: &mut FileEntry) -> Result<()> {
+/// A copied private key (`copy`, of `source`) gets at most 0600 (its entry's mode
+/// and xattrs follow: chmod rewrites an ACL's mask).
+fn narrow_key(copy: &Path, source: &Path, entry: &mut FileEntry) -> Result<()> {
     if entry.mode & 0o077 == 0 || !holds_private_key(copy)? {
         return Ok(());
     }
     let mode = entry.mode & 0o600;
     log::info!(
-        "{}: a private key, mode {:04o} in the backup (was {:04o})",
-        copy.display(),
+        "{}: a private key, {:04o} in the backup ({:04o} here)",
+        source.display(),
         mode,
         entry.mode
     );
