@@ -133,11 +133,15 @@ pub(crate) fn run(
     }
 }
 
-/// What a successful run learnt: the host facts and what a window would reclaim
-/// (the free pages the compacting copy left out).
+/// What a successful run learnt: the host facts, what a window would reclaim
+/// (the free pages the compacting copy left out), the certificate directory carried.
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
     facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    if let Some(d) = &summary.cert_dir {
+        facts["cert_dir"] = serde_json::json!(d);
+        facts["cert_files"] = serde_json::json!(summary.cert_files);
+    }
     facts
 }
 

@@ -319,11 +319,15 @@ fn place_link(from: &Path, path: &Path, stamp: &str, placed: &mut Placed) -> Res
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-    } else {
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fsutil::write_error(path, e)
+    })?;
+    if existing.is_none() {
         placed.undo.new_files.push(path.to_path_buf());
         placed.created += 1;
     }
-    fs::rename(&tmp, path).map_err(|e| fsutil::write_error(path, e))?;
     fsutil::fsync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 

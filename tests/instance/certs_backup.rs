@@ -175,6 +175,10 @@ fn a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect() {
         .filter(|p| p.starts_with("synbackup-certs/"))
         .collect();
     assert_eq!(listed.len(), before.len(), "{listed:?}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&fs::read(h.root.join("state/c0.json")).unwrap()).unwrap();
+    assert_eq!(status["details"]["cert_dir"], source.to_str().unwrap());
+    assert_eq!(status["details"]["cert_files"], before.len());
 
     // A host without the service directory and without the certificate directory.
     fs::remove_dir_all(&h.svc).unwrap();
