@@ -12,7 +12,7 @@
 //! a top-level `synbackup-manifest.json` (a restored backup's old manifest) are
 //! skipped too (as is its `synbackup-verified` marker), and so is a top-level
 //! `synbackup-certs/` (a backup's copy of the certificate directory, left by a
-//! restore done by hand with `cp -R`: synbackup's own, never the service's), in a
+//! restore done by hand with `cp -a`: synbackup's own, never the service's), in a
 //! maintenance window too (the copy stays in the window's kept directory).
 //!
 //! Symlinks: Synapse's tool follows a link to a file or to an environment and copies

@@ -51,8 +51,8 @@ cold_result() { ns_exec python3 -c "import json;s=json.load(open('/var/lib/synba
 answers() { ns_exec storm.py wait $dir --timeout 120 >/dev/null; }
 
 # The service's certificate directory: ~/.syn/certs of the unit's user (root: the
-# unit has no User=), made by easycert; and a synbackup-certs/ that a hand-made
-# `cp -R` restore of a backup left in the live directory.
+# unit has no User=), made by easycert; and a synbackup-certs/ that a
+# restore by hand (`cp -a`) of a backup left in the live directory.
 ns_exec /opt/synapse-venv/bin/python -m synapse.tools.utils.easycert --certdir /root/.syn/certs --ca testca >/dev/null
 ns_exec mkdir -p $dir/synbackup-certs/cas
 ns_exec sh -c "echo stale >$dir/synbackup-certs/cas/stale.crt"
