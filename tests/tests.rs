@@ -32,6 +32,8 @@ mod instance {
     mod certs;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
+    /// Offsite copies through the real restic: local and REST repositories, failures.
+    mod offsite;
 }
 
 /// The service layer.

@@ -35,7 +35,12 @@ pub(crate) struct RestoreArgs {
     pub(crate) force: bool,
     /// Restore this snapshot of the instance's offsite repository (an ID as
     /// `synbackup offsite list` prints it, or `latest`) instead of a local backup.
-    #[arg(long, value_name = "SNAPSHOT", requires = "instance", conflicts_with = "backup")]
+    #[arg(
+        long,
+        value_name = "SNAPSHOT",
+        requires = "instance",
+        conflicts_with = "backup"
+    )]
     pub(crate) offsite: Option<String>,
 }
 

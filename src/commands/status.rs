@@ -156,10 +156,9 @@ fn offsite_problem(
         return None;
     }
     let Some(o) = offsite else {
-        return backup
-            .as_ref()
-            .filter(|b| b.result == "success")
-            .map(|_| "no offsite copy recorded yet (SYNBACKUP_OFFSITE_REPOSITORY is set)".to_string());
+        return backup.as_ref().filter(|b| b.result == "success").map(|_| {
+            "no offsite copy recorded yet (SYNBACKUP_OFFSITE_REPOSITORY is set)".to_string()
+        });
     };
     let age = o
         .last_success

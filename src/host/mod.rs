@@ -11,10 +11,10 @@ pub(crate) mod holders;
 pub(crate) mod mounts;
 /// Starting a process in a network namespace of its own (loopback only).
 pub(crate) mod netns;
-/// restic: backup, forget, snapshots, check, restore, unlock.
-pub(crate) mod restic;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
 pub(crate) mod procfs;
+/// restic: backup, forget, snapshots, check, restore, unlock.
+pub(crate) mod restic;
 /// What a directory is stored on: file system type, rotational device.
 pub(crate) mod storage;
 /// The sysctl drop-in computed from the host's RAM.

@@ -188,9 +188,14 @@ pub(crate) fn classify(stderr: &str) -> Trouble {
             // "Fatal: unable to open config file: ...\nIs there a repository at ...?"
             let mut lines: Vec<&str> = stderr.lines().skip(i).take(2).collect();
             lines[0] = lines[0].trim_start_matches("Fatal: ");
-            if lines.get(1).is_some_and(|l| l.starts_with("Is there a repository")) {
+            if lines
+                .get(1)
+                .is_some_and(|l| l.starts_with("Is there a repository"))
+            {
                 lines.truncate(1);
-                lines.push("is there a repository (run `synbackup offsite init INSTANCE` for a new one)");
+                lines.push(
+                    "is there a repository (run `synbackup offsite init INSTANCE` for a new one)",
+                );
             } else {
                 lines.truncate(1);
             }
@@ -289,10 +294,15 @@ mod tests {
             Trouble::Failed("unable to open config file: stat /nonexist/config: no such file or directory; is there a repository (run `synbackup offsite init INSTANCE` for a new one)".into())
         );
         assert_eq!(
-            classify("reading repository password from stdin\nFatal: wrong password or no key found\n"),
+            classify(
+                "reading repository password from stdin\nFatal: wrong password or no key found\n"
+            ),
             Trouble::Failed("wrong password or no key found".into())
         );
-        assert_eq!(classify("a\nlast words\n\n"), Trouble::Failed("last words".into()));
+        assert_eq!(
+            classify("a\nlast words\n\n"),
+            Trouble::Failed("last words".into())
+        );
     }
 
     #[test]
@@ -313,7 +323,10 @@ mod tests {
 
     #[test]
     fn env_files() {
-        let m = parse_env_file("# creds\nAWS_ACCESS_KEY_ID=abc\nexport AWS_SECRET_ACCESS_KEY=\"s e\"\n").unwrap();
+        let m = parse_env_file(
+            "# creds\nAWS_ACCESS_KEY_ID=abc\nexport AWS_SECRET_ACCESS_KEY=\"s e\"\n",
+        )
+        .unwrap();
         assert_eq!(m["AWS_ACCESS_KEY_ID"], "abc");
         assert_eq!(m["AWS_SECRET_ACCESS_KEY"], "s e");
         assert_eq!(parse_env_file("ok=1\nnot a line\n"), Err(2));

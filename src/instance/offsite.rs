@@ -189,7 +189,7 @@ pub(crate) fn prune_due(
     };
     (now - t.with_timezone(&Utc))
         .to_std()
-        .map_or(false, |age| age >= every)
+        .is_ok_and(|age| age >= every)
 }
 
 /// The last prune recorded in the instance's offsite status.
@@ -351,7 +351,10 @@ pub(crate) fn record(
             log::Level::Info,
             logging::MSG_OFFSITE_OK,
             &inst.name,
-            &[("SYNBACKUP_BACKUP", backup), ("SYNBACKUP_SNAPSHOT", &u.snapshot_id)],
+            &[
+                ("SYNBACKUP_BACKUP", backup),
+                ("SYNBACKUP_SNAPSHOT", &u.snapshot_id),
+            ],
             &format!(
                 "{}: copied {backup} to {repository} as snapshot {} ({}, {} added) in {:.1} s{}",
                 inst.name,
@@ -374,7 +377,6 @@ pub(crate) fn record(
         ),
     }
 }
-
 
 /// One snapshot of the instance, for `offsite list`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -525,7 +527,7 @@ impl<'a> Opened<'a> {
             let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
             let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
             let ours = format!("instance={}", self.inst.name);
-            if !snaps.iter().any(|s| s.tags.iter().any(|t| *t == ours)) {
+            if !snaps.iter().any(|s| s.tags.contains(&ours)) {
                 return Err(fail(
                     Code::BadPath,
                     format!(
@@ -543,7 +545,12 @@ impl<'a> Opened<'a> {
             None,
         )?;
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(target)
-            .map_err(|e| fail(Code::Other, format!("cannot read {}: {e}", target.display())))?
+            .map_err(|e| {
+                fail(
+                    Code::Other,
+                    format!("cannot read {}: {e}", target.display()),
+                )
+            })?
             .flatten()
             .map(|e| e.path())
             .collect();
@@ -587,7 +594,11 @@ mod tests {
         assert!(prune_due(None, week, now));
         assert!(!prune_due(Some("2026-12-05T00:00:00Z"), week, now));
         assert!(prune_due(Some("2026-12-03T00:00:00Z"), week, now));
-        assert!(prune_due(Some("2026-12-09T23:59:59Z"), std::time::Duration::ZERO, now));
+        assert!(prune_due(
+            Some("2026-12-09T23:59:59Z"),
+            std::time::Duration::ZERO,
+            now
+        ));
     }
 
     #[test]
@@ -597,6 +608,9 @@ mod tests {
             "rest:https://***@host:8000/repo"
         );
         assert_eq!(redacted("/srv/restic"), "/srv/restic");
-        assert_eq!(redacted("s3:https://s3.example/b@x"), "s3:https://s3.example/b@x");
+        assert_eq!(
+            redacted("s3:https://s3.example/b@x"),
+            "s3:https://s3.example/b@x"
+        );
     }
 }

@@ -306,7 +306,10 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
 /// staging directory is removed when the returned guard drops.
 fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> Result<Staging> {
     let name = args.instance.as_deref().ok_or_else(|| {
-        fail(Code::Usage, "restore --offsite needs --instance (its repository is in the instance's config)")
+        fail(
+            Code::Usage,
+            "restore --offsite needs --instance (its repository is in the instance's config)",
+        )
     })?;
     let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
     let repo = offsite::Opened::open(&inst)?;
@@ -523,7 +526,11 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if t.disposable {
         // Verified just now and made for this restore: moved, not copied again.
         fs::rename(&backup, &staging.path).with_context(|| {
-            format!("cannot move {} to {}", backup.display(), staging.path.display())
+            format!(
+                "cannot move {} to {}",
+                backup.display(),
+                staging.path.display()
+            )
         })?;
         outcome.bytes = need;
     } else {
