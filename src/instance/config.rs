@@ -647,6 +647,45 @@ mod tests {
     }
 
     #[test]
+    fn offsite_keys_default_to_the_local_policy_and_need_a_password_file() {
+        let base = "SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_DAILY=9\n";
+        assert!(load_text(base).unwrap().offsite.is_none());
+        let i = load_text(&format!(
+            "{base}SYNBACKUP_OFFSITE_REPOSITORY=sftp:u@h:/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=/etc/pw\nSYNBACKUP_OFFSITE_KEEP_LAST=1\n"
+        ))
+        .unwrap();
+        let o = i.offsite.unwrap();
+        assert_eq!(o.repository, "sftp:u@h:/r");
+        assert_eq!(o.keep.last, 1);
+        assert_eq!(o.keep.daily, 9, "the local policy's count");
+        assert_eq!(o.check_subset, "5%");
+        assert_eq!(o.prune_every, Duration::from_secs(7 * 86400));
+        assert_eq!(o.restic, PathBuf::from("restic"));
+        let e = err(&format!("{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\n"));
+        assert!(
+            e.contains("SYNBACKUP_OFFSITE_PASSWORD_FILE is missing"),
+            "{e}"
+        );
+        let with = |extra: &str| {
+            format!("{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=/pw\n{extra}")
+        };
+        for ok in ["10%", "2.5%", "1/10", "2G", "500m"] {
+            assert!(
+                load_text(&with(&format!("SYNBACKUP_OFFSITE_CHECK={ok}\n"))).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["0%", "120%", "11/10", "lots", "G"] {
+            let e = err(&with(&format!("SYNBACKUP_OFFSITE_CHECK={bad}\n")));
+            assert!(e.contains("SYNBACKUP_OFFSITE_CHECK"), "{bad}: {e}");
+        }
+        let e = err(&with("SYNBACKUP_OFFSITE_KEEP_LAST=0\n"));
+        assert!(e.contains("newest snapshot must always be kept"), "{e}");
+        let e = err(&with("SYNBACKUP_OFFSITE_PASSWORD_FILE=relative\n"));
+        assert!(e.contains("expected an absolute path"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_key_and_what_is_accepted() {
         let e =
             err("SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_LAST=many\n");
