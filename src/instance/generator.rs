@@ -27,6 +27,10 @@
 //! root: with the backup volume unmounted the unit fails on its dependency instead
 //! of writing backups into the mount point on the root file system.
 //!
+//! With an offsite repository the backup unit also gets the network back
+//! (`PrivateNetwork=no`, the IP address families), `CacheDirectory=synbackup` for
+//! restic's cache, and a repository on a local path writable.
+//!
 //! A generator must never fail the boot: bad files are skipped (the unit reports
 //! the configuration error itself when it runs).
 
