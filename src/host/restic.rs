@@ -201,6 +201,19 @@ pub(crate) fn classify(stderr: &str) -> Trouble {
             }
             lines.join("; ")
         });
+    // "Fatal: There were 2 errors" says little: the first error restic ignored says
+    // which file and why ("ciphertext verification failed").
+    let fatal = fatal.map(|f| {
+        match stderr
+            .lines()
+            .find(|l| l.starts_with("ignoring error for "))
+        {
+            Some(first) if f.starts_with("There were ") => {
+                format!("{f}, the first: {}", first.trim_start_matches("ignoring "))
+            }
+            _ => f,
+        }
+    });
     let last = stderr
         .lines()
         .rev()

@@ -552,9 +552,57 @@ fn a_corrupted_pack_is_found_by_check_and_by_the_restore() {
 
     // The restore fails before it touches the service directory.
     let before = hash_tree(&s.src);
+    // restic's own authentication finds it first (synbackup's verify of the
+    // restored copy would be next).
     let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
-    assert!(!o.status.success(), "{}", stderr(&o));
-    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert_fails(&o, 12, "ciphertext verification failed");
+    assert_eq!(
+        hash_tree(&s.src),
+        before,
+        "the service directory is untouched"
+    );
+    assert!(
+        !names(s.src.parent().unwrap())
+            .iter()
+            .any(|n| n.contains("synbackup-offsite")),
+        "the staging copy is removed"
+    );
+}
+
+#[test]
+fn a_snapshot_that_differs_from_its_manifest_is_refused_by_the_restores_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    // A backup changed after it was verified, then uploaded as the newest snapshot
+    // (restic's checks pass: it holds what it was given).
+    let name = s.local_backups().pop().unwrap();
+    let file = s.backups.join(&name).join("cookie.secret");
+    fs::write(&file, "not what the manifest says").unwrap();
+    next_second();
+    let o = restic(&s, &repo.to_string_lossy())
+        .current_dir(&s.backups)
+        .args([
+            "backup",
+            "--tag",
+            "synbackup",
+            "--tag",
+            "instance=c0",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = hash_tree(&s.src);
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert_fails(&o, 6, "failed verification, not restored");
+    assert!(
+        error_lines(&o)[0].contains("cookie.secret"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         hash_tree(&s.src),
         before,
