@@ -161,6 +161,9 @@ impl Repo {
         if out.status.success() {
             return Ok(out);
         }
+        // A SIGTERM or SIGINT to us reached restic too (one process group, one
+        // cgroup): that is the stop, not a repository failure.
+        crate::base::interrupt::check()?;
         use std::os::unix::process::ExitStatusExt;
         let stderr = String::from_utf8_lossy(&out.stderr);
         log::debug!("restic {what} said: {}", stderr.trim());
