@@ -34,6 +34,8 @@ mod instance {
     mod certs_backup;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
+    /// Offsite copies through the real restic: local and REST repositories, failures.
+    mod offsite;
 }
 
 /// The service layer.

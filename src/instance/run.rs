@@ -3,9 +3,11 @@
 //! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published, the
 //! service's certificate directory carried in it), prune
 //! by retention, expire directories kept by maintenance windows, and record status
-//! and metrics, on failure too.
+//! and metrics, on failure too. With an offsite repository, the published backup
+//! is then copied there (`instance::offsite`), under the same lock.
 
 use std::fs;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -17,7 +19,7 @@ use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Status};
-use crate::instance::{kept, lock, prune};
+use crate::instance::{kept, lock, offsite, prune};
 
 /// A time as status files and listings write it.
 pub(crate) fn now_str(t: DateTime<Utc>) -> String {
@@ -124,10 +126,38 @@ pub(crate) fn run(
                 ],
                 &format!("{}: {}", inst.name, summary.line()),
             );
+            if inst.offsite.is_some() {
+                return copy_offsite(dirs, &inst, Path::new(&summary.backup), started);
+            }
             Ok(())
         }
         Err(e) => {
             record_failure(dirs, &inst.name, "backup", started, t0, &e, None);
+            Err(crate::base::exit::reported(&e))
+        }
+    }
+}
+
+/// The offsite copy of the backup just published (at `backup`, made at `time`),
+/// recorded as the instance's `offsite` status; a failure leaves the local backup
+/// and its success alone and exits 12.
+fn copy_offsite(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<Utc>) -> Result<()> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let result = offsite::upload(dirs, inst, backup, time);
+    let name = backup
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    offsite::record(dirs, inst, &name, started, t0, &result);
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = if code_of(&e) == Code::Other || code_of(&e) == Code::Usage {
+                fail(Code::Offsite, format!("{e:#}"))
+            } else {
+                e
+            };
             Err(crate::base::exit::reported(&e))
         }
     }

@@ -15,6 +15,10 @@
 //! service started again (exit 10). Every result is recorded: the journal (with
 //! its MESSAGE_ID) always, the instance's `restore` status with `--instance`.
 //!
+//! From offsite (`--offsite SNAPSHOT`): restic restores the snapshot into a
+//! staging directory beside DIR first; that copy is verified like any backup and
+//! then moved (not copied again) into the staging place of the steps above.
+//!
 //! DIR given through a symlink is resolved first: the swap happens beside the
 //! real directory, not on the symlink's file system.
 //!
@@ -51,6 +55,7 @@ use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
+use crate::instance::offsite;
 use crate::instance::run::record_failure;
 use crate::instance::status::{self, Status};
 use crate::service::certrestore::{self, Placed};
@@ -180,6 +185,8 @@ pub(crate) struct Request {
     pub(crate) certs: bool,
     /// Where to (default: the instance's or unit's, else where it was backed up from).
     pub(crate) cert_dir: Option<PathBuf>,
+    /// Restore this snapshot (or `latest`) of the instance's offsite repository.
+    pub(crate) offsite: Option<String>,
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -192,6 +199,9 @@ struct Target {
     /// `--certs`: where the certificate directory goes (None: where the backup
     /// found it).
     certs: Option<Option<PathBuf>>,
+    /// The backup is a copy made for this restore (fetched from offsite): it is
+    /// moved into place instead of copied.
+    disposable: bool,
 }
 
 /// What a restore reports (the status's details).
@@ -212,9 +222,29 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     let started = Utc::now();
     let t0 = Instant::now();
     // Errors here (no such instance, the lock held) leave the last status alone.
-    let (target, _lock) = resolve(dirs, args)?;
+    let (mut target, _lock) = resolve(dirs, args)?;
     let mut outcome = Outcome::default();
-    let result = restore_into(&target, args.force, &mut outcome);
+    // The fetched offsite copy (removed at the end unless it was moved into place).
+    let mut _fetched: Option<Staging> = None;
+    let result = (|| {
+        if let Some(id) = &args.offsite {
+            _fetched = Some(fetch_offsite(dirs, args, id, &mut target)?);
+        }
+        let text = restore_into(&target, args.force, &mut outcome)?;
+        Ok(match &args.offsite {
+            Some(id) => {
+                outcome.backup = format!("offsite:{id}");
+                format!("{text} (offsite snapshot {id})")
+            }
+            None => text,
+        })
+    })();
+    // Moved into place: only its empty staging directory is left to remove.
+    if let Some(f) = _fetched.as_mut().filter(|_| result.is_ok()) {
+        if fs::remove_dir(&f.path).is_ok() {
+            f.armed = false;
+        }
+    }
     let instance = args.instance.as_deref().unwrap_or("");
     let details = serde_json::to_value(&outcome).ok();
     match result {
@@ -288,6 +318,44 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     }
 }
 
+/// `restic restore` the instance's offsite snapshot `id` into a staging directory
+/// beside the service directory; the target's backup becomes the copy in it. The
+/// staging directory is removed when the returned guard drops.
+fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> Result<Staging> {
+    let name = args.instance.as_deref().ok_or_else(|| {
+        fail(
+            Code::Usage,
+            "restore --offsite needs --instance (its repository is in the instance's config)",
+        )
+    })?;
+    let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
+    let repo = offsite::Opened::open(&inst)?;
+    let parent = target.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    fs::create_dir_all(&parent).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("cannot create {}: {e}", parent.display()),
+        )
+    })?;
+    let dir_name = target
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = Staging {
+        path: parent.join(format!(
+            ".{dir_name}.synbackup-offsite.{}",
+            std::process::id()
+        )),
+        armed: true,
+    };
+    fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
+    fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
+    target.backup = repo.fetch(id, &staging.path)?;
+    target.disposable = true;
+    Ok(staging)
+}
+
 /// The backup, directory, unit and timeouts, from the request and the instance's
 /// configuration (whose lock is held from here on).
 fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::InstanceLock>)> {
@@ -340,6 +408,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             stop_timeout: timeouts.0,
             health_timeout: timeouts.1,
             certs: args.certs.then_some(cert_dir),
+            disposable: false,
         },
         lock,
     ))
@@ -468,7 +537,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     })?;
     let need: u64 = manifest.files.iter().map(|f| f.size).sum();
     let free = fsutil::free_space(&parent)?;
-    if need > free {
+    if need > free && !t.disposable {
         return Err(fail(
             Code::NoSpace,
             format!(
@@ -490,8 +559,43 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         )),
         armed: true,
     };
-    log::info!("copying {} to {}", backup.display(), staging.path.display());
-    outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+    // Where `--certs` reads the carried certificate directory from: the backup,
+    // or for a disposable one, a sibling it is moved out to (removed at the end).
+    let mut cert_source = backup.clone();
+    let mut _cert_staging = None;
+    if t.disposable {
+        // Verified just now and made for this restore: moved, not copied again.
+        fs::rename(&backup, &staging.path).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                backup.display(),
+                staging.path.display()
+            )
+        })?;
+        outcome.bytes = need;
+        let carried = staging.path.join(crate::engine::manifest::CERTS_DIR);
+        if carried.exists() {
+            // Not part of the service directory (a normal restore's copy skips it).
+            let aside = Staging {
+                path: parent.join(format!(
+                    ".{name}.synbackup-offsite-certs.{}",
+                    std::process::id()
+                )),
+                armed: true,
+            };
+            fs::create_dir(&aside.path).map_err(|e| fsutil::write_error(&aside.path, e))?;
+            fs::set_permissions(&aside.path, fs::Permissions::from_mode(0o700))?;
+            let to = aside.path.join(crate::engine::manifest::CERTS_DIR);
+            fs::rename(&carried, &to).with_context(|| {
+                format!("cannot move {} to {}", carried.display(), to.display())
+            })?;
+            cert_source = aside.path.clone();
+            _cert_staging = Some(aside);
+        }
+    } else {
+        log::info!("copying {} to {}", backup.display(), staging.path.display());
+        outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+    }
     fault::point("restore-before-swap")?;
 
     // 4. Stop the service if it runs (we were told which unit).
@@ -527,7 +631,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         fault::point("restore-after-swap")?;
         if let Some(to) = &cert_target {
             placed = Some(certrestore::put_back(
-                &backup,
+                &cert_source,
                 &manifest,
                 to,
                 &stamp.to_string(),

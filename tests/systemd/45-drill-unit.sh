@@ -4,14 +4,15 @@
 # booted systemd: the drill takes the Python and module from the Cortex unit's
 # ExecStart, boots the newest verified backup isolated under the hardened unit,
 # records status and metrics, writes the pass MESSAGE_ID, leaves no scratch copy;
-# the timer is shipped but not enabled.
+# the timer is shipped but not enabled. Then an offsite copy under the hardened
+# unit, and the disaster-recovery path in a second, fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=synbackup.sh
 . "$NS_DIR/synbackup.sh"
 
-ns_boot t40
+ns_boot t40 --bind-ro=/usr/bin/restic:/usr/bin/restic
 sb_install
 sb_cortex cortex00
 ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
@@ -37,3 +38,45 @@ left=$(ns_exec sh -c 'ls -a /srv/backups/cortex00 | grep -c synbackup-drill || t
 ns_assert_eq 0 "$left" "scratch copies left"
 # The live Cortex still answers.
 ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "live nodes after the drill"
+
+# Offsite copies under the hardened unit, then the disaster-recovery path: a second,
+# fresh container with only the .deb, the config and the password file restores the
+# Cortex from the repository, and it starts. restic is the host's (Debian's restic,
+# which needs only libc), bound in read-only: the cached tree stays as it is.
+ns_exec sh -c 'head -c 32 /dev/urandom | base64 >/etc/synbackup/cortex00.restic; chmod 600 /etc/synbackup/cortex00.restic'
+printf '%s\n' SYNBACKUP_OFFSITE_REPOSITORY=/srv/offsite/cortex00 \
+  SYNBACKUP_OFFSITE_PASSWORD_FILE=/etc/synbackup/cortex00.restic \
+  | ns_exec tee -a /etc/synbackup/cortex00.conf >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec mkdir -p /srv/offsite
+ns_exec synbackup offsite init cortex00 >/dev/null
+ns_exec systemctl start synbackup@cortex00.service
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run with an offsite copy"
+ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.offsite.json"))["result"])')" "offsite status"
+ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e20 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'as snapshot'
+ns_assert_eq 1 "$(ns_exec synbackup offsite list cortex00 --json | python3 -c 'import json,sys;print(len(json.load(sys.stdin)))')" "snapshots offsite"
+# What survives the host: the repository, the config, the password file.
+dr=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-dr.XXXXXX")
+cp -a "$NS_SRV/offsite" "$dr/offsite"
+ns_copy_out /etc/synbackup/cortex00.conf "$dr/cortex00.conf"
+ns_copy_out /etc/synbackup/cortex00.restic "$dr/cortex00.restic"
+ns_poweroff
+
+ns_boot t45dr --bind-ro=/usr/bin/restic:/usr/bin/restic
+sb_install
+ns_install_unit "$NS_DIR/units/synapse-cortex@.service"
+ns_copy_in "$NS_DIR/storm.py" /usr/local/bin/storm.py
+cp -a "$dr/offsite" "$NS_SRV/offsite"
+ns_copy_in "$dr/cortex00.conf" /etc/synbackup/cortex00.conf
+ns_copy_in "$dr/cortex00.restic" /etc/synbackup/cortex00.restic
+rm -rf "$dr"
+ns_exec chmod 600 /etc/synbackup/cortex00.restic
+ns_exec systemctl daemon-reload
+ns_exec test ! -e /srv/cortex/cortex00
+ns_exec synbackup offsite list cortex00
+ns_exec synbackup restore --instance cortex00 --offsite latest
+ns_exec systemctl start synapse-cortex@cortex00.service
+ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
+ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
+ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes of the Cortex restored on a new host"
+ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.restore.json"))["result"])')" "restore status on the new host"
