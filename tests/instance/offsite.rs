@@ -234,7 +234,15 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
     let mut core = Cortex::start(&src);
     let d = src.to_str().unwrap().to_string();
     storm(&["add", &d, "150"]);
-    let s = Setup::new(Some(&src), &server.url, "");
+    // The service's certificate directory travels in the backup, and so offsite.
+    let certdir = t.path().join("home/.syn/certs");
+    crate::util::certs::easycert(&certdir, &["--ca", "testca"]);
+    let ca_cert = fs::read(certdir.join("cas/testca.crt")).unwrap();
+    let s = Setup::new(
+        Some(&src),
+        &server.url,
+        &format!("SYNBACKUP_CERT_DIR={}\n", certdir.display()),
+    );
     // Nothing is created implicitly: the first run says how.
     s.run_fails_offsite("synbackup offsite init c0");
     s.ok(&["offsite", "init", "c0"]);
@@ -305,8 +313,21 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
 
     // The host loses the service: the newest snapshot comes back and starts.
     fs::remove_dir_all(&src).unwrap();
-    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    fs::remove_dir_all(&certdir).unwrap();
+    let o = s.run(&[
+        "restore",
+        "--instance",
+        "c0",
+        "--offsite",
+        "latest",
+        "--certs",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(certdir.join("cas/testca.crt")).unwrap(), ca_cert);
+    assert!(
+        !src.join("synbackup-certs").exists(),
+        "the carried certificates stay out of the service directory"
+    );
     assert!(stderr(&o).contains("verifying"), "{}", stderr(&o));
     assert_eq!(
         names(src.parent().unwrap()),
