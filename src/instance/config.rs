@@ -17,6 +17,7 @@ use clap::Args;
 
 use crate::base::exit::{fail, Code};
 use crate::base::units::{parse_duration, parse_size};
+use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
@@ -55,6 +56,10 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("SYNBACKUP_JOBS", "a number from 1 to 256"),
     ("SYNBACKUP_FREEZE", "auto, always or never (default auto)"),
     ("SYNBACKUP_FREEZE_TIMEOUT", "a duration (default 120s)"),
+    (
+        "SYNBACKUP_COMPACT",
+        "yes or no: compact the environments of nightly backups (default yes)",
+    ),
     (
         "SYNBACKUP_MIN_FREE",
         "a size that must stay free (default 0), e.g. 10GiB",
@@ -109,6 +114,8 @@ pub(crate) struct Instance {
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: Duration,
+    /// How nightly backups copy the environments (SYNBACKUP_COMPACT).
+    pub(crate) copy: CopyMode,
     pub(crate) min_free: u64,
     pub(crate) max_age: Duration,
     pub(crate) stop_timeout: Duration,
@@ -379,6 +386,14 @@ fn load_with(
             _ => return Err(bad("SYNBACKUP_FREEZE", v, "auto, always or never")),
         },
     };
+    let copy = match values.get("SYNBACKUP_COMPACT") {
+        None => CopyMode::Compact,
+        Some(v) => match v.text.as_str() {
+            "yes" => CopyMode::Compact,
+            "no" => CopyMode::Plain,
+            _ => return Err(bad("SYNBACKUP_COMPACT", v, "yes or no")),
+        },
+    };
     let jobs = match values.get("SYNBACKUP_JOBS") {
         None => None,
         Some(_) => Some(number("SYNBACKUP_JOBS", 0, 1..=256)?),
@@ -429,6 +444,7 @@ fn load_with(
         jobs,
         freeze,
         freeze_timeout: duration("SYNBACKUP_FREEZE_TIMEOUT", Duration::from_secs(120))?,
+        copy,
         min_free,
         max_age: duration("SYNBACKUP_MAX_AGE", DEFAULT_MAX_AGE)?,
         stop_timeout: duration("SYNBACKUP_STOP_TIMEOUT", Duration::from_secs(300))?,

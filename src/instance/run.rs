@@ -136,7 +136,7 @@ pub(crate) fn run(
 /// (the free pages the compacting copy left out).
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
-    facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    facts["reclaimable_bytes"] = serde_json::json!(summary.reclaimable_bytes);
     facts
 }
 
@@ -231,6 +231,7 @@ fn backup_and_prune(
         freeze: inst.freeze,
         freeze_timeout: inst.freeze_timeout.as_secs(),
         verify: true,
+        copy: inst.copy,
         min_free: inst.min_free,
         show_bar,
     };
