@@ -953,6 +953,22 @@ async def main(d, start, n, edits, total, day, seed):
 asyncio.run(main(sys.argv[1], *map(int, sys.argv[2:])))
 """
 
+# Every `step`-th inet:ipv4 node of 0..total deleted: free pages all over the layer, as
+# in a Cortex that has deleted data since its last maintenance window.
+OFFSITE_DELETE = r"""
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, total, step):
+    ids = list(range(0, total, step))
+    async with await s_telepath.openurl('cell://' + d) as core:
+        for k in range(0, len(ids), 2000):
+            async for m in core.storm('for $i in $ids { inet:ipv4=$i | delnode }',
+                                      opts={'vars': {'ids': ids[k:k + 2000]}}):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
 
 class OffsiteCortex:
     """A real Cortex for --offsite: the base (N nodes, made once and kept in the
@@ -1016,6 +1032,13 @@ class OffsiteCortex:
         subprocess.run(['cp', '-a', '--sparse=always', self.base, self.dir], check=True)
         self.start(self.dir)
         self.total = self.nodes
+        if self.args.offsite_delete:
+            step = max(2, round(1 / self.args.offsite_delete))
+            t0 = time.monotonic()
+            subprocess.run([self.py, '-c', OFFSITE_DELETE, self.dir, str(self.nodes),
+                            str(step)], check=True)
+            log(f'deleted every {step}th inet:ipv4 node before night 1 in '
+                f'{time.monotonic() - t0:.0f} s')
 
     def change(self, night, frac):
         new = max(1, int(self.nodes * frac))
@@ -1117,6 +1140,35 @@ def dir_bytes(top):
     return total
 
 
+def changed_pages(prev, cur):
+    """Per file of backup `cur`: (4 KiB pages and 1 MiB blocks that differ from the same
+    offset in backup `prev`, pages and blocks); where a night's new bytes are."""
+    out = {}
+    for root, _, files in os.walk(cur):
+        for f in files:
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, cur)
+            q = os.path.join(prev, rel)
+            pages = blocks = npages = nblocks = 0
+            with open(p, 'rb') as a:
+                b = open(q, 'rb') if os.path.exists(q) else None
+                while True:
+                    x = a.read(MIB)
+                    if not x:
+                        break
+                    y = b.read(MIB) if b else b''
+                    nblocks += 1
+                    npages += (len(x) + 4095) // 4096
+                    if x != y:
+                        blocks += 1
+                        pages += sum(1 for i in range(0, len(x), 4096)
+                                     if x[i:i + 4096] != y[i:i + 4096])
+                if b:
+                    b.close()
+            out[rel] = (pages, blocks, npages, nblocks)
+    return out
+
+
 def offsite_run(args):
     """--offsite: returns (Markdown table, rows)."""
     if shutil.which(args.restic) is None:
@@ -1178,8 +1230,18 @@ def offsite_run(args):
                 log(f'night {night} {mode:7}: backup {summary["bytes_written"] / MIB:7.1f} MiB '
                     f'in {b["wall"]:5.1f} s; restic added {rs["data_added"] / MIB:7.1f} MiB '
                     f'(repository +{grown / MIB:.1f} MiB) in {upload:5.1f} s; load {load:.2f}')
-                # The previous night's backup is not needed any more (restic has it).
+                # Where the new bytes are (same offsets, the night before), then the
+                # previous night's backup is not needed any more (restic has it).
                 if mode in prev:
+                    ch = changed_pages(prev[mode], dst)
+                    worst = sorted(ch.items(), key=lambda kv: -kv[1][1])[:3]
+                    row['changed_pages'] = sum(v[0] for v in ch.values())
+                    row['changed_blocks'] = sum(v[1] for v in ch.values())
+                    row['blocks'] = sum(v[3] for v in ch.values())
+                    row['top_changed'] = [(k, v[1], v[3]) for k, v in worst]
+                    log(f'  {mode}: {row["changed_pages"]} pages in {row["changed_blocks"]} of '
+                        f'{row["blocks"]} 1 MiB blocks differ from the night before; most in '
+                        + ', '.join(f'{k} ({b}/{n})' for k, b, n in row['top_changed']))
                     rmtree(prev[mode])
                 prev[mode] = dst
     finally:
@@ -1268,6 +1330,9 @@ def main():
     p.add_argument('--offsite-nights', type=int, default=None, help='default 5, --small 2')
     p.add_argument('--offsite-change', type=float, default=0.01,
                    help='the daily change, a share of the data (default 0.01)')
+    p.add_argument('--offsite-delete', type=float, default=0.0,
+                   help='delete this share of the base Cortex\'s inet:ipv4 nodes before '
+                   'night 1 (free pages all over, as since a last window; default 0)')
     p.add_argument('--restic', default='restic', help='the restic binary')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
@@ -1309,7 +1374,7 @@ def main():
         table, rows = offsite_run(args)
         print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; offsite '
               f'run: {args.offsite_source} source, {args.offsite_nights} nights, daily change '
-              f'{args.offsite_change:.1%}')
+              f'{args.offsite_change:.1%}, deleted first {args.offsite_delete:.0%}')
         print(f'uptime before: {start_uptime}')
         print(f'uptime after:  '
               f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
