@@ -8,8 +8,10 @@
 //! buffers, which is hashed where it lies and written with O_DIRECT by the draining
 //! worker at the same time (`Copy::drain`). The plain copy (`CopyMode::Plain`,
 //! `--no-compact`: flags 0) keeps every page where it is, so consecutive backups of a
-//! slowly changing environment share most of their bytes (deduplicating offsite
-//! copies, bench/RESULTS.md); it goes through the same sink. Only `--jobs` copies run at once (each
+//! slowly changing environment share more of their bytes (deduplicated offsite
+//! copies, bench/RESULTS.md); it reads the free pages too, which a live writer may be
+//! reusing, so LMDB copies each piece out of the map before our sink hashes and
+//! writes it (the same bytes both times). Only `--jobs` copies run at once (each
 //! holds LMDB's 2 MiB double buffer); the others wait as bare transactions. A
 //! snapshot is released as soon as its copy has ended, so the service can reuse its
 //! pages.
