@@ -915,6 +915,369 @@ def scale_run(args):
     return '\n'.join(lines), rows
 
 
+# ---------------------------------------------------------------------------------
+# Offsite copies: what restic adds per night, compacted against plain backups
+#
+# A compacting copy writes the pages in B-tree walk order and numbers them anew, so a
+# small change early in a tree shifts (and renumbers: every page header holds its own
+# number, every branch its children's) everything after it; a plain copy keeps every
+# page where the service put it. --offsite measures what that does to a deduplicating
+# upload: night 1 backs up the source, each later night applies a small daily change
+# first; every night makes both backups (`synbackup backup`, with and without
+# `--no-compact`) and uploads each into its own local restic repository
+# (`restic backup --json .` from inside the backup, as an offsite copy would), and
+# reports restic's `data_added`, what the repository grew on disk (compressed and
+# encrypted: what goes over the wire), and the times.
+
+OFFSITE_FEED = r"""
+import asyncio, random, sys
+import synapse.telepath as s_telepath
+# Storm's $lib.range is (stop, start=None).
+ADD = ('for $i in $lib.range($stop, start=$start) { $fqdn = `h{$i}.example.com` '
+       '[ inet:ipv4=$i :asn=($i % 5000) :loc=us.va +#$tag ] [ inet:fqdn=$fqdn ] }')
+EDIT = 'for $i in $ids { inet:ipv4=$i [ +#$tag :asn=$asn ] }'
+async def main(d, start, n, edits, total, day, seed):
+    rng = random.Random(seed)
+    async with await s_telepath.openurl('cell://' + d) as core:
+        async def run(q, opts):
+            async for m in core.storm(q, opts=opts):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+        for s in range(start, start + n, 2000):
+            await run(ADD, {'vars': {'start': s, 'stop': min(s + 2000, start + n),
+                                     'tag': f'bench.day{day}'}})
+        ids = [rng.randrange(total) for _ in range(edits)]
+        for k in range(0, len(ids), 2000):
+            await run(EDIT, {'vars': {'ids': ids[k:k + 2000], 'tag': f'bench.seen.day{day}',
+                                      'asn': 100000 + day}})
+asyncio.run(main(sys.argv[1], *map(int, sys.argv[2:])))
+"""
+
+# Every `step`-th inet:ipv4 node of 0..total deleted: free pages all over the layer, as
+# in a Cortex that has deleted data since its last maintenance window.
+OFFSITE_DELETE = r"""
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, total, step):
+    ids = list(range(0, total, step))
+    async with await s_telepath.openurl('cell://' + d) as core:
+        for k in range(0, len(ids), 2000):
+            async for m in core.storm('for $i in $ids { inet:ipv4=$i | delnode }',
+                                      opts={'vars': {'ids': ids[k:k + 2000]}}):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+class OffsiteCortex:
+    """A real Cortex for --offsite: the base (N nodes, made once and kept in the
+    workdir) copied to a working directory and started; `change` adds nodes and
+    edits existing ones through Storm."""
+
+    def __init__(self, args, nodes):
+        self.args = args
+        self.py = os.path.join(args.venv, 'bin', 'python')
+        self.nodes = nodes
+        self.base = os.path.join(args.workdir, f'offsite-cortex-{nodes}')
+        self.dir = os.path.join(args.workdir, 'offsite', 'cortex')
+        self.proc = None
+        self.logf = None
+
+    def start(self, d):
+        self.logf = open(os.path.join(self.args.workdir, 'offsite-cortex.log'), 'ab')
+        self.proc = subprocess.Popen([self.py, '-m', 'synapse.servers.cortex', '--telepath',
+                                      'tcp://127.0.0.1:0', '--https', '0', d],
+                                     stdout=self.logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if subprocess.run([self.py, '-c', WAIT, d, '300']).returncode != 0:
+            raise SystemExit('the Cortex did not answer within 300 s (see offsite-cortex.log)')
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if self.logf:
+            self.logf.close()
+            self.logf = None
+
+    def feed(self, d, start, n, edits, total, day):
+        subprocess.run([self.py, '-c', OFFSITE_FEED, d, str(start), str(n), str(edits),
+                        str(max(1, total)), str(day), str(self.args.seed + day)], check=True)
+
+    def prepare(self):
+        stamp = self.base + '.done'
+        if not (os.path.exists(stamp) and not self.args.regen):
+            rmtree(self.base)
+            os.makedirs(self.base)
+            log(f'making the base Cortex: {self.nodes} inet:ipv4 nodes (and as many '
+                f'inet:fqdn) through Storm')
+            t0 = time.monotonic()
+            self.start(self.base)
+            try:
+                self.feed(self.base, 0, self.nodes, 0, 0, 0)
+            finally:
+                self.stop()
+            with open(stamp, 'w') as f:
+                f.write(f'{self.nodes}\n')
+            log(f'base Cortex made in {time.monotonic() - t0:.0f} s')
+        else:
+            log(f'reusing {self.base}')
+        rmtree(self.dir)
+        subprocess.run(['cp', '-a', '--sparse=always', self.base, self.dir], check=True)
+        self.start(self.dir)
+        self.total = self.nodes
+        if self.args.offsite_delete:
+            step = max(2, round(1 / self.args.offsite_delete))
+            t0 = time.monotonic()
+            subprocess.run([self.py, '-c', OFFSITE_DELETE, self.dir, str(self.nodes),
+                            str(step)], check=True)
+            log(f'deleted every {step}th inet:ipv4 node before night 1 in '
+                f'{time.monotonic() - t0:.0f} s')
+
+    def change(self, night, frac):
+        new = max(1, int(self.nodes * frac))
+        edits = max(1, int(self.nodes * frac / 2))
+        self.feed(self.dir, self.total, new, edits, self.total, night)
+        self.total += new
+        return f'{new} new inet:ipv4 (+ inet:fqdn) nodes, {edits} edited (tag + prop)'
+
+
+def offsite_kind(rel):
+    """The value kind of a generated environment (its path in the mixed shape)."""
+    for path, _, kind in BIG_ENVS:
+        if rel == path:
+            return kind
+    return 'small'
+
+
+class OffsiteGenerated:
+    """The bench's generated mixed shape (--offsite-source generated), copied to a
+    working directory; `change` applies a daily change with py-lmdb, committed every
+    1000 operations as a service would: new random keys, overwritten and deleted
+    existing ones, the log appended to and culled from the front."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = os.path.join(args.workdir, 'offsite', 'generated')
+
+    def prepare(self):
+        base = ensure_source(self.args, 'mixed')
+        rmtree(self.dir)
+        subprocess.run(['cp', '-a', '--sparse=always', base, self.dir], check=True)
+
+    def stop(self):
+        pass
+
+    def change(self, night, frac):
+        rr = Rand(self.args.seed * 1000 + night)
+        rng = rr.rng
+        ops = 0
+        for rel in env_dirs(self.dir):
+            kind = offsite_kind(rel)
+            env = lmdb.open(os.path.join(self.dir, rel), writemap=True, max_dbs=16384,
+                            sync=False, metasync=False, map_size=os.path.getsize(
+                                os.path.join(self.dir, rel, 'data.mdb')))
+            for name in db_names(kind):
+                db = env.open_db(name.encode(), dupsort=name in DUPSORT_DBS)
+                with env.begin() as txn:
+                    n = txn.stat(db)['entries']
+                todo = []
+                if kind == 'log' and name == 'nexuslog':
+                    with env.begin() as txn:
+                        cur = txn.cursor(db=db)
+                        seq = int.from_bytes(cur.key(), 'big') + 1 if cur.last() else 0
+                    todo += [('append', seq + i) for i in range(int(n * frac))]
+                    todo += [('cull', None)] * int(n * frac)
+                else:
+                    todo += [('put', None)] * int(n * frac)
+                    todo += [('edit', None)] * int(n * frac / 2)
+                    todo += [('del', None)] * int(n * frac / 2)
+                    rng.shuffle(todo)
+                for k in range(0, len(todo), 1000):
+                    with env.begin(write=True, db=db) as txn:
+                        cur = txn.cursor(db=db)
+                        for op, arg in todo[k:k + 1000]:
+                            ops += 1
+                            v = rr.val(rng.randint(8, 40) if name in DUPSORT_DBS
+                                       else value_size(kind, rng))
+                            if op == 'append':
+                                txn.put(arg.to_bytes(8, 'big'), v, db=db, append=True)
+                            elif op == 'cull':
+                                if cur.first():
+                                    cur.delete()
+                            elif op == 'put':
+                                txn.put(rr.key(rng.choice((8, 16, 32, 40))), v, db=db)
+                            elif cur.set_range(rr.key(8)) or cur.first():
+                                if op == 'edit':
+                                    txn.put(cur.key(), v, db=db)
+                                else:
+                                    cur.delete()
+            env.sync(True)
+            env.close()
+        return f'{ops} LMDB operations ({frac:.1%} new, {frac / 2:.1%} overwritten, ' \
+               f'{frac / 2:.1%} deleted of each database; the log appended and culled)'
+
+
+def restic(args, repo, cmd, cwd=None, json_out=False):
+    env = dict(os.environ, RESTIC_PASSWORD_FILE=os.path.join(args.workdir, 'offsite',
+                                                            'restic-password'),
+               RESTIC_CACHE_DIR=os.path.join(args.workdir, 'offsite', 'restic-cache'))
+    full = [args.restic, '-r', repo] + cmd + (['--json'] if json_out else [])
+    return env, full
+
+
+def dir_bytes(top):
+    total = 0
+    for root, _, files in os.walk(top):
+        for f in files:
+            total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def changed_pages(prev, cur):
+    """Per file of backup `cur`: (4 KiB pages and 1 MiB blocks that differ from the same
+    offset in backup `prev`, pages and blocks); where a night's new bytes are."""
+    out = {}
+    for root, _, files in os.walk(cur):
+        for f in files:
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, cur)
+            q = os.path.join(prev, rel)
+            pages = blocks = npages = nblocks = 0
+            with open(p, 'rb') as a:
+                b = open(q, 'rb') if os.path.exists(q) else None
+                while True:
+                    x = a.read(MIB)
+                    if not x:
+                        break
+                    y = b.read(MIB) if b else b''
+                    nblocks += 1
+                    npages += (len(x) + 4095) // 4096
+                    if x != y:
+                        blocks += 1
+                        pages += sum(1 for i in range(0, len(x), 4096)
+                                     if x[i:i + 4096] != y[i:i + 4096])
+                if b:
+                    b.close()
+            out[rel] = (pages, blocks, npages, nblocks)
+    return out
+
+
+def offsite_run(args):
+    """--offsite: returns (Markdown table, rows)."""
+    if shutil.which(args.restic) is None:
+        raise SystemExit(f'{args.restic} is missing (apt install restic, or --restic PATH)')
+    top = os.path.join(args.workdir, 'offsite')
+    rmtree(top)
+    os.makedirs(top)
+    with open(os.path.join(top, 'restic-password'), 'w') as f:
+        f.write('synbackup-bench\n')
+    repos = {}
+    for mode in ('compact', 'plain'):
+        repos[mode] = os.path.join(top, f'repo-{mode}')
+        env, cmd = restic(args, repos[mode], ['init'])
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    if args.offsite_source == 'cortex':
+        source = OffsiteCortex(args, args.offsite_nodes)
+    else:
+        source = OffsiteGenerated(args)
+    rows = []
+    prev = {}
+    try:
+        source.prepare()
+        src = source.dir
+        for night in range(1, args.offsite_nights + 1):
+            change = 'none (first night)'
+            if night > 1:
+                t0 = time.monotonic()
+                change = source.change(night, args.offsite_change)
+                log(f'night {night}: {change} in {time.monotonic() - t0:.1f} s')
+            for mode in ('compact', 'plain'):
+                dst = os.path.join(top, f'{mode}-night{night}')
+                load = loadavg()
+                cmd = [args.synbackup, 'backup', src, dst, '--json']
+                if mode == 'plain':
+                    cmd.append('--no-compact')
+                b = measure(cmd)
+                if b['rc'] != 0:
+                    raise SystemExit(f'synbackup ({mode}) failed: {b["stderr"]}')
+                summary = json.loads(b['stdout'])
+                before = dir_bytes(repos[mode])
+                env, rcmd = restic(args, repos[mode], ['backup', '--host', 'bench', '--tag',
+                                                       mode, '.'], json_out=True)
+                t0 = time.perf_counter()
+                r = subprocess.run(rcmd, env=env, cwd=dst, capture_output=True, text=True)
+                upload = time.perf_counter() - t0
+                if r.returncode != 0:
+                    raise SystemExit(f'restic backup ({mode}) failed: {r.stderr[-2000:]}')
+                rs = [json.loads(line) for line in r.stdout.splitlines()
+                      if line.startswith('{')]
+                rs = [x for x in rs if x.get('message_type') == 'summary'][-1]
+                grown = dir_bytes(repos[mode]) - before
+                row = {'night': night, 'mode': mode, 'change': change,
+                       'backup_bytes': summary['bytes_written'], 'backup_s': b['wall'],
+                       'freeze_ms': summary.get('freeze_ms'),
+                       'upload_s': upload, 'data_added': rs['data_added'],
+                       'processed': rs['total_bytes_processed'], 'repo_grown': grown,
+                       'load': load}
+                rows.append(row)
+                log(f'night {night} {mode:7}: backup {summary["bytes_written"] / MIB:7.1f} MiB '
+                    f'in {b["wall"]:5.1f} s; restic added {rs["data_added"] / MIB:7.1f} MiB '
+                    f'(repository +{grown / MIB:.1f} MiB) in {upload:5.1f} s; load {load:.2f}')
+                # Where the new bytes are (same offsets, the night before), then the
+                # previous night's backup is not needed any more (restic has it).
+                if mode in prev:
+                    ch = changed_pages(prev[mode], dst)
+                    worst = sorted(ch.items(), key=lambda kv: -kv[1][1])[:3]
+                    row['changed_pages'] = sum(v[0] for v in ch.values())
+                    row['changed_blocks'] = sum(v[1] for v in ch.values())
+                    row['blocks'] = sum(v[3] for v in ch.values())
+                    row['top_changed'] = [(k, v[1], v[3]) for k, v in worst]
+                    log(f'  {mode}: {row["changed_pages"]} pages in {row["changed_blocks"]} of '
+                        f'{row["blocks"]} 1 MiB blocks differ from the night before; most in '
+                        + ', '.join(f'{k} ({b}/{n})' for k, b, n in row['top_changed']))
+                    rmtree(prev[mode])
+                prev[mode] = dst
+    finally:
+        source.stop()
+    for d in prev.values():
+        rmtree(d)
+    rmtree(os.path.join(top, 'cortex'))
+    rmtree(os.path.join(top, 'generated'))
+    return offsite_table(rows), rows
+
+
+def offsite_table(rows):
+    lines = ['| night | copy | backup MiB | local backup s | restic s | restic data_added MiB | '
+             'repository grew MiB | load |', '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["night"]} | {r["mode"]} | {r["backup_bytes"] / MIB:.1f} | '
+                     f'{r["backup_s"]:.1f} | {r["upload_s"]:.1f} | {r["data_added"] / MIB:.1f} | '
+                     f'{r["repo_grown"] / MIB:.1f} | {r["load"]:.2f} |')
+    lines.append('')
+    later = [r for r in rows if r['night'] > 1]
+    for mode in ('compact', 'plain'):
+        rs = [r for r in later if r['mode'] == mode]
+        first = [r for r in rows if r['mode'] == mode and r['night'] == 1]
+        if not rs or not first:
+            continue
+        added = med([r['repo_grown'] for r in rs])
+        share = med([r['data_added'] / max(1, r['processed']) for r in rs])
+        lines.append(f'- {mode}: night 1 stored {first[0]["repo_grown"] / MIB:.1f} MiB; each '
+                     f'later night median {added / MIB:.1f} MiB stored, restic found '
+                     f'{share:.1%} of the backup new; upload median '
+                     f'{med([r["upload_s"] for r in rs]):.1f} s against a local backup of '
+                     f'{med([r["backup_s"] for r in rs]):.1f} s.')
+    return '\n'.join(lines)
+
+
+
 def main():
     default_venv = os.environ.get('SYNBACKUP_TEST_VENV',
                                   '/var/cache/synbackup-ci/venv-synapse-2.256.0')
@@ -955,6 +1318,22 @@ def main():
                    help='fork the Cortex\'s view N times first (more environments)')
     p.add_argument('--settle', type=float, default=None,
                    help='seconds to wait after preparing each command (default 3, --small 0.2)')
+    p.add_argument('--offsite', action='store_true',
+                   help='instead: nightly backups, compacted and plain, each uploaded into '
+                   'a local restic repository after a small daily change: what restic adds '
+                   'per night (--small: a quick run on the generated shape)')
+    p.add_argument('--offsite-source', choices=('cortex', 'generated'), default=None,
+                   help='a real Cortex fed through Storm (default) or the generated mixed '
+                   'shape changed with py-lmdb (default with --small)')
+    p.add_argument('--offsite-nodes', type=int, default=60000,
+                   help='inet:ipv4 nodes of the base Cortex (default 60000, about 350 MiB)')
+    p.add_argument('--offsite-nights', type=int, default=None, help='default 5, --small 2')
+    p.add_argument('--offsite-change', type=float, default=0.01,
+                   help='the daily change, a share of the data (default 0.01)')
+    p.add_argument('--offsite-delete', type=float, default=0.0,
+                   help='delete this share of the base Cortex\'s inet:ipv4 nodes before '
+                   'night 1 (free pages all over, as since a last window; default 0)')
+    p.add_argument('--restic', default='restic', help='the restic binary')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
     args = p.parse_args()
@@ -987,6 +1366,24 @@ def main():
         raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
     os.makedirs(args.workdir, exist_ok=True)
     start_uptime = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
+    if args.offsite_nights is None:
+        args.offsite_nights = 2 if args.small else 5
+    if args.offsite_source is None:
+        args.offsite_source = 'generated' if args.small else 'cortex'
+    if args.offsite:
+        table, rows = offsite_run(args)
+        print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; offsite '
+              f'run: {args.offsite_source} source, {args.offsite_nights} nights, daily change '
+              f'{args.offsite_change:.1%}, deleted first {args.offsite_delete:.0%}')
+        print(f'uptime before: {start_uptime}')
+        print(f'uptime after:  '
+              f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
+        print()
+        print(table)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump({'argv': sys.argv, 'offsite': rows}, f, indent=1)
+        return 0
     if args.scale:
         table, rows = scale_run(args)
         print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; '
@@ -1027,11 +1424,21 @@ def main():
                                          text=True).stdout.strip(),
             'cpus': os.cpu_count(), 'shapes': shapes_meta, 'argv': sys.argv}
     table, _ = summarize(results, freeze, meta)
+    offsite = None
+    if args.small and shutil.which(args.restic):
+        # Two nights on the small generated shape: keeps the offsite harness working
+        # (about 15 s); the numbers mean something only at size (--offsite).
+        offsite, _ = offsite_run(args)
     print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  {meta["uptime_end"]}')
     print()
     print(table)
+    if offsite:
+        print()
+        print('### offsite: restic uploads, compacted and plain (--small)')
+        print()
+        print(offsite)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'meta': meta, 'results': results, 'freeze': freeze}, f, indent=1)

@@ -13,6 +13,7 @@ use crate::base::exit::{fail, Code};
 use crate::base::units::parse_duration;
 use crate::commands::print_json;
 use crate::engine::backup;
+use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 
 #[derive(Debug, Args)]
@@ -32,6 +33,11 @@ pub(crate) struct BackupArgs {
     /// Verify the copy before it is published under DST.
     #[arg(long)]
     pub(crate) verify: bool,
+    /// Copy each environment with its pages in place (LMDB's plain copy, as
+    /// `mdb_copy` without -c) instead of compacting it: free pages are copied too,
+    /// but consecutive backups share most of their bytes (deduplicated uploads).
+    #[arg(long)]
+    pub(crate) no_compact: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -89,6 +95,11 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         freeze: a.engine.freeze,
         freeze_timeout: a.engine.freeze_timeout.as_secs(),
         verify: a.verify,
+        copy: if a.no_compact {
+            CopyMode::Plain
+        } else {
+            CopyMode::Compact
+        },
         min_free: 0,
         show_bar,
         cert_dir: a.cert_dir,

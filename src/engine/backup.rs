@@ -29,6 +29,7 @@ use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
 use crate::engine::certdir::{self, Carried, CertPlan};
+use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::{self, FreezeMode, Frozen};
 use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
@@ -56,6 +57,8 @@ pub(crate) struct Request {
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: u64,
     pub(crate) verify: bool,
+    /// Compacting copies of the environments, or plain ones (`--no-compact`).
+    pub(crate) copy: CopyMode,
     /// Space that must remain free at the destination after the backup.
     pub(crate) min_free: u64,
     pub(crate) show_bar: bool,
@@ -77,6 +80,11 @@ pub(crate) struct Summary {
     pub(crate) seconds: f64,
     /// Source bytes not written thanks to compaction (and holes).
     pub(crate) saved_bytes: u64,
+    /// The environments were compacted (false: `--no-compact`, pages in place).
+    pub(crate) compacted: bool,
+    /// Source bytes a compacting copy leaves out (the free pages): what a
+    /// maintenance window would reclaim. `saved_bytes` when compacted.
+    pub(crate) reclaimable_bytes: u64,
     pub(crate) frozen: bool,
     /// Milliseconds the service was frozen (None: not frozen).
     pub(crate) freeze_ms: Option<f64>,
@@ -97,8 +105,16 @@ impl Summary {
             Some(ms) => format!("frozen {ms:.0} ms"),
             None => "not frozen".to_string(),
         };
+        let compaction = if self.compacted {
+            format!("compaction saved {}", human(self.saved_bytes))
+        } else {
+            format!(
+                "not compacted (pages in place; compacting would save {})",
+                human(self.reclaimable_bytes)
+            )
+        };
         format!(
-            "backed up {} to {}: {} environments, {} files{}; read {}, wrote {} in {:.2} s ({mbps:.0} MB/s); compaction saved {}; {freeze}{}",
+            "backed up {} to {}: {} environments, {} files{}; read {}, wrote {} in {:.2} s ({mbps:.0} MB/s); {compaction}; {freeze}{}",
             self.source,
             self.backup,
             self.environments,
@@ -110,7 +126,6 @@ impl Summary {
             human(self.source_bytes),
             human(self.bytes_written),
             self.seconds,
-            human(self.saved_bytes),
             if self.verified { "; verified" } else { "" }
         )
     }
@@ -122,6 +137,8 @@ struct EnvJob {
     env: Env,
     data_meta: fs::Metadata,
     compacted: u64,
+    /// What a plain copy writes: every page up to the last.
+    plain: u64,
 }
 
 fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> {
@@ -145,6 +162,7 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
         env,
         data_meta: data_meta.clone(),
         compacted,
+        plain: (info.last_pgno + 1) * info.page_size,
     })
 }
 
@@ -173,7 +191,7 @@ struct Sized {
     needed: u64,
 }
 
-fn size_up(src: &Path, skipdirs: &[String], whole: bool) -> Result<Sized> {
+fn size_up(src: &Path, skipdirs: &[String], whole: bool, copy: CopyMode) -> Result<Sized> {
     let plan = scan_source(src, skipdirs, whole)?;
     fault::point("after-scan")?;
     let mut envs = Vec::new();
@@ -190,7 +208,13 @@ fn size_up(src: &Path, skipdirs: &[String], whole: bool) -> Result<Sized> {
             _ => 0,
         })
         .sum();
-    let env_bytes: u64 = envs.iter().map(|e| e.compacted).sum();
+    let env_bytes: u64 = envs
+        .iter()
+        .map(|e| match copy {
+            CopyMode::Compact => e.compacted,
+            CopyMode::Plain => e.plain,
+        })
+        .sum();
     let meta_bytes = 64 * 1024 + plan.items.len() as u64 * 256;
     let needed = env_bytes + file_bytes + meta_bytes;
     Ok(Sized {
@@ -215,7 +239,7 @@ fn scan_source(src: &Path, skipdirs: &[String], whole: bool) -> Result<scan::Pla
 
 /// `whole`: as `Request::whole`.
 pub(crate) fn estimate(src: &Path, skipdirs: &[String], whole: bool) -> Result<u64> {
-    Ok(size_up(src, skipdirs, whole)?.needed)
+    Ok(size_up(src, skipdirs, whole, CopyMode::Compact)?.needed)
 }
 
 /// Run a backup. The caller logs or prints the summary.
@@ -224,7 +248,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let mut sized = size_up(&src, &req.skipdirs, req.whole)?;
+    let mut sized = size_up(&src, &req.skipdirs, req.whole, req.copy)?;
     let certs = match &req.cert_dir {
         Some(d) => certdir::plan_cert_dir(d, &src, &dst)?,
         None => None,
@@ -277,6 +301,10 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         bytes_written: copied.bytes_written,
         seconds: t0.elapsed().as_secs_f64(),
         saved_bytes: copied.source_bytes.saturating_sub(copied.bytes_written),
+        compacted: req.copy == CopyMode::Compact,
+        reclaimable_bytes: copied
+            .source_bytes
+            .saturating_sub(copied.bytes_written - copied.env_bytes + copied.compacted_bytes),
         frozen: freeze.ms.is_some(),
         freeze_ms: freeze.ms,
         freeze_call_ms: freeze.call_ms,
@@ -447,6 +475,7 @@ fn take_snapshots(
                 job_rel: e.rel,
                 data_meta: e.data_meta,
                 source: Source::Open(e.env),
+                mode: req.copy,
             });
         }
         let none = FreezeTimes {
@@ -497,6 +526,7 @@ fn take_snapshots(
             job_rel: rel,
             data_meta: meta,
             source: Source::Held(snap),
+            mode: req.copy,
         });
     }
     let times = FreezeTimes {
@@ -633,6 +663,10 @@ struct Copied {
     envs: Vec<EnvEntry>,
     source_bytes: u64,
     bytes_written: u64,
+    /// Of `bytes_written`: the environments' data files.
+    env_bytes: u64,
+    /// What compacted copies of the environments take.
+    compacted_bytes: u64,
 }
 
 fn collect(done: Vec<Done>) -> Copied {
@@ -640,14 +674,19 @@ fn collect(done: Vec<Done>) -> Copied {
     let mut envs = Vec::new();
     let mut source_bytes = 0;
     let mut bytes_written = 0;
+    let mut env_bytes = 0;
+    let mut compacted_bytes = 0;
     for d in done {
         match d {
             Done::Env {
                 file,
                 env,
                 source_bytes: s,
+                compacted_bytes: c,
             } => {
-                bytes_written += file.size; // a compacted copy has no holes
+                bytes_written += file.size; // an environment's copy has no holes
+                env_bytes += file.size;
+                compacted_bytes += c;
                 files.push(file);
                 envs.push(env);
                 source_bytes += s;
@@ -670,6 +709,8 @@ fn collect(done: Vec<Done>) -> Copied {
         envs,
         source_bytes,
         bytes_written,
+        env_bytes,
+        compacted_bytes,
     }
 }
 
@@ -715,6 +756,7 @@ fn assemble_manifest(
             .map(|s| s.trim().to_string()),
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        env_copy: req.copy.name().to_string(),
         freeze: FreezeInfo {
             mode: format!("{:?}", req.freeze).to_lowercase(),
             frozen: freeze.ms.is_some(),

@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Compacting copies of LMDB environments from held snapshots, hashed in place.
+//! Compacting (or plain) copies of LMDB environments from held snapshots, hashed in
+//! place.
 //!
 //! The snapshots (read transactions, `lmdb::Snapshot`) are taken first, all while the
 //! service is frozen; a copy is `mdb_env_copycb3(.., MDB_CP_COMPACT, txn)` of one of
 //! them (vendor/lmdb/copy-callback.patch): LMDB's writer thread hands us each of its
 //! buffers, which is hashed where it lies and written with O_DIRECT by the draining
-//! worker at the same time (`Copy::drain`). Only `--jobs` copies run at once (each
+//! worker at the same time (`Copy::drain`). The plain copy (`CopyMode::Plain`,
+//! `--no-compact`: flags 0) keeps every page where it is, so consecutive backups of a
+//! slowly changing environment share more of their bytes (deduplicated offsite
+//! copies, bench/RESULTS.md); it reads the free pages too, which a live writer may be
+//! reusing, so LMDB copies each piece out of the map before our sink hashes and
+//! writes it (the same bytes both times). Only `--jobs` copies run at once (each
 //! holds LMDB's 2 MiB double buffer); the others wait as bare transactions. A
 //! snapshot is released as soon as its copy has ended, so the service can reuse its
 //! pages.
@@ -24,9 +30,29 @@ use crate::base::fsutil::{self, DirectWriter, Hashed};
 use crate::base::interrupt;
 use crate::engine::lmdb::{MdbError, Snapshot};
 
-/// A compacting copy of a held snapshot, run by `drain`.
+/// How an environment is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyMode {
+    /// LMDB's compacting copy: the trees rewritten in walk order, free pages left out.
+    Compact,
+    /// LMDB's plain copy: every page below the snapshot's last one, in place.
+    Plain,
+}
+
+impl CopyMode {
+    /// The name the manifest records (`env_copy`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CopyMode::Compact => "compact",
+            CopyMode::Plain => "plain",
+        }
+    }
+}
+
+/// A copy of a held snapshot, run by `drain`.
 pub(crate) struct Copy {
     snap: Snapshot,
+    mode: CopyMode,
 }
 
 /// Reads the live pages of a source `data.mdb` ahead of the compacting copy.
@@ -119,13 +145,17 @@ impl Iterator for LiveRuns {
 }
 
 impl Prefetch {
-    fn start(snap: &Snapshot, path: PathBuf) -> Option<Prefetch> {
+    /// `whole`: the whole used range (a plain copy reads the free pages too).
+    fn start(snap: &Snapshot, path: PathBuf, whole: bool) -> Option<Prefetch> {
         let info = snap.info().ok()?;
-        let free = snap
-            .free_page_bitmap(info.last_pgno, MAX_BITMAP)
-            .map_err(|e| log::debug!("{e:#}; prefetching the whole used range"))
-            .ok()
-            .flatten();
+        let free = if whole {
+            None
+        } else {
+            snap.free_page_bitmap(info.last_pgno, MAX_BITMAP)
+                .map_err(|e| log::debug!("{e:#}; prefetching the whole used range"))
+                .ok()
+                .flatten()
+        };
         let runs = LiveRuns {
             free,
             pages: info.last_pgno + 1,
@@ -306,10 +336,10 @@ impl Sink {
     }
 }
 
-/// Begin the compacting copy of `snap` (it runs in `drain`); the snapshot is released
-/// as soon as the copy has ended.
-pub(crate) fn start(snap: Snapshot) -> Result<Copy> {
-    Ok(Copy { snap })
+/// Begin the copy of `snap` (it runs in `drain`); the snapshot is released as soon as
+/// the copy has ended.
+pub(crate) fn start(snap: Snapshot, mode: CopyMode) -> Result<Copy> {
+    Ok(Copy { snap, mode })
 }
 
 impl Copy {
@@ -330,7 +360,8 @@ impl Copy {
     ) -> Result<Hashed> {
         let dir = self.snap.dir().to_path_buf();
         let mut out = DirectWriter::create(dst)?;
-        let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"));
+        let mode = self.mode;
+        let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"), mode == CopyMode::Plain);
         let (to_writer, pieces) = mpsc::sync_channel::<Piece>(STAGES);
         let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
         let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
@@ -355,7 +386,10 @@ impl Copy {
             let copier = std::thread::Builder::new()
                 .name("lmdb-copy".into())
                 .spawn_scoped(s, move || {
-                    let mut result = snap.copy_compact_with(|buf| sink.take(buf));
+                    let mut result = match mode {
+                        CopyMode::Compact => snap.copy_compact_with(|buf| sink.take(buf)),
+                        CopyMode::Plain => snap.copy_plain_with(|buf| sink.take(buf)),
+                    };
                     drop(snap); // released: the service may reuse the pages it pinned
                     if result.is_ok() && sink.flush().is_err() {
                         result = Err(MdbError(libc::ECANCELED));
@@ -420,7 +454,7 @@ impl Copy {
         if let Some(e) = failure {
             return Err(e);
         }
-        result.map_err(|e| corrupt_or_failed(&dir, e))?;
+        result.map_err(|e| corrupt_or_failed(&dir, mode, e))?;
         let size = out.len();
         log::debug!(
             "{}: {size} bytes in {pieces_written} writes, {} bytes with O_DIRECT",
@@ -436,7 +470,7 @@ impl Copy {
     }
 }
 
-fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
+fn corrupt_or_failed(dir: &Path, mode: CopyMode, e: MdbError) -> anyhow::Error {
     // MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID: the source is damaged.
     let damaged = [-30796, -30797, -30793];
     if damaged.contains(&e.0) {
@@ -448,7 +482,11 @@ fn corrupt_or_failed(dir: &Path, e: MdbError) -> anyhow::Error {
             ),
         )
     } else {
-        anyhow::Error::new(e).context(format!("compacting copy of {} failed", dir.display()))
+        let what = match mode {
+            CopyMode::Compact => "compacting copy",
+            CopyMode::Plain => "plain copy",
+        };
+        anyhow::Error::new(e).context(format!("{what} of {} failed", dir.display()))
     }
 }
 
@@ -508,7 +546,7 @@ mod tests {
         drop(f);
         let ours = t.path().join("ours.mdb");
         let seen = AtomicUsize::new(0);
-        let h = start(snapshot(&src))
+        let h = start(snapshot(&src), CopyMode::Compact)
             .unwrap()
             .drain(&ours, &|| false, &|n| {
                 seen.fetch_add(n as usize, Ordering::Relaxed);
@@ -530,6 +568,63 @@ mod tests {
         assert_eq!(h.size, want.len() as u64);
         assert_eq!(seen.load(Ordering::Relaxed), want.len());
         assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&want)));
+    }
+
+    /// Entries of the named database `data` of the environment at `dir`.
+    fn data_entries(dir: &Path) -> u64 {
+        let env = Env::open(dir, Mode::Private).unwrap();
+        let txn = env.read_txn().unwrap();
+        let dbs = txn.named_dbs().unwrap();
+        let db = dbs.iter().find(|d| d.name == b"data").unwrap();
+        txn.db_stat(db).unwrap().entries
+    }
+
+    #[test]
+    fn the_plain_copy_is_the_snapshot_with_its_pages_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        let snap = snapshot(&src);
+        let info = snap.info().unwrap();
+        let before = data_entries(&src);
+        // One more commit after the snapshot: the file's meta pages now describe it
+        // (and it may reuse pages free in the snapshot, never the snapshot's own).
+        {
+            let env = Environment::new()
+                .set_flags(EnvironmentFlags::WRITE_MAP | EnvironmentFlags::NO_SYNC)
+                .set_max_dbs(8)
+                .set_map_size(256 << 20)
+                .open(&src)
+                .unwrap();
+            let db = env.open_db(Some("data")).unwrap();
+            let mut txn = env.begin_rw_txn().unwrap();
+            for k in 0..500u32 {
+                txn.put(db, &format!("new{k:08}"), &[7u8; 300], WriteFlags::empty())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+            env.sync(true).unwrap();
+        }
+        assert_eq!(data_entries(&src), before + 500);
+        let out = t.path().join("copy");
+        std::fs::create_dir(&out).unwrap();
+        let h = start(snap, CopyMode::Plain)
+            .unwrap()
+            .drain(&out.join("data.mdb"), &|| false, &|_| {})
+            .unwrap();
+        let got = std::fs::read(out.join("data.mdb")).unwrap();
+        let ps = info.page_size as usize;
+        let end = (info.last_pgno as usize + 1) * ps;
+        assert_eq!(got.len(), end, "every page up to the snapshot's last one");
+        assert_eq!(h.size, end as u64);
+        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&got)));
+        let now = std::fs::read(src.join("data.mdb")).unwrap();
+        assert!(
+            got[2 * ps..] == now[2 * ps..end],
+            "the data pages are the file's, in place"
+        );
+        // The copy opens at the snapshot, not at the commit made after it.
+        assert_eq!(data_entries(&out), before);
     }
 
     #[test]
@@ -592,7 +687,7 @@ mod tests {
         let src = t.path().join("env");
         make_env(&src);
         let calls = AtomicUsize::new(0);
-        let err = start(snapshot(&src))
+        let err = start(snapshot(&src), CopyMode::Compact)
             .unwrap()
             .drain(
                 &t.path().join("partial.mdb"),
@@ -602,7 +697,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("stopped after"), "{err:#}");
         // Nothing waits on the copy any more: a new snapshot and copy work.
-        let h = start(snapshot(&src))
+        let h = start(snapshot(&src), CopyMode::Compact)
             .unwrap()
             .drain(&t.path().join("again.mdb"), &|| false, &|_| {})
             .unwrap();

@@ -454,6 +454,27 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// LMDB's plain copy of this snapshot (pages in place, the layout `mdb_copy`
+    /// without `-c` gives; meta pages made from the snapshot), each piece handed to
+    /// `sink` on this thread, as `copy_compact_with` does. Blocks until it has ended.
+    pub(crate) fn copy_plain_with<F>(&self, mut sink: F) -> std::result::Result<(), MdbError>
+    where
+        F: FnMut(&[u8]) -> i32 + Send,
+    {
+        // SAFETY: as copy_compact_with; the plain copy calls the closure on this thread.
+        check(unsafe {
+            ffi::mdb_env_copycb3(
+                self.env.raw,
+                copy_trampoline::<F>,
+                &mut sink as *mut F as *mut std::ffi::c_void,
+                0,
+                self.txn,
+            )
+        })
+    }
+}
+
 impl Drop for Snapshot {
     fn drop(&mut self) {
         // SAFETY: the transaction was begun on self.env, which is closed after this.

@@ -10,6 +10,9 @@
 //! - `tool`, `version`: who wrote it; `source`, `host`, `cell_guid`;
 //! - `started`, `finished` (RFC 3339, UTC); `freeze`: `{mode, frozen, ms}`, and `reason`
 //!   when a service's socket was there but could not be connected to;
+//! - `env_copy`: how the environments were copied: `compact` (LMDB's compacting
+//!   copy; also what a manifest without the field means) or `plain` (`--no-compact`:
+//!   every page in place, as `mdb_copy` without `-c`);
 //! - `files`: every regular file (LMDB `data.mdb` included) with `path` (relative),
 //!   `size`, `sha256` (of the full logical content: holes count as zeros, so it is
 //!   what `sha256sum` prints), `mode` (as given in the backup) and `xattrs`;
@@ -75,6 +78,9 @@ pub(crate) struct Manifest {
     pub(crate) cell_guid: Option<String>,
     pub(crate) started: String,
     pub(crate) finished: String,
+    /// `compact` or `plain` (`CopyMode::name`).
+    #[serde(default = "default_env_copy")]
+    pub(crate) env_copy: String,
     pub(crate) freeze: FreezeInfo,
     pub(crate) files: Vec<FileEntry>,
     #[serde(default)]
@@ -96,6 +102,11 @@ pub(crate) struct CertDirInfo {
     pub(crate) path: String,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+}
+
+/// What a manifest written before `env_copy` existed means: every copy compacted.
+fn default_env_copy() -> String {
+    "compact".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The copy tasks of a backup and the `--jobs` workers that run them: compacting
-//! copies of environments (from held or fresh snapshots) and sparse copies of plain
-//! files, each hashed as written, given its metadata and fsynced. The first failure
-//! stops the others.
+//! The copy tasks of a backup and the `--jobs` workers that run them: compacting (or
+//! plain) copies of environments (from held or fresh snapshots) and sparse copies of
+//! plain files, each hashed as written, given its metadata and fsynced. The first
+//! failure stops the others.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -15,7 +15,7 @@ use anyhow::{anyhow, Result};
 use crate::base::fsutil;
 use crate::base::interrupt;
 use crate::base::xattrs;
-use crate::engine::envcopy;
+use crate::engine::envcopy::{self, CopyMode};
 use crate::engine::lmdb::{Env, Mode, Snapshot};
 use crate::engine::manifest::{self, EnvEntry, FileEntry};
 use crate::engine::paths::bad;
@@ -35,6 +35,7 @@ pub(crate) enum Task {
         job_rel: PathBuf,
         data_meta: fs::Metadata,
         source: Source,
+        mode: CopyMode,
     },
     File {
         rel: PathBuf,
@@ -48,6 +49,8 @@ pub(crate) enum Done {
         file: FileEntry,
         env: EnvEntry,
         source_bytes: u64,
+        /// What a compacted copy takes (the copy's size when it is one).
+        compacted_bytes: u64,
     },
     File {
         file: FileEntry,
@@ -143,12 +146,13 @@ fn run_task(
             job_rel,
             data_meta,
             source,
+            mode,
         } => {
             let snap = match source {
                 Source::Held(snap) => snap,
                 Source::Open(env) => Snapshot::take(env)?,
             };
-            let copy = envcopy::start(snap)?;
+            let copy = envcopy::start(snap, mode)?;
             let dst = tmp.join(&job_rel).join("data.mdb");
             let hashed = copy.drain(&dst, stop, &|n| progress.add(n))?;
             let rel = job_rel.join("data.mdb");
@@ -157,11 +161,17 @@ fn run_task(
             let applied = fsutil::copy_meta_fd(&f, &dst, &data_meta, false, &attrs)?;
             f.sync_all().map_err(|e| fsutil::write_error(&dst, e))?;
             drop(f);
-            let env = describe_copy(&tmp.join(&job_rel), &job_rel, fsutil::allocated(&data_meta))?;
+            let (env, compacted) =
+                describe_copy(&tmp.join(&job_rel), &job_rel, fsutil::allocated(&data_meta))?;
+            let compacted_bytes = match mode {
+                CopyMode::Compact => hashed.size,
+                CopyMode::Plain => compacted,
+            };
             Ok(Done::Env {
                 file: file_entry(&rel, hashed, &applied),
                 env,
                 source_bytes: fsutil::allocated(&data_meta),
+                compacted_bytes,
             })
         }
         Task::File { rel, meta } => {
@@ -195,23 +205,26 @@ fn run_task(
     }
 }
 
-/// Page size, last page and entry counts of a finished copy.
-fn describe_copy(dir: &Path, rel: &Path, source_bytes: u64) -> Result<EnvEntry> {
+/// Page size, last page and entry counts of a finished copy, and the bytes a
+/// compacted copy of it takes (from its free list).
+fn describe_copy(dir: &Path, rel: &Path, source_bytes: u64) -> Result<(EnvEntry, u64)> {
     let env = Env::open(dir, Mode::Private)?;
     let info = env.info()?;
     let txn = env.read_txn()?;
+    let compacted = txn.compacted_pages(&info)? * info.page_size;
     let mut databases = BTreeMap::new();
     databases.insert(manifest::MAIN_DB.to_string(), txn.main_stat()?.entries);
     for db in txn.named_dbs()? {
         databases.insert(manifest::db_key(&db.name), txn.db_stat(&db)?.entries);
     }
-    Ok(EnvEntry {
+    let entry = EnvEntry {
         path: rel_str(rel),
         page_size: info.page_size,
         last_pgno: info.last_pgno,
         source_bytes,
         databases,
-    })
+    };
+    Ok((entry, compacted))
 }
 
 /// The xattrs of a source file or directory.

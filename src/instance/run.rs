@@ -167,7 +167,7 @@ fn copy_offsite(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<Utc>
 /// (the free pages the compacting copy left out), the certificate directory carried.
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
-    facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    facts["reclaimable_bytes"] = serde_json::json!(summary.reclaimable_bytes);
     if let Some(d) = &summary.cert_dir {
         facts["cert_dir"] = serde_json::json!(d);
         facts["cert_files"] = serde_json::json!(summary.cert_files);
@@ -266,6 +266,7 @@ fn backup_and_prune(
         freeze: inst.freeze,
         freeze_timeout: inst.freeze_timeout.as_secs(),
         verify: true,
+        copy: inst.copy,
         min_free: inst.min_free,
         show_bar,
         cert_dir: crate::instance::certs::cert_dir_to_carry(inst),

@@ -61,6 +61,7 @@ use crate::base::fault;
 use crate::base::fsutil::human;
 use crate::base::interrupt;
 use crate::engine::backup;
+use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 use crate::host::holders;
 use crate::host::systemd;
@@ -243,6 +244,8 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             freeze: FreezeMode::Never,
             freeze_timeout: 0,
             verify: true,
+            // The window's purpose: compacted whatever SYNBACKUP_COMPACT says.
+            copy: CopyMode::Compact,
             min_free: 0,
             show_bar,
             // The copy becomes the live directory: the certificate directory stays

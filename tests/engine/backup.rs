@@ -295,3 +295,65 @@ fn freeze_always_fails_without_a_running_service() {
     assert!(names(t.path()) == vec!["svc"], "{:?}", names(t.path()));
     let _ = fs::Permissions::from_mode(0o700);
 }
+
+#[test]
+fn no_compact_keeps_every_page_where_mdb_copy_puts_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("svc");
+    fake_service(&src, 3000);
+    let plain = t.path().join("plain");
+    let o = run(&[
+        &"backup",
+        &src,
+        &plain,
+        &"--no-compact",
+        &"--verify",
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["compacted"], false);
+    assert_eq!(summary["verified"], true);
+    assert!(summary["reclaimable_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        stderr(&o).contains("not compacted (pages in place"),
+        "{}",
+        stderr(&o)
+    );
+    let compact = t.path().join("compact");
+    assert!(run(&[&"backup", &src, &compact]).status.success());
+    let (mp, mc) = (manifest(&plain), manifest(&compact));
+    assert_eq!(mp["env_copy"], "plain");
+    assert_eq!(mc["env_copy"], "compact");
+    for b in [&plain, &compact] {
+        let o = run(&[&"verify", b]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for e in mp["environments"].as_array().unwrap() {
+        let env = e["path"].as_str().unwrap();
+        let ps = e["page_size"].as_u64().unwrap() as usize;
+        // The real mdb_copy without -c: the layout a plain copy must have.
+        let theirs = t.path().join("mdb_copy").join(env);
+        fs::create_dir_all(&theirs).unwrap();
+        let st = std::process::Command::new("mdb_copy")
+            .arg(src.join(env))
+            .arg(&theirs)
+            .status()
+            .expect("mdb_copy (lmdb-utils) installed");
+        assert!(st.success());
+        let want = fs::read(theirs.join("data.mdb")).unwrap();
+        let got = fs::read(plain.join(env).join("data.mdb")).unwrap();
+        assert_eq!(got.len(), want.len(), "{env}: every page up to the last");
+        // Pages 0 and 1 are the meta pages, made from the snapshot.
+        assert!(got[2 * ps..] == want[2 * ps..], "{env}: a page moved");
+        assert_eq!(
+            dump_env(&src.join(env)),
+            dump_env(&plain.join(env)),
+            "{env}"
+        );
+        let c = fs::metadata(compact.join(env).join("data.mdb"))
+            .unwrap()
+            .len();
+        assert!(c < got.len() as u64, "{env}: free pages are copied too");
+    }
+}

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Against a real Synapse Cortex (synapse 2.256.0 from the venv): a backup taken
-//! under write load is consistent and starts; a failure after the freeze still
-//! resumes the service; with the service stopped, Synapse's own tool and synbackup
-//! agree on every database's entry count.
+//! under write load (compacted, and plain with `--no-compact`) is consistent and
+//! starts; a failure after the freeze still resumes the service; with the service
+//! stopped, Synapse's own tool and synbackup agree on every database's entry count.
 //!
 //! One test function runs the phases in order: a Cortex takes 15–25 s to start.
 
@@ -32,6 +32,16 @@ fn live_cortex_backups() {
     let before = count(&d);
     let dst = t.path().join("b1");
     let o = run(&[&"backup", &src, &dst, &"--verify", &"--json"]);
+    // ... and a plain one (pages in place), still under the writer.
+    let plain = t.path().join("b1-plain");
+    let op = run(&[
+        &"backup",
+        &src,
+        &plain,
+        &"--verify",
+        &"--json",
+        &"--no-compact",
+    ]);
     let after = count(&d);
     let _ = writer.kill();
     let _ = writer.wait();
@@ -40,6 +50,12 @@ fn live_cortex_backups() {
     assert_eq!(summary["frozen"], true, "a running service is frozen");
     assert!(summary["freeze_ms"].as_f64().unwrap() < 30_000.0);
     assert!(summary["verified"].as_bool().unwrap());
+    assert!(op.status.success(), "{}", stderr(&op));
+    let sp: serde_json::Value = serde_json::from_slice(&op.stdout).unwrap();
+    assert_eq!(
+        (&sp["frozen"], &sp["compacted"]),
+        (&true.into(), &false.into())
+    );
     assert!(
         after > before,
         "the writer kept writing ({before} -> {after})"
@@ -54,6 +70,13 @@ fn live_cortex_backups() {
     assert!(
         before <= n && n <= after,
         "restored {n} nodes, not within {before}..={after}"
+    );
+    restored.stop();
+    let mut restored = Cortex::start(&plain);
+    let n = count(restored.url_dir());
+    assert!(
+        before <= n && n <= after,
+        "restored {n} nodes from the plain copy, not within {before}..={after}"
     );
     restored.stop();
 

@@ -740,3 +740,34 @@ fn retire_removes_a_removed_instances_state_and_metrics_only() {
     assert!(!s.root.join("metrics/synbackup-c0-certs.prom").exists());
     assert_eq!(names(&s.backups), backups, "retire touched the backups");
 }
+
+#[test]
+fn compact_no_makes_nightly_backups_plain_and_a_window_would_still_reclaim() {
+    let s = Setup::new("SYNBACKUP_COMPACT=no\n");
+    let name = s.backup_now();
+    let b = s.backups.join(&name);
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(b.join("synbackup-manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["env_copy"], "plain");
+    assert!(run(&[&"verify", &b]).status.success());
+    // The free pages were copied, not left out, and are still reported as what a
+    // window would reclaim.
+    let env = "layers/abc/layer_v2.lmdb";
+    let e = m["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == env)
+        .unwrap();
+    let pages = e["last_pgno"].as_u64().unwrap() + 1;
+    let size = fs::metadata(b.join(env).join("data.mdb")).unwrap().len();
+    assert_eq!(size, pages * e["page_size"].as_u64().unwrap());
+    assert!(metric(&s.metrics(), "synbackup_reclaimable_bytes") > 0.0);
+
+    let s = Setup::new("SYNBACKUP_COMPACT=maybe\n");
+    assert_fails(
+        &s.run(&["run", "c0"]),
+        2,
+        "c0.conf:4: SYNBACKUP_COMPACT=\"maybe\" is not valid: expected yes or no",
+    );
+}

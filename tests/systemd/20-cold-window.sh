@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: Apache-2.0
 # The maintenance window (synbackup-cold@.service) on a real Cortex unit: a window on
 # a Cortex with many deleted nodes ends with the service answering, every node there
-# (counted, and a sample compared property by property), the directory smaller and
-# the old one kept. Then a fault at each step - the copy fails, verify fails, the
-# service will not start on the new directory, the health check times out, SIGTERM
-# during the copy - each ends with the original directory in place (same inode),
-# the service active and answering, and the failure reported. On the way: the
-# window puts no certificate directory into the live one, and a nightly run carries
-# the unit user's ~/.syn/certs.
+# (counted, and a sample compared property by property), the directory smaller (also
+# with SYNBACKUP_COMPACT=no, which is for nightly backups) and the old one kept. Then
+# a fault at each step - the copy fails, verify fails, the service will not start on
+# the new directory, the health check times out, SIGTERM during the copy - each ends
+# with the original directory in place (same inode), the service active and
+# answering, and the failure reported. On the way: the window puts no certificate
+# directory into the live one, and a nightly run carries the unit user's
+# ~/.syn/certs.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,9 +24,12 @@ dir=/srv/cortex/cortex00
 cold=synbackup-cold@cortex00.service
 ns_exec storm.py add $dir 3000 >/dev/null
 ns_exec storm.py storm $dir 'inet:ipv4 | limit 2200 | delnode' >/dev/null
+# Nightly backups plain (SYNBACKUP_COMPACT=no): the window compacts all the same
+# (the directory must end smaller).
 sb_config cortex00 <<'CONF'
 SYNBACKUP_STOP_TIMEOUT=90s
 SYNBACKUP_HEALTH_TIMEOUT=120s
+SYNBACKUP_COMPACT=no
 CONF
 
 count() { ns_exec storm.py count $dir inet:ipv4; }

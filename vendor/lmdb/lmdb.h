@@ -714,23 +714,29 @@ int  mdb_env_copy3(MDB_env *env, const char *path, unsigned int flags, MDB_txn *
 int  mdb_env_copyfd2(MDB_env *env, mdb_filehandle_t fd, unsigned int flags);
 int  mdb_env_copyfd3(MDB_env *env, mdb_filehandle_t fd, unsigned int flags, MDB_txn *txn);
 
-	/** @brief A receiver of a compacting copy's output, see #mdb_env_copycb3().
+	/** @brief A receiver of a copy's output, see #mdb_env_copycb3().
 	 *
-	 * Called on the copy's writer thread with the next \b len bytes of the
+	 * Called with the next \b len bytes of the
 	 * copy, in order. The buffer is valid only until the function returns.
 	 * @return 0 to go on; any other value fails the copy with that value.
 	 */
 typedef int (MDB_copy_func)(void *ctx, const void *buf, size_t len);
 
-	/** @brief Copy an LMDB environment with compaction into a callback.
+	/** @brief Copy an LMDB environment into a callback.
 	 *
-	 * As #mdb_env_copyfd3() with #MDB_CP_COMPACT, but each buffer the writer
+	 * With #MDB_CP_COMPACT: as #mdb_env_copyfd3(), but each buffer the writer
 	 * thread would write to a file descriptor is given to \b func instead
 	 * (no pipe, no copy): the caller hashes and writes it as it likes.
+	 * Without it: the plain copy (pages in place, as #mdb_env_copyfd2()
+	 * without flags), but of \b txn's snapshot: meta pages describing it,
+	 * then every page below its next page, copied out of the map once into
+	 * a buffer of 1 MiB (free pages may be changing under a live writer), \b
+	 * func called on the calling thread.
 	 * @param[in] env An environment handle returned by #mdb_env_create().
-	 * @param[in] func The receiver, called on the writer thread.
+	 * @param[in] func The receiver, called on the writer thread (compacting)
+	 * or the calling thread (plain).
 	 * @param[in] ctx An opaque pointer passed to \b func.
-	 * @param[in] flags Must include #MDB_CP_COMPACT.
+	 * @param[in] flags #MDB_CP_COMPACT or 0.
 	 * @param[in] txn Transaction used for the copy, or NULL for a temporary one.
 	 * @return A non-zero error value on failure and 0 on success.
 	 */

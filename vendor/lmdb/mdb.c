@@ -9698,13 +9698,87 @@ mdb_env_copyfd3(MDB_env *env, HANDLE fd, unsigned int flags, MDB_txn *txn)
 	}
 }
 
+	/** Copy environment as-is (pages in place) into a callback, from \b txn.
+	 * The meta pages are made from \b txn's snapshot, not copied from the map
+	 * (the file's may be newer by now); then every page below its next page,
+	 * from the map, in MDB_WBUF pieces: those the snapshot uses are pinned by
+	 * \b txn, the others are free in it, and a writer may be reusing them
+	 * while we read. So each piece is copied out of the map once and \b func
+	 * gets the copy: what it hashes and what it writes are the same bytes.
+	 */
+static int ESECT
+mdb_env_copycb0(MDB_env *env, MDB_copy_func *func, void *ctx, MDB_txn *txn)
+{
+	MDB_txn *orig_txn = txn;
+	MDB_page *mp;
+	MDB_meta *mm;
+	char *buf;
+	size_t off, end, len, fsize = 0;
+	int i, rc;
+
+	if (NUM_METAS * env->me_psize > MDB_WBUF)
+		return EINVAL;
+	if (!txn) {
+		rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+		if (rc)
+			return rc;
+	}
+	buf = calloc(1, MDB_WBUF);
+	if (!buf) {
+		rc = ENOMEM;
+		goto leave;
+	}
+	for (i = 0; i < NUM_METAS; i++) {
+		mp = (MDB_page *)(buf + i * env->me_psize);
+		mp->mp_pgno = i;
+		mp->mp_flags = P_META;
+		mm = (MDB_meta *)METADATA(mp);
+		mdb_env_init_meta0(env, mm);
+		mm->mm_address = env->me_metas[0]->mm_address;
+		/* The snapshot's trees, as its meta page had them (flags, psize too) */
+		mm->mm_dbs[FREE_DBI] = txn->mt_dbs[FREE_DBI];
+		mm->mm_dbs[MAIN_DBI] = txn->mt_dbs[MAIN_DBI];
+		mm->mm_last_pg = txn->mt_next_pgno - 1;
+		mm->mm_txnid = txn->mt_txnid;
+	}
+	rc = func(ctx, buf, NUM_METAS * env->me_psize);
+	if (rc)
+		goto done;
+
+	end = txn->mt_next_pgno * env->me_psize;
+	if ((rc = mdb_fsize(env->me_fd, &fsize)))
+		goto done;
+	if (end > fsize)
+		end = fsize;
+	if (end > env->me_mapsize)
+		end = env->me_mapsize;
+	for (off = NUM_METAS * env->me_psize; off < end; off += len) {
+		len = end - off;
+		if (len > MDB_WBUF)
+			len = MDB_WBUF;
+		memcpy(buf, env->me_map + off, len);
+		rc = func(ctx, buf, len);
+		if (rc)
+			break;
+	}
+
+done:
+	free(buf);
+leave:
+	if (!orig_txn)
+		_mdb_txn_abort(txn);
+	return rc;
+}
+
 int ESECT
 mdb_env_copycb3(MDB_env *env, MDB_copy_func *func, void *ctx, unsigned int flags,
 	MDB_txn *txn)
 {
-	if (!func || !(flags & MDB_CP_COMPACT))
+	if (!func)
 		return EINVAL;
-	return mdb_env_copyfd1(env, INVALID_HANDLE_VALUE, txn, func, ctx);
+	if (flags & MDB_CP_COMPACT)
+		return mdb_env_copyfd1(env, INVALID_HANDLE_VALUE, txn, func, ctx);
+	return mdb_env_copycb0(env, func, ctx, txn);
 }
 
 int ESECT

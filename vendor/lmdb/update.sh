@@ -19,7 +19,8 @@ for p in env-copy-txn.patch its-10346.patch; do
   cp "$src/lib/py-lmdb/$p" "$here/$p"
   patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/$p"
 done
-# Ours, kept here (not in py-lmdb): mdb_env_copycb3, the compacting copy into a
-# callback (synbackup hashes and writes each buffer itself, no pipe).
+# Ours, kept here (not in py-lmdb): mdb_env_copycb3, the compacting or plain copy
+# of a held transaction into a callback (synbackup hashes and writes each buffer
+# itself, no pipe).
 patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/copy-callback.patch"
 echo "vendored LMDB from py-lmdb $version into $here"
