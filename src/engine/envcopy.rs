@@ -17,8 +17,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
-use openssl::sha::Sha256;
 
+use crate::base::digest::{Algo, Hasher};
 use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, DirectWriter, Hashed};
 use crate::base::interrupt;
@@ -27,6 +27,7 @@ use crate::engine::lmdb::{MdbError, Snapshot};
 /// A compacting copy of a held snapshot, run by `drain`.
 pub(crate) struct Copy {
     snap: Snapshot,
+    algo: Algo,
 }
 
 /// Reads the live pages of a source `data.mdb` ahead of the compacting copy.
@@ -241,7 +242,7 @@ unsafe impl Send for Piece {}
 /// The copy callback's side: hashes every byte where it lies, stages it (or lends
 /// a very large piece).
 struct Sink {
-    hash: Sha256,
+    hash: Hasher,
     to_writer: mpsc::SyncSender<Piece>,
     acks: mpsc::Receiver<bool>,
     pool: mpsc::Receiver<Stage>,
@@ -306,14 +307,15 @@ impl Sink {
     }
 }
 
-/// Begin the compacting copy of `snap` (it runs in `drain`); the snapshot is released
-/// as soon as the copy has ended.
-pub(crate) fn start(snap: Snapshot) -> Result<Copy> {
-    Ok(Copy { snap })
+/// Begin the compacting copy of `snap` (it runs in `drain`), hashed with `algo`; the
+/// snapshot is released as soon as the copy has ended.
+pub(crate) fn start(snap: Snapshot, algo: Algo) -> Result<Copy> {
+    Ok(Copy { snap, algo })
 }
 
 impl Copy {
-    /// Run the copy into the new file `dst`, hashing every byte; fsync it.
+    /// Run the copy into the new file `dst`, hashing every byte. Not fsynced: the
+    /// caller gives it its metadata and then fsyncs it once.
     ///
     /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
     /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
@@ -341,7 +343,7 @@ impl Copy {
         }
         let failed = Arc::new(AtomicBool::new(false));
         let mut sink = Sink {
-            hash: Sha256::new(),
+            hash: Hasher::new(self.algo),
             to_writer,
             acks,
             pool,
@@ -360,7 +362,7 @@ impl Copy {
                     if result.is_ok() && sink.flush().is_err() {
                         result = Err(MdbError(libc::ECANCELED));
                     }
-                    (result, sink.hash.finish())
+                    (result, sink.hash.finish_hex())
                 });
             let copier = match copier {
                 Ok(c) => c,
@@ -427,11 +429,11 @@ impl Copy {
             dst.display(),
             out.direct_bytes()
         );
-        out.finish()?;
+        drop(out.finish_unsynced());
         Ok(Hashed {
             size,
             data_bytes: size,
-            sha256: fsutil::hex(&digest),
+            digest,
         })
     }
 }
@@ -508,7 +510,7 @@ mod tests {
         drop(f);
         let ours = t.path().join("ours.mdb");
         let seen = AtomicUsize::new(0);
-        let h = start(snapshot(&src))
+        let h = start(snapshot(&src), Algo::Blake3)
             .unwrap()
             .drain(&ours, &|| false, &|n| {
                 seen.fetch_add(n as usize, Ordering::Relaxed);
@@ -529,7 +531,12 @@ mod tests {
         );
         assert_eq!(h.size, want.len() as u64);
         assert_eq!(seen.load(Ordering::Relaxed), want.len());
-        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&want)));
+        assert_eq!(h.digest, blake3::hash(&want).to_hex().to_string());
+        let h = start(snapshot(&src), Algo::Sha256)
+            .unwrap()
+            .drain(&t.path().join("sha.mdb"), &|| false, &|_| {})
+            .unwrap();
+        assert_eq!(h.digest, fsutil::hex(&openssl::sha::sha256(&want)));
     }
 
     #[test]
@@ -592,7 +599,7 @@ mod tests {
         let src = t.path().join("env");
         make_env(&src);
         let calls = AtomicUsize::new(0);
-        let err = start(snapshot(&src))
+        let err = start(snapshot(&src), Algo::Blake3)
             .unwrap()
             .drain(
                 &t.path().join("partial.mdb"),
@@ -602,7 +609,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("stopped after"), "{err:#}");
         // Nothing waits on the copy any more: a new snapshot and copy work.
-        let h = start(snapshot(&src))
+        let h = start(snapshot(&src), Algo::Blake3)
             .unwrap()
             .drain(&t.path().join("again.mdb"), &|| false, &|_| {})
             .unwrap();

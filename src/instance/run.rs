@@ -233,6 +233,7 @@ fn backup_and_prune(
         verify: true,
         min_free: inst.min_free,
         show_bar,
+        hash: crate::base::digest::Algo::Blake3,
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;

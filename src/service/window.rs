@@ -243,6 +243,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             verify: true,
             min_free: 0,
             show_bar,
+            hash: crate::base::digest::Algo::Blake3,
         })?;
         fault::point("cold-verify")?;
         // The copy is a service directory now, not a backup: drop the backup's marker files.
