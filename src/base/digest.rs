@@ -4,8 +4,10 @@
 //! BLAKE3 by default, SHA-256 on request (`backup --hash sha256`) and for manifests
 //! written before format 3. Measured on the benchmark's 2-vCPU guest (SHA-NI,
 //! AVX-512; bench/RESULTS.md): SHA-256 (OpenSSL, SHA instructions) 0.6–0.9 GB/s per
-//! core under load and about 60 % of a backup's CPU, BLAKE3 (one thread, AVX-512)
-//! 4.3–5.0 GB/s: faster than the device, so hashing no longer sets the pace. Both
+//! core under load and about 60 % of a backup's CPU, BLAKE3 3.6 GB/s on one core
+//! (4.3–5.0 GB/s on both, not used: one core is already about four times faster
+//! than the device, and `--jobs` keeps the other busy), so hashing no longer sets
+//! the pace. Both
 //! print what the standard tools print for the same bytes (`b3sum`, `sha256sum`),
 //! so an operator can check a backup without synbackup (`verify --print-sums`).
 

@@ -3,8 +3,9 @@
 //! ownership/mode/time preservation, fsync of files and directories, atomic writes
 //! and free space.
 //!
-//! Writes are followed by an fsync of the file and then of its directory: a file we
-//! say is written is on disk. Sparse files (LMDB with writemap is as large as its
+//! Writes are followed by an fsync of the file and then of its directory (or, for
+//! the many directories of a backup, one `syncfs` before it is published): a file
+//! we say is written is on disk. Sparse files (LMDB with writemap is as large as its
 //! map) are copied by their data extents (SEEK_DATA/SEEK_HOLE); holes stay holes,
 //! and only data counts as read and written.
 //!
