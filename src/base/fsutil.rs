@@ -330,6 +330,7 @@ impl DirectWriter {
         drop(self.direct);
         self.file
     }
+
 }
 
 fn ts(sec: i64, nsec: i64) -> TimeSpec {
@@ -580,12 +581,7 @@ mod tests {
         let meta = fs::metadata(&dst_path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
         assert!(allocated(&meta) < (8 << 20), "holes were filled");
-        let back = crate::base::readback::hash_from_device(
-            &dst_path,
-            Algo::Sha256,
-            crate::base::readback::Via::Direct,
-        )
-        .unwrap();
+        let back = crate::base::readback::hash_from_device(&dst_path, Algo::Sha256).unwrap();
         assert_eq!(back.hashed.digest, h.digest);
         let mut full = vec![0u8; 64 << 20];
         full[10 << 20..(10 << 20) + 5].copy_from_slice(b"hello");

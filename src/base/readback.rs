@@ -10,15 +10,6 @@
 //! a read: tmpfs on older kernels, some FUSE and network filesystems) the file is read
 //! through the page cache, which is then all that can be checked, and said so at
 //! debug level. Holes are not read; their zeros are hashed as they are in the copy.
-//!
-//! A file that is read again right after (verify opens every environment and reads
-//! its databases to the end through LMDB's map) is better read `Evicted`: its cached
-//! pages dropped first (`posix_fadvise(DONTNEED)`: they are clean, the backup
-//! fsynced them), then read through the page cache, so the hash reads the device
-//! and the next reader finds the pages it needs in memory. Measured on the inline
-//! shape (0.64 GB, cold): O_DIRECT 0.79 s for the hash, as fast as `dd
-//! iflag=direct` (0.67-0.90 s), then 0.85 s more for LMDB's check reading the same
-//! pages from the device again; see bench/RESULTS.md.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -67,55 +58,28 @@ enum Chunk {
     Failed(io::Error),
 }
 
-/// How a file is read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Via {
-    /// O_DIRECT: the device, never the cache (buffered where the filesystem refuses).
-    Direct,
-    /// Cached pages dropped, then through the page cache: from the device, and left
-    /// in the cache for the reader that comes next.
-    Evicted,
-    /// Through the page cache as it is (tests: the fallback).
-    #[cfg(test)]
-    Cached,
-}
-
-/// What a read back saw: the file's digest, and how its bytes were read.
+/// What a read back saw: the file's digest, and how many bytes bypassed the cache.
 pub(crate) struct ReadBack {
     pub(crate) hashed: Hashed,
-    /// Bytes read with O_DIRECT.
     pub(crate) direct_bytes: u64,
-    /// Bytes read through the page cache after dropping the file's cached pages.
-    pub(crate) evicted_bytes: u64,
 }
 
 /// Hash the file at `path` (its full logical content, holes as zeros) as the device
-/// holds it, read `via` O_DIRECT or after evicting its cached pages.
-pub(crate) fn hash_from_device(path: &Path, algo: Algo, via: Via) -> Result<ReadBack> {
+/// holds it.
+pub(crate) fn hash_from_device(path: &Path, algo: Algo) -> Result<ReadBack> {
+    hash_with(path, algo, true)
+}
+
+/// `hash_from_device`, with O_DIRECT not even tried (tests: the fallback).
+pub(crate) fn hash_with(path: &Path, algo: Algo, try_direct: bool) -> Result<ReadBack> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    if via == Via::Evicted {
-        // Advisory: a page someone else has mapped (a service running on the backup)
-        // stays, and is then hashed as the cache holds it.
-        if let Err(e) = nix::fcntl::posix_fadvise(
-            &file,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        ) {
-            log::debug!("{}: cannot drop its cached pages: {e}", path.display());
-        }
-    }
     let len = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?
         .len();
     let extents = fsutil::data_extents(&file, len)
         .with_context(|| format!("cannot map {}", path.display()))?;
-    let direct = if via == Via::Direct {
-        open_direct(path)
-    } else {
-        None
-    };
+    let direct = if try_direct { open_direct(path) } else { None };
     let (to_hasher, chunks) = mpsc::sync_channel::<Chunk>(BUFFERS);
     let (pool_tx, pool) = mpsc::sync_channel::<Buf>(BUFFERS);
     for _ in 0..BUFFERS {
@@ -183,11 +147,6 @@ pub(crate) fn hash_from_device(path: &Path, algo: Algo, via: Via) -> Result<Read
             digest: h.finish_hex(),
         },
         direct_bytes,
-        evicted_bytes: if via == Via::Evicted {
-            data_bytes - direct_bytes
-        } else {
-            0
-        },
     })
 }
 
@@ -316,11 +275,15 @@ mod tests {
         let t = tempfile::tempdir_in("/var/tmp").unwrap();
         let (p, want) = sparse_file(t.path());
         for algo in [Algo::Blake3, Algo::Sha256] {
-            for via in [Via::Direct, Via::Evicted, Via::Cached] {
-                let r = hash_from_device(&p, algo, via).unwrap();
-                assert_eq!(r.hashed.digest, hex_digest(algo, &want), "{algo} {via:?}");
+            for try_direct in [true, false] {
+                let r = hash_with(&p, algo, try_direct).unwrap();
+                assert_eq!(
+                    r.hashed.digest,
+                    hex_digest(algo, &want),
+                    "{algo} {try_direct}"
+                );
                 assert_eq!(r.hashed.size, want.len() as u64);
-                if via != Via::Direct {
+                if !try_direct {
                     assert_eq!(r.direct_bytes, 0);
                 }
             }
@@ -332,8 +295,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("empty");
         File::create(&p).unwrap();
-        let r = hash_from_device(&p, Algo::Blake3, Via::Direct).unwrap();
+        let r = hash_from_device(&p, Algo::Blake3).unwrap();
         assert_eq!(r.hashed.digest, hex_digest(Algo::Blake3, b""));
-        assert!(hash_from_device(&t.path().join("nope"), Algo::Blake3, Via::Direct).is_err());
+        assert!(hash_from_device(&t.path().join("nope"), Algo::Blake3).is_err());
     }
 }

@@ -4,10 +4,8 @@
 //! Checks, each problem reported on its own line: the manifest is there, parses and
 //! matches its own `body_sha256` (format 2 and later); every listed file exists
 //! with its size, digest (the manifest's `hash`: BLAKE3, or SHA-256 before format 3)
-//! and mode, read back from the device (`readback`), not from the page cache the
-//! backup was just written through: O_DIRECT, or for a `data.mdb` its cached pages
-//! dropped first and then read through the cache, which LMDB's check below reads
-//! again; every listed directory with its mode; every kept symlink with
+//! and mode, read back from the device (`readback`: O_DIRECT, not the page cache
+//! the backup was just written through); every listed directory with its mode; every kept symlink with
 //! its target, and where a followed link was, data and no link; the xattrs of files
 //! and directories (format 2: every `user.*` and ACL one, and the others the
 //! manifest recorded); nothing unlisted was added (a stray `lock.mdb` from a Synapse
@@ -25,8 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::base::readback::{self, Via};
-use crate::base::xattrs;
+use crate::base::{readback, xattrs};
 use crate::engine::lmdb::{Env, Mode};
 use crate::engine::manifest::{self, path_key, path_of, Manifest, Xattrs};
 
@@ -44,9 +41,6 @@ pub(crate) struct Report {
     /// Of `bytes`, read from the device with O_DIRECT (the rest through the page
     /// cache: a filesystem without O_DIRECT).
     pub(crate) direct_bytes: u64,
-    /// Of `bytes`, read through the page cache after dropping their cached pages
-    /// (the `data.mdb` files, which LMDB's check then reads from memory).
-    pub(crate) evicted_bytes: u64,
     pub(crate) problems: Vec<String>,
 }
 
@@ -239,11 +233,6 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         ));
     }
 
-    let env_data: BTreeSet<String> = m
-        .environments
-        .iter()
-        .map(|e| format!("{}/data.mdb", e.path))
-        .collect();
     for f in &m.files {
         let path = dir.join(path_of(&f.path));
         if present.links.contains(&f.path) {
@@ -254,15 +243,8 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         }
         check_file_meta(&path, f, m.format != manifest::FORMAT_V1, &mut r.problems);
         crate::base::interrupt::check()?;
-        // A data.mdb is read again by check_env below: leave it in the cache.
-        let via = if env_data.contains(&f.path) {
-            Via::Evicted
-        } else {
-            Via::Direct
-        };
-        match readback::hash_from_device(&path, algo, via).map(|b| {
+        match readback::hash_from_device(&path, algo).map(|b| {
             r.direct_bytes += b.direct_bytes;
-            r.evicted_bytes += b.evicted_bytes;
             b.hashed
         }) {
             Err(e) => {
