@@ -10,6 +10,13 @@
 //! a read: tmpfs on older kernels, some FUSE and network filesystems) the file is read
 //! through the page cache, which is then all that can be checked, and said so at
 //! debug level. Holes are not read; their zeros are hashed as they are in the copy.
+//!
+//! Verify then reads each environment's databases through LMDB's map, from the
+//! device a second time. Tried and measured instead (inline shape, 0.64 GB, cold,
+//! same moment): dropping a `data.mdb`'s cached pages and hashing it through the
+//! page cache, which the check then finds: 2.44 and 2.52 s (0.53 s system: filling
+//! the cache) against 1.76 and 2.28 s for O_DIRECT and the second read; the O_DIRECT
+//! hash alone took 0.79 s, `dd iflag=direct` of the same bytes 0.67-0.90 s.
 
 use std::fs::{File, OpenOptions};
 use std::io;
