@@ -330,7 +330,6 @@ impl DirectWriter {
         drop(self.direct);
         self.file
     }
-
 }
 
 fn ts(sec: i64, nsec: i64) -> TimeSpec {
