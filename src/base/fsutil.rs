@@ -3,17 +3,19 @@
 //! ownership/mode/time preservation, fsync of files and directories, atomic writes
 //! and free space.
 //!
-//! Writes are followed by an fsync of the file and then of its directory: a file we
-//! say is written is on disk. Sparse files (LMDB with writemap is as large as its
+//! Writes are followed by an fsync of the file and then of its directory (or, for
+//! the many directories of a backup, one `syncfs` before it is published): a file
+//! we say is written is on disk. Sparse files (LMDB with writemap is as large as its
 //! map) are copied by their data extents (SEEK_DATA/SEEK_HOLE); holes stay holes,
 //! and only data counts as read and written.
 //!
-//! A file's digest is the SHA-256 of its whole logical content, holes as zeros: what
-//! `sha256sum` prints, so an operator can check a backup with standard tools. Holes
-//! are never read: their zeros are fed to the hash from a static block. SHA-256 has
-//! no shortcut for a run of zeros, so a hole still costs hashing time (measured:
-//! about 0.5 s of CPU per GiB with SHA-NI); a digest that skipped holes would lose
-//! `sha256sum` compatibility, which matters more than that.
+//! A file's digest (BLAKE3 or SHA-256, `digest`) is that of its whole logical
+//! content, holes as zeros: what `b3sum` or `sha256sum` prints, so an operator can
+//! check a backup with standard tools. Holes are never read: their zeros are fed to
+//! the hash from a static block. Neither hash has a shortcut for a run of zeros, so a
+//! hole still costs hashing time (SHA-256 with SHA-NI: about 0.5 s of CPU per GiB,
+//! BLAKE3 a tenth of it); a digest that skipped holes would lose the standard tools'
+//! compatibility, which matters more than that.
 //!
 //! Owners that cannot be given (not root) are handled by [`narrow_group`]; xattrs
 //! are copied by `xattrs`.
@@ -28,8 +30,8 @@ use anyhow::{Context, Result};
 use nix::sys::stat::{futimens, utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, Gid, Uid};
-use openssl::sha::Sha256;
 
+use crate::base::digest::{Algo, Hasher};
 use crate::base::exit::{fail, Code};
 use crate::base::xattrs::{self, Attrs};
 
@@ -79,7 +81,7 @@ pub(crate) fn read_only_hint(path: &Path) -> String {
 }
 
 /// Data extents of a file: `(offset, len)` pairs, holes left out.
-fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
     use nix::unistd::{lseek, Whence};
     let mut out = Vec::new();
     let mut pos: i64 = 0;
@@ -106,12 +108,14 @@ fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
 pub(crate) struct Hashed {
     pub(crate) size: u64,
     pub(crate) data_bytes: u64,
-    pub(crate) sha256: String,
+    /// Hex digest, of the algorithm it was asked for.
+    pub(crate) digest: String,
 }
 
 static ZEROS: [u8; CHUNK] = [0u8; CHUNK];
 
-fn hash_zeros(h: &mut Sha256, mut n: u64) {
+/// Feed `n` zero bytes (a hole) to the hash.
+pub(crate) fn hash_zeros(h: &mut Hasher, mut n: u64) {
     while n > 0 {
         let k = n.min(CHUNK as u64) as usize;
         h.update(&ZEROS[..k]);
@@ -126,6 +130,7 @@ fn walk_extents(
     src: &File,
     src_path: &Path,
     dst: Option<(&File, &Path)>,
+    algo: Algo,
     mut on_bytes: impl FnMut(u64) -> Result<()>,
 ) -> Result<Hashed> {
     use std::os::unix::fs::FileExt;
@@ -135,7 +140,7 @@ fn walk_extents(
         .len();
     let extents =
         data_extents(src, len).with_context(|| format!("cannot map {}", src_path.display()))?;
-    let mut h = Sha256::new();
+    let mut h = Hasher::new(algo);
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     let mut data_bytes = 0u64;
@@ -176,7 +181,7 @@ fn walk_extents(
     Ok(Hashed {
         size,
         data_bytes,
-        sha256: hex(&h.finish()),
+        digest: h.finish_hex(),
     })
 }
 
@@ -187,15 +192,10 @@ pub(crate) fn copy_sparse_hashed(
     src_path: &Path,
     dst: &File,
     dst_path: &Path,
+    algo: Algo,
     on_bytes: impl FnMut(u64) -> Result<()>,
 ) -> Result<Hashed> {
-    walk_extents(src, src_path, Some((dst, dst_path)), on_bytes)
-}
-
-/// SHA-256 of a file's content, reading only its data extents.
-pub(crate) fn hash_file(path: &Path) -> Result<Hashed> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    walk_extents(&file, path, None, |_| Ok(()))
+    walk_extents(src, src_path, Some((dst, dst_path)), algo, on_bytes)
 }
 
 /// Create a new file for writing (never overwrites), private until finished.
@@ -219,9 +219,10 @@ pub(crate) const DIRECT_ALIGN: usize = 4096;
 /// the page cache, nothing left to write back at fsync); an unaligned buffer (a
 /// tail), and everything after it, is written through the page cache, as is
 /// everything on a filesystem that refuses `O_DIRECT` (EINVAL at open or at the
-/// first write). Durability is the caller's `finish`: fsync of the file.
+/// first write). Durability is the caller's: fsync of the file `finish_unsynced`
+/// gives back, once its metadata is set.
 pub(crate) struct DirectWriter {
-    /// Opened without O_DIRECT: the buffered writes, fsync and what `finish` returns.
+    /// Opened without O_DIRECT: the buffered writes, fsync and what `finish_unsynced` returns.
     file: File,
     /// A second descriptor of the same file with O_DIRECT, while it is usable.
     direct: Option<File>,
@@ -323,13 +324,11 @@ impl DirectWriter {
         Ok(())
     }
 
-    /// fsync the file (data and size on the device) and give it back.
-    pub(crate) fn finish(self) -> Result<File> {
+    /// The file, not yet fsynced: for a caller that sets its metadata first and then
+    /// fsyncs once (data, size and metadata in one flush).
+    pub(crate) fn finish_unsynced(self) -> File {
         drop(self.direct);
         self.file
-            .sync_all()
-            .map_err(|e| write_error(&self.path, e))?;
-        Ok(self.file)
     }
 }
 
@@ -438,12 +437,34 @@ pub(crate) fn copy_meta_dir(path: &Path, meta: &Metadata, attrs: &Attrs) -> Resu
     copy_dir_meta(path, meta, Some(attrs))
 }
 
+/// [`copy_meta_dir`] without the fsync: for a caller that makes many directories
+/// durable at once with [`sync_filesystem`] before it relies on them.
+pub(crate) fn copy_meta_dir_unsynced(
+    path: &Path,
+    meta: &Metadata,
+    attrs: &Attrs,
+) -> Result<Applied> {
+    let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    set_meta_fd(&dir, path, meta, true, Some(attrs))
+}
+
 fn copy_dir_meta(path: &Path, meta: &Metadata, attrs: Option<&Attrs>) -> Result<Applied> {
     let dir = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let applied = set_meta_fd(&dir, path, meta, true, attrs)?;
     dir.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))?;
     Ok(applied)
+}
+
+/// syncfs(2) the filesystem holding `path`: every directory entry, inode and
+/// metadata change made on it so far is on the device afterwards (one journal commit
+/// instead of one fsync per directory). Write errors are reported since Linux 5.8;
+/// file data should still be fsynced per file, where its error is certain to show.
+pub(crate) fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    nix::unistd::syncfs(f.as_fd())
+        .map_err(|e| write_error(path, io::Error::from(e)))
+        .with_context(|| format!("cannot sync the filesystem of {}", path.display()))
 }
 
 /// Owner and times of a symlink itself.
@@ -552,16 +573,18 @@ mod tests {
         let src = File::open(&src_path).unwrap();
         let dst_path = t.path().join("d");
         let dst = create_new(&dst_path).unwrap();
-        let h = copy_sparse_hashed(&src, &src_path, &dst, &dst_path, |_| Ok(())).unwrap();
+        let h =
+            copy_sparse_hashed(&src, &src_path, &dst, &dst_path, Algo::Sha256, |_| Ok(())).unwrap();
         assert_eq!(h.size, 64 << 20);
         assert!(h.data_bytes < (64 << 20));
         let meta = fs::metadata(&dst_path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
         assert!(allocated(&meta) < (8 << 20), "holes were filled");
-        assert_eq!(hash_file(&dst_path).unwrap().sha256, h.sha256);
+        let back = crate::base::readback::hash_from_device(&dst_path, Algo::Sha256).unwrap();
+        assert_eq!(back.hashed.digest, h.digest);
         let mut full = vec![0u8; 64 << 20];
         full[10 << 20..(10 << 20) + 5].copy_from_slice(b"hello");
-        assert_eq!(hex(&openssl::sha::sha256(&full)), h.sha256);
+        assert_eq!(hex(&openssl::sha::sha256(&full)), h.digest);
     }
 
     /// `len` bytes of a pattern at a DIRECT_ALIGN-aligned address (`off` bytes past it).
@@ -585,7 +608,7 @@ mod tests {
         }
         assert_eq!(w.len(), want.len() as u64);
         let direct = w.direct_bytes();
-        drop(w.finish().unwrap());
+        w.finish_unsynced().sync_all().unwrap();
         assert!(fs::read(&p).unwrap() == want, "content differs");
         fs::remove_file(&p).unwrap();
         (direct, want)

@@ -3,6 +3,8 @@
 //! injection, filesystem helpers and the units of sizes and durations. Imports
 //! nothing of this crate outside `base`.
 
+/// BLAKE3 or SHA-256: the digest of every copied byte.
+pub(crate) mod digest;
 /// Exit codes and typed failures.
 pub(crate) mod exit;
 /// Named fault-injection points for tests.
@@ -13,6 +15,8 @@ pub(crate) mod fsutil;
 pub(crate) mod interrupt;
 /// Journal or stderr logging.
 pub(crate) mod logging;
+/// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).
+pub(crate) mod readback;
 /// Sizes and durations in config files and options.
 pub(crate) mod units;
 /// Extended attributes, ACLs and labels: read from a source, set on its copy.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
+use crate::base::digest::Algo;
 use crate::base::exit::{fail, Code};
 use crate::base::units::parse_duration;
 use crate::commands::print_json;
@@ -59,6 +60,10 @@ pub(crate) struct EngineOpts {
     /// 5 s more): a duration such as 120s or 5m, as SYNBACKUP_FREEZE_TIMEOUT.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub(crate) freeze_timeout: Duration,
+    /// The digest of every file in the manifest: blake3 (checked by `b3sum -c`) or
+    /// sha256 (by `sha256sum -c`), see `verify --print-sums`.
+    #[arg(long, value_enum, value_name = "ALGO", default_value_t = Algo::Blake3)]
+    pub(crate) hash: Algo,
 }
 
 /// SRC and DST: after the options, or (Synapse's tool's synopsis) the last two
@@ -103,6 +108,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         min_free: 0,
         show_bar,
         cert_dir: a.cert_dir,
+        hash: a.engine.hash,
     };
     let summary = backup::run(&req)?;
     log::info!("{}", summary.line());

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::base::digest::Algo;
 use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
@@ -64,6 +65,8 @@ pub(crate) struct Request {
     pub(crate) show_bar: bool,
     /// The service's certificate directory, carried in the backup (`certdir`).
     pub(crate) cert_dir: Option<PathBuf>,
+    /// The digest of every file (the manifest names it).
+    pub(crate) hash: Algo,
 }
 
 /// What a finished backup reports.
@@ -270,13 +273,14 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
-    let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
+    let done = workers::run_tasks(tasks, jobs, &src, &tmp, req.hash, &progress)?;
     let mut copied = collect(done);
     let mut dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
     let mut layout = layout;
     let carried = carry_certs(
         certs.as_ref(),
         &tmp,
+        req.hash,
         &progress,
         &mut copied,
         &mut dirs,
@@ -317,6 +321,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
 fn carry_certs(
     certs: Option<&CertPlan>,
     tmp: &Path,
+    algo: Algo,
     progress: &Progress,
     copied: &mut Copied,
     dirs: &mut Vec<DirEntry>,
@@ -327,7 +332,7 @@ fn carry_certs(
     };
     interrupt::check()?;
     progress.set_label(&format!("copying {}", plan.dir.display()));
-    let carried = certdir::copy_cert_dir(plan, tmp, progress)?;
+    let carried = certdir::copy_cert_dir(plan, tmp, algo, progress)?;
     copied.files.extend(carried.files.iter().cloned());
     copied.files.sort_by(|a, b| a.path.cmp(&b.path));
     copied.source_bytes += carried.bytes;
@@ -715,13 +720,15 @@ fn collect(done: Vec<Done>) -> Copied {
 }
 
 /// Directory modes, owners, xattrs and times, deepest first; the manifest's list of
-/// them (with the mode given, see `fsutil::copy_meta_dir`), sorted.
+/// them (with the mode given, see `fsutil::copy_meta_dir`), sorted. Not fsynced one
+/// by one: `publish` syncs the filesystem once before the rename (a Cortex with 200
+/// environments has 300 directories, 300 journal commits of a few ms each).
 fn apply_dir_meta(plan: &scan::Plan, src: &Path, tmp: &Path) -> Result<Vec<DirEntry>> {
     let mut dirs = Vec::new();
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
             let attrs = workers::source_xattrs(&src.join(rel))?;
-            let applied = fsutil::copy_meta_dir(&tmp.join(rel), meta, &attrs)?;
+            let applied = fsutil::copy_meta_dir_unsynced(&tmp.join(rel), meta, &attrs)?;
             dirs.push(DirEntry {
                 path: rel_str(rel),
                 mode: applied.mode,
@@ -744,6 +751,7 @@ fn assemble_manifest(
 ) -> Manifest {
     Manifest {
         format: manifest::FORMAT.to_string(),
+        hash: req.hash.name().to_string(),
         body_sha256: String::new(),
         tool: "synbackup".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -822,6 +830,9 @@ fn verify_before_publish(src: &Path, tmp: &Path, bytes: u64) -> Result<bool> {
 fn publish(partial: &mut Partial, src: &Path, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
     interrupt::check()?;
     let tmp = partial.path().to_path_buf();
+    // Every file was fsynced as it was written; the directories' entries and
+    // metadata become durable here, all at once, before anything is published.
+    fsutil::sync_filesystem(&tmp)?;
     fsutil::copy_meta_dir(&tmp, src_meta, &workers::source_xattrs(src)?)?;
     fs::rename(&tmp, dst).map_err(|e| {
         bad(format!(

@@ -20,6 +20,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::base::digest::Algo;
 use anyhow::Result;
 
 use crate::base::exit::{fail, Code};
@@ -136,7 +137,12 @@ fn carried_rel(rel: &Path) -> PathBuf {
 
 /// Copy the walked certificate directory into `tmp/synbackup-certs` (the backup's
 /// temporary); private keys end at most 0600.
-pub(crate) fn copy_cert_dir(p: &CertPlan, tmp: &Path, progress: &Progress) -> Result<Carried> {
+pub(crate) fn copy_cert_dir(
+    p: &CertPlan,
+    tmp: &Path,
+    algo: Algo,
+    progress: &Progress,
+) -> Result<Carried> {
     let top = tmp.join(CERTS_DIR);
     make_private_dir(&top)?;
     let mut symlinks = Vec::new();
@@ -175,7 +181,7 @@ pub(crate) fn copy_cert_dir(p: &CertPlan, tmp: &Path, progress: &Progress) -> Re
         .collect();
     let mut files = Vec::new();
     let mut bytes = 0;
-    for done in workers::run_tasks(tasks, 1, &p.dir, &top, progress)? {
+    for done in workers::run_tasks(tasks, 1, &p.dir, &top, algo, progress)? {
         if let Done::File {
             mut file, written, ..
         } = done

@@ -23,8 +23,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
-use openssl::sha::Sha256;
 
+use crate::base::digest::{Algo, Hasher};
 use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, DirectWriter, Hashed};
 use crate::base::interrupt;
@@ -53,6 +53,7 @@ impl CopyMode {
 pub(crate) struct Copy {
     snap: Snapshot,
     mode: CopyMode,
+    algo: Algo,
 }
 
 /// Reads the live pages of a source `data.mdb` ahead of the compacting copy.
@@ -271,7 +272,7 @@ unsafe impl Send for Piece {}
 /// The copy callback's side: hashes every byte where it lies, stages it (or lends
 /// a very large piece).
 struct Sink {
-    hash: Sha256,
+    hash: Hasher,
     to_writer: mpsc::SyncSender<Piece>,
     acks: mpsc::Receiver<bool>,
     pool: mpsc::Receiver<Stage>,
@@ -336,14 +337,15 @@ impl Sink {
     }
 }
 
-/// Begin the copy of `snap` (it runs in `drain`); the snapshot is released as soon as
-/// the copy has ended.
-pub(crate) fn start(snap: Snapshot, mode: CopyMode) -> Result<Copy> {
-    Ok(Copy { snap, mode })
+/// Begin the copy of `snap` (it runs in `drain`), hashed with `algo`; the snapshot
+/// is released as soon as the copy has ended.
+pub(crate) fn start(snap: Snapshot, mode: CopyMode, algo: Algo) -> Result<Copy> {
+    Ok(Copy { snap, mode, algo })
 }
 
 impl Copy {
-    /// Run the copy into the new file `dst`, hashing every byte; fsync it.
+    /// Run the copy into the new file `dst`, hashing every byte. Not fsynced: the
+    /// caller gives it its metadata and then fsyncs it once.
     ///
     /// Three threads: `lmdb-copy` walks the B-trees into one of LMDB's two buffers
     /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
@@ -372,7 +374,7 @@ impl Copy {
         }
         let failed = Arc::new(AtomicBool::new(false));
         let mut sink = Sink {
-            hash: Sha256::new(),
+            hash: Hasher::new(self.algo),
             to_writer,
             acks,
             pool,
@@ -394,7 +396,7 @@ impl Copy {
                     if result.is_ok() && sink.flush().is_err() {
                         result = Err(MdbError(libc::ECANCELED));
                     }
-                    (result, sink.hash.finish())
+                    (result, sink.hash.finish_hex())
                 });
             let copier = match copier {
                 Ok(c) => c,
@@ -461,11 +463,11 @@ impl Copy {
             dst.display(),
             out.direct_bytes()
         );
-        out.finish()?;
+        drop(out.finish_unsynced());
         Ok(Hashed {
             size,
             data_bytes: size,
-            sha256: fsutil::hex(&digest),
+            digest,
         })
     }
 }
@@ -546,7 +548,7 @@ mod tests {
         drop(f);
         let ours = t.path().join("ours.mdb");
         let seen = AtomicUsize::new(0);
-        let h = start(snapshot(&src), CopyMode::Compact)
+        let h = start(snapshot(&src), CopyMode::Compact, Algo::Blake3)
             .unwrap()
             .drain(&ours, &|| false, &|n| {
                 seen.fetch_add(n as usize, Ordering::Relaxed);
@@ -567,7 +569,12 @@ mod tests {
         );
         assert_eq!(h.size, want.len() as u64);
         assert_eq!(seen.load(Ordering::Relaxed), want.len());
-        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&want)));
+        assert_eq!(h.digest, blake3::hash(&want).to_hex().to_string());
+        let h = start(snapshot(&src), CopyMode::Compact, Algo::Sha256)
+            .unwrap()
+            .drain(&t.path().join("sha.mdb"), &|| false, &|_| {})
+            .unwrap();
+        assert_eq!(h.digest, fsutil::hex(&openssl::sha::sha256(&want)));
     }
 
     /// Entries of the named database `data` of the environment at `dir`.
@@ -608,7 +615,7 @@ mod tests {
         assert_eq!(data_entries(&src), before + 500);
         let out = t.path().join("copy");
         std::fs::create_dir(&out).unwrap();
-        let h = start(snap, CopyMode::Plain)
+        let h = start(snap, CopyMode::Plain, Algo::Blake3)
             .unwrap()
             .drain(&out.join("data.mdb"), &|| false, &|_| {})
             .unwrap();
@@ -617,7 +624,7 @@ mod tests {
         let end = (info.last_pgno as usize + 1) * ps;
         assert_eq!(got.len(), end, "every page up to the snapshot's last one");
         assert_eq!(h.size, end as u64);
-        assert_eq!(h.sha256, fsutil::hex(&openssl::sha::sha256(&got)));
+        assert_eq!(h.digest, blake3::hash(&got).to_hex().to_string());
         let now = std::fs::read(src.join("data.mdb")).unwrap();
         assert!(
             got[2 * ps..] == now[2 * ps..end],
@@ -687,7 +694,7 @@ mod tests {
         let src = t.path().join("env");
         make_env(&src);
         let calls = AtomicUsize::new(0);
-        let err = start(snapshot(&src), CopyMode::Compact)
+        let err = start(snapshot(&src), CopyMode::Compact, Algo::Blake3)
             .unwrap()
             .drain(
                 &t.path().join("partial.mdb"),
@@ -697,7 +704,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("stopped after"), "{err:#}");
         // Nothing waits on the copy any more: a new snapshot and copy work.
-        let h = start(snapshot(&src), CopyMode::Compact)
+        let h = start(snapshot(&src), CopyMode::Compact, Algo::Blake3)
             .unwrap()
             .drain(&t.path().join("again.mdb"), &|| false, &|_| {})
             .unwrap();

@@ -2,8 +2,10 @@
 //! The manifest: what a backup contains and how to prove it is intact.
 //!
 //! `synbackup-manifest.json` sits at the top of every backup (Synapse ignores it, so
-//! the backup stays a valid service directory). Format `synbackup-manifest/2`:
+//! the backup stays a valid service directory). Format `synbackup-manifest/3`:
 //!
+//! - `hash`: the algorithm of the file digests, `blake3` (the default) or `sha256`
+//!   (`backup --hash sha256`); each file entry holds its digest under that name;
 //! - `body_sha256`: SHA-256 of the manifest file as written with this field's value
 //!   empty (`"body_sha256": ""`), so `sed 's/"body_sha256": "[0-9a-f]*"/"body_sha256": ""/'
 //!   synbackup-manifest.json | sha256sum` recomputes it;
@@ -14,8 +16,8 @@
 //!   copy; also what a manifest without the field means) or `plain` (`--no-compact`:
 //!   every page in place, as `mdb_copy` without `-c`);
 //! - `files`: every regular file (LMDB `data.mdb` included) with `path` (relative),
-//!   `size`, `sha256` (of the full logical content: holes count as zeros, so it is
-//!   what `sha256sum` prints), `mode` (as given in the backup) and `xattrs`;
+//!   `size`, `blake3` or `sha256` (of the full logical content: holes count as
+//!   zeros, so it is what `b3sum` or `sha256sum` prints), `mode` (as given in the backup) and `xattrs`;
 //! - `symlinks`: `path` and `target`, and `followed: true` for a link whose data was
 //!   copied in its place (it pointed outside the tree, or was absolute);
 //!   `dirs`: `path`, `mode` and `xattrs`;
@@ -31,8 +33,9 @@
 //! Paths, link targets and xattr names that are not UTF-8 (or that begin with
 //! `hex:`) are written `hex:` and the lower-case hex of their bytes; `xattrs` maps
 //! each attribute name to the hex of its value (left out when there are none).
-//! `synbackup-manifest/1` (no `body_sha256`, `xattrs`, `followed`; lossy names) is
-//! still read. Writers add fields, never change the meaning of one; readers ignore
+//! `synbackup-manifest/2` (no `hash`: SHA-256 digests under `sha256`) and
+//! `synbackup-manifest/1` (also no `body_sha256`, `xattrs`, `followed`; lossy names)
+//! are still read. Writers add fields, never change the meaning of one; readers ignore
 //! unknown ones.
 
 use std::collections::BTreeMap;
@@ -43,6 +46,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::base::digest::{self, Algo};
 use crate::base::exit::{fail, Code};
 
 /// The manifest's file name at the top of a backup.
@@ -56,8 +60,10 @@ pub(crate) const VERIFIED_MARK: &str = "synbackup-verified";
 /// `data.mdb`), so a backup still starts as the service it is a backup of.
 pub(crate) const CERTS_DIR: &str = "synbackup-certs";
 /// The format identifier written.
-pub(crate) const FORMAT: &str = "synbackup-manifest/2";
-/// The previous format, still read.
+pub(crate) const FORMAT: &str = "synbackup-manifest/3";
+/// The previous format (SHA-256 only), still read.
+pub(crate) const FORMAT_V2: &str = "synbackup-manifest/2";
+/// The first format, still read.
 pub(crate) const FORMAT_V1: &str = "synbackup-manifest/1";
 /// The field holding the digest of the manifest's own body.
 const BODY_FIELD: &str = "\"body_sha256\": \"";
@@ -68,6 +74,9 @@ pub(crate) type Xattrs = BTreeMap<String, String>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Manifest {
     pub(crate) format: String,
+    /// The digest algorithm of `files` (format 3); before it always SHA-256.
+    #[serde(default = "sha256_name")]
+    pub(crate) hash: String,
     /// Empty in v1 manifests and while the digest is computed.
     #[serde(default)]
     pub(crate) body_sha256: String,
@@ -123,7 +132,12 @@ pub(crate) struct FreezeInfo {
 pub(crate) struct FileEntry {
     pub(crate) path: String,
     pub(crate) size: u64,
+    /// The digest when the manifest's `hash` is `sha256` (every v1 and v2 manifest).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) sha256: String,
+    /// The digest when the manifest's `hash` is `blake3`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) blake3: String,
     pub(crate) mode: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) xattrs: Xattrs,
@@ -153,6 +167,28 @@ pub(crate) struct EnvEntry {
     pub(crate) last_pgno: u64,
     pub(crate) source_bytes: u64,
     pub(crate) databases: BTreeMap<String, u64>,
+}
+
+fn sha256_name() -> String {
+    Algo::Sha256.name().to_string()
+}
+
+impl FileEntry {
+    /// The recorded digest of algorithm `algo` (empty when there is none).
+    pub(crate) fn digest(&self, algo: Algo) -> &str {
+        match algo {
+            Algo::Blake3 => &self.blake3,
+            Algo::Sha256 => &self.sha256,
+        }
+    }
+
+    /// Record `digest` of algorithm `algo` (the other field stays empty).
+    pub(crate) fn set_digest(&mut self, algo: Algo, digest: String) {
+        match algo {
+            Algo::Blake3 => self.blake3 = digest,
+            Algo::Sha256 => self.sha256 = digest,
+        }
+    }
 }
 
 /// The manifest's key for a database name.
@@ -242,12 +278,23 @@ impl Manifest {
                 format!("{} is not a valid manifest: {e}", path.display()),
             )
         })?;
-        if m.format != FORMAT && m.format != FORMAT_V1 {
+        if ![FORMAT, FORMAT_V2, FORMAT_V1].contains(&m.format.as_str()) {
             return Err(fail(
                 Code::Verify,
                 format!(
-                    "{}: unknown format {:?} (this synbackup reads {FORMAT} and {FORMAT_V1})",
+                    "{}: unknown format {:?} (this synbackup reads {FORMAT}, {FORMAT_V2} and {FORMAT_V1}); verify it with a newer synbackup",
                     path.display(),
+                    m.format
+                ),
+            ));
+        }
+        if Algo::from_name(&m.hash).is_none() || (m.format != FORMAT && m.hash != sha256_name()) {
+            return Err(fail(
+                Code::Verify,
+                format!(
+                    "{}: unknown hash {:?} for {} (this synbackup knows blake3 and sha256); verify it with a newer synbackup",
+                    path.display(),
+                    m.hash,
                     m.format
                 ),
             ));
@@ -262,6 +309,25 @@ impl Manifest {
             ));
         }
         Ok(m)
+    }
+
+    /// The digest algorithm of the file entries (checked by `load`).
+    pub(crate) fn algo(&self) -> Algo {
+        Algo::from_name(&self.hash).unwrap_or(Algo::Sha256)
+    }
+
+    /// A checksum list of every file, for `b3sum -c` or `sha256sum -c` run in the
+    /// backup's directory (`verify --print-sums`).
+    pub(crate) fn sums(&self) -> Vec<u8> {
+        let algo = self.algo();
+        let mut out = Vec::new();
+        for f in &self.files {
+            out.extend(digest::sums_line(
+                f.digest(algo),
+                name_of(&f.path).as_bytes(),
+            ));
+        }
+        out
     }
 
     /// The manifest file's bytes, `body_sha256` filled in.

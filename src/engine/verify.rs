@@ -2,8 +2,10 @@
 //! `synbackup verify BACKUP`: is this backup what its manifest says, and readable?
 //!
 //! Checks, each problem reported on its own line: the manifest is there, parses and
-//! matches its own `body_sha256` (format 2); every listed file exists with its size,
-//! SHA-256 and mode; every listed directory with its mode; every kept symlink with
+//! matches its own `body_sha256` (format 2 and later); every listed file exists
+//! with its size, digest (the manifest's `hash`: BLAKE3, or SHA-256 before format 3)
+//! and mode, read back from the device (`readback`: O_DIRECT, not the page cache
+//! the backup was just written through); every listed directory with its mode; every kept symlink with
 //! its target, and where a followed link was, data and no link; the xattrs of files
 //! and directories (format 2: every `user.*` and ACL one, and the others the
 //! manifest recorded); nothing unlisted was added (a stray `lock.mdb` from a Synapse
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::base::{fsutil, xattrs};
+use crate::base::{readback, xattrs};
 use crate::engine::lmdb::{Env, Mode};
 use crate::engine::manifest::{self, path_key, path_of, Manifest, Xattrs};
 
@@ -34,6 +36,11 @@ pub(crate) struct Report {
     pub(crate) databases: usize,
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
+    /// The manifest's digest algorithm.
+    pub(crate) hash: String,
+    /// Of `bytes`, read from the device with O_DIRECT (the rest through the page
+    /// cache: a filesystem without O_DIRECT).
+    pub(crate) direct_bytes: u64,
     pub(crate) problems: Vec<String>,
 }
 
@@ -198,8 +205,10 @@ pub(crate) fn verified_manifest(dir: &Path, not_what: &str) -> Result<Manifest> 
 /// other finding is a problem in the report.
 pub(crate) fn verify(dir: &Path) -> Result<Report> {
     let m = Manifest::load(dir)?;
+    let algo = m.algo();
     let mut r = Report {
         backup: dir.to_string_lossy().into_owned(),
+        hash: algo.name().to_string(),
         ..Report::default()
     };
     let mut bad_files = BTreeSet::new();
@@ -234,7 +243,10 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         }
         check_file_meta(&path, f, m.format != manifest::FORMAT_V1, &mut r.problems);
         crate::base::interrupt::check()?;
-        match fsutil::hash_file(&path) {
+        match readback::hash_from_device(&path, algo).map(|b| {
+            r.direct_bytes += b.direct_bytes;
+            b.hashed
+        }) {
             Err(e) => {
                 r.problems.push(format!("{}: {:#}", path.display(), e));
                 bad_files.insert(f.path.clone());
@@ -250,10 +262,11 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
                         f.size
                     ));
                     bad_files.insert(f.path.clone());
-                } else if h.sha256 != f.sha256 {
+                } else if h.digest != f.digest(algo) {
                     r.problems.push(format!(
-                        "{}: SHA-256 mismatch (content changed or damaged)",
-                        path.display()
+                        "{}: {} mismatch (content changed or damaged)",
+                        path.display(),
+                        algo.label()
                     ));
                     bad_files.insert(f.path.clone());
                 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, Result};
 
+use crate::base::digest::Algo;
 use crate::base::fsutil;
 use crate::base::interrupt;
 use crate::base::xattrs;
@@ -66,6 +67,7 @@ pub(crate) fn run_tasks(
     jobs: usize,
     src: &Path,
     tmp: &Path,
+    algo: Algo,
     progress: &Progress,
 ) -> Result<Vec<Done>> {
     let queue = Mutex::new(tasks);
@@ -92,7 +94,7 @@ pub(crate) fn run_tasks(
                         }
                         break;
                     }
-                    match run_task(task, src, tmp, progress, &stop) {
+                    match run_task(task, src, tmp, algo, progress, &stop) {
                         Ok(d) => {
                             if let Ok(mut r) = results.lock() {
                                 r.push(d);
@@ -138,6 +140,7 @@ fn run_task(
     task: Task,
     src: &Path,
     tmp: &Path,
+    algo: Algo,
     progress: &Progress,
     stop: &dyn Fn() -> bool,
 ) -> Result<Done> {
@@ -152,7 +155,7 @@ fn run_task(
                 Source::Held(snap) => snap,
                 Source::Open(env) => Snapshot::take(env)?,
             };
-            let copy = envcopy::start(snap, mode)?;
+            let copy = envcopy::start(snap, mode, algo)?;
             let dst = tmp.join(&job_rel).join("data.mdb");
             let hashed = copy.drain(&dst, stop, &|n| progress.add(n))?;
             let rel = job_rel.join("data.mdb");
@@ -168,7 +171,7 @@ fn run_task(
                 CopyMode::Plain => compacted,
             };
             Ok(Done::Env {
-                file: file_entry(&rel, hashed, &applied),
+                file: file_entry(&rel, algo, hashed, &applied),
                 env,
                 source_bytes: fsutil::allocated(&data_meta),
                 compacted_bytes,
@@ -184,7 +187,7 @@ fn run_task(
                 ))
             })?;
             let df = fsutil::create_new(&dp)?;
-            let hashed = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, |n| {
+            let hashed = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |n| {
                 progress.add(n);
                 if stop() {
                     interrupt::check()?;
@@ -197,7 +200,7 @@ fn run_task(
             df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
             let source_bytes = hashed.data_bytes;
             Ok(Done::File {
-                file: file_entry(&rel, hashed, &applied),
+                file: file_entry(&rel, algo, hashed, &applied),
                 source_bytes,
                 written: source_bytes,
             })
@@ -244,12 +247,20 @@ pub(crate) fn rel_str(rel: &Path) -> String {
 }
 
 /// The manifest entry of a copied file: what was written and the metadata given.
-fn file_entry(rel: &Path, hashed: fsutil::Hashed, applied: &fsutil::Applied) -> FileEntry {
-    FileEntry {
+fn file_entry(
+    rel: &Path,
+    algo: Algo,
+    hashed: fsutil::Hashed,
+    applied: &fsutil::Applied,
+) -> FileEntry {
+    let mut entry = FileEntry {
         path: rel_str(rel),
         size: hashed.size,
-        sha256: hashed.sha256,
+        sha256: String::new(),
+        blake3: String::new(),
         mode: applied.mode,
         xattrs: manifest::xattr_keys(&applied.xattrs),
-    }
+    };
+    entry.set_digest(algo, hashed.digest);
+    entry
 }

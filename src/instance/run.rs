@@ -270,6 +270,7 @@ fn backup_and_prune(
         min_free: inst.min_free,
         show_bar,
         cert_dir: crate::instance::certs::cert_dir_to_carry(inst),
+        hash: crate::base::digest::Algo::Blake3,
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;

@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::base::digest::Algo;
 use crate::base::exit::{fail, Code};
-use crate::base::{fsutil, xattrs};
+use crate::base::{fsutil, readback, xattrs};
 use crate::engine::manifest::{path_of, CertDirInfo, Manifest};
 use crate::engine::workers;
 
@@ -98,13 +99,15 @@ pub(crate) fn put_back(backup: &Path, m: &Manifest, target: &Path, stamp: &str) 
             };
             place_dir(&at, &mut placed.undo)?;
         }
+        let algo = m.algo();
         let want: BTreeMap<PathBuf, &str> = m
             .files
             .iter()
-            .filter_map(|f| Some((under(&info.path, &f.path)?, f.sha256.as_str())))
+            .filter_map(|f| Some((under(&info.path, &f.path)?, f.digest(algo))))
             .collect();
-        for (rel, sha) in &want {
-            place_file(&src.join(rel), &target.join(rel), sha, stamp, &mut placed)?;
+        for (rel, digest) in &want {
+            let (from, to) = (src.join(rel), target.join(rel));
+            place_file(&from, &to, (algo, digest), stamp, &mut placed)?;
         }
         for l in m.symlinks.iter().filter(|l| !l.followed) {
             if let Some(rel) = under(&info.path, &l.path) {
@@ -232,7 +235,13 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 /// Put the backup's file `from` at `path` (see the module's preamble).
-fn place_file(from: &Path, path: &Path, sha: &str, stamp: &str, placed: &mut Placed) -> Result<()> {
+fn place_file(
+    from: &Path,
+    path: &Path,
+    (algo, digest): (Algo, &str),
+    stamp: &str,
+    placed: &mut Placed,
+) -> Result<()> {
     let existing = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             return Err(fail(
@@ -248,7 +257,7 @@ fn place_file(from: &Path, path: &Path, sha: &str, stamp: &str, placed: &mut Pla
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
     };
     if let Some(m) = &existing {
-        if m.is_file() && fsutil::hash_file(path)?.sha256 == sha {
+        if m.is_file() && readback::hash_with(path, algo, false)?.hashed.digest == digest {
             placed.identical += 1;
             return Ok(());
         }
@@ -257,13 +266,14 @@ fn place_file(from: &Path, path: &Path, sha: &str, stamp: &str, placed: &mut Pla
     let written = (|| -> Result<()> {
         let sf = File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
         let df = fsutil::create_new(&tmp)?;
-        let h = fsutil::copy_sparse_hashed(&sf, from, &df, &tmp, |_| Ok(()))?;
-        if h.sha256 != sha {
+        let h = fsutil::copy_sparse_hashed(&sf, from, &df, &tmp, algo, |_| Ok(()))?;
+        if h.digest != digest {
             return Err(fail(
                 Code::Verify,
                 format!(
-                    "{} changed since it was verified (SHA-256 mismatch)",
-                    from.display()
+                    "{} changed since it was verified ({} mismatch)",
+                    from.display(),
+                    algo.label()
                 ),
             ));
         }

@@ -80,10 +80,11 @@ impl Drop for Staging {
 
 /// Copy the backup tree into `dst` (new), checking hashes against the manifest.
 pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Result<u64> {
+    let algo = manifest.algo();
     let want: BTreeMap<&str, &str> = manifest
         .files
         .iter()
-        .map(|f| (f.path.as_str(), f.sha256.as_str()))
+        .map(|f| (f.path.as_str(), f.digest(algo)))
         .collect();
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
     fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
@@ -95,16 +96,18 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         let dp = dst.join(rel);
         let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
         let df = fsutil::create_new(&dp)?;
-        let h =
-            fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, |_| crate::base::interrupt::check())?;
+        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
+            crate::base::interrupt::check()
+        })?;
         let key = rel.to_string_lossy();
         if let Some(expected) = want.get(key.as_ref()) {
-            if *expected != h.sha256 {
+            if *expected != h.digest {
                 return Err(fail(
                     Code::Verify,
                     format!(
-                        "{} changed since it was verified (SHA-256 mismatch)",
-                        sp.display()
+                        "{} changed since it was verified ({} mismatch)",
+                        sp.display(),
+                        algo.label()
                     ),
                 ));
             }

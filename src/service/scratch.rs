@@ -238,7 +238,9 @@ fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool, leave_out: &[&str]) -> Re
             let df = fsutil::create_new(&dp)?;
             if !try_reflink(&sf, &df) {
                 *sparse = true;
-                fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, |_| {
+                // The digest is not kept: the cheapest one.
+                let algo = crate::base::digest::Algo::Blake3;
+                fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
                     crate::base::interrupt::check()
                 })?;
             }

@@ -251,6 +251,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             // The copy becomes the live directory: the certificate directory stays
             // where the service reads it, and none is carried into the service's.
             cert_dir: None,
+            hash: crate::base::digest::Algo::Blake3,
         })?;
         fault::point("cold-verify")?;
         // The copy is a service directory now, not a backup: drop the backup's marker files.

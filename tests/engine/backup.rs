@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -115,7 +115,7 @@ fn manifest_counts_match_mdb_stat_and_hashes_match_files() {
     let o = run(&[&"backup", &src, &dst, &"--jobs", &"1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = manifest(&dst);
-    assert_eq!(m["format"], "synbackup-manifest/2");
+    assert_eq!(m["format"], "synbackup-manifest/3");
     assert_eq!(m["cell_guid"], "0123456789abcdef0123456789abcdef");
     let envs = m["environments"].as_array().unwrap();
     assert_eq!(envs.len(), 3);
@@ -141,7 +141,7 @@ fn manifest_counts_match_mdb_stat_and_hashes_match_files() {
     let files = hash_tree(&dst);
     for f in m["files"].as_array().unwrap() {
         let p = f["path"].as_str().unwrap();
-        assert_eq!(files[p], f["sha256"].as_str().unwrap(), "{p}");
+        assert_eq!(files[p], f["blake3"].as_str().unwrap(), "{p}");
     }
 }
 
@@ -163,6 +163,44 @@ fn empty_destination_directory_and_relative_paths_work() {
     assert!(t.path().join("empty/synbackup-manifest.json").exists());
 }
 
+/// `verify --print-sums DST` checked by the standard tool in DST: did it pass?
+fn standard_tool_passes(dst: &Path, tool: &str) -> bool {
+    let o = run(&[&"verify", &"--print-sums", &dst]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sums = dst.with_extension("sums");
+    fs::write(&sums, &o.stdout).unwrap();
+    let c = Command::new(tool)
+        .arg("-c")
+        .arg(&sums)
+        .current_dir(dst)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} installed: {e}"));
+    c.status.success()
+}
+
+/// Flip one byte of `victim` in the middle, check that verify (and the standard
+/// tool) find it, and flip it back.
+fn assert_flip_detected(dst: &Path, victim: &str, label: &str, tool: &str) {
+    let p = dst.join(victim);
+    let mut bytes = fs::read(&p).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    fs::write(&p, &bytes).unwrap();
+    let o = run(&[&"verify", &dst]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    // The verdict, each problem on its own line, is verify's output (stdout).
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(victim) && out.contains(&format!("{label} mismatch")),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    assert!(!standard_tool_passes(dst, tool), "{tool} missed {victim}");
+    bytes[i] ^= 0x01;
+    fs::write(&p, &bytes).unwrap();
+    assert!(run(&[&"verify", &dst]).status.success());
+}
+
 #[test]
 fn verify_catches_one_flipped_byte() {
     let t = tempfile::tempdir().unwrap();
@@ -170,25 +208,17 @@ fn verify_catches_one_flipped_byte() {
     fake_service(&src, 500);
     let dst = t.path().join("b");
     assert!(run(&[&"backup", &src, &dst]).status.success());
+    // BLAKE3 by default, checked by b3sum too.
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dst.join("synbackup-manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["format"], "synbackup-manifest/3");
+    assert_eq!(m["hash"], "blake3");
+    assert!(m["files"][0].get("sha256").is_none());
+    assert!(standard_tool_passes(&dst, "b3sum"));
     for victim in ["layers/abc/layer_v2.lmdb/data.mdb", "sslcert.pem"] {
-        let p = dst.join(victim);
-        let mut bytes = fs::read(&p).unwrap();
-        let i = bytes.len() / 2;
-        bytes[i] ^= 0x01;
-        fs::write(&p, &bytes).unwrap();
-        let o = run(&[&"verify", &dst]);
-        assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-        // The verdict, each problem on its own line, is verify's output (stdout).
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            out.contains(victim) && out.contains("SHA-256 mismatch"),
-            "{out}\n{}",
-            stderr(&o)
-        );
-        bytes[i] ^= 0x01;
-        fs::write(&p, &bytes).unwrap();
-        assert!(run(&[&"verify", &dst]).status.success());
+        assert_flip_detected(&dst, victim, "BLAKE3", "b3sum");
     }
+    assert!(standard_tool_passes(&dst, "b3sum"));
     // A file added to the backup is reported too.
     fs::write(dst.join("intruder"), "x").unwrap();
     let o = run(&[&"verify", &dst]);
@@ -356,4 +386,73 @@ fn no_compact_keeps_every_page_where_mdb_copy_puts_it() {
             .len();
         assert!(c < got.len() as u64, "{env}: free pages are copied too");
     }
+}
+
+/// Rewrite a `--hash sha256` backup's manifest as synbackup wrote format 2 (no
+/// `hash` field), its body digest recomputed as that version did.
+fn rewrite_as_format_2(dst: &Path) {
+    let mpath = dst.join("synbackup-manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    m["format"] = serde_json::json!("synbackup-manifest/2");
+    m["body_sha256"] = serde_json::json!("");
+    m.as_object_mut().unwrap().remove("hash");
+    let mut blank = serde_json::to_vec_pretty(&m).unwrap();
+    blank.push(b'\n');
+    let digest: String = openssl::sha::sha256(&blank)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let text = String::from_utf8(blank).unwrap().replacen(
+        "\"body_sha256\": \"\"",
+        &format!("\"body_sha256\": \"{digest}\""),
+        1,
+    );
+    fs::write(&mpath, text).unwrap();
+}
+
+#[test]
+fn sha256_backups_and_format_2_manifests_still_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("svc");
+    fake_service(&src, 500);
+    let dst = t.path().join("b");
+    let o = run(&[&"backup", &"--hash", &"sha256", &src, &dst]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dst.join("synbackup-manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["hash"], "sha256");
+    assert!(m["files"][0].get("blake3").is_none());
+    assert!(standard_tool_passes(&dst, "sha256sum"));
+    rewrite_as_format_2(&dst);
+    let v = run(&[&"verify", &"--json", &dst]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(r["hash"], "sha256");
+    assert!(standard_tool_passes(&dst, "sha256sum"));
+    assert_flip_detected(
+        &dst,
+        "layers/abc/layer_v2.lmdb/data.mdb",
+        "SHA-256",
+        "sha256sum",
+    );
+    // A manifest naming a hash this synbackup does not know is refused, not misread.
+    let mpath = dst.join("synbackup-manifest.json");
+    let text = fs::read_to_string(&mpath).unwrap();
+    fs::write(
+        &mpath,
+        text.replacen("synbackup-manifest/2", "synbackup-manifest/3", 1)
+            .replacen(
+                "\"body_sha256\"",
+                "\"hash\": \"md5\",\n  \"body_sha256\"",
+                1,
+            ),
+    )
+    .unwrap();
+    let v = run(&[&"verify", &dst]);
+    assert_eq!(v.status.code(), Some(6), "{}", stderr(&v));
+    assert!(
+        stderr(&v).contains("unknown hash \"md5\""),
+        "{}",
+        stderr(&v)
+    );
 }

@@ -204,7 +204,7 @@ pub fn fake_service(dir: &Path, entries: usize) {
     std::os::unix::fs::symlink("cell.guid", dir.join("guid-link")).unwrap();
 }
 
-/// SHA-256 of every regular file under `dir` except `lock.mdb` (readers register
+/// BLAKE3 of every regular file under `dir` except `lock.mdb` (readers register
 /// there, so it changes whenever anything reads an environment).
 pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
@@ -216,10 +216,9 @@ pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
                 walk(root, &r, out);
             } else if ft.is_file() && e.file_name() != "lock.mdb" {
                 let bytes = fs::read(root.join(&r)).unwrap();
-                let h = openssl::sha::sha256(&bytes);
                 out.insert(
                     r.to_string_lossy().into_owned(),
-                    h.iter().map(|b| format!("{b:02x}")).collect(),
+                    blake3::hash(&bytes).to_hex().to_string(),
                 );
             }
         }
