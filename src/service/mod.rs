@@ -2,6 +2,8 @@
 //! Operations that stop and start the service itself: the maintenance window and
 //! the restore, and the restore drill. They use instances, the engine and the host's systemd.
 
+/// `certs deploy`: a renewed HTTPS pair into the running cell, reloaded, confirmed.
+pub(crate) mod certdeploy;
 /// Restore drills: boot a backup's copy, isolated, and check it.
 pub(crate) mod drill;
 /// Checks before stopping anything; the health check after starting.

@@ -11,6 +11,8 @@ Selected by environment variables (none set: the plain server):
                              lines (time.time()) on each Cell.freeze call, successful
                              resume and failed one, so a test can tell how long the
                              service stayed frozen
+  SYNTEST_CERTS_RELOAD=noop  the https:certs reload handler answers success but
+                             loads nothing: the old certificate stays served
 
 Everything else is the real server, from the venv's synapse.
 """
@@ -61,6 +63,17 @@ def patch():
 
     s_cell.Cell.freeze = freeze
     s_cell.Cell.resume = resume
+
+    if os.environ.get('SYNTEST_CERTS_RELOAD') == 'noop':
+        real_add = s_cell.Cell.addReloadableSystem
+
+        def add_reloadable(self, name, func):
+            if name == 'https:certs':
+                def func():
+                    return True
+            return real_add(self, name, func)
+
+        s_cell.Cell.addReloadableSystem = add_reloadable
 
 
 if __name__ == '__main__':
