@@ -352,6 +352,52 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
         serde_json::from_slice(&fs::read(s.m.root.join("state/c0.deploy.json")).unwrap()).unwrap();
     assert_eq!(status["result"], "failed");
     assert_eq!(status["exit_code"], 10);
+
+    // The example certbot hook (its map edited to this instance) deploys a renewal.
+    let live = s.m.root.join("live");
+    fs::create_dir_all(&live).unwrap();
+    let renewed = sign(
+        &s.m.certdir,
+        &s.m.root.join("testca.key"),
+        "localhost",
+        -1,
+        90,
+    );
+    fs::write(live.join("fullchain.pem"), &renewed.0).unwrap();
+    write_key(&live.join("privkey.pem"), &renewed.1);
+    let hook_src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples/certbot-deploy-hook");
+    let hook = s.m.root.join("certbot-deploy-hook");
+    let text = fs::read_to_string(hook_src).unwrap();
+    assert!(text.contains("cortex.example.com  cortex00"));
+    fs::write(
+        &hook,
+        text.replace("cortex.example.com  cortex00", "live c0"),
+    )
+    .unwrap();
+    let bindir = Path::new(env!("CARGO_BIN_EXE_synbackup")).parent().unwrap();
+    let o = std::process::Command::new("sh")
+        .arg(&hook)
+        .env("RENEWED_LINEAGE", &live)
+        .env(
+            "PATH",
+            format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("SYNBACKUP_CONFIG_DIR", s.m.root.join("etc"))
+        .env("SYNBACKUP_STATE_DIR", s.m.root.join("state"))
+        .env("SYNBACKUP_LOCK_DIR", s.m.root.join("lock"))
+        .env("SYNBACKUP_METRICS_DIR", s.m.root.join("metrics"))
+        .env_remove("SYNBACKUP_CERT_DIR")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "hook: {}", stderr(&o));
+    assert_eq!(
+        served_now(s.port),
+        file_fp(&renewed.0),
+        "the hook's pair is served"
+    );
+    assert_eq!(s.cortex.pid(), pid);
 }
 
 #[test]
