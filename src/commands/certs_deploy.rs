@@ -29,16 +29,16 @@ pub(crate) struct DeployArgs {
     #[arg(required_unless_present = "dir", conflicts_with = "dir")]
     pub(crate) instance: Option<String>,
     /// Deploy into this service directory instead of an instance's (its `sock` is asked to reload).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub(crate) dir: Option<PathBuf>,
     /// The new certificate with its chain (certbot's fullchain.pem).
-    #[arg(long, value_name = "FULLCHAIN")]
+    #[arg(long, value_name = "FULLCHAIN", value_hint = clap::ValueHint::FilePath)]
     pub(crate) cert: PathBuf,
     /// The new private key (certbot's privkey.pem).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_hint = clap::ValueHint::FilePath)]
     pub(crate) key: PathBuf,
     /// A certificate directory whose cas/ the chain may verify against (default with an instance: from its unit).
-    #[arg(long, value_name = "D", env = "SYNBACKUP_CERT_DIR")]
+    #[arg(long, value_name = "D", env = "SYNBACKUP_CERT_DIR", value_hint = clap::ValueHint::DirPath)]
     pub(crate) cert_dir: Option<PathBuf>,
     /// A name clients reach the HTTPS server by (repeatable; default: SYNBACKUP_CERT_NAMES, else the names of the certificate in use).
     #[arg(long = "https-name", value_name = "NAME")]

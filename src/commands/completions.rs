@@ -2,8 +2,9 @@
 //! `synbackup completions SHELL`: the completion script clap generates. For bash,
 //! clap's function is wrapped by one that completes what clap cannot know: the
 //! instance names (`CONFIG_DIR/*.conf`) for `run`, `cold`, `status`, `list`,
-//! `prune`, `retire` and `restore --instance`, and for `restore --instance NAME` the
-//! backup names in that instance's `SYNBACKUP_BACKUP_ROOT`.
+//! `prune`, `retire`, `certs` (with `deploy`), `certs deploy` and `restore
+//! --instance`, and for `restore --instance NAME` the backup names in that
+//! instance's `SYNBACKUP_BACKUP_ROOT`.
 
 use std::process::ExitCode;
 
@@ -25,15 +26,15 @@ pub(crate) struct CompletionsArgs {
 const BASH_NAMES: &str = r#"
 _synbackup_names() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-    local confdir=${SYNBACKUP_CONFIG_DIR:-/etc/synbackup} sub="" inst="" i w
+    local confdir=${SYNBACKUP_CONFIG_DIR:-/etc/synbackup} sub="" inst="" i w pos=()
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${COMP_WORDS[i]}
         case $w in
             --config-dir) confdir=${COMP_WORDS[i+1]}; i=$((i + 1)) ;;
             --instance) inst=${COMP_WORDS[i+1]}; i=$((i + 1)) ;;
-            --state-dir|--lock-dir|--metrics-dir|--unit) i=$((i + 1)) ;;
+            --state-dir|--lock-dir|--metrics-dir|--unit|--cert|--key|--dir|--cert-dir|--https-name|--https-port) i=$((i + 1)) ;;
             -*) ;;
-            *) if [[ -z $sub ]]; then sub=$w; fi ;;
+            *) if [[ -z $sub ]]; then sub=$w; fi; pos+=("$w") ;;
         esac
     done
     local names=() f
@@ -45,6 +46,13 @@ _synbackup_names() {
         case $sub in
             run|cold|status|list|prune|retire)
                 if [[ $prev != --* ]]; then
+                    COMPREPLY=($(compgen -W "${names[*]}" -- "$cur")); return 0
+                fi ;;
+            certs)
+                if [[ $prev != --* && ${#pos[@]} -eq 1 ]]; then
+                    COMPREPLY=($(compgen -W "deploy ${names[*]}" -- "$cur")); return 0
+                fi
+                if [[ $prev != --* && ${#pos[@]} -eq 2 && ${pos[1]} == deploy ]]; then
                     COMPREPLY=($(compgen -W "${names[*]}" -- "$cur")); return 0
                 fi ;;
             restore)

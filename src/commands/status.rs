@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
 //! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
-//! window or restore failed or was skipped, or its last good backup is too old, so
-//! it serves as a monitoring check.
+//! window, restore or certificate deploy failed or was skipped, or its last good
+//! backup is too old, so it serves as a monitoring check.
 
 use std::process::ExitCode;
 
@@ -48,6 +48,9 @@ struct Health {
     /// The last certificate check (`synbackup certs`, every `run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<crate::instance::certs::CertsState>,
+    /// The last `certs deploy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<Status>,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -94,6 +97,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
     let cold = status::load(&dirs.state_dir, name, "cold");
     let restore = status::load(&dirs.state_dir, name, "restore");
+    let deploy = status::load(&dirs.state_dir, name, "deploy");
     let age = backup
         .as_ref()
         .and_then(|s| s.last_success.as_deref())
@@ -110,7 +114,11 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         )),
         _ => {}
     }
-    for (what, s) in [("maintenance window", &cold), ("restore", &restore)] {
+    for (what, s) in [
+        ("maintenance window", &cold),
+        ("restore", &restore),
+        ("certificate deploy", &deploy),
+    ] {
         if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
             problems.push(last_problem(what, s));
         }
@@ -128,6 +136,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         host,
         warnings,
         certs: crate::instance::certs::load_state(&dirs.state_dir, name),
+        deploy,
     }
 }
 
@@ -203,7 +212,11 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
             writeln!(out, "{}: certificates: {w}", h.instance)?;
         }
-        for (what, s) in [("maintenance window", &h.cold), ("restore", &h.restore)] {
+        for (what, s) in [
+            ("maintenance window", &h.cold),
+            ("restore", &h.restore),
+            ("certificate deploy", &h.deploy),
+        ] {
             if let Some(s) = s {
                 writeln!(
                     out,

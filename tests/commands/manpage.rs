@@ -32,6 +32,8 @@ fn subcommands(help: &str) -> Vec<String> {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues deeper than the names.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
 }
@@ -87,10 +89,28 @@ fn every_subcommand_and_long_option_is_in_the_man_page() {
         if cmd == "help" {
             continue;
         }
-        for opt in long_options(&help(&[cmd])) {
+        let cmd_help = help(&[cmd]);
+        for opt in long_options(&cmd_help) {
             checked += 1;
             if !page.contains(&format!("*{opt}*")) {
                 missing.push(format!("option {opt} of {cmd}"));
+            }
+        }
+        // Subcommands of a subcommand (`certs deploy`): a `## CMD SUB` section, options.
+        for sub in subcommands(&cmd_help).iter().filter(|s| *s != "help") {
+            if !page
+                .lines()
+                .any(|l| l.starts_with(&format!("## {cmd} {sub}")))
+            {
+                missing.push(format!(
+                    "subcommand {cmd} {sub} (a `## {cmd} {sub}` section)"
+                ));
+            }
+            for opt in long_options(&help(&[cmd, sub])) {
+                checked += 1;
+                if !page.contains(&format!("*{opt}*")) {
+                    missing.push(format!("option {opt} of {cmd} {sub}"));
+                }
             }
         }
     }
@@ -242,6 +262,12 @@ fn bash_completion_offers_instance_names() {
     };
     assert_eq!(complete("synbackup run c"), "cortex00\n");
     assert_eq!(complete("synbackup status "), "axon01\ncortex00\n");
+    assert_eq!(complete("synbackup certs "), "deploy\naxon01\ncortex00\n");
+    assert_eq!(complete("synbackup certs deploy c"), "cortex00\n");
+    assert_eq!(
+        complete("synbackup certs deploy --cert f.pem --key k.pem a"),
+        "axon01\n"
+    );
     assert_eq!(complete("synbackup restore --instance a"), "axon01\n");
     assert_eq!(
         complete("synbackup restore --instance cortex00 c"),

@@ -352,6 +352,20 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
         serde_json::from_slice(&fs::read(s.m.root.join("state/c0.deploy.json")).unwrap()).unwrap();
     assert_eq!(status["result"], "failed");
     assert_eq!(status["exit_code"], 10);
+    let o = bin()
+        .arg("--config-dir")
+        .arg(s.m.root.join("etc"))
+        .arg("--state-dir")
+        .arg(s.m.root.join("state"))
+        .args(["status", "c0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(9));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("last certificate deploy failed"),
+        "status: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 
     // The example certbot hook (its map edited to this instance) deploys a renewal.
     let live = s.m.root.join("live");
