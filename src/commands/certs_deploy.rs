@@ -56,10 +56,9 @@ pub(crate) struct DeployArgs {
 
 /// Deploy, log one journal line, record the instance's status.
 pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
-    let (name, req, _lock) = match (&a.instance, &a.dir) {
+    let (name, req) = match (&a.instance, &a.dir) {
         (Some(name), None) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-            let lock = lock::acquire(&dirs.lock_dir, name, "certs deploy")?;
             let cert_dir = match &a.cert_dir {
                 Some(d) => Some(d.clone()),
                 None => resolve_cert_dir(&inst)?,
@@ -79,7 +78,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
                 stop_timeout: inst.stop_timeout,
                 health_timeout: inst.health_timeout,
             };
-            (name.clone(), req, Some(lock))
+            (name.clone(), req)
         }
         (None, Some(dir)) => {
             let req = Request {
@@ -93,7 +92,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
                 stop_timeout: Duration::from_secs(300),
                 health_timeout: Duration::from_secs(300),
             };
-            (String::new(), req, None)
+            (String::new(), req)
         }
         _ => return Err(fail(Code::Usage, "name an INSTANCE or give --dir DIR")),
     };
@@ -108,16 +107,20 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
     }
     let started = Utc::now();
     let t0 = Instant::now();
-    let result = certdeploy::deploy(&req);
+    let result = if name.is_empty() {
+        certdeploy::deploy(&req)
+    } else {
+        lock::acquire(&dirs.lock_dir, &name, "certs deploy")
+            .and_then(|_held| certdeploy::deploy(&req))
+    };
     certdeploy::report(&name, &req, &result);
     if !name.is_empty() {
         record(dirs, &name, started, t0, &result);
     }
+    // The summary is the journal line above (also on stderr); --json for a machine.
     let outcome = result.map_err(|e| reported(&e))?;
     if a.json {
         print_json(&outcome)?;
-    } else {
-        println!("{}", outcome.line());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -90,7 +90,7 @@ pub(crate) fn check_candidate(
                 cert_path,
                 format!(
                     "the HTTPS server is reached as {n}, which is not among the certificate's names ({}): \
-                     request a certificate for it (or fix SYNBACKUP_CERT_NAMES)",
+                     request a certificate for it, or name the ones it is reached by with --https-name (SYNBACKUP_CERT_NAMES)",
                     x509::names(leaf).join(", ")
                 ),
             ));
