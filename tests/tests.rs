@@ -50,6 +50,8 @@ mod host {
 
 /// The command surface.
 mod commands {
+    /// The bash, zsh and fish completion scripts, run in those shells.
+    mod completions;
     /// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
     mod manpage;
 }
