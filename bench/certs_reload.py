@@ -168,23 +168,25 @@ def main():
         reloads, ends, current = [], [], 'a'
         for i in range(opts.reloads):
             current = 'b' if current == 'a' else 'a'
+            start = time.monotonic()
             put_pair(pairs, current, dirn)
             ms, end, ret = asyncio.run(reload_once(dirn))
             assert ret['https:certs'][0], ret
             reloads.append(ms)
-            ends.append((end, fps[current]))
+            ends.append((start, end, fps[current]))
             time.sleep(0.3)
         deploys = []
         if opts.synbackup:
             for i in range(opts.reloads):
                 current = 'b' if current == 'a' else 'a'
                 t0 = time.monotonic()
+                start = t0
                 subprocess.run([opts.synbackup, '-q', 'certs', 'deploy', '--dir', dirn, '--cert-dir', certdir,
                                 '--cert', os.path.join(pairs, current + '.crt'),
                                 '--key', os.path.join(pairs, current + '.key')], check=True,
                                stdout=subprocess.DEVNULL)
                 deploys.append((time.monotonic() - t0) * 1000)
-                ends.append((time.monotonic(), fps[current]))
+                ends.append((start, time.monotonic(), fps[current]))
                 time.sleep(0.3)
         time.sleep(1)
         for lp in loops:
@@ -195,11 +197,16 @@ def main():
         new_conn = [s for lp in loops[:-1] for s in lp.samples]
         kept = loops[-1].samples
         failed = [s for s in new_conn + kept if s[3]]
-        # A connection started after a reload returned (and before the next one)
-        # must get that reload's certificate.
-        stale = 0
-        for (end, fp), nxt in zip(ends, [e for e, _ in ends[1:]] + [float('inf')]):
-            stale += sum(1 for s in new_conn if end < s[0] < nxt and s[2] and s[2] != fp)
+        # A request started after a reload returned and done before the next swap
+        # began must have got that reload's certificate.
+        stale, judged = [], 0
+        for i, ((_, end, fp), nxt) in enumerate(zip(ends, [s for s, _, _ in ends[1:]] + [float('inf')])):
+            inside = [s for s in new_conn if end < s[0] and s[1] < nxt and s[2]]
+            judged += len(inside)
+            stale += [(i, round((s[0] - end) * 1000)) for s in inside if s[2] != fp]
+        if os.environ.get('BENCH_DEBUG'):
+            print('stale (reload, started ms after it):', stale)
+        stale = len(stale)
         lat = sorted((s[1] - s[0]) * 1000 for s in new_conn if not s[3])
         kept_fps = {s[2] for s in kept if s[2]}
         print(f'reload(https:certs): {len(reloads)} reloads, ms median {statistics.median(reloads):.1f}, '
@@ -209,7 +216,8 @@ def main():
                   f'ms median {statistics.median(deploys):.0f}, max {max(deploys):.0f}')
         print(f'requests: {len(new_conn)} on new connections, {len(kept)} on one kept-alive connection; '
               f'failed {len(failed)} {failed[:3]}')
-        print(f'new connections started after a reload returned that got the previous certificate: {stale}')
+        print(f'new connections started after a reload returned (and done before the next): {judged}, '
+              f'of which got the previous certificate: {stale}')
         print(f'kept-alive connection: certificates seen {len(kept_fps)} (the one it was set up with), '
               f'errors {sum(1 for s in kept if s[3])}')
         print(f'latency of new-connection requests (ms): median {statistics.median(lat):.1f}, '
