@@ -4,9 +4,7 @@
 # newcomer's first run with only the README's three lines (no backup root yet); a
 # start timeout much shorter than a slowed copy and verify; an unmounted backup
 # volume; the nightly run and the maintenance window started together (one waits,
-# both recorded); `status` after a failed window; the final status line of a unit;
-# `certs deploy` reloading the unit's Cortex (same MainPID), and restarting a Cortex
-# that cannot reload (the patched launcher without the https:certs handler).
+# both recorded); `status` after a failed window; the final status line of a unit.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -103,38 +101,4 @@ if printf '%s' "$shown" | grep -qE '%\)|rolling back'; then ns_die "a finished w
 ns_exec rm /etc/systemd/system/$cold.d/fault.conf
 ns_exec systemctl daemon-reload
 ns_exec systemctl reset-failed
-
-# 6. certs deploy: an easycert pair replaces the Cortex's self-signed default by a
-#    reload (the same MainPID, the journal event); then, on a Cortex that cannot
-#    reload, the unit is restarted instead (a new MainPID, its new HTTPS port found).
-cortex=synapse-cortex@cortex00.service
-ec() { ns_exec /opt/synapse-venv/bin/python -m synapse.tools.utils.easycert --certdir /root/certs "$@" >/dev/null; }
-ec --ca testca
-ec --server --server-sans DNS:localhost --signas testca localhost
-ec --server --server-sans DNS:localhost --signas testca renewed.local
-echo SYNBACKUP_CERT_DIR=/root/certs | ns_exec tee -a /etc/synbackup/cortex00.conf >/dev/null
-ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
-pid=$(sb_prop $cortex MainPID)
-ns_exec synbackup certs deploy cortex00 --cert /root/certs/hosts/localhost.crt --key /root/certs/hosts/localhost.key
-ns_assert_eq "$pid" "$(sb_prop $cortex MainPID)" "the Cortex's MainPID after a reload"
-ns_exec cmp /root/certs/hosts/localhost.crt /srv/cortex/cortex00/sslcert.pem
-ns_exec test -f /srv/cortex/cortex00/sslcert.pem.old
-ns_assert_eq "600" "$(ns_exec stat -c %a /srv/cortex/cortex00/sslkey.pem)" "the deployed key's mode"
-ns_journal MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 | grep -q 'reloaded in' || ns_die "no deploy event"
-ns_copy_in "$NS_REPO/tests/util/patched_cortex.py" /usr/local/lib/patched_cortex.py
-ns_exec mkdir -p /etc/systemd/system/$cortex.d
-printf '%s
-' '[Service]' 'Environment=SYNTEST_CERTS_RELOAD=absent' 'ExecStart=' \
-  'ExecStart=/opt/synapse-venv/bin/python /usr/local/lib/patched_cortex.py --telepath tcp://127.0.0.1:0 --https 0 /srv/cortex/%i' \
-  | ns_exec tee /etc/systemd/system/$cortex.d/no-reload.conf >/dev/null
-ns_exec systemctl daemon-reload
-ns_exec systemctl restart $cortex
-ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
-pid=$(sb_prop $cortex MainPID)
-ns_exec synbackup certs deploy cortex00 --cert /root/certs/hosts/renewed.local.crt --key /root/certs/hosts/renewed.local.key
-[ "$pid" != "$(sb_prop $cortex MainPID)" ] || ns_die "the Cortex that cannot reload was not restarted"
-ns_exec cmp /root/certs/hosts/renewed.local.crt /srv/cortex/cortex00/sslcert.pem
-ns_journal MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 | grep -q 'the unit restarted in' || ns_die "no restart event"
-ns_exec rm /etc/systemd/system/$cortex.d/no-reload.conf
-ns_exec systemctl daemon-reload
 ns_poweroff
