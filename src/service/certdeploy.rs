@@ -294,26 +294,26 @@ fn https_addr(req: &Request, c: &mut Client) -> Result<Option<SocketAddr>> {
             };
             Some(SocketAddr::new(ip, port))
         })),
-        None => Ok(Some(SocketAddr::new(
-            loopback.ip(),
-            configured_port(&req.service_dir)?,
-        ))),
+        None => Ok(configured_port(&req.service_dir)?.map(|p| SocketAddr::new(loopback.ip(), p))),
     }
 }
 
-/// `https:port` from `cell.yaml` / `cell.mods.yaml` (the latter wins), else 4443.
-fn configured_port(dir: &Path) -> Result<u16> {
-    let mut port = DEFAULT_HTTPS_PORT;
+/// `https:port` from `cell.yaml` / `cell.mods.yaml` (the latter wins), else 4443;
+/// `None` when it is `null` (HTTPS disabled).
+fn configured_port(dir: &Path) -> Result<Option<u16>> {
+    let mut port = Some(DEFAULT_HTTPS_PORT);
     for f in ["cell.yaml", "cell.mods.yaml"] {
         let p = dir.join(f);
         let Ok(text) = std::fs::read_to_string(&p) else {
             continue;
         };
-        if let Some(v) = read_top_scalar(&text, "https:port") {
-            port = v
-                .parse()
-                .map_err(|_| anyhow!("https:port {v:?} in {} is not a port number", p.display()))?;
-        }
+        port = match read_top_scalar(&text, "https:port").as_deref() {
+            None => port,
+            Some("null" | "~") => None,
+            Some(v) => Some(v.parse().map_err(|_| {
+                anyhow!("https:port {v:?} in {} is not a port number", p.display())
+            })?),
+        };
     }
     Ok(port)
 }
@@ -404,5 +404,24 @@ pub(crate) fn report(instance: &str, req: &Request, result: &Result<Outcome>) {
                 code_of(e).as_i32()
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_port_from_the_cell_config() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(configured_port(t.path()).unwrap(), Some(4443));
+        std::fs::write(t.path().join("cell.yaml"), "https:port: 8443\n").unwrap();
+        assert_eq!(configured_port(t.path()).unwrap(), Some(8443));
+        std::fs::write(t.path().join("cell.mods.yaml"), "https:port: '9443'\n").unwrap();
+        assert_eq!(configured_port(t.path()).unwrap(), Some(9443));
+        std::fs::write(t.path().join("cell.mods.yaml"), "https:port: null\n").unwrap();
+        assert_eq!(configured_port(t.path()).unwrap(), None);
+        std::fs::write(t.path().join("cell.mods.yaml"), "https:port: high\n").unwrap();
+        assert!(configured_port(t.path()).is_err());
     }
 }
