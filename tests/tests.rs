@@ -30,8 +30,12 @@ mod engine {
 mod instance {
     /// `certs INSTANCE`: certificate metrics and expiry events.
     mod certs;
+    /// The certificate directory carried in backups; `restore --certs`; `ssl://`.
+    mod certs_backup;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
+    /// Offsite copies through the real restic: local and REST repositories, failures.
+    mod offsite;
 }
 
 /// The service layer.

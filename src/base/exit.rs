@@ -36,6 +36,9 @@ pub(crate) enum Code {
     RolledBack = 10,
     /// A restore drill failed: the backup's copy did not boot or failed a check.
     Drill = 11,
+    /// `run`: the local backup is made and verified, but its offsite copy failed;
+    /// `offsite`: the repository could not be used or failed its check.
+    Offsite = 12,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

@@ -112,6 +112,12 @@ pub(crate) const MSG_RESTORE_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e06";
 pub(crate) const MSG_DRILL_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16";
 /// A restore drill failed.
 pub(crate) const MSG_DRILL_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e17";
+/// A backup was copied to the offsite repository.
+pub(crate) const MSG_OFFSITE_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e20";
+/// The offsite copy of a backup failed (the local backup is kept).
+pub(crate) const MSG_OFFSITE_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e21";
+/// `synbackup offsite check` found the repository damaged or could not check it.
+pub(crate) const MSG_OFFSITE_CHECK_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e22";
 /// A certificate entered the warning window or expired (`synbackup certs`).
 pub(crate) const MSG_CERT_EXPIRY: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e07";
 /// `certs deploy` put a new HTTPS pair in place and the cell serves it.

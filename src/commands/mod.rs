@@ -30,6 +30,8 @@ pub(crate) mod completions;
 pub(crate) mod drill;
 /// `synbackup list [INSTANCE]`.
 pub(crate) mod list;
+/// `synbackup offsite init|list|check|unlock INSTANCE`.
+pub(crate) mod offsite;
 /// `synbackup prune INSTANCE`.
 pub(crate) mod prune;
 /// `synbackup restore BACKUP [DIR]`.
@@ -80,6 +82,8 @@ pub(crate) enum Command {
     Drill(drill::DrillArgs),
     /// List an instance's backups with age, size and state.
     List(list::ListArgs),
+    /// The instance's offsite restic repository: init, list, check, unlock.
+    Offsite(offsite::OffsiteArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
     Prune(prune::PruneArgs),
     /// Last run results; exits non-zero when failed or stale (a monitoring check).
@@ -107,6 +111,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cold(a) => cold::exec(dirs, &a, show_bar),
         Command::Drill(a) => drill::exec(dirs, &a),
         Command::List(a) => list::exec(dirs, &a),
+        Command::Offsite(a) => offsite::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),

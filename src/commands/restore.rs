@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE]`: put a
-//! backup in place of a service directory (`service::restore`).
+//! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--certs
+//! [--cert-dir D]]`: put a backup in place of a service directory, and its
+//! certificate directory back (`service::restore`); with `--offsite SNAPSHOT` the
+//! backup comes from the instance's restic repository.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +19,8 @@ use crate::service::restore::{self, Request};
 pub(crate) struct RestoreArgs {
     /// The backup to restore: a path, or with --instance a backup's name in the
     /// instance's SYNBACKUP_BACKUP_ROOT (as `synbackup list` prints it).
-    pub(crate) backup: PathBuf,
+    #[arg(required_unless_present = "offsite")]
+    pub(crate) backup: Option<PathBuf>,
     /// The service directory to restore into (moved aside first if it exists).
     /// Default with --instance: the instance's SYNBACKUP_SERVICE_DIR.
     pub(crate) dir: Option<PathBuf>,
@@ -31,6 +34,23 @@ pub(crate) struct RestoreArgs {
     /// the directory's): that replaces the service with a different one.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Also put back the certificate directory the backup carries (a file there
+    /// that differs is kept as NAME.synbackup-old-TIMESTAMP and named).
+    #[arg(long)]
+    pub(crate) certs: bool,
+    /// Where --certs puts it (default: the instance's or the unit's certificate
+    /// directory, else where the backup found it).
+    #[arg(long, value_name = "D", requires = "certs")]
+    pub(crate) cert_dir: Option<PathBuf>,
+    /// Restore this snapshot of the instance's offsite repository (an ID as
+    /// `synbackup offsite list` prints it, or `latest`) instead of a local backup.
+    #[arg(
+        long,
+        value_name = "SNAPSHOT",
+        requires = "instance",
+        conflicts_with = "backup"
+    )]
+    pub(crate) offsite: Option<String>,
 }
 
 /// Restore as asked. By path (no `--instance`), the locks of the configured
@@ -44,11 +64,14 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
     restore::restore(
         dirs,
         &Request {
-            backup: a.backup.clone(),
+            backup: a.backup.clone().unwrap_or_default(),
             dir: a.dir.clone(),
             unit: a.unit.clone(),
             instance: a.instance.clone(),
             force: a.force,
+            certs: a.certs,
+            cert_dir: a.cert_dir.clone(),
+            offsite: a.offsite.clone(),
         },
     )?;
     Ok(ExitCode::SUCCESS)
@@ -58,7 +81,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
 /// service directory is DIR.
 fn lock_owners(dirs: &Dirs, a: &RestoreArgs) -> Result<Vec<lock::InstanceLock>> {
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let backup = resolve(&a.backup);
+    let backup = resolve(a.backup.as_deref().unwrap_or(Path::new("")));
     let dir = a.dir.as_deref().map(resolve);
     let mut locks = Vec::new();
     for name in config::instance_names(&dirs.config_dir)? {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
 //! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
-//! window, restore or certificate deploy failed or was skipped, or its last good
+//! window, restore, offsite copy or certificate deploy failed or was skipped, or its last good
 //! backup is too old, so it serves as a monitoring check.
 
 use std::process::ExitCode;
@@ -40,6 +40,9 @@ struct Health {
     backup: Option<Status>,
     cold: Option<Status>,
     restore: Option<Status>,
+    /// The last offsite copy (with SYNBACKUP_OFFSITE_REPOSITORY).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsite: Option<Status>,
     /// The service directory's file system and disk, data size, RAM, and the bytes
     /// a window would reclaim (from the last run).
     host: Option<serde_json::Value>,
@@ -98,6 +101,8 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let cold = status::load(&dirs.state_dir, name, "cold");
     let restore = status::load(&dirs.state_dir, name, "restore");
     let deploy = status::load(&dirs.state_dir, name, "deploy");
+    let offsite_configured = inst.as_ref().is_ok_and(|i| i.offsite.is_some());
+    let offsite = status::load(&dirs.state_dir, name, "offsite").filter(|_| offsite_configured);
     let age = backup
         .as_ref()
         .and_then(|s| s.last_success.as_deref())
@@ -118,10 +123,14 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         ("maintenance window", &cold),
         ("restore", &restore),
         ("certificate deploy", &deploy),
+        ("offsite copy", &offsite),
     ] {
         if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
             problems.push(last_problem(what, s));
         }
+    }
+    if let Some(p) = offsite_problem(offsite_configured, &backup, &offsite, max_age, now) {
+        problems.push(p);
     }
     Health {
         instance: name.to_string(),
@@ -133,11 +142,42 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         backup,
         cold,
         restore,
+        offsite,
         host,
         warnings,
         certs: crate::instance::certs::load_state(&dirs.state_dir, name),
         deploy,
     }
+}
+
+/// An offsite copy that is missing or too old (a failed one is reported as failed).
+fn offsite_problem(
+    configured: bool,
+    backup: &Option<Status>,
+    offsite: &Option<Status>,
+    max_age: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if !configured {
+        return None;
+    }
+    let Some(o) = offsite else {
+        return backup.as_ref().filter(|b| b.result == "success").map(|_| {
+            "no offsite copy recorded yet (SYNBACKUP_OFFSITE_REPOSITORY is set)".to_string()
+        });
+    };
+    let age = o
+        .last_success
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| (now - t.with_timezone(&Utc)).num_seconds().max(0) as u64)?;
+    (o.result == "success" && age > max_age.as_secs()).then(|| {
+        format!(
+            "last good offsite copy is {} old (more than {})",
+            format_duration(std::time::Duration::from_secs(age)),
+            format_duration(max_age)
+        )
+    })
 }
 
 /// "last run failed: ..." / "last maintenance window was skipped: ...".
@@ -216,6 +256,7 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
             ("maintenance window", &h.cold),
             ("restore", &h.restore),
             ("certificate deploy", &h.deploy),
+            ("offsite copy", &h.offsite),
         ] {
             if let Some(s) = s {
                 writeln!(

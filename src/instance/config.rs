@@ -92,6 +92,31 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "a Storm query a drill runs, which must succeed",
     ),
     ("SYNBACKUP_DRILL_TIMEOUT", "a duration (default 10m)"),
+    (
+        "SYNBACKUP_OFFSITE_REPOSITORY",
+        "a restic repository (a path, sftp:, rest:, s3:, b2:, rclone:, ...): each verified backup is copied there",
+    ),
+    (
+        "SYNBACKUP_OFFSITE_PASSWORD_FILE",
+        "the file holding the restic repository's password (required with a repository, absolute path)",
+    ),
+    (
+        "SYNBACKUP_OFFSITE_ENV_FILE",
+        "a KEY=value file of backend credentials for restic, e.g. AWS_ACCESS_KEY_ID (absolute path; never logged)",
+    ),
+    ("SYNBACKUP_OFFSITE_KEEP_LAST", "a number (default: SYNBACKUP_KEEP_LAST)"),
+    ("SYNBACKUP_OFFSITE_KEEP_DAILY", "a number (default: SYNBACKUP_KEEP_DAILY)"),
+    ("SYNBACKUP_OFFSITE_KEEP_WEEKLY", "a number (default: SYNBACKUP_KEEP_WEEKLY)"),
+    ("SYNBACKUP_OFFSITE_KEEP_MONTHLY", "a number (default: SYNBACKUP_KEEP_MONTHLY)"),
+    (
+        "SYNBACKUP_OFFSITE_CHECK",
+        "the share of pack data `offsite check` reads, as restic's --read-data-subset takes it: 5%, 1/10, 2G (default 5%)",
+    ),
+    (
+        "SYNBACKUP_OFFSITE_PRUNE",
+        "a duration: `run` prunes the repository (forget --prune) when the last prune is older (default 7d; 0: every run)",
+    ),
+    ("SYNBACKUP_RESTIC", "the restic binary (default restic, from PATH)"),
 ];
 
 /// `SYNBACKUP_MAX_AGE` when unset.
@@ -122,6 +147,20 @@ pub(crate) struct Instance {
     pub(crate) drill_module: Option<String>,
     pub(crate) drill_check: Option<String>,
     pub(crate) drill_timeout: Duration,
+    /// The offsite copy (restic), when SYNBACKUP_OFFSITE_REPOSITORY is set.
+    pub(crate) offsite: Option<Offsite>,
+}
+
+/// Where and how `run` copies its backups offsite (through restic).
+#[derive(Debug, Clone)]
+pub(crate) struct Offsite {
+    pub(crate) repository: String,
+    pub(crate) password_file: PathBuf,
+    pub(crate) env_file: Option<PathBuf>,
+    pub(crate) keep: Keep,
+    pub(crate) check_subset: String,
+    pub(crate) prune_every: Duration,
+    pub(crate) restic: PathBuf,
 }
 
 /// Retention counts.
@@ -416,6 +455,63 @@ fn load_with(
             format!("{origin}: every SYNBACKUP_KEEP_* is 0, a policy that keeps nothing: set SYNBACKUP_KEEP_LAST to 1 or more"),
         ));
     }
+    let offsite = match values.get("SYNBACKUP_OFFSITE_REPOSITORY") {
+        None => None,
+        Some(v) if v.text.is_empty() => None,
+        Some(v) => {
+            let password_file = match values.get("SYNBACKUP_OFFSITE_PASSWORD_FILE") {
+                None => {
+                    return Err(fail(
+                        Code::Usage,
+                        format!("{}: SYNBACKUP_OFFSITE_REPOSITORY is set but SYNBACKUP_OFFSITE_PASSWORD_FILE is missing: set it to the file holding the repository's password", v.origin),
+                    ))
+                }
+                Some(_) => required_path("SYNBACKUP_OFFSITE_PASSWORD_FILE")?,
+            };
+            let env_file = match values.get("SYNBACKUP_OFFSITE_ENV_FILE") {
+                None => None,
+                Some(e) if e.text.is_empty() => None,
+                Some(_) => Some(required_path("SYNBACKUP_OFFSITE_ENV_FILE")?),
+            };
+            let check_subset = match values.get("SYNBACKUP_OFFSITE_CHECK") {
+                None => "5%".to_string(),
+                Some(c) if valid_subset(&c.text) => c.text.clone(),
+                Some(c) => {
+                    return Err(bad(
+                        "SYNBACKUP_OFFSITE_CHECK",
+                        c,
+                        "a share such as 5%, 1/10 or 2G (restic's --read-data-subset)",
+                    ))
+                }
+            };
+            Some(Offsite {
+                repository: v.text.clone(),
+                password_file,
+                env_file,
+                keep: Keep {
+                    last: number("SYNBACKUP_OFFSITE_KEEP_LAST", keep.last, 0..=100_000)?,
+                    daily: number("SYNBACKUP_OFFSITE_KEEP_DAILY", keep.daily, 0..=100_000)?,
+                    weekly: number("SYNBACKUP_OFFSITE_KEEP_WEEKLY", keep.weekly, 0..=100_000)?,
+                    monthly: number("SYNBACKUP_OFFSITE_KEEP_MONTHLY", keep.monthly, 0..=100_000)?,
+                },
+                check_subset,
+                prune_every: duration("SYNBACKUP_OFFSITE_PRUNE", Duration::from_secs(7 * 86400))?,
+                restic: values
+                    .get("SYNBACKUP_RESTIC")
+                    .filter(|r| !r.text.is_empty())
+                    .map(|r| PathBuf::from(&r.text))
+                    .unwrap_or_else(|| PathBuf::from("restic")),
+            })
+        }
+    };
+    if let Some(o) = &offsite {
+        if o.keep.last == 0 {
+            return Err(fail(
+                Code::Usage,
+                format!("{}: SYNBACKUP_OFFSITE_KEEP_LAST is 0: the newest snapshot must always be kept; set it to 1 or more", path.display()),
+            ));
+        }
+    }
     Ok(Instance {
         name: name.to_string(),
         service_dir,
@@ -454,7 +550,20 @@ fn load_with(
             .filter(|v| !v.text.is_empty())
             .map(|v| v.text.clone()),
         drill_timeout: duration("SYNBACKUP_DRILL_TIMEOUT", Duration::from_secs(600))?,
+        offsite,
     })
+}
+
+/// A `--read-data-subset` value restic takes: `N%`, `n/t` or a size (`2G`).
+fn valid_subset(s: &str) -> bool {
+    if let Some(p) = s.strip_suffix('%') {
+        return p.parse::<f64>().is_ok_and(|v| v > 0.0 && v <= 100.0);
+    }
+    if let Some((n, t)) = s.split_once('/') {
+        return matches!((n.parse::<u32>(), t.parse::<u32>()), (Ok(n), Ok(t)) if n >= 1 && n <= t);
+    }
+    let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
+    !digits.is_empty() && digits.len() + 1 >= s.len() && digits.parse::<u64>().is_ok_and(|v| v > 0)
 }
 
 /// True when `CONFIG_DIR/NAME.conf` exists (the instance is configured).
@@ -535,6 +644,45 @@ mod tests {
         assert_eq!(i.freeze, FreezeMode::Never);
         assert_eq!(i.min_free, 10 << 30);
         assert_eq!(i.max_age, Duration::from_secs(2 * 86400));
+    }
+
+    #[test]
+    fn offsite_keys_default_to_the_local_policy_and_need_a_password_file() {
+        let base = "SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_KEEP_DAILY=9\n";
+        assert!(load_text(base).unwrap().offsite.is_none());
+        let i = load_text(&format!(
+            "{base}SYNBACKUP_OFFSITE_REPOSITORY=sftp:u@h:/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=/etc/pw\nSYNBACKUP_OFFSITE_KEEP_LAST=1\n"
+        ))
+        .unwrap();
+        let o = i.offsite.unwrap();
+        assert_eq!(o.repository, "sftp:u@h:/r");
+        assert_eq!(o.keep.last, 1);
+        assert_eq!(o.keep.daily, 9, "the local policy's count");
+        assert_eq!(o.check_subset, "5%");
+        assert_eq!(o.prune_every, Duration::from_secs(7 * 86400));
+        assert_eq!(o.restic, PathBuf::from("restic"));
+        let e = err(&format!("{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\n"));
+        assert!(
+            e.contains("SYNBACKUP_OFFSITE_PASSWORD_FILE is missing"),
+            "{e}"
+        );
+        let with = |extra: &str| {
+            format!("{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=/pw\n{extra}")
+        };
+        for ok in ["10%", "2.5%", "1/10", "2G", "500m"] {
+            assert!(
+                load_text(&with(&format!("SYNBACKUP_OFFSITE_CHECK={ok}\n"))).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["0%", "120%", "11/10", "lots", "G"] {
+            let e = err(&with(&format!("SYNBACKUP_OFFSITE_CHECK={bad}\n")));
+            assert!(e.contains("SYNBACKUP_OFFSITE_CHECK"), "{bad}: {e}");
+        }
+        let e = err(&with("SYNBACKUP_OFFSITE_KEEP_LAST=0\n"));
+        assert!(e.contains("newest snapshot must always be kept"), "{e}");
+        let e = err(&with("SYNBACKUP_OFFSITE_PASSWORD_FILE=relative\n"));
+        assert!(e.contains("expected an absolute path"), "{e}");
     }
 
     #[test]

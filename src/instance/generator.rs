@@ -27,6 +27,10 @@
 //! root: with the backup volume unmounted the unit fails on its dependency instead
 //! of writing backups into the mount point on the root file system.
 //!
+//! With an offsite repository the backup unit also gets the network back
+//! (`PrivateNetwork=no`, the IP address families), `CacheDirectory=synbackup` for
+//! restic's cache, and a repository on a local path writable.
+//!
 //! A generator must never fail the boot: bad files are skipped (the unit reports
 //! the configuration error itself when it runs).
 
@@ -77,6 +81,22 @@ pub(crate) fn render_backup_dropin(service_dir: &Path, backup_root: &Path) -> St
     s
 }
 
+/// What the backup unit needs for offsite copies: the network (restic reaches its
+/// backend: sftp, REST, S3, ...), a cache directory for restic (`CacheDirectory=`
+/// sets `$CACHE_DIRECTORY`), and a repository on a local path writable.
+pub(crate) fn render_offsite_lines(o: &config::Offsite) -> String {
+    let mut s = String::from(
+        "# Offsite copies (SYNBACKUP_OFFSITE_REPOSITORY): restic reaches its backend.\n\
+         PrivateNetwork=no\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n\
+         CacheDirectory=synbackup\n",
+    );
+    let local = o.repository.strip_prefix("local:").unwrap_or(&o.repository);
+    if local.starts_with('/') {
+        let _ = writeln!(s, "ReadWritePaths=-{}", quote(Path::new(local)));
+    }
+    s
+}
+
 /// The directory a window swaps: `dir` with symlinks resolved (as given when it
 /// does not exist yet).
 fn canonical(dir: &Path) -> PathBuf {
@@ -123,11 +143,11 @@ pub(crate) fn generate(config_dir: &Path, args: &[PathBuf]) -> Result<()> {
             }
         };
         let service_dir = canonical(&inst.service_dir);
-        write(
-            out,
-            &format!("synbackup@{name}.service"),
-            &render_backup_dropin(&service_dir, &inst.backup_root),
-        )?;
+        let mut backup = render_backup_dropin(&service_dir, &inst.backup_root);
+        if let Some(o) = &inst.offsite {
+            backup.push_str(&render_offsite_lines(o));
+        }
+        write(out, &format!("synbackup@{name}.service"), &backup)?;
         write(
             out,
             &format!("synbackup-cold@{name}.service"),
@@ -188,6 +208,32 @@ mod tests {
                 .unwrap();
         assert!(d.contains("ReadWritePaths=-/backups\n"), "{d}");
         assert!(!out.join("synbackup@bad.service.d").exists());
+        assert!(!b.contains("PrivateNetwork"), "{b}");
+    }
+
+    #[test]
+    fn an_offsite_instance_gets_the_network_a_cache_and_its_local_repository() {
+        let t = tempfile::tempdir().unwrap();
+        let etc = t.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(
+            etc.join("c0.conf"),
+            "SYNBACKUP_SERVICE_DIR=/data/c0\nSYNBACKUP_BACKUP_ROOT=/backups\n\
+             SYNBACKUP_OFFSITE_REPOSITORY=/mnt/usb/restic\nSYNBACKUP_OFFSITE_PASSWORD_FILE=/etc/synbackup/c0.restic\n",
+        )
+        .unwrap();
+        let out = t.path().join("gen");
+        generate(&etc, std::slice::from_ref(&out)).unwrap();
+        let b =
+            fs::read_to_string(out.join("synbackup@c0.service.d/50-synbackup-paths.conf")).unwrap();
+        for want in [
+            "PrivateNetwork=no\n",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
+            "CacheDirectory=synbackup\n",
+            "ReadWritePaths=-/mnt/usb/restic\n",
+        ] {
+            assert!(b.contains(want), "{want:?} missing in\n{b}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(crate) mod generator;
 pub(crate) mod kept;
 /// The per-instance lock.
 pub(crate) mod lock;
+/// Offsite copies through restic: upload, forget, status.
+pub(crate) mod offsite;
 /// Retention applied to a backup root.
 pub(crate) mod prune;
 /// Which backups retention keeps.

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! An instance's run (what `synbackup@.service` runs): take the instance lock, back
-//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published), prune
+//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published, the
+//! service's certificate directory carried in it), prune
 //! by retention, expire directories kept by maintenance windows, and record status
-//! and metrics, on failure too.
+//! and metrics, on failure too. With an offsite repository, the published backup
+//! is then copied there (`instance::offsite`), under the same lock.
 
 use std::fs;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -16,7 +19,7 @@ use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Status};
-use crate::instance::{kept, lock, prune};
+use crate::instance::{kept, lock, offsite, prune};
 
 /// A time as status files and listings write it.
 pub(crate) fn now_str(t: DateTime<Utc>) -> String {
@@ -123,6 +126,9 @@ pub(crate) fn run(
                 ],
                 &format!("{}: {}", inst.name, summary.line()),
             );
+            if inst.offsite.is_some() {
+                return copy_offsite(dirs, &inst, Path::new(&summary.backup), started);
+            }
             Ok(())
         }
         Err(e) => {
@@ -132,11 +138,40 @@ pub(crate) fn run(
     }
 }
 
-/// What a successful run learnt: the host facts and what a window would reclaim
-/// (the free pages the compacting copy left out).
+/// The offsite copy of the backup just published (at `backup`, made at `time`),
+/// recorded as the instance's `offsite` status; a failure leaves the local backup
+/// and its success alone and exits 12.
+fn copy_offsite(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<Utc>) -> Result<()> {
+    let started = Utc::now();
+    let t0 = Instant::now();
+    let result = offsite::upload(dirs, inst, backup, time);
+    let name = backup
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    offsite::record(dirs, inst, &name, started, t0, &result);
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = if code_of(&e) == Code::Other || code_of(&e) == Code::Usage {
+                fail(Code::Offsite, format!("{e:#}"))
+            } else {
+                e
+            };
+            Err(crate::base::exit::reported(&e))
+        }
+    }
+}
+
+/// What a successful run learnt: the host facts, what a window would reclaim
+/// (the free pages the compacting copy left out), the certificate directory carried.
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
     facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    if let Some(d) = &summary.cert_dir {
+        facts["cert_dir"] = serde_json::json!(d);
+        facts["cert_files"] = serde_json::json!(summary.cert_files);
+    }
     facts
 }
 
@@ -233,6 +268,7 @@ fn backup_and_prune(
         verify: true,
         min_free: inst.min_free,
         show_bar,
+        cert_dir: crate::instance::certs::cert_dir_to_carry(inst),
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;

@@ -142,6 +142,7 @@ pub(crate) fn final_line(s: &Status) -> String {
     let what = match s.kind.as_str() {
         "backup" => "backup",
         "cold" => "maintenance window",
+        "offsite" => "offsite copy",
         other => other,
     };
     match s.result.as_str() {
@@ -165,7 +166,7 @@ pub(crate) fn final_line(s: &Status) -> String {
 
 /// The kinds of record an instance can have.
 /// (`certs`: `instance::certs` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
-const KINDS: &[&str] = &["backup", "cold", "restore", "certs", "deploy"];
+const KINDS: &[&str] = &["backup", "cold", "restore", "certs", "offsite", "deploy"];
 
 /// Remove every status and metrics file of `instance` (each of [`KINDS`]);
 /// returns the paths removed.
@@ -293,6 +294,19 @@ pub(crate) fn render_metrics(s: &Status) -> String {
             "boot_seconds",
             "How long the last drilled backup took to boot and answer.",
             boot,
+        );
+    }
+    if s.kind == "offsite" {
+        let d = s.details.clone().unwrap_or_default();
+        gauge(
+            "snapshot_bytes",
+            "Bytes of the backup in the last offsite snapshot.",
+            d["snapshot_bytes"].as_u64().unwrap_or(0) as f64,
+        );
+        gauge(
+            "added_bytes",
+            "Bytes the last offsite upload added to the repository after deduplication (0 when it failed).",
+            d["added_bytes"].as_u64().unwrap_or(0) as f64,
         );
     }
     if let Some(ms) = s.freeze_ms {

@@ -4,6 +4,8 @@
 
 /// `certs deploy`: a renewed HTTPS pair into the running cell, reloaded, confirmed.
 pub(crate) mod certdeploy;
+/// `restore --certs`: the backup's certificate directory put back in place.
+pub(crate) mod certrestore;
 /// Restore drills: boot a backup's copy, isolated, and check it.
 pub(crate) mod drill;
 /// Checks before stopping anything; the health check after starting.

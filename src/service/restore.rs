@@ -15,8 +15,18 @@
 //! service started again (exit 10). Every result is recorded: the journal (with
 //! its MESSAGE_ID) always, the instance's `restore` status with `--instance`.
 //!
+//! From offsite (`--offsite SNAPSHOT`): restic restores the snapshot into a
+//! staging directory beside DIR first; that copy is verified like any backup and
+//! then moved (not copied again) into the staging place of the steps above.
+//!
 //! DIR given through a symlink is resolved first: the swap happens beside the
 //! real directory, not on the symlink's file system.
+//!
+//! `--certs` also puts the backup's copy of the certificate directory back
+//! (`certrestore`), after the swap and before the start (the service reads it when
+//! it starts its `ssl://` listeners): into `--cert-dir`, else the instance's (or
+//! the unit's) certificate directory, else where the backup found it. A rollback
+//! takes it back too.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -33,19 +43,22 @@ use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
 use crate::base::logging;
 use crate::base::xattrs;
-use crate::engine::manifest::Manifest;
+use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
 use crate::engine::verify;
 use crate::engine::workers;
 use crate::host::holders;
 use crate::host::systemd;
+use crate::instance::certs;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
+use crate::instance::offsite;
 use crate::instance::run::record_failure;
 use crate::instance::status::{self, Status};
+use crate::service::certrestore::{self, Placed};
 use crate::service::preflight;
 
 /// A staging copy that is removed unless it was swapped in.
@@ -168,6 +181,12 @@ pub(crate) struct Request {
     pub(crate) instance: Option<String>,
     /// Restore a backup of another cell (`cell.guid` differs from DIR's).
     pub(crate) force: bool,
+    /// Also restore the certificate directory the backup carries.
+    pub(crate) certs: bool,
+    /// Where to (default: the instance's or unit's, else where it was backed up from).
+    pub(crate) cert_dir: Option<PathBuf>,
+    /// Restore this snapshot (or `latest`) of the instance's offsite repository.
+    pub(crate) offsite: Option<String>,
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -177,6 +196,12 @@ struct Target {
     unit: Option<String>,
     stop_timeout: Duration,
     health_timeout: Duration,
+    /// `--certs`: where the certificate directory goes (None: where the backup
+    /// found it).
+    certs: Option<Option<PathBuf>>,
+    /// The backup is a copy made for this restore (fetched from offsite): it is
+    /// moved into place instead of copied.
+    disposable: bool,
 }
 
 /// What a restore reports (the status's details).
@@ -187,6 +212,8 @@ struct Outcome {
     kept_previous: Option<String>,
     rolled_back: bool,
     service_was_running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certs: Option<Placed>,
 }
 
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
@@ -195,9 +222,29 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     let started = Utc::now();
     let t0 = Instant::now();
     // Errors here (no such instance, the lock held) leave the last status alone.
-    let (target, _lock) = resolve(dirs, args)?;
+    let (mut target, _lock) = resolve(dirs, args)?;
     let mut outcome = Outcome::default();
-    let result = restore_into(&target, args.force, &mut outcome);
+    // The fetched offsite copy (removed at the end unless it was moved into place).
+    let mut _fetched: Option<Staging> = None;
+    let result = (|| {
+        if let Some(id) = &args.offsite {
+            _fetched = Some(fetch_offsite(dirs, args, id, &mut target)?);
+        }
+        let text = restore_into(&target, args.force, &mut outcome)?;
+        Ok(match &args.offsite {
+            Some(id) => {
+                outcome.backup = format!("offsite:{id}");
+                format!("{text} (offsite snapshot {id})")
+            }
+            None => text,
+        })
+    })();
+    // Moved into place: only its empty staging directory is left to remove.
+    if let Some(f) = _fetched.as_mut().filter(|_| result.is_ok()) {
+        if fs::remove_dir(&f.path).is_ok() {
+            f.armed = false;
+        }
+    }
     let instance = args.instance.as_deref().unwrap_or("");
     let details = serde_json::to_value(&outcome).ok();
     match result {
@@ -271,19 +318,63 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     }
 }
 
+/// `restic restore` the instance's offsite snapshot `id` into a staging directory
+/// beside the service directory; the target's backup becomes the copy in it. The
+/// staging directory is removed when the returned guard drops.
+fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> Result<Staging> {
+    let name = args.instance.as_deref().ok_or_else(|| {
+        fail(
+            Code::Usage,
+            "restore --offsite needs --instance (its repository is in the instance's config)",
+        )
+    })?;
+    let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
+    let repo = offsite::Opened::open(&inst)?;
+    let parent = target.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    fs::create_dir_all(&parent).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("cannot create {}: {e}", parent.display()),
+        )
+    })?;
+    let dir_name = target
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = Staging {
+        path: parent.join(format!(
+            ".{dir_name}.synbackup-offsite.{}",
+            std::process::id()
+        )),
+        armed: true,
+    };
+    fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
+    fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
+    target.backup = repo.fetch(id, &staging.path)?;
+    target.disposable = true;
+    Ok(staging)
+}
+
 /// The backup, directory, unit and timeouts, from the request and the instance's
 /// configuration (whose lock is held from here on).
 fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::InstanceLock>)> {
-    let (dir, unit, timeouts, root, lock) = match &args.instance {
+    let (dir, unit, timeouts, root, lock, cert_dir) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
             let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
+            let cert_dir = match &args.cert_dir {
+                Some(d) => Some(d.clone()),
+                None if args.certs => certs::resolve_cert_dir(&inst)?,
+                None => None,
+            };
             (
                 args.dir.clone().unwrap_or(inst.service_dir.clone()),
                 inst.service_unit.clone(),
                 (inst.stop_timeout, inst.health_timeout),
                 Some(inst.backup_root.clone()),
                 Some(lock),
+                cert_dir,
             )
         }
         None => {
@@ -294,9 +385,17 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
                 )
             })?;
             let t = Duration::from_secs(300);
-            (dir, args.unit.clone(), (t, t), None, None)
+            let cert_dir = match (&args.cert_dir, &args.unit) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(u)) if args.certs => Some(certs::unit_cert_dir(u)?),
+                _ => None,
+            };
+            (dir, args.unit.clone(), (t, t), None, None, cert_dir)
         }
     };
+    let cert_dir = cert_dir
+        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.display())))
+        .transpose()?;
     let dir =
         std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
     // Through a symlink: swap beside the real directory.
@@ -308,6 +407,8 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             unit,
             stop_timeout: timeouts.0,
             health_timeout: timeouts.1,
+            certs: args.certs.then_some(cert_dir),
+            disposable: false,
         },
         lock,
     ))
@@ -421,6 +522,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         ));
     }
     let manifest = Manifest::load(&backup)?;
+    let cert_target = match &t.certs {
+        Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
+        None => None,
+    };
 
     // 3. Space, then the staging copy while the service still runs.
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -432,7 +537,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     })?;
     let need: u64 = manifest.files.iter().map(|f| f.size).sum();
     let free = fsutil::free_space(&parent)?;
-    if need > free {
+    if need > free && !t.disposable {
         return Err(fail(
             Code::NoSpace,
             format!(
@@ -454,8 +559,43 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         )),
         armed: true,
     };
-    log::info!("copying {} to {}", backup.display(), staging.path.display());
-    outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+    // Where `--certs` reads the carried certificate directory from: the backup,
+    // or for a disposable one, a sibling it is moved out to (removed at the end).
+    let mut cert_source = backup.clone();
+    let mut _cert_staging = None;
+    if t.disposable {
+        // Verified just now and made for this restore: moved, not copied again.
+        fs::rename(&backup, &staging.path).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                backup.display(),
+                staging.path.display()
+            )
+        })?;
+        outcome.bytes = need;
+        let carried = staging.path.join(crate::engine::manifest::CERTS_DIR);
+        if carried.exists() {
+            // Not part of the service directory (a normal restore's copy skips it).
+            let aside = Staging {
+                path: parent.join(format!(
+                    ".{name}.synbackup-offsite-certs.{}",
+                    std::process::id()
+                )),
+                armed: true,
+            };
+            fs::create_dir(&aside.path).map_err(|e| fsutil::write_error(&aside.path, e))?;
+            fs::set_permissions(&aside.path, fs::Permissions::from_mode(0o700))?;
+            let to = aside.path.join(crate::engine::manifest::CERTS_DIR);
+            fs::rename(&carried, &to).with_context(|| {
+                format!("cannot move {} to {}", carried.display(), to.display())
+            })?;
+            cert_source = aside.path.clone();
+            _cert_staging = Some(aside);
+        }
+    } else {
+        log::info!("copying {} to {}", backup.display(), staging.path.display());
+        outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+    }
     fault::point("restore-before-swap")?;
 
     // 4. Stop the service if it runs (we were told which unit).
@@ -474,6 +614,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let aside = parent.join(format!("{name}.pre-restore-{stamp}"));
     let had_dir = dir.exists();
     let mut swapped = false;
+    let mut placed: Option<Placed> = None;
     let result = (|| -> Result<()> {
         holders::wait_released(dir, t.stop_timeout, true)?;
         fault::point("restore-after-stop")?;
@@ -488,6 +629,15 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         staging.armed = false;
         fsutil::fsync_dir(&parent)?;
         fault::point("restore-after-swap")?;
+        if let Some(to) = &cert_target {
+            placed = Some(certrestore::put_back(
+                &cert_source,
+                &manifest,
+                to,
+                &stamp.to_string(),
+            )?);
+            fault::point("restore-after-certs")?;
+        }
         if let Some(u) = unit {
             systemd::start_unit(u, t.health_timeout)?;
             fault::point("restore-health")?;
@@ -499,6 +649,9 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let Err(e) = result {
         log::error!("restore into {} failed: {e:#}; rolling back", dir.display());
         outcome.rolled_back = true;
+        if let Some(p) = placed.as_mut() {
+            p.undo();
+        }
         rollback(
             t,
             unit,
@@ -507,6 +660,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         )?;
         return Err(e);
     }
+    let certs_line = placed.as_ref().map(|p| {
+        for (file, kept) in &p.replaced {
+            println!("{file} differed from the backup: the old one is kept as {kept}");
+        }
+        format!("; {}", p.line())
+    });
+    outcome.certs = placed;
     if had_dir {
         outcome.kept_previous = Some(aside.to_string_lossy().into_owned());
         let u = t.unit.as_deref().unwrap_or("UNIT");
@@ -517,11 +677,12 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         );
     }
     Ok(format!(
-        "restored {} into {} ({} in {:.1} s){}{}",
+        "restored {} into {} ({} in {:.1} s){}{}{}",
         backup.display(),
         dir.display(),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
+        certs_line.unwrap_or_default(),
         if had_dir {
             format!("; the previous directory is kept at {}", aside.display())
         } else {
@@ -532,6 +693,33 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             _ => String::new(),
         }
     ))
+}
+
+/// Where `--certs` puts the certificate directory of the backup (`to`, else where
+/// the backup found it); refused inside the service directory or the backup.
+fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Result<PathBuf> {
+    let info = certrestore::carried(backup, m)?;
+    let target = to
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path_of(&info.source));
+    let real = fs::canonicalize(&target).unwrap_or(target.clone());
+    if real.starts_with(dir) || real.starts_with(backup) {
+        return Err(fail(
+            Code::BadPath,
+            format!(
+                "the certificate directory {} is inside {} or {}; give another with --cert-dir",
+                target.display(),
+                dir.display(),
+                backup.display()
+            ),
+        ));
+    }
+    log::info!(
+        "the certificate directory of {} goes to {}",
+        backup.display(),
+        target.display()
+    );
+    Ok(target)
 }
 
 /// Undo a restore that failed after the stop: our copy out of the way (removed),

@@ -80,6 +80,7 @@ fn bash_completes_instance_and_backup_names() {
         complete("synbackup certs deploy --cert f.pem --key k.pem a"),
         "axon01"
     );
+    assert_eq!(complete("synbackup offsite check c"), "cortex00");
     assert_eq!(complete("synbackup restore --instance a"), "axon01");
     assert_eq!(complete("synbackup restore --instance cortex00 c"), BACKUPS);
     assert_eq!(complete("synbackup drill cortex00 "), BACKUPS);
@@ -114,6 +115,7 @@ fn fish_completes_instance_and_backup_names() {
     assert_eq!(complete("synbackup status "), "axon01\ncortex00");
     assert_eq!(complete("synbackup prune a"), "axon01");
     assert_eq!(complete("synbackup certs deploy c"), "cortex00");
+    assert_eq!(complete("synbackup offsite list a"), "axon01");
     assert_eq!(
         complete("synbackup restore --instance "),
         "axon01\ncortex00"

@@ -4,17 +4,15 @@
 # booted systemd: the drill takes the Python and module from the Cortex unit's
 # ExecStart, boots the newest verified backup isolated under the hardened unit,
 # records status and metrics, writes the pass MESSAGE_ID, leaves no scratch copy;
-# the timer is shipped but not enabled. Then `certs deploy` on the same instance:
-# the packaged certbot hook deploys an easycert pair by a reload (the same MainPID,
-# the journal event); a Cortex that cannot reload (the patched launcher without the
-# https:certs handler) has its unit restarted instead, its new HTTPS port found.
+# the timer is shipped but not enabled. Then an offsite copy under the hardened
+# unit, and the disaster-recovery path in a second, fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=synbackup.sh
 . "$NS_DIR/synbackup.sh"
 
-ns_boot t40
+ns_boot t40 --bind-ro=/usr/bin/restic:/usr/bin/restic
 sb_install
 sb_cortex cortex00
 ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
@@ -41,38 +39,44 @@ ns_assert_eq 0 "$left" "scratch copies left"
 # The live Cortex still answers.
 ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "live nodes after the drill"
 
-# certs deploy: the installed example hook, its map edited for this instance.
-cortex=synapse-cortex@cortex00.service
-ec() { ns_exec /opt/synapse-venv/bin/python -m synapse.tools.utils.easycert --certdir /root/certs "$@" >/dev/null; }
-ec --ca testca
-ec --server --server-sans DNS:localhost --signas testca localhost
-ec --server --server-sans DNS:localhost --signas testca renewed.local
-echo SYNBACKUP_CERT_DIR=/root/certs | ns_exec tee -a /etc/synbackup/cortex00.conf >/dev/null
-ns_exec mkdir -p /etc/letsencrypt/live/localhost /etc/letsencrypt/renewal-hooks/deploy
-ns_exec cp /root/certs/hosts/localhost.crt /etc/letsencrypt/live/localhost/fullchain.pem
-ns_exec cp /root/certs/hosts/localhost.key /etc/letsencrypt/live/localhost/privkey.pem
-ns_exec sh -c "sed 's/^cortex.example.com  cortex00\$/localhost cortex00/' /usr/share/doc/synbackup/examples/certbot-deploy-hook \
-  >/etc/letsencrypt/renewal-hooks/deploy/synbackup && chmod 755 /etc/letsencrypt/renewal-hooks/deploy/synbackup"
-pid=$(sb_prop $cortex MainPID)
-ns_exec env RENEWED_LINEAGE=/etc/letsencrypt/live/localhost /etc/letsencrypt/renewal-hooks/deploy/synbackup
-ns_assert_eq "$pid" "$(sb_prop $cortex MainPID)" "the Cortex's MainPID after a reload"
-ns_exec cmp /root/certs/hosts/localhost.crt /srv/cortex/cortex00/sslcert.pem
-ns_exec test -f /srv/cortex/cortex00/sslcert.pem.old
-ns_assert_eq "600" "$(ns_exec stat -c %a /srv/cortex/cortex00/sslkey.pem)" "the deployed key's mode"
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'reloaded in' \
-  || ns_die "no deploy event"
-# A Cortex that cannot reload: restarted by the deploy.
-ns_copy_in "$NS_REPO/tests/util/patched_cortex.py" /usr/local/lib/patched_cortex.py
-ns_exec mkdir -p /etc/systemd/system/$cortex.d
-printf '%s\n' '[Service]' 'Environment=SYNTEST_CERTS_RELOAD=absent' 'ExecStart=' \
-  'ExecStart=/opt/synapse-venv/bin/python /usr/local/lib/patched_cortex.py --telepath tcp://127.0.0.1:0 --https 0 /srv/cortex/%i' \
-  | ns_exec tee /etc/systemd/system/$cortex.d/no-reload.conf >/dev/null
+# Offsite copies under the hardened unit, then the disaster-recovery path: a second,
+# fresh container with only the .deb, the config and the password file restores the
+# Cortex from the repository, and it starts. restic is the host's (Debian's restic,
+# which needs only libc), bound in read-only: the cached tree stays as it is.
+ns_exec sh -c 'head -c 32 /dev/urandom | base64 >/etc/synbackup/cortex00.restic; chmod 600 /etc/synbackup/cortex00.restic'
+printf '%s\n' SYNBACKUP_OFFSITE_REPOSITORY=/srv/offsite/cortex00 \
+  SYNBACKUP_OFFSITE_PASSWORD_FILE=/etc/synbackup/cortex00.restic \
+  | ns_exec tee -a /etc/synbackup/cortex00.conf >/dev/null
 ns_exec systemctl daemon-reload
-ns_exec systemctl restart $cortex
+ns_exec mkdir -p /srv/offsite
+ns_exec synbackup offsite init cortex00 >/dev/null
+ns_exec systemctl start synbackup@cortex00.service
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run with an offsite copy"
+ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.offsite.json"))["result"])')" "offsite status"
+ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e20 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'as snapshot'
+ns_assert_eq 1 "$(ns_exec synbackup offsite list cortex00 --json | python3 -c 'import json,sys;print(len(json.load(sys.stdin)))')" "snapshots offsite"
+# What survives the host: the repository, the config, the password file.
+dr=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-dr.XXXXXX")
+cp -a "$NS_SRV/offsite" "$dr/offsite"
+ns_copy_out /etc/synbackup/cortex00.conf "$dr/cortex00.conf"
+ns_copy_out /etc/synbackup/cortex00.restic "$dr/cortex00.restic"
+ns_poweroff
+
+ns_boot t45dr --bind-ro=/usr/bin/restic:/usr/bin/restic
+sb_install
+ns_install_unit "$NS_DIR/units/synapse-cortex@.service"
+ns_copy_in "$NS_DIR/storm.py" /usr/local/bin/storm.py
+cp -a "$dr/offsite" "$NS_SRV/offsite"
+ns_copy_in "$dr/cortex00.conf" /etc/synbackup/cortex00.conf
+ns_copy_in "$dr/cortex00.restic" /etc/synbackup/cortex00.restic
+rm -rf "$dr"
+ns_exec chmod 600 /etc/synbackup/cortex00.restic
+ns_exec systemctl daemon-reload
+ns_exec test ! -e /srv/cortex/cortex00
+ns_exec synbackup offsite list cortex00
+ns_exec synbackup restore --instance cortex00 --offsite latest
+ns_exec systemctl start synapse-cortex@cortex00.service
+ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
 ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
-pid=$(sb_prop $cortex MainPID)
-ns_exec synbackup certs deploy cortex00 --cert /root/certs/hosts/renewed.local.crt --key /root/certs/hosts/renewed.local.key
-[ "$pid" != "$(sb_prop $cortex MainPID)" ] || ns_die "the Cortex that cannot reload was not restarted"
-ns_exec cmp /root/certs/hosts/renewed.local.crt /srv/cortex/cortex00/sslcert.pem
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 -o cat | grep -q 'the unit restarted in' \
-  || ns_die "no restart event"
+ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes of the Cortex restored on a new host"
+ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.restore.json"))["result"])')" "restore status on the new host"

@@ -334,7 +334,22 @@ impl Cortex {
         Cortex::launch(dir, Some(env))
     }
 
+    /// Start a real Cortex listening on the telepath URL `telepath` (besides its
+    /// unix socket), with `env` in its environment (`SYN_CERT_DIR`, ...).
+    pub fn start_with(dir: &Path, telepath: &str, env: &[(&str, &str)]) -> Cortex {
+        Cortex::launch_on(dir, None, telepath, env)
+    }
+
     fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
+        Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[])
+    }
+
+    fn launch_on(
+        dir: &Path,
+        patched: Option<&[(&str, &str)]>,
+        telepath: &str,
+        env: &[(&str, &str)],
+    ) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(python());
@@ -348,7 +363,8 @@ impl Cortex {
             }
         }
         let child = cmd
-            .args(["--telepath", "tcp://127.0.0.1:0", "--https", "0"])
+            .envs(env.iter().copied())
+            .args(["--telepath", telepath, "--https", "0"])
             .arg(dir)
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

@@ -1,0 +1,638 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Offsite copies against the real restic: a local-path repository and restic's
+//! REST protocol served by the real `rclone serve restic` on loopback. Uploads
+//! after `run`, retention, restores into a Cortex that starts, and each way the
+//! repository fails (wrong password, unreachable, locked by a killed restic, restic
+//! killed mid-upload, a full backend, a corrupted pack): one error line, exit 12,
+//! the local backup intact, the next run succeeding.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// An instance `c0` with an offsite repository.
+struct Setup {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    src: PathBuf,
+    backups: PathBuf,
+    password: PathBuf,
+}
+
+impl Setup {
+    /// `repo`: the repository string; `extra`: more config lines.
+    fn new(src: Option<&Path>, repo: &str, extra: &str) -> Setup {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let s = Setup {
+            src: src.map(Path::to_path_buf).unwrap_or(root.join("svc")),
+            backups: root.join("backups"),
+            password: root.join("etc/c0.restic"),
+            root,
+            _t: t,
+        };
+        if src.is_none() {
+            fake_service(&s.src, 200);
+        }
+        fs::create_dir_all(s.root.join("etc")).unwrap();
+        fs::create_dir_all(s.root.join("metrics")).unwrap();
+        fs::write(&s.password, "correct horse battery staple\n").unwrap();
+        s.write_config(repo, extra);
+        s
+    }
+
+    fn write_config(&self, repo: &str, extra: &str) {
+        fs::write(
+            self.root.join("etc/c0.conf"),
+            format!(
+                "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_OFFSITE_REPOSITORY={repo}\nSYNBACKUP_OFFSITE_PASSWORD_FILE={}\n{extra}",
+                self.src.display(),
+                self.backups.display(),
+                self.password.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = bin();
+        for (flag, dir) in [
+            ("--config-dir", "etc"),
+            ("--state-dir", "state"),
+            ("--lock-dir", "lock"),
+            ("--metrics-dir", "metrics"),
+        ] {
+            c.arg(flag).arg(self.root.join(dir));
+        }
+        c.env("XDG_CACHE_HOME", self.root.join("cache"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["offsite", "list", "c0", "--json"])).unwrap()
+    }
+
+    fn status(&self, kind: &str) -> serde_json::Value {
+        let f = if kind == "backup" {
+            "c0.json".to_string()
+        } else {
+            format!("c0.{kind}.json")
+        };
+        serde_json::from_slice(&fs::read(self.root.join("state").join(f)).unwrap()).unwrap()
+    }
+
+    /// The local backups, oldest first.
+    fn local_backups(&self) -> Vec<String> {
+        if !self.backups.exists() {
+            return Vec::new();
+        }
+        names(&self.backups)
+            .into_iter()
+            .filter(|n| n.starts_with("c0_"))
+            .collect()
+    }
+
+    /// A run that fails offsite: exit 12, one error line with `needle`, the local
+    /// backup made, verified and recorded as a success.
+    fn run_fails_offsite(&self, needle: &str) {
+        let before = self.local_backups().last().cloned();
+        let o = self.run(&["run", "c0"]);
+        assert_fails(&o, 12, needle);
+        assert!(
+            error_lines(&o)[0].contains("the local backup c0_"),
+            "{}",
+            stderr(&o)
+        );
+        let after = self.local_backups().last().cloned();
+        assert!(
+            after.is_some() && after > before,
+            "a new local backup is published"
+        );
+        let newest = self.backups.join(after.unwrap());
+        let v = run(&[&"verify", &newest]);
+        assert!(v.status.success(), "local backup intact: {}", stderr(&v));
+        assert_eq!(self.status("backup")["result"], "success");
+        assert_eq!(self.status("offsite")["result"], "failed");
+        assert_eq!(self.status("offsite")["exit_code"], 12);
+        let prom = fs::read_to_string(self.root.join("metrics/synbackup-c0-offsite.prom")).unwrap();
+        assert!(
+            prom.contains("synbackup_offsite_last_success{instance=\"c0\"} 0\n"),
+            "{prom}"
+        );
+        // `status` names the part that failed.
+        let st = self.run(&["status", "c0"]);
+        assert_eq!(st.status.code(), Some(9));
+        assert!(
+            String::from_utf8_lossy(&st.stdout).contains("last offsite copy failed"),
+            "{}",
+            String::from_utf8_lossy(&st.stdout)
+        );
+    }
+
+    /// A run that succeeds, offsite too; returns the snapshot ID.
+    fn run_ok(&self) -> String {
+        self.ok(&["run", "c0"]);
+        let st = self.status("offsite");
+        assert_eq!(st["result"], "success", "{st}");
+        st["details"]["snapshot_id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Wait until `cond` holds (polled), or panic after `secs`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until the wall clock is in a later second than `t` (backup names and
+/// snapshot times have second resolution).
+fn next_second() {
+    let now = chrono::Utc::now().timestamp();
+    wait_for(3, "the next second", || {
+        chrono::Utc::now().timestamp() > now
+    });
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `rclone serve restic` on loopback, serving `dir`; killed on drop.
+struct RestServer {
+    child: Child,
+    url: String,
+}
+
+impl RestServer {
+    fn start(dir: &Path, port: u16) -> RestServer {
+        fs::create_dir_all(dir).unwrap();
+        let child = Command::new("rclone")
+            .args(["serve", "restic", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone (Debian's rclone package) installed");
+        wait_for(30, "rclone serve restic to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        RestServer {
+            child,
+            url: format!("rest:http://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Real restic on the setup's repository (for what the test does behind
+/// synbackup's back).
+fn restic(s: &Setup, repo: &str) -> Command {
+    let mut c = Command::new("restic");
+    c.env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD_FILE", &s.password)
+        .env("XDG_CACHE_HOME", s.root.join("cache"));
+    c
+}
+
+#[test]
+fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_starts() {
+    let t = tempfile::tempdir().unwrap();
+    let server = RestServer::start(&t.path().join("rest"), free_port());
+    let src = t.path().join("data/cortex00");
+    fs::create_dir_all(src.parent().unwrap()).unwrap();
+    let mut core = Cortex::start(&src);
+    let d = src.to_str().unwrap().to_string();
+    storm(&["add", &d, "150"]);
+    // The service's certificate directory travels in the backup, and so offsite.
+    let certdir = t.path().join("home/.syn/certs");
+    crate::util::certs::easycert(&certdir, &["--ca", "testca"]);
+    let ca_cert = fs::read(certdir.join("cas/testca.crt")).unwrap();
+    let s = Setup::new(
+        Some(&src),
+        &server.url,
+        &format!("SYNBACKUP_CERT_DIR={}\n", certdir.display()),
+    );
+    // Nothing is created implicitly: the first run says how.
+    s.run_fails_offsite("synbackup offsite init c0");
+    s.ok(&["offsite", "init", "c0"]);
+    let t_run = Instant::now();
+    let id = s.run_ok();
+    let run_secs = t_run.elapsed().as_secs_f64();
+    let st = s.status("offsite");
+    let upload_secs = st["details"]["upload_seconds"].as_f64().unwrap();
+    let first_added = st["details"]["added_bytes"].as_u64().unwrap();
+    eprintln!(
+        "MEASURE rest: run {run_secs:.2} s, of it upload {upload_secs:.2} s, local backup {:.2} s; added {first_added} bytes",
+        s.status("backup")["duration_seconds"].as_f64().unwrap()
+    );
+    let snaps = s.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert!(id.starts_with(snaps[0]["short_id"].as_str().unwrap()));
+    let tags: Vec<&str> = snaps[0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let guid = fs::read_to_string(src.join("cell.guid")).unwrap();
+    assert!(tags.contains(&"synbackup") && tags.contains(&"instance=c0"));
+    assert!(
+        tags.contains(&format!("cell={}", guid.trim()).as_str()),
+        "{tags:?}"
+    );
+    // The snapshot time is the backup's own time (its name).
+    let local = s.local_backups();
+    let name = local.last().unwrap();
+    assert_eq!(snaps[0]["backup"], name.as_str());
+    let stamp = &name["c0_".len()..];
+    let want = format!(
+        "{}-{}-{}T{}:{}:{}",
+        &stamp[0..4],
+        &stamp[4..6],
+        &stamp[6..8],
+        &stamp[9..11],
+        &stamp[11..13],
+        &stamp[13..15]
+    );
+    assert!(
+        snaps[0]["time"].as_str().unwrap().starts_with(&want),
+        "{} vs {want}",
+        snaps[0]["time"]
+    );
+    let prom = fs::read_to_string(s.root.join("metrics/synbackup-c0-offsite.prom")).unwrap();
+    for m in [
+        "synbackup_offsite_last_success_timestamp_seconds{instance=\"c0\"} 1",
+        "synbackup_offsite_snapshot_bytes{instance=\"c0\"} ",
+        "synbackup_offsite_added_bytes{instance=\"c0\"} ",
+    ] {
+        assert!(prom.contains(m), "{m} in\n{prom}");
+    }
+
+    // A small change, a second night: restic adds a fraction of the first upload.
+    storm(&["add", &d, "5", "--start", "100000"]);
+    next_second();
+    s.run_ok();
+    let second_added = s.status("offsite")["details"]["added_bytes"]
+        .as_u64()
+        .unwrap();
+    eprintln!("MEASURE rest: second upload after 5 nodes added {second_added} bytes (first {first_added})");
+    assert_eq!(s.snapshots().len(), 2);
+    let want_count = core.count();
+    core.stop();
+
+    // The host loses the service: the newest snapshot comes back and starts.
+    fs::remove_dir_all(&src).unwrap();
+    fs::remove_dir_all(&certdir).unwrap();
+    let o = s.run(&[
+        "restore",
+        "--instance",
+        "c0",
+        "--offsite",
+        "latest",
+        "--certs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(certdir.join("cas/testca.crt")).unwrap(), ca_cert);
+    assert!(
+        !src.join("synbackup-certs").exists(),
+        "the carried certificates stay out of the service directory"
+    );
+    assert!(stderr(&o).contains("verifying"), "{}", stderr(&o));
+    assert_eq!(
+        names(src.parent().unwrap()),
+        vec!["cortex00".to_string(), "cortex00.log".to_string()],
+        "no staging directory left beside the service"
+    );
+    let core = Cortex::start(&src);
+    assert_eq!(core.count(), want_count);
+    assert_eq!(s.status("restore")["result"], "success");
+}
+
+#[test]
+fn retention_forgets_what_the_policy_drops_never_the_newest_and_prunes_on_schedule() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        None,
+        &t.path().join("repo").to_string_lossy(),
+        "SYNBACKUP_OFFSITE_KEEP_LAST=2\nSYNBACKUP_OFFSITE_KEEP_DAILY=0\nSYNBACKUP_OFFSITE_KEEP_WEEKLY=0\nSYNBACKUP_OFFSITE_KEEP_MONTHLY=0\n",
+    );
+    s.ok(&["offsite", "init", "c0"]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        next_second();
+        ids.push(s.run_ok());
+        // The first run prunes (never pruned), the next not (within 7d).
+        assert_eq!(
+            s.status("offsite")["details"]["pruned"],
+            ids.len() == 1,
+            "run {}",
+            ids.len()
+        );
+    }
+    let kept: Vec<String> = s
+        .snapshots()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    let short = |id: &str| id[..8].to_string();
+    assert_eq!(
+        kept.iter().map(|k| short(k)).collect::<Vec<_>>(),
+        vec![short(&ids[1]), short(&ids[2])],
+        "the oldest is forgotten, the newest two kept"
+    );
+    // Locally, the local policy (3 by default) keeps all three.
+    assert_eq!(s.local_backups().len(), 3);
+}
+
+#[test]
+fn a_wrong_password_an_unreachable_server_and_a_full_backend_fail_offsite_only() {
+    // Wrong password.
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    fs::write(&s.password, "wrong\n").unwrap();
+    s.run_fails_offsite("wrong password");
+    fs::write(&s.password, "correct horse battery staple\n").unwrap();
+    s.run_ok();
+
+    // Unreachable: nothing listens yet; then the server comes up.
+    let port = free_port();
+    s.write_config(&format!("rest:http://127.0.0.1:{port}/"), "");
+    s.run_fails_offsite("connection refused");
+    let _server = RestServer::start(&t.path().join("rest"), port);
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+
+    // A backend that fills up: the repository on a small tmpfs, grown afterwards
+    // (with 2 MiB that no compression shrinks in the backup).
+    let mut rng = Rng::new(7);
+    let noise: Vec<u8> = (0..2 << 20).map(|_| rng.next() as u8).collect();
+    fs::write(s.src.join("noise.bin"), noise).unwrap();
+    let full = t.path().join("small");
+    let _fs = Tmpfs::mount(&full, "size=600k");
+    s.write_config(&full.join("repo").to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_fails_offsite("no space left on device");
+    let st = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.run_ok();
+    // A credentials file that restic reads, and that never shows in the output.
+    fs::write(t.path().join("env"), "AWS_SECRET_ACCESS_KEY=s3cr3t-value\n").unwrap();
+    s.write_config(
+        &full.join("repo").to_string_lossy(),
+        &format!(
+            "SYNBACKUP_OFFSITE_ENV_FILE={}\n",
+            t.path().join("env").display()
+        ),
+    );
+    let o = s.cmd().args(["-vv", "run", "c0"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("s3cr3t"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_lock_of_a_killed_restic_and_a_restic_killed_mid_upload() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+
+    // A restic that holds the exclusive lock (a check slowed to 1 KiB/s) is
+    // killed once it reads data, long after it took the lock.
+    let mut check = restic(&s, &repo.to_string_lossy())
+        .args(["check", "--read-data", "--limit-download", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(check.stdout.take().unwrap()).lines();
+        let reading = lines.any(|l| l.is_ok_and(|l| l.starts_with("read all data")));
+        assert!(reading, "restic check ended before it read data");
+    }
+    assert!(held_locks(&repo) > 0);
+    check.kill().unwrap();
+    check.wait().unwrap();
+    s.run_fails_offsite("which no longer runs: run `synbackup offsite unlock c0`");
+    assert!(s.ok(&["offsite", "unlock", "c0"]).contains("removed"));
+    assert_eq!(held_locks(&repo), 0);
+    next_second();
+    s.run_ok();
+
+    // restic killed (SIGKILL) while it uploads: a real restic, slowed by its own
+    // --limit-upload through a launcher, so the kill lands mid-upload.
+    let launcher = t.path().join("slow-restic");
+    fs::write(
+        &launcher,
+        "#!/bin/sh\nexec restic --limit-upload 8 \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755)).unwrap();
+    s.write_config(
+        &repo.to_string_lossy(),
+        &format!("SYNBACKUP_RESTIC={}\n", launcher.display()),
+    );
+    // Fresh data, so the upload has something to send.
+    make_env(&s.src.join("layers/new/layer_v2.lmdb"), 99, 3000);
+    next_second();
+    let before = s.local_backups().last().cloned();
+    let child = s
+        .cmd()
+        .args(["run", "c0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let parent = child.id();
+    let mut restic_pid = None;
+    wait_for(60, "restic backup to start uploading", || {
+        restic_pid = restic_child(parent);
+        restic_pid.is_some() && held_locks(&repo) > 0
+    });
+    nix_kill(restic_pid.unwrap() as i32, 9).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_fails(&o, 12, "restic backup was killed by signal 9");
+    let after = s.local_backups().last().cloned();
+    assert!(after > before, "a new local backup is published");
+    let v = run(&[&"verify", &s.backups.join(after.unwrap())]);
+    assert!(v.status.success(), "local backup intact: {}", stderr(&v));
+    assert_eq!(held_locks(&repo), 0, "the killed restic's lock is removed");
+    s.write_config(&repo.to_string_lossy(), "");
+    next_second();
+    s.run_ok();
+    let c = s.run(&["offsite", "check", "c0"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+}
+
+/// Lock files in a local repository. restic's local backend writes
+/// `ID-tmp-RANDOM` and renames it; a kill in between leaves a temporary that no
+/// restic reads as a lock.
+fn held_locks(repo: &Path) -> usize {
+    fs::read_dir(repo.join("locks"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().contains("-tmp-"))
+        .count()
+}
+
+/// The PID of the `restic backup` started (through the launcher) by `parent`.
+fn restic_child(parent: u32) -> Option<u32> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // "pid (comm) state ppid ..."
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if ppid == parent
+            && args.first().is_some_and(|a| a.ends_with(b"restic"))
+            && args.iter().any(|a| *a == b"backup")
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_corrupted_pack_is_found_by_check_and_by_the_restore() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(
+        None,
+        &repo.to_string_lossy(),
+        "SYNBACKUP_OFFSITE_CHECK=100%\n",
+    );
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    assert!(s.run(&["offsite", "check", "c0"]).status.success());
+    // Damage the middle of every data pack (as a bad disk or a bad copy would).
+    let mut damaged = 0;
+    for sub in fs::read_dir(repo.join("data")).unwrap().flatten() {
+        for pack in fs::read_dir(sub.path()).unwrap().flatten() {
+            let p = pack.path();
+            let mut bytes = fs::read(&p).unwrap();
+            let mid = bytes.len() / 3;
+            for b in &mut bytes[mid..mid + 64] {
+                *b ^= 0x5a;
+            }
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(&p, &bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let o = s.run(&["offsite", "check", "c0"]);
+    assert_fails(&o, 12, "is damaged");
+
+    // The restore fails before it touches the service directory.
+    let before = hash_tree(&s.src);
+    // restic's own authentication finds it first (synbackup's verify of the
+    // restored copy would be next).
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert_fails(&o, 12, "ciphertext verification failed");
+    assert_eq!(
+        hash_tree(&s.src),
+        before,
+        "the service directory is untouched"
+    );
+    assert!(
+        !names(s.src.parent().unwrap())
+            .iter()
+            .any(|n| n.contains("synbackup-offsite")),
+        "the staging copy is removed"
+    );
+}
+
+#[test]
+fn a_snapshot_that_differs_from_its_manifest_is_refused_by_the_restores_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    // A backup changed after it was verified, then uploaded as the newest snapshot
+    // (restic's checks pass: it holds what it was given).
+    let name = s.local_backups().pop().unwrap();
+    let file = s.backups.join(&name).join("cookie.secret");
+    fs::write(&file, "not what the manifest says").unwrap();
+    next_second();
+    let o = restic(&s, &repo.to_string_lossy())
+        .current_dir(&s.backups)
+        .args([
+            "backup",
+            "--tag",
+            "synbackup",
+            "--tag",
+            "instance=c0",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = hash_tree(&s.src);
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert_fails(&o, 6, "failed verification, not restored");
+    assert!(
+        error_lines(&o)[0].contains("cookie.secret"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        hash_tree(&s.src),
+        before,
+        "the service directory is untouched"
+    );
+    assert!(
+        !names(s.src.parent().unwrap())
+            .iter()
+            .any(|n| n.contains("synbackup-offsite")),
+        "the staging copy is removed"
+    );
+}
