@@ -40,6 +40,8 @@ mod instance {
 
 /// The service layer.
 mod service {
+    /// `certs deploy`: a renewed HTTPS pair into a running Cortex, reloaded, rolled back.
+    mod certdeploy;
     /// `synbackup drill`: boot a backup's copy isolated, check it, clean up.
     mod drill;
 }

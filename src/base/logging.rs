@@ -120,6 +120,10 @@ pub(crate) const MSG_OFFSITE_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e21";
 pub(crate) const MSG_OFFSITE_CHECK_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e22";
 /// A certificate entered the warning window or expired (`synbackup certs`).
 pub(crate) const MSG_CERT_EXPIRY: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e07";
+/// `certs deploy` put a new HTTPS pair in place and the cell serves it.
+pub(crate) const MSG_CERT_DEPLOY_OK: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24";
+/// `certs deploy` refused a pair, or failed and put the old one back.
+pub(crate) const MSG_CERT_DEPLOY_FAILED: &str = "6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e25";
 
 /// Log one event with a fixed MESSAGE_ID and the instance as journal fields (plain
 /// text on stderr).

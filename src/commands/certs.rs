@@ -3,13 +3,14 @@
 //! certificate and key the service uses, checked (`engine::certs`); a table, or
 //! `--json`; exit code `Unhealthy` (9) when a check fails. With an instance it also
 //! writes the certificate metrics and logs the expiry events (`instance::certs`).
+//! `synbackup certs deploy ...` is its subcommand (`commands::certs_deploy`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::base::exit::{fail, Code};
 use crate::commands::print_json;
@@ -19,7 +20,10 @@ use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct CertsArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<CertsAction>,
     /// The instance whose service to check.
     #[arg(required_unless_present = "dir", conflicts_with = "dir")]
     pub(crate) instance: Option<String>,
@@ -40,8 +44,18 @@ pub(crate) struct CertsArgs {
     pub(crate) json: bool,
 }
 
+/// What `certs` does besides checking.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsAction {
+    /// Put a renewed HTTPS pair into the running cell: check, keep the old, write, reload, confirm, roll back on failure.
+    Deploy(crate::commands::certs_deploy::DeployArgs),
+}
+
 /// Check, report, exit 9 when a check failed.
 pub(crate) fn exec(dirs: &Dirs, a: &CertsArgs) -> Result<ExitCode> {
+    if let Some(CertsAction::Deploy(d)) = &a.action {
+        return crate::commands::certs_deploy::exec(dirs, d);
+    }
     let now = chrono::Utc::now().timestamp();
     let report = match (&a.instance, &a.dir) {
         (Some(name), _) => {

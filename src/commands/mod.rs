@@ -20,6 +20,8 @@ use crate::instance::dirs::Dirs;
 pub(crate) mod backup;
 /// `synbackup certs INSTANCE`.
 pub(crate) mod certs;
+/// `synbackup certs deploy INSTANCE --cert FULLCHAIN --key KEY`.
+pub(crate) mod certs_deploy;
 /// `synbackup cold INSTANCE`.
 pub(crate) mod cold;
 /// `synbackup completions SHELL`.

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
 //! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
-//! window or restore failed or was skipped, or its last good backup is too old, so
-//! it serves as a monitoring check.
+//! window, restore, offsite copy or certificate deploy failed or was skipped, or its last good
+//! backup is too old, so it serves as a monitoring check.
 
 use std::process::ExitCode;
 
@@ -51,6 +51,9 @@ struct Health {
     /// The last certificate check (`synbackup certs`, every `run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<crate::instance::certs::CertsState>,
+    /// The last `certs deploy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<Status>,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -97,6 +100,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
     let cold = status::load(&dirs.state_dir, name, "cold");
     let restore = status::load(&dirs.state_dir, name, "restore");
+    let deploy = status::load(&dirs.state_dir, name, "deploy");
     let offsite_configured = inst.as_ref().is_ok_and(|i| i.offsite.is_some());
     let offsite = status::load(&dirs.state_dir, name, "offsite").filter(|_| offsite_configured);
     let age = backup
@@ -118,6 +122,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     for (what, s) in [
         ("maintenance window", &cold),
         ("restore", &restore),
+        ("certificate deploy", &deploy),
         ("offsite copy", &offsite),
     ] {
         if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
@@ -141,6 +146,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         host,
         warnings,
         certs: crate::instance::certs::load_state(&dirs.state_dir, name),
+        deploy,
     }
 }
 
@@ -249,6 +255,7 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         for (what, s) in [
             ("maintenance window", &h.cold),
             ("restore", &h.restore),
+            ("certificate deploy", &h.deploy),
             ("offsite copy", &h.offsite),
         ] {
             if let Some(s) = s {

@@ -4,8 +4,9 @@
 //! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
 //! the socket (the service's user or root) is the service's root user, so no
 //! credentials are sent. We need a few calls: `freeze`, `resume`, `getCellInfo`
-//! (whether the cell is `paused`, its iden and version), `getHealthCheck` and
-//! `callStorm`, nothing with generators, so this is a plain request/answer loop.
+//! (whether the cell is `paused`, its iden and version), `getHealthCheck`,
+//! `callStorm`, and `getReloadableSystems` / `reload` (new TLS certificates),
+//! nothing with generators, so this is a plain request/answer loop.
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -211,6 +212,34 @@ impl Client {
             vec![text.into()],
             vec![("opts", map(vec![("mirror", false.into())]))],
         )
+    }
+
+    /// `getReloadableSystems()`: the names `reload` takes (`https:certs`, ...).
+    pub(crate) fn reloadable_systems(&mut self) -> Result<Vec<String>> {
+        let v = self.call("getReloadableSystems", vec![], vec![])?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `reload(subsystem)`: the cell runs that reload function. The cell catches
+    /// the function's exception and answers `{subsystem: [false, [class, info]]}`,
+    /// so that answer is turned into an error here.
+    pub(crate) fn reload(&mut self, subsystem: &str) -> Result<()> {
+        let answer = self.call("reload", vec![], vec![("subsystem", subsystem.into())])?;
+        let retn = get(&answer, subsystem)
+            .ok_or_else(|| anyhow!("reload({subsystem}) answered without a result: {answer}"))?;
+        parse_retn(retn).with_context(|| {
+            format!(
+                "the cell on {} failed to reload {subsystem}",
+                self.path.display()
+            )
+        })?;
+        Ok(())
     }
 
     /// The health status word (`nominal`, `degraded`, `failed`).

@@ -75,6 +75,11 @@ fn bash_completes_instance_and_backup_names() {
     assert_eq!(complete("synbackup status "), "axon01\ncortex00");
     assert_eq!(complete("synbackup drill "), "axon01\ncortex00");
     assert_eq!(complete("synbackup certs a"), "axon01");
+    assert_eq!(complete("synbackup certs deploy c"), "cortex00");
+    assert_eq!(
+        complete("synbackup certs deploy --cert f.pem --key k.pem a"),
+        "axon01"
+    );
     assert_eq!(complete("synbackup offsite check c"), "cortex00");
     assert_eq!(complete("synbackup restore --instance a"), "axon01");
     assert_eq!(complete("synbackup restore --instance cortex00 c"), BACKUPS);
@@ -109,6 +114,7 @@ fn fish_completes_instance_and_backup_names() {
     assert_eq!(complete("synbackup run c"), "cortex00");
     assert_eq!(complete("synbackup status "), "axon01\ncortex00");
     assert_eq!(complete("synbackup prune a"), "axon01");
+    assert_eq!(complete("synbackup certs deploy c"), "cortex00");
     assert_eq!(complete("synbackup offsite list a"), "axon01");
     assert_eq!(
         complete("synbackup restore --instance "),

@@ -32,6 +32,8 @@ fn subcommands(help: &str) -> Vec<String> {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues deeper than the names.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
 }
@@ -87,10 +89,31 @@ fn every_subcommand_and_long_option_is_in_the_man_page() {
         if cmd == "help" {
             continue;
         }
-        for opt in long_options(&help(&[cmd])) {
+        let cmd_help = help(&[cmd]);
+        for opt in long_options(&cmd_help) {
             checked += 1;
             if !page.contains(&format!("*{opt}*")) {
                 missing.push(format!("option {opt} of {cmd}"));
+            }
+        }
+        // Subcommands of a subcommand (`certs deploy`): a `## CMD SUB` section, options.
+        for sub in subcommands(&cmd_help).iter().filter(|s| *s != "help") {
+            // `## certs deploy ...`, or one section for several: `## offsite init|list ...`.
+            let documented = page.lines().any(|l| {
+                l.strip_prefix(&format!("## {cmd} "))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .is_some_and(|w| w.split('|').any(|s| s == sub.as_str()))
+            });
+            if !documented {
+                missing.push(format!(
+                    "subcommand {cmd} {sub} (a `## {cmd} {sub}` section)"
+                ));
+            }
+            for opt in long_options(&help(&[cmd, sub])) {
+                checked += 1;
+                if !page.contains(&format!("*{opt}*")) {
+                    missing.push(format!("option {opt} of {cmd} {sub}"));
+                }
             }
         }
     }

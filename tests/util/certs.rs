@@ -102,9 +102,22 @@ pub fn sign(
     from_days: i64,
     to_days: i64,
 ) -> (Vec<u8>, Vec<u8>) {
+    sign_bits(certdir, ca_key, cn, from_days, to_days, 2048)
+}
+
+/// As [`sign`], with an RSA key of `bits` (1024: a key OpenSSL parses and verifies
+/// but a TLS server at the default security level refuses to load).
+pub fn sign_bits(
+    certdir: &Path,
+    ca_key: &Path,
+    cn: &str,
+    from_days: i64,
+    to_days: i64,
+    bits: u32,
+) -> (Vec<u8>, Vec<u8>) {
     let ca = X509::from_pem(&fs::read(certdir.join("cas/testca.crt")).unwrap()).unwrap();
     let ca_key = PKey::private_key_from_pem(&fs::read(ca_key).unwrap()).unwrap();
-    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let key = PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

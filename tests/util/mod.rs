@@ -390,6 +390,11 @@ impl Cortex {
             .unwrap()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn url_dir(&self) -> &str {
         self.dir.to_str().unwrap()
     }

@@ -11,6 +11,10 @@ Selected by environment variables (none set: the plain server):
                              lines (time.time()) on each Cell.freeze call, successful
                              resume and failed one, so a test can tell how long the
                              service stayed frozen
+  SYNTEST_CERTS_RELOAD=noop  the https:certs reload handler answers success but
+                             loads nothing: the old certificate stays served
+  SYNTEST_CERTS_RELOAD=absent  no https:certs reload handler, as in a version
+                             that cannot reload its HTTPS certificates
 
 Everything else is the real server, from the venv's synapse.
 """
@@ -61,6 +65,21 @@ def patch():
 
     s_cell.Cell.freeze = freeze
     s_cell.Cell.resume = resume
+
+    certs_reload = os.environ.get('SYNTEST_CERTS_RELOAD')
+    if certs_reload in ('noop', 'absent'):
+        real_add = s_cell.Cell.addReloadableSystem
+
+        def add_reloadable(self, name, func):
+            if name == 'https:certs':
+                if certs_reload == 'absent':
+                    return None
+
+                def func():
+                    return True
+            return real_add(self, name, func)
+
+        s_cell.Cell.addReloadableSystem = add_reloadable
 
 
 if __name__ == '__main__':

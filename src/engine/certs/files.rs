@@ -76,7 +76,7 @@ pub(crate) fn discover_material(service_dir: &Path, cert_dirs: &[PathBuf]) -> Re
 }
 
 /// The files `dir/*.EXT`, sorted; none when `dir` does not exist.
-fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -10,10 +10,14 @@
 //! certificate directories, and returns a [`Report`] the callers print, turn into
 //! metrics or compare with the last one.
 
+/// `certs deploy`'s files: check a new HTTPS pair, keep the old one, write, put back.
+pub(crate) mod deploy;
 /// Finding the certificates and keys, and who can read a key.
 pub(crate) mod files;
 /// The `ssl://` listener of the cell's config and the names it needs.
 pub(crate) mod listeners;
+/// The certificate a TLS server serves (its fingerprint).
+pub(crate) mod served;
 /// OpenSSL: chains, keys, dates, names, verification.
 pub(crate) mod x509;
 

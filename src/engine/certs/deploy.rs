@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The file side of `certs deploy`: check a renewed HTTPS pair before it goes
+//! anywhere (the key is the certificate's, the chain verifies, every certificate is
+//! within its dates, the names clients use are in the leaf), keep the pair in use
+//! beside it (`sslcert.pem.old`, `sslkey.pem.old`), write the new one atomically
+//! with the service directory's owner (the key 0600), and put the old one back.
+//!
+//! Nothing here talks to the service: `service::certdeploy` reloads and confirms.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use openssl::hash::MessageDigest;
+use openssl::x509::X509Ref;
+
+use super::{files, x509};
+use crate::base::exit::{fail, Code};
+use crate::base::fsutil::{fsync_dir, hex, write_error};
+
+/// The HTTPS pair's file names in a service directory (what Synapse's
+/// `addHttpsPort` loads).
+pub(crate) const CERT_FILE: &str = "sslcert.pem";
+pub(crate) const KEY_FILE: &str = "sslkey.pem";
+/// The suffix of the kept previous pair.
+pub(crate) const OLD_SUFFIX: &str = ".old";
+
+/// A new pair that passed every check.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) cert_pem: Vec<u8>,
+    pub(crate) key_pem: Vec<u8>,
+    /// SHA-256 of the leaf's DER, lower-case hex.
+    pub(crate) fingerprint: String,
+    pub(crate) subject_cn: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) not_after: i64,
+}
+
+/// SHA-256 of a certificate's DER encoding, lower-case hex (what `openssl x509
+/// -fingerprint -sha256` prints, without the colons).
+pub(crate) fn fingerprint(cert: &X509Ref) -> Result<String> {
+    Ok(hex(&cert.digest(MessageDigest::sha256())?))
+}
+
+/// A refused pair: exit code 9, the message naming the file and what to do.
+fn refuse(path: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    fail(
+        Code::Unhealthy,
+        format!("refused {}: {why}; nothing was written", path.display()),
+    )
+}
+
+/// Check the pair at `cert_path` / `key_path`: `names` must each be in the leaf,
+/// the chain must verify against the system's roots or the `cas/` of `trust_dirs`.
+pub(crate) fn check_candidate(
+    cert_path: &Path,
+    key_path: &Path,
+    trust_dirs: &[PathBuf],
+    names: &[String],
+    now: i64,
+) -> Result<Candidate> {
+    let cert_pem =
+        fs::read(cert_path).map_err(|e| refuse(cert_path, format!("cannot read it: {e}")))?;
+    let key_pem =
+        fs::read(key_path).map_err(|e| refuse(key_path, format!("cannot read it: {e}")))?;
+    let chain = x509::load_chain(cert_path).map_err(|e| refuse(cert_path, format!("{e:#}")))?;
+    let key = x509::load_key(key_path).map_err(|e| refuse(key_path, format!("{e:#}")))?;
+    let leaf = &chain[0];
+    let matches = leaf.public_key().is_ok_and(|pk| pk.public_eq(&key));
+    if !matches {
+        return Err(refuse(
+            key_path,
+            format!(
+                "it is not the private key of {} (CN={}): give the key the certificate was issued for",
+                cert_path.display(),
+                x509::common_name(leaf.subject_name())
+            ),
+        ));
+    }
+    for (i, c) in chain.iter().enumerate() {
+        check_dates(cert_path, i, c, now)?;
+    }
+    check_chain(cert_path, &chain, trust_dirs)?;
+    for n in names {
+        if !x509::covers_name(leaf, n) {
+            return Err(refuse(
+                cert_path,
+                format!(
+                    "the HTTPS server is reached as {n}, which is not among the certificate's names ({}): \
+                     request a certificate for it, or name the ones it is reached by with --https-name (SYNBACKUP_CERT_NAMES)",
+                    x509::names(leaf).join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Candidate {
+        fingerprint: fingerprint(leaf)?,
+        subject_cn: x509::common_name(leaf.subject_name()),
+        names: x509::names(leaf),
+        not_after: x509::unix_time(leaf.not_after())?,
+        cert_pem,
+        key_pem,
+    })
+}
+
+fn check_dates(path: &Path, index: usize, c: &X509Ref, now: i64) -> Result<()> {
+    let which = if index == 0 {
+        "the certificate".to_string()
+    } else {
+        format!(
+            "certificate {} of the chain (CN={})",
+            index + 1,
+            x509::common_name(c.subject_name())
+        )
+    };
+    let day = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default()
+    };
+    let nb = x509::unix_time(c.not_before())?;
+    let na = x509::unix_time(c.not_after())?;
+    if na <= now {
+        return Err(refuse(
+            path,
+            format!("{which} expired on {}: give the renewed one", day(na)),
+        ));
+    }
+    if nb > now {
+        return Err(refuse(
+            path,
+            format!(
+                "{which} is not valid before {}: check the host's clock",
+                day(nb)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The chain (leaf first, intermediates after it, as in certbot's `fullchain.pem`)
+/// must verify against the system's roots or a CA of `cas/`.
+fn check_chain(path: &Path, chain: &[openssl::x509::X509], trust_dirs: &[PathBuf]) -> Result<()> {
+    let mut cas = Vec::new();
+    for d in trust_dirs {
+        for f in files::files_with_extension(&d.join("cas"), "crt")? {
+            if let Ok(c) = x509::load_chain(&f) {
+                cas.extend(c);
+            }
+        }
+    }
+    let trust = x509::Trust::new(&cas, Vec::new())?;
+    trust.verify(chain, true).map_err(|why| {
+        let dirs = trust_dirs
+            .iter()
+            .map(|d| d.join("cas").display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        refuse(
+            path,
+            format!(
+                "the chain does not verify against the system's CAs or {} (issuer CN={}): {why}; \
+                 give the full chain (certbot's fullchain.pem)",
+                if dirs.is_empty() {
+                    "a cas/ directory".to_string()
+                } else {
+                    dirs
+                },
+                x509::common_name(chain[0].issuer_name())
+            ),
+        )
+    })
+}
+
+/// One file of a pair in use, as it is on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct KeptFile {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u32,
+}
+
+/// The pair in use in a service directory.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentPair {
+    pub(crate) cert: KeptFile,
+    pub(crate) key: KeptFile,
+    /// The leaf's fingerprint, `None` when the file does not parse.
+    pub(crate) fingerprint: Option<String>,
+    /// The leaf's names, when it is not the self-signed default.
+    pub(crate) names: Option<Vec<String>>,
+}
+
+fn read_kept(path: &Path) -> Result<KeptFile> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    Ok(KeptFile {
+        bytes: fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.permissions().mode() & 0o7777,
+    })
+}
+
+/// The pair `dir` uses now; `None` when it has none yet (the cell makes a
+/// self-signed one at its first start).
+pub(crate) fn read_current(dir: &Path) -> Result<Option<CurrentPair>> {
+    let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    if !cert.exists() && !key.exists() {
+        return Ok(None);
+    }
+    let leaf = x509::load_chain(&cert).ok().map(|mut c| c.remove(0));
+    Ok(Some(CurrentPair {
+        cert: read_kept(&cert)?,
+        key: read_kept(&key)?,
+        fingerprint: leaf.as_ref().and_then(|l| fingerprint(l).ok()),
+        names: leaf
+            .as_ref()
+            .filter(|l| !x509::is_self_signed(l))
+            .map(|l| x509::names(l)),
+    }))
+}
+
+/// Write `bytes` to `path` through a temporary beside it, owned `uid:gid` with
+/// `mode`, fsynced; renamed over `path` by the caller's [`rename_in`].
+fn write_temp(path: &Path, bytes: &[u8], uid: u32, gid: u32, mode: u32) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.deploy.{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| write_error(&tmp, e))?;
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(|| {
+            format!(
+                "cannot give {} to the service's owner {uid}:{gid}: run as root or as that user",
+                tmp.display()
+            )
+        })?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes).map_err(|e| write_error(&tmp, e))?;
+        f.sync_all().map_err(|e| write_error(&tmp, e))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Write the files (`path`, contents, uid, gid, mode) together: every temporary is
+/// written and fsynced before the first rename, then the directory is fsynced.
+fn write_files(dir: &Path, files: &[(PathBuf, &[u8], u32, u32, u32)]) -> Result<()> {
+    let mut temps = Vec::new();
+    for (path, bytes, uid, gid, mode) in files {
+        match write_temp(path, bytes, *uid, *gid, *mode) {
+            Ok(t) => temps.push((t, path)),
+            Err(e) => {
+                for (t, _) in &temps {
+                    let _ = fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
+    }
+    // The key first: a cell reloading between the two renames finds the new key
+    // with the old certificate, refuses it and keeps serving what it had.
+    for (tmp, path) in &temps {
+        fs::rename(tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    }
+    fsync_dir(dir)
+}
+
+/// Keep the pair in use as `sslcert.pem.old` and `sslkey.pem.old` (replacing the
+/// ones an earlier deploy kept), with its owners and modes.
+pub(crate) fn keep_old(dir: &Path, old: &CurrentPair) -> Result<()> {
+    let f = |name: &str, k: &KeptFile| {
+        (
+            dir.join(format!("{name}{OLD_SUFFIX}")),
+            k.bytes.clone(),
+            k.uid,
+            k.gid,
+            k.mode,
+        )
+    };
+    let files = [f(KEY_FILE, &old.key), f(CERT_FILE, &old.cert)];
+    let refs: Vec<_> = files
+        .iter()
+        .map(|(p, b, u, g, m)| (p.clone(), b.as_slice(), *u, *g, *m))
+        .collect();
+    write_files(dir, &refs)
+}
+
+/// Write the new pair, owned by the owner of `dir`; the key 0600, the certificate
+/// with the mode the old one had (0644 when there was none).
+pub(crate) fn write_new(dir: &Path, new: &Candidate, old: Option<&CurrentPair>) -> Result<()> {
+    let meta = fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    let cert_mode = old.map_or(0o644, |o| o.cert.mode);
+    write_files(
+        dir,
+        &[
+            (
+                dir.join(KEY_FILE),
+                &new.key_pem,
+                meta.uid(),
+                meta.gid(),
+                0o600,
+            ),
+            (
+                dir.join(CERT_FILE),
+                &new.cert_pem,
+                meta.uid(),
+                meta.gid(),
+                cert_mode,
+            ),
+        ],
+    )
+}
+
+/// Put the old pair back exactly (bytes, owners, modes); with no old pair, remove
+/// the new one (the cell makes its default at the next start, as before).
+pub(crate) fn put_back(dir: &Path, old: Option<&CurrentPair>) -> Result<()> {
+    let Some(old) = old else {
+        for name in [CERT_FILE, KEY_FILE] {
+            let p = dir.join(name);
+            fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+        return fsync_dir(dir);
+    };
+    write_files(
+        dir,
+        &[
+            (
+                dir.join(KEY_FILE),
+                &old.key.bytes,
+                old.key.uid,
+                old.key.gid,
+                old.key.mode,
+            ),
+            (
+                dir.join(CERT_FILE),
+                &old.cert.bytes,
+                old.cert.uid,
+                old.cert.gid,
+                old.cert.mode,
+            ),
+        ],
+    )
+}
