@@ -5,6 +5,8 @@
 
 /// `synbackup backup`: the order of work, one function per step.
 pub(crate) mod backup;
+/// The Synapse version a service directory records (its `cell:info`).
+pub(crate) mod cellinfo;
 /// The service's certificates and keys, checked with OpenSSL.
 pub(crate) mod certs;
 /// Compacting LMDB copies through pipes, from held snapshots.

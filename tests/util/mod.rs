@@ -274,6 +274,19 @@ pub fn python() -> PathBuf {
     venv().join("bin/python")
 }
 
+/// The venv with the older Synapse of the upgrade rehearsal (`.ci/setup`).
+pub fn python_old() -> PathBuf {
+    let p = std::env::var_os("SYNBACKUP_TEST_VENV_OLD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/synbackup-ci/venv-synapse-2.230.0"));
+    assert!(
+        p.join("bin/python").exists(),
+        "no older Synapse venv at {} (set SYNBACKUP_TEST_VENV_OLD or run .ci/setup)",
+        p.display()
+    );
+    p.join("bin/python")
+}
+
 fn storm_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/storm.py")
 }
@@ -325,19 +338,24 @@ pub struct Cortex {
 impl Cortex {
     /// Start a Cortex on `dir` (created if needed) and wait until it answers Storm.
     pub fn start(dir: &Path) -> Cortex {
-        Cortex::launch(dir, None)
+        Cortex::launch(dir, None, &python())
+    }
+
+    /// Start a Cortex with the Python of another Synapse install.
+    pub fn start_with(dir: &Path, python: &Path) -> Cortex {
+        Cortex::launch(dir, None, python)
     }
 
     /// Start a real Cortex through `tests/util/patched_cortex.py`, which patches
     /// the one function the `SYNTEST_*` variables in `env` select.
     pub fn start_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
-        Cortex::launch(dir, Some(env))
+        Cortex::launch(dir, Some(env), &python())
     }
 
-    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
+    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>, python: &Path) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(python);
         match patched {
             Some(env) => {
                 cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/patched_cortex.py"));
