@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
 //! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
-//! window or restore failed or was skipped, or its last good backup is too old, so
+//! window, restore or drill failed or was skipped, or its last good backup is too old, so
 //! it serves as a monitoring check.
 
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Status};
+use crate::instance::tested::{self, Tested};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
@@ -40,6 +41,10 @@ struct Health {
     backup: Option<Status>,
     cold: Option<Status>,
     restore: Option<Status>,
+    /// The last drill (`synbackup drill`, or `run` with SYNBACKUP_DRILL_AFTER_RUN).
+    drill: Option<Status>,
+    /// The newest backup whose last drill passed, and that drill.
+    newest_tested: Option<NewestTested>,
     /// The service directory's file system and disk, data size, RAM, and the bytes
     /// a window would reclaim (from the last run).
     host: Option<serde_json::Value>,
@@ -48,6 +53,13 @@ struct Health {
     /// The last certificate check (`synbackup certs`, every `run`).
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<crate::instance::certs::CertsState>,
+}
+
+#[derive(Serialize)]
+struct NewestTested {
+    backup: String,
+    #[serde(flatten)]
+    tested: Tested,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -94,6 +106,12 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
     let cold = status::load(&dirs.state_dir, name, "cold");
     let restore = status::load(&dirs.state_dir, name, "restore");
+    let drill = status::load(&dirs.state_dir, name, "drill");
+    let drilled = tested::load(&dirs.state_dir, name);
+    let newest_tested = tested::newest_passed(&drilled).map(|(b, t)| NewestTested {
+        backup: b.clone(),
+        tested: t.clone(),
+    });
     let age = backup
         .as_ref()
         .and_then(|s| s.last_success.as_deref())
@@ -110,7 +128,11 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         )),
         _ => {}
     }
-    for (what, s) in [("maintenance window", &cold), ("restore", &restore)] {
+    for (what, s) in [
+        ("maintenance window", &cold),
+        ("restore", &restore),
+        ("drill", &drill),
+    ] {
         if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
             problems.push(last_problem(what, s));
         }
@@ -125,6 +147,8 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         backup,
         cold,
         restore,
+        drill,
+        newest_tested,
         host,
         warnings,
         certs: crate::instance::certs::load_state(&dirs.state_dir, name),
@@ -203,7 +227,11 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
             writeln!(out, "{}: certificates: {w}", h.instance)?;
         }
-        for (what, s) in [("maintenance window", &h.cold), ("restore", &h.restore)] {
+        for (what, s) in [
+            ("maintenance window", &h.cold),
+            ("restore", &h.restore),
+            ("drill", &h.drill),
+        ] {
             if let Some(s) = s {
                 writeln!(
                     out,
@@ -211,6 +239,19 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
                     h.instance, s.result, s.finished, s.exit_code
                 )?;
             }
+        }
+        match &h.newest_tested {
+            Some(n) => writeln!(
+                out,
+                "{}: newest tested backup {}: {}",
+                h.instance,
+                n.backup,
+                tested::describe(&n.tested)
+            )?,
+            None if h.drill.is_some() => {
+                writeln!(out, "{}: no backup has passed a drill", h.instance)?
+            }
+            None => {}
         }
     }
     Ok(())
