@@ -2,8 +2,8 @@
 //! `synbackup completions SHELL`: the completion script clap generates. For bash,
 //! clap's function is wrapped by one that completes what clap cannot know: the
 //! instance names (`CONFIG_DIR/*.conf`) for `run`, `cold`, `status`, `list`,
-//! `prune`, `retire` and `restore --instance`, and for `restore --instance NAME` the
-//! backup names in that instance's `SYNBACKUP_BACKUP_ROOT`.
+//! `prune`, `retire`, `drill` and `restore --instance`, and for `restore --instance
+//! NAME` and `drill NAME` the backup names in that instance's `SYNBACKUP_BACKUP_ROOT`.
 
 use std::process::ExitCode;
 
@@ -31,9 +31,9 @@ _synbackup_names() {
         case $w in
             --config-dir) confdir=${COMP_WORDS[i+1]}; i=$((i + 1)) ;;
             --instance) inst=${COMP_WORDS[i+1]}; i=$((i + 1)) ;;
-            --state-dir|--lock-dir|--metrics-dir|--unit) i=$((i + 1)) ;;
+            --state-dir|--lock-dir|--metrics-dir|--unit|--dir|--python|--module|--timeout|--check) i=$((i + 1)) ;;
             -*) ;;
-            *) if [[ -z $sub ]]; then sub=$w; fi ;;
+            *) if [[ -z $sub ]]; then sub=$w; elif [[ $sub == drill && -z $inst ]]; then inst=$w; fi ;;
         esac
     done
     local names=() f
@@ -47,7 +47,10 @@ _synbackup_names() {
                 if [[ $prev != --* ]]; then
                     COMPREPLY=($(compgen -W "${names[*]}" -- "$cur")); return 0
                 fi ;;
-            restore)
+            drill|restore)
+                if [[ $sub == drill && -z $inst && $prev != --* ]]; then
+                    COMPREPLY=($(compgen -W "${names[*]}" -- "$cur")); return 0
+                fi
                 if [[ -n $inst && $prev != --* ]]; then
                     local root
                     root=$(sed -n 's/^[[:space:]]*SYNBACKUP_BACKUP_ROOT[[:space:]]*=[[:space:]]*//p' "$confdir/$inst.conf" 2>/dev/null | tail -n1)

@@ -247,4 +247,9 @@ fn bash_completion_offers_instance_names() {
         complete("synbackup restore --instance cortex00 c"),
         "cortex00_20261201T144445Z\n"
     );
+    assert_eq!(complete("synbackup drill c"), "cortex00\n");
+    assert_eq!(
+        complete("synbackup drill cortex00 c"),
+        "cortex00_20261201T144445Z\n"
+    );
 }
