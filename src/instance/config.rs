@@ -18,6 +18,7 @@ use clap::Args;
 use crate::base::exit::{fail, Code};
 use crate::base::units::{parse_duration, parse_size};
 use crate::engine::freeze::FreezeMode;
+use crate::host::transient::Isolation;
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
 #[derive(Debug, Args, Clone, Default)]
@@ -92,6 +93,14 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "a Storm query a drill runs, which must succeed",
     ),
     ("SYNBACKUP_DRILL_TIMEOUT", "a duration (default 10m)"),
+    (
+        "SYNBACKUP_DRILL_ISOLATION",
+        "auto, systemd-run or netns (default auto: a transient unit when systemd runs)",
+    ),
+    (
+        "SYNBACKUP_DRILL_AFTER_RUN",
+        "yes or no (default no): every run drills the backup it made",
+    ),
 ];
 
 /// `SYNBACKUP_MAX_AGE` when unset.
@@ -122,6 +131,10 @@ pub(crate) struct Instance {
     pub(crate) drill_module: Option<String>,
     pub(crate) drill_check: Option<String>,
     pub(crate) drill_timeout: Duration,
+    /// How a drill's server is kept off the network.
+    pub(crate) drill_isolation: Isolation,
+    /// `run` drills the backup it just made.
+    pub(crate) drill_after_run: bool,
 }
 
 /// Retention counts.
@@ -379,6 +392,19 @@ fn load_with(
             _ => return Err(bad("SYNBACKUP_FREEZE", v, "auto, always or never")),
         },
     };
+    let drill_after_run = match values.get("SYNBACKUP_DRILL_AFTER_RUN") {
+        None => false,
+        Some(v) => match v.text.as_str() {
+            "yes" => true,
+            "no" | "" => false,
+            _ => return Err(bad("SYNBACKUP_DRILL_AFTER_RUN", v, "yes or no")),
+        },
+    };
+    let drill_isolation = match values.get("SYNBACKUP_DRILL_ISOLATION") {
+        None => Isolation::Auto,
+        Some(v) => Isolation::parse(&v.text)
+            .ok_or_else(|| bad("SYNBACKUP_DRILL_ISOLATION", v, "auto, systemd-run or netns"))?,
+    };
     let jobs = match values.get("SYNBACKUP_JOBS") {
         None => None,
         Some(_) => Some(number("SYNBACKUP_JOBS", 0, 1..=256)?),
@@ -454,6 +480,8 @@ fn load_with(
             .filter(|v| !v.text.is_empty())
             .map(|v| v.text.clone()),
         drill_timeout: duration("SYNBACKUP_DRILL_TIMEOUT", Duration::from_secs(600))?,
+        drill_isolation,
+        drill_after_run,
     })
 }
 
