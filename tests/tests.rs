@@ -30,6 +30,8 @@ mod engine {
 mod instance {
     /// `certs INSTANCE`: certificate metrics and expiry events.
     mod certs;
+    /// The certificate directory carried in backups; `restore --certs`; `ssl://`.
+    mod certs_backup;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
 }
@@ -48,6 +50,8 @@ mod host {
 
 /// The command surface.
 mod commands {
+    /// The bash, zsh and fish completion scripts, run in those shells.
+    mod completions;
     /// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
     mod manpage;
 }

@@ -25,6 +25,10 @@ pub(crate) struct BackupArgs {
     pub(crate) dst: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) engine: EngineOpts,
+    /// Also carry this certificate directory (the service user's ~/.syn/certs or
+    /// its SYN_CERT_DIR) in the backup, as DST/synbackup-certs/.
+    #[arg(long, value_name = "D")]
+    pub(crate) cert_dir: Option<PathBuf>,
     /// Verify the copy before it is published under DST.
     #[arg(long)]
     pub(crate) verify: bool,
@@ -87,6 +91,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         verify: a.verify,
         min_free: 0,
         show_bar,
+        cert_dir: a.cert_dir,
     };
     let summary = backup::run(&req)?;
     log::info!("{}", summary.line());

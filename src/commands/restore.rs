@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE]`: put a
-//! backup in place of a service directory (`service::restore`).
+//! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--certs
+//! [--cert-dir D]]`: put a backup in place of a service directory, and its
+//! certificate directory back (`service::restore`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,14 @@ pub(crate) struct RestoreArgs {
     /// the directory's): that replaces the service with a different one.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Also put back the certificate directory the backup carries (a file there
+    /// that differs is kept as NAME.synbackup-old-TIMESTAMP and named).
+    #[arg(long)]
+    pub(crate) certs: bool,
+    /// Where --certs puts it (default: the instance's or the unit's certificate
+    /// directory, else where the backup found it).
+    #[arg(long, value_name = "D", requires = "certs")]
+    pub(crate) cert_dir: Option<PathBuf>,
 }
 
 /// Restore as asked. By path (no `--instance`), the locks of the configured
@@ -49,6 +58,8 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
             unit: a.unit.clone(),
             instance: a.instance.clone(),
             force: a.force,
+            certs: a.certs,
+            cert_dir: a.cert_dir.clone(),
         },
     )?;
     Ok(ExitCode::SUCCESS)

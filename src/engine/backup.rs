@@ -10,6 +10,8 @@
 //! the plain files, `--jobs` at a time (`workers`), each file hashed as written and
 //! fsynced; give directories their modes; assemble and write the manifest;
 //! optionally verify; publish (rename the temporary to DST and fsync the parent).
+//! Given the service's certificate directory (`Request::cert_dir`), it is walked
+//! with the source and copied after it, under `synbackup-certs/` (`certdir`).
 //! Anything that fails removes the temporary (and only it); a killed run leaves only
 //! `.NAME.synbackup-partial.PID`, which nothing mistakes for a backup.
 
@@ -26,6 +28,7 @@ use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
+use crate::engine::certdir::{self, Carried, CertPlan};
 use crate::engine::freeze::{self, FreezeMode, Frozen};
 use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
@@ -56,6 +59,8 @@ pub(crate) struct Request {
     /// Space that must remain free at the destination after the backup.
     pub(crate) min_free: u64,
     pub(crate) show_bar: bool,
+    /// The service's certificate directory, carried in the backup (`certdir`).
+    pub(crate) cert_dir: Option<PathBuf>,
 }
 
 /// What a finished backup reports.
@@ -78,6 +83,10 @@ pub(crate) struct Summary {
     /// Of which: the service's own freeze call (nexus lock and flush).
     pub(crate) freeze_call_ms: Option<f64>,
     pub(crate) verified: bool,
+    /// The certificate directory carried, and its files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cert_dir: Option<String>,
+    pub(crate) cert_files: usize,
 }
 
 impl Summary {
@@ -89,11 +98,15 @@ impl Summary {
             None => "not frozen".to_string(),
         };
         format!(
-            "backed up {} to {}: {} environments, {} files; read {}, wrote {} in {:.2} s ({mbps:.0} MB/s); compaction saved {}; {freeze}{}",
+            "backed up {} to {}: {} environments, {} files{}; read {}, wrote {} in {:.2} s ({mbps:.0} MB/s); compaction saved {}; {freeze}{}",
             self.source,
             self.backup,
             self.environments,
             self.files,
+            match &self.cert_dir {
+                Some(d) => format!(" and the certificate directory {d} ({} files)", self.cert_files),
+                None => String::new(),
+            },
             human(self.source_bytes),
             human(self.bytes_written),
             self.seconds,
@@ -212,6 +225,11 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
     let mut sized = size_up(&src, &req.skipdirs, req.whole)?;
+    let certs = match &req.cert_dir {
+        Some(d) => certdir::plan_cert_dir(d, &src, &dst)?,
+        None => None,
+    };
+    sized.needed += certs.as_ref().map_or(0, |c| c.bytes + 64 * 1024);
     check_space(&src, &dst, &sized, req.min_free)?;
     let mut partial = Partial::create(&dst)?;
     interrupt::check()?;
@@ -229,10 +247,20 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
     let done = workers::run_tasks(tasks, jobs, &src, &tmp, &progress)?;
-    let copied = collect(done);
-    let dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
+    let mut copied = collect(done);
+    let mut dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
+    let mut layout = layout;
+    let carried = carry_certs(
+        certs.as_ref(),
+        &tmp,
+        &progress,
+        &mut copied,
+        &mut dirs,
+        &mut layout,
+    )?;
     let src_meta = fs::metadata(&src)?;
-    let manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
+    let mut manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
+    manifest.cert_dir = carried.as_ref().map(|c| c.info.clone());
     write_manifest(&tmp, &manifest, &src_meta)?;
     drop(progress);
     fault::point("before-publish")?;
@@ -242,7 +270,9 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         source: src.to_string_lossy().into_owned(),
         backup: dst.to_string_lossy().into_owned(),
         environments: manifest.environments.len(),
-        files: copied.files.len() - copied.envs.len(),
+        files: copied.files.len() - copied.envs.len() - cert_files(&carried),
+        cert_dir: certs.as_ref().map(|c| c.dir.to_string_lossy().into_owned()),
+        cert_files: cert_files(&carried),
         source_bytes: copied.source_bytes,
         bytes_written: copied.bytes_written,
         seconds: t0.elapsed().as_secs_f64(),
@@ -252,6 +282,37 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         freeze_call_ms: freeze.call_ms,
         verified,
     })
+}
+
+/// Copy the certificate directory (if any) after the source; its entries join the
+/// manifest's lists (kept sorted).
+fn carry_certs(
+    certs: Option<&CertPlan>,
+    tmp: &Path,
+    progress: &Progress,
+    copied: &mut Copied,
+    dirs: &mut Vec<DirEntry>,
+    layout: &mut Layout,
+) -> Result<Option<Carried>> {
+    let Some(plan) = certs else {
+        return Ok(None);
+    };
+    interrupt::check()?;
+    progress.set_label(&format!("copying {}", plan.dir.display()));
+    let carried = certdir::copy_cert_dir(plan, tmp, progress)?;
+    copied.files.extend(carried.files.iter().cloned());
+    copied.files.sort_by(|a, b| a.path.cmp(&b.path));
+    copied.source_bytes += carried.bytes;
+    copied.bytes_written += carried.bytes;
+    dirs.extend(carried.dirs.iter().cloned());
+    dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    layout.symlinks.extend(carried.symlinks.iter().cloned());
+    layout.symlinks.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Some(carried))
+}
+
+fn cert_files(carried: &Option<Carried>) -> usize {
+    carried.as_ref().map_or(0, |c| c.files.len())
 }
 
 /// Fail early, with both numbers, when DST's filesystem cannot hold the backup.
@@ -664,6 +725,7 @@ fn assemble_manifest(
         symlinks: layout.symlinks,
         dirs,
         environments: copied.envs,
+        cert_dir: None,
     }
 }
 

@@ -19,7 +19,11 @@
 //! - `environments`: per LMDB environment `path`, `page_size`, `last_pgno`,
 //!   `source_bytes` (space its data.mdb took at the source) and `databases`, the
 //!   entry count of every named database (names that are not UTF-8 as `hex:...`),
-//!   with `(main)` for the main database's own records.
+//!   with `(main)` for the main database's own records;
+//! - `cert_dir` (only when the backup carries the service's certificate
+//!   directory): `source` (where it was), `path` (where it is in the backup:
+//!   `synbackup-certs`), `uid` and `gid` of its owner. Its files, directories and
+//!   links are listed in `files`, `dirs` and `symlinks` like the others, under `path`.
 //!
 //! Paths, link targets and xattr names that are not UTF-8 (or that begin with
 //! `hex:`) are written `hex:` and the lower-case hex of their bytes; `xattrs` maps
@@ -43,6 +47,11 @@ pub(crate) const MANIFEST_NAME: &str = "synbackup-manifest.json";
 /// The marker written into a backup that passed verification before it was
 /// published (ignored by `verify`, like the manifest).
 pub(crate) const VERIFIED_MARK: &str = "synbackup-verified";
+/// Where a backup carries the service's certificate directory: a top-level
+/// directory Synapse does not read (a cell reads `DIR/certs/`, `cell.yaml` and its
+/// own files by name; its only walk of the directory, `onboot:optimize`, looks for
+/// `data.mdb`), so a backup still starts as the service it is a backup of.
+pub(crate) const CERTS_DIR: &str = "synbackup-certs";
 /// The format identifier written.
 pub(crate) const FORMAT: &str = "synbackup-manifest/2";
 /// The previous format, still read.
@@ -73,6 +82,20 @@ pub(crate) struct Manifest {
     #[serde(default)]
     pub(crate) dirs: Vec<DirEntry>,
     pub(crate) environments: Vec<EnvEntry>,
+    /// The certificate directory carried in the backup (`engine::certdir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cert_dir: Option<CertDirInfo>,
+}
+
+/// Where a carried certificate directory came from and who owned it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct CertDirInfo {
+    /// Its absolute path at the source (a path key: `hex:` when not UTF-8).
+    pub(crate) source: String,
+    /// Where it is in the backup, relative (`synbackup-certs`).
+    pub(crate) path: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,6 +7,8 @@
 pub(crate) mod backup;
 /// The Synapse version a service directory records (its `cell:info`).
 pub(crate) mod cellinfo;
+/// The service's certificate directory, carried in a backup.
+pub(crate) mod certdir;
 /// The service's certificates and keys, checked with OpenSSL.
 pub(crate) mod certs;
 /// Compacting LMDB copies through pipes, from held snapshots.

@@ -10,7 +10,10 @@
 //! directory without `data.mdb` is left out with a warning; sockets, fifos and
 //! devices are skipped. Two additions: `sockets/` directories (runtime sockets) and
 //! a top-level `synbackup-manifest.json` (a restored backup's old manifest) are
-//! skipped too (as is its `synbackup-verified` marker).
+//! skipped too (as is its `synbackup-verified` marker), and so is a top-level
+//! `synbackup-certs/` (a backup's copy of the certificate directory, left by a
+//! restore done by hand with `cp -a`: synbackup's own, never the service's), in a
+//! maintenance window too (the copy stays in the window's kept directory).
 //!
 //! Symlinks: Synapse's tool follows a link to a file or to an environment and copies
 //! the data. So do we, for every link that is absolute or resolves outside the tree
@@ -40,7 +43,7 @@ use anyhow::{Context, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::base::exit::{fail, Code};
-use crate::engine::manifest::MANIFEST_NAME;
+use crate::engine::manifest::{CERTS_DIR, MANIFEST_NAME};
 
 /// Directory names never backed up, at any depth.
 const SKIP_DIR_NAMES: &[&str] = &["tmp", "backups", "sockets"];
@@ -221,6 +224,13 @@ fn walk(
             continue;
         }
         if ft.is_dir() {
+            if rel.as_os_str().is_empty() && name_str == CERTS_DIR {
+                log::info!(
+                    "leaving out {}: a backup's copy of a certificate directory, not part of the service",
+                    path.display()
+                );
+                continue;
+            }
             let mut child_rules = rules;
             match rules {
                 Rules::Backup(skipdirs) if skip_dir(&rel_child, &name_str, skipdirs) => {
@@ -323,10 +333,13 @@ mod tests {
             "sockets",
             "layers/abc/layer_v2.lmdb",
             "layers/skipme/nodeedits.lmdb",
+            "synbackup-certs/hosts",
+            "slabs/synbackup-certs",
         ] {
             fs::create_dir_all(s.join(d)).unwrap();
         }
         for f in [
+            "synbackup-certs/hosts/h.key",
             "cell.guid",
             "slabs/cell.lmdb/data.mdb",
             "slabs/cell.lmdb/lock.mdb",
@@ -354,6 +367,7 @@ mod tests {
                 "l link",
                 "d slabs",
                 "e slabs/cell.lmdb",
+                "d slabs/synbackup-certs",
             ]
         );
     }
@@ -411,6 +425,7 @@ mod tests {
             "tmp",
             "axon",
             "x.lmdb",
+            "synbackup-certs",
         ] {
             fs::create_dir_all(s.join(d)).unwrap();
         }

@@ -9,7 +9,8 @@
 //!
 //! The certificate directory: `SYNBACKUP_CERT_DIR` when set; else the unit's
 //! `Environment=SYN_CERT_DIR=...`; else `~/.syn/certs` of the unit's `User=` (root
-//! when unset), its home from the passwd database; none without a unit.
+//! when unset), its home from the passwd database; none without a unit. `run`
+//! carries it in every backup ([`cert_dir_to_carry`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,13 +58,19 @@ pub(crate) fn resolve_cert_dir(inst: &Instance) -> Result<Option<PathBuf>> {
     let Some(unit) = &inst.service_unit else {
         return Ok(None);
     };
+    unit_cert_dir(unit).map(Some)
+}
+
+/// The certificate directory of the service `unit` runs (its `SYN_CERT_DIR`, else
+/// `~/.syn/certs` of its `User=`).
+pub(crate) fn unit_cert_dir(unit: &str) -> Result<PathBuf> {
     let out = systemd::systemctl(&["show", "--property=User", "--property=Environment", unit])
         .with_context(|| {
             format!("cannot find the certificate directory of {unit}: set SYNBACKUP_CERT_DIR")
         })?;
     let (user, env_dir) = parse_unit_cert_settings(&out);
     if let Some(d) = env_dir {
-        return Ok(Some(PathBuf::from(d)));
+        return Ok(PathBuf::from(d));
     }
     let user = user.unwrap_or_else(|| "root".to_string());
     let home = nix::unistd::User::from_name(&user)
@@ -74,7 +81,36 @@ pub(crate) fn resolve_cert_dir(inst: &Instance) -> Result<Option<PathBuf>> {
                 "{unit} runs as {user}, who is not in the passwd database: set SYNBACKUP_CERT_DIR"
             )
         })?;
-    Ok(Some(home.join(".syn/certs")))
+    Ok(home.join(".syn/certs"))
+}
+
+/// The certificate directory a run carries in its backup: `SYNBACKUP_CERT_DIR`
+/// always (a missing one fails the backup: the setting is wrong); the unit's when
+/// it exists (a service without `ssl://` listeners may have none). One that cannot
+/// be found is a warning, not a failed backup.
+pub(crate) fn cert_dir_to_carry(inst: &Instance) -> Option<PathBuf> {
+    if inst.cert_dir.is_some() {
+        return inst.cert_dir.clone();
+    }
+    match resolve_cert_dir(inst) {
+        Ok(Some(d)) if d.is_dir() => Some(d),
+        Ok(Some(d)) => {
+            log::info!(
+                "{}: no certificate directory at {} to carry in the backup",
+                inst.name,
+                d.display()
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!(
+                "{}: the backup carries no certificate directory: {e:#}",
+                inst.name
+            );
+            None
+        }
+    }
 }
 
 /// `User=` and `SYN_CERT_DIR` from `systemctl show --property=User --property=Environment`.

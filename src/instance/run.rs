@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! An instance's run (what `synbackup@.service` runs): take the instance lock, back
-//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published), prune
+//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published, the
+//! service's certificate directory carried in it), prune
 //! by retention, expire directories kept by maintenance windows, and record status
 //! and metrics, on failure too.
 
@@ -132,11 +133,15 @@ pub(crate) fn run(
     }
 }
 
-/// What a successful run learnt: the host facts and what a window would reclaim
-/// (the free pages the compacting copy left out).
+/// What a successful run learnt: the host facts, what a window would reclaim
+/// (the free pages the compacting copy left out), the certificate directory carried.
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
     facts["reclaimable_bytes"] = serde_json::json!(summary.saved_bytes);
+    if let Some(d) = &summary.cert_dir {
+        facts["cert_dir"] = serde_json::json!(d);
+        facts["cert_files"] = serde_json::json!(summary.cert_files);
+    }
     facts
 }
 
@@ -233,6 +238,7 @@ fn backup_and_prune(
         verify: true,
         min_free: inst.min_free,
         show_bar,
+        cert_dir: crate::instance::certs::cert_dir_to_carry(inst),
     };
     let summary = backup::run(&req)?;
     let kept = prune::prune(inst, Some(&name), false, true)?;

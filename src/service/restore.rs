@@ -17,6 +17,12 @@
 //!
 //! DIR given through a symlink is resolved first: the swap happens beside the
 //! real directory, not on the symlink's file system.
+//!
+//! `--certs` also puts the backup's copy of the certificate directory back
+//! (`certrestore`), after the swap and before the start (the service reads it when
+//! it starts its `ssl://` listeners): into `--cert-dir`, else the instance's (or
+//! the unit's) certificate directory, else where the backup found it. A rollback
+//! takes it back too.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -33,19 +39,21 @@ use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
 use crate::base::logging;
 use crate::base::xattrs;
-use crate::engine::manifest::Manifest;
+use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
 use crate::engine::verify;
 use crate::engine::workers;
 use crate::host::holders;
 use crate::host::systemd;
+use crate::instance::certs;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
 use crate::instance::run::record_failure;
 use crate::instance::status::{self, Status};
+use crate::service::certrestore::{self, Placed};
 use crate::service::preflight;
 
 /// A staging copy that is removed unless it was swapped in.
@@ -168,6 +176,10 @@ pub(crate) struct Request {
     pub(crate) instance: Option<String>,
     /// Restore a backup of another cell (`cell.guid` differs from DIR's).
     pub(crate) force: bool,
+    /// Also restore the certificate directory the backup carries.
+    pub(crate) certs: bool,
+    /// Where to (default: the instance's or unit's, else where it was backed up from).
+    pub(crate) cert_dir: Option<PathBuf>,
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -177,6 +189,9 @@ struct Target {
     unit: Option<String>,
     stop_timeout: Duration,
     health_timeout: Duration,
+    /// `--certs`: where the certificate directory goes (None: where the backup
+    /// found it).
+    certs: Option<Option<PathBuf>>,
 }
 
 /// What a restore reports (the status's details).
@@ -187,6 +202,8 @@ struct Outcome {
     kept_previous: Option<String>,
     rolled_back: bool,
     service_was_running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certs: Option<Placed>,
 }
 
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
@@ -274,16 +291,22 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
 /// The backup, directory, unit and timeouts, from the request and the instance's
 /// configuration (whose lock is held from here on).
 fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::InstanceLock>)> {
-    let (dir, unit, timeouts, root, lock) = match &args.instance {
+    let (dir, unit, timeouts, root, lock, cert_dir) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
             let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
+            let cert_dir = match &args.cert_dir {
+                Some(d) => Some(d.clone()),
+                None if args.certs => certs::resolve_cert_dir(&inst)?,
+                None => None,
+            };
             (
                 args.dir.clone().unwrap_or(inst.service_dir.clone()),
                 inst.service_unit.clone(),
                 (inst.stop_timeout, inst.health_timeout),
                 Some(inst.backup_root.clone()),
                 Some(lock),
+                cert_dir,
             )
         }
         None => {
@@ -294,9 +317,17 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
                 )
             })?;
             let t = Duration::from_secs(300);
-            (dir, args.unit.clone(), (t, t), None, None)
+            let cert_dir = match (&args.cert_dir, &args.unit) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(u)) if args.certs => Some(certs::unit_cert_dir(u)?),
+                _ => None,
+            };
+            (dir, args.unit.clone(), (t, t), None, None, cert_dir)
         }
     };
+    let cert_dir = cert_dir
+        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.display())))
+        .transpose()?;
     let dir =
         std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
     // Through a symlink: swap beside the real directory.
@@ -308,6 +339,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             unit,
             stop_timeout: timeouts.0,
             health_timeout: timeouts.1,
+            certs: args.certs.then_some(cert_dir),
         },
         lock,
     ))
@@ -421,6 +453,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         ));
     }
     let manifest = Manifest::load(&backup)?;
+    let cert_target = match &t.certs {
+        Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
+        None => None,
+    };
 
     // 3. Space, then the staging copy while the service still runs.
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -474,6 +510,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let aside = parent.join(format!("{name}.pre-restore-{stamp}"));
     let had_dir = dir.exists();
     let mut swapped = false;
+    let mut placed: Option<Placed> = None;
     let result = (|| -> Result<()> {
         holders::wait_released(dir, t.stop_timeout, true)?;
         fault::point("restore-after-stop")?;
@@ -488,6 +525,15 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         staging.armed = false;
         fsutil::fsync_dir(&parent)?;
         fault::point("restore-after-swap")?;
+        if let Some(to) = &cert_target {
+            placed = Some(certrestore::put_back(
+                &backup,
+                &manifest,
+                to,
+                &stamp.to_string(),
+            )?);
+            fault::point("restore-after-certs")?;
+        }
         if let Some(u) = unit {
             systemd::start_unit(u, t.health_timeout)?;
             fault::point("restore-health")?;
@@ -499,6 +545,9 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let Err(e) = result {
         log::error!("restore into {} failed: {e:#}; rolling back", dir.display());
         outcome.rolled_back = true;
+        if let Some(p) = placed.as_mut() {
+            p.undo();
+        }
         rollback(
             t,
             unit,
@@ -507,6 +556,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         )?;
         return Err(e);
     }
+    let certs_line = placed.as_ref().map(|p| {
+        for (file, kept) in &p.replaced {
+            println!("{file} differed from the backup: the old one is kept as {kept}");
+        }
+        format!("; {}", p.line())
+    });
+    outcome.certs = placed;
     if had_dir {
         outcome.kept_previous = Some(aside.to_string_lossy().into_owned());
         let u = t.unit.as_deref().unwrap_or("UNIT");
@@ -517,11 +573,12 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         );
     }
     Ok(format!(
-        "restored {} into {} ({} in {:.1} s){}{}",
+        "restored {} into {} ({} in {:.1} s){}{}{}",
         backup.display(),
         dir.display(),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
+        certs_line.unwrap_or_default(),
         if had_dir {
             format!("; the previous directory is kept at {}", aside.display())
         } else {
@@ -532,6 +589,33 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             _ => String::new(),
         }
     ))
+}
+
+/// Where `--certs` puts the certificate directory of the backup (`to`, else where
+/// the backup found it); refused inside the service directory or the backup.
+fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Result<PathBuf> {
+    let info = certrestore::carried(backup, m)?;
+    let target = to
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path_of(&info.source));
+    let real = fs::canonicalize(&target).unwrap_or(target.clone());
+    if real.starts_with(dir) || real.starts_with(backup) {
+        return Err(fail(
+            Code::BadPath,
+            format!(
+                "the certificate directory {} is inside {} or {}; give another with --cert-dir",
+                target.display(),
+                dir.display(),
+                backup.display()
+            ),
+        ));
+    }
+    log::info!(
+        "the certificate directory of {} goes to {}",
+        backup.display(),
+        target.display()
+    );
+    Ok(target)
 }
 
 /// Undo a restore that failed after the stop: our copy out of the way (removed),

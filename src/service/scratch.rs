@@ -4,7 +4,9 @@
 //!
 //! Each file is a reflink clone (`FICLONE`: shared extents, copy-on-write; btrfs, XFS)
 //! where the filesystem allows, else a sparse copy (holes stay holes). Owners, modes
-//! and times are kept so the service runs as it would on the backup. The copy is a
+//! and times are kept so the service runs as it would on the backup; the backup's
+//! copy of the certificate directory (`synbackup-certs/`) is left out (the cell does
+//! not read it, and its keys need not be copied again). The copy is a
 //! sibling of the backup, `.NAME.synbackup-drill.PID`, holding the marker
 //! [`SCRATCH_MARK`]; [`remove_stale`] removes the ones whose drill is gone (killed),
 //! and only those: a directory without the marker is never deleted. The marker holds
@@ -22,6 +24,7 @@ use anyhow::{Context, Result};
 use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, human};
 use crate::base::xattrs;
+use crate::engine::manifest::CERTS_DIR;
 use crate::host::{holders, netns, transient};
 
 /// The part of a scratch copy's name after the backup's name.
@@ -207,7 +210,7 @@ pub(crate) fn make(backup: &Path, need: u64) -> Result<Scratch> {
     fs::write(scratch.path.join(SCRATCH_MARK), b"")
         .map_err(|e| fsutil::write_error(&scratch.path.join(SCRATCH_MARK), e))?;
     let mut sparse = false;
-    copy_dir(backup, &scratch.path, &mut sparse)?;
+    copy_dir(backup, &scratch.path, &mut sparse, &[CERTS_DIR])?;
     copy_dir_meta(backup, &scratch.path, &fs::metadata(backup)?)?;
     if sparse {
         scratch.method = Method::Sparse;
@@ -215,17 +218,21 @@ pub(crate) fn make(backup: &Path, need: u64) -> Result<Scratch> {
     Ok(scratch)
 }
 
-fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool) -> Result<()> {
+/// Copy what `src` holds into `dst`, but the entries named in `leave_out`.
+fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool, leave_out: &[&str]) -> Result<()> {
     for e in fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
         crate::base::interrupt::check()?;
         let e = e?;
+        if leave_out.iter().any(|n| e.file_name() == *n) {
+            continue;
+        }
         let sp = e.path();
         let dp = dst.join(e.file_name());
         let meta = fs::symlink_metadata(&sp)?;
         let ft = meta.file_type();
         if ft.is_dir() {
             fs::create_dir(&dp).map_err(|e| fsutil::write_error(&dp, e))?;
-            copy_dir(&sp, &dp, sparse)?;
+            copy_dir(&sp, &dp, sparse, &[])?;
             copy_dir_meta(&sp, &dp, &meta)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&sp)?;
@@ -265,8 +272,10 @@ mod tests {
         let b = t.path().join("c0_20261201T000000Z");
         fs::create_dir_all(b.join("slabs")).unwrap();
         fs::write(b.join("slabs/x"), b"data").unwrap();
+        fs::create_dir_all(b.join("synbackup-certs/hosts")).unwrap();
         std::os::unix::fs::symlink("slabs/x", b.join("l")).unwrap();
         let s = make(&b, 4).unwrap();
+        assert!(!s.path.join("synbackup-certs").exists());
         assert_eq!(fs::read(s.path.join("slabs/x")).unwrap(), b"data");
         assert!(fs::symlink_metadata(s.path.join("l")).unwrap().is_symlink());
         let p = s.path.clone();

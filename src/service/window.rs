@@ -14,7 +14,9 @@
 //!    everything else (`backups/`, `tmp/`, SYNBACKUP_SKIPDIRS too: those are rules
 //!    for backups, a window's copy becomes the live service) file by file with
 //!    owners, modes and times, only sockets and `lock.mdb` left for the service to
-//!    recreate (`scan::scan_whole`);
+//!    recreate (`scan::scan_whole`); the certificate directory is not carried (a
+//!    `synbackup-certs/` a hand-made restore left in DIR stays in the kept
+//!    directory, not in the new live one);
 //! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept), `DIR.cold-new` -> `DIR`, fsync;
 //! 5. start the unit and wait until the service answers `getHealthCheck` with
 //!    `nominal` or `degraded` (SYNBACKUP_HEALTH_TIMEOUT);
@@ -243,6 +245,9 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             verify: true,
             min_free: 0,
             show_bar,
+            // The copy becomes the live directory: the certificate directory stays
+            // where the service reads it, and none is carried into the service's.
+            cert_dir: None,
         })?;
         fault::point("cold-verify")?;
         // The copy is a service directory now, not a backup: drop the backup's marker files.

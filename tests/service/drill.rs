@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup drill` against real Synapse 2.256.0: a backup of a live Cortex boots
-//! with its node counts; a killed drill's scratch copy is removed by the next drill;
+//! with its node counts (its copy of the certificate directory left out of the
+//! scratch copy); a killed drill's scratch copy is removed by the next drill;
 //! a backup whose `cell.yaml` the service rejects fails with the service's own
 //! error; a restored mirror stays isolated from its upstream on the host's loopback;
 //! a backup without `cell.guid` is refused; a backup owned by another user is booted
@@ -171,7 +172,19 @@ fn drills_on_real_cortex_backups() {
     let d = core.url_dir().to_string();
     storm(&["add", &d, "120"]);
     let b1 = t.path().join("b1");
-    let o = run(&[&"backup", &src, &b1, &"--verify", &"-q"]);
+    // The backup carries a certificate directory; the drill's copy leaves it out.
+    let certdir = t.path().join("certs");
+    fs::create_dir_all(certdir.join("hosts")).unwrap();
+    fs::write(certdir.join("hosts/core00.key"), "a key").unwrap();
+    let o = run(&[
+        &"backup",
+        &"--cert-dir",
+        &certdir,
+        &src,
+        &b1,
+        &"--verify",
+        &"-q",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let live_ipv4 = core.count();
     let live_tags: u64 = storm(&["count", &d, "syn:tag"]).parse().unwrap();
@@ -193,6 +206,8 @@ fn drills_on_real_cortex_backups() {
         "the drill's server never answered on {}",
         scratch.display()
     );
+    assert!(b1.join("synbackup-certs/hosts/core00.key").is_file());
+    assert!(!scratch.join("synbackup-certs").exists());
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -464,7 +479,7 @@ fn drills_on_real_cortex_backups() {
 fn upgrade_rehearsal_boots_a_2_230_cortex_with_2_256() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("old00");
-    let mut core = Cortex::start_with(&src, &python_old());
+    let mut core = Cortex::start_with_python(&src, &python_old());
     storm(&["add", core.url_dir(), "60"]);
     let b = t.path().join("b");
     let o = run(&[&"backup", &src, &b, &"--verify", &"-q"]);

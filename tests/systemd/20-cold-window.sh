@@ -6,7 +6,9 @@
 # the old one kept. Then a fault at each step - the copy fails, verify fails, the
 # service will not start on the new directory, the health check times out, SIGTERM
 # during the copy - each ends with the original directory in place (same inode),
-# the service active and answering, and the failure reported.
+# the service active and answering, and the failure reported. On the way: the
+# window puts no certificate directory into the live one, and a nightly run carries
+# the unit user's ~/.syn/certs.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -48,6 +50,13 @@ usage() { ns_exec du -s --block-size=1 $dir | cut -f1; }
 cold_result() { ns_exec python3 -c "import json;s=json.load(open('/var/lib/synbackup/cortex00.cold.json'));print(s['result'], s['exit_code'])"; }
 answers() { ns_exec storm.py wait $dir --timeout 120 >/dev/null; }
 
+# The service's certificate directory: ~/.syn/certs of the unit's user (root: the
+# unit has no User=), made by easycert; and a synbackup-certs/ that a
+# restore by hand (`cp -a`) of a backup left in the live directory.
+ns_exec /opt/synapse-venv/bin/python -m synapse.tools.utils.easycert --certdir /root/.syn/certs --ca testca >/dev/null
+ns_exec mkdir -p $dir/synbackup-certs/cas
+ns_exec sh -c "echo stale >$dir/synbackup-certs/cas/stale.crt"
+
 nodes=$(count)
 ns_assert_eq 800 "$nodes" "nodes before the window"
 before_sample=$(sample)
@@ -70,6 +79,17 @@ ns_exec sh -c "ls -d $dir.pre-cold-*" >/dev/null || ns_die "the old directory wa
 ns_assert_eq "success 0" "$(cold_result)" "cold status"
 ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03 -o cat | grep -q 'maintenance window done'
 ns_log "report: $(ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03 -o cat | tail -n1)"
+
+# The window carries no certificate directory into the live one (the stale copy
+# stays in the kept directory); the nightly run carries the unit user's.
+ns_exec test ! -e $dir/synbackup-certs || ns_die "the window put synbackup-certs/ into the live directory"
+ns_exec sh -c "test -f $dir.pre-cold-*/synbackup-certs/cas/stale.crt" || ns_die "the kept directory lost synbackup-certs/"
+ns_exec systemctl start synbackup@cortex00.service
+backup=$(ns_exec sh -c 'ls -d /srv/backups/cortex00/cortex00_*' | tail -n1)
+ns_exec cmp /root/.syn/certs/cas/testca.crt "$backup/synbackup-certs/cas/testca.crt"
+ns_assert_eq 600 "$(ns_exec stat -c %a "$backup/synbackup-certs/cas/testca.key")" "the CA key's mode in the backup (easycert: 644)"
+ns_exec test ! -e "$backup/synbackup-certs/cas/stale.crt" || ns_die "the backup took the stale synbackup-certs/ of the service directory"
+ns_log "ok: the window left synbackup-certs/ out of the live directory; the run carried /root/.syn/certs"
 
 # A failed window must leave things exactly as they were.
 rolled_back() {

@@ -338,21 +338,37 @@ pub struct Cortex {
 impl Cortex {
     /// Start a Cortex on `dir` (created if needed) and wait until it answers Storm.
     pub fn start(dir: &Path) -> Cortex {
-        Cortex::launch(dir, None, &python())
+        Cortex::launch(dir, None)
     }
 
     /// Start a Cortex with the Python of another Synapse install.
-    pub fn start_with(dir: &Path, python: &Path) -> Cortex {
-        Cortex::launch(dir, None, python)
+    pub fn start_with_python(dir: &Path, python: &Path) -> Cortex {
+        Cortex::launch_on(dir, None, "tcp://127.0.0.1:0", &[], python)
     }
 
     /// Start a real Cortex through `tests/util/patched_cortex.py`, which patches
     /// the one function the `SYNTEST_*` variables in `env` select.
     pub fn start_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
-        Cortex::launch(dir, Some(env), &python())
+        Cortex::launch(dir, Some(env))
     }
 
-    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>, python: &Path) -> Cortex {
+    /// Start a real Cortex listening on the telepath URL `telepath` (besides its
+    /// unix socket), with `env` in its environment (`SYN_CERT_DIR`, ...).
+    pub fn start_with(dir: &Path, telepath: &str, env: &[(&str, &str)]) -> Cortex {
+        Cortex::launch_on(dir, None, telepath, env, &python())
+    }
+
+    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
+        Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[], &python())
+    }
+
+    fn launch_on(
+        dir: &Path,
+        patched: Option<&[(&str, &str)]>,
+        telepath: &str,
+        env: &[(&str, &str)],
+        python: &Path,
+    ) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(python);
@@ -366,7 +382,8 @@ impl Cortex {
             }
         }
         let child = cmd
-            .args(["--telepath", "tcp://127.0.0.1:0", "--https", "0"])
+            .envs(env.iter().copied())
+            .args(["--telepath", telepath, "--https", "0"])
             .arg(dir)
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

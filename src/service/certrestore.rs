@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `restore --certs`: put a backup's copy of the certificate directory
+//! (`synbackup-certs/`, see `engine::certdir`) back where the service reads it.
+//!
+//! Each file is written beside its place under a temporary name, checked against
+//! the manifest's SHA-256, given the owner, mode, times and xattrs it has in the
+//! backup (the service user's, as recorded when the backup ran as root), fsynced,
+//! and renamed into place (then the directory fsynced): a file is either the old
+//! one or the whole new one. A file already there with the same content is left
+//! as it is; one that differs is kept, by a hard link made before the rename, as
+//! `NAME.synbackup-old-TIMESTAMP`, and named. Nothing else in the directory is
+//! touched: files the backup does not have stay. Missing directories (the
+//! directory itself on a rebuilt host) are created with the backup's owner and
+//! modes; missing parents (`~/.syn`) get the directory's owner and 0700.
+//!
+//! [`Placed::undo`] takes it back (the restore rolled back): the kept files
+//! renamed back over the new ones, created files and directories removed.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::base::exit::{fail, Code};
+use crate::base::{fsutil, xattrs};
+use crate::engine::manifest::{path_of, CertDirInfo, Manifest};
+use crate::engine::workers;
+
+/// What a restore of the certificates did.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Placed {
+    pub(crate) dir: String,
+    /// Files written where none was.
+    pub(crate) created: usize,
+    /// Files already there with the backup's content, left alone.
+    pub(crate) identical: usize,
+    /// Files that differed: `(path, kept as)`.
+    pub(crate) replaced: Vec<(String, String)>,
+    #[serde(skip)]
+    undo: Undo,
+}
+
+/// What [`Placed::undo`] reverses, in the order it was done.
+#[derive(Debug, Default)]
+struct Undo {
+    new_dirs: Vec<PathBuf>,
+    new_files: Vec<PathBuf>,
+    /// `(place, the old file kept)`.
+    kept: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The backup's certificate directory, or an error saying it has none.
+pub(crate) fn carried(backup: &Path, m: &Manifest) -> Result<CertDirInfo> {
+    m.cert_dir.clone().ok_or_else(|| {
+        fail(
+            Code::BadPath,
+            format!(
+                "{} carries no certificate directory (made without one, or by an older synbackup); restore without --certs",
+                backup.display()
+            ),
+        )
+    })
+}
+
+/// `rel` (a manifest path) relative to the carried directory `top`, if under it.
+fn under(top: &str, rel: &str) -> Option<PathBuf> {
+    path_of(rel)
+        .strip_prefix(path_of(top))
+        .ok()
+        .map(Path::to_path_buf)
+}
+
+/// Restore the certificate directory of the backup at `backup` (verified, its
+/// manifest `m`) into `target`; `stamp` names the kept old files.
+pub(crate) fn put_back(backup: &Path, m: &Manifest, target: &Path, stamp: &str) -> Result<Placed> {
+    let info = carried(backup, m)?;
+    let src = backup.join(path_of(&info.path));
+    let mut placed = Placed {
+        dir: target.to_string_lossy().into_owned(),
+        ..Placed::default()
+    };
+    let result = (|| -> Result<()> {
+        make_parents(target, &info, &mut placed.undo)?;
+        let mut dirs: Vec<PathBuf> = m
+            .dirs
+            .iter()
+            .filter_map(|d| under(&info.path, &d.path))
+            .collect();
+        dirs.sort();
+        for rel in &dirs {
+            let at = if rel.as_os_str().is_empty() {
+                target.to_path_buf()
+            } else {
+                target.join(rel)
+            };
+            place_dir(&at, &mut placed.undo)?;
+        }
+        let want: BTreeMap<PathBuf, &str> = m
+            .files
+            .iter()
+            .filter_map(|f| Some((under(&info.path, &f.path)?, f.sha256.as_str())))
+            .collect();
+        for (rel, sha) in &want {
+            place_file(&src.join(rel), &target.join(rel), sha, stamp, &mut placed)?;
+        }
+        for l in m.symlinks.iter().filter(|l| !l.followed) {
+            if let Some(rel) = under(&info.path, &l.path) {
+                place_link(&src.join(&rel), &target.join(&rel), stamp, &mut placed)?;
+            }
+        }
+        // The directories we made get the backup's owner, mode and times last.
+        for dir in placed.undo.new_dirs.iter().rev() {
+            if let Ok(rel) = dir.strip_prefix(target) {
+                let from = src.join(rel);
+                if from.is_dir() {
+                    fsutil::copy_meta_dir(
+                        dir,
+                        &fs::metadata(&from)?,
+                        &workers::source_xattrs(&from)?,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        placed.undo();
+        return Err(e);
+    }
+    Ok(placed)
+}
+
+/// Create the missing parents of `target` (the directory's owner, 0700).
+fn make_parents(target: &Path, info: &CertDirInfo, undo: &mut Undo) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = target.parent();
+    while let Some(dir) = p {
+        if dir.as_os_str().is_empty() || dir.exists() {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+        p = dir.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        fs::create_dir(&dir).map_err(|e| fsutil::write_error(&dir, e))?;
+        undo.new_dirs.push(dir.clone());
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let _ = nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(info.uid)),
+            Some(nix::unistd::Gid::from_raw(info.gid)),
+        );
+    }
+    Ok(())
+}
+
+/// A directory of the backup's: made when missing (private until its metadata).
+fn place_dir(path: &Path, undo: &mut Undo) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(fail(
+            Code::BadPath,
+            format!(
+                "{} is not a directory, but the backup has a directory there; move it away and restore again",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir(path).map_err(|e| fsutil::write_error(path, e))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+            undo.new_dirs.push(path.to_path_buf());
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+}
+
+/// The name of the old file kept beside `path`: `NAME.synbackup-old-STAMP`
+/// (`-2`, ... when that exists).
+fn kept_name(path: &Path, stamp: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut n = 1;
+    loop {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let p = path.with_file_name(format!("{name}.synbackup-old-{stamp}{suffix}"));
+        if fs::symlink_metadata(&p).is_err() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+/// Keep what is at `path` (a hard link: the place is never empty) before it is
+/// replaced; returns the kept name.
+fn keep_old(path: &Path, stamp: &str, placed: &mut Placed) -> Result<PathBuf> {
+    let old = kept_name(path, stamp);
+    fs::hard_link(path, &old).with_context(|| {
+        format!(
+            "cannot keep {} as {} before replacing it",
+            path.display(),
+            old.display()
+        )
+    })?;
+    placed.undo.kept.push((path.to_path_buf(), old.clone()));
+    placed.replaced.push((
+        path.to_string_lossy().into_owned(),
+        old.to_string_lossy().into_owned(),
+    ));
+    Ok(old)
+}
+
+/// The temporary a file is written under beside `path`.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.synbackup-restoring.{}",
+        std::process::id()
+    ))
+}
+
+/// Put the backup's file `from` at `path` (see the module's preamble).
+fn place_file(from: &Path, path: &Path, sha: &str, stamp: &str, placed: &mut Placed) -> Result<()> {
+    let existing = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(fail(
+                Code::BadPath,
+                format!(
+                    "{} is a directory, but the backup has a file there; move it away and restore again",
+                    path.display()
+                ),
+            ))
+        }
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    if let Some(m) = &existing {
+        if m.is_file() && fsutil::hash_file(path)?.sha256 == sha {
+            placed.identical += 1;
+            return Ok(());
+        }
+    }
+    let tmp = temp_beside(path);
+    let written = (|| -> Result<()> {
+        let sf = File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+        let df = fsutil::create_new(&tmp)?;
+        let h = fsutil::copy_sparse_hashed(&sf, from, &df, &tmp, |_| Ok(()))?;
+        if h.sha256 != sha {
+            return Err(fail(
+                Code::Verify,
+                format!(
+                    "{} changed since it was verified (SHA-256 mismatch)",
+                    from.display()
+                ),
+            ));
+        }
+        let meta = fs::metadata(from)?;
+        fsutil::copy_meta_fd(&df, &tmp, &meta, true, &xattrs::read(&sf, from)?)?;
+        df.sync_all().map_err(|e| fsutil::write_error(&tmp, e))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if existing.is_some() {
+        if let Err(e) = keep_old(path, stamp, placed) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fsutil::write_error(path, e)
+    })?;
+    if existing.is_none() {
+        placed.undo.new_files.push(path.to_path_buf());
+        placed.created += 1;
+    }
+    fsutil::fsync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Put the backup's link `from` at `path`: left when the same, else the old kept.
+fn place_link(from: &Path, path: &Path, stamp: &str, placed: &mut Placed) -> Result<()> {
+    let target = fs::read_link(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let existing = fs::symlink_metadata(path).ok();
+    if existing.is_some() {
+        if fs::read_link(path).ok().as_deref() == Some(target.as_path()) {
+            placed.identical += 1;
+            return Ok(());
+        }
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(fail(
+                Code::BadPath,
+                format!(
+                    "{} is a directory, but the backup has a link there; move it away and restore again",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let tmp = temp_beside(path);
+    std::os::unix::fs::symlink(&target, &tmp).map_err(|e| fsutil::write_error(&tmp, e))?;
+    fsutil::apply_meta_link(&tmp, &fs::symlink_metadata(from)?)?;
+    if existing.is_some() {
+        if let Err(e) = keep_old(path, stamp, placed) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fsutil::write_error(path, e)
+    })?;
+    if existing.is_none() {
+        placed.undo.new_files.push(path.to_path_buf());
+        placed.created += 1;
+    }
+    fsutil::fsync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+impl Placed {
+    /// Take the restore of the certificates back (the restore failed later).
+    pub(crate) fn undo(&mut self) {
+        for (place, old) in self.undo.kept.drain(..).rev() {
+            match fs::rename(&old, &place) {
+                Ok(()) => log::info!("put {} back", place.display()),
+                Err(e) => log::error!(
+                    "could not put {} back from {}: {e}; rename it by hand",
+                    place.display(),
+                    old.display()
+                ),
+            }
+        }
+        for f in self.undo.new_files.drain(..).rev() {
+            if let Err(e) = fs::remove_file(&f) {
+                log::error!("could not remove the restored {}: {e}", f.display());
+            }
+        }
+        for d in self.undo.new_dirs.drain(..).rev() {
+            if let Err(e) = fs::remove_dir(&d) {
+                log::warn!(
+                    "could not remove the directory {} made by the restore: {e}",
+                    d.display()
+                );
+            }
+        }
+        self.created = 0;
+        self.identical = 0;
+        self.replaced.clear();
+    }
+
+    /// One line for the restore's report.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "certificates restored into {}: {} new, {} already there, {} that differed replaced (the old ones kept beside them)",
+            self.dir,
+            self.created,
+            self.identical,
+            self.replaced.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_names_do_not_collide() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("h.key");
+        fs::write(&p, "x").unwrap();
+        let first = kept_name(&p, "20261201T000000Z");
+        assert_eq!(first, t.path().join("h.key.synbackup-old-20261201T000000Z"));
+        fs::write(&first, "y").unwrap();
+        assert_eq!(
+            kept_name(&p, "20261201T000000Z"),
+            t.path().join("h.key.synbackup-old-20261201T000000Z-2")
+        );
+    }
+
+    #[test]
+    fn paths_under_the_carried_directory() {
+        assert_eq!(
+            under("synbackup-certs", "synbackup-certs/hosts/h.key"),
+            Some(PathBuf::from("hosts/h.key"))
+        );
+        assert_eq!(
+            under("synbackup-certs", "synbackup-certs"),
+            Some(PathBuf::new())
+        );
+        assert_eq!(under("synbackup-certs", "slabs/x"), None);
+        assert_eq!(under("synbackup-certs", "synbackup-certsX/y"), None);
+    }
+}
