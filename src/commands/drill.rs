@@ -12,6 +12,7 @@ use clap::Args;
 use crate::base::exit::{fail, Code};
 use crate::base::units::parse_duration;
 use crate::commands::print_json;
+use crate::host::transient::Isolation;
 use crate::instance::dirs::Dirs;
 use crate::service::drill::{self, Request};
 
@@ -66,6 +67,8 @@ pub(crate) fn exec(dirs: &Dirs, a: &DrillArgs) -> Result<ExitCode> {
                 module: a.module.clone(),
                 timeout,
                 check: a.check.clone(),
+                isolation: Isolation::Auto,
+                env: Default::default(),
             };
             let result = drill::drill(&req);
             drill::report("", &result);

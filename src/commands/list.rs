@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup list [INSTANCE] [--json]`: every backup of the instances with its age,
-//! size and state (`instance::catalog`). An instance whose configuration does not
+//! size and state (`instance::catalog`), and whether a drill booted it
+//! (`instance::tested`: when, which Synapse, boot seconds, nodes). An instance whose configuration does not
 //! load is reported on stderr and the others are still listed (exit 2).
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::run::now_str;
+use crate::instance::tested::{self, Tested};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
@@ -37,6 +39,8 @@ struct Listed {
     age_seconds: i64,
     bytes: u64,
     state: State,
+    /// The backup's last drill (`synbackup drill`), if any.
+    tested: Option<Tested>,
 }
 
 /// `synbackup list [INSTANCE] [--json]`.
@@ -54,8 +58,10 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
                 continue;
             }
         };
+        let mut drilled = tested::load(&dirs.state_dir, &name);
         for e in catalog::scan(&inst.backup_root, &name)? {
             rows.push(Listed {
+                tested: drilled.remove(&e.name),
                 instance: name.clone(),
                 name: e.name,
                 path: e.path.to_string_lossy().into_owned(),
@@ -73,8 +79,8 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "{:<40} {:<20} {:>8} {:>10}  STATE",
-            "BACKUP", "TIME (UTC)", "AGE", "SIZE"
+            "{:<40} {:<20} {:>8} {:>10}  {:<9} TESTED",
+            "BACKUP", "TIME (UTC)", "AGE", "SIZE", "STATE"
         )?;
         for r in &rows {
             let age = std::time::Duration::from_secs(r.age_seconds.max(0) as u64);
@@ -82,9 +88,14 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
+            let tested = r
+                .tested
+                .as_ref()
+                .map(tested::describe)
+                .unwrap_or_else(|| "-".into());
             writeln!(
                 out,
-                "{:<40} {:<20} {:>8} {:>10}  {state}",
+                "{:<40} {:<20} {:>8} {:>10}  {state:<9} {tested}",
                 r.name,
                 &r.time[..19.min(r.time.len())],
                 format_duration(age),

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup status [INSTANCE] [--json]`: the last results of every instance; exits
 //! `Unhealthy` (9) when its configuration does not load, its last run, maintenance
-//! window, restore, offsite copy or certificate deploy failed or was skipped, or its last good
-//! backup is too old, so it serves as a monitoring check.
+//! window, restore, drill, offsite copy or certificate deploy failed or was skipped,
+//! or its last good backup is too old, so it serves as a monitoring check.
 
 use std::process::ExitCode;
 
@@ -18,6 +18,7 @@ use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Status};
+use crate::instance::tested::{self, Tested};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
@@ -43,6 +44,10 @@ struct Health {
     /// The last offsite copy (with SYNBACKUP_OFFSITE_REPOSITORY).
     #[serde(skip_serializing_if = "Option::is_none")]
     offsite: Option<Status>,
+    /// The last drill (`synbackup drill`, or `run` with SYNBACKUP_DRILL_AFTER_RUN).
+    drill: Option<Status>,
+    /// The newest backup whose last drill passed, and that drill.
+    newest_tested: Option<NewestTested>,
     /// The service directory's file system and disk, data size, RAM, and the bytes
     /// a window would reclaim (from the last run).
     host: Option<serde_json::Value>,
@@ -54,6 +59,13 @@ struct Health {
     /// The last `certs deploy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deploy: Option<Status>,
+}
+
+#[derive(Serialize)]
+struct NewestTested {
+    backup: String,
+    #[serde(flatten)]
+    tested: Tested,
 }
 
 /// `synbackup status [INSTANCE] [--json]`: a monitoring check.
@@ -103,6 +115,12 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let deploy = status::load(&dirs.state_dir, name, "deploy");
     let offsite_configured = inst.as_ref().is_ok_and(|i| i.offsite.is_some());
     let offsite = status::load(&dirs.state_dir, name, "offsite").filter(|_| offsite_configured);
+    let drill = status::load(&dirs.state_dir, name, "drill");
+    let drilled = tested::load(&dirs.state_dir, name);
+    let newest_tested = tested::newest_passed(&drilled).map(|(b, t)| NewestTested {
+        backup: b.clone(),
+        tested: t.clone(),
+    });
     let age = backup
         .as_ref()
         .and_then(|s| s.last_success.as_deref())
@@ -124,6 +142,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         ("restore", &restore),
         ("certificate deploy", &deploy),
         ("offsite copy", &offsite),
+        ("drill", &drill),
     ] {
         if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
             problems.push(last_problem(what, s));
@@ -143,6 +162,8 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         cold,
         restore,
         offsite,
+        drill,
+        newest_tested,
         host,
         warnings,
         certs: crate::instance::certs::load_state(&dirs.state_dir, name),
@@ -257,6 +278,7 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
             ("restore", &h.restore),
             ("certificate deploy", &h.deploy),
             ("offsite copy", &h.offsite),
+            ("drill", &h.drill),
         ] {
             if let Some(s) = s {
                 writeln!(
@@ -265,6 +287,19 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
                     h.instance, s.result, s.finished, s.exit_code
                 )?;
             }
+        }
+        match &h.newest_tested {
+            Some(n) => writeln!(
+                out,
+                "{}: newest tested backup {}: {}",
+                h.instance,
+                n.backup,
+                tested::describe(&n.tested)
+            )?,
+            None if h.drill.is_some() => {
+                writeln!(out, "{}: no backup has passed a drill", h.instance)?
+            }
+            None => {}
         }
     }
     Ok(())

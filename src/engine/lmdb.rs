@@ -598,6 +598,18 @@ impl Txn<'_> {
         Ok(out)
     }
 
+    /// The value of `key` in the named database `db` (a walk: for small databases).
+    pub(crate) fn value_of(&self, db: &NamedDb, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut found = None;
+        self.walk(db.dbi, |k, v| {
+            if found.is_none() && k == key {
+                found = Some(v.to_vec());
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
     /// Entries and pages of a named database as its record says (no walk).
     pub(crate) fn db_stat(&self, db: &NamedDb) -> Result<DbStat> {
         self.stat_dbi(db.dbi)

@@ -5,6 +5,8 @@
 
 /// `synbackup backup`: the order of work, one function per step.
 pub(crate) mod backup;
+/// The Synapse version a service directory records (its `cell:info`).
+pub(crate) mod cellinfo;
 /// The service's certificate directory, carried in a backup.
 pub(crate) mod certdir;
 /// The service's certificates and keys, checked with OpenSSL.

@@ -21,3 +21,7 @@ pub(crate) mod storage;
 pub(crate) mod sysctl;
 /// sd_notify and systemctl.
 pub(crate) mod systemd;
+/// Running a process as a hardened transient unit (`systemd-run`).
+pub(crate) mod transient;
+/// A service unit's Environment= and EnvironmentFile= settings.
+pub(crate) mod unitenv;

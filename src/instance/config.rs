@@ -19,6 +19,7 @@ use crate::base::exit::{fail, Code};
 use crate::base::units::{parse_duration, parse_size};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
+use crate::host::transient::Isolation;
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
 #[derive(Debug, Args, Clone, Default)]
@@ -122,6 +123,14 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
         "a duration: `run` prunes the repository (forget --prune) when the last prune is older (default 7d; 0: every run)",
     ),
     ("SYNBACKUP_RESTIC", "the restic binary (default restic, from PATH)"),
+    (
+        "SYNBACKUP_DRILL_ISOLATION",
+        "auto, systemd-run or netns (default auto: a transient unit when systemd runs)",
+    ),
+    (
+        "SYNBACKUP_DRILL_AFTER_RUN",
+        "yes or no (default no): every run drills the backup it made",
+    ),
 ];
 
 /// `SYNBACKUP_MAX_AGE` when unset.
@@ -156,6 +165,10 @@ pub(crate) struct Instance {
     pub(crate) drill_timeout: Duration,
     /// The offsite copy (restic), when SYNBACKUP_OFFSITE_REPOSITORY is set.
     pub(crate) offsite: Option<Offsite>,
+    /// How a drill's server is kept off the network.
+    pub(crate) drill_isolation: Isolation,
+    /// `run` drills the backup it just made.
+    pub(crate) drill_after_run: bool,
 }
 
 /// Where and how `run` copies its backups offsite (through restic).
@@ -437,6 +450,19 @@ fn load_with(
             _ => return Err(bad("SYNBACKUP_COMPACT", v, "yes or no")),
         },
     };
+    let drill_after_run = match values.get("SYNBACKUP_DRILL_AFTER_RUN") {
+        None => false,
+        Some(v) => match v.text.as_str() {
+            "yes" => true,
+            "no" | "" => false,
+            _ => return Err(bad("SYNBACKUP_DRILL_AFTER_RUN", v, "yes or no")),
+        },
+    };
+    let drill_isolation = match values.get("SYNBACKUP_DRILL_ISOLATION") {
+        None => Isolation::Auto,
+        Some(v) => Isolation::parse(&v.text)
+            .ok_or_else(|| bad("SYNBACKUP_DRILL_ISOLATION", v, "auto, systemd-run or netns"))?,
+    };
     let jobs = match values.get("SYNBACKUP_JOBS") {
         None => None,
         Some(_) => Some(number("SYNBACKUP_JOBS", 0, 1..=256)?),
@@ -571,6 +597,8 @@ fn load_with(
             .map(|v| v.text.clone()),
         drill_timeout: duration("SYNBACKUP_DRILL_TIMEOUT", Duration::from_secs(600))?,
         offsite,
+        drill_isolation,
+        drill_after_run,
     })
 }
 

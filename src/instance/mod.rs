@@ -27,3 +27,5 @@ pub(crate) mod retention;
 pub(crate) mod run;
 /// Status files and metrics for monitoring.
 pub(crate) mod status;
+/// Which backups a drill booted (per backup, in the state directory).
+pub(crate) mod tested;

@@ -25,11 +25,14 @@ use serde::Serialize;
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::logging;
 use crate::engine::telepath::{self, Client};
-use crate::engine::verify;
+use crate::engine::{cellinfo, verify};
+use crate::host::transient::{self, Isolation};
+use crate::host::unitenv::{self, UnitEnv};
 use crate::host::{execstart, netns};
 use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::tested::{self, Tested};
 use crate::instance::{lock, status};
 use crate::service::scratch::{self, Method, Scratch};
 
@@ -43,6 +46,10 @@ pub(crate) struct Request {
     pub(crate) timeout: Duration,
     /// A Storm query that must succeed (Cortex only).
     pub(crate) check: Option<String>,
+    /// How the server is isolated.
+    pub(crate) isolation: Isolation,
+    /// The service unit's environment, given to the server.
+    pub(crate) env: UnitEnv,
 }
 
 /// What a passed drill found.
@@ -56,22 +63,38 @@ pub(crate) struct Outcome {
     pub(crate) cell_type: String,
     pub(crate) cell_guid: String,
     pub(crate) synapse_version: String,
+    /// The Synapse that last ran the backed-up service (its cell data), when
+    /// recorded: differs from `synapse_version` in an upgrade rehearsal, and then
+    /// `boot_seconds` includes the new version's data migrations.
+    pub(crate) backup_synapse_version: Option<String>,
     pub(crate) health: String,
     /// Nodes per form (a Cortex's default view).
     pub(crate) form_counts: BTreeMap<String, u64>,
     pub(crate) nodes: u64,
     pub(crate) check: Option<String>,
+    /// How the server was isolated: `systemd-run` (its transient unit) or `netns`.
+    pub(crate) isolation: Isolation,
+    /// The transient unit the server ran as (systemd-run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unit: Option<String>,
 }
 
 impl Outcome {
     /// The one-line summary.
     pub(crate) fn line(&self) -> String {
+        let version = match &self.backup_synapse_version {
+            Some(b) if *b != self.synapse_version => format!(
+                "Synapse {}, upgraded from the backup's {b}: allow {:.0} s for its first boot",
+                self.synapse_version,
+                self.boot_seconds.ceil()
+            ),
+            _ => format!("Synapse {}", self.synapse_version),
+        };
         format!(
-            "drill passed: {} booted as {} {} (Synapse {}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s",
+            "drill passed: {} booted as {} {} ({version}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s",
             self.backup,
             self.cell_type,
             self.cell_guid,
-            self.synapse_version,
             self.boot_seconds,
             self.health,
             self.nodes,
@@ -85,39 +108,62 @@ impl Outcome {
     }
 }
 
+/// How the server under test runs.
+enum Runner {
+    /// Our child, in a network namespace of its own.
+    Child(Child),
+    /// A transient unit of systemd's.
+    Unit(String),
+}
+
 /// The server under test; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Server {
-    child: Child,
+    runner: Runner,
     /// Stopped, and its process group ended.
     ended: bool,
 }
 
 impl Server {
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+    /// How it ended, once it has.
+    fn exited(&mut self) -> Result<Option<String>> {
+        match &mut self.runner {
+            Runner::Child(c) => Ok(c.try_wait()?.map(|st| st.to_string())),
+            Runner::Unit(u) => Ok(transient::ended(u)?.then(|| format!("its unit {u} ended"))),
+        }
+    }
+
+    fn stop_child(child: &mut Child) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         log::warn!("the drill's server did not stop within 60 s; killing it");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
-    /// Stop the server, then end any worker of its process group still running.
+    /// Stop the server, then end any worker of its process group (or unit) still
+    /// running.
     fn stop_all(&mut self) {
-        if !self.ended {
-            self.stop();
-            netns::kill_group(self.child.id());
-            self.ended = true;
+        if self.ended {
+            return;
         }
+        match &mut self.runner {
+            Runner::Child(c) => {
+                Server::stop_child(c);
+                netns::kill_group(c.id());
+            }
+            Runner::Unit(u) => transient::stop(u),
+        }
+        self.ended = true;
     }
 }
 
@@ -143,29 +189,78 @@ fn failed(message: String) -> anyhow::Error {
     fail(Code::Drill, message)
 }
 
-/// Start the server on the scratch copy, isolated, as the backup's owner.
+/// The server's command line on the scratch copy.
+fn server_argv(req: &Request, scratch: &Scratch) -> Vec<std::ffi::OsString> {
+    vec![
+        req.python.clone().into(),
+        "-m".into(),
+        req.module.clone().into(),
+        "--telepath".into(),
+        "tcp://127.0.0.1:0".into(),
+        "--https".into(),
+        "0".into(),
+        scratch.path.clone().into(),
+    ]
+}
+
+/// Start the server on the scratch copy, isolated, as the backup's owner, with the
+/// service unit's environment: as a transient unit or in a network namespace.
 fn start_server(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+    match req.isolation.resolved() {
+        Isolation::SystemdRun => start_unit(req, scratch, owner),
+        _ => start_child(req, scratch, owner),
+    }
+}
+
+fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+    let unit = transient::unit_name(std::process::id());
+    transient::stop(&unit); // a leftover of an earlier drill with our pid
+    let spec = transient::Spec {
+        unit: unit.clone(),
+        description: format!("synbackup drill of {}", scratch.path.display()),
+        uid: owner.0,
+        gid: owner.1,
+        writable: scratch.path.clone(),
+        log: scratch.log.clone(),
+        env: req.env.clone(),
+        argv: server_argv(req, scratch),
+    };
+    transient::start(&spec).map_err(|e| failed(format!("cannot start the server: {e:#}")))?;
+    let server = Server {
+        runner: Runner::Unit(unit.clone()),
+        ended: false,
+    };
+    let (pid, _) = transient::state(&unit)?;
+    scratch.record_server(pid)?;
+    log::info!(
+        "the server runs as the transient unit {unit} (PrivateNetwork=yes, User={}), pid {pid}",
+        owner.0
+    );
+    Ok(server)
+}
+
+fn start_child(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
     let log = File::create(&scratch.log)
         .with_context(|| format!("cannot create {}", scratch.log.display()))?;
-    let mut cmd = Command::new(&req.python);
-    cmd.args([
-        "-m",
-        &req.module,
-        "--telepath",
-        "tcp://127.0.0.1:0",
-        "--https",
-        "0",
-    ])
-    .arg(&scratch.path)
-    .stdin(Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log);
+    let argv = server_argv(req, scratch);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(unitenv::resolve(&req.env)?)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     netns::isolate(&mut cmd, owner.0, owner.1);
     let child = cmd.spawn().map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::EPERM) {
-            " (a drill runs the server in a network namespace of its own: run it as root)"
-        } else {
-            ""
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                " (a drill runs the server in a network namespace of its own: run it as root)"
+                    .to_string()
+            }
+            Some(libc::EACCES) => format!(
+                " (the server runs as the backup's owner, uid {}: that user must be able to run it)",
+                owner.0
+            ),
+            _ => String::new(),
         };
         failed(format!(
             "cannot start {} -m {}: {e}{hint}",
@@ -174,10 +269,12 @@ fn start_server(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<S
         ))
     })?;
     let server = Server {
-        child,
+        runner: Runner::Child(child),
         ended: false,
     };
-    scratch.record_server(server.child.id())?;
+    if let Runner::Child(c) = &server.runner {
+        scratch.record_server(c.id())?;
+    }
     Ok(server)
 }
 
@@ -187,7 +284,7 @@ fn wait_answers(server: &mut Server, sock: &Path, log: &Path, timeout: Duration)
     let mut last = String::from("no socket yet");
     loop {
         crate::base::interrupt::check()?;
-        if let Some(st) = server.child.try_wait()? {
+        if let Some(st) = server.exited()? {
             return Err(failed(format!(
                 "the service did not boot: it exited ({st}) before answering; its log says: {}",
                 cause_from_log(log)
@@ -250,6 +347,10 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
             backup.display()
         )));
     };
+    let backup_synapse_version = cellinfo::stored_synapse_version(&backup).unwrap_or_else(|e| {
+        log::warn!("cannot read the backup's Synapse version: {e:#}");
+        None
+    });
     let meta = fs::metadata(&backup)?;
     let need: u64 = manifest.files.iter().map(|f| f.size).sum();
 
@@ -270,6 +371,10 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let mut server = start_server(req, &scratch, (meta.uid(), meta.gid()))?;
     let sock = scratch.path.join("sock");
     let info = wait_answers(&mut server, &sock, &scratch.log, req.timeout)?;
+    let (isolation, unit) = match &server.runner {
+        Runner::Unit(u) => (Isolation::SystemdRun, Some(u.clone())),
+        Runner::Child(_) => (Isolation::Netns, None),
+    };
     let boot_seconds = t_boot.elapsed().as_secs_f64();
     let checked = check_service(req, &sock, &info, &want_guid, &scratch.log);
     server.stop_all();
@@ -285,10 +390,13 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         cell_type: text_at(&info, &["cell", "type"]),
         cell_guid: want_guid,
         synapse_version: text_at(&info, &["synapse", "verstring"]),
+        backup_synapse_version,
         health,
         nodes: counts.values().sum(),
         form_counts: counts,
         check: req.check.clone(),
+        isolation,
+        unit,
     })
 }
 
@@ -369,6 +477,8 @@ pub(crate) fn drill_instance(
             module,
             timeout: inst.drill_timeout,
             check: check.or(inst.drill_check.clone()),
+            isolation: inst.drill_isolation,
+            env: service_env(&inst)?,
         })
     });
     let previous = status::load(&dirs.state_dir, name, "drill");
@@ -387,7 +497,7 @@ pub(crate) fn drill_instance(
     match &result {
         Ok(o) => {
             st.result = "success".into();
-            st.last_success = Some(finished);
+            st.last_success = Some(finished.clone());
             st.last_success_backup = st.backup.clone();
             st.details = serde_json::to_value(o).ok();
         }
@@ -400,8 +510,68 @@ pub(crate) fn drill_instance(
     if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
         log::error!("could not record the drill's status: {e:#}");
     }
+    if let Err(e) = record_tested(dirs, &inst, &backup, &finished, &result) {
+        log::error!("could not record which backup the drill tested: {e:#}");
+    }
     report(name, &result);
     result.map_err(|e| crate::base::exit::reported(&e))
+}
+
+/// Note the drill of `backup` (a backup of the instance's root) for `list`.
+fn record_tested(
+    dirs: &Dirs,
+    inst: &config::Instance,
+    backup: &Path,
+    finished: &str,
+    result: &Result<Outcome>,
+) -> Result<()> {
+    let in_root = backup
+        .parent()
+        .map(|p| fs::canonicalize(p).ok() == fs::canonicalize(&inst.backup_root).ok());
+    let name = backup
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if in_root != Some(true) || catalog::parse_name(&inst.name, &name).is_none() {
+        return Ok(()); // not one of the instance's own backups: nothing to list it by
+    }
+    let existing: Vec<String> = catalog::scan(&inst.backup_root, &inst.name)?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let t = match result {
+        Ok(o) => Tested {
+            when: finished.to_string(),
+            passed: true,
+            synapse_version: Some(o.synapse_version.clone()),
+            backup_synapse_version: o.backup_synapse_version.clone(),
+            boot_seconds: Some(o.boot_seconds),
+            nodes: Some(o.nodes),
+            form_counts: o.form_counts.clone(),
+            error: None,
+        },
+        Err(e) => Tested {
+            when: finished.to_string(),
+            passed: false,
+            synapse_version: None,
+            backup_synapse_version: None,
+            boot_seconds: None,
+            nodes: None,
+            form_counts: BTreeMap::new(),
+            error: Some(format!("{e:#}")),
+        },
+    };
+    tested::record(&dirs.state_dir, &inst.name, &name, t, &existing)
+}
+
+/// The service unit's environment, when there is a unit and systemd to ask.
+fn service_env(inst: &config::Instance) -> Result<UnitEnv> {
+    match &inst.service_unit {
+        Some(unit) if transient::systemd_runs(Path::new("/")) => unitenv::of_unit(unit)
+            .with_context(|| format!("cannot read the environment of {unit}"))
+            .map_err(|e| failed(format!("{e:#}"))),
+        _ => Ok(UnitEnv::default()),
+    }
 }
 
 /// The Python and module for an instance: its config, else its unit's ExecStart.

@@ -11,7 +11,8 @@
 //! [`SCRATCH_MARK`]; [`remove_stale`] removes the ones whose drill is gone (killed),
 //! and only those: a directory without the marker is never deleted. The marker holds
 //! the pid of the server started on the copy (its process group): the workers a
-//! killed drill's server left are ended before their copy is removed.
+//! killed drill's server left are ended before their copy is removed; a server that
+//! ran as a transient unit (`synbackup-drill-scratch-PID.service`) is stopped.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -24,7 +25,7 @@ use crate::base::exit::{fail, Code};
 use crate::base::fsutil::{self, human};
 use crate::base::xattrs;
 use crate::engine::manifest::CERTS_DIR;
-use crate::host::{holders, netns};
+use crate::host::{holders, netns, transient};
 
 /// The part of a scratch copy's name after the backup's name.
 pub(crate) const SCRATCH_INFIX: &str = ".synbackup-drill.";
@@ -122,6 +123,10 @@ pub(crate) fn remove_stale(dir: &Path) -> usize {
                 path.display()
             );
             continue;
+        }
+        if transient::systemd_runs(Path::new("/")) {
+            // The dead drill's server, if it ran as a transient unit, still runs.
+            transient::stop(&transient::unit_name(pid));
         }
         if !released(&path) {
             continue;

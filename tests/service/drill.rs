@@ -4,7 +4,11 @@
 //! scratch copy); a killed drill's scratch copy is removed by the next drill;
 //! a backup whose `cell.yaml` the service rejects fails with the service's own
 //! error; a restored mirror stays isolated from its upstream on the host's loopback;
-//! `drill INSTANCE` picks the newest verified backup and records status and metrics.
+//! a backup without `cell.guid` is refused; a backup owned by another user is booted
+//! as that user; `drill INSTANCE` picks the newest *verified* backup and records
+//! status, metrics and the per-backup record `list` and `status` show;
+//! `SYNBACKUP_DRILL_AFTER_RUN=yes` drills each run's backup. The upgrade rehearsal:
+//! a Cortex made by Synapse 2.230.0, drilled with 2.256.0.
 //!
 //! One test function runs the phases in order: each boot takes 15–60 s here.
 
@@ -73,6 +77,91 @@ fn remade(t: &Path, backup: &Path, name: &str, edit: impl FnOnce(&Path)) -> Path
     let o = run(&[&"backup", &src, &dst, &"--verify", &"-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     dst
+}
+
+/// A copy of `backup` without `cell.guid`, its manifest remade to match (the file's
+/// entry and `cell_guid` gone, `body_sha256` recomputed): `backup` refuses such a
+/// source, so the manifest is edited as the format documents.
+fn without_guid(t: &Path, backup: &Path, name: &str) -> PathBuf {
+    let dst = t.join(name);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(backup)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::remove_file(dst.join("cell.guid")).unwrap();
+    let mpath = dst.join("synbackup-manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    m["files"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != "cell.guid");
+    m["cell_guid"] = serde_json::Value::Null;
+    m["body_sha256"] = "".into();
+    let body = serde_json::to_string_pretty(&m).unwrap();
+    fs::write(&mpath, &body).unwrap();
+    let sum = Command::new("sha256sum").arg(&mpath).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    let body = body.replacen(
+        "\"body_sha256\": \"\"",
+        &format!("\"body_sha256\": \"{sum}\""),
+        1,
+    );
+    fs::write(&mpath, body).unwrap();
+    dst
+}
+
+/// True when uid 65534 can start `python` (its directories are reachable). Run
+/// through `sh`: setpriv keeps its capabilities until its own exec, which would
+/// reach through directories the user cannot.
+fn runs_as_nobody(python: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/bin/sh", "-c", "exec \"$0\" -c ''"])
+        .arg(python)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A copy of `b1` owned by uid 65534 boots with its server running as 65534.
+fn drills_as_owner(t: &Path, b1: &Path) {
+    let owned = remade(t, b1, "owned", |dir| {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    });
+    let mut child = bin()
+        .args(drill_args(&owned))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scratch = t.join(format!(".owned.synbackup-drill.{}", child.id()));
+    let mut server_uid = None;
+    wait_for(300, || {
+        let pid = fs::read_to_string(scratch.join("synbackup-drill-scratch")).unwrap_or_default();
+        let status = fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        server_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|u| u.split_whitespace().map(String::from).collect::<Vec<_>>());
+        server_uid.is_some() || child.try_wait().unwrap().is_some()
+    });
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        server_uid.expect("the drill's server was never seen"),
+        vec!["65534"; 4],
+        "the server's real, effective, saved and fs uid"
+    );
+    assert_eq!(scratch_left(t), Vec::<String>::new());
 }
 
 #[test]
@@ -152,6 +241,31 @@ fn drills_on_real_cortex_backups() {
     assert!(error_lines(&o)[0].contains("nexslog:en"), "{}", stderr(&o));
     assert_eq!(scratch_left(t.path()), Vec::<String>::new());
 
+    // Phase 3b: a backup without cell.guid (manifest remade, verify passes) would
+    // boot as a new cell: refused before anything starts.
+    let noguid = without_guid(t.path(), &b1, "noguid");
+    let o = run(&[&"verify", &noguid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = drill(&noguid);
+    assert_fails(&o, 11, "no cell.guid");
+    assert!(
+        error_lines(&o)[0].contains(noguid.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(scratch_left(t.path()), Vec::<String>::new());
+
+    // Phase 3c: a backup owned by another user is booted as that user (when that
+    // user can run the venv's Python at all: not when it lives under /root).
+    if runs_as_nobody(&python()) {
+        drills_as_owner(t.path(), &b1);
+    } else {
+        eprintln!(
+            "SKIPPED phase 3c: uid 65534 cannot run {} on this machine",
+            python().display()
+        );
+    }
+
     // Phase 4: a mirror whose upstream listens on the host's loopback never reaches
     // it, and still answers.
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -222,11 +336,32 @@ fn drills_on_real_cortex_backups() {
     };
     let o = with_dirs(&["run", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let root = t.path().join("root");
+    let verified = names(&root)
+        .into_iter()
+        .find(|n| n.starts_with("c0_"))
+        .unwrap();
+    // A newer backup that is complete but not verified (and would not boot: no
+    // cell.guid): the default is the newest *verified* one.
+    let unverified = root.join("c0_29991231T000000Z");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&noguid)
+        .arg(&unverified)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::remove_file(unverified.join("synbackup-verified")).unwrap();
     let o = with_dirs(&["drill", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let st: serde_json::Value =
         serde_json::from_slice(&fs::read(t.path().join("state/c0.drill.json")).unwrap()).unwrap();
     assert_eq!(st["result"], "success", "{st}");
+    assert_eq!(
+        st["backup"],
+        root.join(&verified).to_str().unwrap(),
+        "the newest verified backup"
+    );
     assert_eq!(st["details"]["form_counts"]["inet:ipv4"], live_ipv4, "{st}");
     let prom = fs::read_to_string(t.path().join("metrics/synbackup-c0-drill.prom")).unwrap();
     assert!(
@@ -237,5 +372,140 @@ fn drills_on_real_cortex_backups() {
         prom.contains("synbackup_drill_boot_seconds{instance=\"c0\"} "),
         "{prom}"
     );
-    assert_eq!(scratch_left(&t.path().join("root")), Vec::<String>::new());
+    assert_eq!(scratch_left(&root), Vec::<String>::new());
+
+    // `list` marks the drilled backup as tested, the other not; `status` names it.
+    let o = with_dirs(&["list", "c0", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let by_name = |n: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    let tested = by_name(&verified)["tested"].clone();
+    assert_eq!(tested["passed"], true, "{listed}");
+    assert_eq!(tested["synapse_version"], "2.256.0", "{listed}");
+    assert_eq!(tested["backup_synapse_version"], "2.256.0", "{listed}");
+    assert_eq!(tested["form_counts"]["inet:ipv4"], live_ipv4, "{listed}");
+    assert!(tested["boot_seconds"].as_f64().unwrap() > 0.0, "{listed}");
+    assert!(
+        by_name("c0_29991231T000000Z")["tested"].is_null(),
+        "{listed}"
+    );
+    let o = with_dirs(&["list", "c0"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let row = text.lines().find(|l| l.starts_with(&verified)).unwrap();
+    assert!(
+        row.contains("tested ") && row.contains("Synapse 2.256.0"),
+        "{text}"
+    );
+    let o = with_dirs(&["status", "c0", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        health[0]["newest_tested"]["backup"],
+        verified.as_str(),
+        "{health}"
+    );
+    assert_eq!(health[0]["drill"]["result"], "success", "{health}");
+    let o = with_dirs(&["status", "c0"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("newest tested backup {verified}")),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Phase 6: SYNBACKUP_DRILL_AFTER_RUN=yes: the run drills its own backup. A
+    // drill that fails (the Python is gone) exits 11, keeps the backup, and status
+    // says so; the backup it made is listed as a failed drill.
+    fs::remove_dir_all(&unverified).unwrap();
+    let conf = fs::read_to_string(etc.join("c0.conf")).unwrap();
+    fs::write(
+        etc.join("c0.conf"),
+        format!("{conf}SYNBACKUP_DRILL_AFTER_RUN=yes\nSYNBACKUP_KEEP_LAST=10\n"),
+    )
+    .unwrap();
+    let o = with_dirs(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("drill passed"),
+        "{}\n{}",
+        stderr(&o),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let fresh = fs::read_to_string(t.path().join("state/c0.json")).unwrap();
+    let fresh: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    let fresh = fresh["last_success_backup"].as_str().unwrap().to_string();
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.path().join("state/c0.drill.json")).unwrap()).unwrap();
+    assert_eq!(st["backup"], fresh.as_str(), "{st}");
+    fs::write(
+        etc.join("c0.conf"),
+        format!("{conf}SYNBACKUP_DRILL_AFTER_RUN=yes\nSYNBACKUP_KEEP_LAST=10\nSYNBACKUP_DRILL_PYTHON=/nonexistent/python\n"),
+    )
+    .unwrap();
+    let o = with_dirs(&["run", "c0"]);
+    assert_fails(&o, 11, "cannot start /nonexistent/python");
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.path().join("state/c0.json")).unwrap()).unwrap();
+    let failed_one = st["last_success_backup"].as_str().unwrap().to_string();
+    assert_ne!(failed_one, fresh);
+    assert!(
+        Path::new(&failed_one)
+            .join("synbackup-manifest.json")
+            .is_file(),
+        "the backup was kept"
+    );
+    let o = run(&[&"verify", &failed_one]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = with_dirs(&["status", "c0"]);
+    assert_eq!(o.status.code(), Some(9));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(text.contains("last drill failed"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "newest tested backup {}",
+            Path::new(&fresh).file_name().unwrap().to_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert_eq!(scratch_left(&root), Vec::<String>::new());
+}
+
+#[test]
+fn upgrade_rehearsal_boots_a_2_230_cortex_with_2_256() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("old00");
+    let mut core = Cortex::start_with_python(&src, &python_old());
+    storm(&["add", core.url_dir(), "60"]);
+    let b = t.path().join("b");
+    let o = run(&[&"backup", &src, &b, &"--verify", &"-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    core.stop();
+    let before = hash_tree(&b);
+
+    let t0 = Instant::now();
+    let o = drill(&b);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["synapse_version"], "2.256.0", "{out}");
+    assert_eq!(out["backup_synapse_version"], "2.230.0", "{out}");
+    assert_eq!(out["form_counts"]["inet:ipv4"], 60, "{out}");
+    let boot = out["boot_seconds"].as_f64().unwrap();
+    assert!(boot > 0.0 && boot < secs, "{out}");
+    let line = stderr(&o);
+    assert!(
+        line.contains("Synapse 2.256.0, upgraded from the backup's 2.230.0"),
+        "{line}"
+    );
+    eprintln!("upgrade rehearsal: boot {boot:.1} s, drill {secs:.1} s");
+    // The backup is untouched: same bytes, and its manifest still verifies.
+    assert_eq!(hash_tree(&b), before, "the drill changed the backup");
+    let o = run(&[&"verify", &b]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(scratch_left(t.path()), Vec::<String>::new());
 }

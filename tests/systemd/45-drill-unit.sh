@@ -4,8 +4,12 @@
 # booted systemd: the drill takes the Python and module from the Cortex unit's
 # ExecStart, boots the newest verified backup isolated under the hardened unit,
 # records status and metrics, writes the pass MESSAGE_ID, leaves no scratch copy;
-# the timer is shipped but not enabled. Then an offsite copy under the hardened
-# unit, and the disaster-recovery path in a second, fresh container.
+# the timer is shipped but not enabled. The server runs as a hardened transient unit
+# (systemd-run: PrivateNetwork, its own network namespace) with the Cortex unit's
+# Environment= and EnvironmentFile=; a drill killed meanwhile leaves that unit
+# running, and the next drill stops it before it boots the backup again. With
+# SYNBACKUP_DRILL_AFTER_RUN=yes the backup unit drills the backup it made. Then an offsite copy
+# under the hardened unit, and the disaster-recovery path in a second, fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -14,6 +18,11 @@ set -euo pipefail
 
 ns_boot t40 --bind-ro=/usr/bin/restic:/usr/bin/restic
 sb_install
+# The Cortex unit's environment, which the drill's server must get too.
+ns_exec mkdir -p /etc/systemd/system/synapse-cortex@cortex00.service.d
+printf '[Service]\nEnvironment=SB_DRILL_MARK=from-environment\nEnvironmentFile=-/etc/default/cortex00-env\n' |
+  ns_exec tee /etc/systemd/system/synapse-cortex@cortex00.service.d/env.conf >/dev/null
+echo SB_DRILL_FILE_MARK=from-file | ns_exec tee /etc/default/cortex00-env >/dev/null
 sb_cortex cortex00
 ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
 ns_exec storm.py add /srv/cortex/cortex00 50 >/dev/null
@@ -27,17 +36,65 @@ ns_exec systemd-analyze verify synbackup-drill@cortex00.service synbackup-drill@
 ns_exec systemctl start synbackup@cortex00.service
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the backup"
 
-# The drill (oneshot: start returns when it is done).
+# A first drill: its server runs as a transient unit, hardened, with the Cortex
+# unit's environment, as the backup's owner (the backup is given to nobody: the
+# manifest records no owners). Found while it runs; then the drill is killed.
+ns_exec sh -c 'chown -R 65534:65534 /srv/backups/cortex00/cortex00_*'
+drill_server() { # writes "UNIT PID" of the running drill server to $NS_STATE/server
+  local unit pid
+  unit=$(ns_exec systemctl list-units --plain --no-legend 'synbackup-drill-scratch-*.service' | awk '{print $1; exit}')
+  [ -n "$unit" ] || return 1
+  pid=$(sb_prop "$unit" MainPID)
+  [ "$pid" != 0 ] || return 1
+  echo "$unit $pid" >"$NS_STATE/server"
+}
+ns_exec systemctl start --no-block synbackup-drill@cortex00.service
+ns_wait_until 300 "the drill's transient server unit" drill_server
+read -r unit pid <"$NS_STATE/server"
+ns_assert_eq "yes yes strict yes" "$(sb_prop "$unit" PrivateNetwork) $(sb_prop "$unit" NoNewPrivileges) $(sb_prop "$unit" ProtectSystem) $(sb_prop "$unit" PrivateTmp)" \
+  "PrivateNetwork NoNewPrivileges ProtectSystem PrivateTmp of $unit"
+[ "$(ns_exec readlink "/proc/$pid/ns/net")" != "$(ns_exec readlink /proc/1/ns/net)" ] ||
+  ns_die "the drill's server shares the host's network namespace"
+ns_assert_eq "65534 65534" "$(sb_prop "$unit" User) $(ns_exec grep '^Uid:' "/proc/$pid/status" | cut -f2)" "User= and uid of the drill's server"
+env=$(ns_exec cat "/proc/$pid/environ" | tr '\0' '\n')
+grep -qx SB_DRILL_MARK=from-environment <<<"$env" || ns_die "Environment= of the Cortex unit missing in the server"
+grep -qx SB_DRILL_FILE_MARK=from-file <<<"$env" || ns_die "EnvironmentFile= of the Cortex unit missing in the server"
+ns_exec systemctl kill -s KILL synbackup-drill@cortex00.service
+drill_failed() { [ "$(sb_prop synbackup-drill@cortex00.service ActiveState)" = failed ]; }
+ns_wait_until 60 "the killed drill to end" drill_failed
+ns_assert_eq active "$(sb_prop "$unit" ActiveState)" "the killed drill's server unit"
+ns_exec systemctl reset-failed synbackup-drill@cortex00.service
+
+# The drill (oneshot: start returns when it is done); it stops the leftover unit.
 ns_exec systemctl start synbackup-drill@cortex00.service
 ns_assert_eq success "$(sb_prop synbackup-drill@cortex00.service Result)" "Result of the drill"
 counts=$(ns_exec python3 -c 'import json;d=json.load(open("/var/lib/synbackup/cortex00.drill.json"));print(d["result"], d["details"]["form_counts"]["inet:ipv4"])')
 ns_assert_eq "success 50" "$counts" "drill status and node count"
 ns_exec grep -q 'synbackup_drill_boot_seconds{instance="cortex00"}' /var/lib/prometheus/node-exporter/synbackup-cortex00-drill.prom
 ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'drill passed'
+ns_assert_eq systemd-run "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.drill.json"))["details"]["isolation"])')" "isolation"
+ns_assert_eq "" "$(ns_exec systemctl list-units --all --plain --no-legend 'synbackup-drill-scratch-*')" "drill server units left"
 left=$(ns_exec sh -c 'ls -a /srv/backups/cortex00 | grep -c synbackup-drill || true')
 ns_assert_eq 0 "$left" "scratch copies left"
 # The live Cortex still answers.
 ns_assert_eq 50 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "live nodes after the drill"
+
+# SYNBACKUP_DRILL_AFTER_RUN=yes: the nightly unit drills the backup it just made (its
+# server a transient unit too: the backup unit itself may not unshare namespaces).
+echo SYNBACKUP_DRILL_AFTER_RUN=yes | ns_exec tee -a /etc/synbackup/cortex00.conf >/dev/null
+ns_exec systemctl start synbackup@cortex00.service
+ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run that drills"
+ns_assert_eq "success True 2" "$(ns_exec python3 -c '
+import json
+b = json.load(open("/var/lib/synbackup/cortex00.json"))["last_success_backup"]
+d = json.load(open("/var/lib/synbackup/cortex00.drill.json"))
+t = json.load(open("/var/lib/synbackup/cortex00.tested.json"))
+print(d["result"], d["backup"] == b, sum(1 for v in t.values() if v["passed"]))')" "the run drilled its own backup; two tested backups"
+ns_exec journalctl -b -u synbackup@cortex00.service -o cat | grep -q 'drill passed'
+st=$(ns_exec synbackup status cortex00)
+grep -q 'newest tested backup cortex00_' <<<"$st" || ns_die "status names no tested backup: $st"
+# The offsite run below need not drill again.
+ns_exec sed -i '/^SYNBACKUP_DRILL_AFTER_RUN=/d' /etc/synbackup/cortex00.conf
 
 # Offsite copies under the hardened unit, then the disaster-recovery path: a second,
 # fresh container with only the .deb, the config and the password file restores the

@@ -273,6 +273,19 @@ pub fn python() -> PathBuf {
     venv().join("bin/python")
 }
 
+/// The venv with the older Synapse of the upgrade rehearsal (`.ci/setup`).
+pub fn python_old() -> PathBuf {
+    let p = std::env::var_os("SYNBACKUP_TEST_VENV_OLD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/synbackup-ci/venv-synapse-2.230.0"));
+    assert!(
+        p.join("bin/python").exists(),
+        "no older Synapse venv at {} (set SYNBACKUP_TEST_VENV_OLD or run .ci/setup)",
+        p.display()
+    );
+    p.join("bin/python")
+}
+
 fn storm_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/storm.py")
 }
@@ -327,6 +340,11 @@ impl Cortex {
         Cortex::launch(dir, None)
     }
 
+    /// Start a Cortex with the Python of another Synapse install.
+    pub fn start_with_python(dir: &Path, python: &Path) -> Cortex {
+        Cortex::launch_on(dir, None, "tcp://127.0.0.1:0", &[], python)
+    }
+
     /// Start a real Cortex through `tests/util/patched_cortex.py`, which patches
     /// the one function the `SYNTEST_*` variables in `env` select.
     pub fn start_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
@@ -336,11 +354,11 @@ impl Cortex {
     /// Start a real Cortex listening on the telepath URL `telepath` (besides its
     /// unix socket), with `env` in its environment (`SYN_CERT_DIR`, ...).
     pub fn start_with(dir: &Path, telepath: &str, env: &[(&str, &str)]) -> Cortex {
-        Cortex::launch_on(dir, None, telepath, env)
+        Cortex::launch_on(dir, None, telepath, env, &python())
     }
 
     fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
-        Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[])
+        Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[], &python())
     }
 
     fn launch_on(
@@ -348,10 +366,11 @@ impl Cortex {
         patched: Option<&[(&str, &str)]>,
         telepath: &str,
         env: &[(&str, &str)],
+        python: &Path,
     ) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(python);
         match patched {
             Some(env) => {
                 cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/patched_cortex.py"));
