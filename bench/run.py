@@ -897,7 +897,7 @@ def scale_run(args):
     --size-gib (default 20), warm and cold, one round each: seconds per GiB and peak
     RssAnon should stay flat as the data grows."""
     rows = []
-    for frac in (0.25, 0.5, 1.0):
+    for frac in args.scale_fractions:
         size = args.size_gib * frac
         src = ensure_source(args, 'mixed', size)
         _, allocated = describe_source(src)
@@ -1292,6 +1292,9 @@ def main():
                    help='24 MiB per shape, 1 round, short settle (for CI)')
     p.add_argument('--shapes', default=','.join(SHAPES),
                    help=f'comma-separated data shapes (default {",".join(SHAPES)})')
+    p.add_argument('--scale-fractions', default='0.25,0.5,1',
+                   type=lambda v: [float(x) for x in v.split(',')],
+                   help='with --scale: the fractions of --size-gib to run (default 0.25,0.5,1)')
     p.add_argument('--scale', action='store_true',
                    help='instead: synbackup alone on the mixed shape at 1/4, 1/2 and all '
                    'of --size-gib (default 20), warm and cold (run by hand, not in CI)')
