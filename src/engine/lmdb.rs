@@ -436,39 +436,37 @@ impl Snapshot {
     /// LMDB's writer thread, in file order; the slice is valid only during the call)
     /// instead of written to a descriptor. A non-zero return from `sink` fails the
     /// copy with that code. Blocks until the copy has ended.
-    pub(crate) fn copy_compact_with<F>(&self, mut sink: F) -> std::result::Result<(), MdbError>
+    pub(crate) fn copy_compact_with<F>(&self, sink: F) -> std::result::Result<(), MdbError>
+    where
+        F: FnMut(&[u8]) -> i32 + Send,
+    {
+        self.copy_cb(ffi::MDB_CP_COMPACT, sink)
+    }
+
+    /// LMDB's plain copy of this snapshot (pages in place, the layout `mdb_copy`
+    /// without `-c` gives; meta pages made from the snapshot), each piece handed to
+    /// `sink` on this thread, as `copy_compact_with` does. Blocks until it has ended.
+    pub(crate) fn copy_plain_with<F>(&self, sink: F) -> std::result::Result<(), MdbError>
+    where
+        F: FnMut(&[u8]) -> i32 + Send,
+    {
+        self.copy_cb(0, sink)
+    }
+
+    /// `mdb_env_copycb3` of this snapshot with `flags`, `sink` called for each piece
+    /// (on LMDB's writer thread for the compacting copy, on this one for the plain).
+    fn copy_cb<F>(&self, flags: u32, mut sink: F) -> std::result::Result<(), MdbError>
     where
         F: FnMut(&[u8]) -> i32 + Send,
     {
         // SAFETY: txn belongs to env and is alive; the closure outlives the call, which
-        // joins LMDB's writer thread before returning.
+        // joins LMDB's writer thread (if any) before returning.
         check(unsafe {
             ffi::mdb_env_copycb3(
                 self.env.raw,
                 copy_trampoline::<F>,
                 &mut sink as *mut F as *mut std::ffi::c_void,
-                ffi::MDB_CP_COMPACT,
-                self.txn,
-            )
-        })
-    }
-}
-
-impl Snapshot {
-    /// LMDB's plain copy of this snapshot (pages in place, the layout `mdb_copy`
-    /// without `-c` gives; meta pages made from the snapshot), each piece handed to
-    /// `sink` on this thread, as `copy_compact_with` does. Blocks until it has ended.
-    pub(crate) fn copy_plain_with<F>(&self, mut sink: F) -> std::result::Result<(), MdbError>
-    where
-        F: FnMut(&[u8]) -> i32 + Send,
-    {
-        // SAFETY: as copy_compact_with; the plain copy calls the closure on this thread.
-        check(unsafe {
-            ffi::mdb_env_copycb3(
-                self.env.raw,
-                copy_trampoline::<F>,
-                &mut sink as *mut F as *mut std::ffi::c_void,
-                0,
+                flags,
                 self.txn,
             )
         })

@@ -285,21 +285,7 @@ fn place_file(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    if existing.is_some() {
-        if let Err(e) = keep_old(path, stamp, placed) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        fsutil::write_error(path, e)
-    })?;
-    if existing.is_none() {
-        placed.undo.new_files.push(path.to_path_buf());
-        placed.created += 1;
-    }
-    fsutil::fsync_dir(path.parent().unwrap_or(Path::new("/")))
+    swap_in(&tmp, path, existing.is_some(), stamp, placed)
 }
 
 /// Put the backup's link `from` at `path`: left when the same, else the old kept.
@@ -324,17 +310,23 @@ fn place_link(from: &Path, path: &Path, stamp: &str, placed: &mut Placed) -> Res
     let tmp = temp_beside(path);
     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| fsutil::write_error(&tmp, e))?;
     fsutil::apply_meta_link(&tmp, &fs::symlink_metadata(from)?)?;
-    if existing.is_some() {
+    swap_in(&tmp, path, existing.is_some(), stamp, placed)
+}
+
+/// Rename the finished temporary `tmp` over `path`: an existing entry is kept aside
+/// first (`keep_old`), a new one remembered for the undo; `tmp` never stays behind.
+fn swap_in(tmp: &Path, path: &Path, existed: bool, stamp: &str, placed: &mut Placed) -> Result<()> {
+    if existed {
         if let Err(e) = keep_old(path, stamp, placed) {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(tmp);
             return Err(e);
         }
     }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+    fs::rename(tmp, path).map_err(|e| {
+        let _ = fs::remove_file(tmp);
         fsutil::write_error(path, e)
     })?;
-    if existing.is_none() {
+    if !existed {
         placed.undo.new_files.push(path.to_path_buf());
         placed.created += 1;
     }
