@@ -16,19 +16,9 @@ struct Inst {
 
 impl Inst {
     fn new(m: Material) -> Inst {
-        fs::create_dir_all(m.root.join("etc")).unwrap();
+        m.write_instance_config();
         // node_exporter's textfile directory: metrics are written only where it exists.
         fs::create_dir_all(m.root.join("metrics")).unwrap();
-        fs::write(
-            m.root.join("etc/c0.conf"),
-            format!(
-                "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_CERT_DIR={}\n",
-                m.svc.display(),
-                m.root.join("backups").display(),
-                m.certdir.display()
-            ),
-        )
-        .unwrap();
         Inst { m }
     }
 

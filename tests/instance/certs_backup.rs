@@ -138,14 +138,6 @@ asyncio.run(asyncio.wait_for(main(), 60))
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect() {
     let h = Host::new();

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -24,14 +24,6 @@ use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode};
 
 use crate::util::certs::*;
 use crate::util::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -110,17 +102,7 @@ fn setup(patched: Option<&[(&str, &str)]>) -> Setup {
         Some(env) => Cortex::start_patched(&m.svc, env),
         None => Cortex::start(&m.svc),
     };
-    fs::create_dir_all(m.root.join("etc")).unwrap();
-    fs::write(
-        m.root.join("etc/c0.conf"),
-        format!(
-            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_CERT_DIR={}\n",
-            m.svc.display(),
-            m.root.join("backups").display(),
-            m.certdir.display()
-        ),
-    )
-    .unwrap();
+    m.write_instance_config();
     Setup { m, port, cortex }
 }
 

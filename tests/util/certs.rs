@@ -44,6 +44,24 @@ pub struct Material {
     pub certdir: PathBuf,
 }
 
+impl Material {
+    /// `ROOT/etc/c0.conf`: instance `c0` on the service directory, backups under
+    /// `ROOT/backups`, this certificate directory.
+    pub fn write_instance_config(&self) {
+        std::fs::create_dir_all(self.root.join("etc")).unwrap();
+        std::fs::write(
+            self.root.join("etc/c0.conf"),
+            format!(
+                "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_CERT_DIR={}\n",
+                self.svc.display(),
+                self.root.join("backups").display(),
+                self.certdir.display()
+            ),
+        )
+        .unwrap();
+    }
+}
+
 /// The good case: CA `testca` (its key moved off the host, as the guide says), host
 /// `cortex.local` (SANs cortex.local, localhost), user `root@testca`; the service's
 /// HTTPS pair a testca certificate for `localhost` (0600 key); `dmon:listen` an
