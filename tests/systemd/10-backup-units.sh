@@ -37,7 +37,7 @@ unit=synbackup@cortex00.service
 has_progress() { sb_prop $unit StatusText | grep -q '^copying /srv/cortex/cortex00: .* of '; }
 finished() { [ "$(sb_prop $unit ActiveState)" = inactive ] || [ "$(sb_prop $unit ActiveState)" = failed ]; }
 success_event() {
-  ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e01 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'backed up'
+  ns_has 'backed up' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e01 SYNBACKUP_INSTANCE=cortex00 -o cat
 }
 
 # 1. A verified backup of the running Cortex; the unit ends inactive with success.
@@ -55,7 +55,7 @@ ns_exec test -f "$backup/synbackup-verified"
 ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.json"))["result"])')" "status file"
 ns_exec grep -q 'synbackup_last_success{instance="cortex00"} 1' /var/lib/prometheus/node-exporter/synbackup-cortex00.prom
 # The freeze happened (the Cortex logs it) and the service takes edits after it.
-ns_journal -u synapse-cortex@cortex00.service | grep -q 'Resuming normal operations from a freeze'
+ns_has 'Resuming normal operations from a freeze' -- ns_journal -u synapse-cortex@cortex00.service
 ns_exec storm.py add /srv/cortex/cortex00 5 --start 9000 >/dev/null
 
 # 2. The journal has the success event with the instance as a field.
@@ -68,7 +68,7 @@ printf '[Timer]\nOnCalendar=\nOnActiveSec=2s\nRandomizedDelaySec=0\nAccuracySec=
 ns_exec systemctl daemon-reload
 first=$(sb_prop synbackup@cortex00.service ExecMainStartTimestampMonotonic)
 ns_exec systemctl start synbackup@cortex00.timer
-ns_exec systemctl list-timers --all --no-pager | grep -q 'synbackup@cortex00.timer'
+ns_has 'synbackup@cortex00.timer' -- ns_exec systemctl list-timers --all --no-pager
 ran_again() { [ "$(sb_prop $unit ExecMainStartTimestampMonotonic)" != "$first" ] && finished; }
 ns_wait_until 300 "the timer to run the backup again" ran_again
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the timer's run"
@@ -77,7 +77,7 @@ ns_exec systemctl stop synbackup@cortex00.timer
 # 4. Restore the first backup (200 nodes) over the running Cortex (205 nodes now):
 #    restore --instance stops the unit, swaps, starts it again and keeps the old dir.
 ns_assert_eq 205 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes before restore"
-ns_exec synbackup restore --instance cortex00 "$backup" | grep -q 'to undo:'
+ns_has 'to undo:' -- ns_exec synbackup restore --instance cortex00 "$backup"
 ns_assert_eq active "$(sb_prop synapse-cortex@cortex00.service ActiveState)" "service after restore"
 ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 ns_assert_eq 200 "$(ns_exec storm.py count /srv/cortex/cortex00 inet:ipv4)" "nodes after restore"

@@ -81,7 +81,7 @@ ns_log "ok: directory $before_usage -> $after_usage bytes"
 [ "$(inode)" != "$before_inode" ] || ns_die "the directory was not swapped"
 ns_exec sh -c "ls -d $dir.pre-cold-*" >/dev/null || ns_die "the old directory was not kept"
 ns_assert_eq "success 0" "$(cold_result)" "cold status"
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03 -o cat | grep -q 'maintenance window done'
+ns_has 'maintenance window done' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03 -o cat
 ns_log "report: $(ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e03 -o cat | tail -n1)"
 
 # The window carries no certificate directory into the live one (the stale copy
@@ -132,7 +132,7 @@ ns_exec systemctl daemon-reload
 ino=$(inode)
 if ns_exec systemctl start $cold; then ns_die "start-fails: the window succeeded"; fi
 rolled_back "start-fails" "$ino"
-ns_journal -u $cold | grep -q 'failed to start' || ns_die "start-fails: the reason is not in the journal"
+ns_has 'failed to start' -- ns_journal -u $cold || ns_die "start-fails: the reason is not in the journal"
 ns_exec rm /etc/systemd/system/synapse-cortex@cortex00.service.d/picky.conf
 ns_exec systemctl daemon-reload
 
@@ -151,5 +151,5 @@ ns_exec systemctl start --no-block $cold
 ns_wait_until 120 "the window's copy to start" copying
 ns_exec systemctl stop $cold
 rolled_back "sigterm" "$ino"
-ns_journal -u $cold | grep -q 'rolling back' || ns_die "sigterm: no rollback in the journal"
+ns_has 'rolling back' -- ns_journal -u $cold || ns_die "sigterm: no rollback in the journal"
 ns_poweroff

@@ -129,8 +129,8 @@ for page in synbackup synbackup.conf; do
   warn=$(ns_exec env MANWIDTH=80 man --warnings "$page" 2>&1 >/dev/null)
   ns_assert_eq "" "$warn" "man --warnings $page"
 done
-ns_exec man -P cat synbackup | grep -q '^EXIT STATUS'
-ns_exec man -P cat synbackup.conf | grep -q 'SYNBACKUP_KEEP_DAILY'
+ns_has '^EXIT STATUS' -- ns_exec man -P cat synbackup
+ns_has 'SYNBACKUP_KEEP_DAILY' -- ns_exec man -P cat synbackup.conf
 
 # Bash completion, loaded on demand as in an interactive shell.
 got=$(ns_exec bash -c '. /usr/share/bash-completion/bash_completion
@@ -163,7 +163,7 @@ ns_exec systemctl enable --now synbackup@cortex00.timer synbackup-cold@cortex00.
 ns_exec systemctl start synbackup@scratch.timer
 # in_list_timers UNIT: is UNIT in `systemctl list-timers` (running, with a next time)?
 in_list_timers() {
-  ns_exec systemctl list-timers --no-legend "$1" | grep -qF "$1"
+  ns_has -F "$1" -- ns_exec systemctl list-timers --no-legend "$1"
 }
 for t in synbackup@cortex00.timer synbackup-cold@cortex00.timer; do
   in_list_timers $t || ns_die "$t is not in systemctl list-timers"

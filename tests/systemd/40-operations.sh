@@ -62,7 +62,7 @@ printf '%s\n' SYNBACKUP_SERVICE_DIR=/srv/cortex/cortex00 SYNBACKUP_BACKUP_ROOT=/
 ns_exec systemctl daemon-reload
 if ns_exec systemctl start synbackup@vol.service; then ns_die "a run onto an unmounted volume succeeded"; fi
 ns_exec test ! -e /srv/vol/cortex00 || ns_die "something was written into the unmounted mount point"
-ns_journal -u synbackup@vol.service | grep -q 'Dependency failed' \
+ns_has 'Dependency failed' -- ns_journal -u synbackup@vol.service \
   || ns_log "note: no 'Dependency failed' line for synbackup@vol.service"
 ns_exec rm /etc/synbackup/vol.conf /etc/systemd/system/srv-vol.mount /srv/vol.img
 ns_exec systemctl daemon-reload
@@ -78,7 +78,7 @@ ns_assert_eq success "$(sb_prop $unit Result)" "the run started with the window"
 ns_assert_eq success "$(sb_prop $cold Result)" "the window started with the run"
 ns_assert_eq success "$(result_of cortex00.json)" "run status"
 ns_assert_eq success "$(result_of cortex00.cold.json)" "window status"
-ns_journal -u $unit -u $cold | grep -q 'waiting up to .* for the lock held by' \
+ns_has 'waiting up to .* for the lock held by' -- ns_journal -u $unit -u $cold \
   || ns_die "neither waited for the other"
 ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 

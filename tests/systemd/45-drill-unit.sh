@@ -71,7 +71,7 @@ ns_assert_eq success "$(sb_prop synbackup-drill@cortex00.service Result)" "Resul
 counts=$(ns_exec python3 -c 'import json;d=json.load(open("/var/lib/synbackup/cortex00.drill.json"));print(d["result"], d["details"]["form_counts"]["inet:ipv4"])')
 ns_assert_eq "success 50" "$counts" "drill status and node count"
 ns_exec grep -q 'synbackup_drill_boot_seconds{instance="cortex00"}' /var/lib/prometheus/node-exporter/synbackup-cortex00-drill.prom
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'drill passed'
+ns_has 'drill passed' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e16 SYNBACKUP_INSTANCE=cortex00 -o cat
 ns_assert_eq systemd-run "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.drill.json"))["details"]["isolation"])')" "isolation"
 ns_assert_eq "" "$(ns_exec systemctl list-units --all --plain --no-legend 'synbackup-drill-scratch-*')" "drill server units left"
 left=$(ns_exec sh -c 'ls -a /srv/backups/cortex00 | grep -c synbackup-drill || true')
@@ -90,7 +90,7 @@ b = json.load(open("/var/lib/synbackup/cortex00.json"))["last_success_backup"]
 d = json.load(open("/var/lib/synbackup/cortex00.drill.json"))
 t = json.load(open("/var/lib/synbackup/cortex00.tested.json"))
 print(d["result"], d["backup"] == b, sum(1 for v in t.values() if v["passed"]))')" "the run drilled its own backup; two tested backups"
-ns_exec journalctl -b -u synbackup@cortex00.service -o cat | grep -q 'drill passed'
+ns_has 'drill passed' -- ns_exec journalctl -b -u synbackup@cortex00.service -o cat
 st=$(ns_exec synbackup status cortex00)
 grep -q 'newest tested backup cortex00_' <<<"$st" || ns_die "status names no tested backup: $st"
 # The offsite run below need not drill again.
@@ -110,7 +110,7 @@ ns_exec synbackup offsite init cortex00 >/dev/null
 ns_exec systemctl start synbackup@cortex00.service
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the run with an offsite copy"
 ns_assert_eq success "$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/cortex00.offsite.json"))["result"])')" "offsite status"
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e20 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'as snapshot'
+ns_has 'as snapshot' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e20 SYNBACKUP_INSTANCE=cortex00 -o cat
 ns_assert_eq 1 "$(ns_exec synbackup offsite list cortex00 --json | python3 -c 'import json,sys;print(len(json.load(sys.stdin)))')" "snapshots offsite"
 # What survives the host: the repository, the config, the password file.
 dr=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-dr.XXXXXX")

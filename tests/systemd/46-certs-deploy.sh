@@ -35,7 +35,7 @@ ns_assert_eq "$pid" "$(sb_prop $cortex MainPID)" "the Cortex's MainPID after a r
 ns_exec cmp /root/certs/hosts/localhost.crt /srv/cortex/cortex00/sslcert.pem
 ns_exec test -f /srv/cortex/cortex00/sslcert.pem.old
 ns_assert_eq "600" "$(ns_exec stat -c %a /srv/cortex/cortex00/sslkey.pem)" "the deployed key's mode"
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 SYNBACKUP_INSTANCE=cortex00 -o cat | grep -q 'reloaded in' \
+ns_has 'reloaded in' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 SYNBACKUP_INSTANCE=cortex00 -o cat \
   || ns_die "no deploy event"
 # A Cortex that cannot reload: restarted by the deploy.
 ns_copy_in "$NS_REPO/tests/util/patched_cortex.py" /usr/local/lib/patched_cortex.py
@@ -50,5 +50,5 @@ pid=$(sb_prop $cortex MainPID)
 ns_exec synbackup certs deploy cortex00 --cert /root/certs/hosts/renewed.local.crt --key /root/certs/hosts/renewed.local.key
 [ "$pid" != "$(sb_prop $cortex MainPID)" ] || ns_die "the Cortex that cannot reload was not restarted"
 ns_exec cmp /root/certs/hosts/renewed.local.crt /srv/cortex/cortex00/sslcert.pem
-ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 -o cat | grep -q 'the unit restarted in' \
+ns_has 'the unit restarted in' -- ns_exec journalctl -b MESSAGE_ID=6f1c2d4e8a9b4c3d9e0f1a2b3c4d5e24 -o cat \
   || ns_die "no restart event"

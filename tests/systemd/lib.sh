@@ -65,6 +65,19 @@ ns_assert_eq() {
   ns_log "ok: $3 = '$2'"
 }
 
+# ns_has [GREP-OPTION...] PATTERN -- CMD...: does CMD succeed, and does its output
+# match PATTERN? The whole output is read first: with `CMD | grep -q`, grep exits at
+# the first match, CMD's later writes fail (man's col, killed, exits 127) and
+# pipefail reports that as a failure of the test (CI: 30-package, man | grep -q).
+ns_has() {
+  local args=() out
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
+  [ $# -gt 1 ] || ns_die "ns_has: no command after --"
+  shift
+  out=$("$@") || return
+  grep -q "${args[@]}" <<<"$out"
+}
+
 # ns_wait_until TIMEOUT_S WHAT CMD...: polls CMD (every 0.2 s) until it succeeds.
 # The sleep only paces the polling; readiness is always CMD's own answer.
 ns_wait_until() {
