@@ -30,6 +30,7 @@ Nothing here asserts anything about time; `--small` exists so CI can keep the ha
 working.
 """
 import argparse
+import concurrent.futures
 import glob
 import json
 import os
@@ -324,12 +325,20 @@ def generate(src, total, seed, shape='mixed', small=False):
     sizes = {}
     big, smalls = shape_envs(shape, small)
     t0 = time.monotonic()
-    for i, (rel, share, kind) in enumerate(big):
-        t1 = time.monotonic()
-        sizes[rel] = make_env(os.path.join(src, rel), max(256 * 1024, int(total * share)),
-                              kind, seed + i)
-        if len(big) <= 10:
-            log(f'  {rel}: {sizes[rel] / MIB:.0f} MiB used in {time.monotonic() - t1:.1f} s')
+    # One process per core, the largest environments first: py-lmdb's inserts are
+    # CPU-bound, and each environment has its own seed, so the data is the same as
+    # when they are made one after the other.
+    jobs = [(os.path.join(src, rel), max(256 * 1024, int(total * share)), kind, seed + i)
+            for i, (rel, share, kind) in enumerate(big)]
+    order = sorted(range(len(big)), key=lambda i: -jobs[i][1])
+    with concurrent.futures.ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {i: pool.submit(make_env, *jobs[i]) for i in order}
+        for i in order:
+            rel = big[i][0]
+            sizes[rel] = futures[i].result()
+            if len(big) <= 10:
+                log(f'  {rel}: {sizes[rel] / MIB:.0f} MiB used '
+                    f'({time.monotonic() - t0:.1f} s since the start)')
     if len(big) > 10:
         log(f'  {len(big)} environments: {sum(sizes.values()) / MIB:.0f} MiB used in '
             f'{time.monotonic() - t0:.1f} s')
@@ -1386,6 +1395,10 @@ def main():
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump({'argv': sys.argv, 'offsite': rows}, f, indent=1)
+        return 0
+    if args.scale and args.generate_only:
+        for frac in args.scale_fractions:
+            ensure_source(args, 'mixed', args.size_gib * frac)
         return 0
     if args.scale:
         table, rows = scale_run(args)
