@@ -68,7 +68,11 @@ pub(crate) struct Copy {
 /// pages are page cache, not our memory (RssAnon does not grow) and reclaimable; when
 /// the live pages are more than half the available memory nothing is prefetched
 /// (they would evict themselves before the walk reached them). The free-page bitmap
-/// is bounded (MAX_BITMAP); a larger environment is read by its whole used range.
+/// is bounded (MAX_BITMAP); a larger environment is read by its whole used range, and
+/// so is a small one (at most two windows: one request costs less than reading its
+/// free list first). Small environments matter too: a Cortex with 200 layers has
+/// hundreds of a few MiB, each walked by page faults when not prefetched (the many
+/// shape, bench/RESULTS.md).
 struct Prefetch {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -149,7 +153,8 @@ impl Prefetch {
     /// `whole`: the whole used range (a plain copy reads the free pages too).
     fn start(snap: &Snapshot, path: PathBuf, whole: bool) -> Option<Prefetch> {
         let info = snap.info().ok()?;
-        let free = if whole {
+        let used = (info.last_pgno + 1) * info.page_size;
+        let free = if whole || used <= 2 * PREFETCH_WINDOW {
             None
         } else {
             snap.free_page_bitmap(info.last_pgno, MAX_BITMAP)
@@ -164,9 +169,7 @@ impl Prefetch {
             gap: MERGE_GAP_PAGES,
         };
         let live = runs.live_pages() * info.page_size;
-        if live < 2 * PREFETCH_WINDOW
-            || live > crate::host::procfs::mem_available().unwrap_or(0) / 2
-        {
+        if live == 0 || live > crate::host::procfs::mem_available().unwrap_or(0) / 2 {
             return None;
         }
         let psize = info.page_size;
@@ -226,6 +229,11 @@ const STAGE: usize = 2 << 20;
 /// Staging buffers per copy: writes queued ahead of the device.
 const STAGES: usize = 4;
 
+/// Staging buffers of finished copies, for the next ones: a backup of hundreds of
+/// small environments would otherwise allocate (and the kernel zero) `STAGES` new
+/// buffers for each. At most `--jobs` × `STAGES` of them exist.
+static SPARE_STAGES: std::sync::Mutex<Vec<Stage>> = std::sync::Mutex::new(Vec::new());
+
 /// A staging buffer: `STAGE` bytes at a DIRECT_ALIGN-aligned address in `mem`.
 struct Stage {
     mem: Vec<u8>,
@@ -238,6 +246,22 @@ impl Stage {
         let mem = vec![0u8; STAGE + fsutil::DIRECT_ALIGN];
         let start = mem.as_ptr().align_offset(fsutil::DIRECT_ALIGN);
         Stage { mem, start, len: 0 }
+    }
+
+    /// A spare buffer of an earlier copy, or a new one.
+    fn take() -> Stage {
+        let spare = SPARE_STAGES.lock().ok().and_then(|mut v| v.pop());
+        spare.unwrap_or_else(Stage::new)
+    }
+
+    /// Keep `stages` for the next copy.
+    fn give_back(stages: impl Iterator<Item = Stage>) {
+        if let Ok(mut v) = SPARE_STAGES.lock() {
+            v.extend(stages.map(|mut s| {
+                s.len = 0;
+                s
+            }));
+        }
     }
 
     fn filled(&self) -> &[u8] {
@@ -273,7 +297,8 @@ unsafe impl Send for Piece {}
 /// a very large piece).
 struct Sink {
     hash: Hasher,
-    to_writer: mpsc::SyncSender<Piece>,
+    /// None once the copy has ended: the writing thread's loop ends with it.
+    to_writer: Option<mpsc::SyncSender<Piece>>,
     acks: mpsc::Receiver<bool>,
     pool: mpsc::Receiver<Stage>,
     current: Option<Stage>,
@@ -296,7 +321,7 @@ impl Sink {
                 ptr: buf.as_ptr(),
                 len: buf.len(),
             };
-            if self.to_writer.send(lent).is_err() {
+            if self.send(lent).is_err() {
                 return libc::ECANCELED;
             }
             self.hash.update(buf);
@@ -324,10 +349,17 @@ impl Sink {
         0
     }
 
+    fn send(&self, piece: Piece) -> std::result::Result<(), ()> {
+        match &self.to_writer {
+            Some(tx) => tx.send(piece).map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
     /// Send the staging buffer being filled, if it holds anything.
     fn flush(&mut self) -> std::result::Result<(), ()> {
         match self.current.take() {
-            Some(s) if s.len > 0 => self.to_writer.send(Piece::Staged(s)).map_err(|_| ()),
+            Some(s) if s.len > 0 => self.send(Piece::Staged(s)),
             Some(s) => {
                 self.current = Some(s);
                 Ok(())
@@ -369,13 +401,13 @@ impl Copy {
         let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
         for _ in 0..STAGES {
             pool_tx
-                .send(Stage::new())
+                .send(Stage::take())
                 .map_err(|_| anyhow!("cannot fill the staging pool"))?;
         }
         let failed = Arc::new(AtomicBool::new(false));
         let mut sink = Sink {
             hash: Hasher::new(self.algo),
-            to_writer,
+            to_writer: Some(to_writer),
             acks,
             pool,
             current: None,
@@ -396,7 +428,11 @@ impl Copy {
                     if result.is_ok() && sink.flush().is_err() {
                         result = Err(MdbError(libc::ECANCELED));
                     }
-                    (result, sink.hash.finish_hex())
+                    sink.to_writer = None; // the writing thread's loop ends
+                                           // The pool's receiver outlives the writing thread, so every
+                                           // staging buffer it sends back is there to be kept.
+                    let kept = (sink.pool, sink.current);
+                    (result, sink.hash.finish_hex(), kept)
                 });
             let copier = match copier {
                 Ok(c) => c,
@@ -452,7 +488,8 @@ impl Copy {
                 .join()
                 .map_err(|_| anyhow!("the copy thread of {} panicked", dir.display()))
         });
-        let (result, digest) = joined?;
+        let (result, digest, (pool, current)) = joined?;
+        Stage::give_back(pool.try_iter().chain(current));
         if let Some(e) = failure {
             return Err(e);
         }
