@@ -438,7 +438,7 @@ pub(crate) fn copy_meta_dir(path: &Path, meta: &Metadata, attrs: &Attrs) -> Resu
 }
 
 /// [`copy_meta_dir`] without the fsync: for a caller that makes many directories
-/// durable at once with [`sync_filesystem`] before it relies on them.
+/// durable at once (`durable::Durability::commit`) before it relies on them.
 pub(crate) fn copy_meta_dir_unsynced(
     path: &Path,
     meta: &Metadata,
@@ -454,17 +454,6 @@ fn copy_dir_meta(path: &Path, meta: &Metadata, attrs: Option<&Attrs>) -> Result<
     dir.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))?;
     Ok(applied)
-}
-
-/// syncfs(2) the filesystem holding `path`: every directory entry, inode and
-/// metadata change made on it so far is on the device afterwards (one journal commit
-/// instead of one fsync per directory). Write errors are reported since Linux 5.8;
-/// file data should still be fsynced per file, where its error is certain to show.
-pub(crate) fn sync_filesystem(path: &Path) -> Result<()> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    nix::unistd::syncfs(f.as_fd())
-        .map_err(|e| write_error(path, io::Error::from(e)))
-        .with_context(|| format!("cannot sync the filesystem of {}", path.display()))
 }
 
 /// Owner and times of a symlink itself.

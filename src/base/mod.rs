@@ -5,6 +5,8 @@
 
 /// BLAKE3 or SHA-256: the digest of every copied byte.
 pub(crate) mod digest;
+/// One syncfs for everything a backup wrote (or an fsync per file).
+pub(crate) mod durable;
 /// Exit codes and typed failures.
 pub(crate) mod exit;
 /// Named fault-injection points for tests.

@@ -25,6 +25,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::base::digest::Algo;
+use crate::base::durable::Durability;
 use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
@@ -261,6 +262,8 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let mut partial = Partial::create(&dst)?;
     interrupt::check()?;
     let tmp = partial.path().to_path_buf();
+    // Before anything is written under it: its commit reports every write error since.
+    let sync = Durability::begin(&tmp, false)?;
     let layout = lay_out(&sized.plan, &tmp)?;
     let jobs = job_count(req.jobs, sized.envs.len());
     let progress = Progress::start(
@@ -273,23 +276,21 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
-    let done = workers::run_tasks(tasks, jobs, &src, &tmp, req.hash, &progress)?;
+    let done = workers::run_tasks(tasks, jobs, &src, &tmp, req.hash, &progress, &sync)?;
     let mut copied = collect(done);
     let mut dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
     let mut layout = layout;
-    let carried = carry_certs(
-        certs.as_ref(),
-        &tmp,
-        req.hash,
-        &progress,
-        &mut copied,
-        &mut dirs,
-        &mut layout,
-    )?;
+    let carried = carry_certs(certs.as_ref(), &tmp, req.hash, &progress, &sync)?;
+    if let Some(c) = &carried {
+        join_carried(c, &mut copied, &mut dirs, &mut layout);
+    }
     let src_meta = fs::metadata(&src)?;
     let mut manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
     manifest.cert_dir = carried.as_ref().map(|c| c.info.clone());
     write_manifest(&tmp, &manifest, &src_meta)?;
+    // Every file, directory and their metadata on the device, before the backup is
+    // verified or published.
+    sync.commit()?;
     drop(progress);
     fault::point("before-publish")?;
     let verified = req.verify && verify_before_publish(&src, &tmp, copied.bytes_written)?;
@@ -316,23 +317,32 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     })
 }
 
-/// Copy the certificate directory (if any) after the source; its entries join the
-/// manifest's lists (kept sorted).
+/// Copy the certificate directory (if any) after the source.
 fn carry_certs(
     certs: Option<&CertPlan>,
     tmp: &Path,
     algo: Algo,
     progress: &Progress,
-    copied: &mut Copied,
-    dirs: &mut Vec<DirEntry>,
-    layout: &mut Layout,
+    sync: &Durability,
 ) -> Result<Option<Carried>> {
     let Some(plan) = certs else {
         return Ok(None);
     };
     interrupt::check()?;
     progress.set_label(&format!("copying {}", plan.dir.display()));
-    let carried = certdir::copy_cert_dir(plan, tmp, algo, progress)?;
+    Ok(Some(certdir::copy_cert_dir(
+        plan, tmp, algo, progress, sync,
+    )?))
+}
+
+/// The carried certificate directory's entries join the manifest's lists (kept
+/// sorted).
+fn join_carried(
+    carried: &Carried,
+    copied: &mut Copied,
+    dirs: &mut Vec<DirEntry>,
+    layout: &mut Layout,
+) {
     copied.files.extend(carried.files.iter().cloned());
     copied.files.sort_by(|a, b| a.path.cmp(&b.path));
     copied.source_bytes += carried.bytes;
@@ -341,7 +351,6 @@ fn carry_certs(
     dirs.sort_by(|a, b| a.path.cmp(&b.path));
     layout.symlinks.extend(carried.symlinks.iter().cloned());
     layout.symlinks.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Some(carried))
 }
 
 fn cert_files(carried: &Option<Carried>) -> usize {
@@ -830,9 +839,7 @@ fn verify_before_publish(src: &Path, tmp: &Path, bytes: u64) -> Result<bool> {
 fn publish(partial: &mut Partial, src: &Path, src_meta: &fs::Metadata, dst: &Path) -> Result<()> {
     interrupt::check()?;
     let tmp = partial.path().to_path_buf();
-    // Every file was fsynced as it was written; the directories' entries and
-    // metadata become durable here, all at once, before anything is published.
-    fsutil::sync_filesystem(&tmp)?;
+    // Everything under it is durable (Durability::commit in `run`).
     fsutil::copy_meta_dir(&tmp, src_meta, &workers::source_xattrs(src)?)?;
     fs::rename(&tmp, dst).map_err(|e| {
         bad(format!(

@@ -21,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::base::digest::Algo;
+use crate::base::durable::Durability;
 use anyhow::Result;
 
 use crate::base::exit::{fail, Code};
@@ -142,6 +143,7 @@ pub(crate) fn copy_cert_dir(
     tmp: &Path,
     algo: Algo,
     progress: &Progress,
+    sync: &Durability,
 ) -> Result<Carried> {
     let top = tmp.join(CERTS_DIR);
     make_private_dir(&top)?;
@@ -181,7 +183,7 @@ pub(crate) fn copy_cert_dir(
         .collect();
     let mut files = Vec::new();
     let mut bytes = 0;
-    for done in workers::run_tasks(tasks, 1, &p.dir, &top, algo, progress)? {
+    for done in workers::run_tasks(tasks, 1, &p.dir, &top, algo, progress, sync)? {
         if let Done::File {
             mut file, written, ..
         } = done

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Result};
 
 use crate::base::digest::Algo;
+use crate::base::durable::Durability;
 use crate::base::fsutil;
 use crate::base::interrupt;
 use crate::base::xattrs;
@@ -61,7 +62,8 @@ pub(crate) enum Done {
     },
 }
 
-/// Run the copy tasks on `jobs` workers; the first failure stops the others.
+/// Run the copy tasks on `jobs` workers; the first failure stops the others. Each
+/// finished file is handed to `sync` (fsynced now, or by its commit).
 pub(crate) fn run_tasks(
     tasks: VecDeque<Task>,
     jobs: usize,
@@ -69,6 +71,7 @@ pub(crate) fn run_tasks(
     tmp: &Path,
     algo: Algo,
     progress: &Progress,
+    sync: &Durability,
 ) -> Result<Vec<Done>> {
     let queue = Mutex::new(tasks);
     let abort = AtomicBool::new(false);
@@ -94,7 +97,7 @@ pub(crate) fn run_tasks(
                         }
                         break;
                     }
-                    match run_task(task, src, tmp, algo, progress, &stop) {
+                    match run_task(task, src, tmp, algo, progress, sync, &stop) {
                         Ok(d) => {
                             if let Ok(mut r) = results.lock() {
                                 r.push(d);
@@ -142,6 +145,7 @@ fn run_task(
     tmp: &Path,
     algo: Algo,
     progress: &Progress,
+    sync: &Durability,
     stop: &dyn Fn() -> bool,
 ) -> Result<Done> {
     match task {
@@ -162,7 +166,7 @@ fn run_task(
             let attrs = source_xattrs(&src.join(&rel))?;
             let f = File::open(&dst)?;
             let applied = fsutil::copy_meta_fd(&f, &dst, &data_meta, false, &attrs)?;
-            f.sync_all().map_err(|e| fsutil::write_error(&dst, e))?;
+            sync.file_done(&f, &dst)?;
             drop(f);
             let (env, compacted) =
                 describe_copy(&tmp.join(&job_rel), &job_rel, fsutil::allocated(&data_meta))?;
@@ -197,7 +201,7 @@ fn run_task(
             })?;
             let attrs = xattrs::read(&sf, &sp)?;
             let applied = fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;
-            df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
+            sync.file_done(&df, &dp)?;
             let source_bytes = hashed.data_bytes;
             Ok(Done::File {
                 file: file_entry(&rel, algo, hashed, &applied),
