@@ -50,7 +50,8 @@ pub(crate) struct EngineOpts {
     /// Glob patterns of relative directory names to leave out (as Synapse's tool).
     #[arg(long, num_args = 1.., value_name = "GLOB")]
     pub(crate) skipdirs: Vec<String>,
-    /// Environments copied at once (default: CPUs, at most the number of environments).
+    /// Environments copied at once (default: CPUs, twice that for small environments;
+    /// at most the number of environments).
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub(crate) jobs: Option<u32>,
     /// Freeze the running service while the snapshots are taken.
