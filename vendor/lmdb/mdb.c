@@ -9160,6 +9160,11 @@ mdb_put(MDB_txn *txn, MDB_dbi dbi,
 #ifndef MDB_WBUF
 #define MDB_WBUF	(1024*1024)
 #endif
+	/** Overflow values of at most this many pages are copied into the
+	 *  buffer by a compacting copy into a callback (#mdb_env_copycb3()),
+	 *  not handed to the writer thread on their own.
+	 */
+#define MDB_CP_INLINE_PAGES	16
 #define MDB_EOF		0x10	/**< #mdb_env_copyfd1() is done reading */
 
 	/** State needed for a double-buffering compacting copy. */
@@ -9369,7 +9374,18 @@ mdb_env_cwalk(mdb_copy *my, pgno_t *pg, int flags)
 						mo->mp_pgno = my->mc_next_pgno;
 						my->mc_next_pgno += omp->mp_pages;
 						my->mc_wlen[toggle] += my->mc_env->me_psize;
-						if (omp->mp_pages > 1) {
+						if (my->mc_func && omp->mp_pages > 1 &&
+							omp->mp_pages <= MDB_CP_INLINE_PAGES &&
+							my->mc_wlen[toggle] + my->mc_env->me_psize * (omp->mp_pages - 1) <= MDB_WBUF) {
+							/* A small overflow value's other pages go into the
+							 * buffer too: handing each off to the writer thread
+							 * on its own costs a thread switch per value, which
+							 * is most of a copy of short overflow values. */
+							size_t olen = my->mc_env->me_psize * (omp->mp_pages - 1);
+							memcpy(my->mc_wbuf[toggle] + my->mc_wlen[toggle],
+								(char *)omp + my->mc_env->me_psize, olen);
+							my->mc_wlen[toggle] += olen;
+						} else if (omp->mp_pages > 1) {
 							my->mc_olen[toggle] = my->mc_env->me_psize * (omp->mp_pages - 1);
 							my->mc_over[toggle] = (char *)omp + my->mc_env->me_psize;
 							rc = mdb_env_cthr_toggle(my, 1);
