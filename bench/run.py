@@ -1287,6 +1287,20 @@ def offsite_table(rows):
 
 
 
+def print_run(args, start_uptime, what, table, key, rows):
+    """Print a whole-run report (the offsite or the scale run): when, the load before
+    and after, the table; and its rows as JSON under `key` with --json."""
+    print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; {what}')
+    print(f'uptime before: {start_uptime}')
+    print(f'uptime after:  '
+          f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
+    print()
+    print(table)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'argv': sys.argv, key: rows}, f, indent=1)
+
+
 def main():
     default_venv = os.environ.get('SYNBACKUP_TEST_VENV',
                                   '/var/cache/synbackup-ci/venv-synapse-2.256.0')
@@ -1384,17 +1398,10 @@ def main():
         args.offsite_source = 'generated' if args.small else 'cortex'
     if args.offsite:
         table, rows = offsite_run(args)
-        print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; offsite '
-              f'run: {args.offsite_source} source, {args.offsite_nights} nights, daily change '
-              f'{args.offsite_change:.1%}, deleted first {args.offsite_delete:.0%}')
-        print(f'uptime before: {start_uptime}')
-        print(f'uptime after:  '
-              f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
-        print()
-        print(table)
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump({'argv': sys.argv, 'offsite': rows}, f, indent=1)
+        print_run(args, start_uptime,
+                  f'offsite run: {args.offsite_source} source, {args.offsite_nights} nights, '
+                  f'daily change {args.offsite_change:.1%}, deleted first '
+                  f'{args.offsite_delete:.0%}', table, 'offsite', rows)
         return 0
     if args.scale and args.generate_only:
         for frac in args.scale_fractions:
@@ -1402,16 +1409,8 @@ def main():
         return 0
     if args.scale:
         table, rows = scale_run(args)
-        print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; '
-              f'scale run of the mixed shape')
-        print(f'uptime before: {start_uptime}')
-        print(f'uptime after:  '
-              f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
-        print()
-        print(table)
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump({'argv': sys.argv, 'scale': [r for _, _, r in rows]}, f, indent=1)
+        print_run(args, start_uptime, 'scale run of the mixed shape', table, 'scale',
+                  [r for _, _, r in rows])
         return 0
     sources = {}
     shapes_meta = {}
