@@ -76,6 +76,7 @@ mod ffi {
     pub(crate) const MDB_NOTFOUND: c_int = -30798;
     pub(crate) const MDB_MAP_RESIZED: c_int = -30785;
     pub(crate) const MDB_INCOMPATIBLE: c_int = -30784;
+    pub(crate) const MDB_DBS_FULL: c_int = -30791;
 
     extern "C" {
         pub(crate) fn mdb_strerror(err: c_int) -> *const c_char;
@@ -137,6 +138,16 @@ mod ffi {
 
 /// The `max_dbs` Synapse's own tool opens environments with.
 const MAX_DBS: u32 = 16384;
+
+/// The named databases a live environment's snapshot can open: Synapse's have up to
+/// about 30 (a JsonStor's cell.lmdb 28, a layer 21).
+pub(crate) const LIVE_MAX_DBS: u32 = 128;
+
+/// Whether `e` is LMDB's "no more named database slots" (`MDB_DBS_FULL`).
+pub(crate) fn is_dbs_full(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<MdbError>()
+        .is_some_and(|m| m.0 == ffi::MDB_DBS_FULL)
+}
 
 /// An LMDB error code with LMDB's own message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,13 +229,15 @@ impl Env {
             };
             check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
                 .with_context(|| format!("cannot set map size of {}", dir.display()))?;
-            // A live environment is only snapshotted, copied and its free list read:
-            // no named database is opened in it, so it needs no slots for them. Each
-            // read transaction allocates a record per slot (about 800 KiB at 16384),
-            // and a backup holds one per environment: 200 of them took 185 MiB of
-            // RssAnon. Our own copies, whose named databases are counted, get them all.
+            // A live environment is snapshotted, copied, its free list read and its
+            // named databases counted from the snapshot (the manifest's record
+            // counts). The environment and each read transaction allocate about
+            // 100 bytes per slot, and a backup holds a snapshot of every environment:
+            // at 16384 slots 200 of them took 185 MiB of RssAnon, at LIVE_MAX_DBS
+            // 13 KiB each. A snapshot with more named databases is counted from its
+            // copy instead (`is_dbs_full`). Our own copies get them all.
             let max_dbs = match mode {
-                Mode::Live => 0,
+                Mode::Live => LIVE_MAX_DBS,
                 Mode::Private => MAX_DBS,
             };
             check(ffi::mdb_env_set_maxdbs(raw, max_dbs)).context("mdb_env_set_maxdbs")?;
@@ -350,6 +363,15 @@ impl Snapshot {
     /// Page size and last page of the environment (newest meta page).
     pub(crate) fn info(&self) -> Result<EnvInfo> {
         self.env.info()
+    }
+
+    /// The snapshot's read transaction, to read from; ended by the snapshot, never
+    /// by this borrow.
+    pub(crate) fn view(&self) -> std::mem::ManuallyDrop<Txn<'_>> {
+        std::mem::ManuallyDrop::new(Txn {
+            raw: self.txn,
+            _env: &self.env,
+        })
     }
 
     /// The free pages of this snapshot (its free list) as a bitmap over pages
@@ -640,6 +662,11 @@ impl Txn<'_> {
     /// Pages a compacting copy of this snapshot writes: all pages up to the last one,
     /// less the free pages and the pages of the free list itself (as LMDB computes it).
     pub(crate) fn compacted_pages(&self, info: &EnvInfo) -> Result<u64> {
+        Ok((info.last_pgno + 1).saturating_sub(self.free_pages()?))
+    }
+
+    /// Pages on the free list, and the free list's own pages.
+    pub(crate) fn free_pages(&self) -> Result<u64> {
         const FREE_DBI: ffi::MDB_dbi = 0;
         let free_db = self.stat_dbi(FREE_DBI)?;
         let mut free_pages = free_db.pages;
@@ -654,6 +681,6 @@ impl Txn<'_> {
             free_pages += usize::from_ne_bytes(first) as u64;
             Ok(())
         })?;
-        Ok((info.last_pgno + 1).saturating_sub(free_pages))
+        Ok(free_pages)
     }
 }
