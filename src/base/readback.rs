@@ -11,16 +11,12 @@
 //! through the page cache, which is then all that can be checked, and said so at
 //! debug level. Holes are not read; their zeros are hashed as they are in the copy.
 //!
-//!
-//! An environment's `data.mdb` is then read again by the check of its databases,
-//! through LMDB's map: after an O_DIRECT hash, from the device a second time. So
-//! `hash_through_cache` reads it once, into the page cache the check then finds: it
-//! drops the file's cached pages first and proves with mincore(2) that none is left
-//! (else the caller falls back to O_DIRECT), maps the file and hashes it where the
-//! kernel's read-ahead puts it (no copy into our memory), the next chunks requested
-//! ahead with readahead(2). Every byte hashed still came from the device. An earlier
-//! try that hashed through read(2) (a copy per byte) was slower than two reads on a
-//! loaded host; the mapped read is measured in bench/RESULTS.md.
+//! Verify then reads each environment's databases through LMDB's map, from the
+//! device a second time. Tried and measured instead (inline shape, 0.64 GB, cold,
+//! same moment): dropping a `data.mdb`'s cached pages and hashing it through the
+//! page cache, which the check then finds: 2.44 and 2.52 s (0.53 s system: filling
+//! the cache) against 1.76 and 2.28 s for O_DIRECT and the second read; the O_DIRECT
+//! hash alone took 0.79 s, `dd iflag=direct` of the same bytes 0.67-0.90 s.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -161,152 +157,6 @@ pub(crate) fn hash_with(path: &Path, algo: Algo, try_direct: bool) -> Result<Rea
     })
 }
 
-/// Bytes hashed through the map at a time; the next `THROUGH_AHEAD` of them are
-/// requested from the device before each.
-const THROUGH_CHUNK: u64 = 4 << 20;
-const THROUGH_AHEAD: u64 = 16 << 20;
-
-/// A read-only shared mapping of a whole file, unmapped on drop.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn of(file: &File, len: u64) -> io::Result<Mapped> {
-        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: a new read-only mapping of a descriptor we hold; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(file),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapped { ptr, len })
-    }
-
-    /// Whether any page of the file is in the page cache.
-    fn any_cached(&self) -> io::Result<bool> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        // One byte per page, a window at a time (8 MiB of vector per 32 GiB).
-        const WINDOW_PAGES: usize = 1 << 18;
-        let mut vec = vec![0u8; WINDOW_PAGES];
-        let mut off = 0usize;
-        while off < self.len {
-            let len = (self.len - off).min(WINDOW_PAGES * page);
-            // SAFETY: [ptr+off, +len) lies in our mapping; vec holds a byte per page.
-            let rc = unsafe {
-                libc::mincore(
-                    (self.ptr as *mut u8).add(off) as *mut libc::c_void,
-                    len,
-                    vec.as_mut_ptr(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if vec[..len.div_ceil(page)].iter().any(|b| b & 1 == 1) {
-                return Ok(true);
-            }
-            off += len;
-        }
-        Ok(false)
-    }
-
-    fn bytes(&self, off: u64, len: u64) -> &[u8] {
-        // SAFETY: the caller keeps [off, off+len) within the file, which is mapped
-        // whole; the bytes are read only.
-        unsafe {
-            std::slice::from_raw_parts((self.ptr as *const u8).add(off as usize), len as usize)
-        }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// Hash the file at `path` as the device holds it, leaving it in the page cache for
-/// a reader that follows (the environment check): its cached pages are dropped
-/// first and none may be left, then it is read once through a shared map. `None`
-/// when a page stayed cached (dirty, or locked by another process) or the file is
-/// empty: the caller hashes it with `hash_from_device`. Like LMDB's own map, the
-/// mapping assumes nobody truncates the file meanwhile.
-pub(crate) fn hash_through_cache(path: &Path, algo: Algo) -> Result<Option<ReadBack>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?
-        .len();
-    if len == 0 {
-        return Ok(None);
-    }
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: advice on a descriptor we hold.
-    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-    let map = Mapped::of(&file, len).with_context(|| format!("cannot map {}", path.display()))?;
-    if map
-        .any_cached()
-        .with_context(|| format!("cannot see the cached pages of {}", path.display()))?
-    {
-        log::debug!(
-            "{}: still cached after dropping it; reading it with O_DIRECT",
-            path.display()
-        );
-        return Ok(None);
-    }
-    let extents = fsutil::data_extents(&file, len)
-        .with_context(|| format!("cannot map {}", path.display()))?;
-    let mut h = Hasher::new(algo);
-    let mut pos = 0u64;
-    let mut data_bytes = 0u64;
-    let mut requested = 0u64;
-    for &(start, elen) in &extents {
-        let stop = (start + elen).min(len);
-        fsutil::hash_zeros(&mut h, start.saturating_sub(pos));
-        let mut off = start;
-        while off < stop {
-            let n = THROUGH_CHUNK.min(stop - off);
-            let want = (off + n + THROUGH_AHEAD).min(stop);
-            if requested < want {
-                let from = requested.max(off);
-                // SAFETY: readahead on a descriptor we hold; it only fills the cache.
-                unsafe { libc::readahead(fd, from as i64, (want - from) as usize) };
-                requested = want;
-            }
-            h.update(map.bytes(off, n));
-            off += n;
-            data_bytes += n;
-            crate::base::interrupt::check()?;
-        }
-        pos = stop;
-    }
-    fsutil::hash_zeros(&mut h, len - pos.min(len));
-    log::debug!(
-        "{}: read {data_bytes} bytes from the device through the page cache",
-        path.display()
-    );
-    Ok(Some(ReadBack {
-        hashed: Hashed {
-            size: len,
-            data_bytes,
-            digest: h.finish_hex(),
-        },
-        direct_bytes: data_bytes,
-    }))
-}
-
 /// A second, O_DIRECT descriptor of `path`, where the filesystem gives one.
 fn open_direct(path: &Path) -> Option<File> {
     match OpenOptions::new()
@@ -445,48 +295,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn through_the_cache_it_is_read_from_the_device_and_left_cached() {
-        let t = tempfile::tempdir_in("/var/tmp").unwrap();
-        let (p, want) = sparse_file(t.path());
-        // Cached before: the call must drop the pages to read from the device.
-        std::fs::read(&p).unwrap();
-        let f = File::open(&p).unwrap();
-        let map = Mapped::of(&f, want.len() as u64).unwrap();
-        assert!(map.any_cached().unwrap());
-        for algo in [Algo::Blake3, Algo::Sha256] {
-            let r = hash_through_cache(&p, algo)
-                .unwrap()
-                .expect("nothing stays cached on a disk filesystem");
-            assert_eq!(r.hashed.digest, hex_digest(algo, &want), "{algo}");
-            assert_eq!(r.hashed.size, want.len() as u64);
-            assert_eq!(r.direct_bytes, r.hashed.data_bytes);
-            assert!(
-                r.hashed.data_bytes < want.len() as u64,
-                "the hole is not read"
-            );
-            // What the environment check reads next is in the cache now.
-            assert!(map.any_cached().unwrap());
-        }
-    }
-
-    #[test]
-    fn a_page_that_stays_cached_sends_the_file_to_o_direct() {
-        let t = tempfile::tempdir_in("/var/tmp").unwrap();
-        let (p, want) = sparse_file(t.path());
-        let f = File::open(&p).unwrap();
-        let map = Mapped::of(&f, want.len() as u64).unwrap();
-        // A locked page cannot be dropped: the file cannot be shown uncached.
-        // SAFETY: the first page of our own mapping.
-        assert_eq!(unsafe { libc::mlock(map.ptr, 4096) }, 0);
-        assert!(hash_through_cache(&p, Algo::Blake3).unwrap().is_none());
-        // SAFETY: as above.
-        unsafe { libc::munlock(map.ptr, 4096) };
-        let empty = t.path().join("empty");
-        File::create(&empty).unwrap();
-        assert!(hash_through_cache(&empty, Algo::Blake3).unwrap().is_none());
     }
 
     #[test]
