@@ -69,6 +69,7 @@ mod ffi {
 
     pub(crate) const MDB_RDONLY: c_uint = 0x20000;
     pub(crate) const MDB_NOTLS: c_uint = 0x200000;
+    pub(crate) const MDB_NORDAHEAD: c_uint = 0x800000;
     pub(crate) const MDB_NOLOCK: c_uint = 0x400000;
     pub(crate) const MDB_CP_COMPACT: c_uint = 0x01;
     pub(crate) const MDB_FIRST: c_uint = 0;
@@ -241,9 +242,17 @@ impl Env {
                 Mode::Private => MAX_DBS,
             };
             check(ffi::mdb_env_set_maxdbs(raw, max_dbs)).context("mdb_env_set_maxdbs")?;
+            // A live environment's map is read at random (MDB_NORDAHEAD): a page fault
+            // reads its own page, not the `read_ahead_kb` around it (8 MiB on
+            // virtio-blk). That read-around took free pages and, past the used range,
+            // the sparse tail Synapse's `writemap` leaves up to the map size, zero-filled
+            // into the page cache, from the first touch of the meta pages on. The copy's
+            // prefetcher reads the live pages in file order instead, and gives the
+            // kernel's readahead back when it does not run (`advise_normal_reads`).
             let mut flags = ffi::MDB_RDONLY | ffi::MDB_NOTLS;
-            if mode == Mode::Private {
-                flags |= ffi::MDB_NOLOCK;
+            match mode {
+                Mode::Live => flags |= ffi::MDB_NORDAHEAD,
+                Mode::Private => flags |= ffi::MDB_NOLOCK,
             }
             check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
                 .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
@@ -273,6 +282,27 @@ impl Env {
             ),
             Ok(()) => {}
             Err(e) => log::warn!("{}: mdb_reader_check: {e}", self.dir.display()),
+        }
+    }
+
+    /// Give the kernel's readahead back to this map (opened `MDB_NORDAHEAD`), for a
+    /// copy that walks it without a prefetcher. Only our mapping is affected, never
+    /// the service's; a failure leaves the reads random, and is logged.
+    pub(crate) fn advise_normal_reads(&self) {
+        // SAFETY: out-parameter filled by LMDB; madvise only changes the kernel's
+        // readahead policy of LMDB's own mapping of `me_mapsize` bytes at `me_mapaddr`.
+        unsafe {
+            let mut info: ffi::MDB_envinfo = std::mem::zeroed();
+            if ffi::mdb_env_info(self.raw, &mut info) != 0 || info.me_mapaddr.is_null() {
+                return;
+            }
+            if libc::madvise(info.me_mapaddr, info.me_mapsize, libc::MADV_NORMAL) != 0 {
+                log::debug!(
+                    "{}: madvise(MADV_NORMAL): {}",
+                    self.dir.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 
@@ -363,6 +393,11 @@ impl Snapshot {
     /// Page size and last page of the environment (newest meta page).
     pub(crate) fn info(&self) -> Result<EnvInfo> {
         self.env.info()
+    }
+
+    /// See [`Env::advise_normal_reads`].
+    pub(crate) fn advise_normal_reads(&self) {
+        self.env.advise_normal_reads();
     }
 
     /// The snapshot's read transaction, to read from; ended by the snapshot, never
