@@ -11,7 +11,7 @@ pub(crate) mod cellinfo;
 pub(crate) mod certdir;
 /// The service's certificates and keys, checked with OpenSSL.
 pub(crate) mod certs;
-/// Compacting LMDB copies through pipes, from held snapshots.
+/// Compacting (or plain) LMDB copies from held snapshots, hashed in place.
 pub(crate) mod envcopy;
 /// Freezing the running service for the snapshots; resuming it whatever happens.
 pub(crate) mod freeze;
