@@ -551,6 +551,58 @@ def drop_caches():
         f.write('3\n')
 
 
+def device_queue(path):
+    """The sysfs queue/ directory of the block device `path` is on (a partition's is
+    its disk's), or None (tmpfs, btrfs, overlayfs, NFS)."""
+    st = os.stat(path)
+    dev = f'/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}'
+    for d in (dev, os.path.join(dev, '..')):
+        q = os.path.join(d, 'queue')
+        if os.path.exists(os.path.join(q, 'read_ahead_kb')):
+            return os.path.realpath(q)
+    return None
+
+
+def device_settings(path):
+    """What the device under `path` reads ahead and its largest request, in KiB: one
+    readahead(2) call reads at most the larger of the two."""
+    q = device_queue(path)
+    if q is None:
+        return {}
+    out = {}
+    for name in ('read_ahead_kb', 'max_sectors_kb', 'rotational'):
+        try:
+            with open(os.path.join(q, name)) as f:
+                out[name] = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+class ReadAhead:
+    """--read-ahead-kb: the device's readahead set for the run, set back after."""
+
+    def __init__(self, path, kib):
+        self.path = None
+        if kib is None:
+            return
+        q = device_queue(path)
+        if q is None:
+            raise SystemExit(f'{path}: not on a block device; drop --read-ahead-kb')
+        self.path = os.path.join(q, 'read_ahead_kb')
+        with open(self.path) as f:
+            self.old = f.read().strip()
+        with open(self.path, 'w') as f:
+            f.write(f'{kib}\n')
+        log(f'{self.path}: {self.old} -> {kib} for this run')
+
+    def restore(self):
+        if self.path:
+            with open(self.path, 'w') as f:
+                f.write(f'{self.old}\n')
+            log(f'{self.path}: back to {self.old}')
+
+
 def warm(paths):
     """Read every data extent of every file under paths into the page cache."""
     for top in paths:
@@ -1287,10 +1339,18 @@ def offsite_table(rows):
 
 
 
+def device_line(d):
+    """The device settings of a report's first line."""
+    if not d:
+        return 'not a block device'
+    return ', '.join(f'{k} {v}' for k, v in d.items())
+
+
 def print_run(args, start_uptime, what, table, key, rows):
     """Print a whole-run report (the offsite or the scale run): when, the load before
     and after, the table; and its rows as JSON under `key` with --json."""
-    print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; {what}')
+    print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; {what}; '
+          f'device {device_line(device_settings(args.workdir))}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  '
           f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
@@ -1362,6 +1422,9 @@ def main():
     p.add_argument('--restic', default='restic', help='the restic binary')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
+    p.add_argument('--read-ahead-kb', type=int, default=None,
+                   help="set the workdir's device read_ahead_kb for the run (set back "
+                   'after): Linux defaults to 128, some images to 8192')
     args = p.parse_args()
     if args.read_runs:
         return read_runs(args.read_runs)
@@ -1391,6 +1454,15 @@ def main():
     if not os.path.exists(args.synbackup):
         raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
     os.makedirs(args.workdir, exist_ok=True)
+    read_ahead = ReadAhead(args.workdir, args.read_ahead_kb)
+    try:
+        return run_benchmark(args)
+    finally:
+        read_ahead.restore()
+
+
+def run_benchmark(args):
+    """The run main() set up: generate, measure, report."""
     start_uptime = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
     if args.offsite_nights is None:
         args.offsite_nights = 2 if args.small else 5
@@ -1437,14 +1509,16 @@ def main():
             'uptime_start': start_uptime,
             'uptime_end': subprocess.run(['uptime'], capture_output=True,
                                          text=True).stdout.strip(),
-            'cpus': os.cpu_count(), 'shapes': shapes_meta, 'argv': sys.argv}
+            'cpus': os.cpu_count(), 'shapes': shapes_meta, 'argv': sys.argv,
+            'device': device_settings(args.workdir)}
     table, _ = summarize(results, freeze, meta)
     offsite = None
     if args.small and shutil.which(args.restic):
         # Two nights on the small generated shape: keeps the offsite harness working
         # (about 15 s); the numbers mean something only at size (--offsite).
         offsite, _ = offsite_run(args)
-    print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}')
+    print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}; '
+          f'device {device_line(meta["device"])}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  {meta["uptime_end"]}')
     print()

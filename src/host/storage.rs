@@ -111,6 +111,27 @@ pub(crate) fn rotational(root: &Path, major: u32, minor: u32) -> Option<bool> {
     None
 }
 
+/// The most one readahead(2) call of a file on block device MAJ:MIN reads, in bytes:
+/// the kernel caps each call at the larger of the device's readahead window
+/// (`queue/read_ahead_kb`) and its largest request (`queue/max_sectors_kb`), and
+/// silently drops the rest of the range (None: not a block device, or unknown).
+pub(crate) fn readahead_limit(root: &Path, major: u32, minor: u32) -> Option<u64> {
+    let dev = root.join(format!("sys/dev/block/{major}:{minor}"));
+    let kib = |dir: &Path, name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join("queue").join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    for dir in [dev.clone(), dev.join("..")] {
+        if let (Some(ra), Some(req)) = (kib(&dir, "read_ahead_kb"), kib(&dir, "max_sectors_kb")) {
+            return Some(ra.max(req) << 10);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +173,13 @@ mod tests {
         std::os::unix::fs::symlink(disk.join("sdb1"), t.path().join("sys/dev/block/8:17")).unwrap();
         assert_eq!(rotational(t.path(), 8, 17), Some(true));
         assert_eq!(rotational(t.path(), 0, 45), None);
+        // The readahead limit is the larger of the two, from the disk too.
+        assert_eq!(readahead_limit(t.path(), 8, 17), None);
+        std::fs::write(disk.join("queue/read_ahead_kb"), "128\n").unwrap();
+        std::fs::write(disk.join("queue/max_sectors_kb"), "512\n").unwrap();
+        assert_eq!(readahead_limit(t.path(), 8, 17), Some(512 << 10));
+        std::fs::write(disk.join("queue/read_ahead_kb"), "8192\n").unwrap();
+        assert_eq!(readahead_limit(t.path(), 8, 17), Some(8 << 20));
+        assert_eq!(readahead_limit(t.path(), 0, 45), None);
     }
 }
