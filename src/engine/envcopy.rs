@@ -947,6 +947,29 @@ mod tests {
         );
     }
 
+    /// LMDB leaves `data.mdb`'s descriptor inheritable: a Cortex started while a
+    /// backup held a snapshot kept the service's data open, and a restore then
+    /// refused the directory as in use by that `python`.
+    #[test]
+    fn a_program_started_while_an_environment_is_open_inherits_none_of_its_files() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("env");
+        make_env(&src);
+        for mode in [Mode::Live, Mode::Private] {
+            let env = Env::open(&src, mode).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", "for f in /proc/self/fd/*; do readlink \"$f\"; done"])
+                .output()
+                .unwrap();
+            drop(env);
+            let fds = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !fds.contains(src.to_str().unwrap()),
+                "{mode:?}: the child inherited {fds}"
+            );
+        }
+    }
+
     /// Pages of `f`'s first `len` bytes in the page cache, read or being read
     /// (cachestat(2), Linux 6.5: mincore(2) counts only those already read, so it
     /// cannot tell a page asked for from one never asked for right after the ask).

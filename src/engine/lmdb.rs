@@ -91,6 +91,7 @@ mod ffi {
             mode: u32,
         ) -> c_int;
         pub(crate) fn mdb_env_close(env: *mut MDB_env);
+        pub(crate) fn mdb_env_get_fd(env: *mut MDB_env, fd: *mut c_int) -> c_int;
         pub(crate) fn mdb_reader_check(env: *mut MDB_env, dead: *mut c_int) -> c_int;
         pub(crate) fn mdb_env_stat(env: *mut MDB_env, stat: *mut MDB_stat) -> c_int;
         pub(crate) fn mdb_env_info(env: *mut MDB_env, info: *mut MDB_envinfo) -> c_int;
@@ -257,6 +258,7 @@ impl Env {
             check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
                 .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
             env.mode = mode;
+            env.close_data_fd_on_exec()?;
             env.clear_stale_readers();
             Ok(env)
         }
@@ -264,6 +266,37 @@ impl Env {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// LMDB opens `data.mdb` without `O_CLOEXEC` (its lock and meta descriptors have
+    /// it: lmdb.h leaves `mdb_env_get_fd` to the caller), so every program started
+    /// while an environment is open would inherit a descriptor of the service's
+    /// data: a drill's Cortex, restic, a unit's ExecStart. A window or restore then
+    /// finds the service directory held by that child (`host::holders`). Set it here,
+    /// before anything can start one from this environment.
+    fn close_data_fd_on_exec(&self) -> Result<()> {
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: an open env; `fd` is an out-parameter.
+        check(unsafe { ffi::mdb_env_get_fd(self.raw, &mut fd) }).context("mdb_env_get_fd")?;
+        // SAFETY: fcntl on LMDB's descriptor, open for the env's life; it only sets
+        // the close-on-exec flag.
+        let rc = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC)
+            }
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "cannot set close-on-exec on {}/data.mdb",
+                    self.dir.display()
+                )
+            });
+        }
+        Ok(())
     }
 
     /// In a live environment, free the reader slots of processes that died holding

@@ -380,6 +380,21 @@ impl Cortex {
                 cmd.args(["-m", "synapse.servers.cortex"]);
             }
         }
+        // Tests run in parallel threads of one process, and LMDB opens data.mdb
+        // without O_CLOEXEC: a Cortex started while another test had an
+        // environment open kept that test's data.mdb open, and its restore failed
+        // as "in use by python". The child closes every inherited descriptor but
+        // its standard ones at exec.
+        // SAFETY: close_range is async-signal-safe; it only sets close-on-exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .envs(env.iter().copied())
             .args(["--telepath", telepath, "--https", "0"])
