@@ -878,6 +878,40 @@ mod tests {
         }
     }
 
+    /// Drop `f`'s clean pages from the page cache.
+    fn drop_cached_pages(f: &File) {
+        // SAFETY: advice on a descriptor we own; it only drops clean cached pages.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    /// A `writemap` environment as Synapse makes them (its file as long as its map),
+    /// of `keys` 1000-byte values, synced.
+    fn make_writemap_env(dir: &Path, map_size: usize, keys: u32) {
+        std::fs::create_dir_all(dir).unwrap();
+        let env = Environment::new()
+            .set_flags(EnvironmentFlags::WRITE_MAP)
+            .set_max_dbs(8)
+            .set_map_size(map_size)
+            .open(dir)
+            .unwrap();
+        let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
+        let mut txn = env.begin_rw_txn().unwrap();
+        for k in 0..keys {
+            txn.put(db, &format!("key{k:08}"), &[7u8; 1000], WriteFlags::empty())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        env.sync(true).unwrap();
+    }
+
     /// A Synapse `data.mdb` (`writemap`) is as long as its map, sparse past the used
     /// pages. Each page fault of the copy's walk also read the kernel's read-around
     /// (`read_ahead_kb`) about it, so that tail came into the page cache as zeros: a
@@ -886,23 +920,7 @@ mod tests {
     fn a_copy_of_a_live_environment_reads_nothing_past_its_used_pages() {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("env");
-        std::fs::create_dir_all(&src).unwrap();
-        {
-            let env = Environment::new()
-                .set_flags(EnvironmentFlags::WRITE_MAP)
-                .set_max_dbs(8)
-                .set_map_size(64 << 20)
-                .open(&src)
-                .unwrap();
-            let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
-            let mut txn = env.begin_rw_txn().unwrap();
-            for k in 0..300u32 {
-                txn.put(db, &format!("key{k:08}"), &[7u8; 1000], WriteFlags::empty())
-                    .unwrap();
-            }
-            txn.commit().unwrap();
-            env.sync(true).unwrap();
-        }
+        make_writemap_env(&src, 64 << 20, 300);
         let data = src.join("data.mdb");
         let f = File::open(&data).unwrap();
         let meta = f.metadata().unwrap();
@@ -912,16 +930,7 @@ mod tests {
             let info = snap.info().unwrap();
             (info.last_pgno + 1) * info.page_size
         };
-        // SAFETY: advice on a descriptor we own; it only drops clean cached pages.
-        let dropped = unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        assert_eq!(dropped, 0);
+        drop_cached_pages(&f);
         if std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 64 << 20
             || cached_pages_from(&data, 0) > 0
         {
@@ -1059,23 +1068,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let fs = LoopFs::new(t.path(), 256);
         let src = fs.mnt.join("env");
-        std::fs::create_dir_all(&src).unwrap();
-        {
-            let env = Environment::new()
-                .set_flags(EnvironmentFlags::WRITE_MAP)
-                .set_max_dbs(8)
-                .set_map_size(128 << 20)
-                .open(&src)
-                .unwrap();
-            let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
-            let mut txn = env.begin_rw_txn().unwrap();
-            for k in 0..40_000u32 {
-                txn.put(db, &format!("key{k:08}"), &[7u8; 1000], WriteFlags::empty())
-                    .unwrap();
-            }
-            txn.commit().unwrap();
-            env.sync(true).unwrap();
-        }
+        make_writemap_env(&src, 128 << 20, 40_000);
         let data = src.join("data.mdb");
         let f = File::open(&data).unwrap();
         let limit = {
@@ -1093,16 +1086,7 @@ mod tests {
             "{}: readahead limit {limit}",
             fs.dev
         );
-        // SAFETY: advice on a descriptor we own; it only drops clean cached pages.
-        let dropped = unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        assert_eq!(dropped, 0);
+        drop_cached_pages(&f);
         assert_eq!(
             pages_asked_for(&f, 128 << 20),
             0,
