@@ -19,7 +19,8 @@ round, every command with the page cache warm and with it dropped before the com
   python-import    python -c 'import synapse.tools.service.backup' (not by default)
 
 on each data shape (--shapes: inline, blob, log, many, mixed), each its own rows.
---scale instead measures synbackup alone on the mixed shape at growing sizes.
+--scale instead measures synbackup (and what --commands adds) on the mixed shape at
+growing sizes.
 
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
@@ -33,6 +34,7 @@ import argparse
 import concurrent.futures
 import glob
 import json
+import mmap
 import os
 import random
 import shutil
@@ -603,6 +605,100 @@ class ReadAhead:
             log(f'{self.path}: back to {self.old}')
 
 
+PAGE_REPORTING = '/sys/module/page_reporting/parameters'
+
+
+def page_reporting():
+    """This guest's free page reporting (virtio-balloon's: free memory handed back
+    to the host, and paid again on its next first touch), as its module parameters,
+    or {} on a host without it."""
+    out = {}
+    for name in ('page_reporting_order', 'free_bitmap_enable', 'reported_kib'):
+        try:
+            with open(os.path.join(PAGE_REPORTING, name)) as f:
+                out[name] = f.read().strip()
+        except OSError:
+            pass
+    return out
+
+
+def memory_line(before, after):
+    """The free page reporting part of a report's first line."""
+    if 'page_reporting_order' not in before:
+        return 'no free page reporting'
+    state = f'free page reporting order {before["page_reporting_order"]}'
+    if before.get('free_bitmap_enable'):
+        state += f', free_bitmap_enable {before["free_bitmap_enable"]}'
+    if 'reported_kib' in before and 'reported_kib' in after:
+        state += (f', {(int(after["reported_kib"]) - int(before["reported_kib"])) / 1024:.0f}'
+                  f' MiB reported during the run')
+    return state
+
+
+class HoldFreedMemory:
+    """--hold-freed-memory: free page reporting turned off for the run (set back
+    after), so that memory the guest frees (the cache a cold round drops) stays
+    backed by the host and a run measures the commands, not the hypervisor's first
+    touch of memory handed back. Memory handed back before (or never touched since
+    boot) is touched once first (`back_free_memory`), so that every page a command
+    gets from then on is backed."""
+
+    # page_reporting_order above the buddy allocator's largest order: no free block
+    # is ever large enough to be reported.
+    OFF = {'free_bitmap_enable': 'N', 'page_reporting_order': '11'}
+
+    def __init__(self, hold):
+        self.old = {}
+        if not hold:
+            return
+        state = page_reporting()
+        if 'page_reporting_order' not in state:
+            log('no free page reporting on this host: --hold-freed-memory has nothing to do')
+            return
+        for name, value in self.OFF.items():
+            if name not in state:
+                continue
+            path = os.path.join(PAGE_REPORTING, name)
+            try:
+                with open(path, 'w') as f:
+                    f.write(f'{value}\n')
+            except OSError as e:
+                self.restore()
+                raise SystemExit(f'{path}: cannot set {value} ({e}); run as root or drop '
+                                 f'--hold-freed-memory')
+            self.old[name] = state[name]
+            log(f'{path}: {state[name]} -> {value} for this run')
+        if self.old:
+            back_free_memory()
+
+    def restore(self):
+        for name, value in self.old.items():
+            path = os.path.join(PAGE_REPORTING, name)
+            with open(path, 'w') as f:
+                f.write(f'{value}\n')
+            log(f'{path}: back to {value}')
+        self.old = {}
+
+
+def back_free_memory(spare=2 * GIB):
+    """Write once into all but `spare` of the available memory (anonymous, freed
+    right after): with free page reporting off, the host backs every page the guest
+    has from then on. The page cache is evicted to make room."""
+    with open('/proc/meminfo') as f:
+        avail = next(int(line.split()[1]) * 1024 for line in f
+                     if line.startswith('MemAvailable:'))
+    size = max(0, avail - spare) // MIB * MIB
+    if not size:
+        return
+    t0 = time.monotonic()
+    chunk = b'\1' * (64 * MIB)
+    with mmap.mmap(-1, size) as m:
+        for _ in range(size // len(chunk)):
+            m.write(chunk)
+        m.write(chunk[:size % len(chunk)])
+    log(f'touched {size / GIB:.1f} GiB of free memory once in {time.monotonic() - t0:.1f} s')
+
+
 def warm(paths):
     """Read every data extent of every file under paths into the page cache."""
     for top in paths:
@@ -954,26 +1050,39 @@ def summarize(results, freeze, meta):
 
 
 def scale_run(args):
-    """--scale: synbackup alone on the mixed shape at a quarter, half and all of
-    --size-gib (default 20), warm and cold, one round each: seconds per GiB and peak
-    RssAnon should stay flat as the data grows."""
+    """--scale: the mixed shape at a quarter, half and all of --size-gib (default 20),
+    warm and cold, one round each: seconds per GiB and peak RssAnon should stay flat
+    as the data grows. synbackup alone by default; --commands adds the Python tool,
+    mdb_copy and the read limit (read-direct, cold only) at every size, so a curve
+    that is not flat can be told apart from one the machine bends for every tool."""
     rows = []
     for frac in args.scale_fractions:
         size = args.size_gib * frac
         src = ensure_source(args, 'mixed', size)
         _, allocated = describe_source(src)
         b = Bench(args, src, f'scale-{size:g}')
+        cmds = b.commands()
+        names = [n for n in cmds if n in SCALE_COMMANDS or n in dict(args.variants)]
         for cold in (False, True):
-            r = b.run_one('synbackup', b.commands_synbackup(), cold, 1)
-            rows.append((size, allocated, r))
+            for name in names:
+                if name == 'read-direct' and not cold:
+                    continue  # O_DIRECT reads the device whatever the cache holds
+                r = b.run_one(name, cmds[name], cold, 1)
+                rows.append((size, allocated, r))
         rmtree(b.out)
-    lines = ['| size GiB (allocated) | cache | wall s | s per GiB allocated | CPU s | '
-             'peak RssAnon MiB | GB written |', '|---|---|---|---|---|---|---|']
+    lines = ['| size GiB (allocated) | command | cache | wall s | s per GiB allocated | '
+             'CPU s | peak RssAnon MiB | GB written (read) |',
+             '|---|---|---|---|---|---|---|---|']
     for size, allocated, r in rows:
-        lines.append(f'| {size:g} ({allocated / GIB:.2f}) | {r["cache"]} | {r["wall"]:.2f} | '
-                     f'{r["wall"] / (allocated / GIB):.2f} | {r["cpu"]:.2f} | '
-                     f'{r["rss_anon_mib"]:.1f} | {r["bytes"] / 1e9:.3f} |')
+        lines.append(f'| {size:g} ({allocated / GIB:.2f}) | {r["name"]} | {r["cache"]} | '
+                     f'{r["wall"]:.2f} | {r["wall"] / (allocated / GIB):.2f} | '
+                     f'{r["cpu"]:.2f} | {r["rss_anon_mib"]:.1f} | '
+                     f'{r.get("bytes", 0) / 1e9:.3f} |')
     return '\n'.join(lines), rows
+
+
+# What --scale can measure at every size (dd needs a synbackup run's byte count first).
+SCALE_COMMANDS = ('synbackup', 'synbackup-j1', 'python-tool', 'mdb_copy', 'read-direct')
 
 
 # ---------------------------------------------------------------------------------
@@ -1350,7 +1459,8 @@ def print_run(args, start_uptime, what, table, key, rows):
     """Print a whole-run report (the offsite or the scale run): when, the load before
     and after, the table; and its rows as JSON under `key` with --json."""
     print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; {what}; '
-          f'device {device_line(device_settings(args.workdir))}')
+          f'device {device_line(device_settings(args.workdir))}; '
+          f'{memory_line(args.reporting_before, page_reporting())}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  '
           f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
@@ -1425,6 +1535,9 @@ def main():
     p.add_argument('--read-ahead-kb', type=int, default=None,
                    help="set the workdir's device read_ahead_kb for the run (set back "
                    'after): Linux defaults to 128, some images to 8192')
+    p.add_argument('--hold-freed-memory', action='store_true',
+                   help="turn this VM's free page reporting off for the run (set back "
+                   'after): memory a cold round frees stays backed by the host')
     args = p.parse_args()
     if args.read_runs:
         return read_runs(args.read_runs)
@@ -1440,7 +1553,8 @@ def main():
     if args.commands is None:
         # --small keeps one row of each kind so CI exercises the harness in under a
         # minute on an idle machine (the Cortex start-up is most of it).
-        args.commands = ('synbackup,python-tool,dd-direct,read-direct' if args.small else
+        args.commands = ('synbackup' if args.scale else
+                         'synbackup,python-tool,dd-direct,read-direct' if args.small else
                          'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
     args.commands = args.commands.split(',')
     args.caches = args.caches.split(',')
@@ -1454,9 +1568,14 @@ def main():
     if not os.path.exists(args.synbackup):
         raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
     os.makedirs(args.workdir, exist_ok=True)
+    args.reporting_before = page_reporting()
     read_ahead = ReadAhead(args.workdir, args.read_ahead_kb)
     try:
-        return run_benchmark(args)
+        hold = HoldFreedMemory(args.hold_freed_memory)
+        try:
+            return run_benchmark(args)
+        finally:
+            hold.restore()
     finally:
         read_ahead.restore()
 
@@ -1510,7 +1629,8 @@ def run_benchmark(args):
             'uptime_end': subprocess.run(['uptime'], capture_output=True,
                                          text=True).stdout.strip(),
             'cpus': os.cpu_count(), 'shapes': shapes_meta, 'argv': sys.argv,
-            'device': device_settings(args.workdir)}
+            'device': device_settings(args.workdir),
+            'page_reporting': {'before': args.reporting_before, 'after': page_reporting()}}
     table, _ = summarize(results, freeze, meta)
     offsite = None
     if args.small and shutil.which(args.restic):
@@ -1518,7 +1638,8 @@ def run_benchmark(args):
         # (about 15 s); the numbers mean something only at size (--offsite).
         offsite, _ = offsite_run(args)
     print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}; '
-          f'device {device_line(meta["device"])}')
+          f'device {device_line(meta["device"])}; '
+          f'{memory_line(args.reporting_before, page_reporting())}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  {meta["uptime_end"]}')
     print()
