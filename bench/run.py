@@ -1489,8 +1489,9 @@ def main():
                    type=lambda v: [float(x) for x in v.split(',')],
                    help='with --scale: the fractions of --size-gib to run (default 0.25,0.5,1)')
     p.add_argument('--scale', action='store_true',
-                   help='instead: synbackup alone on the mixed shape at 1/4, 1/2 and all '
-                   'of --size-gib (default 20), warm and cold (run by hand, not in CI)')
+                   help='instead: the mixed shape at 1/4, 1/2 and all of --size-gib '
+                   '(default 20), warm and cold, synbackup alone unless --commands '
+                   'names more (run by hand, not in CI)')
     p.add_argument('--read-runs', help=argparse.SUPPRESS)  # internal: the read limit
     p.add_argument('--rounds', type=int, default=None, help='rounds (default 3, --small 1)')
     p.add_argument('--seed', type=int, default=1)
