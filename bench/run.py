@@ -669,7 +669,11 @@ class HoldFreedMemory:
             self.old[name] = state[name]
             log(f'{path}: {state[name]} -> {value} for this run')
         if self.old:
-            back_free_memory()
+            try:
+                back_free_memory()
+            except BaseException:  # interrupted before the run: nothing left changed
+                self.restore()
+                raise
 
     def restore(self):
         for name, value in self.old.items():
