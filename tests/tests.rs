@@ -59,3 +59,6 @@ mod commands {
     /// The man pages cover every subcommand, option, exit code, MESSAGE_ID and config key.
     mod manpage;
 }
+
+/// The harness itself: what every other test relies on.
+mod harness;

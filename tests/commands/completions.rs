@@ -7,9 +7,8 @@
 //! backup names in its `SYNBACKUP_BACKUP_ROOT`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::util::bin;
+use crate::util::{bin, command};
 
 /// A config directory with two instances, one with two backups.
 fn config_dir(t: &Path) -> PathBuf {
@@ -64,7 +63,7 @@ fn bash_completes_instance_and_backup_names() {
             words[words.len() - 1],
             words[words.len() - 2],
         );
-        let o = Command::new("bash")
+        let o = command("bash")
             .args(["-c", &shell])
             .env("SYNBACKUP_CONFIG_DIR", &etc)
             .output()
@@ -96,7 +95,7 @@ fn fish_completes_instance_and_backup_names() {
     let etc = config_dir(t.path());
     let script = script(t.path(), "fish");
     let complete = |line: &str| {
-        let o = Command::new("fish")
+        let o = command("fish")
             .args(["--no-config", "-c"])
             .arg(format!("source {}; complete -C'{line}'", script.display()))
             .env("SYNBACKUP_CONFIG_DIR", &etc)
@@ -173,7 +172,7 @@ fn zsh_completes_instance_and_backup_names() {
             script.display(),
             words.len(),
         );
-        let o = Command::new("zsh")
+        let o = command("zsh")
             .args(["-f", "-c", &zsh])
             .env("SYNBACKUP_CONFIG_DIR", &etc)
             .output()

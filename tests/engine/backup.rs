@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -169,7 +169,7 @@ fn standard_tool_passes(dst: &Path, tool: &str) -> bool {
     assert!(o.status.success(), "{}", stderr(&o));
     let sums = dst.with_extension("sums");
     fs::write(&sums, &o.stdout).unwrap();
-    let c = Command::new(tool)
+    let c = command(tool)
         .arg("-c")
         .arg(&sums)
         .current_dir(dst)
@@ -365,7 +365,7 @@ fn no_compact_keeps_every_page_where_mdb_copy_puts_it() {
         // The real mdb_copy without -c: the layout a plain copy must have.
         let theirs = t.path().join("mdb_copy").join(env);
         fs::create_dir_all(&theirs).unwrap();
-        let st = std::process::Command::new("mdb_copy")
+        let st = command("mdb_copy")
             .arg(src.join(env))
             .arg(&theirs)
             .status()

@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use crate::util::*;
 
@@ -143,7 +142,7 @@ fn unreadable_file() {
     fake_service(&src, 20);
     let out = t.path().join("out");
     fs::create_dir(&out).unwrap();
-    Command::new("chown")
+    command("chown")
         .args(["-R", "65534:65534"])
         .arg(&src)
         .arg(&out)
@@ -151,7 +150,7 @@ fn unreadable_file() {
         .unwrap();
     // One file nobody may not read.
     std::os::unix::fs::chown(src.join("sslkey.pem"), Some(0), Some(0)).unwrap();
-    let o = Command::new("setpriv")
+    let o = command("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_synbackup"))
         .arg("backup")

@@ -375,7 +375,7 @@ fn cortex_serves(m: &Material) -> (Option<String>, String) {
     .unwrap();
     let log = m.root.join("cortex.log");
     let logf = fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(python())
+    let mut child = command(python())
         .args(["-m", "synapse.servers.cortex", "--https", "0"])
         .arg(&m.svc)
         .env("SYN_CERT_DIR", &m.certdir)

@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::process::Command;
 
 use crate::util::*;
 
@@ -126,7 +125,7 @@ fn live_cortex_backups() {
     // Phase 3: stopped service: Synapse's tool and synbackup agree.
     core.stop();
     let py = t.path().join("py");
-    let st = Command::new(python())
+    let st = command(python())
         .args(["-m", "synapse.tools.service.backup"])
         .arg(&src)
         .arg(&py)

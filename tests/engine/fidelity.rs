@@ -12,7 +12,6 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use crate::util::*;
@@ -29,7 +28,7 @@ fn manifest(dir: &Path) -> serde_json::Value {
 }
 
 fn getfacl(path: &Path) -> String {
-    let o = Command::new("getfacl")
+    let o = command("getfacl")
         .args(["-c", "-n"])
         .arg(path)
         .output()
@@ -39,7 +38,7 @@ fn getfacl(path: &Path) -> String {
 }
 
 fn setfacl(args: &[&str], path: &Path) {
-    let st = Command::new("setfacl")
+    let st = command("setfacl")
         .args(args)
         .arg(path)
         .status()
@@ -321,7 +320,7 @@ fn verify_reads_format_1_manifests() {
 
 /// Run the binary as nobody (uid/gid 65534), with supplementary group `groups`.
 fn run_as_nobody(groups: &str, args: &[&dyn AsRef<OsStr>]) -> std::process::Output {
-    let mut c = Command::new("setpriv");
+    let mut c = command("setpriv");
     c.args([
         "--reuid=65534",
         "--regid=65534",
@@ -461,7 +460,7 @@ fn a_sparse_file_counts_its_data_not_its_holes() {
         .find(|f| f["path"] == "sparse.bin")
         .unwrap()
         .clone();
-    let sum = Command::new("b3sum")
+    let sum = command("b3sum")
         .arg(dst.join("sparse.bin"))
         .output()
         .unwrap();

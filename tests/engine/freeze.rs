@@ -120,7 +120,7 @@ fn spawn_held(case: &Case, extra: &[&str]) -> (Child, Vec<String>) {
 
 /// The pids in an environment's reader table, as the real `mdb_stat -r` prints it.
 fn reader_pids(env: &Path) -> Vec<i32> {
-    let out = std::process::Command::new("mdb_stat")
+    let out = command("mdb_stat")
         .arg("-r")
         .arg(env)
         .output()

@@ -17,10 +17,10 @@
 //! `SYNBACKUP_BLESS=1 cargo test --test tests host::sysctl::` rewrites the expected stdout, stderr
 //! and exit files from what the binary does (not `expected/`); review the diff.
 
+use crate::util::command;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_synbackup");
 
@@ -68,7 +68,7 @@ struct Output {
 
 /// Run `synbackup sysctl --root ROOT ARGS`; stderr has ROOT's path replaced by `ROOT`.
 fn run(root: &Path, args: &[String]) -> Output {
-    let out = Command::new(BIN)
+    let out = command(BIN)
         .arg("sysctl")
         .arg("--root")
         .arg(root)

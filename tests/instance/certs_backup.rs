@@ -37,11 +37,7 @@ impl Host {
         let svc = root.join("data/cortex00");
         fs::create_dir_all(root.join("data")).unwrap();
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
-        let cp = Command::new("cp")
-            .arg("-a")
-            .arg(&fixture)
-            .arg(&svc)
-            .status();
+        let cp = command("cp").arg("-a").arg(&fixture).arg(&svc).status();
         assert!(cp.unwrap().success());
         let certdir = root.join("home/synapse/.syn/certs");
         easycert(&certdir, &["--ca", "testca"]);
@@ -125,7 +121,7 @@ async def main():
         print((await core.getCellInfo())['cell']['iden'])
 asyncio.run(asyncio.wait_for(main(), 60))
 "#;
-    let o = Command::new(python())
+    let o = command(python())
         .args(["-c", script])
         .arg(certdir)
         .arg(port.to_string())

@@ -242,7 +242,7 @@ fn status_calls_an_old_backup_stale() {
 /// returned function is called.
 fn hold_lock(s: &Setup) -> impl FnOnce() {
     fs::create_dir_all(s.root.join("lock")).unwrap();
-    let mut holder = Command::new("flock")
+    let mut holder = command("flock")
         .arg(s.root.join("lock/c0.lock"))
         .args(["-c", "echo locked; read x"])
         .stdin(Stdio::piped())

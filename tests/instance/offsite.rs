@@ -181,7 +181,7 @@ struct RestServer {
 impl RestServer {
     fn start(dir: &Path, port: u16) -> RestServer {
         fs::create_dir_all(dir).unwrap();
-        let child = Command::new("rclone")
+        let child = command("rclone")
             .args(["serve", "restic", "--addr"])
             .arg(format!("127.0.0.1:{port}"))
             .arg(dir)
@@ -210,7 +210,7 @@ impl Drop for RestServer {
 /// Real restic on the setup's repository (for what the test does behind
 /// synbackup's back).
 fn restic(s: &Setup, repo: &str) -> Command {
-    let mut c = Command::new("restic");
+    let mut c = command("restic");
     c.env("RESTIC_REPOSITORY", repo)
         .env("RESTIC_PASSWORD_FILE", &s.password)
         .env("XDG_CACHE_HOME", s.root.join("cache"));
@@ -397,7 +397,7 @@ fn a_wrong_password_an_unreachable_server_and_a_full_backend_fail_offsite_only()
     s.write_config(&full.join("repo").to_string_lossy(), "");
     s.ok(&["offsite", "init", "c0"]);
     s.run_fails_offsite("no space left on device");
-    let st = Command::new("mount")
+    let st = command("mount")
         .args(["-o", "remount,size=64m"])
         .arg(&full)
         .status()

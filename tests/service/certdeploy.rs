@@ -372,7 +372,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
     )
     .unwrap();
     let bindir = Path::new(env!("CARGO_BIN_EXE_synbackup")).parent().unwrap();
-    let o = std::process::Command::new("sh")
+    let o = command("sh")
         .arg(&hook)
         .env("RENEWED_LINEAGE", &live)
         .env(

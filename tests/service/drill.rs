@@ -16,7 +16,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 /// A copy of `backup` changed by `edit`, backed up again (a new, valid manifest).
 fn remade(t: &Path, backup: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let src = t.join(format!("{name}-src"));
-    let st = Command::new("cp")
+    let st = command("cp")
         .arg("-a")
         .arg(backup)
         .arg(&src)
@@ -84,7 +84,7 @@ fn remade(t: &Path, backup: &Path, name: &str, edit: impl FnOnce(&Path)) -> Path
 /// source, so the manifest is edited as the format documents.
 fn without_guid(t: &Path, backup: &Path, name: &str) -> PathBuf {
     let dst = t.join(name);
-    let st = Command::new("cp")
+    let st = command("cp")
         .arg("-a")
         .arg(backup)
         .arg(&dst)
@@ -102,7 +102,7 @@ fn without_guid(t: &Path, backup: &Path, name: &str) -> PathBuf {
     m["body_sha256"] = "".into();
     let body = serde_json::to_string_pretty(&m).unwrap();
     fs::write(&mpath, &body).unwrap();
-    let sum = Command::new("sha256sum").arg(&mpath).output().unwrap();
+    let sum = command("sha256sum").arg(&mpath).output().unwrap();
     let sum = String::from_utf8_lossy(&sum.stdout);
     let sum = sum.split_whitespace().next().unwrap();
     let body = body.replacen(
@@ -118,7 +118,7 @@ fn without_guid(t: &Path, backup: &Path, name: &str) -> PathBuf {
 /// through `sh`: setpriv keeps its capabilities until its own exec, which would
 /// reach through directories the user cannot.
 fn runs_as_nobody(python: &Path) -> bool {
-    Command::new("setpriv")
+    command("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .args(["/bin/sh", "-c", "exec \"$0\" -c ''"])
         .arg(python)
@@ -130,7 +130,7 @@ fn runs_as_nobody(python: &Path) -> bool {
 /// A copy of `b1` owned by uid 65534 boots with its server running as 65534.
 fn drills_as_owner(t: &Path, b1: &Path) {
     let owned = remade(t, b1, "owned", |dir| {
-        let st = Command::new("chown")
+        let st = command("chown")
             .args(["-R", "65534:65534"])
             .arg(dir)
             .status()
@@ -344,7 +344,7 @@ fn drills_on_real_cortex_backups() {
     // A newer backup that is complete but not verified (and would not boot: no
     // cell.guid): the default is the newest *verified* one.
     let unverified = root.join("c0_29991231T000000Z");
-    let st = Command::new("cp")
+    let st = command("cp")
         .arg("-a")
         .arg(&noguid)
         .arg(&unverified)

@@ -8,7 +8,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
@@ -18,11 +17,11 @@ use openssl::rsa::Rsa;
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509NameBuilder, X509};
 
-use super::python;
+use super::{command, python};
 
 /// Run `python -m synapse.tools.utils.easycert --certdir DIR ARGS`.
 pub fn easycert(certdir: &Path, args: &[&str]) {
-    let out = Command::new(python())
+    let out = command(python())
         .args(["-m", "synapse.tools.utils.easycert", "--certdir"])
         .arg(certdir)
         .args(args)

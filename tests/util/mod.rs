@@ -14,9 +14,31 @@ pub mod certs;
 
 use lmdb::{Cursor, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
 
+/// A command for `program` whose process keeps none of this process's descriptors
+/// but the standard three. Every test starts its programs through this. The tests
+/// run as threads of one process, and LMDB opens data.mdb without O_CLOEXEC: a
+/// program started while another test had an environment open kept that test's
+/// data.mdb open for as long as it ran (a Cortex, a synbackup run and the programs
+/// it starts), and that test's restore was refused as "in use by python".
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: close_range is async-signal-safe; it only sets close-on-exec, on the
+    // descriptors above the standard ones the child has been given.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The binary under test.
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_synbackup"));
+    let mut c = command(env!("CARGO_BIN_EXE_synbackup"));
     c.env_remove("NOTIFY_SOCKET")
         .env_remove("JOURNAL_STREAM")
         .env_remove("SYNBACKUP_FAULT");
@@ -230,7 +252,7 @@ pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
 
 /// Entry counts per named database as the real `mdb_stat -a` prints them.
 pub fn mdb_stat_counts(env_dir: &Path) -> BTreeMap<String, u64> {
-    let out = Command::new("mdb_stat")
+    let out = command("mdb_stat")
         .arg("-a")
         .arg(env_dir)
         .output()
@@ -292,7 +314,7 @@ fn storm_script() -> PathBuf {
 
 /// Run `storm.py ARGS` against a Cortex; panics on failure, returns stdout.
 pub fn storm(args: &[&str]) -> String {
-    let out = Command::new(python())
+    let out = command(python())
         .arg(storm_script())
         .args(args)
         .output()
@@ -307,7 +329,7 @@ pub fn storm(args: &[&str]) -> String {
 
 /// Like `storm` but returns the status instead of panicking.
 pub fn storm_status(args: &[&str]) -> bool {
-    Command::new(python())
+    command(python())
         .arg(storm_script())
         .args(args)
         .stdout(Stdio::null())
@@ -318,7 +340,7 @@ pub fn storm_status(args: &[&str]) -> bool {
 }
 
 pub fn storm_spawn(args: &[&str]) -> Child {
-    Command::new(python())
+    command(python())
         .arg(storm_script())
         .args(args)
         .stdout(Stdio::piped())
@@ -370,7 +392,7 @@ impl Cortex {
     ) -> Cortex {
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(python);
+        let mut cmd = command(python);
         match patched {
             Some(env) => {
                 cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/patched_cortex.py"));
@@ -379,21 +401,6 @@ impl Cortex {
             None => {
                 cmd.args(["-m", "synapse.servers.cortex"]);
             }
-        }
-        // Tests run in parallel threads of one process, and LMDB opens data.mdb
-        // without O_CLOEXEC: a Cortex started while another test had an
-        // environment open kept that test's data.mdb open, and its restore failed
-        // as "in use by python". The child closes every inherited descriptor but
-        // its standard ones at exec.
-        // SAFETY: close_range is async-signal-safe; it only sets close-on-exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
         }
         let child = cmd
             .envs(env.iter().copied())
@@ -484,7 +491,7 @@ impl Drop for Cortex {
 }
 
 pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
-    let st = Command::new("kill")
+    let st = command("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status()?;
@@ -547,7 +554,7 @@ impl Tmpfs {
             "this test mounts a tmpfs: run the suite as root (CI does)"
         );
         fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
+        let st = command("mount")
             .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
             .arg(dir)
             .status()
@@ -559,7 +566,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = command("umount").arg(&self.0).status();
     }
 }
 
