@@ -451,7 +451,6 @@ def read_runs(spec):
     """The read limit: read the live pages of `spec` (a live_runs() JSON) with O_DIRECT
     in file order, free gaps under READ_MERGE_GAP read through, in requests of at most
     8 MiB, file by file: a sequential read of what a copy must at least read."""
-    import mmap
     with open(spec) as f:
         files = json.load(f)
     buf = mmap.mmap(-1, 8 * MIB)
@@ -581,28 +580,39 @@ def device_settings(path):
     return out
 
 
-class ReadAhead:
-    """--read-ahead-kb: the device's readahead set for the run, set back after."""
+class RunSettings:
+    """Kernel settings (files under /sys) changed for the run and set back after, in
+    the reverse order, whatever ends the run."""
 
-    def __init__(self, path, kib):
-        self.path = None
-        if kib is None:
-            return
-        q = device_queue(path)
-        if q is None:
-            raise SystemExit(f'{path}: not on a block device; drop --read-ahead-kb')
-        self.path = os.path.join(q, 'read_ahead_kb')
-        with open(self.path) as f:
-            self.old = f.read().strip()
-        with open(self.path, 'w') as f:
-            f.write(f'{kib}\n')
-        log(f'{self.path}: {self.old} -> {kib} for this run')
+    def __init__(self):
+        self.old = {}
+
+    def set(self, path, value):
+        with open(path) as f:
+            old = f.read().strip()
+        try:
+            with open(path, 'w') as f:
+                f.write(f'{value}\n')
+        except OSError as e:
+            raise SystemExit(f'{path}: cannot set {value} ({e}); run as root or drop the '
+                             f'option') from e
+        self.old[path] = old
+        log(f'{path}: {old} -> {value} for this run')
 
     def restore(self):
-        if self.path:
-            with open(self.path, 'w') as f:
-                f.write(f'{self.old}\n')
-            log(f'{self.path}: back to {self.old}')
+        for path, value in reversed(list(self.old.items())):
+            with open(path, 'w') as f:
+                f.write(f'{value}\n')
+            log(f'{path}: back to {value}')
+        self.old = {}
+
+
+def set_read_ahead(settings, path, kib):
+    """--read-ahead-kb: the device's readahead for the run."""
+    q = device_queue(path)
+    if q is None:
+        raise SystemExit(f'{path}: not on a block device; drop --read-ahead-kb')
+    settings.set(os.path.join(q, 'read_ahead_kb'), kib)
 
 
 PAGE_REPORTING = '/sys/module/page_reporting/parameters'
@@ -622,11 +632,13 @@ def page_reporting():
     return out
 
 
-def memory_line(before, after):
+def memory_line(before, after, held):
     """The free page reporting part of a report's first line."""
     if 'page_reporting_order' not in before:
         return 'no free page reporting'
     state = f'free page reporting order {before["page_reporting_order"]}'
+    if held:
+        state += ' (held off for the run: --hold-freed-memory)'
     if before.get('free_bitmap_enable'):
         state += f', free_bitmap_enable {before["free_bitmap_enable"]}'
     if 'reported_kib' in before and 'reported_kib' in after:
@@ -635,53 +647,22 @@ def memory_line(before, after):
     return state
 
 
-class HoldFreedMemory:
-    """--hold-freed-memory: free page reporting turned off for the run (set back
-    after), so that memory the guest frees (the cache a cold round drops) stays
-    backed by the host and a run measures the commands, not the hypervisor's first
-    touch of memory handed back. Memory handed back before (or never touched since
-    boot) is touched once first (`back_free_memory`), so that every page a command
-    gets from then on is backed."""
-
-    # page_reporting_order above the buddy allocator's largest order: no free block
-    # is ever large enough to be reported.
-    OFF = {'free_bitmap_enable': 'N', 'page_reporting_order': '11'}
-
-    def __init__(self, hold):
-        self.old = {}
-        if not hold:
-            return
-        state = page_reporting()
-        if 'page_reporting_order' not in state:
-            log('no free page reporting on this host: --hold-freed-memory has nothing to do')
-            return
-        for name, value in self.OFF.items():
-            if name not in state:
-                continue
-            path = os.path.join(PAGE_REPORTING, name)
-            try:
-                with open(path, 'w') as f:
-                    f.write(f'{value}\n')
-            except OSError as e:
-                self.restore()
-                raise SystemExit(f'{path}: cannot set {value} ({e}); run as root or drop '
-                                 f'--hold-freed-memory')
-            self.old[name] = state[name]
-            log(f'{path}: {state[name]} -> {value} for this run')
-        if self.old:
-            try:
-                back_free_memory()
-            except BaseException:  # interrupted before the run: nothing left changed
-                self.restore()
-                raise
-
-    def restore(self):
-        for name, value in self.old.items():
-            path = os.path.join(PAGE_REPORTING, name)
-            with open(path, 'w') as f:
-                f.write(f'{value}\n')
-            log(f'{path}: back to {value}')
-        self.old = {}
+def hold_freed_memory(settings):
+    """--hold-freed-memory: free page reporting turned off for the run, so that memory
+    the guest frees (the cache a cold round drops) stays backed by the host and a run
+    measures the commands, not the hypervisor's first touch of memory handed back.
+    Memory handed back before (or never touched since boot) is touched once first
+    (`back_free_memory`), so that every page a command gets from then on is backed.
+    A page_reporting_order above the buddy allocator's largest order: no free block
+    is ever large enough to be reported."""
+    state = page_reporting()
+    if 'page_reporting_order' not in state:
+        log('no free page reporting on this host: --hold-freed-memory has nothing to do')
+        return
+    for name, value in (('free_bitmap_enable', 'N'), ('page_reporting_order', '11')):
+        if name in state:
+            settings.set(os.path.join(PAGE_REPORTING, name), value)
+    back_free_memory()
 
 
 def back_free_memory(spare=2 * GIB):
@@ -1464,7 +1445,7 @@ def print_run(args, start_uptime, what, table, key, rows):
     and after, the table; and its rows as JSON under `key` with --json."""
     print(f'date: {time.strftime("%Y-%m-%d %H:%M %Z")}; {os.cpu_count()} CPUs; {what}; '
           f'device {device_line(device_settings(args.workdir))}; '
-          f'{memory_line(args.reporting_before, page_reporting())}')
+          f'{memory_line(args.reporting_before, page_reporting(), args.hold_freed_memory)}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  '
           f'{subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}')
@@ -1574,15 +1555,15 @@ def main():
         raise SystemExit(f'{args.synbackup} is missing: cargo build --release (or --synbackup)')
     os.makedirs(args.workdir, exist_ok=True)
     args.reporting_before = page_reporting()
-    read_ahead = ReadAhead(args.workdir, args.read_ahead_kb)
+    settings = RunSettings()
     try:
-        hold = HoldFreedMemory(args.hold_freed_memory)
-        try:
-            return run_benchmark(args)
-        finally:
-            hold.restore()
+        if args.read_ahead_kb is not None:
+            set_read_ahead(settings, args.workdir, args.read_ahead_kb)
+        if args.hold_freed_memory:
+            hold_freed_memory(settings)
+        return run_benchmark(args)
     finally:
-        read_ahead.restore()
+        settings.restore()
 
 
 def run_benchmark(args):
@@ -1644,7 +1625,7 @@ def run_benchmark(args):
         offsite, _ = offsite_run(args)
     print(f'date: {meta["date"]}; {meta["cpus"]} CPUs; shapes {", ".join(args.shapes)}; '
           f'device {device_line(meta["device"])}; '
-          f'{memory_line(args.reporting_before, page_reporting())}')
+          f'{memory_line(args.reporting_before, page_reporting(), args.hold_freed_memory)}')
     print(f'uptime before: {start_uptime}')
     print(f'uptime after:  {meta["uptime_end"]}')
     print()
