@@ -30,9 +30,10 @@ fn descriptors_on(path: &Path) -> Vec<(i32, bool)> {
 
 /// An environment held open by this process (LMDB opens data.mdb without
 /// O_CLOEXEC), and a plain descriptor opened without it: a program started through
-/// `command` keeps neither. Before `command`, a Cortex started by one test kept
-/// another test's data.mdb open, and that test's restore was refused as "in use by
-/// python" (a red `tests/run-all`, twice).
+/// `command` keeps neither. Before `command`, a program one test started (only the
+/// test Cortexes closed what they inherited; `storm.py wait` and synbackup runs did
+/// not) kept another test's data.mdb open, and that test's restore was refused as
+/// "in use by python" (a red `tests/run-all`, twice).
 #[test]
 fn a_started_program_keeps_no_descriptor_a_test_has_open() {
     let t = tempfile::tempdir().unwrap();
