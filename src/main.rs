@@ -6,29 +6,44 @@
 //! subcommand and turns its result into a documented exit code (`exit.rs`), printing
 //! the error's whole context chain on one line.
 //!
-//! The source tree is layered; each folder imports only the ones below it:
+//! The source tree is layered; each folder imports only the ones below it, and a
+//! capability never imports another (only `nightly` composes them):
 //!
 //! - `commands/`: one file per subcommand (its arguments, then one call below);
-//! - `service/`: what stops and starts the service (maintenance window, restore);
-//! - `instance/`: configured instances (config, catalog, retention, lock, status,
-//!   the nightly run, the generator);
+//! - capabilities, one folder each: `nightly/` (the nightly run's steps),
+//!   `window/` (the maintenance window), `restore/`, `drill/`, `offsite/`, `certs/`;
+//! - `service/`: the service unit's lifecycle (preflight, health, the swap);
+//! - `instance/`: configured instances (settings, catalog, retention, lock, status
+//!   and the run recorder, the generator);
 //! - `engine/`: the backup engine (freeze, snapshots, LMDB, copies, manifest, verify);
-//! - `host/`: systemd, procfs, sysctl;
+//! - `host/`: systemd, procfs, sysctl, restic;
 //! - `base/`: exit codes, logging, signals, filesystem helpers.
 #![deny(missing_docs)]
 
 /// Exit codes, logging, signals, filesystem helpers.
 mod base;
+/// TLS material: checks, records, `certs deploy`.
+mod certs;
 /// One file per subcommand.
 mod commands;
+/// Restore drills: boot a backup's copy, sealed, and check it.
+mod drill;
 /// The backup engine.
 mod engine;
 /// systemd, procfs, sysctl.
 mod host;
-/// Configured instances and their nightly run.
+/// Configured instances: settings, catalog, retention, lock, status.
 mod instance;
-/// The maintenance window and the restore.
+/// The nightly run: back up, prune, certificates, offsite, drill.
+mod nightly;
+/// Offsite copies through restic.
+mod offsite;
+/// Restoring a backup into a service directory.
+mod restore;
+/// The service unit's lifecycle: preflight, health, the swap.
 mod service;
+/// The maintenance window: stop, compact, swap, start, roll back.
+mod window;
 
 use std::process::ExitCode;
 

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup certs INSTANCE` or `synbackup certs --dir DIR [--cert-dir D]`: every
-//! certificate and key the service uses, checked (`engine::certs`); a table, or
+//! certificate and key the service uses, checked (`certs::check`); a table, or
 //! `--json`; exit code `Unhealthy` (9) when a check fails. With an instance it also
-//! writes the certificate metrics and logs the expiry events (`instance::certs`).
+//! writes the certificate metrics and logs the expiry events (`certs::record`).
 //! `synbackup certs deploy ...` is its subcommand (`commands::certs_deploy`).
 
 use std::io::Write;
@@ -13,9 +13,9 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::base::exit::{fail, Code};
+use crate::certs::record as instance_certs;
+use crate::certs::{self, Report, Severity};
 use crate::commands::print_json;
-use crate::engine::certs::{self, Report, Severity};
-use crate::instance::certs as instance_certs;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 

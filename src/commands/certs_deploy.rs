@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup certs deploy INSTANCE --cert FULLCHAIN --key KEY` (or `--dir DIR`):
 //! a renewed HTTPS pair into the running cell, checked, reloaded without a restart,
-//! confirmed on its HTTPS port, rolled back on any failure (`service::certdeploy`).
+//! confirmed on its HTTPS port, rolled back on any failure (`certs::deploy`).
 //! Exit 9: the pair was refused (nothing written); 10: it failed and the old pair
 //! is back. With an instance it takes the instance lock (a maintenance window would
 //! swap the directory back under it) and records the `deploy` status.
@@ -15,13 +15,13 @@ use chrono::{SecondsFormat, Utc};
 use clap::Args;
 
 use crate::base::exit::{code_of, fail, reported, Code};
+use crate::certs::deploy::{self as certdeploy, Outcome, Request};
 use crate::commands::print_json;
-use crate::instance::certs::resolve_cert_dir;
+use crate::instance::certdir::resolve_cert_dir;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
 use crate::instance::status::{self, Status};
-use crate::service::certdeploy::{self, Outcome, Request};
 
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {

@@ -21,7 +21,7 @@ pub(crate) struct ColdArgs {
 
 /// Run the window for the instance.
 pub(crate) fn exec(dirs: &Dirs, a: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
-    let result = crate::service::window::run(dirs, &a.instance, &a.overrides, show_bar);
+    let result = crate::window::run(dirs, &a.instance, &a.overrides, show_bar);
     leave_final_status(dirs, &a.instance, "cold");
     result?;
     Ok(ExitCode::SUCCESS)

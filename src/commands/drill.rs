@@ -12,9 +12,9 @@ use clap::Args;
 use crate::base::exit::{fail, Code};
 use crate::base::units::parse_duration;
 use crate::commands::print_json;
+use crate::drill::{self, Request};
 use crate::host::transient::Isolation;
 use crate::instance::dirs::Dirs;
-use crate::service::drill::{self, Request};
 
 #[derive(Debug, Args)]
 pub(crate) struct DrillArgs {

@@ -13,7 +13,7 @@ use clap::Args;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
-use crate::service::restore::{self, Request};
+use crate::restore::{self, Request};
 
 #[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {

@@ -24,7 +24,7 @@ pub(crate) struct RunArgs {
 
 /// Back up the instance, prune, record status; drill the new backup if configured.
 pub(crate) fn exec(dirs: &Dirs, a: &RunArgs, show_bar: bool) -> Result<ExitCode> {
-    let result = crate::instance::run::run(dirs, &a.instance, &a.overrides, show_bar);
+    let result = crate::nightly::run(dirs, &a.instance, &a.overrides, show_bar);
     leave_final_status(dirs, &a.instance, "backup");
     // A failed offsite copy leaves a good local backup: it is drilled all the same,
     // and the run then exits with the offsite failure (12) unless the drill failed.
@@ -44,7 +44,7 @@ fn drill_after_run(dirs: &Dirs, a: &RunArgs) -> Result<ExitCode> {
             "SYNBACKUP_DRILL_AFTER_RUN=yes: drilling {}",
             backup.display()
         );
-        let drilled = crate::service::drill::drill_instance(dirs, &a.instance, Some(&backup), None);
+        let drilled = crate::drill::drill_instance(dirs, &a.instance, Some(&backup), None);
         leave_final_status(dirs, &a.instance, "drill");
         drilled?;
     }

@@ -55,7 +55,7 @@ struct Health {
     warnings: Vec<String>,
     /// The last certificate check (`synbackup certs`, every `run`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    certs: Option<crate::instance::certs::CertsState>,
+    certs: Option<crate::certs::record::CertsState>,
     /// The last `certs deploy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deploy: Option<Status>,
@@ -166,7 +166,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         newest_tested,
         host,
         warnings,
-        certs: crate::instance::certs::load_state(&dirs.state_dir, name),
+        certs: crate::certs::record::load_state(&dirs.state_dir, name),
         deploy,
     }
 }

@@ -9,8 +9,6 @@ pub(crate) mod backup;
 pub(crate) mod cellinfo;
 /// The service's certificate directory, carried in a backup.
 pub(crate) mod certdir;
-/// The service's certificates and keys, checked with OpenSSL.
-pub(crate) mod certs;
 /// Compacting (or plain) LMDB copies from held snapshots, hashed in place.
 pub(crate) mod envcopy;
 /// Freezing the running service for the snapshots; resuming it whatever happens.

@@ -5,8 +5,8 @@
 
 /// An instance's backups in its backup root.
 pub(crate) mod catalog;
-/// An instance's TLS check: its certificate directory, metrics and expiry events.
-pub(crate) mod certs;
+/// Where an instance's certificate directory is.
+pub(crate) mod certdir;
 /// Instance configuration files.
 pub(crate) mod config;
 /// Where configuration, state, locks and metrics live.
@@ -17,14 +17,10 @@ pub(crate) mod generator;
 pub(crate) mod kept;
 /// The per-instance lock.
 pub(crate) mod lock;
-/// Offsite copies through restic: upload, forget, status.
-pub(crate) mod offsite;
 /// Retention applied to a backup root.
 pub(crate) mod prune;
 /// Which backups retention keeps.
 pub(crate) mod retention;
-/// `synbackup run`: back up, prune, record.
-pub(crate) mod run;
 /// Status files and metrics for monitoring.
 pub(crate) mod status;
 /// Which backups a drill booted (per backup, in the state directory).

@@ -165,7 +165,7 @@ pub(crate) fn final_line(s: &Status) -> String {
 }
 
 /// The kinds of record an instance can have.
-/// (`certs`: `instance::certs` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
+/// (`certs`: `certs::record` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
 const KINDS: &[&str] = &["backup", "cold", "restore", "certs", "offsite", "deploy"];
 
 /// Remove every status and metrics file of `instance` (each of [`KINDS`]);

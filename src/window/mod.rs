@@ -67,8 +67,8 @@ use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::run::{begin_run, record_failure};
 use crate::instance::status::{self, Status};
+use crate::nightly::{begin_run, record_failure};
 use crate::service::preflight;
 
 use crate::instance::kept::{self, PRE_COLD};

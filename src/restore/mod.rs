@@ -28,6 +28,9 @@
 //! the unit's) certificate directory, else where the backup found it. A rollback
 //! takes it back too.
 
+/// `restore --certs`: the backup's certificate directory put back in place.
+pub(crate) mod certs;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{SecondsFormat, Utc};
 
+use self::certs::Placed;
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
@@ -50,15 +54,14 @@ use crate::engine::verify;
 use crate::engine::workers;
 use crate::host::holders;
 use crate::host::systemd;
-use crate::instance::certs;
+use crate::instance::certdir;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
-use crate::instance::offsite;
-use crate::instance::run::record_failure;
 use crate::instance::status::{self, Status};
-use crate::service::certrestore::{self, Placed};
+use crate::nightly::record_failure;
+use crate::offsite;
 use crate::service::preflight;
 
 /// A staging copy that is removed unless it was swapped in.
@@ -368,7 +371,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
             let cert_dir = match &args.cert_dir {
                 Some(d) => Some(d.clone()),
-                None if args.certs => certs::resolve_cert_dir(&inst)?,
+                None if args.certs => certdir::resolve_cert_dir(&inst)?,
                 None => None,
             };
             (
@@ -390,7 +393,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             let t = Duration::from_secs(300);
             let cert_dir = match (&args.cert_dir, &args.unit) {
                 (Some(d), _) => Some(d.clone()),
-                (None, Some(u)) if args.certs => Some(certs::unit_cert_dir(u)?),
+                (None, Some(u)) if args.certs => Some(certdir::unit_cert_dir(u)?),
                 _ => None,
             };
             (dir, args.unit.clone(), (t, t), None, None, cert_dir)
@@ -633,7 +636,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         fsutil::fsync_dir(&parent)?;
         fault::point("restore-after-swap")?;
         if let Some(to) = &cert_target {
-            placed = Some(certrestore::put_back(
+            placed = Some(certs::put_back(
                 &cert_source,
                 &manifest,
                 to,
@@ -701,7 +704,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
 /// Where `--certs` puts the certificate directory of the backup (`to`, else where
 /// the backup found it); refused inside the service directory or the backup.
 fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Result<PathBuf> {
-    let info = certrestore::carried(backup, m)?;
+    let info = certs::carried(backup, m)?;
     let target = to
         .map(Path::to_path_buf)
         .unwrap_or_else(|| path_of(&info.source));

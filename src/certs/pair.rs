@@ -5,7 +5,7 @@
 //! beside it (`sslcert.pem.old`, `sslkey.pem.old`), write the new one atomically
 //! with the service directory's owner (the key 0600), and put the old one back.
 //!
-//! Nothing here talks to the service: `service::certdeploy` reloads and confirms.
+//! Nothing here talks to the service: `certs::deploy` reloads and confirms.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

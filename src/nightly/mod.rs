@@ -19,7 +19,8 @@ use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Status};
-use crate::instance::{kept, lock, offsite, prune};
+use crate::instance::{kept, lock, prune};
+use crate::offsite;
 
 /// A time as status files and listings write it.
 pub(crate) fn now_str(t: DateTime<Utc>) -> String {
@@ -88,7 +89,7 @@ pub(crate) fn run(
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
     let (inst, _lock, started, t0) = begin_run(dirs, name, overrides, "backup")?;
     let result = backup_and_prune(&inst, started, show_bar);
-    crate::instance::certs::check_after_run(dirs, &inst);
+    crate::certs::record::check_after_run(dirs, &inst);
     match result {
         Ok((summary, kept, expiry_failed)) => {
             let st = Status {
@@ -269,7 +270,7 @@ fn backup_and_prune(
         copy: inst.copy,
         min_free: inst.min_free,
         show_bar,
-        cert_dir: crate::instance::certs::cert_dir_to_carry(inst),
+        cert_dir: crate::instance::certdir::cert_dir_to_carry(inst),
         hash: crate::base::digest::Algo::Blake3,
     };
     let summary = backup::run(&req)?;

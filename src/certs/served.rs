@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 
-use super::deploy::fingerprint;
+use super::pair::fingerprint;
 
 /// The SHA-256 fingerprint of the leaf certificate `addr` serves now.
 pub(crate) fn served_fingerprint(addr: SocketAddr, timeout: Duration) -> Result<String> {

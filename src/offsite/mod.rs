@@ -24,8 +24,8 @@ use crate::base::logging;
 use crate::host::restic::{self, Repo, ResticError, Trouble};
 use crate::instance::config::{Instance, Keep, Offsite};
 use crate::instance::dirs::Dirs;
-use crate::instance::run::now_str;
 use crate::instance::status::{self, Status};
+use crate::nightly::now_str;
 
 /// The status kind of offsite copies.
 pub(crate) const KIND: &str = "offsite";

@@ -11,6 +11,9 @@
 //! operator's check query; stop the server and remove the copy. The backup itself
 //! is only read. With an instance, the result is recorded (status kind `drill`).
 
+/// The drill's scratch copy of a backup, and removing dead drills' copies.
+pub(crate) mod scratch;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -22,6 +25,7 @@ use anyhow::{Context, Result};
 use rmpv::Value;
 use serde::Serialize;
 
+use self::scratch::{Method, Scratch};
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::logging;
 use crate::engine::telepath::{self, Client};
@@ -34,7 +38,6 @@ use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::tested::{self, Tested};
 use crate::instance::{lock, status};
-use crate::service::scratch::{self, Method, Scratch};
 
 /// What to drill, with what.
 #[derive(Debug, Clone)]

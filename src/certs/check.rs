@@ -10,24 +10,14 @@
 //! certificate directories, and returns a [`Report`] the callers print, turn into
 //! metrics or compare with the last one.
 
-/// `certs deploy`'s files: check a new HTTPS pair, keep the old one, write, put back.
-pub(crate) mod deploy;
-/// Finding the certificates and keys, and who can read a key.
-pub(crate) mod files;
-/// The `ssl://` listener of the cell's config and the names it needs.
-pub(crate) mod listeners;
-/// The certificate a TLS server serves (its fingerprint).
-pub(crate) mod served;
-/// OpenSSL: chains, keys, dates, names, verification.
-pub(crate) mod x509;
-
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use self::files::{Pair, Role};
-use self::x509::Trust;
+use super::files::{self, Pair, Role};
+use super::listeners;
+use super::x509::{self, Trust};
 
 /// How bad a finding is; a report's worst decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

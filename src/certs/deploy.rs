@@ -2,7 +2,7 @@
 //! `synbackup certs deploy`: put a renewed HTTPS pair into a running cell without a
 //! restart (the step a certbot `--deploy-hook` calls).
 //!
-//! Order: check the new pair (`engine::certs::deploy`: key, chain, dates, names)
+//! Order: check the new pair (`certs::pair`: key, chain, dates, names)
 //! and ask the cell what it can do (its HTTPS listener from `getCellInfo`, whether
 //! `getReloadableSystems` has `https:certs`) before anything is written; keep the
 //! pair in use as `sslcert.pem.old` / `sslkey.pem.old`; write the new pair; ask the
@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::logging;
-use crate::engine::certs::deploy::{self as files, Candidate, CurrentPair};
-use crate::engine::certs::listeners::read_top_scalar;
-use crate::engine::certs::served::served_fingerprint;
+use crate::certs::listeners::read_top_scalar;
+use crate::certs::pair::{self as files, Candidate, CurrentPair};
+use crate::certs::served::served_fingerprint;
 use crate::engine::telepath::{self, get, Client};
 use crate::host::systemd;
 use crate::service::preflight;
