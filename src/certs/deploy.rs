@@ -22,12 +22,15 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::base::exit::{code_of, fail, Code};
-use crate::base::logging;
 use crate::certs::listeners::read_top_scalar;
 use crate::certs::pair::{self as files, Candidate, CurrentPair};
 use crate::certs::served::served_fingerprint;
 use crate::engine::telepath::{self, get, Client};
 use crate::host::systemd;
+use crate::instance::dirs::Dirs;
+use crate::instance::lock;
+use crate::instance::record::{Event, Made, Recorder};
+use crate::instance::status::Kind;
 use crate::service::preflight;
 
 /// The reload handler Synapse registers for a listener whose TLS context it manages.
@@ -372,39 +375,54 @@ fn confirm_served(addr: SocketAddr, want: &str) -> Result<()> {
     }
 }
 
-/// The journal line of a deploy (its MESSAGE_ID: done or failed).
-pub(crate) fn report(instance: &str, req: &Request, result: &Result<Outcome>) {
-    let (cert, key) = (
-        req.cert.display().to_string(),
-        req.key.display().to_string(),
-    );
-    match result {
-        Ok(o) => logging::event_journaled(
-            log::Level::Info,
-            logging::MSG_CERT_DEPLOY_OK,
-            instance,
-            &[
-                ("SYNBACKUP_CERT_PATH", &cert),
-                ("SYNBACKUP_CERT_FINGERPRINT", &o.fingerprint),
-                (
-                    "SYNBACKUP_CERT_OLD_FINGERPRINT",
-                    o.old_fingerprint.as_deref().unwrap_or(""),
+/// `certs deploy`, recorded: with an instance under its lock (a maintenance
+/// window would swap the directory back under it) and as its `deploy` run (status,
+/// metrics); always the journal line (MESSAGE_ID done or failed).
+pub(crate) fn deploy_recorded(dirs: &Dirs, instance: &str, req: &Request) -> Result<Outcome> {
+    let rec = Recorder::begin(dirs, instance, Kind::Deploy).journaled();
+    let result = if instance.is_empty() {
+        deploy(req)
+    } else {
+        lock::acquire(&dirs.lock_dir, instance, "certs deploy").and_then(|_held| deploy(req))
+    };
+    let cert = req.cert.display().to_string();
+    match &result {
+        Ok(o) => {
+            let event = Event {
+                fields: vec![
+                    ("SYNBACKUP_CERT_PATH", cert),
+                    ("SYNBACKUP_CERT_FINGERPRINT", o.fingerprint.clone()),
+                    (
+                        "SYNBACKUP_CERT_OLD_FINGERPRINT",
+                        o.old_fingerprint.clone().unwrap_or_default(),
+                    ),
+                ],
+                text: o.line(),
+            };
+            let made = Made {
+                details: serde_json::to_value(o).ok(),
+                ..Made::default()
+            };
+            if let Err(e) = rec.succeeded(made, event) {
+                log::warn!("cannot record the deploy's status of {instance}: {e:#}");
+            }
+        }
+        Err(e) => {
+            let event = Event {
+                fields: vec![
+                    ("SYNBACKUP_CERT_PATH", cert),
+                    ("SYNBACKUP_KEY_PATH", req.key.display().to_string()),
+                ],
+                text: format!(
+                    "certificate deploy to {} failed (exit {}): {e:#}",
+                    req.service_dir.display(),
+                    code_of(e).as_i32()
                 ),
-            ],
-            &o.line(),
-        ),
-        Err(e) => logging::event_journaled(
-            log::Level::Error,
-            logging::MSG_CERT_DEPLOY_FAILED,
-            instance,
-            &[("SYNBACKUP_CERT_PATH", &cert), ("SYNBACKUP_KEY_PATH", &key)],
-            &format!(
-                "certificate deploy to {} failed (exit {}): {e:#}",
-                req.service_dir.display(),
-                code_of(e).as_i32()
-            ),
-        ),
+            };
+            rec.failed(e, Made::default(), Some(event));
+        }
     }
+    result
 }
 
 #[cfg(test)]

@@ -8,20 +8,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use chrono::{SecondsFormat, Utc};
 use clap::Args;
 
-use crate::base::exit::{code_of, fail, reported, Code};
-use crate::certs::deploy::{self as certdeploy, Outcome, Request};
+use crate::base::exit::{fail, reported, Code};
+use crate::certs::deploy::{self as certdeploy, Request};
 use crate::commands::print_json;
 use crate::instance::certdir::resolve_cert_dir;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::lock;
-use crate::instance::status::{self, Status};
 
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {
@@ -105,18 +102,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
             ),
         ));
     }
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let result = if name.is_empty() {
-        certdeploy::deploy(&req)
-    } else {
-        lock::acquire(&dirs.lock_dir, &name, "certs deploy")
-            .and_then(|_held| certdeploy::deploy(&req))
-    };
-    certdeploy::report(&name, &req, &result);
-    if !name.is_empty() {
-        record(dirs, &name, started, t0, &result);
-    }
+    let result = certdeploy::deploy_recorded(dirs, &name, &req);
     // The summary is the journal line above (also on stderr); --json for a machine.
     let outcome = result.map_err(|e| reported(&e))?;
     if a.json {
@@ -131,53 +117,4 @@ fn trust_dirs(cert_dir: Option<PathBuf>, service_dir: &std::path::Path) -> Vec<P
         .into_iter()
         .chain(std::iter::once(service_dir.join("certs")))
         .collect()
-}
-
-/// The instance's `deploy` status (`STATE_DIR/INSTANCE.deploy.json`, metrics
-/// `synbackup_deploy_*`); a failure to record is logged, never the deploy's result.
-fn record(
-    dirs: &Dirs,
-    name: &str,
-    started: chrono::DateTime<Utc>,
-    t0: Instant,
-    r: &Result<Outcome>,
-) {
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let prev = status::load(&dirs.state_dir, name, "deploy");
-    let (result, exit_code, error, details, last_success) = match r {
-        Ok(o) => (
-            "success",
-            0,
-            None,
-            serde_json::to_value(o).ok(),
-            Some(now.clone()),
-        ),
-        Err(e) => (
-            "failed",
-            code_of(e).as_i32(),
-            Some(format!("{e:#}")),
-            None,
-            prev.as_ref().and_then(|p| p.last_success.clone()),
-        ),
-    };
-    let st = Status {
-        instance: name.to_string(),
-        kind: "deploy".into(),
-        result: result.into(),
-        started: started.to_rfc3339_opts(SecondsFormat::Millis, true),
-        finished: now,
-        duration_seconds: t0.elapsed().as_secs_f64(),
-        backup: None,
-        bytes: 0,
-        freeze_ms: None,
-        exit_code,
-        error,
-        last_success,
-        last_success_backup: None,
-        backups_kept: 0,
-        details,
-    };
-    if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
-        log::warn!("cannot record the deploy's status of {name}: {e:#}");
-    }
 }

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup cold INSTANCE`: what `synbackup-cold@.service` runs, the maintenance
-//! window (`service::window`).
+//! window (`window`).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::commands::run::leave_final_status;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
+use crate::instance::record::leave_final_status;
+use crate::instance::status::Kind;
 
 #[derive(Debug, Args)]
 pub(crate) struct ColdArgs {
@@ -22,7 +23,7 @@ pub(crate) struct ColdArgs {
 /// Run the window for the instance.
 pub(crate) fn exec(dirs: &Dirs, a: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
     let result = crate::window::run(dirs, &a.instance, &a.overrides, show_bar);
-    leave_final_status(dirs, &a.instance, "cold");
+    leave_final_status(dirs, &a.instance, Kind::Cold);
     result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -70,9 +70,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DrillArgs) -> Result<ExitCode> {
                 isolation: Isolation::Auto,
                 env: Default::default(),
             };
-            let result = drill::drill(&req);
-            drill::report("", &result);
-            result.map_err(|e| crate::base::exit::reported(&e))?
+            drill::drill_dir(dirs, &req)?
         }
         _ => {
             return Err(fail(

@@ -18,8 +18,8 @@ use crate::commands::print_json;
 use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::record::now_str;
 use crate::instance::tested::{self, Tested};
-use crate::nightly::now_str;
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {

@@ -14,7 +14,7 @@ use crate::base::units::format_duration;
 use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::offsite::Opened;
+use crate::instance::repository::Opened;
 
 #[derive(Debug, Args)]
 pub(crate) struct OffsiteArgs {

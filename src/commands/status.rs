@@ -17,7 +17,7 @@ use crate::base::units::format_duration;
 use crate::commands::print_json;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::status::{self, Status};
+use crate::instance::status::{self, Kind, Outcome, Status};
 use crate::instance::tested::{self, Tested};
 
 #[derive(Debug, Args)]
@@ -99,7 +99,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
             config::DEFAULT_MAX_AGE
         }
     };
-    let backup = status::load(&dirs.state_dir, name, "backup");
+    let backup = status::load(&dirs.state_dir, name, Kind::Backup);
     let last_run = backup
         .as_ref()
         .and_then(|b| b.details.clone())
@@ -110,12 +110,12 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         facts
     });
     let warnings = host.as_ref().map(status::host_warnings).unwrap_or_default();
-    let cold = status::load(&dirs.state_dir, name, "cold");
-    let restore = status::load(&dirs.state_dir, name, "restore");
-    let deploy = status::load(&dirs.state_dir, name, "deploy");
+    let cold = status::load(&dirs.state_dir, name, Kind::Cold);
+    let restore = status::load(&dirs.state_dir, name, Kind::Restore);
+    let deploy = status::load(&dirs.state_dir, name, Kind::Deploy);
     let offsite_configured = inst.as_ref().is_ok_and(|i| i.offsite.is_some());
-    let offsite = status::load(&dirs.state_dir, name, "offsite").filter(|_| offsite_configured);
-    let drill = status::load(&dirs.state_dir, name, "drill");
+    let offsite = status::load(&dirs.state_dir, name, Kind::Offsite).filter(|_| offsite_configured);
+    let drill = status::load(&dirs.state_dir, name, Kind::Drill);
     let drilled = tested::load(&dirs.state_dir, name);
     let newest_tested = tested::newest_passed(&drilled).map(|(b, t)| NewestTested {
         backup: b.clone(),
@@ -128,7 +128,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         .map(|t| (now - t.with_timezone(&Utc)).num_seconds());
     match (&backup, age) {
         (None, _) => problems.push("no run recorded yet".to_string()),
-        (Some(s), _) if s.result != "success" => problems.push(last_problem("run", s)),
+        (Some(s), _) if s.result != Outcome::Success => problems.push(last_problem("run", s)),
         (_, None) => problems.push("no successful backup yet".to_string()),
         (_, Some(a)) if a as u64 > max_age.as_secs() => problems.push(format!(
             "last good backup is {} old (more than {})",
@@ -144,7 +144,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         ("offsite copy", &offsite),
         ("drill", &drill),
     ] {
-        if let Some(s) = s.as_ref().filter(|s| s.result != "success") {
+        if let Some(s) = s.as_ref().filter(|s| s.result != Outcome::Success) {
             problems.push(last_problem(what, s));
         }
     }
@@ -183,16 +183,19 @@ fn offsite_problem(
         return None;
     }
     let Some(o) = offsite else {
-        return backup.as_ref().filter(|b| b.result == "success").map(|_| {
-            "no offsite copy recorded yet (SYNBACKUP_OFFSITE_REPOSITORY is set)".to_string()
-        });
+        return backup
+            .as_ref()
+            .filter(|b| b.result == Outcome::Success)
+            .map(|_| {
+                "no offsite copy recorded yet (SYNBACKUP_OFFSITE_REPOSITORY is set)".to_string()
+            });
     };
     let age = o
         .last_success
         .as_deref()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| (now - t.with_timezone(&Utc)).num_seconds().max(0) as u64)?;
-    (o.result == "success" && age > max_age.as_secs()).then(|| {
+    (o.result == Outcome::Success && age > max_age.as_secs()).then(|| {
         format!(
             "last good offsite copy is {} old (more than {})",
             format_duration(std::time::Duration::from_secs(age)),
@@ -203,7 +206,7 @@ fn offsite_problem(
 
 /// "last run failed: ..." / "last maintenance window was skipped: ...".
 fn last_problem(what: &str, s: &Status) -> String {
-    let verb = if s.result == "skipped" {
+    let verb = if s.result == Outcome::Skipped {
         "was skipped"
     } else {
         "failed"
@@ -284,7 +287,10 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
                 writeln!(
                     out,
                     "{}: last {what} {} at {} (exit {})",
-                    h.instance, s.result, s.finished, s.exit_code
+                    h.instance,
+                    s.result.as_str(),
+                    s.finished,
+                    s.exit_code
                 )?;
             }
         }

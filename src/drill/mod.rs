@@ -26,8 +26,7 @@ use rmpv::Value;
 use serde::Serialize;
 
 use self::scratch::{Method, Scratch};
-use crate::base::exit::{code_of, fail, Code};
-use crate::base::logging;
+use crate::base::exit::{fail, Code};
 use crate::engine::telepath::{self, Client};
 use crate::engine::{cellinfo, verify};
 use crate::host::transient::{self, Isolation};
@@ -36,8 +35,10 @@ use crate::host::{execstart, netns};
 use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::lock;
+use crate::instance::record::{now_str, Event, Made, Recorder};
+use crate::instance::status::Kind;
 use crate::instance::tested::{self, Tested};
-use crate::instance::{lock, status};
 
 /// What to drill, with what.
 #[derive(Debug, Clone)]
@@ -444,8 +445,7 @@ fn check_service(
 }
 
 /// Drill an instance's backup (`backup`: a path or a name in its root; default the
-/// newest verified one), taking Python and module from the config or the unit, and
-/// record the result.
+/// newest verified one) under the instance lock.
 pub(crate) fn drill_instance(
     dirs: &Dirs,
     name: &str,
@@ -454,26 +454,21 @@ pub(crate) fn drill_instance(
 ) -> Result<Outcome> {
     let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
     let _lock = lock::acquire(&dirs.lock_dir, name, "drill")?;
-    let started = chrono::Utc::now();
-    let t0 = Instant::now();
-    let backup = match backup {
-        Some(b) if b.is_absolute() || b.exists() => b.to_path_buf(),
-        Some(b) => inst.backup_root.join(b),
-        None => catalog::scan(&inst.backup_root, name)?
-            .into_iter()
-            .rfind(|e| e.state == State::Verified)
-            .map(|e| e.path)
-            .ok_or_else(|| {
-                fail(
-                    Code::BadPath,
-                    format!(
-                        "{} holds no verified backup of {name}; run `synbackup run {name}` first or name a BACKUP",
-                        inst.backup_root.display()
-                    ),
-                )
-            })?,
-    };
-    let result = python_and_module(&inst).and_then(|(python, module)| {
+    drill_of(dirs, &inst, backup, check)
+}
+
+/// Drill a backup of `inst` (the caller holds its lock), taking Python and module
+/// from the config or the unit, and record the result: the `drill` run and, for a
+/// backup of the instance's root, which backup it tested.
+pub(crate) fn drill_of(
+    dirs: &Dirs,
+    inst: &config::Instance,
+    backup: Option<&Path>,
+    check: Option<String>,
+) -> Result<Outcome> {
+    let rec = Recorder::begin(dirs, &inst.name, Kind::Drill);
+    let backup = backup_to_drill(inst, backup)?;
+    let result = python_and_module(inst).and_then(|(python, module)| {
         drill(&Request {
             backup: backup.clone(),
             python,
@@ -481,43 +476,72 @@ pub(crate) fn drill_instance(
             timeout: inst.drill_timeout,
             check: check.or(inst.drill_check.clone()),
             isolation: inst.drill_isolation,
-            env: service_env(&inst)?,
+            env: service_env(inst)?,
         })
     });
-    let previous = status::load(&dirs.state_dir, name, "drill");
-    let finished = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut st = status::Status {
-        instance: name.to_string(),
-        kind: "drill".into(),
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        finished: finished.clone(),
-        duration_seconds: t0.elapsed().as_secs_f64(),
-        backup: Some(backup.display().to_string()),
-        last_success: previous.as_ref().and_then(|p| p.last_success.clone()),
-        last_success_backup: previous.and_then(|p| p.last_success_backup),
-        ..status::Status::default()
-    };
-    match &result {
-        Ok(o) => {
-            st.result = "success".into();
-            st.last_success = Some(finished.clone());
-            st.last_success_backup = st.backup.clone();
-            st.details = serde_json::to_value(o).ok();
-        }
-        Err(e) => {
-            st.result = "failed".into();
-            st.exit_code = code_of(e).as_i32();
-            st.error = Some(format!("{e:#}"));
-        }
-    }
-    if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
-        log::error!("could not record the drill's status: {e:#}");
-    }
-    if let Err(e) = record_tested(dirs, &inst, &backup, &finished, &result) {
+    let finished = now_str(chrono::Utc::now());
+    if let Err(e) = record_tested(dirs, inst, &backup, &finished, &result) {
         log::error!("could not record which backup the drill tested: {e:#}");
     }
-    report(name, &result);
+    let made = Made {
+        backup: Some(backup.display().to_string()),
+        ..Made::default()
+    };
+    record(rec, made, &result);
     result.map_err(|e| crate::base::exit::reported(&e))
+}
+
+/// `drill --dir BACKUP` (no instance): the drill, its journal event.
+pub(crate) fn drill_dir(dirs: &Dirs, req: &Request) -> Result<Outcome> {
+    let rec = Recorder::begin(dirs, "", Kind::Drill);
+    let result = drill(req);
+    record(rec, Made::default(), &result);
+    result.map_err(|e| crate::base::exit::reported(&e))
+}
+
+/// The drill's run: status and metrics (for an instance) and the journal line
+/// (MESSAGE_ID pass or fail).
+fn record(rec: Recorder, made: Made, result: &Result<Outcome>) {
+    match result {
+        Ok(o) => {
+            let event = Event {
+                fields: vec![("SYNBACKUP_BACKUP", o.backup.clone())],
+                text: o.line(),
+            };
+            let made = Made {
+                details: serde_json::to_value(o).ok(),
+                ..made
+            };
+            if let Err(e) = rec.succeeded(made, event) {
+                log::error!("could not record the drill's status: {e:#}");
+            }
+        }
+        Err(e) => rec.failed(e, made, Some(Event::text(format!("drill failed: {e:#}")))),
+    }
+}
+
+/// The backup to drill: `backup` (a path, or a name in the root), else the newest
+/// verified one.
+fn backup_to_drill(inst: &config::Instance, backup: Option<&Path>) -> Result<PathBuf> {
+    Ok(match backup {
+        Some(b) if b.is_absolute() || b.exists() => b.to_path_buf(),
+        Some(b) => inst.backup_root.join(b),
+        None => catalog::scan(&inst.backup_root, &inst.name)?
+            .into_iter()
+            .rfind(|e| e.state == State::Verified)
+            .map(|e| e.path)
+            .ok_or_else(|| {
+                fail(
+                    Code::BadPath,
+                    format!(
+                        "{} holds no verified backup of {}; run `synbackup run {}` first or name a BACKUP",
+                        inst.backup_root.display(),
+                        inst.name,
+                        inst.name
+                    ),
+                )
+            })?,
+    })
 }
 
 /// Note the drill of `backup` (a backup of the instance's root) for `list`.
@@ -600,24 +624,4 @@ fn python_and_module(inst: &config::Instance) -> Result<(PathBuf, String)> {
         .or_else(|| from_unit.map(|u| u.module))
         .unwrap_or_default();
     Ok((python, module))
-}
-
-/// The journal line for a drill's result (MESSAGE_ID pass or fail).
-pub(crate) fn report(instance: &str, result: &Result<Outcome>) {
-    match result {
-        Ok(o) => logging::event(
-            log::Level::Info,
-            logging::MSG_DRILL_OK,
-            instance,
-            &[("SYNBACKUP_BACKUP", &o.backup)],
-            &o.line(),
-        ),
-        Err(e) => logging::event(
-            log::Level::Error,
-            logging::MSG_DRILL_FAILED,
-            instance,
-            &[],
-            &format!("drill failed: {e:#}"),
-        ),
-    }
 }

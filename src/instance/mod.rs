@@ -19,6 +19,10 @@ pub(crate) mod kept;
 pub(crate) mod lock;
 /// Retention applied to a backup root.
 pub(crate) mod prune;
+/// The run recorder: status, metrics and the journal event of every run.
+pub(crate) mod record;
+/// The instance's offsite restic repository.
+pub(crate) mod repository;
 /// Which backups retention keeps.
 pub(crate) mod retention;
 /// Status files and metrics for monitoring.

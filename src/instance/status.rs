@@ -14,14 +14,88 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::fsutil::write_atomic;
 
-/// The last run of one kind (`run` or `cold`) of an instance.
+/// What ran: each kind has its own status file, metrics and journal events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Kind {
+    /// The nightly run (`synbackup run`).
+    #[default]
+    Backup,
+    /// A maintenance window.
+    Cold,
+    /// A restore.
+    Restore,
+    /// A restore drill.
+    Drill,
+    /// An offsite copy.
+    Offsite,
+    /// A certificate deploy.
+    Deploy,
+}
+
+impl Kind {
+    /// Every kind, for `retire`.
+    pub(crate) const ALL: [Kind; 6] = [
+        Kind::Backup,
+        Kind::Cold,
+        Kind::Restore,
+        Kind::Drill,
+        Kind::Offsite,
+        Kind::Deploy,
+    ];
+
+    /// The name in file names, metrics and messages.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backup => "backup",
+            Kind::Cold => "cold",
+            Kind::Restore => "restore",
+            Kind::Drill => "drill",
+            Kind::Offsite => "offsite",
+            Kind::Deploy => "deploy",
+        }
+    }
+
+    /// What an operator calls it.
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            Kind::Cold => "maintenance window",
+            Kind::Offsite => "offsite copy",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Outcome {
+    /// It did what it was asked.
+    #[default]
+    Success,
+    /// It failed (the error says why).
+    Failed,
+    /// It did not run: another held the instance lock.
+    Skipped,
+}
+
+impl Outcome {
+    /// The word status files and reports use.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// The last run of one kind of an instance.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub(crate) struct Status {
     pub(crate) instance: String,
-    /// `backup` or `cold`.
-    pub(crate) kind: String,
-    /// `success` or `failed`.
-    pub(crate) result: String,
+    pub(crate) kind: Kind,
+    pub(crate) result: Outcome,
     pub(crate) started: String,
     pub(crate) finished: String,
     pub(crate) duration_seconds: f64,
@@ -87,7 +161,7 @@ pub(crate) fn host_warnings(facts: &serde_json::Value) -> Vec<String> {
 
 /// Where an instance's status of `kind` lives.
 pub(crate) fn status_path(state_dir: &Path, instance: &str, kind: &str) -> PathBuf {
-    if kind == "backup" {
+    if kind == Kind::Backup.as_str() {
         state_dir.join(format!("{instance}.json"))
     } else {
         state_dir.join(format!("{instance}.{kind}.json"))
@@ -95,8 +169,8 @@ pub(crate) fn status_path(state_dir: &Path, instance: &str, kind: &str) -> PathB
 }
 
 /// The last recorded status, if any (unreadable files are reported, not fatal).
-pub(crate) fn load(state_dir: &Path, instance: &str, kind: &str) -> Option<Status> {
-    let p = status_path(state_dir, instance, kind);
+pub(crate) fn load(state_dir: &Path, instance: &str, kind: Kind) -> Option<Status> {
+    let p = status_path(state_dir, instance, kind.as_str());
     let bytes = std::fs::read(&p).ok()?;
     match serde_json::from_slice(&bytes) {
         Ok(s) => Some(s),
@@ -114,7 +188,7 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
     let mut json = serde_json::to_vec_pretty(status)?;
     json.push(b'\n');
     write_atomic(
-        &status_path(state_dir, &status.instance, &status.kind),
+        &status_path(state_dir, &status.instance, status.kind.as_str()),
         &json,
         0o644,
     )?;
@@ -124,7 +198,7 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
         let path = metrics_dir.join(format!(
             "synbackup-{}{}.prom",
             status.instance,
-            suffix(&status.kind)
+            suffix(status.kind.as_str())
         ));
         write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
     } else {
@@ -139,14 +213,9 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
 /// The line a finished unit leaves in `systemctl status` (`STATUS=`), so that it
 /// does not keep showing the last progress line ("copying ... (90%)").
 pub(crate) fn final_line(s: &Status) -> String {
-    let what = match s.kind.as_str() {
-        "backup" => "backup",
-        "cold" => "maintenance window",
-        "offsite" => "offsite copy",
-        other => other,
-    };
-    match s.result.as_str() {
-        "success" => format!(
+    let what = s.kind.title();
+    match s.result {
+        Outcome::Success => format!(
             "{what} done at {} in {:.0} s{}",
             s.finished,
             s.duration_seconds,
@@ -156,7 +225,8 @@ pub(crate) fn final_line(s: &Status) -> String {
                 .unwrap_or_default()
         ),
         result => format!(
-            "{what} {result} at {} (exit {}): {}",
+            "{what} {} at {} (exit {}): {}",
+            result.as_str(),
             s.finished,
             s.exit_code,
             s.error.as_deref().unwrap_or("")
@@ -164,15 +234,13 @@ pub(crate) fn final_line(s: &Status) -> String {
     }
 }
 
-/// The kinds of record an instance can have.
-/// (`certs`: `certs::record` writes `INSTANCE.certs.json` and `synbackup-INSTANCE-certs.prom`.)
-const KINDS: &[&str] = &["backup", "cold", "restore", "certs", "offsite", "deploy"];
-
-/// Remove every status and metrics file of `instance` (each of [`KINDS`]);
-/// returns the paths removed.
+/// Remove every status and metrics file of `instance` (each [`Kind`]'s, and the
+/// certificate check's: `certs::record` writes `INSTANCE.certs.json` and
+/// `synbackup-INSTANCE-certs.prom`); returns the paths removed.
 pub(crate) fn retire(state_dir: &Path, metrics_dir: &Path, instance: &str) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for kind in KINDS {
+    let kinds = Kind::ALL.iter().map(|k| k.as_str()).chain(["certs"]);
+    for kind in kinds {
         let files = [
             status_path(state_dir, instance, kind),
             metrics_dir.join(format!("synbackup-{instance}{}.prom", suffix(kind))),
@@ -201,135 +269,162 @@ fn epoch(rfc3339: Option<&str>) -> Option<f64> {
     Some(t.timestamp_millis() as f64 / 1000.0)
 }
 
+/// One gauge per line group, `PREFIX_NAME{instance="..."} VALUE`.
+struct Gauges {
+    prefix: String,
+    label: String,
+    out: String,
+}
+
+impl Gauges {
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        let (prefix, label) = (&self.prefix, &self.label);
+        self.out.push_str(&format!(
+            "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} gauge\n{prefix}_{name}{label} {value}\n"
+        ));
+    }
+}
+
 /// The Prometheus text exposition of a status.
 pub(crate) fn render_metrics(s: &Status) -> String {
-    let prefix = if s.kind == "backup" {
-        "synbackup".to_string()
-    } else {
-        format!("synbackup_{}", s.kind)
+    let prefix = match s.kind {
+        Kind::Backup => "synbackup".to_string(),
+        kind => format!("synbackup_{}", kind.as_str()),
     };
     let label = format!(
         "{{instance=\"{}\"}}",
         s.instance.replace('\\', "\\\\").replace('"', "\\\"")
     );
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        out.push_str(&format!("# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} gauge\n{prefix}_{name}{label} {value}\n"));
+    let mut g = Gauges {
+        prefix,
+        label,
+        out: String::new(),
     };
-    gauge(
+    render_run_gauges(&mut g, s);
+    let details = s.details.clone().unwrap_or_default();
+    render_host_gauges(&mut g, &details);
+    render_kind_gauges(&mut g, s, &details);
+    g.out
+}
+
+/// What every kind reports: when, whether, how long, the exit code, the bytes.
+fn render_run_gauges(g: &mut Gauges, s: &Status) {
+    g.gauge(
         "last_attempt_timestamp_seconds",
         "When the last run finished (success or not).",
         epoch(Some(&s.finished)).unwrap_or(0.0),
     );
-    gauge(
+    g.gauge(
         "last_success",
         "1 if the last run succeeded, else 0.",
-        if s.result == "success" { 1.0 } else { 0.0 },
+        if s.result == Outcome::Success {
+            1.0
+        } else {
+            0.0
+        },
     );
-    gauge(
+    g.gauge(
         "last_success_timestamp_seconds",
         "When the last successful run finished (0: never).",
         epoch(s.last_success.as_deref()).unwrap_or(0.0),
     );
-    gauge(
+    g.gauge(
         "last_duration_seconds",
         "How long the last run took.",
         s.duration_seconds,
     );
-    gauge(
+    g.gauge(
         "last_exit_code",
         "Exit code of the last run.",
         f64::from(s.exit_code),
     );
-    gauge(
+    g.gauge(
         "last_bytes",
         "Bytes written by the last run.",
         s.bytes as f64,
     );
-    if s.kind == "backup" {
-        gauge(
+    if s.kind == Kind::Backup {
+        g.gauge(
             "backups_kept",
             "Complete backups of the instance after the last run.",
             s.backups_kept as f64,
         );
     }
-    let details = s.details.clone().unwrap_or_default();
-    let facts = [
+}
+
+/// The host facts a run learnt (`host_facts`), where it recorded them.
+fn render_host_gauges(g: &mut Gauges, details: &serde_json::Value) {
+    let sizes = [
         ("reclaimable_bytes", "Bytes a maintenance window would reclaim now (free pages the last run compacted away)."),
         ("data_bytes", "Bytes in the service directory at the last run."),
         ("mem_total_bytes", "MemTotal of the host at the last run."),
     ];
-    for (name, help) in facts {
+    for (name, help) in sizes {
         if let Some(v) = details[name].as_u64() {
-            gauge(name, help, v as f64);
+            g.gauge(name, help, v as f64);
         }
     }
-    for (name, help) in [
+    let flags = [
         (
             "service_dir_rotational",
+            "rotational",
             "1 if the service directory's disk is rotational.",
         ),
         (
             "service_dir_network_fs",
+            "network_fs",
             "1 if the service directory is on a network file system (NFS, EFS).",
         ),
-    ] {
-        let key = if name.ends_with("rotational") {
-            "rotational"
-        } else {
-            "network_fs"
-        };
+    ];
+    for (name, key, help) in flags {
         if let Some(v) = details[key].as_bool() {
-            gauge(name, help, if v { 1.0 } else { 0.0 });
+            g.gauge(name, help, if v { 1.0 } else { 0.0 });
         }
     }
-    if let Some(boot) = s
-        .details
-        .as_ref()
-        .filter(|_| s.kind == "drill")
-        .and_then(|d| d.get("boot_seconds"))
-        .and_then(|b| b.as_f64())
-    {
-        gauge(
-            "boot_seconds",
-            "How long the last drilled backup took to boot and answer.",
-            boot,
-        );
+}
+
+/// What only one kind reports: a drill's boot time, an offsite copy's sizes, a
+/// backup's freeze and the kept directories it could not expire.
+fn render_kind_gauges(g: &mut Gauges, s: &Status, details: &serde_json::Value) {
+    if s.kind == Kind::Drill {
+        if let Some(boot) = details.get("boot_seconds").and_then(|b| b.as_f64()) {
+            g.gauge(
+                "boot_seconds",
+                "How long the last drilled backup took to boot and answer.",
+                boot,
+            );
+        }
     }
-    if s.kind == "offsite" {
-        let d = s.details.clone().unwrap_or_default();
-        gauge(
+    if s.kind == Kind::Offsite {
+        g.gauge(
             "snapshot_bytes",
             "Bytes of the backup in the last offsite snapshot.",
-            d["snapshot_bytes"].as_u64().unwrap_or(0) as f64,
+            details["snapshot_bytes"].as_u64().unwrap_or(0) as f64,
         );
-        gauge(
+        g.gauge(
             "added_bytes",
             "Bytes the last offsite upload added to the repository after deduplication (0 when it failed).",
-            d["added_bytes"].as_u64().unwrap_or(0) as f64,
+            details["added_bytes"].as_u64().unwrap_or(0) as f64,
         );
     }
     if let Some(ms) = s.freeze_ms {
-        gauge(
+        g.gauge(
             "last_freeze_seconds",
             "How long the service was frozen in the last run.",
             ms / 1000.0,
         );
     }
-    if s.kind == "backup" {
-        let failed = s
-            .details
-            .as_ref()
-            .and_then(|d| d.get("kept_expiry_failed"))
+    if s.kind == Kind::Backup {
+        let failed = details
+            .get("kept_expiry_failed")
             .and_then(|v| v.as_array())
             .map_or(0, Vec::len);
-        gauge(
+        g.gauge(
             "kept_expiry_failed",
             "Directories kept by maintenance windows that the last run could not expire.",
             failed as f64,
         );
     }
-    out
 }
 
 #[cfg(test)]
@@ -340,8 +435,8 @@ mod tests {
     fn metrics_text() {
         let s = Status {
             instance: "c0".into(),
-            kind: "backup".into(),
-            result: "failed".into(),
+            kind: Kind::Backup,
+            result: Outcome::Failed,
             finished: "2026-11-26T02:30:00Z".into(),
             last_success: Some("2026-11-25T02:30:00Z".into()),
             exit_code: 4,

@@ -1,85 +1,36 @@
 // SPDX-License-Identifier: Apache-2.0
-//! An instance's run (what `synbackup@.service` runs): take the instance lock, back
-//! up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is published, the
-//! service's certificate directory carried in it), prune
-//! by retention, expire directories kept by maintenance windows, and record status
-//! and metrics, on failure too. With an offsite repository, the published backup
-//! is then copied there (`instance::offsite`), under the same lock.
+//! The nightly run (what `synbackup@.service` runs), as ordered steps over one
+//! loaded configuration, under the instance lock:
+//!
+//! 1. back up into `BACKUP_ROOT/INSTANCE_TIMESTAMP` (verified before it is
+//!    published, the service's certificate directory carried in it);
+//! 2. prune by retention, expire directories kept by maintenance windows;
+//! 3. check the certificates (never fails the run);
+//! 4. record the run (status, metrics, journal), on failure too;
+//! 5. with an offsite repository, copy the published backup there (`offsite`,
+//!    recorded as its own run; a failure exits 12 and keeps the local backup);
+//! 6. with `SYNBACKUP_DRILL_AFTER_RUN=yes`, drill the backup just made (`drill`,
+//!    recorded as its own run; a failed drill exits 11 and keeps the backup).
+//!
+//! The only module that composes capabilities.
 
 use std::fs;
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
-use crate::base::exit::{code_of, fail, Code};
+use crate::base::exit::{fail, Code};
 use crate::engine::backup;
-use crate::instance::catalog::{self, State};
-use crate::instance::config::{self, Instance, InstanceOverrides};
+use crate::instance::catalog;
+use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::status::{self, Status};
-use crate::instance::{kept, lock, prune};
-use crate::offsite;
+use crate::instance::record::{self, leave_final_status, Event, Made};
+use crate::instance::status::{self, Kind};
+use crate::instance::{kept, prune};
 
-/// A time as status files and listings write it.
-pub(crate) fn now_str(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Load an instance for a run of `kind`; a bad configuration is recorded as a
-/// failed run (status, metrics, journal) and returned as reported.
-pub(crate) fn load_for_run(
-    dirs: &Dirs,
-    name: &str,
-    overrides: &InstanceOverrides,
-    kind: &str,
-    started: DateTime<Utc>,
-    t0: Instant,
-) -> Result<Instance> {
-    config::check_name(name)?;
-    config::load(&dirs.config_dir, name, overrides).map_err(|e| {
-        // No file, no instance: a typo must not leave state that alerts forever.
-        if !config::file_exists(&dirs.config_dir, name) {
-            return e;
-        }
-        record_failure(dirs, name, kind, started, t0, &e, None);
-        crate::base::exit::reported(&e)
-    })
-}
-
-/// Take the instance lock for a run of `kind`, waiting for another run or window
-/// within the bound; one that gives up is recorded as skipped.
-pub(crate) fn lock_for_run(
-    dirs: &Dirs,
-    inst: &Instance,
-    kind: &str,
-    started: DateTime<Utc>,
-    t0: Instant,
-) -> Result<lock::InstanceLock> {
-    let what = if kind == "backup" { "run" } else { kind };
-    lock::acquire_within(&dirs.lock_dir, &inst.name, what, inst.lock_wait).map_err(|e| {
-        record_failure(dirs, &inst.name, kind, started, t0, &e, None);
-        crate::base::exit::reported(&e)
-    })
-}
-
-/// The start of a recorded run of `kind` (a backup or a window): its clock, the
-/// instance (a bad config recorded as a failed run), and the lock, waited for.
-pub(crate) fn begin_run(
-    dirs: &Dirs,
-    name: &str,
-    overrides: &InstanceOverrides,
-    kind: &str,
-) -> Result<(Instance, lock::InstanceLock, DateTime<Utc>, Instant)> {
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let inst = load_for_run(dirs, name, overrides, kind, started, t0)?;
-    let lock = lock_for_run(dirs, &inst, kind, started, t0)?;
-    Ok((inst, lock, started, t0))
-}
-
-/// `synbackup run INSTANCE`.
+/// `synbackup run INSTANCE`: every step, in order; the exit code of the first
+/// failure that counts (a failed drill over a failed offsite copy).
 pub(crate) fn run(
     dirs: &Dirs,
     name: &str,
@@ -87,81 +38,62 @@ pub(crate) fn run(
     show_bar: bool,
 ) -> Result<()> {
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
-    let (inst, _lock, started, t0) = begin_run(dirs, name, overrides, "backup")?;
-    let result = backup_and_prune(&inst, started, show_bar);
+    let (inst, _lock, rec) = record::begin_locked(dirs, name, overrides, Kind::Backup)?;
+    let started = rec.started();
+    let made = back_up_and_prune(&inst, started, show_bar);
     crate::certs::record::check_after_run(dirs, &inst);
-    match result {
-        Ok((summary, kept, expiry_failed)) => {
-            let st = Status {
-                instance: inst.name.clone(),
-                kind: "backup".into(),
-                result: "success".into(),
-                started: now_str(started),
-                finished: now_str(Utc::now()),
-                duration_seconds: t0.elapsed().as_secs_f64(),
-                backup: Some(summary.backup.clone()),
-                bytes: summary.bytes_written,
-                freeze_ms: summary.freeze_ms,
-                exit_code: 0,
-                error: None,
-                last_success: Some(now_str(Utc::now())),
-                last_success_backup: Some(summary.backup.clone()),
-                backups_kept: kept,
-                details: Some({
-                    let mut d = run_details(&inst, &summary);
-                    // A kept window directory that could not be expired shows here.
-                    if !expiry_failed.is_empty() {
-                        d["kept_expiry_failed"] = serde_json::json!(expiry_failed);
-                    }
-                    d
-                }),
-            };
-            status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
-            crate::base::logging::event(
-                log::Level::Info,
-                crate::base::logging::MSG_BACKUP_OK,
-                &inst.name,
-                &[
-                    ("SYNBACKUP_BACKUP", summary.backup.as_str()),
-                    ("SYNBACKUP_BYTES", &summary.bytes_written.to_string()),
+    let backup = record_backup(rec, &inst, made);
+    leave_final_status(dirs, name, Kind::Backup);
+    let backup = backup?;
+    let offsite = match inst.offsite {
+        Some(_) => crate::offsite::copy(dirs, &inst, &backup, started),
+        None => Ok(()),
+    };
+    if inst.drill_after_run {
+        drill(dirs, &inst, &backup)?;
+    }
+    offsite
+}
+
+/// Step 4: the run's status, metrics and journal event; the published backup.
+fn record_backup(
+    rec: record::Recorder,
+    inst: &Instance,
+    made: Result<(Made, String)>,
+) -> Result<PathBuf> {
+    match made {
+        Ok((made, line)) => {
+            let backup = made.backup.clone().unwrap_or_default();
+            let event = Event {
+                fields: vec![
+                    ("SYNBACKUP_BACKUP", backup.clone()),
+                    ("SYNBACKUP_BYTES", made.bytes.to_string()),
                 ],
-                &format!("{}: {}", inst.name, summary.line()),
-            );
-            if inst.offsite.is_some() {
-                return copy_offsite(dirs, &inst, Path::new(&summary.backup), started);
-            }
-            Ok(())
+                text: format!("{}: {line}", inst.name),
+            };
+            rec.succeeded(made, event)?;
+            Ok(PathBuf::from(backup))
         }
         Err(e) => {
-            record_failure(dirs, &inst.name, "backup", started, t0, &e, None);
+            let made = Made {
+                backups_kept: record::backups_kept(inst),
+                ..Made::default()
+            };
+            rec.failed(&e, made, None);
             Err(crate::base::exit::reported(&e))
         }
     }
 }
 
-/// The offsite copy of the backup just published (at `backup`, made at `time`),
-/// recorded as the instance's `offsite` status; a failure leaves the local backup
-/// and its success alone and exits 12.
-fn copy_offsite(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<Utc>) -> Result<()> {
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let result = offsite::upload(dirs, inst, backup, time);
-    let name = backup
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    offsite::record(dirs, inst, &name, started, t0, &result);
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let e = if code_of(&e) == Code::Other || code_of(&e) == Code::Usage {
-                fail(Code::Offsite, format!("{e:#}"))
-            } else {
-                e
-            };
-            Err(crate::base::exit::reported(&e))
-        }
-    }
+/// Step 6: drill the backup just made, under the run's lock.
+fn drill(dirs: &Dirs, inst: &Instance, backup: &Path) -> Result<()> {
+    log::info!(
+        "SYNBACKUP_DRILL_AFTER_RUN=yes: drilling {}",
+        backup.display()
+    );
+    let drilled = crate::drill::drill_of(dirs, inst, Some(backup), None);
+    leave_final_status(dirs, &inst.name, Kind::Drill);
+    drilled.map(|_| ())
 }
 
 /// What a successful run learnt: the host facts, what a window would reclaim
@@ -176,67 +108,14 @@ fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value 
     facts
 }
 
-/// Record a failed run of `kind` (`skipped` when the lock was busy): keeps the last
-/// success, logs the failure event.
-pub(crate) fn record_failure(
-    dirs: &Dirs,
-    instance: &str,
-    kind: &str,
-    started: DateTime<Utc>,
-    t0: Instant,
-    err: &anyhow::Error,
-    details: Option<serde_json::Value>,
-) {
-    let prev = status::load(&dirs.state_dir, instance, kind);
-    let kept = config::load(&dirs.config_dir, instance, &InstanceOverrides::default())
-        .ok()
-        .and_then(|i| catalog::scan(&i.backup_root, instance).ok())
-        .map(|v| v.iter().filter(|e| e.state != State::Partial).count())
-        .unwrap_or(0);
-    let st = Status {
-        instance: instance.to_string(),
-        kind: kind.to_string(),
-        result: if code_of(err) == Code::Locked {
-            "skipped"
-        } else {
-            "failed"
-        }
-        .into(),
-        started: now_str(started),
-        finished: now_str(Utc::now()),
-        duration_seconds: t0.elapsed().as_secs_f64(),
-        backup: None,
-        bytes: 0,
-        freeze_ms: None,
-        exit_code: code_of(err).as_i32(),
-        error: Some(format!("{err:#}")),
-        last_success: prev.as_ref().and_then(|p| p.last_success.clone()),
-        last_success_backup: prev.as_ref().and_then(|p| p.last_success_backup.clone()),
-        backups_kept: kept,
-        details,
-    };
-    if let Err(e) = status::record(&dirs.state_dir, &dirs.metrics_dir, &st) {
-        log::error!("could not record the failure of {instance}: {e:#}");
-    }
-    let id = match kind {
-        "backup" => crate::base::logging::MSG_BACKUP_FAILED,
-        "restore" => crate::base::logging::MSG_RESTORE_FAILED,
-        _ => crate::base::logging::MSG_COLD_FAILED,
-    };
-    crate::base::logging::event(
-        log::Level::Error,
-        id,
-        instance,
-        &[],
-        &format!("{instance}: {kind} failed: {err:#}"),
-    );
-}
-
-fn backup_and_prune(
+/// Steps 1 and 2: the verified backup under its timestamped name, then retention
+/// and the expiry of directories kept by maintenance windows; what the run made
+/// and its summary line.
+fn back_up_and_prune(
     inst: &Instance,
     started: DateTime<Utc>,
     show_bar: bool,
-) -> Result<(backup::Summary, usize, Vec<String>)> {
+) -> Result<(Made, String)> {
     fs::create_dir_all(&inst.backup_root).map_err(|e| {
         let fix = if e.raw_os_error() == Some(libc::EROFS) {
             crate::base::fsutil::read_only_hint(&inst.backup_root)
@@ -274,10 +153,22 @@ fn backup_and_prune(
         hash: crate::base::digest::Algo::Blake3,
     };
     let summary = backup::run(&req)?;
-    let kept = prune::prune(inst, Some(&name), false, true)?;
+    let backups_kept = prune::prune(inst, Some(&name), false, true)?;
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
     let expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
-    Ok((summary, kept, expiry_failed))
+    let mut details = run_details(inst, &summary);
+    // A kept window directory that could not be expired shows here.
+    if !expiry_failed.is_empty() {
+        details["kept_expiry_failed"] = serde_json::json!(expiry_failed);
+    }
+    let made = Made {
+        backup: Some(summary.backup.clone()),
+        bytes: summary.bytes_written,
+        freeze_ms: summary.freeze_ms,
+        backups_kept,
+        details: Some(details),
+    };
+    Ok((made, summary.line()))
 }

@@ -38,14 +38,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 
 use self::certs::Placed;
 use crate::base::exit::{code_of, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
-use crate::base::logging;
 use crate::base::xattrs;
 use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
@@ -59,9 +58,9 @@ use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
-use crate::instance::status::{self, Status};
-use crate::nightly::record_failure;
-use crate::offsite;
+use crate::instance::record::{Event, Made, Recorder};
+use crate::instance::repository;
+use crate::instance::status::Kind;
 use crate::service::preflight;
 
 /// A staging copy that is removed unless it was swapped in.
@@ -225,8 +224,8 @@ struct Outcome {
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
 /// recorded in the journal and (with an instance) in its `restore` status.
 pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
-    let started = Utc::now();
-    let t0 = Instant::now();
+    let instance = args.instance.as_deref().unwrap_or("");
+    let rec = Recorder::begin(dirs, instance, Kind::Restore).journaled();
     // Errors here (no such instance, the lock held) leave the last status alone.
     let (mut target, _lock) = resolve(dirs, args)?;
     let mut outcome = Outcome::default();
@@ -251,43 +250,14 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
             f.armed = false;
         }
     }
-    let instance = args.instance.as_deref().unwrap_or("");
-    let details = serde_json::to_value(&outcome).ok();
+    let made = Made {
+        backup: Some(outcome.backup.clone()),
+        bytes: outcome.bytes,
+        details: serde_json::to_value(&outcome).ok(),
+        ..Made::default()
+    };
     match result {
-        Ok(text) => {
-            logging::event_journaled(
-                log::Level::Info,
-                logging::MSG_RESTORE_OK,
-                instance,
-                &[],
-                &text,
-            );
-            if args.instance.is_some() {
-                let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-                status::record(
-                    &dirs.state_dir,
-                    &dirs.metrics_dir,
-                    &Status {
-                        instance: instance.to_string(),
-                        kind: "restore".into(),
-                        result: "success".into(),
-                        started: started.to_rfc3339_opts(SecondsFormat::Millis, true),
-                        finished: now.clone(),
-                        duration_seconds: t0.elapsed().as_secs_f64(),
-                        backup: Some(outcome.backup.clone()),
-                        bytes: outcome.bytes,
-                        freeze_ms: None,
-                        exit_code: 0,
-                        error: None,
-                        last_success: Some(now),
-                        last_success_backup: Some(outcome.backup.clone()),
-                        backups_kept: 0,
-                        details,
-                    },
-                )?;
-            }
-            Ok(())
-        }
+        Ok(text) => rec.succeeded(made, Event::text(text)),
         Err(e) => {
             let e = if outcome.rolled_back
                 && code_of(&e) != Code::Interrupted
@@ -300,25 +270,12 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
             } else {
                 e
             };
-            if args.instance.is_some() {
-                // Status, metrics and the event (as every kind's failure is recorded).
-                record_failure(dirs, instance, "restore", started, t0, &e, details);
-                logging::journal_copy(
-                    log::Level::Error,
-                    logging::MSG_RESTORE_FAILED,
-                    instance,
-                    &[],
-                    &format!("{instance}: restore failed: {e:#}"),
-                );
-            } else {
-                logging::event_journaled(
-                    log::Level::Error,
-                    logging::MSG_RESTORE_FAILED,
-                    "",
-                    &[],
-                    &format!("restore failed: {e:#}"),
-                );
-            }
+            let made = Made {
+                backup: None,
+                bytes: 0,
+                ..made
+            };
+            rec.failed(&e, made, None);
             Err(crate::base::exit::reported(&e))
         }
     }
@@ -335,7 +292,7 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
         )
     })?;
     let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-    let repo = offsite::Opened::open(&inst)?;
+    let repo = repository::Opened::open(&inst)?;
     let parent = target.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| {
         fail(

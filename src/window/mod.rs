@@ -67,8 +67,8 @@ use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::instance::status::{self, Status};
-use crate::nightly::{begin_run, record_failure};
+use crate::instance::record::{self, Event, Made};
+use crate::instance::status::Kind;
 use crate::service::preflight;
 
 use crate::instance::kept::{self, PRE_COLD};
@@ -123,32 +123,17 @@ pub(crate) fn run(
     overrides: &InstanceOverrides,
     show_bar: bool,
 ) -> Result<()> {
-    let (inst, _lock, started, t0) = begin_run(dirs, name, overrides, "cold")?;
+    let (inst, _lock, rec) = record::begin_locked(dirs, name, overrides, Kind::Cold)?;
     let mut report = Report::default();
     let result = window(&inst, &mut report, show_bar);
-    let details = serde_json::to_value(&report).ok();
+    let made = Made {
+        bytes: report.bytes_after,
+        details: serde_json::to_value(&report).ok(),
+        // A window publishes no backup; the directory it kept is `details.kept_old`.
+        ..Made::default()
+    };
     match result {
         Ok(()) => {
-            let st = Status {
-                instance: inst.name.clone(),
-                kind: "cold".into(),
-                result: "success".into(),
-                started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                finished: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                duration_seconds: t0.elapsed().as_secs_f64(),
-                backup: None,
-                bytes: report.bytes_after,
-                freeze_ms: None,
-                exit_code: 0,
-                error: None,
-                last_success: Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                // A window publishes no backup; the directory it kept is
-                // `details.kept_old`.
-                last_success_backup: None,
-                backups_kept: 0,
-                details,
-            };
-            status::record(&dirs.state_dir, &dirs.metrics_dir, &st)?;
             let text = format!(
                 "{}: maintenance window done: down {:.1} s (copy {:.1} s), {} -> {} (reclaimed {}), old directory kept at {}",
                 inst.name,
@@ -159,14 +144,7 @@ pub(crate) fn run(
                 human(report.reclaimed_bytes),
                 report.kept_old.as_deref().unwrap_or("-")
             );
-            crate::base::logging::event(
-                log::Level::Info,
-                crate::base::logging::MSG_COLD_OK,
-                &inst.name,
-                &[],
-                &text,
-            );
-            Ok(())
+            rec.succeeded(made, Event::text(text))
         }
         Err(e) => {
             let e = if report.rolled_back
@@ -178,7 +156,11 @@ pub(crate) fn run(
             } else {
                 e
             };
-            record_failure(dirs, &inst.name, "cold", started, t0, &e, details);
+            let made = Made {
+                backups_kept: record::backups_kept(&inst),
+                ..made
+            };
+            rec.failed(&e, made, None);
             Err(crate::base::exit::reported(&e))
         }
     }

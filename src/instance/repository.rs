@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: Apache-2.0
+//! An instance's offsite restic repository: its settings checked, the repository
+//! as restic opens it (password file, credentials, cache), restic's failures
+//! explained in one line with what to do, and the operations `offsite` and
+//! `restore --offsite` share (init, list, check, unlock, fetch a snapshot). The
+//! nightly upload and its retention are the `offsite` capability's.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+
+use crate::base::exit::{fail, Code};
+use crate::base::logging;
+use crate::host::restic::{self, Repo, ResticError, Trouble};
+use crate::instance::config::{Instance, Offsite};
+
+/// The tags every snapshot of `instance` carries (the filter is the first two).
+pub(crate) fn filter_tags(instance: &str) -> String {
+    format!("synbackup,instance={instance}")
+}
+
+/// The instance's offsite settings, or a usage error saying how to set them.
+pub(crate) fn settings(inst: &Instance) -> Result<&Offsite> {
+    inst.offsite.as_ref().ok_or_else(|| {
+        fail(
+            Code::Usage,
+            format!(
+                "instance {} has no offsite repository: set SYNBACKUP_OFFSITE_REPOSITORY and SYNBACKUP_OFFSITE_PASSWORD_FILE in its config",
+                inst.name
+            ),
+        )
+    })
+}
+
+/// The repository as restic opens it: password file checked, credentials read.
+pub(crate) fn repo(o: &Offsite) -> Result<Repo> {
+    if let Err(e) = std::fs::File::open(&o.password_file) {
+        return Err(fail(
+            Code::Offsite,
+            format!(
+                "cannot read the offsite password file {}: {e}; fix SYNBACKUP_OFFSITE_PASSWORD_FILE",
+                o.password_file.display()
+            ),
+        ));
+    }
+    let env = match &o.env_file {
+        Some(p) => restic::read_env_file(p).map_err(|e| fail(Code::Offsite, format!("{e:#}")))?,
+        None => Default::default(),
+    };
+    Ok(Repo {
+        bin: o.restic.clone(),
+        repository: o.repository.clone(),
+        password_file: o.password_file.clone(),
+        env,
+        // systemd's CacheDirectory= (the units set it); else restic's own default.
+        cache_dir: std::env::var_os("CACHE_DIRECTORY").map(|d| PathBuf::from(d).join("restic")),
+    })
+}
+
+/// The repository string without credentials a URL may carry (`rest:https://u:p@h/`).
+pub(crate) fn redacted(repository: &str) -> String {
+    match repository.find("://") {
+        Some(i) => {
+            let rest = &repository[i + 3..];
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{}://***@{}", &repository[..i], &rest[at + 1..]),
+                None => repository.to_string(),
+            }
+        }
+        None => repository.to_string(),
+    }
+}
+
+/// The machine's host name as restic records it in locks.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A restic failure as one line for the operator, with what to do.
+pub(crate) fn explain(err: anyhow::Error, inst: &str, repository: &str) -> anyhow::Error {
+    let Some(r) = err.downcast_ref::<ResticError>() else {
+        return err;
+    };
+    let repo = redacted(repository);
+    let text = match &r.trouble {
+        Trouble::Locked { pid, host } if *host == hostname() && !Path::new(&format!("/proc/{pid}")).exists() => format!(
+            "restic {}: the repository {repo} is locked by restic PID {pid} on {host}, which no longer runs: run `synbackup offsite unlock {inst}`",
+            r.command
+        ),
+        Trouble::Locked { pid, host } => format!(
+            "restic {}: the repository {repo} is locked by restic PID {pid} on {host}, which may still run: try again when it is done (a lock of a dead restic on another host: `synbackup offsite unlock {inst}` after 30 minutes)",
+            r.command
+        ),
+        Trouble::Killed(sig) => format!(
+            "restic {} was killed by signal {sig}; its lock was removed; the next run uploads again",
+            r.command
+        ),
+        Trouble::Failed(m) => format!(
+            "restic {} on {repo}: {}",
+            r.command,
+            m.replace("offsite init INSTANCE", &format!("offsite init {inst}"))
+        ),
+    };
+    fail(Code::Offsite, text)
+}
+
+/// Remove the lock a killed restic of ours left (`restic unlock` removes only
+/// stale locks: of processes gone from this host, or older than 30 minutes).
+pub(crate) fn unlock_after_kill(repo: &Repo, err: &anyhow::Error) {
+    if let Some(ResticError {
+        trouble: Trouble::Killed(_),
+        ..
+    }) = err.downcast_ref::<ResticError>()
+    {
+        if let Err(e) = repo.run("unlock", &["unlock"], None) {
+            log::warn!("could not remove the killed restic's lock: {e:#}");
+        }
+    }
+}
+/// One snapshot of the instance, for `offsite list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Listed {
+    pub(crate) id: String,
+    pub(crate) short_id: String,
+    /// The snapshot time (the backup's own time), RFC 3339.
+    pub(crate) time: String,
+    pub(crate) age_seconds: i64,
+    /// The backup's name (the snapshot's one path).
+    pub(crate) backup: String,
+    pub(crate) hostname: String,
+    pub(crate) tags: Vec<String>,
+    /// Bytes a restore writes (`restic stats`, restore-size).
+    pub(crate) bytes: Option<u64>,
+}
+
+/// The opened repository of an instance, restic errors explained.
+pub(crate) struct Opened<'a> {
+    pub(crate) inst: &'a Instance,
+    pub(crate) o: &'a Offsite,
+    pub(crate) repo: Repo,
+}
+
+impl<'a> Opened<'a> {
+    pub(crate) fn open(inst: &'a Instance) -> Result<Opened<'a>> {
+        let o = settings(inst)?;
+        Ok(Opened {
+            inst,
+            o,
+            repo: repo(o)?,
+        })
+    }
+
+    fn run(&self, what: &str, args: &[&str], cwd: Option<&Path>) -> Result<std::process::Output> {
+        self.repo
+            .run(what, args, cwd)
+            .inspect_err(|e| unlock_after_kill(&self.repo, e))
+            .map_err(|e| explain(e, &self.inst.name, &self.o.repository))
+    }
+
+    /// `restic init` (what `synbackup offsite init` does; never implicit).
+    pub(crate) fn init(&self) -> Result<String> {
+        let out = self.run("init", &["init"], None)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with("created restic repository"))
+            .unwrap_or("repository created")
+            .to_string())
+    }
+
+    /// The instance's snapshots, oldest first, with their sizes when `sizes`.
+    pub(crate) fn list(&self, sizes: bool) -> Result<Vec<Listed>> {
+        let tags = filter_tags(&self.inst.name);
+        let out = self.run("snapshots", &["snapshots", "--json", "--tag", &tags], None)?;
+        let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
+        let now = Utc::now();
+        let mut listed = Vec::new();
+        for s in snaps {
+            let bytes = if sizes {
+                let out = self.run("stats", &["stats", "--json", &s.id], None)?;
+                restic::parse_stats_size(&String::from_utf8_lossy(&out.stdout))
+            } else {
+                None
+            };
+            let age = DateTime::parse_from_rfc3339(&s.time)
+                .map(|t| (now - t.with_timezone(&Utc)).num_seconds())
+                .unwrap_or(0);
+            listed.push(Listed {
+                backup: s
+                    .paths
+                    .first()
+                    .and_then(|p| Path::new(p).file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                id: s.id,
+                short_id: s.short_id,
+                time: s.time,
+                age_seconds: age,
+                hostname: s.hostname,
+                tags: s.tags,
+                bytes,
+            });
+        }
+        Ok(listed)
+    }
+
+    /// `restic check --read-data-subset SHARE`: the repository's structure and a
+    /// share of its data. A damaged repository is a failure naming what restic found.
+    pub(crate) fn check(&self, subset: Option<&str>) -> Result<String> {
+        let subset = subset.unwrap_or(&self.o.check_subset).to_string();
+        let arg = format!("--read-data-subset={subset}");
+        match self.repo.run("check", &["check", &arg], None) {
+            Ok(_) => Ok(format!(
+                "offsite repository {} of {} is intact (read {subset} of its data)",
+                redacted(&self.o.repository),
+                self.inst.name
+            )),
+            Err(e) => {
+                unlock_after_kill(&self.repo, &e);
+                let found = e
+                    .downcast_ref::<ResticError>()
+                    .and_then(|r| match &r.trouble {
+                        Trouble::Failed(m) => Some(m.clone()),
+                        _ => None,
+                    });
+                let e = match found {
+                    Some(m) if m.contains("repository contains errors") => fail(
+                        Code::Offsite,
+                        format!(
+                            "offsite repository {} of {} is damaged: {m}; see `restic check` (RESTIC_REPOSITORY as in the config) and the restic manual on repairing",
+                            redacted(&self.o.repository),
+                            self.inst.name
+                        ),
+                    ),
+                    _ => explain(e, &self.inst.name, &self.o.repository),
+                };
+                logging::event(
+                    log::Level::Error,
+                    logging::MSG_OFFSITE_CHECK_FAILED,
+                    &self.inst.name,
+                    &[],
+                    &format!("{}: offsite check failed: {e:#}", self.inst.name),
+                );
+                Err(crate::base::exit::reported(&e))
+            }
+        }
+    }
+
+    /// `restic unlock`: stale locks only (dead processes on this host, or older
+    /// than 30 minutes); a running restic's lock stays.
+    pub(crate) fn unlock(&self) -> Result<String> {
+        let out = self.run("unlock", &["unlock"], None)?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(if text.is_empty() {
+            "no stale locks".to_string()
+        } else {
+            text
+        })
+    }
+
+    /// Restore snapshot `id` (or `latest` of this instance) into `target` (new,
+    /// empty); returns the backup directory in it.
+    pub(crate) fn fetch(&self, id: &str, target: &Path) -> Result<PathBuf> {
+        let tags = filter_tags(&self.inst.name);
+        if id != "latest" {
+            let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
+            let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
+            let ours = format!("instance={}", self.inst.name);
+            if !snaps.iter().any(|s| s.tags.contains(&ours)) {
+                return Err(fail(
+                    Code::BadPath,
+                    format!(
+                        "snapshot {id} is not a synbackup snapshot of {}; pick one from `synbackup offsite list {}`",
+                        self.inst.name, self.inst.name
+                    ),
+                ));
+            }
+        }
+        let target_s = target.to_string_lossy().into_owned();
+        log::info!("restoring offsite snapshot {id} into {}", target.display());
+        self.run(
+            "restore",
+            &["restore", id, "--tag", &tags, "--target", &target_s],
+            None,
+        )?;
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(target)
+            .map_err(|e| {
+                fail(
+                    Code::Other,
+                    format!("cannot read {}: {e}", target.display()),
+                )
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        match dirs.len() {
+            1 => Ok(dirs.remove(0)),
+            n => Err(fail(
+                Code::BadPath,
+                format!(
+                    "offsite snapshot {id} restored {n} entries into {}, expected the one backup directory a synbackup snapshot holds",
+                    target.display()
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_a_repository_url_are_not_shown() {
+        assert_eq!(
+            redacted("rest:https://u:secret@host:8000/repo"),
+            "rest:https://***@host:8000/repo"
+        );
+        assert_eq!(redacted("/srv/restic"), "/srv/restic");
+        assert_eq!(
+            redacted("s3:https://s3.example/b@x"),
+            "s3:https://s3.example/b@x"
+        );
+    }
+}
