@@ -41,10 +41,9 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use self::certs::Placed;
-use crate::base::exit::{code_of, fail, Code};
+use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
-use crate::base::interrupt;
 use crate::base::xattrs;
 use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
@@ -52,7 +51,6 @@ use crate::engine::telepath;
 use crate::engine::verify;
 use crate::engine::workers;
 use crate::host::holders;
-use crate::host::systemd;
 use crate::instance::certdir;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
@@ -62,6 +60,7 @@ use crate::instance::record::{Event, Made, Recorder};
 use crate::instance::repository;
 use crate::instance::status::Kind;
 use crate::service::preflight;
+use crate::service::swap::{rolled_back_error, Steps, Swap, Swapped};
 
 /// A staging copy that is removed unless it was swapped in.
 struct Staging {
@@ -259,14 +258,12 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     match result {
         Ok(text) => rec.succeeded(made, Event::text(text)),
         Err(e) => {
-            let e = if outcome.rolled_back
-                && code_of(&e) != Code::Interrupted
-                && code_of(&e) != Code::Terminated
-            {
-                fail(
-                    Code::RolledBack,
-                    format!("{e:#}; rolled back: {} is as it was before the restore and the service was started again", target.dir.display()),
-                )
+            let e = if outcome.rolled_back {
+                let what = format!(
+                    "{} is as it was before the restore and the service was started again",
+                    target.dir.display()
+                );
+                rolled_back_error(e, &what)
             } else {
                 e
             };
@@ -422,6 +419,98 @@ fn check_same_cell(backup: &Path, dir: &Path, force: bool) -> Result<()> {
 fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String> {
     let t0 = Instant::now();
     let dir = &t.dir;
+    let backup = resolve_backup(t)?;
+    outcome.backup = backup.to_string_lossy().into_owned();
+    // 1. What changes nothing and fails fast.
+    let running = check_before_restore(t)?;
+    check_same_cell(&backup, dir, force)?;
+    // 2. Verify.
+    let manifest = verify_backup(&backup)?;
+    let cert_target = match &t.certs {
+        Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
+        None => None,
+    };
+    // 3. Space, then the staging copy while the service still runs.
+    let staged = stage(t, &backup, &manifest, outcome)?;
+    fault::point("restore-before-swap")?;
+    // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
+    outcome.service_was_running = running;
+    if let (Some(u), false) = (&t.unit, running) {
+        log::info!("{u} was stopped before the restore and is left stopped");
+    }
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let swap = Swap {
+        dir,
+        new: &staged.copy.path,
+        aside: parent.join(format!("{}.pre-restore-{stamp}", file_name(dir))),
+        unit: t.unit.as_deref().filter(|_| running),
+        stop_timeout: t.stop_timeout,
+        health_timeout: t.health_timeout,
+        fault_prefix: "restore",
+    };
+    let mut certs = PutCerts {
+        source: &staged.cert_source,
+        manifest: &manifest,
+        target: cert_target.as_deref(),
+        stamp: &stamp,
+        placed: None,
+    };
+    let mut done = Swapped::default();
+    let result = swap.run(&mut done, &mut certs);
+    outcome.rolled_back = done.rolled_back;
+    result?;
+    if let (Some(u), Some(h)) = (swap.unit, &done.health) {
+        log::info!("{u} runs on the restored directory ({h})");
+    }
+    // 5. What to tell the operator.
+    let certs_line = certs.placed.as_ref().map(|p| {
+        for (file, kept) in &p.replaced {
+            println!("{file} differed from the backup: the old one is kept as {kept}");
+        }
+        format!("; {}", p.line())
+    });
+    outcome.certs = certs.placed;
+    if done.kept {
+        outcome.kept_previous = Some(swap.aside.to_string_lossy().into_owned());
+        let u = t.unit.as_deref().unwrap_or("UNIT");
+        println!(
+            "to undo: systemctl stop {u}; mv {d} {d}.restored-{stamp} && mv {a} {d}; systemctl start {u}",
+            d = dir.display(),
+            a = swap.aside.display()
+        );
+    }
+    Ok(format!(
+        "restored {} into {} ({} in {:.1} s){}{}{}",
+        backup.display(),
+        dir.display(),
+        human(outcome.bytes),
+        t0.elapsed().as_secs_f64(),
+        certs_line.unwrap_or_default(),
+        if done.kept {
+            format!(
+                "; the previous directory is kept at {}",
+                swap.aside.display()
+            )
+        } else {
+            String::new()
+        },
+        match (&t.unit, running) {
+            (Some(u), false) => format!("; {u} was stopped before the restore and is left stopped"),
+            _ => String::new(),
+        }
+    ))
+}
+
+/// The last component of a directory's path (for its siblings' names).
+fn file_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The backup's real path; refused when missing or overlapping the directory.
+fn resolve_backup(t: &Target) -> Result<PathBuf> {
     let backup = fs::canonicalize(&t.backup).map_err(|e| {
         fail(
             Code::BadPath,
@@ -431,19 +520,23 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             ),
         )
     })?;
-    outcome.backup = backup.to_string_lossy().into_owned();
-    if dir.starts_with(&backup) || backup.starts_with(dir) {
+    if t.dir.starts_with(&backup) || backup.starts_with(&t.dir) {
         return Err(fail(
             Code::BadPath,
             format!(
                 "{} and {} overlap; restore elsewhere",
                 backup.display(),
-                dir.display()
+                t.dir.display()
             ),
         ));
     }
+    Ok(backup)
+}
 
-    // 1. What changes nothing and fails fast.
+/// Step 1: the unit runs on the directory, it is not a mount point, and a service
+/// that uses it can be stopped (a unit was named). Whether the service runs.
+fn check_before_restore(t: &Target) -> Result<bool> {
+    let dir = &t.dir;
     let state = match &t.unit {
         Some(u) => Some(preflight::check_unit(u, dir)?),
         None => None,
@@ -469,11 +562,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         }
         _ => {}
     }
-    check_same_cell(&backup, dir, force)?;
+    Ok(busy.is_some() || matches!(state.as_deref(), Some("active" | "activating")))
+}
 
-    // 2. Verify.
+/// Step 2: the backup verified against its manifest, which is returned.
+fn verify_backup(backup: &Path) -> Result<Manifest> {
     log::info!("verifying {}", backup.display());
-    let report = verify::verify(&backup)?;
+    let report = verify::verify(backup)?;
     if !report.ok() {
         return Err(fail(
             Code::Verify,
@@ -484,13 +579,24 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             ),
         ));
     }
-    let manifest = Manifest::load(&backup)?;
-    let cert_target = match &t.certs {
-        Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
-        None => None,
-    };
+    Manifest::load(backup)
+}
 
-    // 3. Space, then the staging copy while the service still runs.
+/// The restored copy beside the directory, ready to swap in.
+struct Staged {
+    /// The copy (removed unless it was swapped in).
+    copy: Staging,
+    /// Where `--certs` reads the carried certificate directory from: the backup,
+    /// or for a disposable one, a sibling it was moved out to.
+    cert_source: PathBuf,
+    /// That sibling (removed at the end).
+    _cert_staging: Option<Staging>,
+}
+
+/// Step 3: room for the copy, then the copy (a disposable backup, fetched for this
+/// restore and verified just now, is moved instead).
+fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) -> Result<Staged> {
+    let dir = &t.dir;
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| {
         fail(
@@ -515,7 +621,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut staging = Staging {
+    let staging = Staging {
         path: parent.join(format!(
             ".{name}.synbackup-restoring.{}",
             std::process::id()
@@ -524,11 +630,11 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     };
     // Where `--certs` reads the carried certificate directory from: the backup,
     // or for a disposable one, a sibling it is moved out to (removed at the end).
-    let mut cert_source = backup.clone();
+    let mut cert_source = backup.to_path_buf();
     let mut _cert_staging = None;
     if t.disposable {
         // Verified just now and made for this restore: moved, not copied again.
-        fs::rename(&backup, &staging.path).with_context(|| {
+        fs::rename(backup, &staging.path).with_context(|| {
             format!(
                 "cannot move {} to {}",
                 backup.display(),
@@ -557,105 +663,39 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         }
     } else {
         log::info!("copying {} to {}", backup.display(), staging.path.display());
-        outcome.bytes = copy_tree(&backup, &staging.path, &manifest)?;
+        outcome.bytes = copy_tree(backup, &staging.path, manifest)?;
     }
-    fault::point("restore-before-swap")?;
+    Ok(Staged {
+        copy: staging,
+        cert_source,
+        _cert_staging,
+    })
+}
 
-    // 4. Stop the service if it runs (we were told which unit).
-    let running = busy.is_some() || matches!(state.as_deref(), Some("active" | "activating"));
-    outcome.service_was_running = running;
-    if let (Some(u), false) = (&t.unit, running) {
-        log::info!("{u} was stopped before the restore and is left stopped");
-    }
-    let unit = t.unit.as_deref().filter(|_| running);
-    if let Some(u) = unit {
-        systemd::stop_unit(u, t.stop_timeout)?;
-    }
+/// `--certs`: the certificate directory put back after the swap (the service reads
+/// it when it starts), taken back on a rollback.
+struct PutCerts<'a> {
+    source: &'a Path,
+    manifest: &'a Manifest,
+    target: Option<&'a Path>,
+    stamp: &'a str,
+    placed: Option<Placed>,
+}
 
-    // 5. From the stop on, any failure rolls back.
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
-    let aside = parent.join(format!("{name}.pre-restore-{stamp}"));
-    let had_dir = dir.exists();
-    let mut swapped = false;
-    let mut placed: Option<Placed> = None;
-    let result = (|| -> Result<()> {
-        holders::wait_released(dir, t.stop_timeout, true)?;
-        fault::point("restore-after-stop")?;
-        if had_dir {
-            fs::rename(dir, &aside).with_context(|| {
-                format!("cannot move {} aside to {}", dir.display(), aside.display())
-            })?;
-        }
-        swapped = true;
-        fs::rename(&staging.path, dir)
-            .with_context(|| format!("cannot move the restored copy into {}", dir.display()))?;
-        staging.armed = false;
-        fsutil::fsync_dir(&parent)?;
-        fault::point("restore-after-swap")?;
-        if let Some(to) = &cert_target {
-            placed = Some(certs::put_back(
-                &cert_source,
-                &manifest,
-                to,
-                &stamp.to_string(),
-            )?);
+impl Steps for PutCerts<'_> {
+    fn after_swap(&mut self) -> Result<()> {
+        if let Some(to) = self.target {
+            self.placed = Some(certs::put_back(self.source, self.manifest, to, self.stamp)?);
             fault::point("restore-after-certs")?;
         }
-        if let Some(u) = unit {
-            systemd::start_unit(u, t.health_timeout)?;
-            fault::point("restore-health")?;
-            let h = preflight::wait_healthy(dir, t.health_timeout, true)?;
-            log::info!("{u} runs on the restored directory ({h})");
-        }
         Ok(())
-    })();
-    if let Err(e) = result {
-        log::error!("restore into {} failed: {e:#}; rolling back", dir.display());
-        outcome.rolled_back = true;
-        if let Some(p) = placed.as_mut() {
+    }
+
+    fn undo(&mut self) {
+        if let Some(p) = self.placed.as_mut() {
             p.undo();
         }
-        rollback(
-            t,
-            unit,
-            &mut staging,
-            swapped.then_some((had_dir, aside.as_path())),
-        )?;
-        return Err(e);
     }
-    let certs_line = placed.as_ref().map(|p| {
-        for (file, kept) in &p.replaced {
-            println!("{file} differed from the backup: the old one is kept as {kept}");
-        }
-        format!("; {}", p.line())
-    });
-    outcome.certs = placed;
-    if had_dir {
-        outcome.kept_previous = Some(aside.to_string_lossy().into_owned());
-        let u = t.unit.as_deref().unwrap_or("UNIT");
-        println!(
-            "to undo: systemctl stop {u}; mv {d} {d}.restored-{stamp} && mv {a} {d}; systemctl start {u}",
-            d = dir.display(),
-            a = aside.display()
-        );
-    }
-    Ok(format!(
-        "restored {} into {} ({} in {:.1} s){}{}{}",
-        backup.display(),
-        dir.display(),
-        human(outcome.bytes),
-        t0.elapsed().as_secs_f64(),
-        certs_line.unwrap_or_default(),
-        if had_dir {
-            format!("; the previous directory is kept at {}", aside.display())
-        } else {
-            String::new()
-        },
-        match (&t.unit, running) {
-            (Some(u), false) => format!("; {u} was stopped before the restore and is left stopped"),
-            _ => String::new(),
-        }
-    ))
 }
 
 /// Where `--certs` puts the certificate directory of the backup (`to`, else where
@@ -683,53 +723,4 @@ fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Re
         target.display()
     );
     Ok(target)
-}
-
-/// Undo a restore that failed after the stop: our copy out of the way (removed),
-/// the previous directory back, the unit started again. `swapped`: the swap began
-/// (whether DIR existed, where it was moved). Finishes whatever signals arrive.
-fn rollback(
-    t: &Target,
-    unit: Option<&str>,
-    staging: &mut Staging,
-    swapped: Option<(bool, &Path)>,
-) -> Result<()> {
-    interrupt::shield();
-    let dir = &t.dir;
-    if let Some((had_dir, aside)) = swapped {
-        if let Some(u) = unit {
-            if !matches!(systemd::active_state(u)?.as_str(), "inactive" | "failed") {
-                systemd::stop_unit(u, t.stop_timeout)?;
-            }
-        }
-        if !staging.path.exists() && dir.exists() && (!had_dir || aside.exists()) {
-            holders::wait_released(dir, t.stop_timeout, false)?;
-            fs::rename(dir, &staging.path).map_err(|e| {
-                fail(Code::Other, format!("ROLLBACK FAILED: cannot move the restored {} away: {e}; the previous directory is at {}", dir.display(), aside.display()))
-            })?;
-            staging.armed = true;
-        }
-        if had_dir && aside.exists() {
-            fs::rename(aside, dir).map_err(|e| {
-                fail(Code::Other, format!("ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start the service", aside.display(), dir.display()))
-            })?;
-        }
-        fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
-    }
-    if let Some(u) = unit {
-        systemd::start_unit(u, t.health_timeout).map_err(|e| {
-            fail(
-                Code::Service,
-                format!(
-                    "ROLLBACK INCOMPLETE: {} is as it was but {u} did not start: {e:#}",
-                    dir.display()
-                ),
-            )
-        })?;
-        match preflight::wait_healthy(dir, t.health_timeout, false) {
-            Ok(h) => log::info!("rolled back: {u} runs on the previous directory ({h})"),
-            Err(e) => log::error!("rolled back, but the service does not answer yet: {e:#}"),
-        }
-    }
-    Ok(())
 }

@@ -50,26 +50,26 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::base::exit::{code_of, fail, Code};
+use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::human;
 use crate::base::interrupt;
 use crate::engine::backup;
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
-use crate::host::holders;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::record::{self, Event, Made};
 use crate::instance::status::Kind;
 use crate::service::preflight;
+use crate::service::swap::{rolled_back_error, Steps, Swap, Swapped};
 
 use crate::instance::kept::{self, PRE_COLD};
 
@@ -147,12 +147,11 @@ pub(crate) fn run(
             rec.succeeded(made, Event::text(text))
         }
         Err(e) => {
-            let e = if report.rolled_back
-                && code_of(&e) != Code::Interrupted
-                && code_of(&e) != Code::Terminated
-            {
-                let msg = format!("{e:#}; rolled back: the original directory is in place and the service was started again");
-                fail(Code::RolledBack, msg)
+            let e = if report.rolled_back {
+                rolled_back_error(
+                    e,
+                    "the original directory is in place and the service was started again",
+                )
             } else {
                 e
             };
@@ -202,170 +201,111 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     interrupt::check()?;
     fault::point("cold-preflight")?;
 
-    // 2. Stop. From here on, any failure rolls back.
-    let down = Instant::now();
-    let t = Instant::now();
-    let mut swapped: Option<PathBuf> = None;
-    let result = (|| -> Result<()> {
-        crate::host::systemd::status(&format!("stopping {unit}"));
-        systemd::stop_unit(&unit, inst.stop_timeout)?;
-        holders::wait_released(&dir, inst.stop_timeout, true)?;
-        report.stop_seconds = t.elapsed().as_secs_f64();
-        interrupt::check()?;
-
-        // 3. Compacted copy beside the directory, verified.
-        let t = Instant::now();
-        fault::point("cold-copy")?;
-        let summary = backup::run(&backup::Request {
-            src: dir.clone(),
-            dst: new.clone(),
-            // A window carries the whole directory: SYNBACKUP_SKIPDIRS is for backups.
-            skipdirs: Vec::new(),
-            whole: true,
-            jobs: inst.jobs,
-            freeze: FreezeMode::Never,
-            freeze_timeout: 0,
-            verify: true,
-            // The window's purpose: compacted whatever SYNBACKUP_COMPACT says.
-            copy: CopyMode::Compact,
-            min_free: 0,
-            show_bar,
-            // The copy becomes the live directory: the certificate directory stays
-            // where the service reads it, and none is carried into the service's.
-            cert_dir: None,
-            hash: crate::base::digest::Algo::Blake3,
-        })?;
-        fault::point("cold-verify")?;
-        // The copy is a service directory now, not a backup: drop the backup's marker files.
-        for f in [
-            crate::engine::manifest::MANIFEST_NAME,
-            crate::engine::manifest::VERIFIED_MARK,
-        ] {
-            let _ = fs::remove_file(new.join(f));
-        }
-        report.copy_seconds = t.elapsed().as_secs_f64();
-        log::info!("{}", summary.line());
-        interrupt::check()?;
-
-        // 4. Swap.
-        let stamp = Utc::now().format(kept::STAMP);
-        let old = sibling(&dir, &format!("{PRE_COLD}{stamp}"));
-        fs::rename(&dir, &old).map_err(|e| {
-            fail(
-                Code::Other,
-                format!("cannot move {} aside: {e}", dir.display()),
-            )
-        })?;
-        swapped = Some(old.clone());
-        fs::rename(&new, &dir).map_err(|e| {
-            fail(
-                Code::Other,
-                format!("cannot move {} into place: {e}", new.display()),
-            )
-        })?;
-        crate::base::fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
-        fault::point("cold-after-swap")?;
-
-        // 5. Start and wait for health.
-        let t = Instant::now();
-        crate::host::systemd::status(&format!("starting {unit}"));
-        systemd::start_unit(&unit, inst.health_timeout)?;
-        fault::point("cold-health")?;
-        let health = preflight::wait_healthy(&dir, inst.health_timeout, true)?;
-        report.start_seconds = t.elapsed().as_secs_f64();
-        report.downtime_seconds = down.elapsed().as_secs_f64();
-        log::info!(
-            "{unit} is back ({health}) after {:.1} s down",
-            report.downtime_seconds
-        );
-        report.kept_old = Some(old.to_string_lossy().into_owned());
-        let failed = systemd::start_dependents(&dependents, inst.health_timeout);
-        if !failed.is_empty() {
-            log::error!(
-                "the window succeeded but units that depend on {unit} did not start again: {}",
-                failed.join("; ")
-            );
-        }
-        Ok(())
-    })();
-
+    // 2-5. Stop, copy, swap, start: from the stop on, any failure rolls back.
+    let stamp = Utc::now().format(kept::STAMP);
+    let swap = Swap {
+        dir: &dir,
+        new: &new,
+        aside: sibling(&dir, &format!("{PRE_COLD}{stamp}")),
+        unit: Some(&unit),
+        stop_timeout: inst.stop_timeout,
+        health_timeout: inst.health_timeout,
+        fault_prefix: "cold",
+    };
+    let mut done = Swapped::default();
+    let mut copy = Copy {
+        inst,
+        dir: &dir,
+        new: &new,
+        show_bar,
+        seconds: 0.0,
+    };
+    let result = swap.run(&mut done, &mut copy);
+    report.copy_seconds = copy.seconds;
+    report.stop_seconds = done.stop_seconds;
+    report.start_seconds = done.start_seconds;
+    report.downtime_seconds = done.downtime_seconds;
+    report.rolled_back = done.rolled_back;
+    let failed = systemd::start_dependents(&dependents, inst.health_timeout);
     match result {
         Ok(()) => {
+            log::info!(
+                "{unit} is back ({}) after {:.1} s down",
+                done.health.as_deref().unwrap_or("?"),
+                report.downtime_seconds
+            );
+            for line in failed {
+                log::error!("the window succeeded but a unit that depends on {unit} did not start again: {line}");
+            }
+            report.kept_old = Some(swap.aside.to_string_lossy().into_owned());
             report.bytes_after = disk_usage(&dir);
             report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
-            for line in kept::remove_kept(&dir, swapped.as_deref(), None) {
+            for line in kept::remove_kept(&dir, Some(&swap.aside), None) {
                 log::warn!("{line}; remove it by hand");
             }
             Ok(())
         }
         Err(e) => {
-            log::error!(
-                "maintenance window of {} failed: {e:#}; rolling back",
-                inst.name
-            );
-            crate::host::systemd::status("rolling back");
-            rollback(&unit, &dir, &new, swapped.as_deref(), inst)?;
-            for line in systemd::start_dependents(&dependents, inst.health_timeout) {
+            for line in failed {
                 log::error!(
                     "rolled back, but a unit that depends on {unit} did not start again: {line}"
                 );
             }
-            report.rolled_back = true;
-            report.downtime_seconds = down.elapsed().as_secs_f64();
             Err(e)
         }
     }
 }
 
-/// Put the original directory back and start the unit. Errors only when that fails.
-///
-/// Once begun it finishes: further signals are noted, not obeyed
-/// (`interrupt::shield`), and it asks systemd for the time it needs
-/// (`EXTEND_TIMEOUT_USEC`: a `systemctl stop` of the window otherwise kills it after
-/// `TimeoutStopSec=`, which cannot know the service's stop and health timeouts).
-fn rollback(unit: &str, dir: &Path, new: &Path, old: Option<&Path>, inst: &Instance) -> Result<()> {
-    interrupt::shield();
-    systemd::extend_timeout(
-        2 * inst.stop_timeout + 2 * inst.health_timeout + Duration::from_secs(60),
-    );
-    // The unit may be running on the new directory: stop it first.
-    if let Ok(state) = systemd::active_state(unit) {
-        if state != "inactive" && state != "failed" {
-            systemd::stop_unit(unit, inst.stop_timeout)?;
-        }
+/// The window's step inside the swap: the compacted copy, made after the stop.
+struct Copy<'a> {
+    inst: &'a Instance,
+    dir: &'a Path,
+    new: &'a Path,
+    show_bar: bool,
+    /// How long it took.
+    seconds: f64,
+}
+
+impl Steps for Copy<'_> {
+    fn prepare(&mut self) -> Result<()> {
+        let t = Instant::now();
+        copy_compacted(self.inst, self.dir, self.new, self.show_bar)?;
+        self.seconds = t.elapsed().as_secs_f64();
+        Ok(())
     }
-    if let Some(old) = old {
-        // Our copy is live at `dir`: nothing may hold it while it is moved away.
-        holders::wait_released(dir, inst.stop_timeout, false)?;
-        // dir is our compacted copy (or missing if the second rename failed).
-        if dir.exists() {
-            fs::rename(dir, new).map_err(|e| {
-                fail(
-                    Code::Other,
-                    format!(
-                        "ROLLBACK FAILED: cannot move {} away: {e}; the original is at {}",
-                        dir.display(),
-                        old.display()
-                    ),
-                )
-            })?;
-        }
-        fs::rename(old, dir).map_err(|e| {
-            fail(Code::Other, format!("ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start {unit}", old.display(), dir.display()))
-        })?;
-        crate::base::fsutil::fsync_dir(dir.parent().unwrap_or(Path::new("/")))?;
-    }
-    if new.exists() {
-        if let Err(e) = fs::remove_dir_all(new) {
-            log::warn!("could not remove the discarded copy {}: {e}", new.display());
-        }
-    }
-    systemd::start_unit(unit, inst.health_timeout).map_err(|e| {
-        fail(Code::Service, format!("ROLLBACK INCOMPLETE: the original directory is back at {} but {unit} did not start: {e:#}", dir.display()))
+}
+
+/// Step 3: the whole directory copied beside it with the engine (no freeze: the
+/// service is down), environments compacted, verified; the backup's marker files
+/// dropped (the copy is a service directory now).
+fn copy_compacted(inst: &Instance, dir: &Path, new: &Path, show_bar: bool) -> Result<()> {
+    fault::point("cold-copy")?;
+    let summary = backup::run(&backup::Request {
+        src: dir.to_path_buf(),
+        dst: new.to_path_buf(),
+        // A window carries the whole directory: SYNBACKUP_SKIPDIRS is for backups.
+        skipdirs: Vec::new(),
+        whole: true,
+        jobs: inst.jobs,
+        freeze: FreezeMode::Never,
+        freeze_timeout: 0,
+        verify: true,
+        // The window's purpose: compacted whatever SYNBACKUP_COMPACT says.
+        copy: CopyMode::Compact,
+        min_free: 0,
+        show_bar,
+        // The copy becomes the live directory: the certificate directory stays
+        // where the service reads it, and none is carried into the service's.
+        cert_dir: None,
+        hash: crate::base::digest::Algo::Blake3,
     })?;
-    match preflight::wait_healthy(dir, inst.health_timeout, false) {
-        Ok(h) => log::info!("rolled back: {unit} runs on the original directory ({h})"),
-        Err(e) => log::error!("rolled back, but the service does not answer yet: {e:#}"),
+    fault::point("cold-verify")?;
+    for f in [
+        crate::engine::manifest::MANIFEST_NAME,
+        crate::engine::manifest::VERIFIED_MARK,
+    ] {
+        let _ = fs::remove_file(new.join(f));
     }
+    log::info!("{}", summary.line());
     Ok(())
 }
