@@ -110,7 +110,7 @@ impl<'a> Recorder<'a> {
             last_success_backup: made.backup.clone(),
             ..self.status(made, now)
         };
-        self.emit(log::Level::Info, self.ok_id(), &event);
+        self.emit(log::Level::Info, self.kind.ok_id(), &event);
         self.write(&st)
     }
 
@@ -139,7 +139,7 @@ impl<'a> Recorder<'a> {
             };
             Event::text(format!("{who}{} failed: {err:#}", self.kind.as_str()))
         });
-        self.emit(log::Level::Error, self.failed_id(), &event);
+        self.emit(log::Level::Error, self.kind.failed_id(), &event);
         if let Err(e) = self.write(&st) {
             log::error!("could not record the failure of {}: {e:#}", self.instance);
         }
@@ -179,28 +179,6 @@ impl<'a> Recorder<'a> {
             logging::event
         };
         log(level, id, &self.instance, &fields, &event.text);
-    }
-
-    fn ok_id(&self) -> &'static str {
-        match self.kind {
-            Kind::Backup => logging::MSG_BACKUP_OK,
-            Kind::Cold => logging::MSG_COLD_OK,
-            Kind::Restore => logging::MSG_RESTORE_OK,
-            Kind::Drill => logging::MSG_DRILL_OK,
-            Kind::Offsite => logging::MSG_OFFSITE_OK,
-            Kind::Deploy => logging::MSG_CERT_DEPLOY_OK,
-        }
-    }
-
-    fn failed_id(&self) -> &'static str {
-        match self.kind {
-            Kind::Backup => logging::MSG_BACKUP_FAILED,
-            Kind::Cold => logging::MSG_COLD_FAILED,
-            Kind::Restore => logging::MSG_RESTORE_FAILED,
-            Kind::Drill => logging::MSG_DRILL_FAILED,
-            Kind::Offsite => logging::MSG_OFFSITE_FAILED,
-            Kind::Deploy => logging::MSG_CERT_DEPLOY_FAILED,
-        }
     }
 }
 

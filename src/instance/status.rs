@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::base::fsutil::write_atomic;
+use crate::base::logging;
 
 /// What ran: each kind has its own status file, metrics and journal events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,6 +54,30 @@ impl Kind {
             Kind::Drill => "drill",
             Kind::Offsite => "offsite",
             Kind::Deploy => "deploy",
+        }
+    }
+
+    /// The journal MESSAGE_ID of its success.
+    pub(crate) fn ok_id(self) -> &'static str {
+        match self {
+            Kind::Backup => logging::MSG_BACKUP_OK,
+            Kind::Cold => logging::MSG_COLD_OK,
+            Kind::Restore => logging::MSG_RESTORE_OK,
+            Kind::Drill => logging::MSG_DRILL_OK,
+            Kind::Offsite => logging::MSG_OFFSITE_OK,
+            Kind::Deploy => logging::MSG_CERT_DEPLOY_OK,
+        }
+    }
+
+    /// The journal MESSAGE_ID of its failure.
+    pub(crate) fn failed_id(self) -> &'static str {
+        match self {
+            Kind::Backup => logging::MSG_BACKUP_FAILED,
+            Kind::Cold => logging::MSG_COLD_FAILED,
+            Kind::Restore => logging::MSG_RESTORE_FAILED,
+            Kind::Drill => logging::MSG_DRILL_FAILED,
+            Kind::Offsite => logging::MSG_OFFSITE_FAILED,
+            Kind::Deploy => logging::MSG_CERT_DEPLOY_FAILED,
         }
     }
 
