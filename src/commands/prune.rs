@@ -38,7 +38,7 @@ pub(crate) fn exec(dirs: &Dirs, args: &PruneArgs) -> Result<ExitCode> {
         Err(e) => return Err(e),
     };
     let own = held.is_some();
-    let kept = prune::prune(&inst, None, args.dry_run, own)?;
+    let kept = prune::prune(&inst, &dirs.state_dir, None, args.dry_run, own)?;
     log::info!(
         "{}: {kept} {} kept",
         inst.name,

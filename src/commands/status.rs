@@ -15,6 +15,7 @@ use crate::base::exit::Code;
 use crate::base::fsutil::human;
 use crate::base::units::format_duration;
 use crate::commands::print_json;
+use crate::instance::catalog;
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Kind, Outcome, Status};
@@ -117,9 +118,18 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let offsite = status::load(&dirs.state_dir, name, Kind::Offsite).filter(|_| offsite_configured);
     let drill = status::load(&dirs.state_dir, name, Kind::Drill);
     let drilled = tested::load(&dirs.state_dir, name);
-    let newest_tested = tested::newest_passed(&drilled).map(|(b, t)| NewestTested {
-        backup: b.clone(),
-        tested: t.clone(),
+    // Only a backup that still exists counts (retention may have removed one).
+    let existing: Vec<String> = inst
+        .as_ref()
+        .ok()
+        .and_then(|i| catalog::scan(&i.backup_root, name).ok())
+        .map(|v| v.into_iter().map(|e| e.name).collect())
+        .unwrap_or_default();
+    let newest_tested = tested::newest_passed_of(&drilled, &existing).and_then(|b| {
+        drilled.get(&b).map(|t| NewestTested {
+            backup: b.clone(),
+            tested: t.clone(),
+        })
     });
     let age = backup
         .as_ref()

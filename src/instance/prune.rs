@@ -3,8 +3,9 @@
 //! is removed, and temporaries of runs that died. Only directories that carry our
 //! name pattern and manifest, or our temporaries, are ever removed; a backup is first
 //! renamed to a temporary name, so a removal cut short never leaves a half backup
-//! that looks complete. The newest verified backup is never removed, whatever the
-//! policy says: pruning must not leave an instance with nothing to restore.
+//! that looks complete. The newest verified backup and the newest backup a drill
+//! booted are never removed, whatever the policy says: pruning must not leave an
+//! instance with nothing to restore, nor with no backup known to boot.
 
 use std::fs;
 use std::path::Path;
@@ -14,12 +15,13 @@ use anyhow::{Context, Result};
 use crate::engine::partial::PARTIAL_MARK;
 use crate::instance::catalog::{self, State};
 use crate::instance::config::Instance;
-use crate::instance::retention;
+use crate::instance::{retention, tested};
 
 /// Apply retention; remove temporaries when `own_lock` (no run can be live).
-/// Returns how many complete backups remain.
+/// `state_dir` holds the drills' records. Returns how many complete backups remain.
 pub(crate) fn prune(
     inst: &Instance,
+    state_dir: &Path,
     newest: Option<&str>,
     dry_run: bool,
     own_lock: bool,
@@ -36,6 +38,8 @@ pub(crate) fn prune(
         .rev()
         .find(|e| e.state == State::Verified)
         .map(|e| e.name.clone());
+    let names: Vec<String> = complete.iter().map(|e| e.name.clone()).collect();
+    let newest_tested = tested::newest_passed_of(&tested::load(state_dir, &inst.name), &names);
     let verb = if dry_run { "would remove" } else { "removing" };
     let mut kept = 0;
     for (e, why) in complete.iter().zip(reasons) {
@@ -45,6 +49,8 @@ pub(crate) fn prune(
             "just made".to_string()
         } else if Some(&e.name) == newest_verified.as_ref() {
             "the newest verified backup".to_string()
+        } else if Some(&e.name) == newest_tested.as_ref() {
+            "the newest backup a drill booted".to_string()
         } else {
             String::new()
         };

@@ -75,9 +75,16 @@ pub(crate) fn record(
     write_atomic(&tested_path(state_dir, instance), &json, 0o644)
 }
 
-/// The newest backup (by name, which sorts by time) whose last drill passed.
-pub(crate) fn newest_passed(all: &BTreeMap<String, Tested>) -> Option<(&String, &Tested)> {
-    all.iter().rev().find(|(_, t)| t.passed)
+/// The newest backup (by name, which sorts by time) among `existing` whose last
+/// drill passed: a record of a backup that is gone names nothing.
+pub(crate) fn newest_passed_of(
+    all: &BTreeMap<String, Tested>,
+    existing: &[String],
+) -> Option<String> {
+    all.iter()
+        .rev()
+        .find(|(name, t)| t.passed && existing.contains(name))
+        .map(|(name, _)| name.clone())
 }
 
 /// "tested 2026-12-01 18:00 Synapse 2.256.0 boot 21.3 s 120 nodes" / "drill failed ...".
@@ -131,7 +138,9 @@ mod tests {
         record(d.path(), "c0", &names[1], t(false), &names).unwrap();
         let all = load(d.path(), "c0");
         assert_eq!(all.len(), 2);
-        assert_eq!(newest_passed(&all).unwrap().0, &names[0]);
+        assert_eq!(newest_passed_of(&all, &names).as_ref(), Some(&names[0]));
+        // Gone from the root (retention, by hand): it is nobody's newest tested.
+        assert_eq!(newest_passed_of(&all, &names[1..]), None);
         // The first backup was pruned: its record goes at the next write.
         record(d.path(), "c0", &names[1], t(true), &names[1..]).unwrap();
         let all = load(d.path(), "c0");

@@ -40,7 +40,7 @@ pub(crate) fn run(
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
     let (inst, _lock, rec) = record::begin_locked(dirs, name, overrides, Kind::Backup)?;
     let started = rec.started();
-    let made = back_up_and_prune(&inst, started, show_bar);
+    let made = back_up_and_prune(&inst, &dirs.state_dir, started, show_bar);
     crate::certs::record::check_after_run(dirs, &inst);
     let backup = record_backup(rec, &inst, made);
     leave_final_status(dirs, name, Kind::Backup);
@@ -113,6 +113,7 @@ fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value 
 /// and its summary line.
 fn back_up_and_prune(
     inst: &Instance,
+    state_dir: &Path,
     started: DateTime<Utc>,
     show_bar: bool,
 ) -> Result<(Made, String)> {
@@ -153,7 +154,7 @@ fn back_up_and_prune(
         hash: crate::base::digest::Algo::Blake3,
     };
     let summary = backup::run(&req)?;
-    let backups_kept = prune::prune(inst, Some(&name), false, true)?;
+    let backups_kept = prune::prune(inst, state_dir, Some(&name), false, true)?;
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());

@@ -68,6 +68,21 @@ struct Staging {
     armed: bool,
 }
 
+impl Staging {
+    /// `PARENT/.DIRNAME.synbackup-TAG.PID`, removed when dropped unless disarmed.
+    fn beside(dir: &Path, tag: &str) -> Staging {
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        Staging {
+            path: parent.join(format!(
+                ".{}.synbackup-{tag}.{}",
+                file_name(dir),
+                std::process::id()
+            )),
+            armed: true,
+        }
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if self.armed && self.path.exists() {
@@ -297,18 +312,7 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
             format!("cannot create {}: {e}", parent.display()),
         )
     })?;
-    let dir_name = target
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = Staging {
-        path: parent.join(format!(
-            ".{dir_name}.synbackup-offsite.{}",
-            std::process::id()
-        )),
-        armed: true,
-    };
+    let staging = Staging::beside(&target.dir, "offsite");
     fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
     fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
     target.backup = repo.fetch(id, &staging.path)?;
@@ -617,17 +621,7 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
             ),
         ));
     }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = Staging {
-        path: parent.join(format!(
-            ".{name}.synbackup-restoring.{}",
-            std::process::id()
-        )),
-        armed: true,
-    };
+    let staging = Staging::beside(dir, "restoring");
     // Where `--certs` reads the carried certificate directory from: the backup,
     // or for a disposable one, a sibling it is moved out to (removed at the end).
     let mut cert_source = backup.to_path_buf();
@@ -645,13 +639,7 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
         let carried = staging.path.join(crate::engine::manifest::CERTS_DIR);
         if carried.exists() {
             // Not part of the service directory (a normal restore's copy skips it).
-            let aside = Staging {
-                path: parent.join(format!(
-                    ".{name}.synbackup-offsite-certs.{}",
-                    std::process::id()
-                )),
-                armed: true,
-            };
+            let aside = Staging::beside(dir, "offsite-certs");
             fs::create_dir(&aside.path).map_err(|e| fsutil::write_error(&aside.path, e))?;
             fs::set_permissions(&aside.path, fs::Permissions::from_mode(0o700))?;
             let to = aside.path.join(crate::engine::manifest::CERTS_DIR);

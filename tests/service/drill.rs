@@ -473,6 +473,38 @@ fn drills_on_real_cortex_backups() {
         "{text}"
     );
     assert_eq!(scratch_left(&root), Vec::<String>::new());
+
+    // Phase 7: retention with KEEP_LAST=1 keeps the newest tested backup beside the
+    // newest one (it removed it before, and `status` kept naming it); once that
+    // backup is gone by hand, nothing names it any more.
+    fs::write(
+        etc.join("c0.conf"),
+        format!(
+            "{conf}SYNBACKUP_KEEP_LAST=1\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\nSYNBACKUP_KEEP_MONTHLY=0\n"
+        ),
+    )
+    .unwrap();
+    let o = with_dirs(&["prune", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        Path::new(&fresh).is_dir(),
+        "the newest tested backup was pruned"
+    );
+    assert!(
+        Path::new(&failed_one).is_dir(),
+        "the newest backup was pruned"
+    );
+    let o = with_dirs(&["status", "c0", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fresh_name = Path::new(&fresh).file_name().unwrap().to_str().unwrap();
+    assert_eq!(health[0]["newest_tested"]["backup"], fresh_name, "{health}");
+    fs::remove_dir_all(&fresh).unwrap();
+    let o = with_dirs(&["status", "c0", "--json"]);
+    let health: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        health[0]["newest_tested"].is_null(),
+        "status names a backup that is gone: {health}"
+    );
 }
 
 #[test]
