@@ -7,7 +7,8 @@
 //! node counts, a `--check` Storm query and the versions "3.7.0" (on the 2.x-only
 //! code it failed: `mirror` in the Storm opts, an empty version); the upgrade
 //! rehearsal of a 2.256 backup with 3.7.0 (refused: the one-line verdict) and a 3.7.0
-//! backup drilled with 2.256 (a downgrade: refused).
+//! backup drilled with 2.256 (a downgrade: refused); `certs deploy` into a running
+//! 3.x Cortex, reloaded (`reload(*, subsystem)` is keyword-only on 3.x).
 //!
 //! Each test skips, saying so, when the sid tree is absent; CI always has it.
 
@@ -211,4 +212,66 @@ fn drill_of_a_3_7_0_backup_with_2_256_is_a_refused_downgrade() {
         stderr(&o)
     );
     assert_eq!(scratch_left(t.path()), Vec::<String>::new());
+}
+
+/// SHA-256 (hex) of the certificate the HTTPS listener on `port` serves.
+fn served_fingerprint(port: u16) -> String {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = b.build().connect("localhost", tcp).unwrap();
+    let digest = s
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .digest(openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    digest.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn certs_deploy_reloads_a_3x_cortex() {
+    let Some(root) = syn3::require("certs_deploy_reloads_a_3x_cortex") else {
+        return;
+    };
+    // The easycert material (a testca pair for localhost); the 3.x Cortex serves
+    // only HTTPS, on a free loopback port.
+    let m = crate::util::certs::good_material();
+    let port = free_port();
+    fs::write(m.svc.join("cell.yaml"), format!("https:port: {port}\n")).unwrap();
+    let core = Cortex3::start(&root, &m.svc);
+    m.write_instance_config();
+    let pid = core.pid();
+    let old_fp = served_fingerprint(port);
+
+    // `reload(*, subsystem)` is keyword-only on 3.x: sent as a keyword, it reloads.
+    let (crt_pem, key_pem) =
+        crate::util::certs::sign(&m.certdir, &m.root.join("testca.key"), "localhost", -1, 90);
+    let new = m.root.join("new");
+    fs::create_dir_all(&new).unwrap();
+    fs::write(new.join("good.crt"), &crt_pem).unwrap();
+    crate::util::certs::write_key(&new.join("good.key"), &key_pem);
+    let o = bin()
+        .env_remove("SYNBACKUP_CERT_DIR")
+        .arg("--config-dir")
+        .arg(m.root.join("etc"))
+        .arg("--state-dir")
+        .arg(m.root.join("state"))
+        .arg("--lock-dir")
+        .arg(m.root.join("lock"))
+        .args(["certs", "deploy", "c0", "--json", "--cert"])
+        .arg(new.join("good.crt"))
+        .arg("--key")
+        .arg(new.join("good.key"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["how"], "reloaded", "{out}");
+    let new_fp = served_fingerprint(port);
+    assert_ne!(new_fp, old_fp);
+    assert_eq!(out["fingerprint"], new_fp.as_str(), "{out}");
+    assert_eq!(core.pid(), pid);
+    assert!(!core.paused());
 }
