@@ -24,6 +24,8 @@ mod engine {
     mod freeze;
     /// The snapshot step on a source that changes: environment set, sizes, socket.
     mod snapshots;
+    /// Against real Synapse 3.7.0: live backup, verify, restore, drill, rehearsal.
+    mod synapse3;
 }
 
 /// Instances: run, list, prune, status, metrics, the lock, restore.

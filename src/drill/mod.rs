@@ -28,7 +28,7 @@ use serde::Serialize;
 use self::scratch::{Method, Scratch};
 use crate::base::exit::{fail, Code};
 use crate::engine::telepath::{self, Client};
-use crate::engine::{cellinfo, verify};
+use crate::engine::{cellinfo, synapse, verify};
 use crate::host::transient::{self, Isolation};
 use crate::host::unitenv::{self, UnitEnv};
 use crate::host::{execstart, netns};
@@ -69,7 +69,8 @@ pub(crate) struct Outcome {
     pub(crate) synapse_version: String,
     /// The Synapse that last ran the backed-up service (its cell data), when
     /// recorded: differs from `synapse_version` in an upgrade rehearsal, and then
-    /// `boot_seconds` includes the new version's data migrations.
+    /// `boot_seconds` includes the new version's data migrations (within a release
+    /// line: 3.x refuses a 2.x backup, `engine::synapse::boot_refusal`).
     pub(crate) backup_synapse_version: Option<String>,
     pub(crate) health: String,
     /// Nodes per form (a Cortex's default view).
@@ -282,13 +283,26 @@ fn start_child(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Se
     Ok(server)
 }
 
-/// Wait until the server answers `getCellInfo` on `sock`; its answer.
-fn wait_answers(server: &mut Server, sock: &Path, log: &Path, timeout: Duration) -> Result<Value> {
+/// Wait until the server answers `getCellInfo` on `sock`; its answer. A server
+/// that exits first fails the drill with its log's last line, or with what the
+/// release lines say about it (`synapse::boot_refusal`: 2.x to 3.x, a downgrade),
+/// given the release that last ran the backup.
+fn wait_answers(
+    server: &mut Server,
+    sock: &Path,
+    log: &Path,
+    timeout: Duration,
+    backup_version: Option<&synapse::Version>,
+) -> Result<Value> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no socket yet");
     loop {
         crate::base::interrupt::check()?;
         if let Some(st) = server.exited()? {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            if let Some(verdict) = synapse::boot_refusal(backup_version, &text) {
+                return Err(failed(format!("the service did not boot: {verdict}")));
+            }
             return Err(failed(format!(
                 "the service did not boot: it exited ({st}) before answering; its log says: {}",
                 cause_from_log(log)
@@ -351,7 +365,7 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
             backup.display()
         )));
     };
-    let backup_synapse_version = cellinfo::stored_synapse_version(&backup).unwrap_or_else(|e| {
+    let backup_version = cellinfo::stored_version(&backup).unwrap_or_else(|e| {
         log::warn!("cannot read the backup's Synapse version: {e:#}");
         None
     });
@@ -374,7 +388,13 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let t_boot = Instant::now();
     let mut server = start_server(req, &scratch, (meta.uid(), meta.gid()))?;
     let sock = scratch.path.join("sock");
-    let info = wait_answers(&mut server, &sock, &scratch.log, req.timeout)?;
+    let info = wait_answers(
+        &mut server,
+        &sock,
+        &scratch.log,
+        req.timeout,
+        backup_version.as_ref(),
+    )?;
     let (isolation, unit) = match &server.runner {
         Runner::Unit(u) => (Isolation::SystemdRun, Some(u.clone())),
         Runner::Child(_) => (Isolation::Netns, None),
@@ -393,8 +413,10 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         boot_seconds,
         cell_type: text_at(&info, &["cell", "type"]),
         cell_guid: want_guid,
-        synapse_version: text_at(&info, &["synapse", "verstring"]),
-        backup_synapse_version,
+        synapse_version: synapse::of_cell_info(&info)
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        backup_synapse_version: backup_version.map(|v| v.to_string()),
         health,
         nodes: counts.values().sum(),
         form_counts: counts,
@@ -428,13 +450,14 @@ fn check_service(
     }
     let mut counts = BTreeMap::new();
     if text_at(info, &["cell", "type"]) == "cortex" {
+        let opts = synapse::storm_opts(synapse::of_cell_info(info).as_ref());
         let v = client
-            .call_storm("return($lib.view.get().getFormCounts())")
+            .call_storm("return($lib.view.get().getFormCounts())", opts.clone())
             .context("cannot read the per-form node counts")
             .map_err(|e| failed(format!("{e:#}")))?;
         counts = form_counts(&v);
         if let Some(q) = &req.check {
-            client.call_storm(q).map_err(|e| {
+            client.call_storm(q, opts).map_err(|e| {
                 failed(format!(
                     "the check query SYNBACKUP_DRILL_CHECK failed: {e:#}"
                 ))

@@ -2,16 +2,18 @@
 //! What a service directory (or a backup of one) says about the Synapse that last
 //! ran it: the `synapse:version` record of the `cell:info` database in
 //! `slabs/cell.lmdb`, which every Cell rewrites at each boot (a msgpack array such as
-//! `[2, 230, 0]`). Read-only and without a lock file, so a backup is never changed.
+//! `[2, 230, 0]` on 2.x, a string such as `"3.7.0"` on 3.x: `engine::synapse` reads
+//! both). Read-only and without a lock file, so a backup is never changed.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::engine::lmdb::{Env, Mode};
+use crate::engine::synapse::Version;
 
-/// The Synapse version that last ran the cell in `dir` ("2.230.0"), if recorded.
-pub(crate) fn stored_synapse_version(dir: &Path) -> Result<Option<String>> {
+/// The Synapse release that last ran the cell in `dir`, if recorded.
+pub(crate) fn stored_version(dir: &Path) -> Result<Option<Version>> {
     let env_dir = dir.join("slabs/cell.lmdb");
     if !env_dir.join("data.mdb").exists() {
         return Ok(None);
@@ -34,27 +36,5 @@ pub(crate) fn stored_synapse_version(dir: &Path) -> Result<Option<String>> {
             env_dir.display()
         )
     })?;
-    Ok(parse_version(&value))
-}
-
-/// "2.230.0" from the msgpack array `[2, 230, 0]`.
-fn parse_version(v: &rmpv::Value) -> Option<String> {
-    let parts: Option<Vec<String>> = v
-        .as_array()?
-        .iter()
-        .map(|p| p.as_u64().map(|n| n.to_string()))
-        .collect();
-    parts.filter(|p| !p.is_empty()).map(|p| p.join("."))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_version_array() {
-        let v = rmpv::Value::Array(vec![2.into(), 230.into(), 0.into()]);
-        assert_eq!(parse_version(&v).as_deref(), Some("2.230.0"));
-        assert_eq!(parse_version(&rmpv::Value::from("x")), None);
-    }
+    Ok(Version::from_value(&value))
 }

@@ -33,6 +33,8 @@ pub(crate) mod progress;
 pub(crate) mod resume;
 /// The source walk and its skip rules.
 pub(crate) mod scan;
+/// What differs between Synapse 2.x and 3.x (Storm opts, versions, refusals).
+pub(crate) mod synapse;
 /// The telepath client for a service's unix socket.
 pub(crate) mod telepath;
 /// Checking a backup against its manifest.

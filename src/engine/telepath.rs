@@ -204,14 +204,10 @@ impl Client {
         self.call("getCellInfo", vec![], vec![])
     }
 
-    /// `callStorm(text)` on a Cortex: the value the query returns. `mirror: false`
-    /// so a mirror answers itself instead of asking its upstream.
-    pub(crate) fn call_storm(&mut self, text: &str) -> Result<Value> {
-        self.call(
-            "callStorm",
-            vec![text.into()],
-            vec![("opts", map(vec![("mirror", false.into())]))],
-        )
+    /// `callStorm(text, opts=opts)` on a Cortex: the value the query returns.
+    /// `opts` depend on the Synapse line (`engine::synapse::storm_opts`).
+    pub(crate) fn call_storm(&mut self, text: &str, opts: Value) -> Result<Value> {
+        self.call("callStorm", vec![text.into()], vec![("opts", opts)])
     }
 
     /// `getReloadableSystems()`: the names `reload` takes (`https:certs`, ...).
