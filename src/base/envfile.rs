@@ -91,25 +91,25 @@ struct Pending {
     line: usize,
 }
 
+/// Add `c` to `text`, keeping `blank_from` at the start of its trailing blanks.
+fn push_noting_blanks(text: &mut String, blank_from: &mut Option<usize>, c: char) {
+    if !is_blank(c) {
+        *blank_from = None;
+    } else if blank_from.is_none() {
+        *blank_from = Some(text.len());
+    }
+    text.push(c);
+}
+
 impl Pending {
-    /// Add `c` to the key, noting where a run of trailing blanks starts.
+    /// Add `c` to the key.
     fn push_key(&mut self, c: char) {
-        if !is_blank(c) {
-            self.key_blank_from = None;
-        } else if self.key_blank_from.is_none() {
-            self.key_blank_from = Some(self.key.len());
-        }
-        self.key.push(c);
+        push_noting_blanks(&mut self.key, &mut self.key_blank_from, c);
     }
 
-    /// Add `c` to an unquoted value, noting where a run of trailing blanks starts.
+    /// Add `c` to an unquoted value.
     fn push_unquoted(&mut self, c: char) {
-        if !is_blank(c) {
-            self.value_blank_from = None;
-        } else if self.value_blank_from.is_none() {
-            self.value_blank_from = Some(self.value.len());
-        }
-        self.value.push(c);
+        push_noting_blanks(&mut self.value, &mut self.value_blank_from, c);
     }
 
     /// The key without its trailing blanks.
