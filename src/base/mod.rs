@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The ground floor every layer stands on: exit codes, logging, signals, fault
-//! injection, filesystem helpers and the units of sizes and durations. Imports
-//! nothing of this crate outside `base`.
+//! injection, filesystem helpers, the units of sizes and durations and the
+//! EnvironmentFile syntax. Imports nothing of this crate outside `base`.
 
 /// BLAKE3 or SHA-256: the digest of every copied byte.
 pub(crate) mod digest;
 /// One syncfs for everything a backup wrote (or an fsync per file).
 pub(crate) mod durable;
+/// systemd's EnvironmentFile= syntax: one parser for every file in it.
+pub(crate) mod envfile;
 /// Exit codes and typed failures.
 pub(crate) mod exit;
 /// Named fault-injection points for tests.

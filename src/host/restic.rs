@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::base::envfile::{self, Entry, Rejected};
+
 /// A repository and how to open it.
 #[derive(Debug, Clone)]
 pub(crate) struct Repo {
@@ -63,8 +65,8 @@ impl std::fmt::Display for ResticError {
 
 impl std::error::Error for ResticError {}
 
-/// Read a `KEY=value` file of backend credentials (EnvironmentFile syntax: `#`
-/// comments, optional quotes). The values are never logged.
+/// Read a `KEY=value` file of backend credentials (systemd's EnvironmentFile
+/// syntax, `base::envfile`). The values are never logged.
 pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the offsite env file {}", path.display()))?;
@@ -76,29 +78,27 @@ pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
     })
 }
 
-/// Parse env file text; `Err(line number)` for a line that is not `KEY=value`.
+/// Parse env file text; `Err(line number)` for a line that is not `KEY=value` or
+/// a quote never closed. Unlike systemd, `export KEY=value` (a shell's credentials
+/// file) is taken as `KEY=value`: this file is read by synbackup only.
 pub(crate) fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, usize> {
     let mut out = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(i + 1);
+    for item in envfile::parse(text) {
+        let e = match item {
+            Ok(e) => e,
+            Err(Rejected::BadName(e)) => match e.key.strip_prefix("export ") {
+                Some(k) if envfile::is_name(k.trim_start()) => Entry {
+                    key: k.trim_start().to_string(),
+                    ..e
+                },
+                _ => return Err(e.line),
+            },
+            Err(r) => return Err(r.line()),
         };
-        let k = k.trim();
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(i + 1);
+        if e.open_quote {
+            return Err(e.line);
         }
-        let mut v = v.trim();
-        for q in ['"', '\''] {
-            if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
-                v = &v[1..v.len() - 1];
-            }
-        }
-        out.insert(k.to_string(), v.to_string());
+        out.insert(e.key, e.value);
     }
     Ok(out)
 }
@@ -346,5 +346,6 @@ mod tests {
         assert_eq!(m["AWS_ACCESS_KEY_ID"], "abc");
         assert_eq!(m["AWS_SECRET_ACCESS_KEY"], "s e");
         assert_eq!(parse_env_file("ok=1\nnot a line\n"), Err(2));
+        assert_eq!(parse_env_file("A=1\nB=\"never closed\nC=2\n"), Err(2));
     }
 }

@@ -31,16 +31,6 @@ pub(crate) enum Isolation {
 }
 
 impl Isolation {
-    /// `auto`, `systemd-run` or `netns`.
-    pub(crate) fn parse(s: &str) -> Option<Isolation> {
-        match s {
-            "auto" => Some(Isolation::Auto),
-            "systemd-run" => Some(Isolation::SystemdRun),
-            "netns" => Some(Isolation::Netns),
-            _ => None,
-        }
-    }
-
     /// What `Auto` means on this host.
     pub(crate) fn resolved(self) -> Isolation {
         match self {

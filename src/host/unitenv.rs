@@ -5,13 +5,14 @@
 //! (`SYN_*` settings of a Synapse service are often set there).
 //!
 //! `systemctl show` prints `Environment=A=1 "B=two words"` (C-style quoting) and one
-//! `EnvironmentFiles=PATH (ignore_errors=yes|no)` line per file. The files use
-//! systemd's format: `KEY=VALUE` lines, `#` and `;` comments, optional quotes.
+//! `EnvironmentFiles=PATH (ignore_errors=yes|no)` line per file. The files are read
+//! with systemd's own rules (`base::envfile`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use crate::base::envfile;
 use crate::host::systemd;
 
 /// What a unit sets in its processes' environment.
@@ -87,25 +88,15 @@ fn split_quoted(v: &str) -> Vec<String> {
     out
 }
 
-/// The `(KEY, VALUE)` pairs of an environment file's text.
+/// The `(KEY, VALUE)` pairs of an environment file's text, as systemd gives them
+/// to the service: lines systemd skips (no `=`, a key that is no variable name)
+/// are skipped here too.
 pub(crate) fn parse_env_file(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = ['"', '\'']
-            .iter()
-            .find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
-            .unwrap_or(v);
-        out.push((k.trim().to_string(), v.to_string()));
-    }
-    out
+    envfile::parse(text)
+        .into_iter()
+        .flatten()
+        .map(|e| (e.key, e.value))
+        .collect()
 }
 
 /// Every `(KEY, VALUE)` the unit sets: its files first, then its assignments (which

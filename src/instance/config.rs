@@ -4,9 +4,11 @@
 //! the command line reads the very same file.
 //!
 //! Precedence: the file, then the same keys from the environment (a unit has loaded
-//! the file into it; a test may set them), then command-line flags. Unknown keys,
-//! missing required keys and bad values are errors naming `file:line`, the key and
-//! what is accepted: a typo must not silently turn into a default.
+//! the file into it; a test may set them), then command-line flags. The keys, what
+//! each accepts and its default are declared once, in `settings.rs`; the file is
+//! read by systemd's rules (`base::envfile`). Unknown keys, missing required keys
+//! and bad values are errors naming `file:line`, the key and what is accepted: a
+//! typo must not silently turn into a default.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +17,20 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
+use crate::base::envfile::{self, Rejected};
 use crate::base::exit::{fail, Code};
-use crate::base::units::{parse_duration, parse_size};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 use crate::host::transient::Isolation;
+use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
+use crate::instance::settings::{
+    BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
+    DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_TIMEOUT, FREEZE,
+    FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
+    LOCK_WAIT, MAX_AGE, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
+    OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE,
+    OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
+};
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
 #[derive(Debug, Args, Clone, Default)]
@@ -34,104 +45,6 @@ pub(crate) struct InstanceOverrides {
     #[arg(long, value_name = "DIR")]
     pub(crate) backup_root: Option<PathBuf>,
 }
-
-/// Every key, its default and what it accepts (also in synbackup.conf(5)).
-pub(crate) const KEYS: &[(&str, &str)] = &[
-    (
-        "SYNBACKUP_SERVICE_DIR",
-        "the service directory (required, absolute path)",
-    ),
-    (
-        "SYNBACKUP_SERVICE_UNIT",
-        "the unit that runs the service (e.g. synapse-cortex@cortex00.service)",
-    ),
-    (
-        "SYNBACKUP_BACKUP_ROOT",
-        "where backups go (required, absolute path)",
-    ),
-    ("SYNBACKUP_KEEP_LAST", "a number (default 3)"),
-    ("SYNBACKUP_KEEP_DAILY", "a number (default 7)"),
-    ("SYNBACKUP_KEEP_WEEKLY", "a number (default 4)"),
-    ("SYNBACKUP_KEEP_MONTHLY", "a number (default 6)"),
-    ("SYNBACKUP_SKIPDIRS", "space-separated glob patterns"),
-    ("SYNBACKUP_JOBS", "a number from 1 to 256"),
-    ("SYNBACKUP_FREEZE", "auto, always or never (default auto)"),
-    ("SYNBACKUP_FREEZE_TIMEOUT", "a duration (default 120s)"),
-    (
-        "SYNBACKUP_COMPACT",
-        "yes or no: compact the environments of nightly backups (default yes, no with an offsite repository)",
-    ),
-    (
-        "SYNBACKUP_MIN_FREE",
-        "a size that must stay free (default 0), e.g. 10GiB",
-    ),
-    ("SYNBACKUP_MAX_AGE", "a duration (default 26h)"),
-    ("SYNBACKUP_STOP_TIMEOUT", "a duration (default 5m)"),
-    ("SYNBACKUP_HEALTH_TIMEOUT", "a duration (default 5m)"),
-    ("SYNBACKUP_COLD_KEEP_OLD", "a duration (default 7d)"),
-    (
-        "SYNBACKUP_CERT_DIR",
-        "the service's certificate directory (default: from the unit, ~/.syn/certs of its User= or its SYN_CERT_DIR)",
-    ),
-    (
-        "SYNBACKUP_CERT_WARN_DAYS",
-        "warn when a certificate has fewer days left (default 30)",
-    ),
-    (
-        "SYNBACKUP_CERT_NAMES",
-        "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)",
-    ),
-    (
-        "SYNBACKUP_LOCK_WAIT",
-        "a duration a run or window waits for another to finish (default 1h)",
-    ),
-    (
-        "SYNBACKUP_DRILL_PYTHON",
-        "the Python a drill runs (default: from the unit's ExecStart)",
-    ),
-    (
-        "SYNBACKUP_DRILL_MODULE",
-        "the server module a drill runs, e.g. synapse.servers.cortex (default: from ExecStart)",
-    ),
-    (
-        "SYNBACKUP_DRILL_CHECK",
-        "a Storm query a drill runs, which must succeed",
-    ),
-    ("SYNBACKUP_DRILL_TIMEOUT", "a duration (default 10m)"),
-    (
-        "SYNBACKUP_OFFSITE_REPOSITORY",
-        "a restic repository (a path, sftp:, rest:, s3:, b2:, rclone:, ...): each verified backup is copied there",
-    ),
-    (
-        "SYNBACKUP_OFFSITE_PASSWORD_FILE",
-        "the file holding the restic repository's password (required with a repository, absolute path)",
-    ),
-    (
-        "SYNBACKUP_OFFSITE_ENV_FILE",
-        "a KEY=value file of backend credentials for restic, e.g. AWS_ACCESS_KEY_ID (absolute path; never logged)",
-    ),
-    ("SYNBACKUP_OFFSITE_KEEP_LAST", "a number (default: SYNBACKUP_KEEP_LAST)"),
-    ("SYNBACKUP_OFFSITE_KEEP_DAILY", "a number (default: SYNBACKUP_KEEP_DAILY)"),
-    ("SYNBACKUP_OFFSITE_KEEP_WEEKLY", "a number (default: SYNBACKUP_KEEP_WEEKLY)"),
-    ("SYNBACKUP_OFFSITE_KEEP_MONTHLY", "a number (default: SYNBACKUP_KEEP_MONTHLY)"),
-    (
-        "SYNBACKUP_OFFSITE_CHECK",
-        "the share of pack data `offsite check` reads, as restic's --read-data-subset takes it: 5%, 1/10, 2G (default 5%)",
-    ),
-    (
-        "SYNBACKUP_OFFSITE_PRUNE",
-        "a duration: `run` prunes the repository (forget --prune) when the last prune is older (default 7d; 0: every run)",
-    ),
-    ("SYNBACKUP_RESTIC", "the restic binary (default restic, from PATH)"),
-    (
-        "SYNBACKUP_DRILL_ISOLATION",
-        "auto, systemd-run or netns (default auto: a transient unit when systemd runs)",
-    ),
-    (
-        "SYNBACKUP_DRILL_AFTER_RUN",
-        "yes or no (default no): every run drills the backup it made",
-    ),
-];
 
 /// `SYNBACKUP_MAX_AGE` when unset.
 pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(26 * 3600);
@@ -219,15 +132,15 @@ struct Value {
 
 /// "unknown key X; did you mean Y?" when one key is close, else the known keys.
 fn unknown_key(origin: &str, key: &str) -> String {
-    let nearest = KEYS
+    let nearest = SETTINGS
         .iter()
-        .map(|(k, _)| (strsim::jaro_winkler(key, k), *k))
+        .map(|s| (strsim::jaro_winkler(key, s.key()), s.key()))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .filter(|(score, _)| *score > 0.9);
     match nearest {
         Some((_, k)) => format!("{origin}: unknown key {key}; did you mean {k}?"),
         None => {
-            let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+            let known: Vec<&str> = SETTINGS.iter().map(|s| s.key()).collect();
             format!(
                 "{origin}: unknown key {key}; known keys: {}",
                 known.join(", ")
@@ -236,40 +149,156 @@ fn unknown_key(origin: &str, key: &str) -> String {
     }
 }
 
-/// Parse EnvironmentFile text into key -> (value, "file:line").
-fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<String, Value>> {
+/// Parse an instance file (`base::envfile`, systemd's rules) into key -> (value,
+/// "file:line"), refusing what systemd would skip, unknown keys and a quote that is
+/// never closed.
+fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, Value>> {
     let mut out = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let origin = format!("{}:{}", path.display(), i + 1);
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
+    for item in envfile::parse(text) {
+        let origin = |line: usize| format!("{}:{line}", path.display());
+        let entry = match item {
+            Ok(e) => e,
+            Err(Rejected::NoAssignment { line, text }) => {
+                return Err(fail(
+                    Code::Usage,
+                    format!("{}: expected KEY=value, found {text:?}", origin(line)),
+                ))
+            }
+            Err(Rejected::BadName(e)) => {
+                return Err(fail(Code::Usage, unknown_key(&origin(e.line), &e.key)))
+            }
+        };
+        let Some(setting) = settings::find(&entry.key) else {
             return Err(fail(
                 Code::Usage,
-                format!("{origin}: expected KEY=value, found {line:?}"),
+                unknown_key(&origin(entry.line), &entry.key),
             ));
         };
-        let key = key.trim();
-        if !KEYS.iter().any(|(k, _)| *k == key) {
-            return Err(fail(Code::Usage, unknown_key(&origin, key)));
+        if entry.open_quote {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "{}: the quote that opens {}'s value is never closed",
+                    origin(entry.line),
+                    entry.key
+                ),
+            ));
         }
-        let mut value = value.trim().to_string();
-        for q in ['"', '\''] {
-            if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
-                value = value[1..value.len() - 1].to_string();
-            }
-        }
-        out.insert(
-            key.to_string(),
-            Value {
-                text: value,
-                origin,
-            },
-        );
+        let value = Value {
+            text: entry.value,
+            origin: origin(entry.line),
+        };
+        out.insert(setting.key(), value);
     }
     Ok(out)
+}
+
+/// The values given for an instance (file, environment, flags), read through the
+/// settings' declarations.
+struct Values {
+    given: BTreeMap<&'static str, Value>,
+    path: PathBuf,
+    file_exists: bool,
+}
+
+impl Values {
+    /// Read `CONFIG_DIR/NAME.conf`, then the environment (with `use_env`), then the
+    /// flags, a later source winning.
+    fn gather(
+        config_dir: &Path,
+        name: &str,
+        flags: &InstanceOverrides,
+        use_env: bool,
+    ) -> Result<Values> {
+        let path = config_dir.join(format!("{name}.conf"));
+        let mut given = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_file(&text, &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(fail(
+                    Code::Usage,
+                    format!("cannot read {}: {e}; fix its permissions (the file may hold paths only root should see)", path.display()),
+                ))
+            }
+        };
+        let file_exists = path.exists();
+        for key in SETTINGS.iter().map(|s| s.key()).filter(|_| use_env) {
+            if let Ok(text) = std::env::var(key) {
+                let origin = format!("environment {key}");
+                given.insert(key, Value { text, origin });
+            }
+        }
+        let lossy = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let from_flags = [
+            (SERVICE_DIR.key, flags.service_dir.as_ref().map(lossy)),
+            (SERVICE_UNIT.key, flags.service_unit.clone()),
+            (BACKUP_ROOT.key, flags.backup_root.as_ref().map(lossy)),
+        ];
+        for (key, text) in from_flags {
+            if let Some(text) = text {
+                let origin = "command line".to_string();
+                given.insert(key, Value { text, origin });
+            }
+        }
+        Ok(Values {
+            given,
+            path,
+            file_exists,
+        })
+    }
+
+    /// `s`'s value in its type: the one given, else its default; `None` when it
+    /// has neither (and is not required).
+    fn get<K: Kind>(&self, s: &Setting<K>) -> Result<Option<K::Value>> {
+        let given = self
+            .given
+            .get(s.key)
+            .filter(|v| !(v.text.is_empty() && s.blank == Blank::Unset));
+        if let Some(v) = given {
+            return s.kind.parse(&v.text).map(Some).map_err(|what| {
+                fail(
+                    Code::Usage,
+                    format!(
+                        "{}: {}={:?} is not valid: expected {what}",
+                        v.origin, s.key, v.text
+                    ),
+                )
+            });
+        }
+        match s.unset {
+            Unset::Required => Err(self.missing(s.key, s.doc)),
+            Unset::Default(d) => s.kind.parse(d).map(Some).map_err(|what| {
+                anyhow::anyhow!("{}'s built-in default {d:?} is not {what}", s.key)
+            }),
+            Unset::Absent => Ok(None),
+        }
+    }
+
+    /// `s`'s value, for a setting that is required or has a default.
+    fn value<K: Kind>(&self, s: &Setting<K>) -> Result<K::Value> {
+        self.get(s)?.ok_or_else(|| self.missing(s.key, s.doc))
+    }
+
+    /// Where `key` was given ("file:line"), else the file.
+    fn origin(&self, key: &str) -> String {
+        self.given
+            .get(key)
+            .map(|v| v.origin.clone())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// A required key that is not set: say where to set it.
+    fn missing(&self, key: &str, doc: &str) -> anyhow::Error {
+        let path = self.path.display();
+        fail(
+            Code::Usage,
+            if self.file_exists {
+                format!("{path}: {key} is missing: set it to {doc}")
+            } else {
+                format!("{path} does not exist: create it (see /usr/share/doc/synbackup/examples/instance.conf) and set {key}")
+            },
+        )
+    }
 }
 
 /// Load and validate instance `name` from `config_dir`, the environment and flags.
@@ -293,325 +322,101 @@ fn load_with(
     use_env: bool,
 ) -> Result<Instance> {
     check_name(name)?;
-    let path = config_dir.join(format!("{name}.conf"));
-    let mut values = match std::fs::read_to_string(&path) {
-        Ok(text) => parse_file(&text, &path)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => {
-            return Err(fail(
-                Code::Usage,
-                format!("cannot read {}: {e}; fix its permissions (the file may hold paths only root should see)", path.display()),
-            ))
-        }
-    };
-    let file_exists = path.exists();
-    for (key, _) in KEYS.iter().filter(|_| use_env) {
-        if let Ok(v) = std::env::var(key) {
-            values.insert(
-                key.to_string(),
-                Value {
-                    text: v,
-                    origin: format!("environment {key}"),
-                },
-            );
-        }
-    }
-    let flag = |key: &str, v: Option<String>, values: &mut BTreeMap<String, Value>| {
-        if let Some(v) = v {
-            values.insert(
-                key.to_string(),
-                Value {
-                    text: v,
-                    origin: "command line".into(),
-                },
-            );
-        }
-    };
-    flag(
-        "SYNBACKUP_SERVICE_DIR",
-        flags
-            .service_dir
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
-        &mut values,
-    );
-    flag(
-        "SYNBACKUP_SERVICE_UNIT",
-        flags.service_unit.clone(),
-        &mut values,
-    );
-    flag(
-        "SYNBACKUP_BACKUP_ROOT",
-        flags
-            .backup_root
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
-        &mut values,
-    );
-
-    let bad = |key: &str, v: &Value, what: &str| {
-        fail(
-            Code::Usage,
-            format!(
-                "{}: {key}={:?} is not valid: expected {what}",
-                v.origin, v.text
-            ),
-        )
-    };
-    let describe = |key: &str| {
-        KEYS.iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, d)| *d)
-            .unwrap_or("")
-    };
-    let required_path = |key: &str| -> Result<PathBuf> {
-        match values.get(key) {
-            None => Err(fail(
-                Code::Usage,
-                if file_exists {
-                    format!(
-                        "{}: {key} is missing: set it to {}",
-                        path.display(),
-                        describe(key)
-                    )
-                } else {
-                    format!(
-                        "{} does not exist: create it (see /usr/share/doc/synbackup/examples/instance.conf) and set {key}",
-                        path.display()
-                    )
-                },
-            )),
-            Some(v) if !v.text.starts_with('/') => Err(bad(key, v, "an absolute path")),
-            Some(v) => Ok(PathBuf::from(&v.text)),
-        }
-    };
-    let number = |key: &str, default: u32, range: std::ops::RangeInclusive<u32>| -> Result<u32> {
-        match values.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .text
-                .parse::<u32>()
-                .ok()
-                .filter(|n| range.contains(n))
-                .ok_or_else(|| {
-                    bad(
-                        key,
-                        v,
-                        &format!("a whole number from {} to {}", range.start(), range.end()),
-                    )
-                }),
-        }
-    };
-    let duration = |key: &str, default: Duration| -> Result<Duration> {
-        match values.get(key) {
-            None => Ok(default),
-            Some(v) => parse_duration(&v.text)
-                .map_err(|e| bad(key, v, &format!("a duration such as 26h or 90m ({e})"))),
-        }
-    };
-
-    let cert_dir = match values.get("SYNBACKUP_CERT_DIR") {
-        None => None,
-        Some(v) if v.text.starts_with('/') => Some(PathBuf::from(&v.text)),
-        Some(v) => return Err(bad("SYNBACKUP_CERT_DIR", v, "an absolute path")),
-    };
-    let service_dir = required_path("SYNBACKUP_SERVICE_DIR")?;
-    let backup_root = required_path("SYNBACKUP_BACKUP_ROOT")?;
-    let service_unit = match values.get("SYNBACKUP_SERVICE_UNIT") {
-        None => None,
-        Some(v) if v.text.is_empty() => None,
-        Some(v) if v.text.contains('/') || v.text.contains(char::is_whitespace) => {
-            return Err(bad(
-                "SYNBACKUP_SERVICE_UNIT",
-                v,
-                "a unit name such as synapse-cortex@cortex00.service",
-            ))
-        }
-        Some(v) => Some(v.text.clone()),
-    };
-    let freeze = match values.get("SYNBACKUP_FREEZE") {
-        None => FreezeMode::Auto,
-        Some(v) => match v.text.as_str() {
-            "auto" => FreezeMode::Auto,
-            "always" => FreezeMode::Always,
-            "never" => FreezeMode::Never,
-            _ => return Err(bad("SYNBACKUP_FREEZE", v, "auto, always or never")),
-        },
-    };
+    let v = Values::gather(config_dir, name, flags, use_env)?;
+    let cert_dir = v.get(&CERT_DIR)?;
+    let service_dir = v.value(&SERVICE_DIR)?;
+    let backup_root = v.value(&BACKUP_ROOT)?;
+    let keep = local_keep(&v)?;
+    let offsite = offsite(&v, keep)?;
     // Measured (bench/RESULTS.md): plain copies never add more to a restic
     // repository per night than compacted ones (0 to 33 % less), so they are the
     // default where every backup is uploaded.
-    let copy = match values.get("SYNBACKUP_COMPACT") {
-        None if values.contains_key("SYNBACKUP_OFFSITE_REPOSITORY") => CopyMode::Plain,
-        None => CopyMode::Compact,
-        Some(v) => match v.text.as_str() {
-            "yes" => CopyMode::Compact,
-            "no" => CopyMode::Plain,
-            _ => return Err(bad("SYNBACKUP_COMPACT", v, "yes or no")),
-        },
-    };
-    let drill_after_run = match values.get("SYNBACKUP_DRILL_AFTER_RUN") {
-        None => false,
-        Some(v) => match v.text.as_str() {
-            "yes" => true,
-            "no" | "" => false,
-            _ => return Err(bad("SYNBACKUP_DRILL_AFTER_RUN", v, "yes or no")),
-        },
-    };
-    let drill_isolation = match values.get("SYNBACKUP_DRILL_ISOLATION") {
-        None => Isolation::Auto,
-        Some(v) => Isolation::parse(&v.text)
-            .ok_or_else(|| bad("SYNBACKUP_DRILL_ISOLATION", v, "auto, systemd-run or netns"))?,
-    };
-    let jobs = match values.get("SYNBACKUP_JOBS") {
-        None => None,
-        Some(_) => Some(number("SYNBACKUP_JOBS", 0, 1..=256)?),
-    };
-    let min_free = match values.get("SYNBACKUP_MIN_FREE") {
-        None => 0,
-        Some(v) => parse_size(&v.text).map_err(|e| {
-            bad(
-                "SYNBACKUP_MIN_FREE",
-                v,
-                &format!("a size such as 10GiB ({e})"),
-            )
-        })?,
-    };
-    let keep = Keep {
-        last: number("SYNBACKUP_KEEP_LAST", 3, 0..=100_000)?,
-        daily: number("SYNBACKUP_KEEP_DAILY", 7, 0..=100_000)?,
-        weekly: number("SYNBACKUP_KEEP_WEEKLY", 4, 0..=100_000)?,
-        monthly: number("SYNBACKUP_KEEP_MONTHLY", 6, 0..=100_000)?,
-    };
-    if keep
-        == (Keep {
-            last: 0,
-            daily: 0,
-            weekly: 0,
-            monthly: 0,
-        })
-    {
-        let origin = values
-            .get("SYNBACKUP_KEEP_LAST")
-            .map(|v| v.origin.clone())
-            .unwrap_or_else(|| path.display().to_string());
-        return Err(fail(
-            Code::Usage,
-            format!("{origin}: every SYNBACKUP_KEEP_* is 0, a policy that keeps nothing: set SYNBACKUP_KEEP_LAST to 1 or more"),
-        ));
-    }
-    let offsite = match values.get("SYNBACKUP_OFFSITE_REPOSITORY") {
-        None => None,
-        Some(v) if v.text.is_empty() => None,
-        Some(v) => {
-            let password_file = match values.get("SYNBACKUP_OFFSITE_PASSWORD_FILE") {
-                None => {
-                    return Err(fail(
-                        Code::Usage,
-                        format!("{}: SYNBACKUP_OFFSITE_REPOSITORY is set but SYNBACKUP_OFFSITE_PASSWORD_FILE is missing: set it to the file holding the repository's password", v.origin),
-                    ))
-                }
-                Some(_) => required_path("SYNBACKUP_OFFSITE_PASSWORD_FILE")?,
-            };
-            let env_file = match values.get("SYNBACKUP_OFFSITE_ENV_FILE") {
-                None => None,
-                Some(e) if e.text.is_empty() => None,
-                Some(_) => Some(required_path("SYNBACKUP_OFFSITE_ENV_FILE")?),
-            };
-            let check_subset = match values.get("SYNBACKUP_OFFSITE_CHECK") {
-                None => "5%".to_string(),
-                Some(c) if valid_subset(&c.text) => c.text.clone(),
-                Some(c) => {
-                    return Err(bad(
-                        "SYNBACKUP_OFFSITE_CHECK",
-                        c,
-                        "a share such as 5%, 1/10 or 2G (restic's --read-data-subset)",
-                    ))
-                }
-            };
-            Some(Offsite {
-                repository: v.text.clone(),
-                password_file,
-                env_file,
-                keep: Keep {
-                    last: number("SYNBACKUP_OFFSITE_KEEP_LAST", keep.last, 0..=100_000)?,
-                    daily: number("SYNBACKUP_OFFSITE_KEEP_DAILY", keep.daily, 0..=100_000)?,
-                    weekly: number("SYNBACKUP_OFFSITE_KEEP_WEEKLY", keep.weekly, 0..=100_000)?,
-                    monthly: number("SYNBACKUP_OFFSITE_KEEP_MONTHLY", keep.monthly, 0..=100_000)?,
-                },
-                check_subset,
-                prune_every: duration("SYNBACKUP_OFFSITE_PRUNE", Duration::from_secs(7 * 86400))?,
-                restic: values
-                    .get("SYNBACKUP_RESTIC")
-                    .filter(|r| !r.text.is_empty())
-                    .map(|r| PathBuf::from(&r.text))
-                    .unwrap_or_else(|| PathBuf::from("restic")),
-            })
-        }
-    };
-    if let Some(o) = &offsite {
-        if o.keep.last == 0 {
-            return Err(fail(
-                Code::Usage,
-                format!("{}: SYNBACKUP_OFFSITE_KEEP_LAST is 0: the newest snapshot must always be kept; set it to 1 or more", path.display()),
-            ));
-        }
-    }
+    let plain_by_default = v.given.contains_key(OFFSITE_REPOSITORY.key);
+    let copy = v.get(&COMPACT)?.unwrap_or(if plain_by_default {
+        CopyMode::Plain
+    } else {
+        CopyMode::Compact
+    });
     Ok(Instance {
         name: name.to_string(),
         service_dir,
-        service_unit,
+        service_unit: v.get(&SERVICE_UNIT)?,
         backup_root,
         keep,
-        skipdirs: values
-            .get("SYNBACKUP_SKIPDIRS")
-            .map(|v| v.text.split_whitespace().map(String::from).collect())
-            .unwrap_or_default(),
-        jobs,
-        freeze,
-        freeze_timeout: duration("SYNBACKUP_FREEZE_TIMEOUT", Duration::from_secs(120))?,
+        skipdirs: v.get(&SKIPDIRS)?.unwrap_or_default(),
+        jobs: v.get(&JOBS)?,
+        freeze: v.value(&FREEZE)?,
+        freeze_timeout: v.value(&FREEZE_TIMEOUT)?,
         copy,
-        min_free,
-        max_age: duration("SYNBACKUP_MAX_AGE", DEFAULT_MAX_AGE)?,
-        stop_timeout: duration("SYNBACKUP_STOP_TIMEOUT", Duration::from_secs(300))?,
-        health_timeout: duration("SYNBACKUP_HEALTH_TIMEOUT", Duration::from_secs(300))?,
-        cold_keep_old: duration("SYNBACKUP_COLD_KEEP_OLD", Duration::from_secs(7 * 86400))?,
+        min_free: v.value(&MIN_FREE)?,
+        max_age: v.value(&MAX_AGE)?,
+        stop_timeout: v.value(&STOP_TIMEOUT)?,
+        health_timeout: v.value(&HEALTH_TIMEOUT)?,
+        cold_keep_old: v.value(&COLD_KEEP_OLD)?,
         cert_dir,
-        cert_warn_days: number("SYNBACKUP_CERT_WARN_DAYS", 30, 0..=100_000)?,
-        cert_names: values
-            .get("SYNBACKUP_CERT_NAMES")
-            .map(|v| v.text.split_whitespace().map(String::from).collect())
-            .unwrap_or_default(),
-        lock_wait: duration("SYNBACKUP_LOCK_WAIT", crate::instance::lock::DEFAULT_WAIT)?,
-        drill_python: values
-            .get("SYNBACKUP_DRILL_PYTHON")
-            .filter(|v| !v.text.is_empty())
-            .map(|v| PathBuf::from(&v.text)),
-        drill_module: values
-            .get("SYNBACKUP_DRILL_MODULE")
-            .filter(|v| !v.text.is_empty())
-            .map(|v| v.text.clone()),
-        drill_check: values
-            .get("SYNBACKUP_DRILL_CHECK")
-            .filter(|v| !v.text.is_empty())
-            .map(|v| v.text.clone()),
-        drill_timeout: duration("SYNBACKUP_DRILL_TIMEOUT", Duration::from_secs(600))?,
+        cert_warn_days: v.value(&CERT_WARN_DAYS)?,
+        cert_names: v.get(&CERT_NAMES)?.unwrap_or_default(),
+        lock_wait: v.value(&LOCK_WAIT)?,
+        drill_python: v.get(&DRILL_PYTHON)?,
+        drill_module: v.get(&DRILL_MODULE)?,
+        drill_check: v.get(&DRILL_CHECK)?,
+        drill_timeout: v.value(&DRILL_TIMEOUT)?,
         offsite,
-        drill_isolation,
-        drill_after_run,
+        drill_isolation: v.value(&DRILL_ISOLATION)?,
+        drill_after_run: v.value(&DRILL_AFTER_RUN)?,
     })
 }
 
-/// A `--read-data-subset` value restic takes: `N%`, `n/t` or a size (`2G`).
-fn valid_subset(s: &str) -> bool {
-    if let Some(p) = s.strip_suffix('%') {
-        return p.parse::<f64>().is_ok_and(|v| v > 0.0 && v <= 100.0);
+/// The local retention policy, which must keep something.
+fn local_keep(v: &Values) -> Result<Keep> {
+    let keep = Keep {
+        last: v.value(&KEEP_LAST)?,
+        daily: v.value(&KEEP_DAILY)?,
+        weekly: v.value(&KEEP_WEEKLY)?,
+        monthly: v.value(&KEEP_MONTHLY)?,
+    };
+    if [keep.last, keep.daily, keep.weekly, keep.monthly] == [0; 4] {
+        return Err(fail(
+            Code::Usage,
+            format!("{}: every SYNBACKUP_KEEP_* is 0, a policy that keeps nothing: set SYNBACKUP_KEEP_LAST to 1 or more", v.origin(KEEP_LAST.key)),
+        ));
     }
-    if let Some((n, t)) = s.split_once('/') {
-        return matches!((n.parse::<u32>(), t.parse::<u32>()), (Ok(n), Ok(t)) if n >= 1 && n <= t);
+    Ok(keep)
+}
+
+/// The offsite copy, when a repository is set: its password file is then
+/// required, and its retention defaults to the local one and keeps the newest.
+fn offsite(v: &Values, local: Keep) -> Result<Option<Offsite>> {
+    let Some(repository) = v.get(&OFFSITE_REPOSITORY)? else {
+        return Ok(None);
+    };
+    let password_file = v.get(&OFFSITE_PASSWORD_FILE)?.ok_or_else(|| {
+        fail(
+            Code::Usage,
+            format!("{}: SYNBACKUP_OFFSITE_REPOSITORY is set but SYNBACKUP_OFFSITE_PASSWORD_FILE is missing: set it to the file holding the repository's password", v.origin(OFFSITE_REPOSITORY.key)),
+        )
+    })?;
+    let keep = Keep {
+        last: v.get(&OFFSITE_KEEP_LAST)?.unwrap_or(local.last),
+        daily: v.get(&OFFSITE_KEEP_DAILY)?.unwrap_or(local.daily),
+        weekly: v.get(&OFFSITE_KEEP_WEEKLY)?.unwrap_or(local.weekly),
+        monthly: v.get(&OFFSITE_KEEP_MONTHLY)?.unwrap_or(local.monthly),
+    };
+    if keep.last == 0 {
+        return Err(fail(
+            Code::Usage,
+            format!("{}: SYNBACKUP_OFFSITE_KEEP_LAST is 0: the newest snapshot must always be kept; set it to 1 or more", v.path.display()),
+        ));
     }
-    let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
-    !digits.is_empty() && digits.len() + 1 >= s.len() && digits.parse::<u64>().is_ok_and(|v| v > 0)
+    Ok(Some(Offsite {
+        repository,
+        password_file,
+        env_file: v.get(&OFFSITE_ENV_FILE)?,
+        keep,
+        check_subset: v.value(&OFFSITE_CHECK)?,
+        prune_every: v.value(&OFFSITE_PRUNE)?,
+        restic: v.value(&RESTIC)?,
+    }))
 }
 
 /// True when `CONFIG_DIR/NAME.conf` exists (the instance is configured).

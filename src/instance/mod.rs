@@ -25,6 +25,8 @@ pub(crate) mod record;
 pub(crate) mod repository;
 /// Which backups retention keeps.
 pub(crate) mod retention;
+/// Every config key, declared once: its kind, default and doc line.
+pub(crate) mod settings;
 /// Status files and metrics for monitoring.
 pub(crate) mod status;
 /// Which backups a drill booted (per backup, in the state directory).
