@@ -90,9 +90,14 @@ impl Hasher {
     pub(crate) fn finish_hex(self) -> String {
         match self {
             Hasher::Blake3(h) => h.finalize().to_hex().to_string(),
-            Hasher::Sha256(h) => crate::base::fsutil::hex(&h.finish()),
+            Hasher::Sha256(h) => hex(&h.finish()),
         }
     }
+}
+
+/// Lower-case hex of a digest (or any bytes).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The digest of `bytes` in hex.

@@ -38,11 +38,6 @@ use crate::base::xattrs::{self, Attrs};
 /// Size of the buffers data is moved in.
 pub(crate) const CHUNK: usize = 1 << 20;
 
-/// Lower-case hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Map an I/O error while writing the backup: a full disk gets its own code.
 pub(crate) fn write_error(path: &Path, e: io::Error) -> anyhow::Error {
     match e.raw_os_error() {
@@ -486,7 +481,6 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
 }
 
 /// Write `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync dir.
-#[allow(dead_code)] // status, metrics and sysctl files use it (in progress)
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
@@ -573,7 +567,10 @@ mod tests {
         assert_eq!(back.hashed.digest, h.digest);
         let mut full = vec![0u8; 64 << 20];
         full[10 << 20..(10 << 20) + 5].copy_from_slice(b"hello");
-        assert_eq!(hex(&openssl::sha::sha256(&full)), h.digest);
+        assert_eq!(
+            crate::base::digest::hex(&openssl::sha::sha256(&full)),
+            h.digest
+        );
     }
 
     /// `len` bytes of a pattern at a DIRECT_ALIGN-aligned address (`off` bytes past it).

@@ -17,8 +17,9 @@ use openssl::hash::MessageDigest;
 use openssl::x509::X509Ref;
 
 use super::{files, x509};
+use crate::base::digest::hex;
 use crate::base::exit::{fail, Code};
-use crate::base::fsutil::{fsync_dir, hex, write_error};
+use crate::base::fsutil::{fsync_dir, write_error};
 
 /// The HTTPS pair's file names in a service directory (what Synapse's
 /// `addHttpsPort` loads).

@@ -661,7 +661,10 @@ mod tests {
             .unwrap();
         let again = std::fs::read(&sha).unwrap();
         assert!(again == got, "two callback copies of one snapshot differ");
-        assert_eq!(h.digest, fsutil::hex(&openssl::sha::sha256(&got)));
+        assert_eq!(
+            h.digest,
+            crate::base::digest::hex(&openssl::sha::sha256(&got))
+        );
         // And the stock LMDB's compacting copy (lmdb-utils' mdb_copy -c), which has
         // none of the vendored patches.
         let stock = t.path().join("stock");

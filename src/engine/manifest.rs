@@ -195,7 +195,7 @@ impl FileEntry {
 pub(crate) fn db_key(name: &[u8]) -> String {
     match std::str::from_utf8(name) {
         Ok(s) if !s.starts_with("hex:") && s != MAIN_DB => s.to_string(),
-        _ => format!("hex:{}", crate::base::fsutil::hex(name)),
+        _ => format!("hex:{}", crate::base::digest::hex(name)),
     }
 }
 
@@ -207,7 +207,7 @@ pub(crate) const MAIN_DB: &str = "(main)";
 pub(crate) fn name_key(name: &OsStr) -> String {
     match name.to_str() {
         Some(s) if !s.starts_with("hex:") => s.to_string(),
-        _ => format!("hex:{}", crate::base::fsutil::hex(name.as_bytes())),
+        _ => format!("hex:{}", crate::base::digest::hex(name.as_bytes())),
     }
 }
 
@@ -244,7 +244,7 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
 pub(crate) fn xattr_keys(attrs: &crate::base::xattrs::Attrs) -> Xattrs {
     attrs
         .iter()
-        .map(|(n, v)| (name_key(n), crate::base::fsutil::hex(v)))
+        .map(|(n, v)| (name_key(n), crate::base::digest::hex(v)))
         .collect()
 }
 
@@ -256,7 +256,7 @@ fn body_digest(bytes: &[u8]) -> Option<String> {
     let mut h = openssl::sha::Sha256::new();
     h.update(&bytes[..at]);
     h.update(&bytes[at + len..]);
-    Some(crate::base::fsutil::hex(&h.finish()))
+    Some(crate::base::digest::hex(&h.finish()))
 }
 
 impl Manifest {
