@@ -6,11 +6,8 @@
 //! deep in the call stack returns `anyhow` errors with context; where the *kind* of
 //! failure is known it wraps a [`Failure`], and `main` finds it in the chain.
 
-use std::fmt;
-
 /// The documented exit codes (also in `synbackup(8)`, section EXIT STATUS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // some codes belong to commands in progress
 pub(crate) enum Code {
     /// Any failure without a more specific code.
     Other = 1,
@@ -55,19 +52,12 @@ impl Code {
 
 /// An error of a known kind: its message is shown to the operator as-is, and its
 /// code becomes the exit status.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub(crate) struct Failure {
     pub(crate) code: Code,
     pub(crate) message: String,
 }
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// Build an `anyhow::Error` of a known kind.
 pub(crate) fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
@@ -79,16 +69,9 @@ pub(crate) fn fail(code: Code, message: impl Into<String>) -> anyhow::Error {
 
 /// An error already told to the operator (as a journal event with a MESSAGE_ID):
 /// `main` exits with its code without printing it again.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("failed (reported above), exit code {}", .0.as_i32())]
 pub(crate) struct Reported(pub(crate) Code);
-
-impl fmt::Display for Reported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "failed (reported above), exit code {}", self.0.as_i32())
-    }
-}
-
-impl std::error::Error for Reported {}
 
 /// Mark an error as reported, keeping its exit code.
 pub(crate) fn reported(err: &anyhow::Error) -> anyhow::Error {
