@@ -19,6 +19,8 @@ pub(crate) mod fsutil;
 pub(crate) mod interrupt;
 /// Journal or stderr logging.
 pub(crate) mod logging;
+/// The progress traits long steps report through (the reporters live above).
+pub(crate) mod progress;
 /// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).
 pub(crate) mod readback;
 /// Sizes and durations in config files and options.

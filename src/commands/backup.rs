@@ -107,7 +107,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
             CopyMode::Compact
         },
         min_free: 0,
-        show_bar,
+        progress: crate::host::progress::standard(show_bar),
         cert_dir: a.cert_dir,
         hash: a.engine.hash,
     };

@@ -19,6 +19,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -30,6 +31,7 @@ use crate::base::exit::{bail_code, fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
 use crate::base::interrupt;
+use crate::base::progress::Reporter;
 use crate::engine::certdir::{self, Carried, CertPlan};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::{self, FreezeMode, Frozen};
@@ -63,7 +65,8 @@ pub(crate) struct Request {
     pub(crate) copy: CopyMode,
     /// Space that must remain free at the destination after the backup.
     pub(crate) min_free: u64,
-    pub(crate) show_bar: bool,
+    /// Who shows the progress (a bar, systemd's status line): the caller's choice.
+    pub(crate) progress: Arc<dyn Reporter>,
     /// The service's certificate directory, carried in the backup (`certdir`).
     pub(crate) cert_dir: Option<PathBuf>,
     /// The digest of every file (the manifest names it).
@@ -267,9 +270,9 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let layout = lay_out(&sized.plan, &tmp)?;
     let jobs = job_count(req.jobs, sized.envs.len(), sized.env_bytes);
     let progress = Progress::start(
+        req.progress.as_ref(),
         &format!("backing up {}", src.display()),
         sized.needed,
-        req.show_bar,
     );
     let (mut tasks, freeze, changes) =
         take_snapshots(req, &src, &sized.plan, sized.envs, &progress)?;
@@ -293,7 +296,8 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     sync.commit()?;
     drop(progress);
     fault::point("before-publish")?;
-    let verified = req.verify && verify_before_publish(&src, &tmp, copied.bytes_written)?;
+    let verified = req.verify
+        && verify_before_publish(req.progress.as_ref(), &src, &tmp, copied.bytes_written)?;
     publish(&mut partial, &src, &src_meta, &dst)?;
     Ok(Summary {
         source: src.to_string_lossy().into_owned(),
@@ -829,11 +833,16 @@ fn write_manifest(tmp: &Path, manifest: &Manifest, src_meta: &fs::Metadata) -> R
 }
 
 /// Verify the temporary; mark it verified. Returns true (a failure is an error).
-fn verify_before_publish(src: &Path, tmp: &Path, bytes: u64) -> Result<bool> {
+fn verify_before_publish(
+    reporter: &dyn Reporter,
+    src: &Path,
+    tmp: &Path,
+    bytes: u64,
+) -> Result<bool> {
     interrupt::check()?;
     // Verify reads everything again: systemd hears from us until a generous bound.
     let bound = Duration::from_secs(600 + bytes / (20 << 20));
-    let _beat = Heartbeat::start(&format!("verifying {}", tmp.display()), bound);
+    let _beat = Heartbeat::start(reporter, &format!("verifying {}", tmp.display()), bound);
     fault::point("verify")?;
     let report = verify::verify(tmp)?;
     if !report.ok() {

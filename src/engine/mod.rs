@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The backup engine: everything that turns a service directory into a verified
 //! backup, and nothing that knows about instances, units or systemd's state. It
-//! imports only `base` and `host` (procfs readers, sd_notify for progress).
+//! imports only `base` and `host` (procfs readers, storage); it reports progress
+//! through `base::progress`'s traits, and the caller picks the reporter.
 
 /// `synbackup backup`: the order of work, one function per step.
 pub(crate) mod backup;
@@ -27,7 +28,7 @@ pub(crate) mod manifest;
 pub(crate) mod partial;
 /// Checks of SRC and DST before anything is written.
 pub(crate) mod paths;
-/// Progress bar and systemd status lines.
+/// The meter the copy workers share, counting into the caller's reporter.
 pub(crate) mod progress;
 /// Resuming a service, confirmed, retried for a bounded time.
 pub(crate) mod resume;

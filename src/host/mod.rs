@@ -13,6 +13,8 @@ pub(crate) mod mounts;
 pub(crate) mod netns;
 /// Readers of /proc/meminfo and /proc/sys under a root directory.
 pub(crate) mod procfs;
+/// Progress shown as systemd's status line and a terminal bar.
+pub(crate) mod progress;
 /// restic: backup, forget, snapshots, check, restore, unlock.
 pub(crate) mod restic;
 /// What a directory is stored on: file system type, rotational device.

@@ -149,7 +149,7 @@ fn back_up_and_prune(
         verify: true,
         copy: inst.copy,
         min_free: inst.min_free,
-        show_bar,
+        progress: crate::host::progress::standard(show_bar),
         cert_dir: crate::instance::certdir::cert_dir_to_carry(inst),
         hash: crate::base::digest::Algo::Blake3,
     };

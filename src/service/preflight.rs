@@ -75,7 +75,7 @@ pub(crate) fn refuse_mount_point(dir: &Path, what: &str) -> Result<()> {
 /// Wait until the service at `dir` answers its health check with `nominal` or
 /// `degraded`. `cancellable`: a SIGINT/SIGTERM ends the wait (not in a rollback).
 pub(crate) fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> Result<String> {
-    let _beat = crate::engine::progress::Heartbeat::start("waiting for the health check", timeout);
+    let _beat = crate::host::progress::heartbeat("waiting for the health check", timeout);
     let deadline = Instant::now() + timeout;
     let sock = dir.join("sock");
     let mut last;

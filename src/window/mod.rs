@@ -293,7 +293,7 @@ fn copy_compacted(inst: &Instance, dir: &Path, new: &Path, show_bar: bool) -> Re
         // The window's purpose: compacted whatever SYNBACKUP_COMPACT says.
         copy: CopyMode::Compact,
         min_free: 0,
-        show_bar,
+        progress: crate::host::progress::standard(show_bar),
         // The copy becomes the live directory: the certificate directory stays
         // where the service reads it, and none is carried into the service's.
         cert_dir: None,
