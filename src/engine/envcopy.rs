@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::base::digest::{Algo, Hasher};
 use crate::base::exit::{fail, Code};
@@ -416,6 +416,165 @@ impl Sink {
     }
 }
 
+/// The writing thread's ends of the queues between it and the [`Sink`].
+struct Queues {
+    /// The pieces to write, in file order; ends when the sink is gone.
+    pieces: mpsc::Receiver<Piece>,
+    /// A lent piece's acknowledgement: true, written.
+    acks: mpsc::SyncSender<bool>,
+    /// Written staging buffers, back to the sink.
+    pool: mpsc::SyncSender<Stage>,
+    /// Set when a piece was not written: the sink ends the copy.
+    failed: Arc<AtomicBool>,
+}
+
+/// What the copy thread hands back when LMDB's copy has ended.
+struct CopyEnd {
+    result: std::result::Result<(), MdbError>,
+    digest: String,
+    /// The pool's receiver outlives the writing thread, so every staging buffer it
+    /// sends back is there to be kept.
+    pool: mpsc::Receiver<Stage>,
+    current: Option<Stage>,
+}
+
+impl Sink {
+    /// A sink hashing with `algo`, its staging pool filled, and the writing thread's
+    /// ends of its queues.
+    fn with_queues(algo: Algo) -> Result<(Sink, Queues)> {
+        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(STAGES);
+        let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
+        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
+        for _ in 0..STAGES {
+            pool_tx
+                .send(Stage::take())
+                .map_err(|_| anyhow!("cannot fill the staging pool"))?;
+        }
+        let failed = Arc::new(AtomicBool::new(false));
+        let sink = Sink {
+            hash: Hasher::new(algo),
+            to_writer: Some(to_writer),
+            acks,
+            pool,
+            current: None,
+            failed: failed.clone(),
+        };
+        let queues = Queues {
+            pieces,
+            acks: ack_tx,
+            pool: pool_tx,
+            failed,
+        };
+        Ok((sink, queues))
+    }
+
+    /// LMDB's copy of `snap` into this sink (on the `lmdb-copy` thread); the
+    /// snapshot is released as soon as the copy has ended.
+    fn copy(mut self, snap: Snapshot, mode: CopyMode) -> CopyEnd {
+        let mut result = match mode {
+            CopyMode::Compact => snap.copy_compact_with(|buf| self.take(buf)),
+            CopyMode::Plain => snap.copy_plain_with(|buf| self.take(buf)),
+        };
+        drop(snap); // released: the service may reuse the pages it pinned
+        if result.is_ok() && self.flush().is_err() {
+            result = Err(MdbError(libc::ECANCELED));
+        }
+        self.to_writer = None; // the writing thread's loop ends
+        CopyEnd {
+            result,
+            digest: self.hash.finish_hex(),
+            pool: self.pool,
+            current: self.current,
+        }
+    }
+}
+
+/// The writing thread's side: writes the pieces in file order and counts them.
+struct Writer<'a> {
+    out: DirectWriter,
+    abort: &'a dyn Fn() -> bool,
+    on_bytes: &'a dyn Fn(u64),
+    /// The first failure; every later piece is refused.
+    failure: Option<anyhow::Error>,
+    pieces_written: u64,
+}
+
+impl Writer<'_> {
+    /// Write every piece until the copy has ended (the sink, holding the sender, is
+    /// dropped); acknowledge lent pieces and give staging buffers back.
+    fn write_all(&mut self, q: &Queues) {
+        for piece in q.pieces.iter() {
+            let buf: &[u8] = match &piece {
+                // SAFETY: the lender waits for our acknowledgement below.
+                Piece::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+                Piece::Staged(stage) => stage.filled(),
+            };
+            let ok = self.write_piece(buf);
+            if !ok {
+                q.failed.store(true, Ordering::Relaxed);
+            }
+            match piece {
+                Piece::Lent { .. } => {
+                    if q.acks.send(ok).is_err() {
+                        break;
+                    }
+                }
+                Piece::Staged(mut stage) => {
+                    stage.len = 0;
+                    // The sink may be gone already (the copy ended): fine.
+                    let _ = q.pool.try_send(stage);
+                }
+            }
+        }
+    }
+
+    /// Write one piece, unless the copy already failed or must stop. False: not
+    /// written (the failure is kept).
+    fn write_piece(&mut self, buf: &[u8]) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        if (self.abort)() {
+            self.failure = Some(
+                interrupt::check()
+                    .err()
+                    .unwrap_or_else(|| anyhow!("stopped after another copy failed")),
+            );
+            return false;
+        }
+        let written = if self.pieces_written > 0 {
+            crate::base::fault::point("mid-copy") // tests: a failure after some output
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.out.write(buf));
+        if let Err(e) = written {
+            self.failure = Some(e);
+            return false;
+        }
+        self.pieces_written += 1;
+        (self.on_bytes)(buf.len() as u64);
+        true
+    }
+
+    /// The written file's size and digest (not fsynced).
+    fn finish(self, dst: &Path, digest: String) -> Hashed {
+        let size = self.out.len();
+        log::debug!(
+            "{}: {size} bytes in {} writes, {} bytes with O_DIRECT",
+            dst.display(),
+            self.pieces_written,
+            self.out.direct_bytes()
+        );
+        drop(self.out.finish_unsynced());
+        Hashed {
+            size,
+            data_bytes: size,
+            digest,
+        }
+    }
+}
+
 /// Begin the copy of `snap` (it runs in `drain`), hashed with `algo`; the snapshot
 /// is released as soon as the copy has ended.
 pub(crate) fn start(snap: Snapshot, mode: CopyMode, algo: Algo) -> Result<Copy> {
@@ -430,9 +589,10 @@ impl Copy {
     /// while LMDB's writer thread, in our callback (`Sink`), hashes the other one
     /// where it lies and copies it into a queue of aligned staging buffers, which
     /// this thread writes (O_DIRECT where possible) one after another while the
-    /// next ones fill; the overflow pages of a very large value are lent instead
-    /// (written from LMDB's memory while hashed, the callback waiting). So hashing,
-    /// the device and the walk overlap, and no pipe or page cache is in the way.
+    /// next ones fill (`Writer`); the overflow pages of a very large value are lent
+    /// instead (written from LMDB's memory while hashed, the callback waiting). So
+    /// hashing, the device and the walk overlap, and no pipe or page cache is in
+    /// the way.
     pub(crate) fn drain(
         self,
         dst: &Path,
@@ -440,119 +600,33 @@ impl Copy {
         on_bytes: &dyn Fn(u64),
     ) -> Result<Hashed> {
         let dir = self.snap.dir().to_path_buf();
-        let mut out = DirectWriter::create(dst)?;
+        let mut writer = Writer {
+            out: DirectWriter::create(dst)?,
+            abort,
+            on_bytes,
+            failure: None,
+            pieces_written: 0,
+        };
         let mode = self.mode;
         let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"), mode == CopyMode::Plain);
-        let (to_writer, pieces) = mpsc::sync_channel::<Piece>(STAGES);
-        let (ack_tx, acks) = mpsc::sync_channel::<bool>(0);
-        let (pool_tx, pool) = mpsc::sync_channel::<Stage>(STAGES);
-        for _ in 0..STAGES {
-            pool_tx
-                .send(Stage::take())
-                .map_err(|_| anyhow!("cannot fill the staging pool"))?;
-        }
-        let failed = Arc::new(AtomicBool::new(false));
-        let mut sink = Sink {
-            hash: Hasher::new(self.algo),
-            to_writer: Some(to_writer),
-            acks,
-            pool,
-            current: None,
-            failed: failed.clone(),
-        };
+        let (sink, queues) = Sink::with_queues(self.algo)?;
         let snap = self.snap;
-        let mut failure: Option<anyhow::Error> = None;
-        let mut pieces_written = 0u64;
-        let joined = std::thread::scope(|s| {
+        let end = std::thread::scope(|s| {
             let copier = std::thread::Builder::new()
                 .name("lmdb-copy".into())
-                .spawn_scoped(s, move || {
-                    let mut result = match mode {
-                        CopyMode::Compact => snap.copy_compact_with(|buf| sink.take(buf)),
-                        CopyMode::Plain => snap.copy_plain_with(|buf| sink.take(buf)),
-                    };
-                    drop(snap); // released: the service may reuse the pages it pinned
-                    if result.is_ok() && sink.flush().is_err() {
-                        result = Err(MdbError(libc::ECANCELED));
-                    }
-                    sink.to_writer = None; // the writing thread's loop ends
-                                           // The pool's receiver outlives the writing thread, so every
-                                           // staging buffer it sends back is there to be kept.
-                    let kept = (sink.pool, sink.current);
-                    (result, sink.hash.finish_hex(), kept)
-                });
-            let copier = match copier {
-                Ok(c) => c,
-                Err(e) => return Err(anyhow::Error::new(e).context("cannot start a copy thread")),
-            };
-            // Ends when the copy has ended (the sink, holding the sender, is dropped).
-            for piece in pieces.iter() {
-                let buf: &[u8] = match &piece {
-                    // SAFETY: the lender waits for our acknowledgement below.
-                    Piece::Lent { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-                    Piece::Staged(stage) => stage.filled(),
-                };
-                let ok = if failure.is_some() {
-                    false
-                } else if abort() {
-                    failure = Some(
-                        interrupt::check()
-                            .err()
-                            .unwrap_or_else(|| anyhow!("stopped after another copy failed")),
-                    );
-                    false
-                } else if let Err(e) = (if pieces_written > 0 {
-                    crate::base::fault::point("mid-copy") // tests: a failure after some output
-                } else {
-                    Ok(())
-                })
-                .and_then(|()| out.write(buf))
-                {
-                    failure = Some(e);
-                    false
-                } else {
-                    pieces_written += 1;
-                    on_bytes(buf.len() as u64);
-                    true
-                };
-                if !ok {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                match piece {
-                    Piece::Lent { .. } => {
-                        if ack_tx.send(ok).is_err() {
-                            break;
-                        }
-                    }
-                    Piece::Staged(mut stage) => {
-                        stage.len = 0;
-                        // The sink may be gone already (the copy ended): fine.
-                        let _ = pool_tx.try_send(stage);
-                    }
-                }
-            }
+                .spawn_scoped(s, move || sink.copy(snap, mode))
+                .context("cannot start a copy thread")?;
+            writer.write_all(&queues);
             copier
                 .join()
                 .map_err(|_| anyhow!("the copy thread of {} panicked", dir.display()))
-        });
-        let (result, digest, (pool, current)) = joined?;
-        Stage::give_back(pool.try_iter().chain(current));
-        if let Some(e) = failure {
+        })?;
+        Stage::give_back(end.pool.try_iter().chain(end.current));
+        if let Some(e) = writer.failure.take() {
             return Err(e);
         }
-        result.map_err(|e| corrupt_or_failed(&dir, mode, e))?;
-        let size = out.len();
-        log::debug!(
-            "{}: {size} bytes in {pieces_written} writes, {} bytes with O_DIRECT",
-            dst.display(),
-            out.direct_bytes()
-        );
-        drop(out.finish_unsynced());
-        Ok(Hashed {
-            size,
-            data_bytes: size,
-            digest,
-        })
+        end.result.map_err(|e| corrupt_or_failed(&dir, mode, e))?;
+        Ok(writer.finish(dst, end.digest))
     }
 }
 
