@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn manifest(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(dir.join("synbackup-manifest.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn every_record_is_copied_and_runtime_files_are_left_out() {
     let t = tempfile::tempdir().unwrap();

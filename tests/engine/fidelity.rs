@@ -23,10 +23,6 @@ fn tempdir() -> tempfile::TempDir {
     t
 }
 
-fn manifest(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(dir.join("synbackup-manifest.json")).unwrap()).unwrap()
-}
-
 fn getfacl(path: &Path) -> String {
     let o = command("getfacl")
         .args(["-c", "-n"])

@@ -30,10 +30,6 @@ fn spawn_held(src: &Path, dst: &Path, release: &Path, point: &str) -> Child {
     child
 }
 
-fn manifest(dst: &Path) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(dst.join("synbackup-manifest.json")).unwrap()).unwrap()
-}
-
 fn env_paths(m: &serde_json::Value) -> Vec<String> {
     m["environments"]
         .as_array()

@@ -23,15 +23,9 @@ impl Inst {
     }
 
     fn certs(&self) -> Output {
-        bin()
+        bin_at(&self.m.root)
             .env_remove("SYNBACKUP_CERT_DIR")
             .env_remove("SYNBACKUP_CERT_WARN_DAYS")
-            .arg("--config-dir")
-            .arg(self.m.root.join("etc"))
-            .arg("--state-dir")
-            .arg(self.m.root.join("state"))
-            .arg("--metrics-dir")
-            .arg(self.m.root.join("metrics"))
             .args(["certs", "c0"])
             .output()
             .unwrap()
@@ -194,19 +188,7 @@ fn run_checks_the_certificates_and_status_shows_the_worst_finding() {
     write_key(&m.svc.join("sslkey.pem"), &pair[1]);
     fs::copy(m.root.join("testca.key"), m.certdir.join("cas/testca.key")).unwrap();
     let i = Inst::new(m);
-    let dirs = |c: &mut std::process::Command| {
-        c.arg("--config-dir")
-            .arg(i.m.root.join("etc"))
-            .arg("--state-dir")
-            .arg(i.m.root.join("state"))
-            .arg("--lock-dir")
-            .arg(i.m.root.join("lock"))
-            .arg("--metrics-dir")
-            .arg(i.m.root.join("metrics"));
-    };
-    let mut run = bin();
-    dirs(&mut run);
-    let o = run
+    let o = bin_at(&i.m.root)
         .env_remove("SYNBACKUP_CERT_DIR")
         .args(["-q", "run", "c0"])
         .output()
@@ -225,9 +207,7 @@ fn run_checks_the_certificates_and_status_shows_the_worst_finding() {
         ),
         Some(1.0)
     );
-    let mut status = bin();
-    dirs(&mut status);
-    let o = status.args(["status", "c0"]).output().unwrap();
+    let o = run_at(&i.m.root, &["status", "c0"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains(&format!(

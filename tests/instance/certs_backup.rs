@@ -69,26 +69,15 @@ impl Host {
         }
     }
 
+    /// The binary for this host's instance, the runner's SYNBACKUP_CERT_DIR left out.
     fn cmd(&self) -> Command {
-        let mut c = bin();
-        c.env_remove("SYNBACKUP_CERT_DIR")
-            .arg("--config-dir")
-            .arg(self.root.join("etc"))
-            .arg("--state-dir")
-            .arg(self.root.join("state"))
-            .arg("--lock-dir")
-            .arg(self.root.join("lock"))
-            .arg("--metrics-dir")
-            .arg(self.root.join("metrics"));
+        let mut c = bin_at(&self.root);
+        c.env_remove("SYNBACKUP_CERT_DIR");
         c
     }
 
     fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-        let mut c = self.cmd();
-        for a in args {
-            c.arg(a);
-        }
-        c.output().unwrap()
+        self.cmd().args(args).output().unwrap()
     }
 
     /// `run c0`; the backup it made.
@@ -101,10 +90,6 @@ impl Host {
             .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("c0_"))
             .unwrap()
     }
-}
-
-fn manifest(backup: &Path) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(backup.join("synbackup-manifest.json")).unwrap()).unwrap()
 }
 
 /// Connect to `ssl://127.0.0.1:PORT` as user `root` with the certificates of

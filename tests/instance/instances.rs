@@ -44,20 +44,11 @@ impl Setup {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = bin();
-        c.arg("--config-dir")
-            .arg(self.root.join("etc"))
-            .arg("--state-dir")
-            .arg(self.root.join("state"))
-            .arg("--lock-dir")
-            .arg(self.root.join("lock"))
-            .arg("--metrics-dir")
-            .arg(self.root.join("metrics"));
-        c
+        bin_at(&self.root)
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
+        run_at(&self.root, args)
     }
 
     /// Run `run c0` and return the name of the backup it made.

@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::util::*;
 
@@ -60,16 +60,9 @@ impl Setup {
         .unwrap();
     }
 
+    /// The binary for this host's instance, restic's cache under the host's root.
     fn cmd(&self) -> Command {
-        let mut c = bin();
-        for (flag, dir) in [
-            ("--config-dir", "etc"),
-            ("--state-dir", "state"),
-            ("--lock-dir", "lock"),
-            ("--metrics-dir", "metrics"),
-        ] {
-            c.arg(flag).arg(self.root.join(dir));
-        }
+        let mut c = bin_at(&self.root);
         c.env("XDG_CACHE_HOME", self.root.join("cache"));
         c
     }
@@ -154,22 +147,14 @@ impl Setup {
     }
 }
 
-/// Wait until `cond` holds (polled), or panic after `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Wait until the wall clock is in a later second than `t` (backup names and
 /// snapshot times have second resolution).
 fn next_second() {
     let now = chrono::Utc::now().timestamp();
-    wait_for(3, "the next second", || {
-        chrono::Utc::now().timestamp() > now
-    });
+    assert!(
+        wait_for(3, || chrono::Utc::now().timestamp() > now),
+        "timed out waiting for the next second"
+    );
 }
 
 /// The real `rclone serve restic` on loopback, serving `dir`; killed on drop.
@@ -190,9 +175,10 @@ impl RestServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("rclone (Debian's rclone package) installed");
-        wait_for(30, "rclone serve restic to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        assert!(
+            wait_for(30, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "timed out waiting for rclone serve restic to listen"
+        );
         RestServer {
             child,
             url: format!("rest:http://127.0.0.1:{port}/"),
@@ -474,10 +460,13 @@ fn a_lock_of_a_killed_restic_and_a_restic_killed_mid_upload() {
         .unwrap();
     let parent = child.id();
     let mut restic_pid = None;
-    wait_for(60, "restic backup to start uploading", || {
-        restic_pid = restic_child(parent);
-        restic_pid.is_some() && held_locks(&repo) > 0
-    });
+    assert!(
+        wait_for(60, || {
+            restic_pid = restic_child(parent);
+            restic_pid.is_some() && held_locks(&repo) > 0
+        }),
+        "timed out waiting for restic backup to start uploading"
+    );
     nix_kill(restic_pid.unwrap() as i32, 9).unwrap();
     let o = child.wait_with_output().unwrap();
     assert_fails(&o, 12, "restic backup was killed by signal 9");

@@ -130,16 +130,8 @@ impl Setup {
 
     /// `synbackup certs deploy c0 --cert C --key K --json`.
     fn deploy(&self, cert: &Path, key: &Path) -> Output {
-        bin()
+        bin_at(&self.m.root)
             .env_remove("SYNBACKUP_CERT_DIR")
-            .arg("--config-dir")
-            .arg(self.m.root.join("etc"))
-            .arg("--state-dir")
-            .arg(self.m.root.join("state"))
-            .arg("--lock-dir")
-            .arg(self.m.root.join("lock"))
-            .arg("--metrics-dir")
-            .arg(self.m.root.join("metrics"))
             .args(["certs", "deploy", "c0", "--json", "--cert"])
             .arg(cert)
             .arg("--key")
@@ -334,14 +326,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
         serde_json::from_slice(&fs::read(s.m.root.join("state/c0.deploy.json")).unwrap()).unwrap();
     assert_eq!(status["result"], "failed");
     assert_eq!(status["exit_code"], 10);
-    let o = bin()
-        .arg("--config-dir")
-        .arg(s.m.root.join("etc"))
-        .arg("--state-dir")
-        .arg(s.m.root.join("state"))
-        .args(["status", "c0"])
-        .output()
-        .unwrap();
+    let o = run_at(&s.m.root, &["status", "c0"]);
     assert_eq!(o.status.code(), Some(9));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("last certificate deploy failed"),

@@ -48,18 +48,6 @@ fn drill(backup: &Path) -> std::process::Output {
     bin().args(drill_args(backup)).output().unwrap()
 }
 
-/// Poll `cond` every 100 ms for up to `secs`.
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// A copy of `backup` changed by `edit`, backed up again (a new, valid manifest).
 fn remade(t: &Path, backup: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let src = t.join(format!("{name}-src"));
@@ -320,20 +308,7 @@ fn drills_on_real_cortex_backups() {
     // The collector's directory exists (node_exporter's package makes it): metrics
     // are written only then.
     fs::create_dir_all(t.path().join("metrics")).unwrap();
-    let with_dirs = |args: &[&str]| {
-        bin()
-            .arg("--config-dir")
-            .arg(&etc)
-            .arg("--state-dir")
-            .arg(t.path().join("state"))
-            .arg("--lock-dir")
-            .arg(t.path().join("lock"))
-            .arg("--metrics-dir")
-            .arg(t.path().join("metrics"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let with_dirs = |args: &[&str]| run_at(t.path(), args);
     let o = with_dirs(&["run", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let root = t.path().join("root");

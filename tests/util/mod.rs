@@ -55,6 +55,45 @@ pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     c.output().expect("run synbackup")
 }
 
+/// The binary pointed at a test host's instance directories under `root`:
+/// `etc/` (the instance configs), `state/`, `lock/` and `metrics/`.
+pub fn bin_at(root: &Path) -> Command {
+    let mut c = bin();
+    for (flag, dir) in [
+        ("--config-dir", "etc"),
+        ("--state-dir", "state"),
+        ("--lock-dir", "lock"),
+        ("--metrics-dir", "metrics"),
+    ] {
+        c.arg(flag).arg(root.join(dir));
+    }
+    c
+}
+
+/// Run [`bin_at`]`(root)` with `args`, capturing output.
+pub fn run_at(root: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Output {
+    bin_at(root).args(args).output().expect("run synbackup")
+}
+
+/// The manifest of the backup at `backup`.
+pub fn manifest(backup: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(backup.join("synbackup-manifest.json")).unwrap()).unwrap()
+}
+
+/// Poll `cond` every 20 ms until it holds (true) or `secs` have passed (false).
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -281,15 +320,11 @@ pub fn mdb_stat_counts(env_dir: &Path) -> BTreeMap<String, u64> {
 
 /// The venv with the real Synapse (made by `.ci/setup`).
 pub fn venv() -> PathBuf {
-    let p = std::env::var_os("SYNBACKUP_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/synbackup-ci/venv-synapse-2.256.0"));
-    assert!(
-        p.join("bin/python").exists(),
-        "no Synapse venv at {} (set SYNBACKUP_TEST_VENV or run .ci/setup)",
-        p.display()
-    );
-    p
+    venv_from(
+        "SYNBACKUP_TEST_VENV",
+        "venv-synapse-2.256.0",
+        "Synapse venv",
+    )
 }
 
 pub fn python() -> PathBuf {
@@ -298,15 +333,25 @@ pub fn python() -> PathBuf {
 
 /// The venv with the older Synapse of the upgrade rehearsal (`.ci/setup`).
 pub fn python_old() -> PathBuf {
-    let p = std::env::var_os("SYNBACKUP_TEST_VENV_OLD")
+    venv_from(
+        "SYNBACKUP_TEST_VENV_OLD",
+        "venv-synapse-2.230.0",
+        "older Synapse venv",
+    )
+    .join("bin/python")
+}
+
+/// The venv `var` names, else `.ci/setup`'s `default` under its cache; it must exist.
+fn venv_from(var: &str, default: &str, what: &str) -> PathBuf {
+    let p = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/synbackup-ci/venv-synapse-2.230.0"));
+        .unwrap_or_else(|| Path::new("/var/cache/synbackup-ci").join(default));
     assert!(
         p.join("bin/python").exists(),
-        "no older Synapse venv at {} (set SYNBACKUP_TEST_VENV_OLD or run .ci/setup)",
+        "no {what} at {} (set {var} or run .ci/setup)",
         p.display()
     );
-    p.join("bin/python")
+    p
 }
 
 fn storm_script() -> PathBuf {
