@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The ground floor every layer stands on: exit codes, logging, signals, fault
-//! injection, filesystem helpers, the units of sizes and durations and the
-//! EnvironmentFile syntax. Imports nothing of this crate outside `base`.
+//! injection, filesystem helpers, the units of sizes and durations, the
+//! EnvironmentFile syntax, and the traits long steps report their progress through.
+//! Imports nothing of this crate outside `base`.
 
 /// BLAKE3 or SHA-256: the digest of every copied byte.
 pub(crate) mod digest;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The host around the service: systemd (sd_notify, systemctl), procfs readers
-//! (meminfo, /proc/sys, which processes hold LMDB files) and the sysctl drop-in.
+//! (meminfo, /proc/sys, which processes hold LMDB files), the sysctl drop-in, and
+//! how progress is shown here (systemd's status line, a terminal's bar).
 //! Imports only `base`.
 
 /// The Python and module a service unit's ExecStart runs.
