@@ -205,8 +205,7 @@ fn verify_catches_one_flipped_byte() {
     let dst = t.path().join("b");
     assert!(run(&[&"backup", &src, &dst]).status.success());
     // BLAKE3 by default, checked by b3sum too.
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(dst.join("synbackup-manifest.json")).unwrap()).unwrap();
+    let m = manifest(&dst);
     assert_eq!(m["format"], "synbackup-manifest/3");
     assert_eq!(m["hash"], "blake3");
     assert!(m["files"][0].get("sha256").is_none());
@@ -414,8 +413,7 @@ fn sha256_backups_and_format_2_manifests_still_verify() {
     let dst = t.path().join("b");
     let o = run(&[&"backup", &"--hash", &"sha256", &src, &dst]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(dst.join("synbackup-manifest.json")).unwrap()).unwrap();
+    let m = manifest(&dst);
     assert_eq!(m["hash"], "sha256");
     assert!(m["files"][0].get("blake3").is_none());
     assert!(standard_tool_passes(&dst, "sha256sum"));

@@ -6,7 +6,6 @@
 //!
 //! One test function runs the phases in order: a Cortex takes 15–25 s to start.
 
-use std::fs;
 use std::io::{BufRead, BufReader};
 
 use crate::util::*;
@@ -143,8 +142,7 @@ fn live_cortex_backups() {
         stderr(&o).contains("not frozen"),
         "a stopped service is not frozen"
     );
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(ours.join("synbackup-manifest.json")).unwrap()).unwrap();
+    let m = manifest(&ours);
     let envs = m["environments"].as_array().unwrap();
     assert!(envs.len() >= 10, "a Cortex has many environments");
     for e in envs {

@@ -737,8 +737,7 @@ fn compact_no_makes_nightly_backups_plain_and_a_window_would_still_reclaim() {
     let s = Setup::new("SYNBACKUP_COMPACT=no\n");
     let name = s.backup_now();
     let b = s.backups.join(&name);
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(b.join("synbackup-manifest.json")).unwrap()).unwrap();
+    let m = manifest(&b);
     assert_eq!(m["env_copy"], "plain");
     assert!(run(&[&"verify", &b]).status.success());
     // The free pages were copied, not left out, and are still reported as what a
