@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The integration tests, grouped by the layer of `src/` they exercise. Each runs
-//! the real binary against real LMDB environments or a real Synapse Cortex (from
-//! the venv that `.ci/setup` makes; `SYNBACKUP_TEST_VENV` points elsewhere). The
-//! real-systemd tests are shell scripts in `tests/systemd/`.
+//! The integration tests, grouped as `src/` is: the shared layers, then one group
+//! per capability. Each runs the real binary against real LMDB environments or a
+//! real Synapse Cortex (2.256.0 from the venv that `.ci/setup` makes,
+//! `SYNBACKUP_TEST_VENV` points elsewhere; 3.7.0 from its Debian sid tree,
+//! `SYNBACKUP_TEST_SYN3_ROOT`). The real-systemd tests are shell scripts in
+//! `tests/systemd/`.
 
 mod util;
 
@@ -12,8 +14,6 @@ mod engine {
     mod backup;
     /// Bad input: each case one error line, its exit code, nothing left behind.
     mod bad_input;
-    /// `certs`: the TLS material of a service, checked on real easycert material.
-    mod certs;
     /// The copy engine's failure paths: a copy failing mid-way publishes nothing.
     mod copy_engine;
     /// Against a real, running Cortex: freeze, write load, Synapse's own tool.
@@ -28,24 +28,35 @@ mod engine {
     mod synapse3;
 }
 
-/// Instances: run, list, prune, status, metrics, the lock, restore.
+/// Instances and the nightly run: run, list, prune, status, metrics, the lock,
+/// restore (the window's cases need systemd: `tests/systemd/`).
 mod instance {
-    /// `certs INSTANCE`: certificate metrics and expiry events.
-    mod certs;
-    /// The certificate directory carried in backups; `restore --certs`; `ssl://`.
-    mod certs_backup;
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
-    /// Offsite copies through the real restic: local and REST repositories, failures.
-    mod offsite;
 }
 
-/// The service layer.
-mod service {
+/// The TLS capability.
+mod certs {
+    /// The carried certificate directory; `restore --certs`; `ssl://` clients.
+    mod carried;
+    /// `certs`: the TLS material of a service, checked on real easycert material.
+    mod check;
     /// `certs deploy`: a renewed HTTPS pair into a running Cortex, reloaded, rolled back.
-    mod certdeploy;
+    mod deploy;
+    /// `certs INSTANCE`: certificate metrics and expiry events.
+    mod record;
+}
+
+/// The offsite capability.
+mod offsite {
+    /// Offsite copies through the real restic: local and REST repositories, failures.
+    mod restic;
+}
+
+/// The drill capability.
+mod drill {
     /// `synbackup drill`: boot a backup's copy isolated, check it, clean up.
-    mod drill;
+    mod boot;
 }
 
 /// The host layer.
