@@ -27,6 +27,7 @@ use crate::certs::pair::{self as files, Candidate, CurrentPair};
 use crate::certs::served::served_fingerprint;
 use crate::engine::telepath::{self, get, Client};
 use crate::host::systemd;
+use crate::instance::config::Instance;
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
 use crate::instance::record::{Event, Made, Recorder};
@@ -378,12 +379,18 @@ fn confirm_served(addr: SocketAddr, want: &str) -> Result<()> {
 /// `certs deploy`, recorded: with an instance under its lock (a maintenance
 /// window would swap the directory back under it) and as its `deploy` run (status,
 /// metrics); always the journal line (MESSAGE_ID done or failed).
-pub(crate) fn deploy_recorded(dirs: &Dirs, instance: &str, req: &Request) -> Result<Outcome> {
+pub(crate) fn deploy_recorded(
+    dirs: &Dirs,
+    inst: Option<&Instance>,
+    req: &Request,
+) -> Result<Outcome> {
+    let instance = inst.map_or("", |i| i.name.as_str());
     let rec = Recorder::begin(dirs, instance, Kind::Deploy).journaled();
-    let result = if instance.is_empty() {
-        deploy(req)
-    } else {
-        lock::acquire(&dirs.lock_dir, instance, "certs deploy").and_then(|_held| deploy(req))
+    let result = match inst {
+        None => deploy(req),
+        Some(inst) => {
+            lock::acquire_for(&dirs.lock_dir, inst, "certs deploy").and_then(|_held| deploy(req))
+        }
     };
     let cert = req.cert.display().to_string();
     match &result {

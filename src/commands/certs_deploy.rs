@@ -53,7 +53,7 @@ pub(crate) struct DeployArgs {
 
 /// Deploy, log one journal line, record the instance's status.
 pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
-    let (name, req) = match (&a.instance, &a.dir) {
+    let (inst, req) = match (&a.instance, &a.dir) {
         (Some(name), None) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
             let cert_dir = match &a.cert_dir {
@@ -75,7 +75,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
                 stop_timeout: inst.stop_timeout,
                 health_timeout: inst.health_timeout,
             };
-            (name.clone(), req)
+            (Some(inst), req)
         }
         (None, Some(dir)) => {
             let req = Request {
@@ -89,7 +89,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
                 stop_timeout: Duration::from_secs(300),
                 health_timeout: Duration::from_secs(300),
             };
-            (String::new(), req)
+            (None, req)
         }
         _ => return Err(fail(Code::Usage, "name an INSTANCE or give --dir DIR")),
     };
@@ -102,7 +102,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DeployArgs) -> Result<ExitCode> {
             ),
         ));
     }
-    let result = certdeploy::deploy_recorded(dirs, &name, &req);
+    let result = certdeploy::deploy_recorded(dirs, inst.as_ref(), &req);
     // The summary is the journal line above (also on stderr); --json for a machine.
     let outcome = result.map_err(|e| reported(&e))?;
     if a.json {

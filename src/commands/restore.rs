@@ -91,7 +91,7 @@ fn lock_owners(dirs: &Dirs, a: &RestoreArgs) -> Result<Vec<lock::InstanceLock>> 
         let owns_backup = backup.starts_with(resolve(&inst.backup_root));
         let owns_dir = dir.as_deref() == Some(resolve(&inst.service_dir).as_path());
         if owns_backup || owns_dir {
-            locks.push(lock::acquire(&dirs.lock_dir, &name, "restore")?);
+            locks.push(lock::acquire_for(&dirs.lock_dir, &inst, "restore")?);
         }
     }
     Ok(locks)

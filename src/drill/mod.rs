@@ -476,7 +476,7 @@ pub(crate) fn drill_instance(
     check: Option<String>,
 ) -> Result<Outcome> {
     let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-    let _lock = lock::acquire(&dirs.lock_dir, name, "drill")?;
+    let _lock = lock::acquire_for(&dirs.lock_dir, &inst, "drill")?;
     drill_of(dirs, &inst, backup, check)
 }
 

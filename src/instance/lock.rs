@@ -23,11 +23,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::base::exit::{fail, Code};
 use crate::base::interrupt;
-use crate::base::units::{format_duration, parse_duration};
+use crate::base::units::format_duration;
 use crate::host::systemd;
+use crate::instance::config::Instance;
 
-/// How long a run waits for the lock when `SYNBACKUP_LOCK_WAIT` is not set.
-pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(3600);
 /// How often a waiting run tries the lock again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
@@ -91,24 +90,11 @@ fn open(lock_dir: &Path, instance: &str) -> Result<(File, PathBuf)> {
     Ok((f, path))
 }
 
-/// The wait bound from `SYNBACKUP_LOCK_WAIT` (the units load it from the
-/// instance's file), else [`DEFAULT_WAIT`].
-pub(crate) fn wait_bound() -> Result<Duration> {
-    match std::env::var("SYNBACKUP_LOCK_WAIT") {
-        Err(_) => Ok(DEFAULT_WAIT),
-        Ok(v) => parse_duration(&v).map_err(|e| {
-            fail(
-                Code::Usage,
-                format!("environment SYNBACKUP_LOCK_WAIT={v:?} is not valid: expected a duration such as 1h or 0 ({e})"),
-            )
-        }),
-    }
-}
-
-/// Take the lock, waiting for a holder up to [`wait_bound`]; then fail with
-/// `Code::Locked`.
-pub(crate) fn acquire(lock_dir: &Path, instance: &str, what: &str) -> Result<InstanceLock> {
-    acquire_within(lock_dir, instance, what, wait_bound()?)
+/// Take `inst`'s lock for `what`, waiting for a holder up to the instance's
+/// `SYNBACKUP_LOCK_WAIT` (its file, or the environment; every command reads the
+/// setting the same way); then fail with `Code::Locked`.
+pub(crate) fn acquire_for(lock_dir: &Path, inst: &Instance, what: &str) -> Result<InstanceLock> {
+    acquire_within(lock_dir, &inst.name, what, inst.lock_wait)
 }
 
 /// Take the lock or fail at once with `Code::Locked`.

@@ -383,9 +383,7 @@ mod tests {
                 assert_eq!(s.check(d), Ok(()), "{}'s default {d:?}", s.key());
             }
         }
-        let wait = Span.parse("1h").unwrap();
         assert_eq!(LOCK_WAIT.unset, Default("1h"));
-        assert_eq!(wait, crate::instance::lock::DEFAULT_WAIT);
         assert_eq!(MAX_AGE.unset, Default("26h"));
         assert_eq!(
             Span.parse("26h").unwrap(),

@@ -326,7 +326,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
     let (dir, unit, timeouts, root, lock, cert_dir) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-            let lock = lock::acquire(&dirs.lock_dir, name, "restore")?;
+            let lock = lock::acquire_for(&dirs.lock_dir, &inst, "restore")?;
             let cert_dir = match &args.cert_dir {
                 Some(d) => Some(d.clone()),
                 None if args.certs => certdir::resolve_cert_dir(&inst)?,

@@ -761,3 +761,46 @@ fn compact_no_makes_nightly_backups_plain_and_a_window_would_still_reclaim() {
         "c0.conf:4: SYNBACKUP_COMPACT=\"maybe\" is not valid: expected yes or no",
     );
 }
+
+/// `SYNBACKUP_LOCK_WAIT` in the instance's file bounds every command that takes
+/// its lock (it was read from the environment only: a certbot hook behind a long
+/// backup waited the default hour).
+#[test]
+fn lock_wait_in_the_config_bounds_restore_drill_and_certs_deploy() {
+    let s = Setup::new("SYNBACKUP_LOCK_WAIT=0\n");
+    let bk = s.backup_now();
+    let release = hold_lock(&s);
+    for args in [
+        vec!["restore", "--instance", "c0", bk.as_str()],
+        vec!["drill", "c0"],
+        vec![
+            "certs",
+            "deploy",
+            "c0",
+            "--cert",
+            "/nonexistent.pem",
+            "--key",
+            "/nonexistent.key",
+        ],
+    ] {
+        let mut child = s
+            .cmd()
+            .args(&args)
+            .env_remove("SYNBACKUP_LOCK_WAIT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ended = wait_for(120, || child.try_wait().unwrap().is_some());
+        if !ended {
+            child.kill().unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            ended,
+            "{args:?} waited for the lock past its config's SYNBACKUP_LOCK_WAIT=0"
+        );
+        assert_fails(&o, 7, "instance c0 is busy");
+    }
+    release();
+}
