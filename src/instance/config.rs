@@ -153,7 +153,16 @@ fn unknown_key(origin: &str, key: &str) -> String {
 /// "file:line"), refusing what systemd would skip, unknown keys and a quote that is
 /// never closed.
 fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, Value>> {
-    let mut out = BTreeMap::new();
+    if text.starts_with('\u{feff}') {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{}:1: the file starts with a byte order mark (U+FEFF), which systemd reads as part of the first key; save it as plain UTF-8 without a BOM",
+                path.display()
+            ),
+        ));
+    }
+    let mut out: BTreeMap<&'static str, Value> = BTreeMap::new();
     for item in envfile::parse(text) {
         let origin = |line: usize| format!("{}:{line}", path.display());
         let entry = match item {
@@ -181,6 +190,17 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, Value>> 
                     "{}: the quote that opens {}'s value is never closed",
                     origin(entry.line),
                     entry.key
+                ),
+            ));
+        }
+        if let Some(first) = out.get(setting.key()) {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "{}: {} is given again (first at line {}); keep one of the two",
+                    origin(entry.line),
+                    entry.key,
+                    first.origin.rsplit(':').next().unwrap_or("?")
                 ),
             ));
         }

@@ -419,7 +419,14 @@ fn drills_on_real_cortex_backups() {
     assert_eq!(st["backup"], fresh.as_str(), "{st}");
     fs::write(
         etc.join("c0.conf"),
-        format!("{conf}SYNBACKUP_DRILL_AFTER_RUN=yes\nSYNBACKUP_KEEP_LAST=10\nSYNBACKUP_DRILL_PYTHON=/nonexistent/python\n"),
+        format!(
+            "{}SYNBACKUP_DRILL_AFTER_RUN=yes\nSYNBACKUP_KEEP_LAST=10\nSYNBACKUP_DRILL_PYTHON=/nonexistent/python\n",
+            // A key is given once (a second one is an error naming both lines).
+            conf.replace(
+                &format!("SYNBACKUP_DRILL_PYTHON={}\n", python().display()),
+                ""
+            )
+        ),
     )
     .unwrap();
     let o = with_dirs(&["run", "c0"]);

@@ -804,3 +804,24 @@ fn lock_wait_in_the_config_bounds_restore_drill_and_certs_deploy() {
     }
     release();
 }
+
+/// A UTF-8 byte order mark is named (it read as "unknown key SYNBACKUP_SERVICE_DIR;
+/// did you mean SYNBACKUP_SERVICE_DIR?"), and a key given twice is an error naming
+/// both lines (it was silently last-wins).
+#[test]
+fn a_bom_is_named_and_a_key_given_twice_names_both_lines() {
+    let s = Setup::new("SYNBACKUP_KEEP_LAST=2\nSYNBACKUP_KEEP_LAST=5\n");
+    let o = s.run(&["run", "c0"]);
+    assert_fails(
+        &o,
+        2,
+        "c0.conf:5: SYNBACKUP_KEEP_LAST is given again (first at line 4)",
+    );
+    let conf = s.root.join("etc/c0.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    let once: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
+    fs::write(&conf, format!("\u{feff}{once}")).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert_fails(&o, 2, "c0.conf:1: the file starts with a byte order mark");
+    assert!(!s.backups.exists(), "a refused config made a backup");
+}
