@@ -22,6 +22,8 @@ mod engine {
     mod fidelity;
     /// Never leave a service frozen: slow flush, failing resume, SIGKILL, SIGHUP.
     mod freeze;
+    /// A service user who does not play fair: swaps after the scan, what others read.
+    mod hostile_user;
     /// The snapshot step on a source that changes: environment set, sizes, socket.
     mod snapshots;
     /// Against real Synapse 3.7.0: live backup, verify, restore, drill, rehearsal.

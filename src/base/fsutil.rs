@@ -193,6 +193,138 @@ pub(crate) fn copy_sparse_hashed(
     walk_extents(src, src_path, Some((dst, dst_path)), algo, on_bytes)
 }
 
+/// The source directory a copy reads beneath (see [`open_scanned`]).
+pub(crate) fn open_source_root(root: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(root)
+        .map_err(|e| {
+            fail(
+                Code::BadPath,
+                format!(
+                    "cannot read {}: {e}; fix its permissions or run as the service's user or root",
+                    root.display()
+                ),
+            )
+        })
+}
+
+/// Open for reading the file a scan recorded as `scanned` at `rel` under `root`
+/// (`root_path` its path), and check it is that file: same device, inode and type.
+/// The tree belongs to the service's user and root reads it: a file swapped for a
+/// link (to `/etc/shadow`) after the scan must not be copied. Without `via_link` no
+/// link may be anywhere on the way (openat2 `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`,
+/// or `O_NOFOLLOW` per component on a kernel without openat2); with it (the scan
+/// followed a link out of the tree) the links are followed as the scan did, and the
+/// inode check alone keeps the copy to what the scan saw. `O_NONBLOCK`: a FIFO put
+/// in its place cannot hang the open. A mismatch fails with exit 3 naming the path.
+pub(crate) fn open_scanned(
+    root: &File,
+    root_path: &Path,
+    rel: &Path,
+    via_link: bool,
+    scanned: &Metadata,
+) -> Result<File> {
+    let path = root_path.join(rel);
+    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let opened = if via_link {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&path)
+    } else {
+        open_beneath(root, rel, flags)
+    };
+    let changed = |now: &str| {
+        fail(
+            Code::BadPath,
+            format!(
+                "{} changed between the scan and the copy ({now}); a file replaced during a backup is not Synapse's doing: find who writes in {}, then run again",
+                path.display(),
+                root_path.display()
+            ),
+        )
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) =>
+        {
+            return Err(changed("a symlink is now on its path"));
+        }
+        Err(e) => {
+            return Err(fail(
+                Code::BadPath,
+                format!(
+                    "cannot read {}: {e}; fix its permissions or run as the service's user or root",
+                    path.display()
+                ),
+            ))
+        }
+    };
+    let now = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if now.dev() != scanned.dev()
+        || now.ino() != scanned.ino()
+        || now.file_type() != scanned.file_type()
+    {
+        return Err(changed(&format!(
+            "scanned as inode {}:{}, now inode {}:{}{}",
+            scanned.dev(),
+            scanned.ino(),
+            now.dev(),
+            now.ino(),
+            if now.is_file() {
+                ""
+            } else {
+                ", not a plain file"
+            }
+        )));
+    }
+    Ok(file)
+}
+
+/// Open `rel` beneath the directory `root` for reading, following no link.
+fn open_beneath(root: &File, rel: &Path, flags: i32) -> io::Result<File> {
+    use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let oflags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::from_bits_truncate(flags);
+    let how = OpenHow::new()
+        .flags(oflags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(root, rel, how) {
+        Ok(fd) => return Ok(File::from(fd)),
+        Err(nix::errno::Errno::ENOSYS) => {}
+        Err(e) => return Err(io::Error::from(e)),
+    }
+    // Before Linux 5.6: one component at a time, none of them a link.
+    let mut dir: Option<std::os::fd::OwnedFd> = None;
+    let mut comps = rel.components().peekable();
+    while let Some(c) = comps.next() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        };
+        let last = comps.peek().is_none();
+        let f = if last {
+            oflags | OFlag::O_NOFOLLOW
+        } else {
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW
+        };
+        let fd = match &dir {
+            Some(d) => openat(d, name, f, Mode::empty()),
+            None => openat(root, name, f, Mode::empty()),
+        }
+        .map_err(io::Error::from)?;
+        if last {
+            return Ok(File::from(fd));
+        }
+        dir = Some(fd);
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT))
+}
+
 /// Create a new file for writing (never overwrites), private until finished.
 pub(crate) fn create_new(path: &Path) -> Result<File> {
     OpenOptions::new()

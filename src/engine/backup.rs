@@ -687,7 +687,7 @@ fn file_tasks(plan: &scan::Plan) -> Vec<Task> {
     files.sort_by_key(|(_, m)| std::cmp::Reverse(m.len()));
     files
         .into_iter()
-        .map(|(rel, meta)| Task::File { rel, meta })
+        .map(|(rel, meta)| Task::file(rel, meta, &plan.followed))
         .collect()
 }
 

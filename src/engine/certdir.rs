@@ -174,10 +174,9 @@ pub(crate) fn copy_cert_dir(
         .items
         .iter()
         .filter_map(|i| match i {
-            Item::File { rel, meta } => Some(Task::File {
-                rel: rel.clone(),
-                meta: meta.clone(),
-            }),
+            Item::File { rel, meta } => {
+                Some(Task::file(rel.clone(), meta.clone(), &p.plan.followed))
+            }
             _ => None,
         })
         .collect();

@@ -42,7 +42,22 @@ pub(crate) enum Task {
     File {
         rel: PathBuf,
         meta: fs::Metadata,
+        /// The scan reached it through a link it follows (`Plan::followed`): opened
+        /// through links, as the scan was; else no link may be on the way.
+        via_link: bool,
     },
+}
+
+impl Task {
+    /// A plain file's task; `followed` is the scan's list of links it follows.
+    pub(crate) fn file(rel: PathBuf, meta: fs::Metadata, followed: &[(PathBuf, PathBuf)]) -> Task {
+        let via_link = followed.iter().any(|(link, _)| rel.starts_with(link));
+        Task::File {
+            rel,
+            meta,
+            via_link,
+        }
+    }
 }
 
 /// A finished task.
@@ -78,6 +93,8 @@ pub(crate) fn run_tasks(
     let results = Mutex::new(Vec::new());
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     let stop = || abort.load(Ordering::Relaxed) || interrupt::requested();
+    let root = fsutil::open_source_root(src)?;
+    let root = &root;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..jobs)
             .map(|_| {
@@ -97,7 +114,7 @@ pub(crate) fn run_tasks(
                         }
                         break;
                     }
-                    match run_task(task, src, tmp, algo, progress, sync, &stop) {
+                    match run_task(task, root, src, tmp, algo, progress, sync, &stop) {
                         Ok(d) => {
                             if let Ok(mut r) = results.lock() {
                                 r.push(d);
@@ -139,8 +156,10 @@ pub(crate) fn run_tasks(
         .map_err(|_| anyhow!("result list poisoned"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_task(
     task: Task,
+    root: &File,
     src: &Path,
     tmp: &Path,
     algo: Algo,
@@ -186,15 +205,16 @@ fn run_task(
                 compacted_bytes,
             })
         }
-        Task::File { rel, meta } => {
+        Task::File {
+            rel,
+            meta,
+            via_link,
+        } => {
             let sp = src.join(&rel);
             let dp = tmp.join(&rel);
-            let sf = File::open(&sp).map_err(|e| {
-                bad(format!(
-                    "cannot read {}: {e}; fix its permissions or run as the service's user or root",
-                    sp.display()
-                ))
-            })?;
+            // The file the scan saw, or the run fails: never what a link put in
+            // its place since (the service's user owns the tree; root copies it).
+            let sf = fsutil::open_scanned(root, src, &rel, via_link, &meta)?;
             let df = fsutil::create_new(&dp)?;
             let hashed = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |n| {
                 progress.add(n);
@@ -406,6 +426,53 @@ mod tests {
             assert_eq!(snap.0.page_size, copy.0.page_size, "{mode:?}");
             assert_eq!(snap.0.last_pgno, copy.0.last_pgno, "{mode:?}");
             assert_eq!(snap.1, copy.1, "{mode:?}: compacted bytes");
+        }
+    }
+
+    /// The window's copy (`scan_whole`, then these workers; its copy becomes the
+    /// live directory): a file the service's user swaps for a link to a root-only
+    /// file after the scan fails the copy, naming the path, and is never read.
+    #[test]
+    fn a_window_copy_refuses_a_file_swapped_for_a_link_after_the_scan() {
+        use crate::base::progress::Silent;
+        use crate::engine::scan::{self, Item};
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("svc");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("cell.guid"), "guid").unwrap();
+        fs::write(src.join("notes.txt"), "notes").unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "ROOT ONLY").unwrap();
+        let plan = scan::scan_whole(&src).unwrap();
+        fs::remove_file(src.join("notes.txt")).unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("notes.txt")).unwrap();
+        let tasks: VecDeque<Task> = plan
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::File { rel, meta } => {
+                    Some(Task::file(rel.clone(), meta.clone(), &plan.followed))
+                }
+                _ => None,
+            })
+            .collect();
+        let tmp = t.path().join("copy");
+        fs::create_dir(&tmp).unwrap();
+        let sync = Durability::begin(&tmp, true).unwrap();
+        let progress = Progress::start(&Silent, "copy", 0);
+        let err = run_tasks(tasks, 1, &src, &tmp, Algo::Blake3, &progress, &sync)
+            .err()
+            .expect("the swapped file fails the copy");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&format!(
+                "{} changed between the scan and the copy",
+                src.join("notes.txt").display()
+            )),
+            "{msg}"
+        );
+        if let Ok(copied) = fs::read(tmp.join("notes.txt")) {
+            assert_ne!(copied, b"ROOT ONLY", "never copied through the link");
         }
     }
 

@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Root backs up a tree the service's user owns, and that user does not play fair
+//! (issue 32): a file swapped for a link after the scan is never copied through it;
+//! what root writes is never readable by others. Run as root against a directory
+//! owned by `nobody` (65534).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::util::*;
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Give the whole tree at `dir` to `nobody`, as a service's directory is its user's.
+fn chown_tree(dir: &Path) {
+    let st = command("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A root-only secret outside the service's tree.
+fn root_secret(dir: &Path) -> std::path::PathBuf {
+    let secret = dir.join("secret");
+    fs::write(&secret, "ROOT ONLY SECRET\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    secret
+}
+
+#[test]
+fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the service's user is nobody)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fake_service(&src, 20);
+    fs::write(src.join("notes.txt"), "the user's notes\n").unwrap();
+    fs::create_dir(src.join("sub")).unwrap();
+    fs::write(src.join("sub/more.txt"), "more notes\n").unwrap();
+    chown_tree(&src);
+    let secret = root_secret(t.path());
+    for (swapped, by) in [("notes.txt", "file"), ("sub/more.txt", "parent")] {
+        let dst = t.path().join(format!("dst-{by}"));
+        let release = t.path().join(format!("release-{by}"));
+        let log = t.path().join(format!("stderr-{by}"));
+        let mut child = bin()
+            .env("SYNBACKUP_FAULT", "hold:after-scan")
+            .env("SYNBACKUP_FAULT_RELEASE", &release)
+            .args(["backup", "--freeze", "never"])
+            .arg(&src)
+            .arg(&dst)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(60, || fs::read_to_string(&log)
+                .unwrap()
+                .contains("holding at after-scan")),
+            "{}",
+            fs::read_to_string(&log).unwrap()
+        );
+        // What the service's user can do between the scan and the copy.
+        let moved = t.path().join(format!("moved-{by}"));
+        if by == "file" {
+            fs::remove_file(src.join(swapped)).unwrap();
+            std::os::unix::fs::symlink(&secret, src.join(swapped)).unwrap();
+        } else {
+            // The parent directory swapped for a link to a directory holding a
+            // file of that name that root alone may read.
+            let decoy = t.path().join("decoy");
+            fs::create_dir_all(&decoy).unwrap();
+            fs::copy(&secret, decoy.join("more.txt")).unwrap();
+            fs::rename(src.join("sub"), &moved).unwrap();
+            std::os::unix::fs::symlink(&decoy, src.join("sub")).unwrap();
+        }
+        fs::write(&release, "").unwrap();
+        let st = child.wait().unwrap();
+        let err = fs::read_to_string(&log).unwrap();
+        assert_eq!(st.code(), Some(3), "{by}: exit 3 (unusable source)\n{err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("synbackup: error:"))
+            .unwrap_or_else(|| panic!("{by}: no error line:\n{err}"));
+        assert!(
+            line.contains(&format!(
+                "{} changed between the scan and the copy",
+                src.join(swapped).display()
+            )),
+            "{by}: {line}"
+        );
+        assert!(!dst.exists(), "{by}: nothing published");
+        // Put the tree back for the next case.
+        fs::remove_file(src.join(swapped.split('/').next().unwrap())).unwrap();
+        if by == "file" {
+            fs::write(src.join(swapped), "the user's notes\n").unwrap();
+        } else {
+            fs::rename(&moved, src.join("sub")).unwrap();
+        }
+        chown_tree(&src);
+    }
+}
