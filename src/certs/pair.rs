@@ -285,18 +285,22 @@ fn write_files(dir: &Path, files: &[(PathBuf, &[u8], u32, u32, u32)]) -> Result<
 }
 
 /// Keep the pair in use as `sslcert.pem.old` and `sslkey.pem.old` (replacing the
-/// ones an earlier deploy kept), with its owners and modes.
+/// ones an earlier deploy kept), with its owners and modes; the key at most 0600:
+/// it is still valid, and Synapse's default key is 0644.
 pub(crate) fn keep_old(dir: &Path, old: &CurrentPair) -> Result<()> {
-    let f = |name: &str, k: &KeptFile| {
+    let f = |name: &str, k: &KeptFile, mask: u32| {
         (
             dir.join(format!("{name}{OLD_SUFFIX}")),
             k.bytes.clone(),
             k.uid,
             k.gid,
-            k.mode,
+            k.mode & mask,
         )
     };
-    let files = [f(KEY_FILE, &old.key), f(CERT_FILE, &old.cert)];
+    let files = [
+        f(KEY_FILE, &old.key, 0o600),
+        f(CERT_FILE, &old.cert, 0o7777),
+    ];
     let refs: Vec<_> = files
         .iter()
         .map(|(p, b, u, g, m)| (p.clone(), b.as_slice(), *u, *g, *m))
@@ -359,4 +363,33 @@ pub(crate) fn put_back(dir: &Path, old: Option<&CurrentPair>) -> Result<()> {
             ),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_kept_aside_is_at_most_0600_its_owner_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let kept = |bytes: &[u8], mode| KeptFile {
+            bytes: bytes.to_vec(),
+            uid: 65534,
+            gid: 65534,
+            mode,
+        };
+        let old = CurrentPair {
+            cert: kept(b"cert", 0o644),
+            key: kept(b"key", 0o644),
+            fingerprint: None,
+            names: None,
+        };
+        keep_old(t.path(), &old).unwrap();
+        let meta = |n: &str| fs::metadata(t.path().join(n)).unwrap();
+        let key = meta("sslkey.pem.old");
+        assert_eq!(key.permissions().mode() & 0o7777, 0o600);
+        assert_eq!((key.uid(), key.gid()), (65534, 65534));
+        assert_eq!(meta("sslcert.pem.old").permissions().mode() & 0o7777, 0o644);
+    }
 }

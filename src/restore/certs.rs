@@ -50,7 +50,8 @@ struct Undo {
     new_dirs: Vec<PathBuf>,
     new_files: Vec<PathBuf>,
     /// `(place, the old file kept)`.
-    kept: Vec<(PathBuf, PathBuf)>,
+    /// (place, kept name, the kept file's mode before it was narrowed to 0600)
+    kept: Vec<(PathBuf, PathBuf, Option<u32>)>,
 }
 
 /// The backup's certificate directory, or an error saying it has none.
@@ -214,7 +215,10 @@ fn keep_old(path: &Path, stamp: &str, placed: &mut Placed) -> Result<PathBuf> {
             old.display()
         )
     })?;
-    placed.undo.kept.push((path.to_path_buf(), old.clone()));
+    placed
+        .undo
+        .kept
+        .push((path.to_path_buf(), old.clone(), None));
     placed.replaced.push((
         path.to_string_lossy().into_owned(),
         old.to_string_lossy().into_owned(),
@@ -326,7 +330,12 @@ fn swap_in(tmp: &Path, path: &Path, existed: bool, stamp: &str, placed: &mut Pla
         let _ = fs::remove_file(tmp);
         fsutil::write_error(path, e)
     })?;
-    if !existed {
+    if existed {
+        // What is kept aside (an old key among them) is readable by its owner only.
+        if let Some((_, kept, before)) = placed.undo.kept.last_mut() {
+            *before = fsutil::narrow_kept(kept)?;
+        }
+    } else {
         placed.undo.new_files.push(path.to_path_buf());
         placed.created += 1;
     }
@@ -336,7 +345,12 @@ fn swap_in(tmp: &Path, path: &Path, existed: bool, stamp: &str, placed: &mut Pla
 impl Placed {
     /// Take the restore of the certificates back (the restore failed later).
     pub(crate) fn undo(&mut self) {
-        for (place, old) in self.undo.kept.drain(..).rev() {
+        for (place, old, mode) in self.undo.kept.drain(..).rev() {
+            if let Some(mode) = mode {
+                if let Err(e) = fsutil::set_mode_nofollow(&old, mode) {
+                    log::warn!("{e:#}; it goes back with mode 0600");
+                }
+            }
             match fs::rename(&old, &place) {
                 Ok(()) => log::info!("put {} back", place.display()),
                 Err(e) => log::error!(

@@ -308,3 +308,41 @@ fn restore_certs_keeps_a_differing_file_names_it_and_rolls_back() {
         (same.ino(), same.mtime_nsec())
     );
 }
+
+/// A differing key kept aside by `restore --certs` is readable by its owner only
+/// (issue 32): it was 0644 and still valid. Its owner (the service's user) is kept.
+#[test]
+fn restore_certs_keeps_a_replaced_key_aside_at_most_0600() {
+    let h = Host::new();
+    let b = h.backup_now();
+    let key = h.certdir.join("hosts/cortex.local.key");
+    fs::write(&key, "a key the user put there\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    let o = h
+        .cmd()
+        .args(["restore", "--certs"])
+        .arg(&b)
+        .arg(h.root.join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kept: Vec<PathBuf> = fs::read_dir(h.certdir.join("hosts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("cortex.local.key.synbackup-old-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        fs::read_to_string(&kept[0]).unwrap(),
+        "a key the user put there\n"
+    );
+    assert_eq!(mode(&kept[0]), 0o600, "kept aside at most 0600");
+    let meta = fs::metadata(&kept[0]).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "its owner kept");
+}
