@@ -108,6 +108,70 @@ fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value 
     facts
 }
 
+/// The backup root, root's and 0700 whatever made it: a backup holds the service's
+/// keys and data, and its top directory keeps the service's owner and mode (a
+/// restore puts them back), so the root is what keeps other users out. A missing
+/// one is made 0700 (as the generator does); an existing one that is not root's
+/// or that others can enter is narrowed, with a warning naming what it was.
+fn make_private_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| {
+            let fix = if e.raw_os_error() == Some(libc::EROFS) {
+                crate::base::fsutil::read_only_hint(root)
+            } else {
+                String::new()
+            };
+            fail(
+                Code::BadPath,
+                format!(
+                    "cannot create the backup root {}: {e}{fix}; create it or fix SYNBACKUP_BACKUP_ROOT",
+                    root.display()
+                ),
+            )
+        })?;
+    let meta = fs::metadata(root).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!(
+                "cannot stat the backup root {}: {e}; fix SYNBACKUP_BACKUP_ROOT",
+                root.display()
+            ),
+        )
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // Root's runs give it to root; another user's (tests, trials) keep their own.
+    let me = nix::unistd::Uid::effective().as_raw();
+    let owner = if me == 0 {
+        (0, 0)
+    } else {
+        (meta.uid(), meta.gid())
+    };
+    if (meta.uid(), meta.gid()) == owner && mode == 0o700 {
+        return Ok(());
+    }
+    log::warn!(
+        "backup root {} was owned by {}:{} with mode {mode:04o}: made root:root 0700 (backups hold the service's keys)",
+        root.display(),
+        meta.uid(),
+        meta.gid()
+    );
+    std::os::unix::fs::chown(root, Some(owner.0), Some(owner.1))
+        .and_then(|()| fs::set_permissions(root, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| {
+            fail(
+                Code::BadPath,
+                format!(
+                    "cannot make the backup root {} root:root 0700: {e}; run `chown root: {0}; chmod 700 {0}`",
+                    root.display()
+                ),
+            )
+        })
+}
+
 /// Steps 1 and 2: the verified backup under its timestamped name, then retention
 /// and the expiry of directories kept by maintenance windows; what the run made
 /// and its summary line.
@@ -117,20 +181,7 @@ fn back_up_and_prune(
     started: DateTime<Utc>,
     show_bar: bool,
 ) -> Result<(Made, String)> {
-    fs::create_dir_all(&inst.backup_root).map_err(|e| {
-        let fix = if e.raw_os_error() == Some(libc::EROFS) {
-            crate::base::fsutil::read_only_hint(&inst.backup_root)
-        } else {
-            String::new()
-        };
-        fail(
-            Code::BadPath,
-            format!(
-                "cannot create the backup root {}: {e}{fix}; create it or fix SYNBACKUP_BACKUP_ROOT",
-                inst.backup_root.display()
-            ),
-        )
-    })?;
+    make_private_root(&inst.backup_root)?;
     let base = catalog::backup_name(&inst.name, started);
     let mut name = base.clone();
     let mut n = 2;

@@ -825,3 +825,37 @@ fn a_bom_is_named_and_a_key_given_twice_names_both_lines() {
     assert_fails(&o, 2, "c0.conf:1: the file starts with a byte order mark");
     assert!(!s.backups.exists(), "a refused config made a backup");
 }
+
+/// The backup root is root's and 0700 whatever made it (issue 32): `run` makes a
+/// missing one 0700, and narrows one the service's user owns or others can enter.
+#[test]
+fn the_backup_root_is_root_only_whatever_made_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Setup::new("");
+    s.backup_now();
+    let meta = |p: &Path| fs::metadata(p).unwrap();
+    let m = meta(&s.backups);
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o700,
+        "a missing root is made 0700"
+    );
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+
+    // A root the service's user owns, readable by all.
+    std::os::unix::fs::chown(&s.backups, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&s.backups, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = meta(&s.backups);
+    assert_eq!(m.permissions().mode() & 0o7777, 0o700, "narrowed");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "given to root");
+    assert!(
+        stderr(&o).contains(&format!(
+            "backup root {} was owned by 65534:65534 with mode 0755: made root:root 0700",
+            s.backups.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
