@@ -33,8 +33,47 @@ pub(crate) fn settings(inst: &Instance) -> Result<&Offsite> {
     })
 }
 
+/// Refuse a secrets file (`what`, set by `key`) others could read or change: root
+/// reads it and hands it to restic, so it must be root's (ours, when not run as
+/// root) and at most 0600. Exit 2, the fix in the line.
+fn check_secret_file(path: &Path, what: &str, key: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Ok(()), // the open below says why it cannot be read
+    };
+    let me = nix::unistd::Uid::effective().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == me && mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let owner = if me == 0 {
+        "root"
+    } else {
+        "the user synbackup runs as"
+    };
+    Err(fail(
+        Code::Usage,
+        format!(
+            "the offsite {what} {p} is owned by {}:{} with mode {mode:04o}; it must be {owner}'s and 0600 at most: run `chmod 600 {p}; chown {}: {p}` (or fix {key})",
+            meta.uid(),
+            meta.gid(),
+            if me == 0 { "root".to_string() } else { me.to_string() },
+            p = path.display(),
+        ),
+    ))
+}
+
 /// The repository as restic opens it: password file checked, credentials read.
 pub(crate) fn repo(o: &Offsite) -> Result<Repo> {
+    check_secret_file(
+        &o.password_file,
+        "password file",
+        "SYNBACKUP_OFFSITE_PASSWORD_FILE",
+    )?;
+    if let Some(p) = &o.env_file {
+        check_secret_file(p, "env file", "SYNBACKUP_OFFSITE_ENV_FILE")?;
+    }
     if let Err(e) = std::fs::File::open(&o.password_file) {
         return Err(fail(
             Code::Offsite,

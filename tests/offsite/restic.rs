@@ -43,6 +43,8 @@ impl Setup {
         fs::create_dir_all(s.root.join("etc")).unwrap();
         fs::create_dir_all(s.root.join("metrics")).unwrap();
         fs::write(&s.password, "correct horse battery staple\n").unwrap();
+        // Secrets files are refused unless root's and 0600 at most.
+        fs::set_permissions(&s.password, fs::Permissions::from_mode(0o600)).unwrap();
         s.write_config(repo, extra);
         s
     }
@@ -392,6 +394,7 @@ fn a_wrong_password_an_unreachable_server_and_a_full_backend_fail_offsite_only()
     s.run_ok();
     // A credentials file that restic reads, and that never shows in the output.
     fs::write(t.path().join("env"), "AWS_SECRET_ACCESS_KEY=s3cr3t-value\n").unwrap();
+    fs::set_permissions(t.path().join("env"), fs::Permissions::from_mode(0o600)).unwrap();
     s.write_config(
         &full.join("repo").to_string_lossy(),
         &format!(
@@ -612,4 +615,49 @@ fn a_snapshot_that_differs_from_its_manifest_is_refused_by_the_restores_verify()
         stderr(&o)
     );
     assert_untouched(&s, &before);
+}
+
+/// Secrets files others can read are refused (issue 32): a 0644 password file, a
+/// 0644 env file with backend credentials, a password file the service's user
+/// owns; exit 2 with the file, its owner and mode, and the fix. restic never runs.
+#[test]
+fn secrets_files_others_can_read_or_write_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    let pw = s.password.display().to_string();
+    fs::set_permissions(&s.password, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = s.run(&["offsite", "list", "c0"]);
+    assert_fails(
+        &o,
+        2,
+        &format!("the offsite password file {pw} is owned by 0:0 with mode 0644; it must be root's and 0600 at most: run `chmod 600 {pw}; chown root: {pw}`"),
+    );
+    fs::set_permissions(&s.password, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&s.password, Some(65534), Some(65534)).unwrap();
+    let o = s.run(&["offsite", "list", "c0"]);
+    assert_fails(
+        &o,
+        2,
+        &format!("{pw} is owned by 65534:65534 with mode 0600"),
+    );
+    std::os::unix::fs::chown(&s.password, Some(0), Some(0)).unwrap();
+
+    let env = t.path().join("env");
+    fs::write(&env, "AWS_SECRET_ACCESS_KEY=s3cr3t-value\n").unwrap();
+    fs::set_permissions(&env, fs::Permissions::from_mode(0o644)).unwrap();
+    s.write_config(
+        &repo.to_string_lossy(),
+        &format!("SYNBACKUP_OFFSITE_ENV_FILE={}\n", env.display()),
+    );
+    let o = s.run(&["offsite", "list", "c0"]);
+    assert_fails(
+        &o,
+        2,
+        &format!(
+            "the offsite env file {} is owned by 0:0 with mode 0644",
+            env.display()
+        ),
+    );
+    assert!(!stderr(&o).contains("s3cr3t"));
 }
