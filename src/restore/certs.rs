@@ -84,6 +84,7 @@ pub(crate) fn put_back(backup: &Path, m: &Manifest, target: &Path, stamp: &str) 
         dir: target.to_string_lossy().into_owned(),
         ..Placed::default()
     };
+    refuse_planted_links(target)?;
     let result = (|| -> Result<()> {
         make_parents(target, &info, &mut placed.undo)?;
         let mut dirs: Vec<PathBuf> = m
@@ -135,6 +136,47 @@ pub(crate) fn put_back(backup: &Path, m: &Manifest, target: &Path, stamp: &str) 
         return Err(e);
     }
     Ok(placed)
+}
+
+/// Refuse a `target` reached through a symlink another user could have planted
+/// (`~/.syn -> /etc/ssl` by the service's user): root would write, as root, where
+/// the link points. A link on the way is followed only when root owns it and its
+/// directory is root's and writable by nobody else (an administrator's link).
+/// Checked before anything is written; a link planted after this check is not
+/// caught (the writes go by path).
+pub(crate) fn refuse_planted_links(target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let abs = std::path::absolute(target)
+        .with_context(|| format!("bad certificate directory {}", target.display()))?;
+    let mut at = PathBuf::new();
+    for c in abs.components() {
+        at.push(c);
+        let meta = match fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", at.display())),
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let dir = at.parent().unwrap_or(Path::new("/"));
+        let dir_meta =
+            fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let trusted = meta.uid() == 0 && dir_meta.uid() == 0 && dir_meta.mode() & 0o022 == 0;
+        if !trusted {
+            let to = fs::read_link(&at).unwrap_or_default();
+            return Err(fail(
+                Code::BadPath,
+                format!(
+                    "{} is a symlink (to {}) that uid {} could have made; restore --certs does not write through it: replace it with the directory it points to, or give --cert-dir a path without it, and restore again",
+                    at.display(),
+                    to.display(),
+                    if meta.uid() == 0 { dir_meta.uid() } else { meta.uid() }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Create the missing parents of `target` (the directory's owner, 0700).

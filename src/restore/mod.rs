@@ -434,6 +434,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
         None => None,
     };
+    if let Some(target) = &cert_target {
+        // Before anything changes; checked again where the files are written.
+        certs::refuse_planted_links(target)?;
+    }
     // 3. Space, then the staging copy while the service still runs.
     let staged = stage(t, &backup, &manifest, outcome)?;
     fault::point("restore-before-swap")?;

@@ -346,3 +346,55 @@ fn restore_certs_keeps_a_replaced_key_aside_at_most_0600() {
     let meta = fs::metadata(&kept[0]).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "its owner kept");
 }
+
+/// `restore --certs` does not write through a link the service's user planted in
+/// a parent of the certificate directory (`~/.syn -> a root-owned directory`,
+/// issue 32): refused before anything is written, naming the link; the directory
+/// it points to is untouched.
+#[test]
+fn restore_certs_refuses_a_link_the_service_user_planted_above_the_directory() {
+    let h = Host::new();
+    let b = h.backup_now();
+    let home = h.root.join("home/synapse");
+    let st = command("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Root's own directory, with a file the backup would replace.
+    let decoy = h.root.join("etc-ssl");
+    fs::create_dir_all(decoy.join("certs/cas")).unwrap();
+    let anchor = decoy.join("certs/cas/testca.crt");
+    fs::write(&anchor, "root's own trust anchor\n").unwrap();
+    // The service's user swaps ~/.syn for a link to it.
+    fs::rename(home.join(".syn"), home.join(".syn-real")).unwrap();
+    std::os::unix::fs::symlink(&decoy, home.join(".syn")).unwrap();
+    std::os::unix::fs::lchown(home.join(".syn"), Some(65534), Some(65534)).unwrap();
+    let o = h
+        .cmd()
+        .args(["restore", "--certs"])
+        .arg(&b)
+        .arg(h.root.join("elsewhere"))
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "{} is a symlink (to {}) that uid 65534 could have made; restore --certs does not write through it",
+            home.join(".syn").display(),
+            decoy.display()
+        ),
+    );
+    assert_eq!(
+        fs::read_to_string(&anchor).unwrap(),
+        "root's own trust anchor\n"
+    );
+    assert_eq!(fs::metadata(&anchor).unwrap().uid(), 0);
+    assert_eq!(
+        fs::read_dir(decoy.join("certs/cas")).unwrap().count(),
+        1,
+        "nothing written there"
+    );
+}
