@@ -73,10 +73,10 @@ impl Staging {
     fn beside(dir: &Path, tag: &str) -> Staging {
         let parent = dir.parent().unwrap_or(Path::new("/"));
         Staging {
-            path: parent.join(format!(
-                ".{}.synbackup-{tag}.{}",
-                file_name(dir),
-                std::process::id()
+            path: parent.join(sibling_name(
+                dir,
+                ".",
+                &format!(".synbackup-{tag}.{}", std::process::id()),
             )),
             armed: true,
         }
@@ -451,7 +451,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let swap = Swap {
         dir,
         new: &staged.copy.path,
-        aside: parent.join(format!("{}.pre-restore-{stamp}", file_name(dir))),
+        aside: parent.join(sibling_name(dir, "", &format!(".pre-restore-{stamp}"))),
         unit: t.unit.as_deref().filter(|_| running),
         stop_timeout: t.stop_timeout,
         health_timeout: t.health_timeout,
@@ -483,9 +483,14 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         outcome.kept_previous = Some(swap.aside.to_string_lossy().into_owned());
         let u = t.unit.as_deref().unwrap_or("UNIT");
         println!(
-            "to undo: systemctl stop {u}; mv {d} {d}.restored-{stamp} && mv {a} {d}; systemctl start {u}",
-            d = dir.display(),
-            a = swap.aside.display()
+            "to undo: systemctl stop {u}; mv {d} {r} && mv {a} {d}; systemctl start {u}",
+            d = shell_word(dir),
+            r = shell_word(&dir.with_file_name(sibling_name(
+                dir,
+                "",
+                &format!(".restored-{stamp}")
+            ))),
+            a = shell_word(&swap.aside)
         );
     }
     Ok(format!(
@@ -498,7 +503,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         if done.kept {
             format!(
                 "; the previous directory is kept at {}",
-                swap.aside.display()
+                shell_word(&swap.aside)
             )
         } else {
             String::new()
@@ -510,11 +515,35 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     ))
 }
 
-/// The last component of a directory's path (for its siblings' names).
-fn file_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// The name of a sibling of `dir`: its own name, byte for byte (a name that is not
+/// UTF-8 stays what it is), between `prefix` and `suffix`.
+fn sibling_name(dir: &Path, prefix: &str, suffix: &str) -> std::ffi::OsString {
+    let mut name = std::ffi::OsString::from(prefix);
+    name.push(dir.file_name().unwrap_or_default());
+    name.push(suffix);
+    name
+}
+
+/// A path as one shell word an operator can paste: as it is when it has only
+/// safe characters, else in `$'...'` with every other byte as `\xNN` (a name
+/// that is not UTF-8 is printed as the bytes it has, not as U+FFFD).
+fn shell_word(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_./+,:@%=-".contains(&b);
+    if !bytes.is_empty() && bytes.iter().all(|&b| safe(b)) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let mut out = String::from("$'");
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The backup's real path; refused when missing or overlapping the directory.

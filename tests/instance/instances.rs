@@ -859,3 +859,33 @@ fn the_backup_root_is_root_only_whatever_made_it() {
         stderr(&o)
     );
 }
+
+/// A service directory whose name is not UTF-8 (issue 32): the kept directory is
+/// its name byte for byte plus `.pre-restore-STAMP`, and the printed undo command
+/// names it as a shell word (`$'...\xff...'`) that exists, not with U+FFFD.
+#[test]
+fn restore_keeps_a_non_utf8_directory_under_its_own_bytes_and_prints_them_escaped() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join(OsStr::from_bytes(b"svc\xff\xfe"));
+    fake_service(&dir, 50);
+    let bk = t.path().join("bk");
+    assert!(run(&[&"backup", &dir, &bk]).status.success());
+    let o = run(&[&"restore", &bk, &dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let kept: Vec<Vec<u8>> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .filter(|n| n.starts_with(b"svc\xff\xfe.pre-restore-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "kept under the directory's own bytes");
+    let kept = String::from_utf8(kept[0][b"svc\xff\xfe".len()..].to_vec()).unwrap();
+    let out = String::from_utf8(o.stdout.clone()).expect("printed as ASCII escapes");
+    let word = |tail: &str| format!("$'{}/svc\\xff\\xfe{tail}'", t.path().display());
+    assert!(
+        out.contains(&format!("mv {} {}", word(&kept), word(""))),
+        "{out}"
+    );
+    assert!(!out.contains('\u{fffd}'), "{out}");
+}
