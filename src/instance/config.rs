@@ -213,6 +213,68 @@ fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, Value>> 
     Ok(out)
 }
 
+/// Read a config file only when nobody but root (or the user we run as) could have
+/// written it or swapped it: the file and every directory above it owned by root
+/// (or us) and not writable by group or others, as sshd's StrictModes wants; a
+/// directory writable by others passes only with the sticky bit and root's (`/tmp`:
+/// no one else can rename what is in it), one writable by its group only when that
+/// group is root's. Whatever a config says (`SYNBACKUP_RESTIC`, the paths) root
+/// runs or writes. Otherwise exit 2 naming the file, owner and mode, and the fix.
+fn read_trusted(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    check_trusted(path, &meta, false)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut at = std::fs::canonicalize(dir)?;
+    loop {
+        let m = std::fs::metadata(&at)?;
+        check_trusted(&at, &m, true)?;
+        if !at.pop() {
+            break;
+        }
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The error `read_trusted` gives for `path` (`dir`: one above the file), as an
+/// I/O error of kind PermissionDenied carrying the whole line.
+fn check_trusted(path: &Path, meta: &std::fs::Metadata, dir: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::Uid::effective().as_raw();
+    let mode = meta.mode() & 0o7777;
+    let owner_ok = meta.uid() == 0 || meta.uid() == me;
+    let group_ok = mode & 0o020 == 0 || meta.gid() == 0;
+    let other_ok = mode & 0o002 == 0 || (dir && mode & 0o1000 != 0 && meta.uid() == 0);
+    if owner_ok && group_ok && other_ok {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        UntrustedConfig(format!(
+            "{} is owned by {}:{} with mode {mode:04o}: another user could change what synbackup runs as root; run `chown root: {p}; chmod go-w {p}`",
+            path.display(),
+            meta.uid(),
+            meta.gid(),
+            p = path.display()
+        )),
+    ))
+}
+
+/// A config (or a directory above it) another user could write.
+#[derive(Debug)]
+struct UntrustedConfig(String);
+
+impl std::fmt::Display for UntrustedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UntrustedConfig {}
+
 /// The values given for an instance (file, environment, flags), read through the
 /// settings' declarations.
 struct Values {
@@ -231,9 +293,12 @@ impl Values {
         use_env: bool,
     ) -> Result<Values> {
         let path = config_dir.join(format!("{name}.conf"));
-        let mut given = match std::fs::read_to_string(&path) {
+        let mut given = match read_trusted(&path) {
             Ok(text) => parse_file(&text, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<UntrustedConfig>()) => {
+                return Err(fail(Code::Usage, e.to_string()));
+            }
             Err(e) => {
                 return Err(fail(
                     Code::Usage,
@@ -567,7 +632,9 @@ mod tests {
         }
         let e = err(&with("SYNBACKUP_OFFSITE_KEEP_LAST=0\n"));
         assert!(e.contains("newest snapshot must always be kept"), "{e}");
-        let e = err(&with("SYNBACKUP_OFFSITE_PASSWORD_FILE=relative\n"));
+        let e = err(&format!(
+            "{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=relative\n"
+        ));
         assert!(e.contains("expected an absolute path"), "{e}");
     }
 

@@ -889,3 +889,43 @@ fn restore_keeps_a_non_utf8_directory_under_its_own_bytes_and_prints_them_escape
     );
     assert!(!out.contains('\u{fffd}'), "{out}");
 }
+
+/// Configs are trusted only when root owns them and nobody else can write them or
+/// a directory above them (issue 32): a config owned by the service's user, a 0666
+/// one, one in a 0777 directory are refused (exit 2), naming the file or
+/// directory, its owner and mode and the fix; root's 0644 config under a sticky
+/// /tmp passes (every test's does).
+#[test]
+fn a_config_another_user_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new("");
+    let conf = s.root.join("etc/c0.conf");
+    let etc = s.root.join("etc");
+    let line = |p: &Path, who: &str, mode: &str| {
+        format!(
+            "{} is owned by {who} with mode {mode}: another user could change what synbackup runs as root; run `chown root: {p}; chmod go-w {p}`",
+            p.display(),
+            p = p.display()
+        )
+    };
+    std::os::unix::fs::chown(&conf, Some(65534), Some(65534)).unwrap();
+    assert_fails(
+        &s.run(&["list", "c0"]),
+        2,
+        &line(&conf, "65534:65534", "0644"),
+    );
+    assert_fails(
+        &s.run(&["run", "c0"]),
+        2,
+        &line(&conf, "65534:65534", "0644"),
+    );
+    std::os::unix::fs::chown(&conf, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o666)).unwrap();
+    assert_fails(&s.run(&["run", "c0"]), 2, &line(&conf, "0:0", "0666"));
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&etc, fs::Permissions::from_mode(0o777)).unwrap();
+    assert_fails(&s.run(&["run", "c0"]), 2, &line(&etc, "0:0", "0777"));
+    fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
