@@ -757,7 +757,7 @@ fn apply_dir_meta(plan: &scan::Plan, src: &Path, tmp: &Path) -> Result<Vec<DirEn
     let mut dirs = Vec::new();
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            let attrs = workers::source_xattrs(&src.join(rel))?;
+            let attrs = workers::scanned_dir_xattrs(&src.join(rel), meta)?;
             let applied = fsutil::copy_meta_dir_unsynced(&tmp.join(rel), meta, &attrs)?;
             dirs.push(DirEntry {
                 path: rel_str(rel),

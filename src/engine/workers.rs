@@ -333,6 +333,31 @@ pub(crate) fn source_xattrs(path: &Path) -> Result<xattrs::Attrs> {
     xattrs::read(&f, path)
 }
 
+/// The xattrs of the source directory the scan recorded as `scanned` at `path`:
+/// read from a descriptor checked to be that directory (device, inode), so a
+/// directory swapped for a link after the scan fails the run naming it (exit 3).
+pub(crate) fn scanned_dir_xattrs(path: &Path, scanned: &fs::Metadata) -> Result<xattrs::Attrs> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(path);
+    let now = f.as_ref().ok().and_then(|f| f.metadata().ok());
+    match (f, now) {
+        (Ok(f), Some(now)) if now.dev() == scanned.dev() && now.ino() == scanned.ino() => {
+            xattrs::read(&f, path)
+        }
+        (Err(e), _) if e.raw_os_error() != Some(libc::ENOTDIR) => Err(bad(format!(
+            "cannot read {}: {e}; fix its permissions or run as the service's user or root",
+            path.display()
+        ))),
+        _ => Err(bad(format!(
+            "{} changed between the scan and the copy (not the directory the scan saw); a directory replaced during a backup is not Synapse's doing: find who writes there, then run again",
+            path.display()
+        ))),
+    }
+}
+
 /// A path as the manifest writes it (lossless, see `manifest::path_key`).
 pub(crate) fn rel_str(rel: &Path) -> String {
     manifest::path_key(rel)

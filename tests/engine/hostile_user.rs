@@ -111,3 +111,52 @@ fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
         chown_tree(&src);
     }
 }
+
+/// A directory swapped for a link after the scan: its metadata (xattrs, ACLs) is
+/// not read through the link; the run fails naming it.
+#[test]
+fn a_directory_swapped_for_a_link_after_the_scan_fails_the_run() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the service's user is nobody)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fake_service(&src, 20);
+    fs::create_dir(src.join("empty")).unwrap();
+    chown_tree(&src);
+    let elsewhere = t.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let (dst, release, log) = (
+        t.path().join("dst"),
+        t.path().join("release"),
+        t.path().join("log"),
+    );
+    let mut child = bin()
+        .env("SYNBACKUP_FAULT", "hold:after-scan")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .args(["backup", "--freeze", "never"])
+        .arg(&src)
+        .arg(&dst)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(60, || fs::read_to_string(&log)
+        .unwrap()
+        .contains("holding at after-scan")));
+    fs::remove_dir(src.join("empty")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, src.join("empty")).unwrap();
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let err = fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} changed between the scan and the copy",
+            src.join("empty").display()
+        )),
+        "{err}"
+    );
+    assert!(!dst.exists());
+}
