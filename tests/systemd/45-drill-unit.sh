@@ -75,7 +75,14 @@ ns_assert_eq "yes yes strict yes" "$(sb_prop "$unit" PrivateNetwork) $(sb_prop "
 ns_assert_eq "$synapse_uid $synapse_uid" "$(sb_prop "$unit" User) $(ns_exec grep '^Uid:' "/proc/$pid/status" | cut -f2)" "User= and uid of the drill's server"
 [ "$(ns_exec readlink "/proc/$pid/ns/mnt")" != "$(ns_exec readlink /proc/1/ns/mnt)" ] ||
   ns_die "the drill's server shares the host's mount namespace"
-ns_assert_eq synbackup-drill "$(ns_exec nsenter -t "$pid" -m ls -A /run)" "/run as the drill's server sees it"
+# /run is a tmpfs of its own (systemd keeps only its /run/systemd there): none of
+# the host's runtime sockets (the system bus, systemd's private socket).
+ns_assert_eq synbackup-drill "$(ns_exec nsenter -t "$pid" -m ls -A /run | grep -vx systemd)" "/run as the drill's server sees it"
+ns_exec test -S /run/dbus/system_bus_socket
+ns_exec nsenter -t "$pid" -m test ! -e /run/dbus/system_bus_socket ||
+  ns_die "the drill's server sees the host's system bus"
+ns_exec nsenter -t "$pid" -m test ! -e /run/systemd/private ||
+  ns_die "the drill's server sees systemd's private socket"
 ns_exec nsenter -t "$pid" -m test -S /run/synbackup-drill/sock ||
   ns_exec nsenter -t "$pid" -m test -f /run/synbackup-drill/cell.guid ||
   ns_die "the drill's server does not see its copy at /run/synbackup-drill"
