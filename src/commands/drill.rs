@@ -43,6 +43,10 @@ pub(crate) struct DrillArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// With --dir: boot without Synapse's safemode (crons, triggers, dmons and
+    /// storm pools run).
+    #[arg(long)]
+    pub(crate) no_safemode: bool,
 }
 
 /// Drill as asked; exit code `Drill` when the backup did not boot or failed a check.
@@ -69,6 +73,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DrillArgs) -> Result<ExitCode> {
                 check: a.check.clone(),
                 isolation: Isolation::Auto,
                 env: Default::default(),
+                safemode: !a.no_safemode,
             };
             drill::drill_dir(dirs, &req)?
         }

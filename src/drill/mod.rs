@@ -14,6 +14,9 @@
 /// The drill's scratch copy of a backup, and removing dead drills' copies.
 pub(crate) mod scratch;
 
+/// The copy's `cell.yaml` without the keys that reach other services.
+pub(crate) mod cellconf;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -54,6 +57,8 @@ pub(crate) struct Request {
     pub(crate) isolation: Isolation,
     /// The service unit's environment, given to the server.
     pub(crate) env: UnitEnv,
+    /// Boot in Synapse's safemode (no crons, triggers, dmons, storm pools).
+    pub(crate) safemode: bool,
 }
 
 /// What a passed drill found.
@@ -82,6 +87,11 @@ pub(crate) struct Outcome {
     /// The transient unit the server ran as (systemd-run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) unit: Option<String>,
+    /// Booted with `--safemode`.
+    pub(crate) safemode: bool,
+    /// What was removed from the copy so it reaches nothing (`cell.yaml:mirror`,
+    /// `env:SYN_CORTEX_MIRROR`, ...).
+    pub(crate) neutralised: Vec<String>,
 }
 
 impl Outcome {
@@ -95,11 +105,17 @@ impl Outcome {
             ),
             _ => format!("Synapse {}", self.synapse_version),
         };
+        let sealed = if self.neutralised.is_empty() {
+            String::new()
+        } else {
+            format!("; neutralised {}", self.neutralised.join(", "))
+        };
         format!(
-            "drill passed: {} booted as {} {} ({version}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s",
+            "drill passed: {} booted as {} {} ({version}{}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s{sealed}",
             self.backup,
             self.cell_type,
             self.cell_guid,
+            if self.safemode { ", safemode" } else { ", full boot" },
             self.boot_seconds,
             self.health,
             self.nodes,
@@ -194,9 +210,10 @@ fn failed(message: String) -> anyhow::Error {
     fail(Code::Drill, message)
 }
 
-/// The server's command line on the scratch copy.
-fn server_argv(req: &Request, scratch: &Scratch) -> Vec<std::ffi::OsString> {
-    vec![
+/// The server's command line on the scratch copy, which it finds at
+/// [`netns::CELL_PATH`] in its own mount namespace (both isolation paths).
+fn server_argv(req: &Request) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
         req.python.clone().into(),
         "-m".into(),
         req.module.clone().into(),
@@ -204,8 +221,14 @@ fn server_argv(req: &Request, scratch: &Scratch) -> Vec<std::ffi::OsString> {
         "tcp://127.0.0.1:0".into(),
         "--https".into(),
         "0".into(),
-        scratch.path.clone().into(),
-    ]
+        netns::CELL_PATH.into(),
+    ];
+    if req.safemode {
+        // A config option made a flag by Synapse (2.256 and 3.7.0): it takes a
+        // value, read with Python's `bool`.
+        argv.splice(3..3, ["--safemode".into(), "true".into()]);
+    }
+    argv
 }
 
 /// Start the server on the scratch copy, isolated, as the backup's owner, with the
@@ -228,7 +251,7 @@ fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Ser
         writable: scratch.path.clone(),
         log: scratch.log.clone(),
         env: req.env.clone(),
-        argv: server_argv(req, scratch),
+        argv: server_argv(req),
     };
     transient::start(&spec).map_err(|e| failed(format!("cannot start the server: {e:#}")))?;
     let server = Server {
@@ -247,14 +270,19 @@ fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Ser
 fn start_child(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
     let log = File::create(&scratch.log)
         .with_context(|| format!("cannot create {}", scratch.log.display()))?;
-    let argv = server_argv(req, scratch);
+    let argv = server_argv(req);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(unitenv::resolve(&req.env)?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    netns::isolate(&mut cmd, owner.0, owner.1);
+    netns::isolate(
+        &mut cmd,
+        owner.0,
+        owner.1,
+        Some(netns::Seal::new(&scratch.path)?),
+    );
     let child = cmd.spawn().map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::EPERM) => {
@@ -375,6 +403,16 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let t_copy = Instant::now();
     let scratch = scratch::make(&backup, need)?;
     let copy_seconds = t_copy.elapsed().as_secs_f64();
+    let mut neutralised = cellconf::neutralise(&scratch.path)?;
+    let mut env = req.env.clone();
+    neutralised.extend(cellconf::neutralise_env(&mut env.assignments));
+    if !neutralised.is_empty() {
+        log::info!(
+            "removed from the scratch copy's config: {}",
+            neutralised.join(", ")
+        );
+    }
+    let req = &Request { env, ..req.clone() };
     log::info!(
         "scratch copy {} made by {} in {copy_seconds:.1} s",
         scratch.path.display(),
@@ -423,6 +461,8 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         check: req.check.clone(),
         isolation,
         unit,
+        safemode: req.safemode,
+        neutralised,
     })
 }
 
@@ -500,6 +540,7 @@ pub(crate) fn drill_of(
             check: check.or(inst.drill_check.clone()),
             isolation: inst.drill_isolation,
             env: service_env(inst)?,
+            safemode: inst.drill_safemode,
         })
     });
     let finished = now_str(chrono::Utc::now());

@@ -9,18 +9,136 @@
 //! change, which would clear it), so a drill killed with SIGKILL takes its server
 //! along. std's own `Command::uid` would change the user before `pre_exec`, too
 //! early for the unshare, so the user is changed here.
+//!
+//! With [`Seal`], the child also gets a mount namespace of its own
+//! (`unshare(CLONE_NEWNS)`, every mount made private so nothing propagates back to
+//! the host): a tmpfs on `/run` (the host's runtime sockets are gone), the scratch
+//! copy bound at [`CELL_PATH`] in it (reachable by the backup's owner, whatever the
+//! modes of the directories that hold the copy on the host), then a tmpfs on `/tmp`.
+//! The copy is opened (in the new namespace) before the tmpfs cover anything, and
+//! bound through `/proc/self/fd/N`, so a copy under `/tmp` or `/run` is still found.
 
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
-/// Make `cmd` start in a new network namespace with only loopback, as `uid:gid`.
-pub(crate) fn isolate(cmd: &mut Command, uid: u32, gid: u32) {
+use anyhow::{Context, Result};
+
+/// Where the drilled cell finds its directory, in its own mount namespace.
+pub(crate) const CELL_PATH: &str = "/run/synbackup-drill";
+
+/// The mount namespace to seal the child in: the directory bound at [`CELL_PATH`].
+pub(crate) struct Seal {
+    scratch: CString,
+}
+
+impl Seal {
+    /// A seal presenting `scratch` at [`CELL_PATH`].
+    pub(crate) fn new(scratch: &Path) -> Result<Seal> {
+        Ok(Seal {
+            scratch: CString::new(scratch.as_os_str().as_bytes())
+                .with_context(|| format!("{} holds a NUL byte", scratch.display()))?,
+        })
+    }
+}
+
+/// Make `cmd` start in a new network namespace with only loopback, as `uid:gid`,
+/// sealed in a mount namespace of its own when `seal` is given.
+pub(crate) fn isolate(cmd: &mut Command, uid: u32, gid: u32, seal: Option<Seal>) {
     let parent = std::process::id();
     // SAFETY: the closure only makes async-signal-safe syscalls (no allocation).
     unsafe {
-        cmd.pre_exec(move || isolate_child(uid, gid, parent));
+        cmd.pre_exec(move || {
+            if let Some(s) = &seal {
+                seal_child(s)?;
+            }
+            isolate_child(uid, gid, parent)
+        });
     }
+}
+
+/// `/proc/self/fd/N` as a NUL-terminated string, without allocating.
+fn fd_path(fd: libc::c_int, buf: &mut [u8; 40]) -> *const libc::c_char {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[prefix.len() + i] = digits[len - 1 - i];
+    }
+    buf[prefix.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+/// In the forked child, as root: the private mount namespace of [`Seal`].
+fn seal_child(seal: &Seal) -> io::Result<()> {
+    const RUN: &[u8] = b"/run\0";
+    const TMP: &[u8] = b"/tmp\0";
+    const CELL: &[u8] = b"/run/synbackup-drill\0";
+    const TMPFS: &[u8] = b"tmpfs\0";
+    const ROOT: &[u8] = b"/\0";
+    const RUN_OPTS: &[u8] = b"mode=0755,size=16m\0";
+    const TMP_OPTS: &[u8] = b"mode=1777\0";
+    let c = |b: &[u8]| b.as_ptr().cast::<libc::c_char>();
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: plain syscalls on NUL-terminated constants and a CString we own.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c(ROOT),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        // Opened in the new namespace (a bind from the old one's mounts is EINVAL),
+        // before anything covers it.
+        let fd = libc::open(
+            seal.scratch.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        check(fd)?;
+        check(libc::mount(
+            c(TMPFS),
+            c(RUN),
+            c(TMPFS),
+            flags,
+            c(RUN_OPTS).cast(),
+        ))?;
+        check(libc::mkdir(c(CELL), 0o755))?;
+        let mut buf = [0u8; 40];
+        check(libc::mount(
+            fd_path(fd, &mut buf),
+            c(CELL),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        libc::close(fd);
+        check(libc::mount(
+            c(TMPFS),
+            c(TMP),
+            c(TMPFS),
+            flags,
+            c(TMP_OPTS).cast(),
+        ))?;
+        // The drill's own working directory may be gone here (under /tmp): Python's
+        // multiprocessing workers chdir to their parent's.
+        check(libc::chdir(c(CELL)))?;
+    }
+    Ok(())
 }
 
 fn check(r: libc::c_int) -> io::Result<()> {

@@ -3,6 +3,10 @@
 //! network but its own loopback (`PrivateNetwork=yes`), as a given user, the file
 //! system read-only but one directory (`ProtectSystem=strict`, `ReadWritePaths=`),
 //! `NoNewPrivileges=yes`, `PrivateTmp=yes`, with the environment of another unit.
+//! The writable directory is also bound at [`netns::CELL_PATH`] on a private tmpfs
+//! `/run` (`TemporaryFileSystem=/run`, `BindPaths=`): the process reaches it there
+//! whatever the modes of the directories that hold it on the host, and the host's
+//! runtime sockets under `/run` do not exist for it.
 //!
 //! Used when systemd runs the host ([`systemd_runs`]): systemd then owns the process
 //! and its cgroup, so it and every worker it spawns are stopped together, also by a
@@ -15,8 +19,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::host::systemd;
 use crate::host::unitenv::UnitEnv;
+use crate::host::{netns, systemd};
 
 /// How the server under test is kept off the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -85,6 +89,12 @@ pub(crate) fn run_args(spec: &Spec) -> Vec<OsString> {
     prop(format!("Group={}", spec.gid));
     prop("ProtectSystem=strict".into());
     prop(format!("ReadWritePaths={}", spec.writable.display()));
+    prop("TemporaryFileSystem=/run:mode=0755".into());
+    prop(format!(
+        "BindPaths={}:{}",
+        spec.writable.display(),
+        netns::CELL_PATH
+    ));
     prop("NoNewPrivileges=yes".into());
     prop("PrivateTmp=yes".into());
     prop("TimeoutStopSec=60".into());
@@ -184,6 +194,8 @@ mod tests {
             "Group=997",
             "ProtectSystem=strict",
             "ReadWritePaths=/srv/b/.x.synbackup-drill.42",
+            "TemporaryFileSystem=/run:mode=0755",
+            "BindPaths=/srv/b/.x.synbackup-drill.42:/run/synbackup-drill",
             "NoNewPrivileges=yes",
             "PrivateTmp=yes",
             "EnvironmentFile=-/etc/c0.env",

@@ -25,8 +25,8 @@ use crate::host::transient::Isolation;
 use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
     BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
-    DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_TIMEOUT, FREEZE,
-    FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
+    DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
+    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
     LOCK_WAIT, MAX_AGE, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
     OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE,
     OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
@@ -82,6 +82,8 @@ pub(crate) struct Instance {
     pub(crate) drill_isolation: Isolation,
     /// `run` drills the backup it just made.
     pub(crate) drill_after_run: bool,
+    /// A drill boots the copy in Synapse's safemode.
+    pub(crate) drill_safemode: bool,
 }
 
 /// Where and how `run` copies its backups offsite (through restic).
@@ -449,6 +451,7 @@ fn load_with(
         offsite,
         drill_isolation: v.value(&DRILL_ISOLATION)?,
         drill_after_run: v.value(&DRILL_AFTER_RUN)?,
+        drill_safemode: v.value(&DRILL_SAFEMODE)?,
     })
 }
 

@@ -324,6 +324,8 @@ settings! {
         "auto, systemd-run or netns (default auto: a transient unit when systemd runs)";
     DRILL_AFTER_RUN: OneOf<bool> = "SYNBACKUP_DRILL_AFTER_RUN", YES_NO, Default("no"), Unset,
         "yes or no (default no): every run drills the backup it made";
+    DRILL_SAFEMODE: OneOf<bool> = "SYNBACKUP_DRILL_SAFEMODE", YES_NO, Default("yes"), Unset,
+        "yes or no (default yes): a drill boots the copy in Synapse's safemode (no crons, triggers, dmons, storm pools)";
 }
 
 /// The declared setting named `key`.

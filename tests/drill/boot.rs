@@ -3,7 +3,9 @@
 //! with its node counts (its copy of the certificate directory left out of the
 //! scratch copy); a killed drill's scratch copy is removed by the next drill;
 //! a backup whose `cell.yaml` the service rejects fails with the service's own
-//! error; a restored mirror stays isolated from its upstream on the host's loopback;
+//! error; a restored mirror stays isolated from its upstream on the host's loopback,
+//! and one following its leader (and AHA) over unix sockets reaches neither, its
+//! copy's `cell.yaml` neutralised and booted in safemode;
 //! a backup without `cell.guid` is refused; a backup owned by another user is booted
 //! as that user; `drill INSTANCE` picks the newest *verified* backup and records
 //! status, metrics and the per-backup record `list` and `status` show;
@@ -14,7 +16,7 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -288,6 +290,72 @@ fn drills_on_real_cortex_backups() {
     );
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(out["form_counts"]["inet:ipv4"], live_ipv4, "{out}");
+    assert_eq!(scratch_left(t.path()), Vec::<String>::new());
+
+    // Phase 4b: a mirror that follows its leader over the leader's unix socket,
+    // and registers with AHA over another: the drill's copy loses `mirror` and the
+    // `aha:*` keys (the backup keeps them), boots in safemode, and a write in the
+    // check reaches neither socket (which would have forwarded it to production).
+    let leader_dir = t.path().join("leader");
+    let aha_dir = t.path().join("aha");
+    let socket_hits = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicUsize::new(0));
+    let mut listeners = Vec::new();
+    for dir in [&leader_dir, &aha_dir] {
+        fs::create_dir_all(dir).unwrap();
+        let l = UnixListener::bind(dir.join("sock")).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let (h, s) = (socket_hits.clone(), stop.clone());
+        listeners.push(std::thread::spawn(move || {
+            while s.load(Ordering::SeqCst) == 0 {
+                if l.accept().is_ok() {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    let yaml = format!(
+        "mirror: cell://{}\naha:registry:\n  - cell://{}\naha:name: core00\naha:network: drill.test\nnexslog:en: true\n",
+        leader_dir.display(),
+        aha_dir.display()
+    );
+    let sockmirror = remade(t.path(), &b1, "sockmirror", |dir| {
+        fs::write(dir.join("cell.yaml"), &yaml).unwrap();
+    });
+    let o = bin()
+        .args(drill_args(&sockmirror))
+        .args(["--check", "[inet:fqdn=written-by-drill.example]"])
+        .output()
+        .unwrap();
+    stop.store(1, Ordering::SeqCst);
+    for l in listeners {
+        l.join().unwrap();
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        socket_hits.load(Ordering::SeqCst),
+        0,
+        "the drilled mirror reached its leader's or AHA's socket"
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["form_counts"]["inet:ipv4"], live_ipv4, "{out}");
+    assert_eq!(out["safemode"], true, "{out}");
+    assert_eq!(
+        out["neutralised"],
+        serde_json::json!([
+            "cell.yaml:mirror",
+            "cell.yaml:aha:registry",
+            "cell.yaml:aha:name",
+            "cell.yaml:aha:network"
+        ]),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(sockmirror.join("cell.yaml")).unwrap(),
+        yaml,
+        "the drill changed the backup's cell.yaml"
+    );
     assert_eq!(scratch_left(t.path()), Vec::<String>::new());
 
     // Phase 5: an instance: the newest verified backup, the Python and module from

@@ -8,7 +8,9 @@
 # (systemd-run: PrivateNetwork, its own network namespace) with the Cortex unit's
 # Environment= and EnvironmentFile=; a drill killed meanwhile leaves that unit
 # running, and the next drill stops it before it boots the backup again. With
-# SYNBACKUP_DRILL_AFTER_RUN=yes the backup unit drills the backup it made. Then an offsite copy
+# SYNBACKUP_DRILL_AFTER_RUN=yes the backup unit drills the backup it made. The Cortex
+# runs as User=synapse with only the README's three config lines: the generator's
+# 0700 root backup root is not the server's way to its copy (a bind mount is). Then an offsite copy
 # under the hardened unit, and the disaster-recovery path in a second, fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -18,15 +20,25 @@ set -euo pipefail
 
 ns_boot t40 --bind-ro=/usr/bin/restic:/usr/bin/restic
 sb_install
-# The Cortex unit's environment, which the drill's server must get too.
-ns_exec mkdir -p /etc/systemd/system/synapse-cortex@cortex00.service.d
-printf '[Service]\nEnvironment=SB_DRILL_MARK=from-environment\nEnvironmentFile=-/etc/default/cortex00-env\n' |
+# The Cortex runs as User=synapse (as synbackup(8) EXAMPLES set it up), with an
+# environment the drill's server must get too.
+ns_exec useradd --system --no-create-home --shell /usr/sbin/nologin synapse
+ns_exec mkdir -p /srv/cortex /etc/systemd/system/synapse-cortex@cortex00.service.d
+ns_exec install -d -o synapse -g synapse -m 0750 /srv/cortex/cortex00
+printf '[Service]\nUser=synapse\nGroup=synapse\nEnvironment=SB_DRILL_MARK=from-environment\nEnvironmentFile=-/etc/default/cortex00-env\n' |
   ns_exec tee /etc/systemd/system/synapse-cortex@cortex00.service.d/env.conf >/dev/null
 echo SB_DRILL_FILE_MARK=from-file | ns_exec tee /etc/default/cortex00-env >/dev/null
 sb_cortex cortex00
 ns_defer ns_exec systemctl stop synapse-cortex@cortex00.service
 ns_exec storm.py add /srv/cortex/cortex00 50 >/dev/null
-sb_config cortex00 </dev/null
+# Only the README's three lines: the backup root and its parents are made by the
+# generator's ExecStartPre (0700 root, UMask=0077), not by the test.
+printf '%s\n' SYNBACKUP_SERVICE_DIR=/srv/cortex/cortex00 \
+  SYNBACKUP_SERVICE_UNIT=synapse-cortex@cortex00.service \
+  SYNBACKUP_BACKUP_ROOT=/srv/backups/cortex00 |
+  ns_exec tee /etc/synbackup/cortex00.conf >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec test ! -e /srv/backups
 ns_exec mkdir -p /var/lib/prometheus/node-exporter
 
 # The timer is shipped, not enabled.
@@ -36,10 +48,15 @@ ns_exec systemd-analyze verify synbackup-drill@cortex00.service synbackup-drill@
 ns_exec systemctl start synbackup@cortex00.service
 ns_assert_eq success "$(sb_prop synbackup@cortex00.service Result)" "Result of the backup"
 
+# The default layout: root-only directories above a backup owned by synapse.
+ns_assert_eq "root 700 root 700 synapse" \
+  "$(ns_exec sh -c 'stat -c "%U %a" /srv/backups /srv/backups/cortex00; stat -c %U /srv/backups/cortex00/cortex00_*' | tr '\n' ' ' | sed 's/ $//')" \
+  "owners and modes of the backup root, its parent and the backup"
+synapse_uid=$(ns_exec id -u synapse)
+
 # A first drill: its server runs as a transient unit, hardened, with the Cortex
-# unit's environment, as the backup's owner (the backup is given to nobody: the
-# manifest records no owners). Found while it runs; then the drill is killed.
-ns_exec sh -c 'chown -R 65534:65534 /srv/backups/cortex00/cortex00_*'
+# unit's environment, as the backup's owner, sealed in a mount namespace with the
+# copy at /run/synbackup-drill. Found while it runs; then the drill is killed.
 drill_server() { # writes "UNIT PID" of the running drill server to $NS_STATE/server
   local unit pid
   unit=$(ns_exec systemctl list-units --plain --no-legend 'synbackup-drill-scratch-*.service' | awk '{print $1; exit}')
@@ -55,7 +72,20 @@ ns_assert_eq "yes yes strict yes" "$(sb_prop "$unit" PrivateNetwork) $(sb_prop "
   "PrivateNetwork NoNewPrivileges ProtectSystem PrivateTmp of $unit"
 [ "$(ns_exec readlink "/proc/$pid/ns/net")" != "$(ns_exec readlink /proc/1/ns/net)" ] ||
   ns_die "the drill's server shares the host's network namespace"
-ns_assert_eq "65534 65534" "$(sb_prop "$unit" User) $(ns_exec grep '^Uid:' "/proc/$pid/status" | cut -f2)" "User= and uid of the drill's server"
+ns_assert_eq "$synapse_uid $synapse_uid" "$(sb_prop "$unit" User) $(ns_exec grep '^Uid:' "/proc/$pid/status" | cut -f2)" "User= and uid of the drill's server"
+[ "$(ns_exec readlink "/proc/$pid/ns/mnt")" != "$(ns_exec readlink /proc/1/ns/mnt)" ] ||
+  ns_die "the drill's server shares the host's mount namespace"
+# /run is a tmpfs of its own (systemd keeps only its /run/systemd there): none of
+# the host's runtime sockets (the system bus, systemd's private socket).
+ns_assert_eq synbackup-drill "$(ns_exec nsenter -t "$pid" -m ls -A /run | grep -vx systemd)" "/run as the drill's server sees it"
+ns_exec test -S /run/dbus/system_bus_socket
+ns_exec nsenter -t "$pid" -m test ! -e /run/dbus/system_bus_socket ||
+  ns_die "the drill's server sees the host's system bus"
+ns_exec nsenter -t "$pid" -m test ! -e /run/systemd/private ||
+  ns_die "the drill's server sees systemd's private socket"
+ns_exec nsenter -t "$pid" -m test -S /run/synbackup-drill/sock ||
+  ns_exec nsenter -t "$pid" -m test -f /run/synbackup-drill/cell.guid ||
+  ns_die "the drill's server does not see its copy at /run/synbackup-drill"
 env=$(ns_exec cat "/proc/$pid/environ" | tr '\0' '\n')
 grep -qx SB_DRILL_MARK=from-environment <<<"$env" || ns_die "Environment= of the Cortex unit missing in the server"
 grep -qx SB_DRILL_FILE_MARK=from-file <<<"$env" || ns_die "EnvironmentFile= of the Cortex unit missing in the server"
