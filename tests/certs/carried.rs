@@ -319,13 +319,7 @@ fn restore_certs_keeps_a_replaced_key_aside_at_most_0600() {
     fs::write(&key, "a key the user put there\n").unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
     std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
-    let o = h
-        .cmd()
-        .args(["restore", "--certs"])
-        .arg(&b)
-        .arg(h.root.join("elsewhere"))
-        .output()
-        .unwrap();
+    let o = h.run(&[&"restore", &"--certs", &b, &h.root.join("elsewhere")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let kept: Vec<PathBuf> = fs::read_dir(h.certdir.join("hosts"))
         .unwrap()
@@ -371,13 +365,7 @@ fn restore_certs_refuses_a_link_the_service_user_planted_above_the_directory() {
     fs::rename(home.join(".syn"), home.join(".syn-real")).unwrap();
     std::os::unix::fs::symlink(&decoy, home.join(".syn")).unwrap();
     std::os::unix::fs::lchown(home.join(".syn"), Some(65534), Some(65534)).unwrap();
-    let o = h
-        .cmd()
-        .args(["restore", "--certs"])
-        .arg(&b)
-        .arg(h.root.join("elsewhere"))
-        .output()
-        .unwrap();
+    let o = h.run(&[&"restore", &"--certs", &b, &h.root.join("elsewhere")]);
     assert_fails(
         &o,
         3,

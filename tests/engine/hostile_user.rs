@@ -7,7 +7,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 
 use crate::util::*;
 
@@ -36,6 +36,29 @@ fn root_secret(dir: &Path) -> std::path::PathBuf {
     secret
 }
 
+/// `backup SRC DST` held right after its scan (until `release` exists), its stderr
+/// in `log`: what the service's user may do in that moment, a test does.
+fn backup_held_after_scan(src: &Path, dst: &Path, release: &Path, log: &Path) -> Child {
+    let child = bin()
+        .env("SYNBACKUP_FAULT", "hold:after-scan")
+        .env("SYNBACKUP_FAULT_RELEASE", release)
+        .args(["backup", "--freeze", "never"])
+        .arg(src)
+        .arg(dst)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || fs::read_to_string(log)
+            .unwrap()
+            .contains("holding at after-scan")),
+        "{}",
+        fs::read_to_string(log).unwrap()
+    );
+    child
+}
+
 #[test]
 fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
     if !is_root() {
@@ -54,23 +77,7 @@ fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
         let dst = t.path().join(format!("dst-{by}"));
         let release = t.path().join(format!("release-{by}"));
         let log = t.path().join(format!("stderr-{by}"));
-        let mut child = bin()
-            .env("SYNBACKUP_FAULT", "hold:after-scan")
-            .env("SYNBACKUP_FAULT_RELEASE", &release)
-            .args(["backup", "--freeze", "never"])
-            .arg(&src)
-            .arg(&dst)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for(60, || fs::read_to_string(&log)
-                .unwrap()
-                .contains("holding at after-scan")),
-            "{}",
-            fs::read_to_string(&log).unwrap()
-        );
+        let mut child = backup_held_after_scan(&src, &dst, &release, &log);
         // What the service's user can do between the scan and the copy.
         let moved = t.path().join(format!("moved-{by}"));
         if by == "file" {
@@ -132,19 +139,7 @@ fn a_directory_swapped_for_a_link_after_the_scan_fails_the_run() {
         t.path().join("release"),
         t.path().join("log"),
     );
-    let mut child = bin()
-        .env("SYNBACKUP_FAULT", "hold:after-scan")
-        .env("SYNBACKUP_FAULT_RELEASE", &release)
-        .args(["backup", "--freeze", "never"])
-        .arg(&src)
-        .arg(&dst)
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(60, || fs::read_to_string(&log)
-        .unwrap()
-        .contains("holding at after-scan")));
+    let mut child = backup_held_after_scan(&src, &dst, &release, &log);
     fs::remove_dir(src.join("empty")).unwrap();
     std::os::unix::fs::symlink(&elsewhere, src.join("empty")).unwrap();
     fs::write(&release, "").unwrap();
