@@ -18,6 +18,18 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A small service tree at `dir/src` (its owner given away by the caller), or
+/// `None` when not root (the test is skipped: the service's user is nobody).
+fn service_tree(dir: &Path) -> Option<std::path::PathBuf> {
+    if !is_root() {
+        eprintln!("skipped: needs root (the service's user is nobody)");
+        return None;
+    }
+    let src = dir.join("src");
+    fake_service(&src, 20);
+    Some(src)
+}
+
 /// Give the whole tree at `dir` to `nobody`, as a service's directory is its user's.
 fn chown_tree(dir: &Path) {
     let st = command("chown")
@@ -61,13 +73,10 @@ fn backup_held_after_scan(src: &Path, dst: &Path, release: &Path, log: &Path) ->
 
 #[test]
 fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root (the service's user is nobody)");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    fake_service(&src, 20);
+    let Some(src) = service_tree(t.path()) else {
+        return;
+    };
     fs::write(src.join("notes.txt"), "the user's notes\n").unwrap();
     fs::create_dir(src.join("sub")).unwrap();
     fs::write(src.join("sub/more.txt"), "more notes\n").unwrap();
@@ -123,13 +132,10 @@ fn a_file_swapped_for_a_link_after_the_scan_is_not_copied_through_it() {
 /// not read through the link; the run fails naming it.
 #[test]
 fn a_directory_swapped_for_a_link_after_the_scan_fails_the_run() {
-    if !is_root() {
-        eprintln!("skipped: needs root (the service's user is nobody)");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    fake_service(&src, 20);
+    let Some(src) = service_tree(t.path()) else {
+        return;
+    };
     fs::create_dir(src.join("empty")).unwrap();
     chown_tree(&src);
     let elsewhere = t.path().join("elsewhere");
