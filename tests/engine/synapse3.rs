@@ -167,7 +167,11 @@ fn drill_of_a_3x_backup_counts_checks_and_names_3_7_0() {
     assert_eq!(out["form_counts"]["inet:ip"], 400, "{out}");
     assert_eq!(out["cell_type"], "cortex");
     assert_eq!(out["cell_guid"], guid.trim());
-    assert!(stderr(&o).contains("(Synapse 3.7.0)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(Synapse 3.7.0, safemode)"),
+        "{}",
+        stderr(&o)
+    );
     // A check that fails is the drill's failure (exit 11), with Storm's error.
     let o = drill(&b, &syn3::python(), &["--check", "inet:ipv4"]);
     assert_fails(&o, 11, "SYNBACKUP_DRILL_CHECK failed");

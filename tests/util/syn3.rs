@@ -54,9 +54,22 @@ pub fn require(test: &str) -> Option<PathBuf> {
 }
 
 /// The host-callable Python of the tree (`tests/synapse3/python`): what a drill
-/// is given to boot a backup with Synapse 3.7.0.
+/// is given to boot a backup with Synapse 3.7.0. A drill's server sees a private
+/// `/tmp` and `/run` (drill/), so the wrapper and `in-root` are copied, once per
+/// test process, to a directory under /var/tmp that the drill leaves visible (the
+/// repository may be checked out under /tmp).
 pub fn python() -> PathBuf {
-    repo().join("tests/synapse3/python")
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::path::Path::new("/var/tmp")
+            .join(format!("synbackup-tests-syn3.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["python", "in-root"] {
+            std::fs::copy(repo().join("tests/synapse3").join(name), dir.join(name)).unwrap();
+        }
+        dir.join("python")
+    })
+    .clone()
 }
 
 /// A command run in the tree with the temporary directory bound at its own path
