@@ -57,12 +57,22 @@ pub fn require(test: &str) -> Option<PathBuf> {
 /// is given to boot a backup with Synapse 3.7.0. A drill's server sees a private
 /// `/tmp` and `/run` (drill/), so the wrapper and `in-root` are copied, once per
 /// test process, to a directory under /var/tmp that the drill leaves visible (the
-/// repository may be checked out under /tmp).
+/// repository may be checked out under /tmp); those of finished test processes are
+/// removed.
 pub fn python() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::path::Path::new("/var/tmp")
-            .join(format!("synbackup-tests-syn3.{}", std::process::id()));
+        let var_tmp = std::path::Path::new("/var/tmp");
+        // Earlier test processes' copies, whose process is gone.
+        for e in std::fs::read_dir(var_tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("synbackup-tests-syn3.") {
+                if !std::path::Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = var_tmp.join(format!("synbackup-tests-syn3.{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["python", "in-root"] {
             std::fs::copy(repo().join("tests/synapse3").join(name), dir.join(name)).unwrap();
