@@ -283,7 +283,7 @@ settings! {
     CERT_NAMES: Words = "SYNBACKUP_CERT_NAMES", Words, Absent, Unset,
         "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)";
     LOCK_WAIT: Span = "SYNBACKUP_LOCK_WAIT", Span, Default("1h"), Checked,
-        "a duration a run or window waits for another to finish (default 1h)";
+        "a duration a run, window, restore, drill or certs deploy waits for another to finish (default 1h)";
     DRILL_PYTHON: Program = "SYNBACKUP_DRILL_PYTHON", Program, Absent, Unset,
         "the Python a drill runs (default: from the unit's ExecStart)";
     DRILL_MODULE: Text = "SYNBACKUP_DRILL_MODULE", Text, Absent, Unset,
