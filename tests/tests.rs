@@ -59,6 +59,8 @@ mod offsite {
 mod drill {
     /// `synbackup drill`: boot a backup's copy isolated, check it, clean up.
     mod boot;
+    /// The drilled cell sees none of the host's services and runs no dmon.
+    mod sealed;
 }
 
 /// The host layer.

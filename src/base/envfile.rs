@@ -48,6 +48,25 @@ impl Rejected {
     }
 }
 
+/// The text of an environment file that systemd reads back as exactly `pairs`:
+/// each value in double quotes, with `\\`, `"`, `$` and `` ` `` escaped (a newline
+/// in a value stays a newline inside the quotes).
+pub(crate) fn render(pairs: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push_str(k);
+        out.push_str("=\"");
+        for ch in v.chars() {
+            if matches!(ch, '\\' | '"' | '$' | '`') {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push_str("\"\n");
+    }
+    out
+}
+
 /// Where the reader is within a line (systemd's states, by the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -346,5 +365,25 @@ mod tests {
             entries("A=1\nA=2"),
             vec![("A".into(), "1".into(), 1), ("A".into(), "2".into(), 2)]
         );
+    }
+
+    #[test]
+    fn render_round_trips_through_the_parser() {
+        let pairs: Vec<(String, String)> = [
+            ("A", "plain"),
+            ("B", "two words"),
+            ("C", "q\"uote \\back $HOME `tick` 'single'"),
+            ("D", "line one\nline two"),
+            ("E", ""),
+            ("F", "trailing \\"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let back: Vec<(String, String)> = parse(&render(&pairs))
+            .into_iter()
+            .map(|e| e.map(|e| (e.key, e.value)).unwrap())
+            .collect();
+        assert_eq!(back, pairs);
     }
 }

@@ -74,6 +74,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &DrillArgs) -> Result<ExitCode> {
                 isolation: Isolation::Auto,
                 env: Default::default(),
                 safemode: !a.no_safemode,
+                config_dir: Some(dirs.config_dir.clone()),
             };
             drill::drill_dir(dirs, &req)?
         }

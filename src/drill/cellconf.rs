@@ -123,13 +123,16 @@ fn env_is_neutralised(var: &str) -> bool {
         .any(|k| k.replace(':', "_").eq_ignore_ascii_case(key))
 }
 
-/// Drop the assignments (`VAR=value`) of neutralised keys; the variables dropped.
-pub(crate) fn neutralise_env(assignments: &mut Vec<String>) -> Vec<String> {
+/// Drop the variables of neutralised keys from the server's environment (the unit's
+/// `Environment=` and its `EnvironmentFile=`s, resolved); the variables dropped.
+pub(crate) fn neutralise_env(env: &mut Vec<(String, String)>) -> Vec<String> {
     let mut dropped = Vec::new();
-    assignments.retain(|a| {
-        let var = a.split_once('=').map_or(a.as_str(), |(v, _)| v);
+    env.retain(|(var, _)| {
         if env_is_neutralised(var) {
-            dropped.push(format!("env:{var}"));
+            let name = format!("env:{var}");
+            if !dropped.contains(&name) {
+                dropped.push(name);
+            }
             false
         } else {
             true
@@ -176,15 +179,17 @@ mod tests {
             "nexslog:en: true\n"
         );
         assert!(fs::read_to_string(&backup).unwrap().starts_with("mirror:"));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         let mut env = vec![
-            "SYN_CORTEX_MIRROR=cell:///x".to_string(),
-            "SYN_CORTEX_AHA_REGISTRY=ssl://a".to_string(),
-            "SYN_CORTEX_NEXSLOG_EN=true".to_string(),
+            pair("SYN_CORTEX_MIRROR", "cell:///x"),
+            pair("SYN_CORTEX_AHA_REGISTRY", "ssl://a"),
+            pair("SYN_CORTEX_NEXSLOG_EN", "true"),
+            pair("SYN_CORTEX_MIRROR", "tcp://x"),
         ];
         assert_eq!(
             neutralise_env(&mut env),
             ["env:SYN_CORTEX_MIRROR", "env:SYN_CORTEX_AHA_REGISTRY"]
         );
-        assert_eq!(env, ["SYN_CORTEX_NEXSLOG_EN=true"]);
+        assert_eq!(env, [pair("SYN_CORTEX_NEXSLOG_EN", "true")]);
     }
 }

@@ -17,6 +17,9 @@ pub(crate) mod scratch;
 /// The copy's `cell.yaml` without the keys that reach other services.
 pub(crate) mod cellconf;
 
+/// What of the host's file system the drilled cell must not see.
+pub(crate) mod seal;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -30,6 +33,7 @@ use serde::Serialize;
 
 use self::scratch::{Method, Scratch};
 use crate::base::exit::{fail, Code};
+use crate::base::{envfile, fsutil};
 use crate::engine::telepath::{self, Client};
 use crate::engine::{cellinfo, synapse, verify};
 use crate::host::transient::{self, Isolation};
@@ -59,6 +63,19 @@ pub(crate) struct Request {
     pub(crate) env: UnitEnv,
     /// Boot in Synapse's safemode (no crons, triggers, dmons, storm pools).
     pub(crate) safemode: bool,
+    /// synbackup's config directory: its instances' directories are hidden from
+    /// the server.
+    pub(crate) config_dir: Option<PathBuf>,
+}
+
+/// An environment, `(VAR, VALUE)` in order.
+type Env = Vec<(String, String)>;
+
+/// How the server is started: its environment (the unit's, resolved and
+/// neutralised) and what of the host it does not see.
+struct Launch {
+    env: Env,
+    hidden: seal::Hidden,
 }
 
 /// What a passed drill found.
@@ -92,6 +109,8 @@ pub(crate) struct Outcome {
     /// What was removed from the copy so it reaches nothing (`cell.yaml:mirror`,
     /// `env:SYN_CORTEX_MIRROR`, ...).
     pub(crate) neutralised: Vec<String>,
+    /// The host's directories and sockets the server did not see.
+    pub(crate) hidden: seal::Hidden,
 }
 
 impl Outcome {
@@ -110,6 +129,7 @@ impl Outcome {
         } else {
             format!("; neutralised {}", self.neutralised.join(", "))
         };
+        let sealed = format!("; {}{sealed}", self.hidden.summary());
         format!(
             "drill passed: {} booted as {} {} ({version}{}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s{sealed}",
             self.backup,
@@ -233,16 +253,38 @@ fn server_argv(req: &Request) -> Vec<std::ffi::OsString> {
 
 /// Start the server on the scratch copy, isolated, as the backup's owner, with the
 /// service unit's environment: as a transient unit or in a network namespace.
-fn start_server(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+fn start_server(
+    req: &Request,
+    launch: &Launch,
+    scratch: &Scratch,
+    owner: (u32, u32),
+) -> Result<Server> {
     match req.isolation.resolved() {
-        Isolation::SystemdRun => start_unit(req, scratch, owner),
-        _ => start_child(req, scratch, owner),
+        Isolation::SystemdRun => start_unit(req, launch, scratch, owner),
+        _ => start_child(req, launch, scratch, owner),
     }
 }
 
-fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+/// Write the server's environment where its transient unit reads it: root's file,
+/// 0600 (the values may be secrets: never on a command line or in `systemctl show`).
+fn write_env_file(path: &Path, env: &[(String, String)]) -> Result<()> {
+    use std::io::Write;
+    let _ = fs::remove_file(path); // a leftover of an earlier drill with our pid
+    let mut f = fsutil::create_new(path)?;
+    f.write_all(envfile::render(env).as_bytes())
+        .map_err(|e| fsutil::write_error(path, e))
+}
+
+fn start_unit(
+    req: &Request,
+    launch: &Launch,
+    scratch: &Scratch,
+    owner: (u32, u32),
+) -> Result<Server> {
     let unit = transient::unit_name(std::process::id());
     transient::stop(&unit); // a leftover of an earlier drill with our pid
+    let env_file = scratch.env_file();
+    write_env_file(&env_file, &launch.env)?;
     let spec = transient::Spec {
         unit: unit.clone(),
         description: format!("synbackup drill of {}", scratch.path.display()),
@@ -250,7 +292,17 @@ fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Ser
         gid: owner.1,
         writable: scratch.path.clone(),
         log: scratch.log.clone(),
-        env: req.env.clone(),
+        env: UnitEnv {
+            assignments: Vec::new(),
+            files: vec![(env_file, false)],
+        },
+        hide: launch
+            .hidden
+            .dirs
+            .iter()
+            .chain(&launch.hidden.sockets)
+            .cloned()
+            .collect(),
         argv: server_argv(req),
     };
     transient::start(&spec).map_err(|e| failed(format!("cannot start the server: {e:#}")))?;
@@ -267,13 +319,18 @@ fn start_unit(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Ser
     Ok(server)
 }
 
-fn start_child(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Server> {
+fn start_child(
+    req: &Request,
+    launch: &Launch,
+    scratch: &Scratch,
+    owner: (u32, u32),
+) -> Result<Server> {
     let log = File::create(&scratch.log)
         .with_context(|| format!("cannot create {}", scratch.log.display()))?;
     let argv = server_argv(req);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .envs(unitenv::resolve(&req.env)?)
+        .envs(launch.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -281,7 +338,11 @@ fn start_child(req: &Request, scratch: &Scratch, owner: (u32, u32)) -> Result<Se
         &mut cmd,
         owner.0,
         owner.1,
-        Some(netns::Seal::new(&scratch.path)?),
+        Some(netns::Seal::new(
+            &scratch.path,
+            &launch.hidden.dirs,
+            &launch.hidden.sockets,
+        )?),
     );
     let child = cmd.spawn().map_err(|e| {
         let hint = match e.raw_os_error() {
@@ -404,15 +465,31 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let scratch = scratch::make(&backup, need)?;
     let copy_seconds = t_copy.elapsed().as_secs_f64();
     let mut neutralised = cellconf::neutralise(&scratch.path)?;
-    let mut env = req.env.clone();
-    neutralised.extend(cellconf::neutralise_env(&mut env.assignments));
+    let (env, dropped) = server_env(&req.env)?;
+    neutralised.extend(dropped);
     if !neutralised.is_empty() {
         log::info!(
             "removed from the scratch copy's config: {}",
             neutralised.join(", ")
         );
     }
-    let req = &Request { env, ..req.clone() };
+    let hidden = seal::plan_here(
+        &seal::candidate_dirs(
+            Some(Path::new(&manifest.source)).filter(|p| p.is_absolute()),
+            req.config_dir.as_deref(),
+        ),
+        &python_locations(&req.python)
+            .into_iter()
+            .chain([scratch.path.clone()])
+            .collect::<Vec<_>>(),
+    );
+    log::info!("{}", hidden.summary());
+    log::debug!(
+        "hidden from the server: {:?}; sockets covered: {:?}",
+        hidden.dirs,
+        hidden.sockets
+    );
+    let launch = Launch { env, hidden };
     log::info!(
         "scratch copy {} made by {} in {copy_seconds:.1} s",
         scratch.path.display(),
@@ -424,7 +501,7 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     );
 
     let t_boot = Instant::now();
-    let mut server = start_server(req, &scratch, (meta.uid(), meta.gid()))?;
+    let mut server = start_server(req, &launch, &scratch, (meta.uid(), meta.gid()))?;
     let sock = scratch.path.join("sock");
     let info = wait_answers(
         &mut server,
@@ -463,7 +540,31 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         unit,
         safemode: req.safemode,
         neutralised,
+        hidden: launch.hidden,
     })
+}
+
+/// Where the server's Python is: as given (its directory made canonical: a venv's
+/// `bin/python`) and the interpreter that links to (its standard library beside
+/// it): what must stay visible to the server.
+fn python_locations(python: &Path) -> Vec<PathBuf> {
+    let name = python.file_name().unwrap_or_default();
+    let given = match python.parent().map(fs::canonicalize) {
+        Some(Ok(dir)) => dir.join(name),
+        _ => python.to_path_buf(),
+    };
+    let mut out = vec![given];
+    out.extend(fs::canonicalize(python).ok());
+    out
+}
+
+/// The server's environment: the unit's `EnvironmentFile=`s and `Environment=`
+/// resolved as systemd would, without the variables of neutralised keys (also when
+/// they come from a file); the variables dropped.
+fn server_env(unit: &UnitEnv) -> Result<(Env, Vec<String>)> {
+    let mut env = unitenv::resolve(unit).map_err(|e| failed(format!("{e:#}")))?;
+    let dropped = cellconf::neutralise_env(&mut env);
+    Ok((env, dropped))
 }
 
 /// The checks on a server that answers: guid, health, form counts, operator check.
@@ -541,6 +642,7 @@ pub(crate) fn drill_of(
             isolation: inst.drill_isolation,
             env: service_env(inst)?,
             safemode: inst.drill_safemode,
+            config_dir: Some(dirs.config_dir.clone()),
         })
     });
     let finished = now_str(chrono::Utc::now());
@@ -688,4 +790,56 @@ fn python_and_module(inst: &config::Instance) -> Result<(PathBuf, String)> {
         .or_else(|| from_unit.map(|u| u.module))
         .unwrap_or_default();
     Ok((python, module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_env_drops_neutralised_keys_from_environment_files_too() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("cortex.env");
+        fs::write(
+            &file,
+            "SYN_CORTEX_MIRROR=cell:///data/leader\nSYN_CORTEX_AHA_REGISTRY=ssl://aha\nSYN_CORTEX_NEXSLOG_EN=true\n",
+        )
+        .unwrap();
+        let unit = UnitEnv {
+            assignments: vec!["SYN_CORTEX_AHA_NAME=core00".into(), "TZ=UTC".into()],
+            files: vec![(file, false)],
+        };
+        let (env, dropped) = server_env(&unit).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("SYN_CORTEX_NEXSLOG_EN".to_string(), "true".to_string()),
+                ("TZ".into(), "UTC".into())
+            ]
+        );
+        assert_eq!(
+            dropped,
+            [
+                "env:SYN_CORTEX_MIRROR",
+                "env:SYN_CORTEX_AHA_REGISTRY",
+                "env:SYN_CORTEX_AHA_NAME"
+            ]
+        );
+    }
+
+    #[test]
+    fn python_locations_keep_the_venv_and_its_interpreter() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("usr/bin/python3.11");
+        fs::create_dir_all(real.parent().unwrap()).unwrap();
+        fs::write(&real, "").unwrap();
+        let bin = t.path().join("venv/bin");
+        fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(&real, bin.join("python")).unwrap();
+        let t = fs::canonicalize(t.path()).unwrap();
+        assert_eq!(
+            python_locations(&bin.join("python")),
+            [t.join("venv/bin/python"), t.join("usr/bin/python3.11")]
+        );
+    }
 }

@@ -12,7 +12,8 @@
 //! and only those: a directory without the marker is never deleted. The marker holds
 //! the pid of the server started on the copy (its process group): the workers a
 //! killed drill's server left are ended before their copy is removed; a server that
-//! ran as a transient unit (`synbackup-drill-scratch-PID.service`) is stopped.
+//! ran as a transient unit (`synbackup-drill-scratch-PID.service`) is stopped. The
+//! copy's `.env` sibling (the server's environment for a transient unit) goes with it.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -50,6 +51,12 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
+    /// Where the server's environment is written for a transient unit (root's,
+    /// 0600, beside the copy; removed with it).
+    pub(crate) fn env_file(&self) -> PathBuf {
+        env_file_of(&self.path)
+    }
+
     /// Note in the marker the server (process group) started on the copy.
     pub(crate) fn record_server(&self, pid: u32) -> Result<()> {
         let mark = self.path.join(SCRATCH_MARK);
@@ -63,7 +70,14 @@ impl Drop for Scratch {
     }
 }
 
+fn env_file_of(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".env");
+    PathBuf::from(p)
+}
+
 fn remove_one(path: &Path, log: &Path) {
+    let _ = fs::remove_file(env_file_of(path));
     if path.exists() {
         match fs::remove_dir_all(path) {
             Ok(()) => log::debug!("removed the scratch copy {}", path.display()),

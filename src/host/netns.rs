@@ -17,12 +17,17 @@
 //! modes of the directories that hold the copy on the host), then a tmpfs on `/tmp`.
 //! The copy is opened (in the new namespace) before the tmpfs cover anything, and
 //! bound through `/proc/self/fd/N`, so a copy under `/tmp` or `/run` is still found.
+//! Before that, every mount is made read-only (`mount_setattr`, recursive: Linux
+//! 5.12); the copy's bind is made writable again, and `/dev/shm` gets a tmpfs of its
+//! own. The seal's other directories get an empty read-only tmpfs each, and its
+//! sockets `/dev/null` bound over them (`connect()` is refused); one that vanished
+//! since it was planned is skipped.
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -30,19 +35,71 @@ use anyhow::{Context, Result};
 /// Where the drilled cell finds its directory, in its own mount namespace.
 pub(crate) const CELL_PATH: &str = "/run/synbackup-drill";
 
-/// The mount namespace to seal the child in: the directory bound at [`CELL_PATH`].
+/// The mount namespace to seal the child in: the directory bound at [`CELL_PATH`],
+/// the directories hidden and the sockets covered.
 pub(crate) struct Seal {
     scratch: CString,
+    hide: Vec<CString>,
+    cover: Vec<CString>,
+}
+
+fn c_path(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .with_context(|| format!("{} holds a NUL byte", p.display()))
 }
 
 impl Seal {
-    /// A seal presenting `scratch` at [`CELL_PATH`].
-    pub(crate) fn new(scratch: &Path) -> Result<Seal> {
+    /// A seal presenting `scratch` at [`CELL_PATH`], with the directories `hide`
+    /// emptied and the sockets `cover` covered.
+    pub(crate) fn new(scratch: &Path, hide: &[PathBuf], cover: &[PathBuf]) -> Result<Seal> {
         Ok(Seal {
-            scratch: CString::new(scratch.as_os_str().as_bytes())
-                .with_context(|| format!("{} holds a NUL byte", scratch.display()))?,
+            scratch: c_path(scratch)?,
+            hide: hide.iter().map(|p| c_path(p)).collect::<Result<_>>()?,
+            cover: cover.iter().map(|p| c_path(p)).collect::<Result<_>>()?,
         })
     }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Set (`set`) or clear the read-only flag of the mount at `path`, and of every
+/// mount below it when `recursive`.
+unsafe fn set_read_only(path: *const libc::c_char, set: bool, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: if set { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if set { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    let r = libc::syscall(
+        libc::SYS_mount_setattr,
+        libc::AT_FDCWD,
+        path,
+        flags as libc::c_uint,
+        &attr as *const MountAttr,
+        std::mem::size_of::<MountAttr>(),
+    );
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// True for the errors of a path that vanished (or changed type) since planned.
+fn vanished(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 /// Make `cmd` start in a new network namespace with only loopback, as `uid:gid`,
@@ -91,6 +148,9 @@ fn seal_child(seal: &Seal) -> io::Result<()> {
     const ROOT: &[u8] = b"/\0";
     const RUN_OPTS: &[u8] = b"mode=0755,size=16m\0";
     const TMP_OPTS: &[u8] = b"mode=1777\0";
+    const SHM: &[u8] = b"/dev/shm\0";
+    const NULL: &[u8] = b"/dev/null\0";
+    const HIDE_OPTS: &[u8] = b"mode=0755,size=4k\0";
     let c = |b: &[u8]| b.as_ptr().cast::<libc::c_char>();
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
     // SAFETY: plain syscalls on NUL-terminated constants and a CString we own.
@@ -110,6 +170,7 @@ fn seal_child(seal: &Seal) -> io::Result<()> {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         );
         check(fd)?;
+        set_read_only(c(ROOT), true, true)?;
         check(libc::mount(
             c(TMPFS),
             c(RUN),
@@ -127,13 +188,42 @@ fn seal_child(seal: &Seal) -> io::Result<()> {
             std::ptr::null(),
         ))?;
         libc::close(fd);
-        check(libc::mount(
-            c(TMPFS),
-            c(TMP),
-            c(TMPFS),
-            flags,
-            c(TMP_OPTS).cast(),
-        ))?;
+        set_read_only(c(CELL), false, false)?;
+        for dir in [TMP, SHM] {
+            check(libc::mount(
+                c(TMPFS),
+                c(dir),
+                c(TMPFS),
+                flags,
+                c(TMP_OPTS).cast(),
+            ))?;
+        }
+        for dir in &seal.hide {
+            let r = check(libc::mount(
+                c(TMPFS),
+                dir.as_ptr(),
+                c(TMPFS),
+                flags | libc::MS_NOEXEC | libc::MS_RDONLY,
+                c(HIDE_OPTS).cast(),
+            ));
+            match r {
+                Err(e) if !vanished(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        for sock in &seal.cover {
+            let r = check(libc::mount(
+                c(NULL),
+                sock.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ));
+            match r {
+                Err(e) if !vanished(&e) => return Err(e),
+                _ => {}
+            }
+        }
         // The drill's own working directory may be gone here (under /tmp): Python's
         // multiprocessing workers chdir to their parent's.
         check(libc::chdir(c(CELL)))?;

@@ -68,7 +68,15 @@ pub(crate) struct Spec {
     /// Its stdout and stderr (appended).
     pub(crate) log: PathBuf,
     pub(crate) env: UnitEnv,
+    /// Directories and sockets made inaccessible (`InaccessiblePaths=`).
+    pub(crate) hide: Vec<PathBuf>,
     pub(crate) argv: Vec<OsString>,
+}
+
+/// `path` as one word of a systemd path-list property, missing ones ignored (`-`).
+fn optional_path_word(path: &Path) -> String {
+    let p = path.display().to_string();
+    format!("\"-{}\"", p.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The `systemd-run` arguments for `spec`.
@@ -97,6 +105,10 @@ pub(crate) fn run_args(spec: &Spec) -> Vec<OsString> {
     ));
     prop("NoNewPrivileges=yes".into());
     prop("PrivateTmp=yes".into());
+    prop("TemporaryFileSystem=/dev/shm:mode=1777".into());
+    for p in &spec.hide {
+        prop(format!("InaccessiblePaths={}", optional_path_word(p)));
+    }
     prop("TimeoutStopSec=60".into());
     prop(format!("StandardOutput=append:{}", spec.log.display()));
     prop(format!("StandardError=append:{}", spec.log.display()));
@@ -180,6 +192,7 @@ mod tests {
                 assignments: vec!["SYN_X=a b".into()],
                 files: vec![("/etc/c0.env".into(), true)],
             },
+            hide: vec!["/data/leader/sock".into(), "/srv/a \"b".into()],
             argv: vec!["/v/bin/python".into(), "-m".into(), "m".into()],
         };
         let a: Vec<String> = run_args(&spec)
@@ -200,6 +213,9 @@ mod tests {
             "PrivateTmp=yes",
             "EnvironmentFile=-/etc/c0.env",
             "Environment=SYN_X=a b",
+            "TemporaryFileSystem=/dev/shm:mode=1777",
+            "InaccessiblePaths=\"-/data/leader/sock\"",
+            "InaccessiblePaths=\"-/srv/a \\\"b\"",
         ] {
             assert!(a.iter().any(|x| x == want), "{want} missing in {joined}");
         }

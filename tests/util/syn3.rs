@@ -55,7 +55,7 @@ pub fn require(test: &str) -> Option<PathBuf> {
 
 /// The host-callable Python of the tree (`tests/synapse3/python`): what a drill
 /// is given to boot a backup with Synapse 3.7.0. A drill's server sees a private
-/// `/tmp` and `/run` (drill/), so the wrapper and `in-root` are copied, once per
+/// `/tmp` and `/run` and the rest of the host read-only (drill/), so the wrapper and `in-root` are copied, once per
 /// test process, to a directory under /var/tmp that the drill leaves visible (the
 /// repository may be checked out under /tmp); those of finished test processes are
 /// removed.
@@ -71,6 +71,11 @@ pub fn python() -> PathBuf {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
+        }
+        // The drill's mount point inside the tree: a drill shows its server the
+        // host read-only, so in-root cannot make it then.
+        if let Some(root) = root() {
+            std::fs::create_dir_all(root.join("run/synbackup-drill")).unwrap();
         }
         let dir = var_tmp.join(format!("synbackup-tests-syn3.{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A drilled cell reaches nothing of the host and runs none of production's work,
+//! on Synapse 2.256.0 and 3.7.0:
+//! - a Cortex whose dmon writes a node every second is backed up; the default
+//!   (safemode) drill's check sees no new node in 3 s, and the same drill with
+//!   `--no-safemode` fails that check (the dmon runs): the test can fail;
+//! - the check tries to reach, and write to, another live Cortex on the host over
+//!   its unix socket outside `/tmp` and `/run` (a service synbackup knows nothing of)
+//!   and the backup's own live source: neither answers, neither gets the write, and
+//!   the report names what was hidden.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::syn3::{self, Cortex3};
+use crate::util::{python, stderr, storm, Cortex};
+
+/// A dmon that adds one `inet:fqdn` under `ticks.example` every second.
+const DMON: &str = "$lib.dmon.add(${ while (true) { $lib.time.sleep(1) [ inet:fqdn=`t{$lib.time.now()}.ticks.example` ] } }, name=ticks)";
+
+/// The drill's check: no tick in 3 s, and no `cell://` URL in `urls` answers (each
+/// is also sent a write, which must never land).
+fn check_query(urls: &[&str]) -> String {
+    let list = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "$a = $lib.view.get().getFormCounts().\"inet:fqdn\" $lib.time.sleep(3) \
+         $b = $lib.view.get().getFormCounts().\"inet:fqdn\" \
+         if ($a != $b) {{ $lib.raise(DmonRan, `the dmon added {{($b - $a)}} nodes`) }} \
+         $reached = ([]) \
+         for $url in ({list},) {{ try {{ $p = $lib.telepath.open($url) \
+           $p.callStorm(\"[ inet:fqdn=written-by-drill.example ]\") $reached.append($url) }} \
+           catch * as err {{ }} }} \
+         if $reached {{ $lib.raise(Leaked, `the drill reached {{$reached}}`) }}"
+    )
+}
+
+fn drill(backup: &Path, python: &Path, check: &str, extra: &[&str]) -> std::process::Output {
+    crate::util::bin()
+        .args(["drill", "--dir"])
+        .arg(backup)
+        .arg("--python")
+        .arg(python)
+        .args(["--check", check, "--json"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The live service on the host the drill must not reach: a 2.256 Cortex whose
+/// socket is outside the drill's private `/tmp` and `/run`.
+fn other_service() -> (tempfile::TempDir, Cortex) {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let core = Cortex::start(&t.path().join("other"));
+    (t, core)
+}
+
+fn written(count: impl Fn(&str) -> u64) -> u64 {
+    count("inet:fqdn=written-by-drill.example")
+}
+
+/// Back up `src` live, drill it sealed (must pass) and with a full boot (the dmon's
+/// check must fail); the host services see no write.
+fn case(
+    src: &Path,
+    python: &Path,
+    other: &Cortex,
+    src_count: &dyn Fn(&str) -> u64,
+    ticks: &dyn Fn() -> u64,
+) {
+    let t0 = ticks();
+    assert!(
+        crate::util::wait_for(30, || ticks() > t0),
+        "the source's dmon adds ticks"
+    );
+    let backup = src.parent().unwrap().join("b1");
+    let o = crate::util::run(&[&"backup", &src, &backup]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let urls = [other.url_dir(), src.to_str().unwrap()];
+    let urls: Vec<String> = urls.iter().map(|d| format!("cell://{d}")).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let check = check_query(&urls);
+    let o = drill(&backup, python, &check, &[]);
+    assert!(o.status.success(), "sealed drill: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["safemode"], true);
+    let hidden_dirs = report["hidden"]["dirs"].to_string();
+    assert!(
+        hidden_dirs.contains(src.to_str().unwrap()),
+        "the backup's source is hidden: {hidden_dirs}"
+    );
+    let sockets = report["hidden"]["sockets"].to_string();
+    assert!(
+        sockets.contains(&format!("{}/sock", other.url_dir())),
+        "the other service's socket is covered: {sockets}"
+    );
+    assert!(
+        stderr(&o).contains("sockets of the host hidden"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A full boot runs the dmon: the same check fails, so it can.
+    let o = drill(&backup, python, &check, &["--no-safemode"]);
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(stderr(&o).contains("DmonRan"), "{}", stderr(&o));
+
+    assert_eq!(
+        written(|q| other.count_of(q)),
+        0,
+        "the other service got no write"
+    );
+    assert_eq!(written(src_count), 0, "the live source got no write");
+}
+
+impl Cortex {
+    fn count_of(&self, query: &str) -> u64 {
+        storm(&["count", self.url_dir(), query]).parse().unwrap()
+    }
+}
+
+#[test]
+fn a_drill_reaches_nothing_and_runs_no_dmon_2_256() {
+    let (_o, other) = other_service();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("core00");
+    let core = Cortex::start(&src);
+    storm(&["storm", core.url_dir(), DMON]);
+    let ticks = || core.count_of("inet:fqdn:domain=ticks.example");
+    case(&src, &python(), &other, &|q| core.count_of(q), &ticks);
+}
+
+#[test]
+fn a_drill_reaches_nothing_and_runs_no_dmon_3_7_0() {
+    let Some(root) = syn3::require("a_drill_reaches_nothing_and_runs_no_dmon_3_7_0") else {
+        return;
+    };
+    let (_o, other) = other_service();
+    let t = tempfile::tempdir().unwrap();
+    let src: PathBuf = t.path().join("core00");
+    let core = Cortex3::start(&root, &src);
+    core.storm("storm", &[DMON]);
+    let ticks = || core.count("inet:fqdn:domain=ticks.example");
+    case(&src, &syn3::python(), &other, &|q| core.count(q), &ticks);
+}
