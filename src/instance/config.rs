@@ -27,7 +27,7 @@ use crate::instance::settings::{
     BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
     DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
     FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
-    LOCK_WAIT, MAX_AGE, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
+    LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
     OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE,
     OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
 };
@@ -84,6 +84,8 @@ pub(crate) struct Instance {
     pub(crate) drill_after_run: bool,
     /// A drill boots the copy in Synapse's safemode.
     pub(crate) drill_safemode: bool,
+    /// Write metrics files for node_exporter.
+    pub(crate) metrics: bool,
 }
 
 /// Where and how `run` copies its backups offsite (through restic).
@@ -452,6 +454,7 @@ fn load_with(
         drill_isolation: v.value(&DRILL_ISOLATION)?,
         drill_after_run: v.value(&DRILL_AFTER_RUN)?,
         drill_safemode: v.value(&DRILL_SAFEMODE)?,
+        metrics: v.value(&METRICS)?,
     })
 }
 

@@ -326,6 +326,8 @@ settings! {
         "yes or no (default no): every run drills the backup it made";
     DRILL_SAFEMODE: OneOf<bool> = "SYNBACKUP_DRILL_SAFEMODE", YES_NO, Default("yes"), Unset,
         "yes or no (default yes): a drill boots the copy in Synapse's safemode (no crons, triggers, dmons, storm pools)";
+    METRICS: OneOf<bool> = "SYNBACKUP_METRICS", YES_NO, Default("yes"), Unset,
+        "yes or no (default yes): write this instance's metrics for node_exporter's textfile collector";
 }
 
 /// The declared setting named `key`.
