@@ -1093,3 +1093,42 @@ fn a_backup_that_verifies_again_loses_its_mark() {
     assert!(!b.join("synbackup-damaged").exists());
     assert_eq!(s.run(&["status", "c0"]).status.code(), Some(0));
 }
+
+#[test]
+fn commands_that_need_root_say_so_once_first() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new("");
+    // The binary where uid 65534 can run it.
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = t.path().join("synbackup");
+    fs::copy(env!("CARGO_BIN_EXE_synbackup"), &exe).unwrap();
+    for args in [
+        vec!["run", "c0"],
+        vec!["cold", "c0"],
+        vec!["restore", "--instance", "c0", "x"],
+        vec!["drill", "c0"],
+        vec!["prune", "c0"],
+    ] {
+        let o = command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .arg("--config-dir")
+            .arg(s.root.join("etc"))
+            .arg("--state-dir")
+            .arg(s.root.join("state"))
+            .arg("--lock-dir")
+            .arg(s.root.join("lock"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(&format!("synbackup {} needs root", args[0])),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!s.root.join("state").exists(), "nothing recorded");
+}
