@@ -414,6 +414,7 @@ fn load_with(
     let v = Values::gather(config_dir, name, flags, use_env)?;
     let cert_dir = v.get(&CERT_DIR)?;
     let service_dir = v.value(&SERVICE_DIR)?;
+    check_own_service_dir(config_dir, name, &service_dir)?;
     let backup_root = v.value(&BACKUP_ROOT)?;
     let keep = local_keep(&v)?;
     let offsite = offsite(&v, keep)?;
@@ -508,6 +509,39 @@ fn offsite(v: &Values, local: Keep) -> Result<Option<Offsite>> {
         prune_every: v.value(&OFFSITE_PRUNE)?,
         restic: v.value(&RESTIC)?,
     }))
+}
+
+/// Refuse a service directory another instance's config names too: their locks
+/// differ, so their runs, windows and restores could overlap on one directory.
+fn check_own_service_dir(config_dir: &Path, name: &str, dir: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a.components().eq(b.components()),
+    };
+    for other in instance_names(config_dir)?.into_iter().filter(|o| o != name) {
+        let path = config_dir.join(format!("{other}.conf"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let theirs = envfile::parse(text.trim_start_matches('\u{feff}'))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.key == SERVICE_DIR.key)
+            .last();
+        if let Some(e) = theirs.filter(|e| same(Path::new(&e.value), dir)) {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "{}: SYNBACKUP_SERVICE_DIR {} is also the service directory of instance {other} ({}:{}): two instances of one directory take different locks and could run at once; keep one config",
+                    config_dir.join(format!("{name}.conf")).display(),
+                    dir.display(),
+                    path.display(),
+                    e.line
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// True when `CONFIG_DIR/NAME.conf` exists (the instance is configured).

@@ -1132,3 +1132,29 @@ fn commands_that_need_root_say_so_once_first() {
     }
     assert!(!s.root.join("state").exists(), "nothing recorded");
 }
+
+#[test]
+fn two_instances_of_one_service_directory_are_refused() {
+    let s = Setup::new("");
+    // The same directory, spelt with a trailing slash and through a link.
+    std::os::unix::fs::symlink(&s.src, s.root.join("svc-link")).unwrap();
+    fs::write(
+        s.root.join("etc/c1.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}/\nSYNBACKUP_BACKUP_ROOT={}\n",
+            s.root.join("svc-link").display(),
+            s.root.join("backups1").display()
+        ),
+    )
+    .unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert_fails(&o, 2, "is also the service directory of instance c1");
+    assert!(stderr(&o).contains("c1.conf:1"), "{}", stderr(&o));
+    let o = s.run(&["run", "c1"]);
+    assert_fails(&o, 2, "is also the service directory of instance c0");
+    assert!(!s.backups.exists() && !s.root.join("backups1").exists());
+    let o = s.run(&["status"]);
+    assert_eq!(o.status.code(), Some(9));
+    fs::remove_file(s.root.join("etc/c1.conf")).unwrap();
+    assert!(s.run(&["run", "c0"]).status.success());
+}
