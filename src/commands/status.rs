@@ -250,6 +250,16 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     if let Some(p) = offsite_problem(offsite_configured, &backup, &offsite, max_age, now) {
         problems.push(p);
     }
+    // The service itself: a monitoring check that says OK while it crash-loops
+    // would be muted within a week.
+    if let Some(p) = inst
+        .as_ref()
+        .ok()
+        .and_then(|i| i.service_unit.as_deref())
+        .and_then(crate::service::preflight::unit_not_running)
+    {
+        problems.push(p);
+    }
     Health {
         instance: name.to_string(),
         metrics: inst.as_ref().map(|i| i.metrics).unwrap_or(true),

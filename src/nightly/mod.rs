@@ -204,6 +204,13 @@ fn back_up_and_prune(
         cert_dir: crate::instance::certdir::cert_dir_to_carry(inst),
         hash: crate::base::digest::Algo::Blake3,
     };
+    let not_running = inst
+        .service_unit
+        .as_deref()
+        .and_then(crate::service::preflight::unit_not_running);
+    if let Some(why) = &not_running {
+        log::warn!("{why}: backing up its directory as it is on disk, without a freeze");
+    }
     let summary = backup::run(&req)?;
     let backups_kept = prune::prune(inst, state_dir, Some(&name), false, true)?;
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
@@ -211,6 +218,9 @@ fn back_up_and_prune(
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
     let expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
     let mut details = run_details(inst, &summary);
+    if let Some(why) = &not_running {
+        details["service_not_running"] = serde_json::json!(why);
+    }
     // A kept window directory that could not be expired shows here.
     if !expiry_failed.is_empty() {
         details["kept_expiry_failed"] = serde_json::json!(expiry_failed);
