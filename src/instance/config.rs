@@ -518,7 +518,10 @@ fn check_own_service_dir(config_dir: &Path, name: &str, dir: &Path) -> Result<()
         (Ok(a), Ok(b)) => a == b,
         _ => a.components().eq(b.components()),
     };
-    for other in instance_names(config_dir)?.into_iter().filter(|o| o != name) {
+    for other in instance_names(config_dir)?
+        .into_iter()
+        .filter(|o| o != name)
+    {
         let path = config_dir.join(format!("{other}.conf"));
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
