@@ -103,6 +103,8 @@ struct Health {
     /// The last `certs deploy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deploy: Option<Status>,
+    /// The directories windows and restores kept aside, with their sizes.
+    aside: Vec<crate::instance::kept::Aside>,
 }
 
 #[derive(Serialize)]
@@ -278,6 +280,14 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         warnings,
         certs: crate::certs::record::load_state(&dirs.state_dir, name),
         deploy,
+        aside: inst
+            .as_ref()
+            .ok()
+            .map(|i| {
+                let dir = std::fs::canonicalize(&i.service_dir).unwrap_or(i.service_dir.clone());
+                crate::instance::kept::asides(&dir)
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -382,6 +392,29 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         }
         for w in &h.warnings {
             writeln!(out, "{}: WARNING: {w}", h.instance)?;
+        }
+        if !h.aside.is_empty() {
+            let total: u64 = h.aside.iter().map(|a| a.bytes).sum();
+            let each: Vec<String> = h
+                .aside
+                .iter()
+                .map(|a| {
+                    let by = if a.by == "cold" {
+                        "a window"
+                    } else {
+                        "a restore"
+                    };
+                    format!("{} ({}, by {by})", a.path, human(a.bytes))
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}: kept aside: {} in {}: {}",
+                h.instance,
+                human(total),
+                h.aside.len(),
+                each.join(", ")
+            )?;
         }
         if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
             writeln!(out, "{}: certificates: {w}", h.instance)?;

@@ -26,10 +26,11 @@ use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
     BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
     DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
-    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
-    LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
-    OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE,
-    OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
+    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY,
+    KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE,
+    OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY,
+    OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT,
+    SKIPDIRS, STOP_TIMEOUT,
 };
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
@@ -84,6 +85,8 @@ pub(crate) struct Instance {
     pub(crate) drill_after_run: bool,
     /// A drill boots the copy in Synapse's safemode.
     pub(crate) drill_safemode: bool,
+    /// How long a restore's `DIR.pre-restore-TIME` is kept.
+    pub(crate) keep_aside: std::time::Duration,
     /// Write metrics files for node_exporter.
     pub(crate) metrics: bool,
 }
@@ -443,6 +446,7 @@ fn load_with(
         stop_timeout: v.value(&STOP_TIMEOUT)?,
         health_timeout: v.value(&HEALTH_TIMEOUT)?,
         cold_keep_old: v.value(&COLD_KEEP_OLD)?,
+        keep_aside: v.value(&KEEP_ASIDE)?,
         cert_dir,
         cert_warn_days: v.value(&CERT_WARN_DAYS)?,
         cert_names: v.get(&CERT_NAMES)?.unwrap_or_default(),
@@ -529,8 +533,7 @@ fn check_own_service_dir(config_dir: &Path, name: &str, dir: &Path) -> Result<()
         let theirs = envfile::parse(text.trim_start_matches('\u{feff}'))
             .into_iter()
             .flatten()
-            .filter(|e| e.key == SERVICE_DIR.key)
-            .last();
+            .rfind(|e| e.key == SERVICE_DIR.key);
         if let Some(e) = theirs.filter(|e| same(Path::new(&e.value), dir)) {
             return Err(fail(
                 Code::Usage,

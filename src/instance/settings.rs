@@ -276,6 +276,8 @@ settings! {
         "a duration (default 5m)";
     COLD_KEEP_OLD: Span = "SYNBACKUP_COLD_KEEP_OLD", Span, Default("7d"), Checked,
         "a duration (default 7d)";
+    KEEP_ASIDE: Span = "SYNBACKUP_KEEP_ASIDE", Span, Default("7d"), Checked,
+        "a duration (default 7d): how long a restore's DIR.pre-restore-TIME is kept";
     CERT_DIR: AbsPath = "SYNBACKUP_CERT_DIR", AbsPath, Absent, Checked,
         "the service's certificate directory (default: from the unit, ~/.syn/certs of its User= or its SYN_CERT_DIR)";
     CERT_WARN_DAYS: Count = "SYNBACKUP_CERT_WARN_DAYS", KEEP, Default("30"), Checked,

@@ -425,6 +425,8 @@ fn render_host_gauges(g: &mut Gauges, details: &serde_json::Value) {
         ("reclaimable_bytes", "Bytes a maintenance window would reclaim now (free pages the last run compacted away)."),
         ("data_bytes", "Bytes in the service directory at the last run."),
         ("mem_total_bytes", "MemTotal of the host at the last run."),
+        ("aside_bytes", "Bytes in directories kept aside by windows and restores (DIR.pre-cold-*, DIR.pre-restore-*) after the last run."),
+        ("aside_dirs", "Directories kept aside by windows and restores after the last run."),
     ];
     for (name, help) in sizes {
         if let Some(v) = details[name].as_u64() {

@@ -216,8 +216,12 @@ fn back_up_and_prune(
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
-    let expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
+    let mut expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
+    expiry_failed.extend(kept::remove_restored_aside(&service_dir, inst.keep_aside));
     let mut details = run_details(inst, &summary);
+    let asides = kept::asides(&service_dir);
+    details["aside_dirs"] = serde_json::json!(asides.len());
+    details["aside_bytes"] = serde_json::json!(asides.iter().map(|a| a.bytes).sum::<u64>());
     if let Some(why) = &not_running {
         details["service_not_running"] = serde_json::json!(why);
     }

@@ -55,6 +55,7 @@ use crate::instance::certdir;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
+use crate::instance::kept;
 use crate::instance::lock;
 use crate::instance::record::{self, Event, Made, Recorder};
 use crate::instance::repository;
@@ -454,7 +455,11 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let swap = Swap {
         dir,
         new: &staged.copy.path,
-        aside: parent.join(sibling_name(dir, "", &format!(".pre-restore-{stamp}"))),
+        aside: parent.join(sibling_name(
+            dir,
+            "",
+            &format!("{}{stamp}", kept::PRE_RESTORE),
+        )),
         unit: t.unit.as_deref().filter(|_| running),
         stop_timeout: t.stop_timeout,
         health_timeout: t.health_timeout,

@@ -1158,3 +1158,45 @@ fn two_instances_of_one_service_directory_are_refused() {
     fs::remove_file(s.root.join("etc/c1.conf")).unwrap();
     assert!(s.run(&["run", "c0"]).status.success());
 }
+
+#[test]
+fn directories_kept_aside_are_shown_and_expire() {
+    let s = Setup::new("SYNBACKUP_KEEP_ASIDE=2d\n");
+    let name = s.backup_now();
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let aside: Vec<PathBuf> = fs::read_dir(&s.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("svc.pre-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let o = s.run(&["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("c0: kept aside: ") && out.contains("by a restore"),
+        "{out}"
+    );
+    let o = s.run(&["status", "c0", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h[0]["aside"][0]["by"], "restore");
+    assert!(h[0]["aside"][0]["bytes"].as_u64().unwrap() > 0);
+
+    // A run keeps a young one, and counts it in the metrics ...
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert!(aside[0].exists());
+    assert_eq!(metric(&s.metrics(), "synbackup_aside_dirs"), 1.0);
+    // ... and removes one older than SYNBACKUP_KEEP_ASIDE (by the time in its name),
+    // but never a directory whose name has no time.
+    let old = s.root.join(format!(
+        "svc.pre-restore-{}",
+        (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y%m%dT%H%M%SZ")
+    ));
+    fs::rename(&aside[0], &old).unwrap();
+    let odd = s.root.join("svc.pre-restore-by-hand");
+    fs::create_dir(&odd).unwrap();
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert!(!old.exists(), "an expired restore's directory is removed");
+    assert!(odd.exists());
+    assert_eq!(metric(&s.metrics(), "synbackup_aside_dirs"), 1.0);
+}
