@@ -74,7 +74,7 @@ pub(crate) fn read_only_hint(path: &Path) -> String {
     }
     format!(
         " ({} is outside this unit's writable paths: synbackup-generator makes the configured \
-         SYNBACKUP_SERVICE_DIR and SYNBACKUP_BACKUP_ROOT writable; after editing the config run \
+         SYNBACKUP_SERVICE_DIR, SYNBACKUP_BACKUP_ROOT and a local SYNBACKUP_OFFSITE_REPOSITORY writable; after editing the config run \
          `systemctl daemon-reload`)",
         path.display()
     )

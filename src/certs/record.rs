@@ -207,7 +207,15 @@ pub(crate) fn check_and_record(
 ) -> Result<Report> {
     let dir = resolve_cert_dir(inst)?;
     let report = certs::check_material(&inst.service_dir, dir.as_deref(), opts)?;
-    write_cert_metrics(&dirs.metrics_dir, &inst.name, &report)?;
+    if inst.metrics {
+        write_cert_metrics(&dirs.metrics_dir, &inst.name, &report)?;
+    } else {
+        crate::instance::status::remove_metrics_file(
+            &dirs
+                .metrics_dir
+                .join(format!("synbackup-{}-certs.prom", inst.name)),
+        );
+    }
     announce_expiry_changes(&dirs.state_dir, &inst.name, &report)?;
     Ok(report)
 }

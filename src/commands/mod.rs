@@ -103,6 +103,16 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     let show_bar = !cli.quiet;
     let dirs = &cli.dirs;
     crate::engine::freeze_record::set_dir(&dirs.lock_dir);
+    match &cli.command {
+        Command::Run(_) => needs_root("run")?,
+        Command::Cold(_) => needs_root("cold")?,
+        Command::Restore(_) => needs_root("restore")?,
+        Command::Drill(_) => needs_root("drill")?,
+        Command::Offsite(_) => needs_root("offsite")?,
+        Command::Retire(_) => needs_root("retire")?,
+        Command::Prune(a) if !a.dry_run => needs_root("prune")?,
+        _ => {}
+    }
     match cli.command {
         Command::Backup(a) => backup::exec(a, show_bar),
         Command::Verify(a) => verify::exec(&a),
@@ -119,6 +129,19 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Retire(a) => retire::exec(dirs, &a),
         Command::Completions(a) => completions::exec(&a),
     }
+}
+
+/// Refuse, first and once, a command that only root can carry out: it reads and
+/// writes the service's files whoever owns them, the root-only state, locks and
+/// backups, and stops and starts units.
+fn needs_root(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(crate::base::exit::fail(
+        crate::base::exit::Code::Usage,
+        format!("synbackup {what} needs root (it works on the service's files whoever owns them, and on root-only state, locks and backups): run it with sudo, or through its systemd unit"),
+    ))
 }
 
 /// Print `value` as pretty JSON on stdout.

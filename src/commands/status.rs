@@ -4,6 +4,7 @@
 //! window, restore, drill, offsite copy or certificate deploy failed or was skipped,
 //! or its last good backup is too old, so it serves as a monitoring check.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -15,7 +16,8 @@ use crate::base::exit::Code;
 use crate::base::fsutil::human;
 use crate::base::units::format_duration;
 use crate::commands::print_json;
-use crate::instance::catalog;
+use crate::engine::damaged;
+use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::status::{self, Kind, Outcome, Status};
@@ -28,11 +30,52 @@ pub(crate) struct StatusArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Acknowledge the last failed or skipped run of KIND (of INSTANCE, else of
+    /// every instance): it no longer makes `status` fail; the next run of that kind
+    /// replaces it.
+    #[arg(long, value_name = "KIND", value_parser = ["run", "cold", "restore", "deploy", "offsite", "drill", "all"])]
+    pub(crate) acknowledge: Option<String>,
+}
+
+/// The status kinds `--acknowledge` names.
+fn kinds_named(word: &str) -> Vec<Kind> {
+    match word {
+        "run" => vec![Kind::Backup],
+        "all" => Kind::ALL.to_vec(),
+        w => Kind::ALL.into_iter().filter(|k| k.as_str() == w).collect(),
+    }
+}
+
+/// Mark the unacknowledged failures of `kinds` of `name` acknowledged.
+fn acknowledge(dirs: &Dirs, name: &str, kinds: &[Kind], now: DateTime<Utc>) -> Result<()> {
+    let metrics = config::load(&dirs.config_dir, name, &InstanceOverrides::default())
+        .map(|i| i.metrics)
+        .unwrap_or(true);
+    for kind in kinds {
+        let Some(mut s) = status::load(&dirs.state_dir, name, *kind) else {
+            continue;
+        };
+        if !s.needs_attention() {
+            continue;
+        }
+        s.acknowledged = Some(crate::instance::record::now_str(now));
+        status::record(&dirs.state_dir, &dirs.metrics_dir, metrics, &s)?;
+        log::info!(
+            "{name}: acknowledged the last {} ({} at {})",
+            kind.title(),
+            s.result.as_str(),
+            s.finished
+        );
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
 struct Health {
     instance: String,
+    /// Whether the instance writes metrics (`SYNBACKUP_METRICS`).
+    #[serde(skip)]
+    metrics: bool,
     healthy: bool,
     /// Every problem, joined (absent when healthy).
     problem: Option<String>,
@@ -60,6 +103,8 @@ struct Health {
     /// The last `certs deploy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     deploy: Option<Status>,
+    /// The directories windows and restores kept aside, with their sizes.
+    aside: Vec<crate::instance::kept::Aside>,
 }
 
 #[derive(Serialize)]
@@ -73,7 +118,13 @@ struct NewestTested {
 pub(crate) fn exec(dirs: &Dirs, args: &StatusArgs) -> Result<ExitCode> {
     let now = Utc::now();
     let mut all = Vec::new();
-    for name in config::selected(&dirs.config_dir, args.instance.as_deref())? {
+    let names = config::selected(&dirs.config_dir, args.instance.as_deref())?;
+    if let Some(word) = &args.acknowledge {
+        for name in &names {
+            acknowledge(dirs, name, &kinds_named(word), now)?;
+        }
+    }
+    for name in names {
         all.push(health_of(dirs, &name, now));
     }
     if args.json {
@@ -118,27 +169,67 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     let offsite = status::load(&dirs.state_dir, name, Kind::Offsite).filter(|_| offsite_configured);
     let drill = status::load(&dirs.state_dir, name, Kind::Drill);
     let drilled = tested::load(&dirs.state_dir, name);
-    // Only a backup that still exists counts (retention may have removed one).
-    let existing: Vec<String> = inst
+    let catalogued = inst
         .as_ref()
         .ok()
         .and_then(|i| catalog::scan(&i.backup_root, name).ok())
-        .map(|v| v.into_iter().map(|e| e.name).collect())
         .unwrap_or_default();
+    // Only a backup that still exists and was not found damaged counts (retention
+    // may have removed one, a verification may have found one damaged).
+    let existing: Vec<String> = catalogued
+        .iter()
+        .filter(|e| matches!(e.state, State::Complete | State::Verified))
+        .map(|e| e.name.clone())
+        .collect();
+    for e in catalogued.iter().filter(|e| e.state == State::Damaged) {
+        let found = damaged::recorded(&e.path)
+            .map(|d| format!(" {}: {}", d.when, d.problem))
+            .unwrap_or_default();
+        problems.push(format!(
+            "backup {} was found damaged{found} (restore, drills and retention no longer count it; the next prune removes it once a newer good backup is kept)",
+            e.name
+        ));
+    }
     let newest_tested = tested::newest_passed_of(&drilled, &existing).and_then(|b| {
         drilled.get(&b).map(|t| NewestTested {
             backup: b.clone(),
             tested: t.clone(),
         })
     });
-    let age = backup
+    // The last run's backup found damaged: the last good backup is the newest
+    // one that was not.
+    let last_damaged = backup
         .as_ref()
-        .and_then(|s| s.last_success.as_deref())
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| (now - t.with_timezone(&Utc)).num_seconds());
+        .and_then(|s| s.last_success_backup.as_deref())
+        .and_then(|b| {
+            Path::new(b)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .is_some_and(|b| {
+            catalogued
+                .iter()
+                .any(|e| e.name == b && e.state == State::Damaged)
+        });
+    let age = if last_damaged {
+        catalogued
+            .iter()
+            .rev()
+            .find(|e| matches!(e.state, State::Complete | State::Verified))
+            .map(|e| (now - e.time).num_seconds())
+    } else {
+        backup
+            .as_ref()
+            .and_then(|s| s.last_success.as_deref())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (now - t.with_timezone(&Utc)).num_seconds())
+    };
     match (&backup, age) {
         (None, _) => problems.push("no run recorded yet".to_string()),
-        (Some(s), _) if s.result != Outcome::Success => problems.push(last_problem("run", s)),
+        (Some(s), _) if s.needs_attention() => problems.push(last_problem("run", s)),
+        (_, None) if last_damaged => {
+            problems.push("no good backup: the last run's was found damaged".to_string())
+        }
         (_, None) => problems.push("no successful backup yet".to_string()),
         (_, Some(a)) if a as u64 > max_age.as_secs() => problems.push(format!(
             "last good backup is {} old (more than {})",
@@ -154,15 +245,26 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         ("offsite copy", &offsite),
         ("drill", &drill),
     ] {
-        if let Some(s) = s.as_ref().filter(|s| s.result != Outcome::Success) {
+        if let Some(s) = s.as_ref().filter(|s| s.needs_attention()) {
             problems.push(last_problem(what, s));
         }
     }
     if let Some(p) = offsite_problem(offsite_configured, &backup, &offsite, max_age, now) {
         problems.push(p);
     }
+    // The service itself: a monitoring check that says OK while it crash-loops
+    // would be muted within a week.
+    if let Some(p) = inst
+        .as_ref()
+        .ok()
+        .and_then(|i| i.service_unit.as_deref())
+        .and_then(crate::service::preflight::unit_not_running)
+    {
+        problems.push(p);
+    }
     Health {
         instance: name.to_string(),
+        metrics: inst.as_ref().map(|i| i.metrics).unwrap_or(true),
         healthy: problems.is_empty(),
         problem: (!problems.is_empty()).then(|| problems.join("; ")),
         problems,
@@ -178,6 +280,14 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
         warnings,
         certs: crate::certs::record::load_state(&dirs.state_dir, name),
         deploy,
+        aside: inst
+            .as_ref()
+            .ok()
+            .map(|i| {
+                let dir = std::fs::canonicalize(&i.service_dir).unwrap_or(i.service_dir.clone());
+                crate::instance::kept::asides(&dir)
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -258,12 +368,12 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
             dirs.config_dir.display()
         )?;
     }
-    if !all.is_empty() && !dirs.metrics_dir.is_dir() {
-        writeln!(
-            out,
-            "no metrics are written: {} does not exist (install node_exporter's textfile collector, or set --metrics-dir)",
+    if all.iter().any(|h| h.metrics) && !dirs.metrics_dir.is_dir() {
+        // A note about the host, not part of the report (stdout).
+        log::warn!(
+            "no metrics are written: {} does not exist (install node_exporter's textfile collector, set --metrics-dir, or SYNBACKUP_METRICS=no)",
             dirs.metrics_dir.display()
-        )?;
+        );
     }
     for h in all {
         let last = match h.last_success_age_seconds {
@@ -283,6 +393,29 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         for w in &h.warnings {
             writeln!(out, "{}: WARNING: {w}", h.instance)?;
         }
+        if !h.aside.is_empty() {
+            let total: u64 = h.aside.iter().map(|a| a.bytes).sum();
+            let each: Vec<String> = h
+                .aside
+                .iter()
+                .map(|a| {
+                    let by = if a.by == "cold" {
+                        "a window"
+                    } else {
+                        "a restore"
+                    };
+                    format!("{} ({}, by {by})", a.path, human(a.bytes))
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}: kept aside: {} in {}: {}",
+                h.instance,
+                human(total),
+                h.aside.len(),
+                each.join(", ")
+            )?;
+        }
         if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
             writeln!(out, "{}: certificates: {w}", h.instance)?;
         }
@@ -294,9 +427,15 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
             ("drill", &h.drill),
         ] {
             if let Some(s) = s {
+                let note = match (s.result, &s.acknowledged) {
+                    (_, Some(when)) => format!(", acknowledged at {when}"),
+                    (Outcome::Refused, _) => ", nothing changed".to_string(),
+                    (Outcome::Cancelled, _) => ", everything as it was".to_string(),
+                    _ => String::new(),
+                };
                 writeln!(
                     out,
-                    "{}: last {what} {} at {} (exit {})",
+                    "{}: last {what} {} at {} (exit {}{note})",
                     h.instance,
                     s.result.as_str(),
                     s.finished,

@@ -14,8 +14,8 @@ use clap::Args;
 use crate::base::exit::{self, Code};
 use crate::base::fsutil;
 use crate::commands::print_json;
+use crate::engine::damaged;
 use crate::engine::manifest::Manifest;
-use crate::engine::verify;
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
@@ -36,7 +36,7 @@ pub(crate) fn exec(a: &VerifyArgs) -> Result<ExitCode> {
     if a.print_sums {
         return print_sums(a);
     }
-    let report = verify::verify(&a.backup)?;
+    let report = damaged::verify_recorded(&a.backup)?;
     if a.json {
         print_json(&report)?;
     }

@@ -54,6 +54,16 @@ pub(crate) const MANIFEST_NAME: &str = "synbackup-manifest.json";
 /// The marker written into a backup that passed verification before it was
 /// published (ignored by `verify`, like the manifest).
 pub(crate) const VERIFIED_MARK: &str = "synbackup-verified";
+/// The marker written into a published backup that a later verification (`verify`,
+/// a restore's or a drill's) found damaged: the time and the problems. Removed when
+/// a verification passes again. Ignored by `verify`, like the manifest.
+pub(crate) const DAMAGED_MARK: &str = "synbackup-damaged";
+
+/// True for the files synbackup itself keeps at the top of a backup, outside its
+/// manifest: the manifest and the markers.
+pub(crate) fn is_own_file(name: &str) -> bool {
+    name == MANIFEST_NAME || name == VERIFIED_MARK || name == DAMAGED_MARK
+}
 /// Where a backup carries the service's certificate directory: a top-level
 /// directory Synapse does not read (a cell reads `DIR/certs/`, `cell.yaml` and its
 /// own files by name; its only walk of the directory, `onboot:optimize`, looks for

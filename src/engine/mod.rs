@@ -10,6 +10,8 @@ pub(crate) mod backup;
 pub(crate) mod cellinfo;
 /// The service's certificate directory, carried in a backup.
 pub(crate) mod certdir;
+/// The mark of a published backup a verification found damaged.
+pub(crate) mod damaged;
 /// Compacting (or plain) LMDB copies from held snapshots, hashed in place.
 pub(crate) mod envcopy;
 /// Freezing the running service for the snapshots; resuming it whatever happens.

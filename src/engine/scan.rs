@@ -43,7 +43,7 @@ use anyhow::{Context, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::base::exit::{fail, Code};
-use crate::engine::manifest::{CERTS_DIR, MANIFEST_NAME};
+use crate::engine::manifest::CERTS_DIR;
 
 /// Directory names never backed up, at any depth.
 const SKIP_DIR_NAMES: &[&str] = &["tmp", "backups", "sockets"];
@@ -272,9 +272,7 @@ fn walk(
             });
             walk(src, root, &rel_child, child_rules, false, plan)?;
         } else if ft.is_file() {
-            if rel.as_os_str().is_empty()
-                && (name_str == MANIFEST_NAME || name_str == crate::engine::manifest::VERIFIED_MARK)
-            {
+            if rel.as_os_str().is_empty() && crate::engine::manifest::is_own_file(&name_str) {
                 log::debug!("skipping an old manifest {}", path.display());
                 continue;
             }

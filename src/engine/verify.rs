@@ -183,11 +183,12 @@ fn check_layout(dir: &Path, m: &Manifest, present: &Present, r: &mut Report) {
     }
 }
 
-/// Verify the backup at `dir` before using it (`not_what`: "not drilled"): its
-/// manifest when intact, else one `Verify` error listing every problem.
+/// Verify the published backup at `dir` before using it (`not_what`: "not
+/// drilled"): its manifest when intact, else one `Verify` error listing every
+/// problem (and the backup marked damaged: `engine::damaged`).
 pub(crate) fn verified_manifest(dir: &Path, not_what: &str) -> Result<Manifest> {
     log::info!("verifying {}", dir.display());
-    let report = verify(dir)?;
+    let report = crate::engine::damaged::verify_recorded(dir)?;
     if !report.ok() {
         return Err(crate::base::exit::fail(
             crate::base::exit::Code::Verify,
@@ -220,10 +221,7 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
     check_layout(dir, &m, &present, &mut r);
     let listed: BTreeSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
     for extra in present.files.difference(&listed) {
-        if extra == manifest::MANIFEST_NAME
-            || extra == crate::engine::manifest::VERIFIED_MARK
-            || extra.ends_with("/lock.mdb")
-        {
+        if manifest::is_own_file(extra) || extra.ends_with("/lock.mdb") {
             continue;
         }
         r.problems.push(format!(

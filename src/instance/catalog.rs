@@ -13,6 +13,7 @@ use anyhow::Result;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
+use crate::engine::damaged;
 use crate::engine::manifest::{Manifest, MANIFEST_NAME, VERIFIED_MARK};
 use crate::engine::partial::PARTIAL_MARK;
 
@@ -29,6 +30,9 @@ pub(crate) enum State {
     Verified,
     /// A temporary of a run that is in progress or was killed.
     Partial,
+    /// Complete, but a later verification found it damaged (`engine::damaged`):
+    /// not good to restore, no retention slot.
+    Damaged,
 }
 
 /// One backup (or temporary) of an instance.
@@ -100,7 +104,9 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
         let bytes = Manifest::load(&path)
             .map(|m| m.files.iter().map(|f| f.size).sum())
             .unwrap_or(0);
-        let state = if path.join(VERIFIED_MARK).is_file() {
+        let state = if damaged::recorded(&path).is_some() {
+            State::Damaged
+        } else if path.join(VERIFIED_MARK).is_file() {
             State::Verified
         } else {
             State::Complete

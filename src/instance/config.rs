@@ -26,10 +26,11 @@ use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
     BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
     DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
-    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY,
-    LOCK_WAIT, MAX_AGE, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY,
-    OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE,
-    OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
+    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY,
+    KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE,
+    OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY,
+    OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT,
+    SKIPDIRS, STOP_TIMEOUT,
 };
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
@@ -84,6 +85,10 @@ pub(crate) struct Instance {
     pub(crate) drill_after_run: bool,
     /// A drill boots the copy in Synapse's safemode.
     pub(crate) drill_safemode: bool,
+    /// How long a restore's `DIR.pre-restore-TIME` is kept.
+    pub(crate) keep_aside: std::time::Duration,
+    /// Write metrics files for node_exporter.
+    pub(crate) metrics: bool,
 }
 
 /// Where and how `run` copies its backups offsite (through restic).
@@ -412,6 +417,7 @@ fn load_with(
     let v = Values::gather(config_dir, name, flags, use_env)?;
     let cert_dir = v.get(&CERT_DIR)?;
     let service_dir = v.value(&SERVICE_DIR)?;
+    check_own_service_dir(config_dir, name, &service_dir)?;
     let backup_root = v.value(&BACKUP_ROOT)?;
     let keep = local_keep(&v)?;
     let offsite = offsite(&v, keep)?;
@@ -440,6 +446,7 @@ fn load_with(
         stop_timeout: v.value(&STOP_TIMEOUT)?,
         health_timeout: v.value(&HEALTH_TIMEOUT)?,
         cold_keep_old: v.value(&COLD_KEEP_OLD)?,
+        keep_aside: v.value(&KEEP_ASIDE)?,
         cert_dir,
         cert_warn_days: v.value(&CERT_WARN_DAYS)?,
         cert_names: v.get(&CERT_NAMES)?.unwrap_or_default(),
@@ -452,6 +459,7 @@ fn load_with(
         drill_isolation: v.value(&DRILL_ISOLATION)?,
         drill_after_run: v.value(&DRILL_AFTER_RUN)?,
         drill_safemode: v.value(&DRILL_SAFEMODE)?,
+        metrics: v.value(&METRICS)?,
     })
 }
 
@@ -505,6 +513,41 @@ fn offsite(v: &Values, local: Keep) -> Result<Option<Offsite>> {
         prune_every: v.value(&OFFSITE_PRUNE)?,
         restic: v.value(&RESTIC)?,
     }))
+}
+
+/// Refuse a service directory another instance's config names too: their locks
+/// differ, so their runs, windows and restores could overlap on one directory.
+fn check_own_service_dir(config_dir: &Path, name: &str, dir: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a.components().eq(b.components()),
+    };
+    for other in instance_names(config_dir)?
+        .into_iter()
+        .filter(|o| o != name)
+    {
+        let path = config_dir.join(format!("{other}.conf"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let theirs = envfile::parse(text.trim_start_matches('\u{feff}'))
+            .into_iter()
+            .flatten()
+            .rfind(|e| e.key == SERVICE_DIR.key);
+        if let Some(e) = theirs.filter(|e| same(Path::new(&e.value), dir)) {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "{}: SYNBACKUP_SERVICE_DIR {} is also the service directory of instance {other} ({}:{}): two instances of one directory take different locks and could run at once; keep one config",
+                    config_dir.join(format!("{name}.conf")).display(),
+                    dir.display(),
+                    path.display(),
+                    e.line
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// True when `CONFIG_DIR/NAME.conf` exists (the instance is configured).

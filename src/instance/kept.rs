@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Service directories kept by maintenance windows (`DIR.pre-cold-TIMESTAMP`): the
-//! way back after a window, expired by the next successful window or by age.
+//! Service directories kept aside: by maintenance windows (`DIR.pre-cold-TIMESTAMP`),
+//! the way back after a window, expired by the next successful window or by age
+//! (`SYNBACKUP_COLD_KEEP_OLD`); and by restores (`DIR.pre-restore-TIMESTAMP`), the
+//! way back after a restore, expired by age (`SYNBACKUP_KEEP_ASIDE`). Each nightly
+//! run expires them; `status` shows them with their size.
 //!
 //! The age is that of the window, recorded in the name when the directory was kept
 //! (`YYYYmmddTHHMMSSZ`, UTC), not the directory's mtime: the mtime is whenever the
@@ -15,25 +18,27 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// The name part marking a directory kept by a window.
 pub(crate) const PRE_COLD: &str = ".pre-cold-";
+/// The name part marking a directory a restore moved aside.
+pub(crate) const PRE_RESTORE: &str = ".pre-restore-";
 
 /// The format of the time in a kept directory's name.
 pub(crate) const STAMP: &str = "%Y%m%dT%H%M%SZ";
 
-/// The time a window kept `name` (`DIR.pre-cold-STAMP`), from its name.
-pub(crate) fn kept_at(name: &str) -> Option<DateTime<Utc>> {
-    let (_, stamp) = name.rsplit_once(PRE_COLD)?;
+/// The time in `name` (`DIR{marker}STAMP`).
+fn aside_at(name: &str, marker: &str) -> Option<DateTime<Utc>> {
+    let (_, stamp) = name.rsplit_once(marker)?;
     NaiveDateTime::parse_from_str(stamp, STAMP)
         .ok()
         .map(|t| t.and_utc())
 }
 
-/// Directories kept by earlier windows of `dir`, with the time each was kept.
-pub(crate) fn kept_dirs(dir: &Path) -> Vec<(PathBuf, Option<DateTime<Utc>>)> {
+/// Directories `dir{marker}STAMP` beside `dir`, with the time in each name.
+pub(crate) fn aside_dirs(dir: &Path, marker: &str) -> Vec<(PathBuf, Option<DateTime<Utc>>)> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let prefix = format!("{name}{PRE_COLD}");
+    let prefix = format!("{name}{marker}");
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let Ok(entries) = fs::read_dir(parent) else {
         return Vec::new();
@@ -41,8 +46,44 @@ pub(crate) fn kept_dirs(dir: &Path) -> Vec<(PathBuf, Option<DateTime<Utc>>)> {
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| (e.path(), kept_at(&e.file_name().to_string_lossy())))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.path(), aside_at(&e.file_name().to_string_lossy(), marker)))
         .collect()
+}
+
+/// One directory kept aside, for `status` and the metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Aside {
+    pub(crate) path: String,
+    /// `cold` or `restore`: what kept it.
+    pub(crate) by: &'static str,
+    pub(crate) kept_at: Option<String>,
+    pub(crate) bytes: u64,
+}
+
+/// Every directory kept aside beside `dir` (windows and restores), with its size
+/// on disk.
+pub(crate) fn asides(dir: &Path) -> Vec<Aside> {
+    let mut out = Vec::new();
+    for (marker, by) in [(PRE_COLD, "cold"), (PRE_RESTORE, "restore")] {
+        for (p, at) in aside_dirs(dir, marker) {
+            out.push(Aside {
+                bytes: crate::window::disk_usage(&p),
+                path: p.to_string_lossy().into_owned(),
+                by,
+                kept_at: at.map(|t| t.to_rfc3339()),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Remove the directories restores moved aside beside `dir` longer ago than
+/// `max_age` (never one whose name has no readable time). Returns one line per
+/// directory that could not be removed.
+pub(crate) fn remove_restored_aside(dir: &Path, max_age: Duration) -> Vec<String> {
+    remove_aside(dir, PRE_RESTORE, "a restore", None, Some(max_age))
 }
 
 /// Remove directories kept by earlier windows: all but `keep`, or (with `max_age`)
@@ -53,8 +94,24 @@ pub(crate) fn remove_kept(
     keep: Option<&Path>,
     max_age: Option<Duration>,
 ) -> Vec<String> {
+    remove_aside(
+        dir,
+        PRE_COLD,
+        "an earlier maintenance window",
+        keep,
+        max_age,
+    )
+}
+
+fn remove_aside(
+    dir: &Path,
+    marker: &str,
+    by: &str,
+    keep: Option<&Path>,
+    max_age: Option<Duration>,
+) -> Vec<String> {
     let mut failed = Vec::new();
-    for (p, at) in kept_dirs(dir) {
+    for (p, at) in aside_dirs(dir, marker) {
         if Some(p.as_path()) == keep {
             continue;
         }
@@ -67,15 +124,9 @@ pub(crate) fn remove_kept(
             }
         }
         match fs::remove_dir_all(&p) {
-            Ok(()) => log::info!(
-                "removed {}, kept by an earlier maintenance window",
-                p.display()
-            ),
+            Ok(()) => log::info!("removed {}, kept by {by}", p.display()),
             Err(e) => {
-                let line = format!(
-                    "could not remove {}, kept by an earlier maintenance window: {e}",
-                    p.display()
-                );
+                let line = format!("could not remove {}, kept by {by}: {e}", p.display());
                 log::warn!("{line}");
                 failed.push(line);
             }
@@ -117,7 +168,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            kept_at(&format!("c0{PRE_COLD}20261201T144445Z")).map(|t| t.to_rfc3339()),
+            aside_at(&format!("c0{PRE_COLD}20261201T144445Z"), PRE_COLD).map(|t| t.to_rfc3339()),
             Some("2026-12-01T14:44:45+00:00".into())
         );
     }

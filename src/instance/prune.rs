@@ -5,13 +5,17 @@
 //! renamed to a temporary name, so a removal cut short never leaves a half backup
 //! that looks complete. The newest verified backup and the newest backup a drill
 //! booted are never removed, whatever the policy says: pruning must not leave an
-//! instance with nothing to restore, nor with no backup known to boot.
+//! instance with nothing to restore, nor with no backup known to boot. A backup a
+//! verification found damaged fills no slot; it is removed once a newer good backup
+//! is kept, and kept for inspection until then.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
 
+use crate::engine::damaged;
 use crate::engine::partial::PARTIAL_MARK;
 use crate::instance::catalog::{self, State};
 use crate::instance::config::Instance;
@@ -27,9 +31,11 @@ pub(crate) fn prune(
     own_lock: bool,
 ) -> Result<usize> {
     let entries = catalog::scan(&inst.backup_root, &inst.name)?;
+    // A backup found damaged fills no slot (below: removed once a newer good one
+    // is kept).
     let complete: Vec<_> = entries
         .iter()
-        .filter(|e| e.state != State::Partial)
+        .filter(|e| !matches!(e.state, State::Partial | State::Damaged))
         .collect();
     let times: Vec<_> = complete.iter().map(|e| e.time).collect();
     let reasons = retention::reasons(&times, inst.keep);
@@ -42,6 +48,7 @@ pub(crate) fn prune(
     let newest_tested = tested::newest_passed_of(&tested::load(state_dir, &inst.name), &names);
     let verb = if dry_run { "would remove" } else { "removing" };
     let mut kept = 0;
+    let mut newest_kept = None;
     for (e, why) in complete.iter().zip(reasons) {
         let why = if !why.is_empty() {
             why.join(", ")
@@ -56,6 +63,7 @@ pub(crate) fn prune(
         };
         if !why.is_empty() {
             kept += 1;
+            newest_kept = newest_kept.max(Some(e.time));
             // A dry run is asked to explain itself; a real prune only on -v.
             if dry_run {
                 tell(dry_run, &format!("keeping {} ({why})", e.name));
@@ -78,6 +86,9 @@ pub(crate) fn prune(
         if !dry_run {
             remove_backup(&e.path, &e.name)?;
         }
+    }
+    for e in entries.iter().filter(|e| e.state == State::Damaged) {
+        prune_damaged(e, newest_kept, dry_run)?;
     }
     for e in entries.iter().filter(|e| e.state == State::Partial) {
         if !own_lock {
@@ -103,6 +114,43 @@ pub(crate) fn prune(
         }
     }
     Ok(kept)
+}
+
+/// A backup found damaged: removed once a newer backup that is not is kept (never
+/// before: a device that fails every read must not make retention empty the root);
+/// until then kept for inspection.
+fn prune_damaged(
+    e: &catalog::Entry,
+    newest_kept: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> Result<()> {
+    let found = damaged::recorded(&e.path)
+        .map(|d| format!("found damaged {}: {}", d.when, d.problem))
+        .unwrap_or_else(|| "found damaged".to_string());
+    if newest_kept.is_some_and(|t| t > e.time) {
+        let verb = if dry_run { "would remove" } else { "removing" };
+        tell(
+            dry_run,
+            &format!(
+                "{verb} {} ({found}; a newer good backup is kept)",
+                e.path.display()
+            ),
+        );
+        if !dry_run {
+            remove_backup(&e.path, &e.name)?;
+        }
+    } else {
+        let line = format!(
+            "keeping {} for inspection ({found}; no newer good backup yet)",
+            e.path.display()
+        );
+        if dry_run {
+            tell(dry_run, &line);
+        } else {
+            log::warn!("{line}");
+        }
+    }
+    Ok(())
 }
 
 /// A dry run's answer is its output (stdout, to pipe or read); a real prune logs

@@ -59,6 +59,32 @@ impl Event<'_> {
     }
 }
 
+/// How a restore or window that did not succeed ended: `Cancelled` when a signal
+/// stopped it and everything is as it was (it had `changed` nothing, or it was
+/// `rolled_back` cleanly); `Refused` when it had changed nothing and `may_refuse`
+/// (a restore: the operator who asked was told why); else `Failed`.
+pub(crate) fn ended_as(
+    err: &anyhow::Error,
+    changed: bool,
+    rolled_back: bool,
+    may_refuse: bool,
+) -> Outcome {
+    let signalled = matches!(
+        code_of(err),
+        Code::Interrupted | Code::Terminated | Code::HungUp
+    ) || crate::base::interrupt::requested();
+    let as_before = !changed || rolled_back;
+    if code_of(err) == Code::Locked {
+        Outcome::Skipped
+    } else if signalled && as_before {
+        Outcome::Cancelled
+    } else if !changed && may_refuse {
+        Outcome::Refused
+    } else {
+        Outcome::Failed
+    }
+}
+
 /// One run being recorded.
 pub(crate) struct Recorder<'a> {
     dirs: &'a Dirs,
@@ -118,13 +144,26 @@ impl<'a> Recorder<'a> {
     /// last success; the event is `event`, else "INSTANCE: KIND failed: ERROR".
     /// Writing the status is best effort: the run's own error is what counts.
     pub(crate) fn failed(self, err: &anyhow::Error, made: Made, event: Option<Event>) {
+        let result = if code_of(err) == Code::Locked {
+            Outcome::Skipped
+        } else {
+            Outcome::Failed
+        };
+        self.failed_as(result, err, made, event)
+    }
+
+    /// Record a run that did not succeed as `result` (`Refused`, `Cancelled`: it
+    /// changed nothing), as [`Recorder::failed`] does.
+    pub(crate) fn failed_as(
+        self,
+        result: Outcome,
+        err: &anyhow::Error,
+        made: Made,
+        event: Option<Event>,
+    ) {
         let prev = self.previous();
         let st = Status {
-            result: if code_of(err) == Code::Locked {
-                Outcome::Skipped
-            } else {
-                Outcome::Failed
-            },
+            result,
             exit_code: code_of(err).as_i32(),
             error: Some(format!("{err:#}")),
             last_success: prev.as_ref().and_then(|p| p.last_success.clone()),
@@ -137,7 +176,12 @@ impl<'a> Recorder<'a> {
             } else {
                 format!("{}: ", self.instance)
             };
-            Event::text(format!("{who}{} failed: {err:#}", self.kind.as_str()))
+            let verb = match result {
+                Outcome::Refused => "refused",
+                Outcome::Cancelled => "cancelled",
+                _ => "failed",
+            };
+            Event::text(format!("{who}{} {verb}: {err:#}", self.kind.as_str()))
         });
         self.emit(log::Level::Error, self.kind.failed_id(), &event);
         if let Err(e) = self.write(&st) {
@@ -167,7 +211,11 @@ impl<'a> Recorder<'a> {
         if self.instance.is_empty() {
             return Ok(());
         }
-        status::record(&self.dirs.state_dir, &self.dirs.metrics_dir, st)
+        // The instance's own setting (its config may be gone or broken: then on).
+        let metrics = config::load(&self.dirs.config_dir, &self.instance, &Default::default())
+            .map(|i| i.metrics)
+            .unwrap_or(true);
+        status::record(&self.dirs.state_dir, &self.dirs.metrics_dir, metrics, st)
     }
 
     fn emit(&self, level: log::Level, id: &str, event: &Event) {

@@ -139,12 +139,41 @@ pub(crate) fn explain(err: anyhow::Error, inst: &str, repository: &str) -> anyho
             r.command
         ),
         Trouble::Failed(m) => format!(
-            "restic {} on {repo}: {}",
+            "restic {} on {repo}: {}{}",
             r.command,
-            m.replace("offsite init INSTANCE", &format!("offsite init {inst}"))
+            m.replace("offsite init INSTANCE", &format!("offsite init {inst}")),
+            read_only_local(repository)
         ),
     };
     fail(Code::Offsite, text)
+}
+
+/// For a repository on a local path that this process sees read-only (a unit whose
+/// `ReadWritePaths=` predate the config: no `daemon-reload`), what to do about it.
+fn read_only_local(repository: &str) -> String {
+    let local = repository.strip_prefix("local:").unwrap_or(repository);
+    if !local.starts_with('/') {
+        return String::new();
+    }
+    // The repository, or the nearest directory above it that exists.
+    let mut p = Path::new(local);
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return String::new(),
+        }
+    }
+    let read_only = nix::sys::statvfs::statvfs(p)
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    if !read_only {
+        return String::new();
+    }
+    let hint = crate::base::fsutil::read_only_hint(Path::new(local));
+    if hint.is_empty() {
+        format!(" ({local} is on a read-only file system here)")
+    } else {
+        hint
+    }
 }
 
 /// Remove the lock a killed restic of ours left (`restic unlock` removes only

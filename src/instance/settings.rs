@@ -276,6 +276,8 @@ settings! {
         "a duration (default 5m)";
     COLD_KEEP_OLD: Span = "SYNBACKUP_COLD_KEEP_OLD", Span, Default("7d"), Checked,
         "a duration (default 7d)";
+    KEEP_ASIDE: Span = "SYNBACKUP_KEEP_ASIDE", Span, Default("7d"), Checked,
+        "a duration (default 7d): how long a restore's DIR.pre-restore-TIME is kept";
     CERT_DIR: AbsPath = "SYNBACKUP_CERT_DIR", AbsPath, Absent, Checked,
         "the service's certificate directory (default: from the unit, ~/.syn/certs of its User= or its SYN_CERT_DIR)";
     CERT_WARN_DAYS: Count = "SYNBACKUP_CERT_WARN_DAYS", KEEP, Default("30"), Checked,
@@ -326,6 +328,8 @@ settings! {
         "yes or no (default no): every run drills the backup it made";
     DRILL_SAFEMODE: OneOf<bool> = "SYNBACKUP_DRILL_SAFEMODE", YES_NO, Default("yes"), Unset,
         "yes or no (default yes): a drill boots the copy in Synapse's safemode (no crons, triggers, dmons, storm pools)";
+    METRICS: OneOf<bool> = "SYNBACKUP_METRICS", YES_NO, Default("yes"), Unset,
+        "yes or no (default yes): write this instance's metrics for node_exporter's textfile collector";
 }
 
 /// The declared setting named `key`.

@@ -102,6 +102,12 @@ pub(crate) enum Outcome {
     Failed,
     /// It did not run: another held the instance lock.
     Skipped,
+    /// Refused before it changed anything (a restore of another cell, a damaged
+    /// backup): the operator who asked was told; nothing needs attention.
+    Refused,
+    /// Stopped by the operator (a signal), and everything is as it was: nothing had
+    /// changed yet, or the swap was rolled back cleanly and the service restarted.
+    Cancelled,
 }
 
 impl Outcome {
@@ -111,6 +117,8 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
+            Outcome::Refused => "refused",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -136,6 +144,18 @@ pub(crate) struct Status {
     /// Extra facts of the kind (cold: downtime, reclaimed bytes, old directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) details: Option<serde_json::Value>,
+    /// When an operator acknowledged this failure (`status --acknowledge`): it no
+    /// longer makes `status` fail. The next run of the kind replaces the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) acknowledged: Option<String>,
+}
+
+impl Status {
+    /// A failed or skipped run nobody acknowledged: what `status` and the
+    /// `last_problem` metric report.
+    pub(crate) fn needs_attention(&self) -> bool {
+        matches!(self.result, Outcome::Failed | Outcome::Skipped) && self.acknowledged.is_none()
+    }
 }
 
 /// The host facts the deployment guide asks about, for the service directory at
@@ -207,7 +227,22 @@ pub(crate) fn load(state_dir: &Path, instance: &str, kind: Kind) -> Option<Statu
 }
 
 /// Record a run: the status file and the metrics file.
-pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> Result<()> {
+/// Remove a metrics file synbackup wrote, for an instance whose metrics are now
+/// off (`SYNBACKUP_METRICS=no`): stale values must not keep an alert quiet or firing.
+pub(crate) fn remove_metrics_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => log::info!("removed {} (SYNBACKUP_METRICS=no)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("could not remove {}: {e}", path.display()),
+    }
+}
+
+pub(crate) fn record(
+    state_dir: &Path,
+    metrics_dir: &Path,
+    metrics: bool,
+    status: &Status,
+) -> Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let mut json = serde_json::to_vec_pretty(status)?;
@@ -219,12 +254,14 @@ pub(crate) fn record(state_dir: &Path, metrics_dir: &Path, status: &Status) -> R
     )?;
     // node_exporter's package makes its textfile directory; without it there is
     // no collector to read metrics, so none are written (`status` says so).
-    if metrics_dir.is_dir() {
-        let path = metrics_dir.join(format!(
-            "synbackup-{}{}.prom",
-            status.instance,
-            suffix(status.kind.as_str())
-        ));
+    let path = metrics_dir.join(format!(
+        "synbackup-{}{}.prom",
+        status.instance,
+        suffix(status.kind.as_str())
+    ));
+    if !metrics {
+        remove_metrics_file(&path);
+    } else if metrics_dir.is_dir() {
         write_atomic(&path, render_metrics(status).as_bytes(), 0o644)?;
     } else {
         log::debug!(
@@ -349,6 +386,11 @@ fn render_run_gauges(g: &mut Gauges, s: &Status) {
         },
     );
     g.gauge(
+        "last_problem",
+        "1 if the last run failed or was skipped and nobody acknowledged it, else 0 (a refused or cancelled run changed nothing).",
+        if s.needs_attention() { 1.0 } else { 0.0 },
+    );
+    g.gauge(
         "last_success_timestamp_seconds",
         "When the last successful run finished (0: never).",
         epoch(s.last_success.as_deref()).unwrap_or(0.0),
@@ -383,6 +425,8 @@ fn render_host_gauges(g: &mut Gauges, details: &serde_json::Value) {
         ("reclaimable_bytes", "Bytes a maintenance window would reclaim now (free pages the last run compacted away)."),
         ("data_bytes", "Bytes in the service directory at the last run."),
         ("mem_total_bytes", "MemTotal of the host at the last run."),
+        ("aside_bytes", "Bytes in directories kept aside by windows and restores (DIR.pre-cold-*, DIR.pre-restore-*) after the last run."),
+        ("aside_dirs", "Directories kept aside by windows and restores after the last run."),
     ];
     for (name, help) in sizes {
         if let Some(v) = details[name].as_u64() {

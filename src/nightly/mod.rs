@@ -204,13 +204,27 @@ fn back_up_and_prune(
         cert_dir: crate::instance::certdir::cert_dir_to_carry(inst),
         hash: crate::base::digest::Algo::Blake3,
     };
+    let not_running = inst
+        .service_unit
+        .as_deref()
+        .and_then(crate::service::preflight::unit_not_running);
+    if let Some(why) = &not_running {
+        log::warn!("{why}: backing up its directory as it is on disk, without a freeze");
+    }
     let summary = backup::run(&req)?;
     let backups_kept = prune::prune(inst, state_dir, Some(&name), false, true)?;
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
-    let expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
+    let mut expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
+    expiry_failed.extend(kept::remove_restored_aside(&service_dir, inst.keep_aside));
     let mut details = run_details(inst, &summary);
+    let asides = kept::asides(&service_dir);
+    details["aside_dirs"] = serde_json::json!(asides.len());
+    details["aside_bytes"] = serde_json::json!(asides.iter().map(|a| a.bytes).sum::<u64>());
+    if let Some(why) = &not_running {
+        details["service_not_running"] = serde_json::json!(why);
+    }
     // A kept window directory that could not be expired shows here.
     if !expiry_failed.is_empty() {
         details["kept_expiry_failed"] = serde_json::json!(expiry_failed);

@@ -55,8 +55,9 @@ use crate::instance::certdir;
 use crate::instance::config;
 use crate::instance::config::InstanceOverrides;
 use crate::instance::dirs::Dirs;
+use crate::instance::kept;
 use crate::instance::lock;
-use crate::instance::record::{Event, Made, Recorder};
+use crate::instance::record::{self, Event, Made, Recorder};
 use crate::instance::repository;
 use crate::instance::status::Kind;
 use crate::service::preflight;
@@ -230,6 +231,8 @@ struct Outcome {
     bytes: u64,
     kept_previous: Option<String>,
     rolled_back: bool,
+    /// The swap began: the service was stopped or the directory moved.
+    changed: bool,
     service_was_running: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<Placed>,
@@ -287,7 +290,8 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
                 bytes: 0,
                 ..made
             };
-            rec.failed(&e, made, None);
+            let result = record::ended_as(&e, outcome.changed, outcome.rolled_back, true);
+            rec.failed_as(result, &e, made, None);
             Err(crate::base::exit::reported(&e))
         }
     }
@@ -451,7 +455,11 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let swap = Swap {
         dir,
         new: &staged.copy.path,
-        aside: parent.join(sibling_name(dir, "", &format!(".pre-restore-{stamp}"))),
+        aside: parent.join(sibling_name(
+            dir,
+            "",
+            &format!("{}{stamp}", kept::PRE_RESTORE),
+        )),
         unit: t.unit.as_deref().filter(|_| running),
         stop_timeout: t.stop_timeout,
         health_timeout: t.health_timeout,
@@ -465,6 +473,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         placed: None,
     };
     let mut done = Swapped::default();
+    outcome.changed = true;
     let result = swap.run(&mut done, &mut certs);
     outcome.rolled_back = done.rolled_back;
     result?;
@@ -604,19 +613,7 @@ fn check_before_restore(t: &Target) -> Result<bool> {
 
 /// Step 2: the backup verified against its manifest, which is returned.
 fn verify_backup(backup: &Path) -> Result<Manifest> {
-    log::info!("verifying {}", backup.display());
-    let report = verify::verify(backup)?;
-    if !report.ok() {
-        return Err(fail(
-            Code::Verify,
-            format!(
-                "{} failed verification, not restored: {}",
-                backup.display(),
-                report.problems.join("; ")
-            ),
-        ));
-    }
-    Manifest::load(backup)
+    verify::verified_manifest(backup, "not restored")
 }
 
 /// The restored copy beside the directory, ready to swap in.

@@ -103,3 +103,44 @@ pub(crate) fn wait_healthy(dir: &Path, timeout: Duration, cancellable: bool) -> 
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// What to say of a service unit in `ActiveState` `state`, when it is not running:
+/// `status` reports it, and a nightly run says it backs up a stopped service.
+pub(crate) fn not_running(unit: &str, state: &str) -> Option<String> {
+    match state {
+        "active" | "reloading" => None,
+        "activating" => Some(format!(
+            "{unit} is activating (starting, or restarting after a crash): the service is not running yet"
+        )),
+        other => Some(format!("{unit} is {other}: the service is not running")),
+    }
+}
+
+/// [`not_running`] for the live unit, when systemd runs the host and can tell.
+pub(crate) fn unit_not_running(unit: &str) -> Option<String> {
+    if !crate::host::transient::systemd_runs(Path::new("/")) {
+        return None;
+    }
+    match crate::host::systemd::active_state(unit) {
+        Ok(state) => not_running(unit, &state),
+        Err(e) => Some(format!("cannot read the state of {unit}: {e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod not_running_tests {
+    use super::*;
+
+    #[test]
+    fn only_an_active_unit_runs() {
+        assert_eq!(not_running("c.service", "active"), None);
+        assert_eq!(not_running("c.service", "reloading"), None);
+        assert_eq!(
+            not_running("c.service", "failed").as_deref(),
+            Some("c.service is failed: the service is not running")
+        );
+        assert!(not_running("c.service", "activating")
+            .unwrap()
+            .contains("restarting after a crash"));
+    }
+}

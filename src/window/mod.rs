@@ -85,6 +85,8 @@ pub(crate) struct Report {
     pub(crate) reclaimed_bytes: u64,
     pub(crate) kept_old: Option<String>,
     pub(crate) rolled_back: bool,
+    /// The swap began (the service was stopped).
+    pub(crate) changed: bool,
 }
 
 /// Bytes a directory tree takes on disk.
@@ -159,7 +161,8 @@ pub(crate) fn run(
                 backups_kept: record::backups_kept(&inst),
                 ..made
             };
-            rec.failed(&e, made, None);
+            let result = record::ended_as(&e, report.changed, report.rolled_back, false);
+            rec.failed_as(result, &e, made, None);
             Err(crate::base::exit::reported(&e))
         }
     }
@@ -213,6 +216,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
         fault_prefix: "cold",
     };
     let mut done = Swapped::default();
+    report.changed = true;
     let mut copy = Copy {
         inst,
         dir: &dir,
@@ -303,6 +307,7 @@ fn copy_compacted(inst: &Instance, dir: &Path, new: &Path, show_bar: bool) -> Re
     for f in [
         crate::engine::manifest::MANIFEST_NAME,
         crate::engine::manifest::VERIFIED_MARK,
+        crate::engine::manifest::DAMAGED_MARK,
     ] {
         let _ = fs::remove_file(new.join(f));
     }

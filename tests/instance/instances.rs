@@ -169,7 +169,33 @@ fn without_a_metrics_directory_no_metrics_are_written_and_status_says_so() {
     let o = s.run(&["status"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("no metrics are written:"), "{out}");
+    // A note about the host on stderr, not inside the report.
+    assert!(!out.contains("metrics"), "{out}");
+    assert!(
+        stderr(&o).contains("no metrics are written:"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn metrics_can_be_turned_off_per_instance() {
+    let s = Setup::new("");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let prom = s.root.join("metrics/synbackup-c0.prom");
+    assert!(prom.is_file());
+    let conf = s.root.join("etc/c0.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("SYNBACKUP_METRICS=no\n");
+    fs::write(&conf, text).unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!prom.exists(), "the instance's old metrics are removed");
+    assert!(!s.root.join("metrics/synbackup-c0-certs.prom").exists());
+    fs::remove_dir(s.root.join("metrics")).unwrap();
+    let o = s.run(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("metrics"), "{}", stderr(&o));
 }
 
 #[test]
@@ -343,6 +369,24 @@ fn status_reports_a_failed_window() {
     let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(h[0]["healthy"], false);
     assert_eq!(h[0]["cold"]["exit_code"], 2);
+    let cold_metrics =
+        || fs::read_to_string(s.root.join("metrics/synbackup-c0-cold.prom")).unwrap();
+    assert_eq!(metric(&cold_metrics(), "synbackup_cold_last_problem"), 1.0);
+
+    // Acknowledged: status is healthy again and says so; the metric follows.
+    let o = s.run(&["status", "c0", "--acknowledge", "cold"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("c0: last maintenance window failed at"),
+        "{out}"
+    );
+    assert!(out.contains(", acknowledged at "), "{out}");
+    assert_eq!(metric(&cold_metrics(), "synbackup_cold_last_problem"), 0.0);
+    assert_eq!(s.run(&["status", "c0"]).status.code(), Some(0));
+    // A new failure is a new problem.
+    assert_fails(&s.run(&["cold", "c0"]), 2, "no SYNBACKUP_SERVICE_UNIT");
+    assert_eq!(s.run(&["status", "c0"]).status.code(), Some(9));
 }
 
 #[test]
@@ -551,13 +595,28 @@ fn restore_takes_a_backup_name_and_records_its_result() {
     assert_eq!(st["result"], "success");
     assert!(st["backup"].as_str().unwrap().ends_with(&name));
 
-    // A name that is not there: the failure is recorded too.
+    // A name that is not there: refused before anything changed, recorded as
+    // such, and `status` stays healthy (the operator who asked was told).
     let o = s.run(&["restore", "--instance", "c0", "c0_19990101T000000Z"]);
     assert_fails(&o, 3, "c0_19990101T000000Z cannot be used");
     let st: serde_json::Value =
         serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
-    assert_eq!(st["result"], "failed");
+    assert_eq!(st["result"], "refused");
     assert_eq!(st["exit_code"], 3);
+    let o = s.run(&["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("last restore refused at") && out.contains("nothing changed"),
+        "{out}"
+    );
+    assert_eq!(
+        metric(
+            &fs::read_to_string(s.root.join("metrics/synbackup-c0-restore.prom")).unwrap(),
+            "synbackup_restore_last_problem"
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -928,4 +987,216 @@ fn a_config_another_user_can_write_is_refused() {
     fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)).unwrap();
     let o = s.run(&["run", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// The backups of `c0` in `list --json`, name → state.
+fn states(s: &Setup) -> std::collections::BTreeMap<String, String> {
+    let o = s.run(&["list", "c0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_backup_verify_found_damaged_is_not_good_anywhere() {
+    let s = Setup::new("SYNBACKUP_KEEP_LAST=2\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\nSYNBACKUP_KEEP_MONTHLY=0\n");
+    let backup_of_run = |s: &Setup| {
+        let o = s.run(&["run", "c0"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let b = PathBuf::from(s.status_json()["backup"].as_str().unwrap());
+        b.file_name().unwrap().to_string_lossy().into_owned()
+    };
+    let b1 = backup_of_run(&s);
+    let b2 = backup_of_run(&s);
+    assert_ne!(b1, b2);
+
+    // One byte of b2 flipped: `verify` says so and marks it.
+    let m = manifest(&s.backups.join(&b2));
+    let victim = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["size"].as_u64().unwrap() > 0)
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = s.backups.join(&b2).join(&victim);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    let o = s.run(&["verify", s.backups.join(&b2).to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(s.backups.join(&b2).join("synbackup-damaged").is_file());
+
+    // list, status and prune all see it.
+    let st = states(&s);
+    assert_eq!(st[&b2], "damaged", "{st:?}");
+    assert_eq!(st[&b1], "verified", "{st:?}");
+    let o = s.run(&["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert!(
+        out.contains(&format!("backup {b2} was found damaged")),
+        "{out}"
+    );
+    let o = s.run(&["prune", "c0", "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("keeping {b1} (last)")),
+        "the damaged backup fills no slot: {out}"
+    );
+    assert!(out.contains("for inspection"), "{out}");
+
+    // A restore refuses it (and leaves the mark).
+    let o = s.run(&["restore", "--instance", "c0", &b2]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("failed verification"), "{}", stderr(&o));
+
+    // The next run's good backup takes its place; then prune removes it.
+    let b3 = backup_of_run(&s);
+    let st = states(&s);
+    assert!(!st.contains_key(&b2), "{st:?}");
+    assert_eq!(st.keys().cloned().collect::<Vec<_>>(), [b1.clone(), b3]);
+    let o = s.run(&["status", "c0"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn a_backup_that_verifies_again_loses_its_mark() {
+    let s = Setup::new("");
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b = PathBuf::from(s.status_json()["backup"].as_str().unwrap());
+    fs::write(
+        b.join("synbackup-damaged"),
+        "2026-01-01T00:00:00Z\nan old finding\n",
+    )
+    .unwrap();
+    assert_eq!(s.run(&["status", "c0"]).status.code(), Some(9));
+    let o = s.run(&["verify", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!b.join("synbackup-damaged").exists());
+    assert_eq!(s.run(&["status", "c0"]).status.code(), Some(0));
+}
+
+#[test]
+fn commands_that_need_root_say_so_once_first() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new("");
+    // The binary where uid 65534 can run it.
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = t.path().join("synbackup");
+    fs::copy(env!("CARGO_BIN_EXE_synbackup"), &exe).unwrap();
+    for args in [
+        vec!["run", "c0"],
+        vec!["cold", "c0"],
+        vec!["restore", "--instance", "c0", "x"],
+        vec!["drill", "c0"],
+        vec!["prune", "c0"],
+    ] {
+        let o = command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .arg("--config-dir")
+            .arg(s.root.join("etc"))
+            .arg("--state-dir")
+            .arg(s.root.join("state"))
+            .arg("--lock-dir")
+            .arg(s.root.join("lock"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(&format!("synbackup {} needs root", args[0])),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!s.root.join("state").exists(), "nothing recorded");
+}
+
+#[test]
+fn two_instances_of_one_service_directory_are_refused() {
+    let s = Setup::new("");
+    // The same directory, spelt with a trailing slash and through a link.
+    std::os::unix::fs::symlink(&s.src, s.root.join("svc-link")).unwrap();
+    fs::write(
+        s.root.join("etc/c1.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}/\nSYNBACKUP_BACKUP_ROOT={}\n",
+            s.root.join("svc-link").display(),
+            s.root.join("backups1").display()
+        ),
+    )
+    .unwrap();
+    let o = s.run(&["run", "c0"]);
+    assert_fails(&o, 2, "is also the service directory of instance c1");
+    assert!(stderr(&o).contains("c1.conf:1"), "{}", stderr(&o));
+    let o = s.run(&["run", "c1"]);
+    assert_fails(&o, 2, "is also the service directory of instance c0");
+    assert!(!s.backups.exists() && !s.root.join("backups1").exists());
+    let o = s.run(&["status"]);
+    assert_eq!(o.status.code(), Some(9));
+    fs::remove_file(s.root.join("etc/c1.conf")).unwrap();
+    assert!(s.run(&["run", "c0"]).status.success());
+}
+
+#[test]
+fn directories_kept_aside_are_shown_and_expire() {
+    let s = Setup::new("SYNBACKUP_KEEP_ASIDE=2d\n");
+    let name = s.backup_now();
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let aside: Vec<PathBuf> = fs::read_dir(&s.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("svc.pre-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let o = s.run(&["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("c0: kept aside: ") && out.contains("by a restore"),
+        "{out}"
+    );
+    let o = s.run(&["status", "c0", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h[0]["aside"][0]["by"], "restore");
+    assert!(h[0]["aside"][0]["bytes"].as_u64().unwrap() > 0);
+
+    // A run keeps a young one, and counts it in the metrics ...
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert!(aside[0].exists());
+    assert_eq!(metric(&s.metrics(), "synbackup_aside_dirs"), 1.0);
+    // ... and removes one older than SYNBACKUP_KEEP_ASIDE (by the time in its name),
+    // but never a directory whose name has no time.
+    let old = s.root.join(format!(
+        "svc.pre-restore-{}",
+        (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y%m%dT%H%M%SZ")
+    ));
+    fs::rename(&aside[0], &old).unwrap();
+    let odd = s.root.join("svc.pre-restore-by-hand");
+    fs::create_dir(&odd).unwrap();
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert!(!old.exists(), "an expired restore's directory is removed");
+    assert!(odd.exists());
+    assert_eq!(metric(&s.metrics(), "synbackup_aside_dirs"), 1.0);
 }

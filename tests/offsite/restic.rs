@@ -392,6 +392,33 @@ fn a_wrong_password_an_unreachable_server_and_a_full_backend_fail_offsite_only()
         .unwrap();
     assert!(st.success());
     s.run_ok();
+    // A local repository the unit cannot write (a config edited without
+    // `systemctl daemon-reload`: the generator's ReadWritePaths= predate it):
+    // restic's "unable to create lock" comes with what to do.
+    let remount = |opt: &str| {
+        let st = command("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&full)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    remount("ro");
+    let o = s
+        .cmd()
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .args(["run", "c0"])
+        .output()
+        .unwrap();
+    remount("rw");
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside this unit's writable paths")
+            && stderr(&o).contains("systemctl daemon-reload"),
+        "{}",
+        stderr(&o)
+    );
+    s.run_ok();
     // A credentials file that restic reads, and that never shows in the output.
     fs::write(t.path().join("env"), "AWS_SECRET_ACCESS_KEY=s3cr3t-value\n").unwrap();
     fs::set_permissions(t.path().join("env"), fs::Permissions::from_mode(0o600)).unwrap();

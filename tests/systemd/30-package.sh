@@ -20,7 +20,8 @@
 #   stays stopped;
 # - the .rpm's %preun (erase) and %post (install) scriptlets, run by hand on the
 #   same systemd: timers stopped, then started again; sysctl as for the .deb;
-# - apt purge: config and state go; every backup and the service directory stay.
+# - apt purge: config, state and restic's cache go; every backup and the service
+#   directory stay.
 #
 # Two packages: VERSION-1 and the same with revision 2 (sb_deb: the ones `run` built
 # for this run, or built here; tests/run-all lints them).
@@ -263,10 +264,12 @@ in_list_timers synbackup@cortex00.timer || ns_die "synbackup@cortex00.timer is n
 check_sysctl "$NS_STATE/rpm-post.log" "rpm %post 1"
 
 # ---- purge ------------------------------------------------------------------------
+# restic's cache, as the units' CacheDirectory=synbackup holds it for offsite copies.
+ns_exec mkdir -p /var/cache/synbackup/restic/0123abcd
 ns_exec env DEBIAN_FRONTEND=noninteractive apt-get purge -y synbackup
 ns_assert_eq "" "$(ns_exec dpkg-query -W -f='${Status}' synbackup 2>/dev/null || true)" "package state after purge"
-ns_assert_eq "/etc/synbackup:absent /var/lib/synbackup:absent /run/synbackup:absent /var/lib/prometheus/node-exporter/synbackup-cortex00.prom:absent /etc/systemd/system/timers.target.wants/synbackup@cortex00.timer:absent" \
-  "$(what_is /etc/synbackup /var/lib/synbackup /run/synbackup /var/lib/prometheus/node-exporter/synbackup-cortex00.prom \
+ns_assert_eq "/etc/synbackup:absent /var/lib/synbackup:absent /run/synbackup:absent /var/cache/synbackup:absent /var/lib/prometheus/node-exporter/synbackup-cortex00.prom:absent /etc/systemd/system/timers.target.wants/synbackup@cortex00.timer:absent" \
+  "$(what_is /etc/synbackup /var/lib/synbackup /run/synbackup /var/cache/synbackup /var/lib/prometheus/node-exporter/synbackup-cortex00.prom \
        /etc/systemd/system/timers.target.wants/synbackup@cortex00.timer)" "files after purge"
 ns_assert_eq "$backups" "$(backups_digest)" "backups after purge"
 ns_exec test -f /srv/cortex/cortex00/cell.guid
