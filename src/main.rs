@@ -24,6 +24,8 @@
 mod base;
 /// TLS material: checks, records, `certs deploy`.
 mod certs;
+/// `synbackup check`: an instance's preconditions, one line each.
+mod check;
 /// One file per subcommand.
 mod commands;
 /// Restore drills: boot a backup's copy, sealed, and check it.

@@ -22,6 +22,8 @@ pub(crate) mod backup;
 pub(crate) mod certs;
 /// `synbackup certs deploy INSTANCE --cert FULLCHAIN --key KEY`.
 pub(crate) mod certs_deploy;
+/// `synbackup check [INSTANCE]`.
+pub(crate) mod check;
 /// `synbackup cold INSTANCE`.
 pub(crate) mod cold;
 /// `synbackup completions SHELL`.
@@ -92,6 +94,8 @@ pub(crate) enum Command {
     Sysctl(sysctl::SysctlArgs),
     /// Check every certificate and key the service uses (dates, keys, chains, names, modes).
     Certs(certs::CertsArgs),
+    /// Check that an instance is ready for its nightly run: config, unit, socket, backup root, offsite, certificates.
+    Check(check::CheckArgs),
     /// Forget a removed instance: delete its status and metrics files (never backups).
     Retire(retire::RetireArgs),
     /// Print a shell completion script.
@@ -105,6 +109,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     crate::engine::freeze_record::set_dir(&dirs.lock_dir);
     match &cli.command {
         Command::Run(_) => needs_root("run")?,
+        Command::Check(_) => needs_root("check")?,
         Command::Cold(_) => needs_root("cold")?,
         Command::Restore(_) => needs_root("restore")?,
         Command::Drill(_) => needs_root("drill")?,
@@ -126,6 +131,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),
         Command::Certs(a) => certs::exec(dirs, &a),
+        Command::Check(a) => check::exec(dirs, &a),
         Command::Retire(a) => retire::exec(dirs, &a),
         Command::Completions(a) => completions::exec(&a),
     }

@@ -229,6 +229,16 @@ impl<'a> Opened<'a> {
             .map_err(|e| explain(e, &self.inst.name, &self.o.repository))
     }
 
+    /// Open the repository with its password and read its config (`restic cat
+    /// config`: nothing is locked or written), for `synbackup check`.
+    pub(crate) fn opens(&self) -> Result<String> {
+        self.run("cat config", &["cat", "config"], None)?;
+        Ok(format!(
+            "the repository {} opens with its password",
+            redacted(&self.o.repository)
+        ))
+    }
+
     /// `restic init` (what `synbackup offsite init` does; never implicit).
     pub(crate) fn init(&self) -> Result<String> {
         let out = self.run("init", &["init"], None)?;

@@ -1200,3 +1200,55 @@ fn directories_kept_aside_are_shown_and_expire() {
     assert!(odd.exists());
     assert_eq!(metric(&s.metrics(), "synbackup_aside_dirs"), 1.0);
 }
+
+#[test]
+fn check_says_what_a_run_would_meet_one_line_each() {
+    let s = Setup::new("");
+    // No service runs on the directory: that fails; the rest passes or is skipped.
+    let o = s.run(&["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert_eq!(out.lines().count(), 6, "{out}");
+    for want in [
+        "c0: ok   config",
+        "c0: skip unit         no SYNBACKUP_SERVICE_UNIT",
+        "c0: FAIL service      no service answers on",
+        "c0: ok   backup root",
+        "c0: skip offsite      no SYNBACKUP_OFFSITE_REPOSITORY",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(!s.backups.exists(), "check creates nothing");
+    let o = s.run(&["check", "c0", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[2]["check"], "service");
+    assert_eq!(v[2]["verdict"], "fail");
+
+    // A backup root without room (a 64 KiB tmpfs).
+    let small = s.root.join("small");
+    let _fs = Tmpfs::mount(&small, "size=64k");
+    let conf = s.root.join("etc/c0.conf");
+    let text = fs::read_to_string(&conf).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| match l.starts_with("SYNBACKUP_BACKUP_ROOT=") {
+            true => format!("SYNBACKUP_BACKUP_ROOT={}/c0\n", small.display()),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(&conf, text).unwrap();
+    let o = s.run(&["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("c0: FAIL backup root  not enough room in"),
+        "{out}"
+    );
+
+    // A config that does not load: its one line, and nothing else is tried.
+    fs::write(&conf, "SYNBACKUP_SERVICE_DIRR=/x\n").unwrap();
+    let o = s.run(&["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("c0: FAIL config"), "{out}");
+}

@@ -223,9 +223,29 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
         &server.url,
         &format!("SYNBACKUP_CERT_DIR={}\n", certdir.display()),
     );
+    // `check` proves every precondition first: the repository does not exist yet.
+    let o = s.run(&["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert!(out.contains("c0: FAIL offsite"), "{out}");
     // Nothing is created implicitly: the first run says how.
     s.run_fails_offsite("synbackup offsite init c0");
     s.ok(&["offsite", "init", "c0"]);
+    // Now every check passes: config, the live service, the root, the repository,
+    // the carried certificates (no unit: skipped, saying why).
+    let o = s.run(&["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for want in [
+        "c0: ok   config",
+        "c0: skip unit",
+        "c0: ok   service      a cortex (Synapse 2.256.0) answers on",
+        "c0: ok   backup root",
+        "c0: ok   offsite      the repository",
+        "c0: ok   certificates",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
     let t_run = Instant::now();
     let id = s.run_ok();
     let run_secs = t_run.elapsed().as_secs_f64();
