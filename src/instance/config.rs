@@ -27,10 +27,10 @@ use crate::instance::settings::{
     BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
     DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
     FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY,
-    KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, OFFSITE_CHECK, OFFSITE_ENV_FILE,
-    OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY,
-    OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT,
-    SKIPDIRS, STOP_TIMEOUT,
+    KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, NOTIFY, NOTIFY_TIMEOUT, OFFSITE_CHECK,
+    OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
+    OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC,
+    SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
 };
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
@@ -87,6 +87,8 @@ pub(crate) struct Instance {
     pub(crate) drill_safemode: bool,
     /// How long a restore's `DIR.pre-restore-TIME` is kept.
     pub(crate) keep_aside: std::time::Duration,
+    /// The command told of each run's start and end.
+    pub(crate) notify: Option<crate::instance::notify::Notify>,
     /// Write metrics files for node_exporter.
     pub(crate) metrics: bool,
 }
@@ -460,6 +462,13 @@ fn load_with(
         drill_after_run: v.value(&DRILL_AFTER_RUN)?,
         drill_safemode: v.value(&DRILL_SAFEMODE)?,
         metrics: v.value(&METRICS)?,
+        notify: match v.get(&NOTIFY)? {
+            Some(command) => Some(crate::instance::notify::Notify {
+                command,
+                timeout: v.value(&NOTIFY_TIMEOUT)?,
+            }),
+            None => None,
+        },
     })
 }
 

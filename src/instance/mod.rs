@@ -17,6 +17,8 @@ pub(crate) mod generator;
 pub(crate) mod kept;
 /// The per-instance lock.
 pub(crate) mod lock;
+/// `SYNBACKUP_NOTIFY`: a command told of each run's start and end.
+pub(crate) mod notify;
 /// Retention applied to a backup root.
 pub(crate) mod prune;
 /// The run recorder: status, metrics and the journal event of every run.

@@ -22,6 +22,7 @@ use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
 use crate::instance::lock;
+use crate::instance::notify::{self, Notify};
 use crate::instance::status::{self, Kind, Outcome, Status};
 
 /// A time as status files and listings write it.
@@ -95,18 +96,51 @@ pub(crate) struct Recorder<'a> {
     t0: Instant,
     /// Copy the event to the journal also when it goes to a terminal.
     journaled: bool,
+    /// The instance's `SYNBACKUP_METRICS` (its config may be gone or broken: on).
+    metrics: bool,
+    /// The instance's `SYNBACKUP_NOTIFY`.
+    notify: Option<Notify>,
 }
 
 impl<'a> Recorder<'a> {
     /// Start the clock of a run of `kind` of `instance`.
     pub(crate) fn begin(dirs: &'a Dirs, instance: &str, kind: Kind) -> Self {
-        Recorder {
+        let inst = (!instance.is_empty())
+            .then(|| config::load(&dirs.config_dir, instance, &InstanceOverrides::default()).ok())
+            .flatten();
+        let rec = Recorder {
             dirs,
             instance: instance.to_string(),
             kind,
             started: Utc::now(),
             t0: Instant::now(),
             journaled: false,
+            metrics: inst.as_ref().map_or(true, |i| i.metrics),
+            notify: inst.and_then(|i| i.notify),
+        };
+        if let Some(n) = &rec.notify {
+            let doc = serde_json::json!({
+                "instance": rec.instance,
+                "kind": kind.as_str(),
+                "event": "start",
+                "started": now_str(rec.started),
+            });
+            notify::send(n, "start", kind.as_str(), &rec.instance, &doc);
+        }
+        rec
+    }
+
+    /// Tell `SYNBACKUP_NOTIFY` how the run ended.
+    fn notify_end(&self, st: &Status) {
+        if let Some(n) = &self.notify {
+            let event = if st.result == Outcome::Success {
+                "success"
+            } else {
+                "failure"
+            };
+            let mut doc = serde_json::to_value(st).unwrap_or_default();
+            doc["event"] = serde_json::json!(event);
+            notify::send(n, event, self.kind.as_str(), &self.instance, &doc);
         }
     }
 
@@ -137,7 +171,9 @@ impl<'a> Recorder<'a> {
             ..self.status(made, now)
         };
         self.emit(log::Level::Info, self.kind.ok_id(), &event);
-        self.write(&st)
+        let written = self.write(&st);
+        self.notify_end(&st);
+        written
     }
 
     /// Record a failure (`skipped` when the lock was held): the status keeps the
@@ -187,6 +223,7 @@ impl<'a> Recorder<'a> {
         if let Err(e) = self.write(&st) {
             log::error!("could not record the failure of {}: {e:#}", self.instance);
         }
+        self.notify_end(&st);
     }
 
     /// The fields every record has, as of `finished`.
@@ -211,11 +248,12 @@ impl<'a> Recorder<'a> {
         if self.instance.is_empty() {
             return Ok(());
         }
-        // The instance's own setting (its config may be gone or broken: then on).
-        let metrics = config::load(&self.dirs.config_dir, &self.instance, &Default::default())
-            .map(|i| i.metrics)
-            .unwrap_or(true);
-        status::record(&self.dirs.state_dir, &self.dirs.metrics_dir, metrics, st)
+        status::record(
+            &self.dirs.state_dir,
+            &self.dirs.metrics_dir,
+            self.metrics,
+            st,
+        )
     }
 
     fn emit(&self, level: log::Level, id: &str, event: &Event) {

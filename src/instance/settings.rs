@@ -276,6 +276,10 @@ settings! {
         "a duration (default 5m)";
     COLD_KEEP_OLD: Span = "SYNBACKUP_COLD_KEEP_OLD", Span, Default("7d"), Checked,
         "a duration (default 7d)";
+    NOTIFY: AbsPath = "SYNBACKUP_NOTIFY", AbsPath, Absent, Unset,
+        "a command (root's, writable by nobody else) run as COMMAND start|success|failure KIND INSTANCE, the outcome as JSON on stdin";
+    NOTIFY_TIMEOUT: Span = "SYNBACKUP_NOTIFY_TIMEOUT", Span, Default("30s"), Checked,
+        "a duration (default 30s): then the notify command is killed";
     KEEP_ASIDE: Span = "SYNBACKUP_KEEP_ASIDE", Span, Default("7d"), Checked,
         "a duration (default 7d): how long a restore's DIR.pre-restore-TIME is kept";
     CERT_DIR: AbsPath = "SYNBACKUP_CERT_DIR", AbsPath, Absent, Checked,

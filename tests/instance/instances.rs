@@ -1252,3 +1252,73 @@ fn check_says_what_a_run_would_meet_one_line_each() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.starts_with("c0: FAIL config"), "{out}");
 }
+
+#[test]
+fn notify_is_told_of_each_start_and_end_and_never_fails_a_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = tempfile::tempdir().unwrap();
+    let log = hooks.path().join("log");
+    let hook = |name: &str, body: &str, mode: u32| {
+        let p = hooks.path().join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let good = hook(
+        "good",
+        &format!(
+            "printf '%s %s %s ' \"$1\" \"$2\" \"$3\" >>{l}; cat >>{l}",
+            l = log.display()
+        ),
+        0o755,
+    );
+    let s = Setup::new(&format!("SYNBACKUP_NOTIFY={}\n", good.display()));
+    assert!(s.run(&["run", "c0"]).status.success());
+    assert_fails(&s.run(&["cold", "c0"]), 2, "no SYNBACKUP_SERVICE_UNIT");
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("start backup c0 {"), "{text}");
+    assert!(lines[1].starts_with("success backup c0 {"), "{text}");
+    let end: serde_json::Value =
+        serde_json::from_str(lines[1].splitn(4, ' ').nth(3).unwrap()).unwrap();
+    assert_eq!(end["result"], "success");
+    assert!(end["backup"].as_str().unwrap().contains("c0_"), "{end}");
+    assert!(lines[2].starts_with("start cold c0 "), "{text}");
+    let end: serde_json::Value =
+        serde_json::from_str(lines[3].strip_prefix("failure cold c0 ").unwrap()).unwrap();
+    assert_eq!(end["result"], "failed");
+    assert_eq!(end["exit_code"], 2);
+
+    // A hook that hangs, fails or is not root's own: the run still succeeds, and
+    // says why the hook did not do its job.
+    let conf = s.root.join("etc/c0.conf");
+    let base = fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("SYNBACKUP_NOTIFY"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    for (hook, extra, needle) in [
+        (
+            hook("slow", "exec sleep 600", 0o755),
+            "SYNBACKUP_NOTIFY_TIMEOUT=1s\n",
+            "was killed after 1 s",
+        ),
+        (
+            hook("bad", "echo nope >&2; exit 3", 0o755),
+            "",
+            "failed (exit status: 3): nope",
+        ),
+        (hook("open", "exit 0", 0o757), "", "writable by nobody else"),
+    ] {
+        fs::write(
+            &conf,
+            format!("{base}SYNBACKUP_NOTIFY={}\n{extra}", hook.display()),
+        )
+        .unwrap();
+        let o = s.run(&["run", "c0"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+}
