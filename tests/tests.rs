@@ -35,6 +35,8 @@ mod engine {
 mod instance {
     /// Runs, retention, status and metrics, the lock, restore.
     mod instances;
+    /// The shipped alert rules and dashboard against the metrics runs write.
+    mod monitoring;
 }
 
 /// The TLS capability.
