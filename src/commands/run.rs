@@ -17,10 +17,18 @@ pub(crate) struct RunArgs {
     pub(crate) instance: String,
     #[command(flatten)]
     pub(crate) overrides: InstanceOverrides,
+    /// Say what the run would do (the backup and the room for it, the freeze,
+    /// retention, expiries, offsite, drill), changing nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Back up the instance, prune, record status; copy offsite and drill if configured.
 pub(crate) fn exec(dirs: &Dirs, a: &RunArgs, show_bar: bool) -> Result<ExitCode> {
+    if a.dry_run {
+        crate::nightly::plan::dry_run(dirs, &a.instance, &a.overrides)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     crate::nightly::run(dirs, &a.instance, &a.overrides, show_bar)?;
     Ok(ExitCode::SUCCESS)
 }

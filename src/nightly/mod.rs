@@ -14,6 +14,9 @@
 //!
 //! The only module that composes capabilities.
 
+/// `run --dry-run`: the plan, changing nothing.
+pub(crate) mod plan;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1322,3 +1322,33 @@ fn notify_is_told_of_each_start_and_end_and_never_fails_a_run() {
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn run_dry_run_says_what_it_would_do_and_changes_nothing() {
+    let s = Setup::new("SYNBACKUP_KEEP_LAST=2\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\nSYNBACKUP_KEEP_MONTHLY=0\n");
+    assert!(s.run(&["run", "c0"]).status.success());
+    let first = PathBuf::from(s.status_json()["backup"].as_str().unwrap());
+    assert!(s.run(&["run", "c0"]).status.success());
+    let old_aside = s.root.join(format!(
+        "svc.pre-restore-{}",
+        (chrono::Utc::now() - chrono::Duration::days(9)).format("%Y%m%dT%H%M%SZ")
+    ));
+    fs::create_dir(&old_aside).unwrap();
+    let before = hash_tree(&s.root);
+    let o = s.run(&["run", "c0", "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for want in [
+        "c0: would back up ".to_string(),
+        "c0: nothing answers on ".to_string(),
+        format!(
+            "c0: retention would then remove 1 of 3 backups: {}",
+            first.file_name().unwrap().to_string_lossy()
+        ),
+        format!("c0: would remove {} (", old_aside.display()),
+        "c0: dry run: nothing was changed".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want}: {out}");
+    }
+    assert_eq!(before, hash_tree(&s.root), "a dry run changed something");
+}
