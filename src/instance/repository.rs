@@ -97,20 +97,8 @@ pub(crate) fn repo(o: &Offsite) -> Result<Repo> {
     })
 }
 
-/// The repository string without credentials a URL may carry (`rest:https://u:p@h/`).
-pub(crate) fn redacted(repository: &str) -> String {
-    match repository.find("://") {
-        Some(i) => {
-            let rest = &repository[i + 3..];
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{}://***@{}", &repository[..i], &rest[at + 1..]),
-                None => repository.to_string(),
-            }
-        }
-        None => repository.to_string(),
-    }
-}
+/// The repository string without the credentials it may carry.
+pub(crate) use crate::host::restic::redacted;
 
 /// The machine's host name as restic records it in locks.
 fn hostname() -> String {
@@ -346,23 +334,5 @@ impl<'a> Opened<'a> {
                 ),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_a_repository_url_are_not_shown() {
-        assert_eq!(
-            redacted("rest:https://u:secret@host:8000/repo"),
-            "rest:https://***@host:8000/repo"
-        );
-        assert_eq!(redacted("/srv/restic"), "/srv/restic");
-        assert_eq!(
-            redacted("s3:https://s3.example/b@x"),
-            "s3:https://s3.example/b@x"
-        );
     }
 }

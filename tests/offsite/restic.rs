@@ -661,3 +661,38 @@ fn secrets_files_others_can_read_or_write_are_refused() {
     );
     assert!(!stderr(&o).contains("s3cr3t"));
 }
+
+/// restic prints the repository string as it is, and an rclone connection string
+/// carries its backend's credentials (issue 32): the error line, the journal text
+/// and the `offsite` status show it with its parameter values as `***`, and the
+/// status files are root's only (0600).
+#[test]
+fn credentials_in_the_repository_string_never_reach_the_status_or_the_error_line() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let repo = "rclone::sftp,host=127.0.0.1,port=1,user=x,key_file_pass=SUPERSECRETVALUE:/path";
+    let s = Setup::new(None, repo, "");
+    let o = s
+        .cmd()
+        .env("RCLONE_CONFIG", t.path().join("none"))
+        .env_remove("SSH_AUTH_SOCK")
+        .args(["run", "c0"])
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        12,
+        "rclone::sftp,host=***,port=***,user=***,key_file_pass=***:/path",
+    );
+    assert!(!stderr(&o).contains("SUPERSECRET"), "{}", stderr(&o));
+    for f in ["c0.offsite.json", "c0.json"] {
+        let p = s.root.join("state").join(f);
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("SUPERSECRET"), "{f}: {text}");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600, "{f}");
+    }
+    assert!(s.status("offsite")["error"]
+        .as_str()
+        .unwrap()
+        .contains("key_file_pass=***"));
+}
