@@ -315,7 +315,8 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
     let staging = Staging::beside(&target.dir, "offsite");
     fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
     fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
-    target.backup = repo.fetch(id, &staging.path)?;
+    let cell = cell_guid(&target.dir);
+    target.backup = repo.fetch(id, cell.as_deref(), &staging.path)?;
     target.disposable = true;
     Ok(staging)
 }

@@ -601,6 +601,8 @@ fn a_snapshot_that_differs_from_its_manifest_is_refused_by_the_restores_verify()
             "synbackup",
             "--tag",
             "instance=c0",
+            "--tag",
+            "cell=0123456789abcdef0123456789abcdef",
             &name,
         ])
         .output()
@@ -695,4 +697,82 @@ fn credentials_in_the_repository_string_never_reach_the_status_or_the_error_line
         .as_str()
         .unwrap()
         .contains("key_file_pass=***"));
+}
+
+/// `restore --offsite latest` takes the newest snapshot of the service's own cell,
+/// not of whatever host last uploaded under the instance's name (issue 32): a
+/// newer snapshot of another cell `c0` from another host is passed over while the
+/// service directory says which cell it is; on a new host (no directory) the two
+/// cells make `latest` ambiguous: refused (exit 2) naming both, with how to pick;
+/// `--offsite ID` then restores the one picked.
+#[test]
+fn restore_offsite_latest_takes_its_own_cell_and_refuses_to_guess_between_two() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    let ours = s.run_ok();
+    // Another host's `c0`, another cell, uploaded later to the same repository.
+    let other = t.path().join("other");
+    fake_service(&other.join("svc"), 20);
+    fs::write(
+        other.join("svc/cell.guid"),
+        "ffffffffffffffffffffffffffffffff",
+    )
+    .unwrap();
+    fs::write(other.join("svc/only-the-other-cell"), "x").unwrap();
+    let name = "c0_20991231T000000Z";
+    let o = run(&[&"backup", &other.join("svc"), &other.join(name)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    next_second();
+    let o = restic(&s, &repo.to_string_lossy())
+        .current_dir(&other)
+        .args([
+            "backup",
+            "--host",
+            "other-host",
+            "--tag",
+            "synbackup",
+            "--tag",
+            "instance=c0",
+            "--tag",
+            "cell=ffffffffffffffffffffffffffffffff",
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The service directory is cell 0123...: its own newest snapshot.
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!s.src.join("only-the-other-cell").exists());
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
+    );
+
+    // A new host: no service directory to say which cell.
+    for e in fs::read_dir(s.src.parent().unwrap()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("svc") {
+            fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert_fails(&o, 2, "restore --offsite latest of c0 is ambiguous: the repository has snapshots of 2 cells under that name");
+    let line = &error_lines(&o)[0];
+    for want in [
+        "cell 0123456789abcdef0123456789abcdef from ",
+        "cell ffffffffffffffffffffffffffffffff from other-host",
+        "pick one with --offsite ID",
+    ] {
+        assert!(line.contains(want), "{want}: {line}");
+    }
+    assert!(!s.src.exists(), "nothing restored");
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", &ours]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
+    );
 }
