@@ -41,6 +41,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use self::certs::Placed;
+use crate::base::durable::Durability;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
@@ -105,6 +106,10 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
     fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(0o700))?;
+    // Durable as a backup is: one syncfs of the filesystem once everything is
+    // written (files, directories, links, metadata), reporting any write error
+    // since now; an fsync per file (and per directory) where it cannot.
+    let sync = Durability::begin(dst, false)?;
     let mut bytes = 0;
     let mut copy_file = |rel: &Path, meta: &fs::Metadata| -> Result<()> {
         crate::base::interrupt::check()?;
@@ -130,7 +135,7 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         }
         // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
         fsutil::copy_meta_fd(&df, &dp, meta, true, &xattrs::read(&sf, &sp)?)?;
-        df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
+        sync.file_done(&df, &dp)?;
         bytes += h.data_bytes;
         Ok(())
     };
@@ -159,18 +164,20 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::copy_meta_dir(
+            fsutil::copy_meta_dir_unsynced(
                 &dst.join(rel),
                 meta,
                 &workers::source_xattrs(&backup.join(rel))?,
             )?;
         }
     }
-    fsutil::copy_meta_dir(
+    fsutil::copy_meta_dir_unsynced(
         dst,
         &fs::metadata(backup)?,
         &workers::source_xattrs(backup)?,
     )?;
+    sync.tree_done(dst)?;
+    sync.commit()?;
     Ok(bytes)
 }
 
@@ -315,8 +322,13 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
     let staging = Staging::beside(&target.dir, "offsite");
     fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
     fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
+    // restic fsyncs nothing it restores: made durable here, before it is
+    // verified and moved into place (one syncfs reporting write errors since now).
+    let sync = Durability::begin(&staging.path, false)?;
     let cell = cell_guid(&target.dir);
     target.backup = repo.fetch(id, cell.as_deref(), &staging.path)?;
+    sync.tree_done(&staging.path)?;
+    sync.commit()?;
     target.disposable = true;
     Ok(staging)
 }
