@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, Pair, Role};
@@ -65,7 +65,23 @@ pub(crate) struct Report {
     /// Every certificate, CRL and key file looked at.
     pub(crate) files: Vec<String>,
     pub(crate) certs: Vec<CertInfo>,
+    /// Private keys kept aside when they were replaced (`sslkey.pem.old`,
+    /// `NAME.key.synbackup-old-STAMP`).
+    pub(crate) kept_keys: Vec<KeptKeyInfo>,
     pub(crate) findings: Vec<Finding>,
+}
+
+/// A private key kept aside, and whether it still works.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct KeptKeyInfo {
+    pub(crate) path: String,
+    pub(crate) mode: u32,
+    /// The certificate it is the key of, when one of those looked at is.
+    pub(crate) cert: Option<String>,
+    pub(crate) subject_cn: Option<String>,
+    pub(crate) not_after: Option<i64>,
+    /// Its certificate is within its dates: the key still proves that identity.
+    pub(crate) still_valid: bool,
 }
 
 impl Report {
@@ -135,7 +151,82 @@ pub(crate) fn check_material(
     }
     check_listener(service_dir, &cert_dirs, &mut r)?;
     check_https_names(service_dir, &opts.https_names, &mut r);
+    for kept in files::discover_kept_keys(service_dir, &cert_dirs)? {
+        check_kept_key(&kept, opts, &mut r)?;
+    }
     Ok(r)
+}
+
+/// A key kept aside: which certificate it belongs to and whether that is still
+/// valid (a warning: a working key lying beside the one in use, to remove once the
+/// new one is in service), and that no one else can read it (a failure).
+fn check_kept_key(kept: &files::KeptKey, opts: &Options, r: &mut Report) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = &kept.key;
+    r.files.push(path.display().to_string());
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let mut info = KeptKeyInfo {
+        path: path.display().to_string(),
+        mode,
+        cert: None,
+        subject_cn: None,
+        not_after: None,
+        still_valid: false,
+    };
+    if let Ok(key) = x509::load_key(path) {
+        for cert in &kept.certs {
+            let Ok(chain) = x509::load_chain(cert) else {
+                continue;
+            };
+            let leaf = &chain[0];
+            if !leaf.public_key().is_ok_and(|pk| pk.public_eq(&key)) {
+                continue;
+            }
+            let nb = x509::unix_time(leaf.not_before())?;
+            let na = x509::unix_time(leaf.not_after())?;
+            info.cert = Some(cert.display().to_string());
+            info.subject_cn = Some(x509::common_name(leaf.subject_name()));
+            info.not_after = Some(na);
+            info.still_valid = nb <= opts.now && opts.now < na;
+            break;
+        }
+    }
+    if info.still_valid {
+        let day = chrono::DateTime::from_timestamp(info.not_after.unwrap_or(0), 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        let cert = info.cert.as_deref().unwrap_or("");
+        r.add(
+            path,
+            Severity::Warn,
+            "kept-key",
+            format!(
+                "a private key kept aside when it was replaced, still valid: it is the key of {cert} (CN={}) until {day}; \
+                 once the new one is in service, remove it: rm {}{}",
+                info.subject_cn.as_deref().unwrap_or(""),
+                path.display(),
+                if cert.contains(".old") || cert.contains(".synbackup-old-") {
+                    format!(" {cert}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    if let Some((who, mode)) = files::key_exposure(path)? {
+        r.add(
+            path,
+            Severity::Fail,
+            "key-readable",
+            format!("kept-aside private key readable by {who} (mode {mode:04o}): chmod 600 it, or remove it"),
+        );
+    }
+    r.kept_keys.push(info);
+    Ok(())
 }
 
 /// The store of `cas/*.crt` (and `crls/*.crl`); one that does not parse is a finding.
