@@ -20,6 +20,8 @@ pub(crate) mod fsutil;
 pub(crate) mod interrupt;
 /// Journal or stderr logging.
 pub(crate) mod logging;
+/// Paths as text: lossless keys for records, escaped words for people.
+pub(crate) mod pathtext;
 /// The progress traits long steps report through (the reporters live above).
 pub(crate) mod progress;
 /// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{self, Pair, Role};
 use super::listeners;
 use super::x509::{self, Trust};
+use crate::base::pathtext;
 
 /// How bad a finding is; a report's worst decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ pub(crate) struct CertInfo {
     pub(crate) chain_len: usize,
 }
 
-/// Everything checked and found.
+/// Everything checked and found (paths as `pathtext::key`s: lossless).
 #[derive(Debug, Clone, Serialize, Default)]
 pub(crate) struct Report {
     pub(crate) service_dir: String,
@@ -110,7 +111,7 @@ impl Report {
 
     fn add(&mut self, path: &Path, severity: Severity, check: &'static str, message: String) {
         self.findings.push(Finding {
-            path: path.display().to_string(),
+            path: pathtext::key(path),
             severity,
             check,
             message,
@@ -140,8 +141,8 @@ pub(crate) fn check_material(
     cert_dirs.push(service_dir.join("certs"));
     let material = files::discover_material(service_dir, &cert_dirs)?;
     let mut r = Report {
-        service_dir: service_dir.display().to_string(),
-        cert_dirs: cert_dirs.iter().map(|d| d.display().to_string()).collect(),
+        service_dir: pathtext::key(service_dir),
+        cert_dirs: cert_dirs.iter().map(|d| pathtext::key(d)).collect(),
         warn_days: opts.warn_days,
         ..Report::default()
     };
@@ -163,14 +164,14 @@ pub(crate) fn check_material(
 fn check_kept_key(kept: &files::KeptKey, opts: &Options, r: &mut Report) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = &kept.key;
-    r.files.push(path.display().to_string());
+    r.files.push(pathtext::key(path));
     let mode = std::fs::metadata(path)
         .with_context(|| format!("cannot stat {}", path.display()))?
         .permissions()
         .mode()
         & 0o7777;
     let mut info = KeptKeyInfo {
-        path: path.display().to_string(),
+        path: pathtext::key(path),
         mode,
         cert: None,
         subject_cn: None,
@@ -188,7 +189,7 @@ fn check_kept_key(kept: &files::KeptKey, opts: &Options, r: &mut Report) -> Resu
             }
             let nb = x509::unix_time(leaf.not_before())?;
             let na = x509::unix_time(leaf.not_after())?;
-            info.cert = Some(cert.display().to_string());
+            info.cert = Some(pathtext::key(cert));
             info.subject_cn = Some(x509::common_name(leaf.subject_name()));
             info.not_after = Some(na);
             info.still_valid = nb <= opts.now && opts.now < na;
@@ -239,7 +240,7 @@ fn load_trust(m: &files::Material, r: &mut Report) -> Result<Trust> {
     }
     let mut crls = Vec::new();
     for path in &m.crls {
-        r.files.push(path.display().to_string());
+        r.files.push(pathtext::key(path));
         match x509::load_crl(path) {
             Ok(c) => crls.push((path.display().to_string(), c)),
             Err(e) => r.add(path, Severity::Fail, "unreadable", format!("{e:#}")),
@@ -250,7 +251,7 @@ fn load_trust(m: &files::Material, r: &mut Report) -> Result<Trust> {
 
 /// Every check of one certificate file and its key.
 fn check_pair(pair: &Pair, trust: &Trust, opts: &Options, r: &mut Report) -> Result<()> {
-    r.files.push(pair.cert.display().to_string());
+    r.files.push(pathtext::key(&pair.cert));
     let chain = match x509::load_chain(&pair.cert) {
         Ok(c) => c,
         Err(e) => {
@@ -263,7 +264,7 @@ fn check_pair(pair: &Pair, trust: &Trust, opts: &Options, r: &mut Report) -> Res
     let not_after = x509::unix_time(leaf.not_after())?;
     let days_left = (not_after - opts.now).div_euclid(86_400);
     r.certs.push(CertInfo {
-        path: pair.cert.display().to_string(),
+        path: pathtext::key(&pair.cert),
         role: pair.role,
         subject_cn: x509::common_name(leaf.subject_name()),
         issuer_cn: x509::common_name(leaf.issuer_name()),
@@ -377,7 +378,7 @@ fn check_key_file(pair: &Pair, leaf: Option<&openssl::x509::X509>, r: &mut Repor
         }
         return Ok(());
     };
-    r.files.push(key_path.display().to_string());
+    r.files.push(pathtext::key(key_path));
     match x509::load_key(key_path) {
         Err(e) => r.add(key_path, Severity::Fail, "unreadable", format!("{e:#}")),
         Ok(key) => {

@@ -76,7 +76,7 @@ pub(crate) enum How {
     NoHttps,
 }
 
-/// What a deploy did.
+/// What a deploy did (paths as `pathtext::key`s).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Outcome {
     pub(crate) service_dir: String,
@@ -116,7 +116,9 @@ impl Outcome {
         };
         format!(
             "deployed the HTTPS certificate CN={} (sha256 {}) to {}: {how}",
-            self.subject_cn, self.fingerprint, self.service_dir
+            self.subject_cn,
+            self.fingerprint,
+            crate::base::pathtext::shell_word(&crate::base::pathtext::path(&self.service_dir))
         )
     }
 }
@@ -159,18 +161,16 @@ pub(crate) fn deploy(req: &Request) -> Result<Outcome> {
     if let Some(o) = &old {
         files::keep_old(dir, o)?;
         for f in [files::CERT_FILE, files::KEY_FILE] {
-            kept.push(
-                dir.join(format!("{f}{}", files::OLD_SUFFIX))
-                    .display()
-                    .to_string(),
-            );
+            kept.push(crate::base::pathtext::key(
+                &dir.join(format!("{f}{}", files::OLD_SUFFIX)),
+            ));
         }
     }
     let activated = files::write_new(dir, &new, old.as_ref())
         .and_then(|()| activate(req, &cell, &new.fingerprint));
     match activated {
         Ok((how, addr, reload_ms)) => Ok(Outcome {
-            service_dir: dir.display().to_string(),
+            service_dir: crate::base::pathtext::key(dir),
             how,
             fingerprint: new.fingerprint.clone(),
             old_fingerprint: old.as_ref().and_then(|o| o.fingerprint.clone()),

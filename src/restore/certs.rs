@@ -26,11 +26,11 @@ use serde::Serialize;
 
 use crate::base::digest::Algo;
 use crate::base::exit::{fail, Code};
-use crate::base::{fsutil, readback, xattrs};
+use crate::base::{fsutil, pathtext, readback, xattrs};
 use crate::engine::manifest::{path_of, CertDirInfo, Manifest};
 use crate::engine::workers;
 
-/// What a restore of the certificates did.
+/// What a restore of the certificates did (paths as `pathtext::key`s).
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Placed {
     pub(crate) dir: String,
@@ -81,7 +81,7 @@ pub(crate) fn put_back(backup: &Path, m: &Manifest, target: &Path, stamp: &str) 
     let info = carried(backup, m)?;
     let src = backup.join(path_of(&info.path));
     let mut placed = Placed {
-        dir: target.to_string_lossy().into_owned(),
+        dir: pathtext::key(target),
         ..Placed::default()
     };
     refuse_planted_links(target)?;
@@ -261,10 +261,9 @@ fn keep_old(path: &Path, stamp: &str, placed: &mut Placed) -> Result<PathBuf> {
         .undo
         .kept
         .push((path.to_path_buf(), old.clone(), None));
-    placed.replaced.push((
-        path.to_string_lossy().into_owned(),
-        old.to_string_lossy().into_owned(),
-    ));
+    placed
+        .replaced
+        .push((pathtext::key(path), pathtext::key(&old)));
     Ok(old)
 }
 
@@ -424,7 +423,7 @@ impl Placed {
     pub(crate) fn line(&self) -> String {
         format!(
             "certificates restored into {}: {} new, {} already there, {} that differed replaced (the old ones kept beside them)",
-            self.dir,
+            pathtext::shell_word(&pathtext::path(&self.dir)),
             self.created,
             self.identical,
             self.replaced.len()

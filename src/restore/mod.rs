@@ -45,6 +45,8 @@ use crate::base::durable::Durability;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
+use crate::base::pathtext::Escaped;
+use crate::base::pathtext::{self, shell_word};
 use crate::base::xattrs;
 use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
@@ -88,8 +90,8 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if self.armed && self.path.exists() {
             match fs::remove_dir_all(&self.path) {
-                Ok(()) => log::info!("removed the unfinished copy {}", self.path.display()),
-                Err(e) => log::error!("could not remove {}: {e}", self.path.display()),
+                Ok(()) => log::info!("removed the unfinished copy {}", self.path.escaped()),
+                Err(e) => log::error!("could not remove {}: {e}", self.path.escaped()),
             }
         }
     }
@@ -115,19 +117,20 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         crate::base::interrupt::check()?;
         let sp = backup.join(rel);
         let dp = dst.join(rel);
-        let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
+        let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
         let df = fsutil::create_new(&dp)?;
         let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
             crate::base::interrupt::check()
         })?;
-        let key = rel.to_string_lossy();
-        if let Some(expected) = want.get(key.as_ref()) {
+        // The manifest's own key: a name that is not UTF-8 is `hex:`, never lossy.
+        let key = crate::engine::manifest::path_key(rel);
+        if let Some(expected) = want.get(key.as_str()) {
             if *expected != h.digest {
                 return Err(fail(
                     Code::Verify,
                     format!(
                         "{} changed since it was verified ({} mismatch)",
-                        sp.display(),
+                        sp.escaped(),
                         algo.label()
                     ),
                 ));
@@ -186,12 +189,12 @@ fn in_use(dir: &Path) -> Option<String> {
     if telepath::answers(&dir.join("sock")) {
         return Some(format!(
             "a service answers on {}",
-            dir.join("sock").display()
+            dir.join("sock").escaped()
         ));
     }
     holders::holders(Path::new("/proc"), dir)
         .first()
-        .map(|h| format!("pid {} ({}) holds {}", h.pid, h.comm, h.path.display()))
+        .map(|h| format!("pid {} ({}) holds {}", h.pid, h.comm, h.path.escaped()))
 }
 
 /// What to restore, and where.
@@ -230,7 +233,7 @@ struct Target {
     disposable: bool,
 }
 
-/// What a restore reports (the status's details).
+/// What a restore reports (the status's details; paths as `pathtext::key`s).
 #[derive(Debug, Default, serde::Serialize)]
 struct Outcome {
     backup: String,
@@ -283,7 +286,7 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
             let e = if outcome.rolled_back {
                 let what = format!(
                     "{} is as it was before the restore and the service was started again",
-                    target.dir.display()
+                    shell_word(&target.dir)
                 );
                 rolled_back_error(e, &what)
             } else {
@@ -316,7 +319,7 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
     fs::create_dir_all(&parent).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("cannot create {}: {e}", parent.display()),
+            format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
     let staging = Staging::beside(&target.dir, "offsite");
@@ -371,10 +374,10 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
         }
     };
     let cert_dir = cert_dir
-        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.display())))
+        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.escaped())))
         .transpose()?;
     let dir =
-        std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
+        std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.escaped()))?;
     // Through a symlink: swap beside the real directory.
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
     Ok((
@@ -420,8 +423,8 @@ fn check_same_cell(backup: &Path, dir: &Path, force: bool) -> Result<()> {
     }
     let what = format!(
         "{} is a backup of cell {theirs}, but {} is cell {ours}",
-        backup.display(),
-        dir.display()
+        backup.escaped(),
+        dir.escaped()
     );
     if !force {
         return Err(fail(
@@ -437,7 +440,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let t0 = Instant::now();
     let dir = &t.dir;
     let backup = resolve_backup(t)?;
-    outcome.backup = backup.to_string_lossy().into_owned();
+    outcome.backup = pathtext::key(&backup);
     // 1. What changes nothing and fails fast.
     let running = check_before_restore(t)?;
     check_same_cell(&backup, dir, force)?;
@@ -487,13 +490,17 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     // 5. What to tell the operator.
     let certs_line = certs.placed.as_ref().map(|p| {
         for (file, kept) in &p.replaced {
-            println!("{file} differed from the backup: the old one is kept as {kept}");
+            println!(
+                "{} differed from the backup: the old one is kept as {}",
+                shell_word(&pathtext::path(file)),
+                shell_word(&pathtext::path(kept))
+            );
         }
         format!("; {}", p.line())
     });
     outcome.certs = certs.placed;
     if done.kept {
-        outcome.kept_previous = Some(swap.aside.to_string_lossy().into_owned());
+        outcome.kept_previous = Some(pathtext::key(&swap.aside));
         let u = t.unit.as_deref().unwrap_or("UNIT");
         println!(
             "to undo: systemctl stop {u}; mv {d} {r} && mv {a} {d}; systemctl start {u}",
@@ -508,8 +515,8 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     }
     Ok(format!(
         "restored {} into {} ({} in {:.1} s){}{}{}",
-        backup.display(),
-        dir.display(),
+        shell_word(&backup),
+        shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
         certs_line.unwrap_or_default(),
@@ -537,28 +544,6 @@ fn sibling_name(dir: &Path, prefix: &str, suffix: &str) -> std::ffi::OsString {
     name
 }
 
-/// A path as one shell word an operator can paste: as it is when it has only
-/// safe characters, else in `$'...'` with every other byte as `\xNN` (a name
-/// that is not UTF-8 is printed as the bytes it has, not as U+FFFD).
-fn shell_word(p: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_./+,:@%=-".contains(&b);
-    if !bytes.is_empty() && bytes.iter().all(|&b| safe(b)) {
-        return String::from_utf8_lossy(bytes).into_owned();
-    }
-    let mut out = String::from("$'");
-    for &b in bytes {
-        if (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out.push('\'');
-    out
-}
-
 /// The backup's real path; refused when missing or overlapping the directory.
 fn resolve_backup(t: &Target) -> Result<PathBuf> {
     let backup = fs::canonicalize(&t.backup).map_err(|e| {
@@ -566,7 +551,7 @@ fn resolve_backup(t: &Target) -> Result<PathBuf> {
             Code::BadPath,
             format!(
                 "backup {} cannot be used: {e}; give its path, or with --instance its name as `synbackup list` prints it",
-                t.backup.display()
+                t.backup.escaped()
             ),
         )
     })?;
@@ -575,8 +560,8 @@ fn resolve_backup(t: &Target) -> Result<PathBuf> {
             Code::BadPath,
             format!(
                 "{} and {} overlap; restore elsewhere",
-                backup.display(),
-                t.dir.display()
+                backup.escaped(),
+                t.dir.escaped()
             ),
         ));
     }
@@ -599,7 +584,7 @@ fn check_before_restore(t: &Target) -> Result<bool> {
         (Some(what), None, _) => {
             return Err(fail(
                 Code::Service,
-                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
+                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.escaped()),
             ));
         }
         // A mistyped template instance exists as far as systemd is concerned, but
@@ -607,7 +592,7 @@ fn check_before_restore(t: &Target) -> Result<bool> {
         (Some(what), Some(u), Some(st)) if st != "active" => {
             return Err(fail(
                 Code::Service,
-                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.display()),
+                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.escaped()),
             ));
         }
         _ => {}
@@ -617,14 +602,14 @@ fn check_before_restore(t: &Target) -> Result<bool> {
 
 /// Step 2: the backup verified against its manifest, which is returned.
 fn verify_backup(backup: &Path) -> Result<Manifest> {
-    log::info!("verifying {}", backup.display());
+    log::info!("verifying {}", backup.escaped());
     let report = verify::verify(backup)?;
     if !report.ok() {
         return Err(fail(
             Code::Verify,
             format!(
                 "{} failed verification, not restored: {}",
-                backup.display(),
+                backup.escaped(),
                 report.problems.join("; ")
             ),
         ));
@@ -651,7 +636,7 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
     fs::create_dir_all(&parent).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("cannot create {}: {e}", parent.display()),
+            format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
     let need: u64 = manifest.files.iter().map(|f| f.size).sum();
@@ -661,7 +646,7 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
             Code::NoSpace,
             format!(
                 "not enough space in {}: the restore needs {} ({need} bytes), {} ({free} bytes) is free; free space first",
-                parent.display(),
+                parent.escaped(),
                 human(need),
                 human(free)
             ),
@@ -677,8 +662,8 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
         fs::rename(backup, &staging.path).with_context(|| {
             format!(
                 "cannot move {} to {}",
-                backup.display(),
-                staging.path.display()
+                backup.escaped(),
+                staging.path.escaped()
             )
         })?;
         outcome.bytes = need;
@@ -690,13 +675,13 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
             fs::set_permissions(&aside.path, fs::Permissions::from_mode(0o700))?;
             let to = aside.path.join(crate::engine::manifest::CERTS_DIR);
             fs::rename(&carried, &to).with_context(|| {
-                format!("cannot move {} to {}", carried.display(), to.display())
+                format!("cannot move {} to {}", carried.escaped(), to.escaped())
             })?;
             cert_source = aside.path.clone();
             _cert_staging = Some(aside);
         }
     } else {
-        log::info!("copying {} to {}", backup.display(), staging.path.display());
+        log::info!("copying {} to {}", backup.escaped(), staging.path.escaped());
         outcome.bytes = copy_tree(backup, &staging.path, manifest)?;
     }
     Ok(Staged {
@@ -745,16 +730,16 @@ fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Re
             Code::BadPath,
             format!(
                 "the certificate directory {} is inside {} or {}; give another with --cert-dir",
-                target.display(),
-                dir.display(),
-                backup.display()
+                target.escaped(),
+                dir.escaped(),
+                backup.escaped()
             ),
         ));
     }
     log::info!(
         "the certificate directory of {} goes to {}",
-        backup.display(),
-        target.display()
+        backup.escaped(),
+        target.escaped()
     );
     Ok(target)
 }

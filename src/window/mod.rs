@@ -83,6 +83,7 @@ pub(crate) struct Report {
     pub(crate) bytes_before: u64,
     pub(crate) bytes_after: u64,
     pub(crate) reclaimed_bytes: u64,
+    /// The directory kept, as a `pathtext::key` (lossless).
     pub(crate) kept_old: Option<String>,
     pub(crate) rolled_back: bool,
 }
@@ -108,12 +109,11 @@ pub(crate) fn disk_usage(dir: &Path) -> u64 {
     walk(dir)
 }
 
+/// `dir`'s sibling named by its own name, byte for byte, and `suffix`.
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}{suffix}"))
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
 }
 
 /// `synbackup cold INSTANCE`: the window, recorded in status, metrics and journal.
@@ -142,7 +142,11 @@ pub(crate) fn run(
                 human(report.bytes_before),
                 human(report.bytes_after),
                 human(report.reclaimed_bytes),
-                report.kept_old.as_deref().unwrap_or("-")
+                report
+                    .kept_old
+                    .as_deref()
+                    .map(|k| crate::base::pathtext::shell_word(&crate::base::pathtext::path(k)))
+                    .unwrap_or_else(|| "-".into())
             );
             rec.succeeded(made, Event::text(text))
         }
@@ -237,7 +241,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             for line in failed {
                 log::error!("the window succeeded but a unit that depends on {unit} did not start again: {line}");
             }
-            report.kept_old = Some(swap.aside.to_string_lossy().into_owned());
+            report.kept_old = Some(crate::base::pathtext::key(&swap.aside));
             report.bytes_after = disk_usage(&dir);
             report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
             for line in kept::remove_kept(&dir, Some(&swap.aside), None) {

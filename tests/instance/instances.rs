@@ -929,3 +929,58 @@ fn a_config_another_user_can_write_is_refused() {
     let o = s.run(&["run", "c0"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A path that is not UTF-8 round-trips through what synbackup records (issue
+/// 32): restoring into a service directory named `svc\xff\xfe`, the restore's
+/// status names the kept directory (and the backup) losslessly, as `hex:` and its
+/// bytes, which decode to the directory that exists; the journal line prints the
+/// paths escaped (`$'...\xff\xfe...'`), never as U+FFFD.
+#[test]
+fn a_non_utf8_service_directory_round_trips_through_the_restore_status() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let s = Setup::new("");
+    let name = s.backup_now();
+    let dir = s.root.join(OsStr::from_bytes(b"svc\xff\xfe"));
+    fs::rename(&s.src, &dir).unwrap();
+    let o = s
+        .cmd()
+        .args(["restore", "--instance", "c0", &name])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    let unhex = |k: &str| -> PathBuf {
+        let h = k
+            .strip_prefix("hex:")
+            .unwrap_or_else(|| panic!("not hex: {k}"));
+        let bytes: Vec<u8> = (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect();
+        PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    };
+    let kept = unhex(st["details"]["kept_previous"].as_str().unwrap());
+    assert!(kept.is_dir(), "{} exists", kept.display());
+    assert_eq!(kept.parent(), Some(s.root.as_path()));
+    assert!(kept
+        .file_name()
+        .unwrap()
+        .as_bytes()
+        .starts_with(b"svc\xff\xfe.pre-restore-"));
+    assert!(kept.join("cell.guid").is_file());
+    let text = fs::read_to_string(s.root.join("state/c0.restore.json")).unwrap();
+    assert!(!text.contains('\u{fffd}'), "{text}");
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("restored "))
+        .unwrap_or_else(|| panic!("no restored line: {err}"));
+    assert!(
+        line.contains(&format!("into $'{}/svc\\xff\\xfe'", s.root.display())),
+        "{line}"
+    );
+    assert!(!err.contains('\u{fffd}'), "{err}");
+}
