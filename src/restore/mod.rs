@@ -30,6 +30,8 @@
 
 /// `restore --certs`: the backup's certificate directory put back in place.
 pub(crate) mod certs;
+/// Links the backup followed (a layer on another disk), restored as links.
+pub(crate) mod linked;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -41,6 +43,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use self::certs::Placed;
+use self::linked::Linked;
 use crate::base::durable::Durability;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
@@ -88,8 +91,13 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.armed && self.path.exists() {
-            match fs::remove_dir_all(&self.path) {
+        if self.armed && fs::symlink_metadata(&self.path).is_ok() {
+            let removed = if self.path.is_dir() {
+                fs::remove_dir_all(&self.path)
+            } else {
+                fs::remove_file(&self.path)
+            };
+            match removed {
                 Ok(()) => log::info!("removed the unfinished copy {}", self.path.escaped()),
                 Err(e) => log::error!("could not remove {}: {e}", self.path.escaped()),
             }
@@ -97,8 +105,10 @@ impl Drop for Staging {
     }
 }
 
-/// Copy the backup tree into `dst` (new), checking hashes against the manifest.
-pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Result<u64> {
+/// Copy the backup tree into `dst` (new), checking hashes against the manifest;
+/// the data of the links the backup followed into their targets' staging copies,
+/// the links themselves recreated (`linked`).
+fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -> Result<u64> {
     let algo = manifest.algo();
     let want: BTreeMap<&str, &str> = manifest
         .files
@@ -108,18 +118,22 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
     fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(0o700))?;
-    // Durable as a backup is: one syncfs of the filesystem once everything is
-    // written (files, directories, links, metadata), reporting any write error
-    // since now; an fsync per file (and per directory) where it cannot.
-    let sync = Durability::begin(dst, false)?;
+    // Durable as a backup is: one syncfs of each filesystem written once
+    // everything is written (files, directories, links, metadata), reporting any
+    // write error since now; an fsync per file (and per directory) where it cannot.
+    let mut syncs = vec![(Durability::begin(dst, false)?, dst.to_path_buf())];
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        let parent = o.path.parent().unwrap_or(Path::new("/"));
+        syncs.push((Durability::begin(parent, false)?, o.staging.clone()));
+    }
+    let sync = &syncs[0].0;
     let mut bytes = 0;
-    let mut copy_file = |rel: &Path, meta: &fs::Metadata| -> Result<()> {
+    let mut copy_file = |rel: &Path, dp: &Path, meta: &fs::Metadata| -> Result<()> {
         crate::base::interrupt::check()?;
         let sp = backup.join(rel);
-        let dp = dst.join(rel);
         let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
-        let df = fsutil::create_new(&dp)?;
-        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
+        let df = fsutil::create_new(dp)?;
+        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, dp, algo, |_| {
             crate::base::interrupt::check()
         })?;
         // The manifest's own key: a name that is not UTF-8 is `hex:`, never lossy.
@@ -137,41 +151,59 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
             }
         }
         // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
-        fsutil::copy_meta_fd(&df, &dp, meta, true, &xattrs::read(&sf, &sp)?)?;
-        sync.file_done(&df, &dp)?;
+        fsutil::copy_meta_fd(&df, dp, meta, true, &xattrs::read(&sf, &sp)?)?;
+        sync.file_done(&df, dp)?;
         bytes += h.data_bytes;
         Ok(())
     };
+    let make_dir = |p: &Path| -> Result<()> {
+        fs::create_dir(p).map_err(|e| fsutil::write_error(p, e))?;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    };
     for item in &plan.items {
-        match item {
-            Item::Dir { rel, .. } => {
-                let p = dst.join(rel);
-                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+        let (Item::Dir { rel, meta } | Item::Env { rel, meta, .. } | Item::File { rel, meta }) =
+            item
+        else {
+            if let Item::Symlink { rel, target, meta } = item {
+                if let Some(p) = linked::dest(links, dst, rel) {
+                    std::os::unix::fs::symlink(target, &p)
+                        .map_err(|e| fsutil::write_error(&p, e))?;
+                    fsutil::apply_meta_link(&p, meta)?;
+                }
             }
+            continue;
+        };
+        if let Some(l) = linked::link_at(links, rel) {
+            // The link the backup followed, as it was; its data (if any) to its
+            // target's staging copy, below.
+            let p = dst.join(rel);
+            std::os::unix::fs::symlink(&l.target, &p).map_err(|e| fsutil::write_error(&p, e))?;
+            fsutil::apply_meta_link(&p, meta)?;
+        }
+        let Some(p) = linked::dest(links, dst, rel) else {
+            continue;
+        };
+        match item {
+            Item::Dir { .. } => make_dir(&p)?,
             Item::Env { rel, .. } => {
-                let p = dst.join(rel);
-                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+                make_dir(&p)?;
                 let data_rel = rel.join("data.mdb");
                 let meta = fs::symlink_metadata(backup.join(&data_rel))?;
-                copy_file(&data_rel, &meta)?;
+                copy_file(&data_rel, &p.join("data.mdb"), &meta)?;
             }
-            Item::File { rel, meta } => copy_file(rel, meta)?,
-            Item::Symlink { rel, target, meta } => {
-                let p = dst.join(rel);
-                std::os::unix::fs::symlink(target, &p).map_err(|e| fsutil::write_error(&p, e))?;
-                fsutil::apply_meta_link(&p, meta)?;
-            }
+            _ => copy_file(rel, &p, meta)?,
         }
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::copy_meta_dir_unsynced(
-                &dst.join(rel),
-                meta,
-                &workers::source_xattrs(&backup.join(rel))?,
-            )?;
+            if let Some(p) = linked::dest(links, dst, rel) {
+                fsutil::copy_meta_dir_unsynced(
+                    &p,
+                    meta,
+                    &workers::source_xattrs(&backup.join(rel))?,
+                )?;
+            }
         }
     }
     fsutil::copy_meta_dir_unsynced(
@@ -179,8 +211,12 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         &fs::metadata(backup)?,
         &workers::source_xattrs(backup)?,
     )?;
-    sync.tree_done(dst)?;
-    sync.commit()?;
+    for (sync, root) in &syncs {
+        if root.is_dir() {
+            sync.tree_done(root)?;
+        }
+        sync.commit()?;
+    }
     Ok(bytes)
 }
 
@@ -243,6 +279,9 @@ struct Outcome {
     service_was_running: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<Placed>,
+    /// The links the backup followed, restored as links (`linked`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    linked: Vec<linked::Report>,
 }
 
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
@@ -444,8 +483,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     // 1. What changes nothing and fails fast.
     let running = check_before_restore(t)?;
     check_same_cell(&backup, dir, force)?;
-    // 2. Verify.
+    // 2. Verify; the links the backup followed, checked where their data goes.
     let manifest = verify_backup(&backup)?;
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut links = linked::plan(&backup, &manifest, dir, &stamp)?;
     let cert_target = match &t.certs {
         Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
         None => None,
@@ -455,14 +496,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         certs::refuse_planted_links(target)?;
     }
     // 3. Space, then the staging copy while the service still runs.
-    let staged = stage(t, &backup, &manifest, outcome)?;
+    let staged = stage(t, &backup, &manifest, &links, outcome)?;
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
     outcome.service_was_running = running;
     if let (Some(u), false) = (&t.unit, running) {
         log::info!("{u} was stopped before the restore and is left stopped");
     }
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let swap = Swap {
         dir,
@@ -473,17 +513,23 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         health_timeout: t.health_timeout,
         fault_prefix: "restore",
     };
-    let mut certs = PutCerts {
-        source: &staged.cert_source,
-        manifest: &manifest,
-        target: cert_target.as_deref(),
-        stamp: &stamp,
-        placed: None,
+    let mut finish = Finish {
+        links: &mut links,
+        stop_timeout: t.stop_timeout,
+        certs: PutCerts {
+            source: &staged.cert_source,
+            manifest: &manifest,
+            target: cert_target.as_deref(),
+            stamp: &stamp,
+            placed: None,
+        },
     };
     let mut done = Swapped::default();
-    let result = swap.run(&mut done, &mut certs);
+    let result = swap.run(&mut done, &mut finish);
+    let certs = finish.certs;
     outcome.rolled_back = done.rolled_back;
     result?;
+    outcome.linked = links.iter().map(Linked::report).collect();
     if let (Some(u), Some(h)) = (swap.unit, &done.health) {
         log::info!("{u} runs on the restored directory ({h})");
     }
@@ -512,6 +558,20 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             ))),
             a = shell_word(&swap.aside)
         );
+    }
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        if o.existed {
+            println!(
+                "and the data of the link to {p}: mv {p} {r} && mv {a} {p}",
+                p = shell_word(&o.path),
+                r = shell_word(&o.path.with_file_name(sibling_name(
+                    &o.path,
+                    "",
+                    &format!(".restored-{stamp}")
+                ))),
+                a = shell_word(&o.aside)
+            );
+        }
     }
     Ok(format!(
         "restored {} into {} ({} in {:.1} s){}{}{}",
@@ -626,11 +686,19 @@ struct Staged {
     cert_source: PathBuf,
     /// That sibling (removed at the end).
     _cert_staging: Option<Staging>,
+    /// The copies beside the targets of followed links (removed unless swapped in).
+    _link_stagings: Vec<Staging>,
 }
 
 /// Step 3: room for the copy, then the copy (a disposable backup, fetched for this
 /// restore and verified just now, is moved instead).
-fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) -> Result<Staged> {
+fn stage(
+    t: &Target,
+    backup: &Path,
+    manifest: &Manifest,
+    links: &[Linked],
+    outcome: &mut Outcome,
+) -> Result<Staged> {
     let dir = &t.dir;
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| {
@@ -639,7 +707,14 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
             format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
-    let need: u64 = manifest.files.iter().map(|f| f.size).sum();
+    // What goes to the targets of followed links needs room there, not here.
+    let elsewhere: u64 = links
+        .iter()
+        .filter_map(|l| l.to.as_ref())
+        .map(|o| o.bytes)
+        .sum();
+    let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
+    linked::check_space(links)?;
     let free = fsutil::free_space(&parent)?;
     if need > free && !t.disposable {
         return Err(fail(
@@ -657,7 +732,18 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
     // or for a disposable one, a sibling it is moved out to (removed at the end).
     let mut cert_source = backup.to_path_buf();
     let mut _cert_staging = None;
-    if t.disposable {
+    // The copies at the targets of followed links, removed unless swapped in.
+    let _link_stagings: Vec<Staging> = links
+        .iter()
+        .filter_map(|l| l.to.as_ref())
+        .map(|o| Staging {
+            path: o.staging.clone(),
+            armed: true,
+        })
+        .collect();
+    // A fetched copy is moved into place whole, unless links it followed put
+    // some of its data on other disks: then it is copied like any backup.
+    if t.disposable && links.is_empty() {
         // Verified just now and made for this restore: moved, not copied again.
         fs::rename(backup, &staging.path).with_context(|| {
             format!(
@@ -682,13 +768,39 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
         }
     } else {
         log::info!("copying {} to {}", backup.escaped(), staging.path.escaped());
-        outcome.bytes = copy_tree(backup, &staging.path, manifest)?;
+        outcome.bytes = copy_tree(backup, &staging.path, manifest, links)?;
     }
     Ok(Staged {
         copy: staging,
         cert_source,
         _cert_staging,
+        _link_stagings,
     })
+}
+
+/// The restore's steps after the swap: the data of followed links into their
+/// targets' places, then the certificates; both taken back on a rollback.
+struct Finish<'a, 'b> {
+    links: &'b mut [Linked],
+    stop_timeout: Duration,
+    certs: PutCerts<'a>,
+}
+
+impl Steps for Finish<'_, '_> {
+    fn after_swap(&mut self) -> Result<()> {
+        for l in self.links.iter_mut() {
+            l.swap_in(self.stop_timeout)?;
+        }
+        fault::point("restore-after-links")?;
+        self.certs.after_swap()
+    }
+
+    fn undo(&mut self) {
+        self.certs.undo();
+        for l in self.links.iter_mut().rev() {
+            l.undo();
+        }
+    }
 }
 
 /// `--certs`: the certificate directory put back after the swap (the service reads

@@ -984,3 +984,122 @@ fn a_non_utf8_service_directory_round_trips_through_the_restore_status() {
     );
     assert!(!err.contains('\u{fffd}'), "{err}");
 }
+
+/// A layer on another disk (`layers/abc -> OTHER/abc`, a link the backup follows
+/// and copies the data of) is restored as that link, its data written at the
+/// target (issue 32): `restore --instance` leaves `layers/abc` a link to
+/// `OTHER/abc` (a tmpfs of its own), `OTHER/abc` holds the backup's records, what
+/// was there is kept as `OTHER/abc.pre-restore-STAMP`, the status and the undo
+/// lines name it, no staging copy is left. A link whose disk is not there is
+/// refused before anything changes, with what to do.
+#[test]
+fn restore_keeps_a_layer_on_another_disk_a_link_and_writes_its_data_there() {
+    let s = Setup::new("");
+    let other = s.root.join("otherdisk");
+    let _disk = Tmpfs::mount(&other, "size=64m");
+    let layer = s.src.join("layers/abc");
+    let on_other = other.join("abc");
+    let cp = command("cp").arg("-a").arg(&layer).arg(&on_other).status();
+    assert!(cp.unwrap().success());
+    fs::remove_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink(&on_other, &layer).unwrap();
+    let records = dump_env(&on_other.join("layer_v2.lmdb"));
+    let name = s.backup_now();
+    let m = manifest(&s.backups.join(&name));
+    assert!(
+        m["symlinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"] == "layers/abc" && l["followed"] == true),
+        "{}",
+        m["symlinks"]
+    );
+    // The layer changes after the backup.
+    fs::write(on_other.join("added-later"), "x").unwrap();
+
+    // A failure after the layer's data was swapped in takes it back too.
+    let o = s
+        .cmd()
+        .env("SYNBACKUP_FAULT", "restore-after-links")
+        .args(["restore", "--instance", "c0", &name])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(on_other.join("added-later").is_file(), "the target is back");
+    assert_eq!(names(&other), vec!["abc"], "no copy, nothing kept");
+    assert_eq!(fs::read_link(&layer).unwrap(), on_other);
+
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = fs::symlink_metadata(&layer).unwrap();
+    assert!(meta.file_type().is_symlink(), "layers/abc is a link again");
+    assert_eq!(fs::read_link(&layer).unwrap(), on_other);
+    assert!(!on_other.join("added-later").exists());
+    assert_eq!(dump_env(&on_other.join("layer_v2.lmdb")), records);
+    assert!(on_other.join("sparse.bin").is_file());
+    let listed = names(&other);
+    assert_eq!(listed.len(), 2, "{listed:?}: the target and the kept one");
+    let kept = other.join(
+        listed
+            .iter()
+            .find(|n| n.starts_with("abc.pre-restore-"))
+            .unwrap(),
+    );
+    assert!(kept.join("added-later").is_file(), "what was there is kept");
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    let l = &st["details"]["linked"][0];
+    assert_eq!(l["path"], "layers/abc");
+    assert_eq!(l["target"], on_other.display().to_string());
+    assert_eq!(l["data"], "written");
+    assert_eq!(l["kept_previous"], kept.display().to_string());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "and the data of the link to {p}: mv {p} ",
+            p = on_other.display()
+        )) && out.contains(&format!("&& mv {} {}", kept.display(), on_other.display())),
+        "{out}"
+    );
+
+    // A link to a disk that is not there: refused, nothing changed.
+    let gone = s.root.join("gone");
+    fs::create_dir(&gone).unwrap();
+    let cp = command("cp")
+        .arg("-a")
+        .arg(&on_other)
+        .arg(gone.join("abc"))
+        .status();
+    assert!(cp.unwrap().success());
+    fs::remove_file(&layer).unwrap();
+    std::os::unix::fs::symlink(gone.join("abc"), &layer).unwrap();
+    let first = name.clone();
+    assert!(wait_for(3, || chrono::Utc::now()
+        .format("c0_%Y%m%dT%H%M%SZ")
+        .to_string()
+        != first));
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = names(&s.backups)
+        .into_iter()
+        .filter(|n| n.starts_with("c0_") && *n != first)
+        .max()
+        .unwrap();
+    fs::remove_dir_all(&gone).unwrap();
+    let before = hash_tree(&s.src);
+    let o = s.run(&["restore", "--instance", "c0", &second]);
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "{} was a link to {} when it was backed up (the backup holds its data); {} does not exist here: mount the disk that held it there (or create the directory), and restore again; restore never turns such a link into a local directory",
+            layer.display(),
+            gone.join("abc").display(),
+            gone.display()
+        ),
+    );
+    assert_eq!(hash_tree(&s.src), before);
+    assert_eq!(fs::read_link(&layer).unwrap(), gone.join("abc"));
+    assert!(!gone.exists());
+}
