@@ -16,6 +16,8 @@ pub(crate) mod exit;
 pub(crate) mod fault;
 /// Sparse copies, fsync, atomic writes, free space.
 pub(crate) mod fsutil;
+/// Writing into another user's directory by descriptor, never through a link.
+pub(crate) mod heldir;
 /// SIGINT/SIGTERM handling.
 pub(crate) mod interrupt;
 /// Journal or stderr logging.
