@@ -48,6 +48,7 @@ use crate::base::durable::Durability;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
+use crate::base::heldir::{self, HeldDir};
 use crate::base::pathtext::Escaped;
 use crate::base::pathtext::{self, shell_word};
 use crate::base::xattrs;
@@ -105,9 +106,60 @@ impl Drop for Staging {
     }
 }
 
+/// What an operator does about a link planted above where a restore writes.
+const FIX_LINK: &str =
+    "replace it with the directory it points to, or restore into a path without it";
+
+/// The directories a copy writes into, held by descriptor (`base::heldir`) and
+/// found by the path they stand for: a name is created beneath its parent's
+/// descriptor, never through a link another user planted in a parent (the
+/// service directory's parent, the disk of a linked layer, may be theirs).
+#[derive(Default)]
+struct Held(std::collections::HashMap<PathBuf, std::rc::Rc<HeldDir>>);
+
+impl Held {
+    /// The directory `path` is in, and its name there.
+    fn parent_of<'p>(&self, path: &'p Path) -> Result<(std::rc::Rc<HeldDir>, &'p std::ffi::OsStr)> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let d = self
+            .0
+            .get(parent)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} is not held", parent.escaped()))?;
+        Ok((d, heldir::name_of(path)))
+    }
+
+    /// Hold `path`'s parent (opened from `/`, refusing a planted link on the way).
+    fn hold_parent(&mut self, path: &Path) -> Result<()> {
+        let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if !self.0.contains_key(&parent) {
+            let d = HeldDir::open_trusted(&parent, None, FIX_LINK, &mut Vec::new())?;
+            self.0.insert(parent, std::rc::Rc::new(d));
+        }
+        Ok(())
+    }
+
+    /// Make the directory `path` (0700 until its metadata) and hold it.
+    fn make_dir(&mut self, path: &Path) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        parent.mkdir(name)?;
+        let d = parent.sub(Path::new(name))?;
+        self.0.insert(path.to_path_buf(), std::rc::Rc::new(d));
+        Ok(())
+    }
+
+    fn get(&self, path: &Path) -> Result<std::rc::Rc<HeldDir>> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} is not held", path.escaped()))
+    }
+}
+
 /// Copy the backup tree into `dst` (new), checking hashes against the manifest;
 /// the data of the links the backup followed into their targets' staging copies,
-/// the links themselves recreated (`linked`).
+/// the links themselves recreated (`linked`). Every name is made beneath a held
+/// directory's descriptor ([`Held`]).
 fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -> Result<u64> {
     let algo = manifest.algo();
     let want: BTreeMap<&str, &str> = manifest
@@ -116,8 +168,13 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         .map(|f| (f.path.as_str(), f.digest(algo)))
         .collect();
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
-    fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o700))?;
+    let mut held = Held::default();
+    held.hold_parent(dst)?;
+    held.make_dir(dst)?;
+    fault::point("restore-staging-held")?;
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        held.hold_parent(&o.staging)?;
+    }
     // Durable as a backup is: one syncfs of each filesystem written once
     // everything is written (files, directories, links, metadata), reporting any
     // write error since now; an fsync per file (and per directory) where it cannot.
@@ -128,11 +185,12 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
     }
     let sync = &syncs[0].0;
     let mut bytes = 0;
-    let mut copy_file = |rel: &Path, dp: &Path, meta: &fs::Metadata| -> Result<()> {
+    let copy_file = |held: &Held, rel: &Path, dp: &Path, meta: &fs::Metadata| -> Result<u64> {
         crate::base::interrupt::check()?;
         let sp = backup.join(rel);
         let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
-        let df = fsutil::create_new(dp)?;
+        let (parent, name) = held.parent_of(dp)?;
+        let df = parent.create_new(name)?;
         let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, dp, algo, |_| {
             crate::base::interrupt::check()
         })?;
@@ -153,13 +211,12 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
         fsutil::copy_meta_fd(&df, dp, meta, true, &xattrs::read(&sf, &sp)?)?;
         sync.file_done(&df, dp)?;
-        bytes += h.data_bytes;
-        Ok(())
+        Ok(h.data_bytes)
     };
-    let make_dir = |p: &Path| -> Result<()> {
-        fs::create_dir(p).map_err(|e| fsutil::write_error(p, e))?;
-        fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
-        Ok(())
+    let make_link = |held: &Held, p: &Path, target: &Path, meta: &fs::Metadata| -> Result<()> {
+        let (parent, name) = held.parent_of(p)?;
+        parent.symlink(target, name)?;
+        parent.link_meta(name, meta)
     };
     for item in &plan.items {
         let (Item::Dir { rel, meta } | Item::Env { rel, meta, .. } | Item::File { rel, meta }) =
@@ -167,9 +224,7 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         else {
             if let Item::Symlink { rel, target, meta } = item {
                 if let Some(p) = linked::dest(links, dst, rel) {
-                    std::os::unix::fs::symlink(target, &p)
-                        .map_err(|e| fsutil::write_error(&p, e))?;
-                    fsutil::apply_meta_link(&p, meta)?;
+                    make_link(&held, &p, target, meta)?;
                 }
             }
             continue;
@@ -177,38 +232,41 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         if let Some(l) = linked::link_at(links, rel) {
             // The link the backup followed, as it was; its data (if any) to its
             // target's staging copy, below.
-            let p = dst.join(rel);
-            std::os::unix::fs::symlink(&l.target, &p).map_err(|e| fsutil::write_error(&p, e))?;
-            fsutil::apply_meta_link(&p, meta)?;
+            make_link(&held, &dst.join(rel), &l.target, meta)?;
         }
         let Some(p) = linked::dest(links, dst, rel) else {
             continue;
         };
         match item {
-            Item::Dir { .. } => make_dir(&p)?,
+            Item::Dir { .. } => held.make_dir(&p)?,
             Item::Env { rel, .. } => {
-                make_dir(&p)?;
+                held.make_dir(&p)?;
                 let data_rel = rel.join("data.mdb");
                 let meta = fs::symlink_metadata(backup.join(&data_rel))?;
-                copy_file(&data_rel, &p.join("data.mdb"), &meta)?;
+                bytes += copy_file(&held, &data_rel, &p.join("data.mdb"), &meta)?;
             }
-            _ => copy_file(rel, &p, meta)?,
+            _ => bytes += copy_file(&held, rel, &p, meta)?,
         }
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
             if let Some(p) = linked::dest(links, dst, rel) {
-                fsutil::copy_meta_dir_unsynced(
+                let d = held.get(&p)?;
+                fsutil::copy_meta_fd(
+                    d.file(),
                     &p,
                     meta,
+                    true,
                     &workers::source_xattrs(&backup.join(rel))?,
                 )?;
             }
         }
     }
-    fsutil::copy_meta_dir_unsynced(
+    fsutil::copy_meta_fd(
+        held.get(dst)?.file(),
         dst,
         &fs::metadata(backup)?,
+        true,
         &workers::source_xattrs(backup)?,
     )?;
     for (sync, root) in &syncs {
@@ -217,7 +275,42 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         }
         sync.commit()?;
     }
+    // The copies are swapped in by path: each must still be what was written.
+    let mut roots = vec![dst.to_path_buf()];
+    roots.extend(
+        links
+            .iter()
+            .filter_map(|l| l.to.as_ref())
+            .map(|o| o.staging.clone())
+            .filter(|p| held.0.contains_key(p)),
+    );
+    for root in &roots {
+        still_held(&*held.get(root)?, root)?;
+    }
     Ok(bytes)
+}
+
+/// Fail unless `path` is still the directory `d` holds (not renamed away, no link
+/// put in its place by whoever can write its parent).
+fn still_held(d: &HeldDir, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let held = d
+        .file()
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.escaped()))?;
+    let now = fs::symlink_metadata(path).ok();
+    if now.is_some_and(|m| m.is_dir() && m.dev() == held.dev() && m.ino() == held.ino()) {
+        return Ok(());
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    Err(fail(
+        Code::BadPath,
+        format!(
+            "{} was replaced while the restore wrote it (renamed away, or a link put in its place): nothing was swapped in; find who writes in {}, make it root's and not writable by others, and restore again",
+            path.escaped(),
+            parent.escaped()
+        ),
+    ))
 }
 
 /// Whether something runs on `dir`, and a description of what.

@@ -16,6 +16,7 @@ use anyhow::Result;
 
 use crate::base::exit::{fail, Code};
 use crate::base::interrupt;
+use crate::base::pathtext::Escaped;
 use crate::engine::telepath;
 use crate::host::{holders, mounts, systemd};
 
@@ -91,6 +92,37 @@ pub(crate) fn names_dir(cmdline: &[u8], cwd: Option<&Path>, dir: &Path) -> bool 
                     .as_ref()
                     .is_some_and(|r| fs::canonicalize(&p).is_ok_and(|q| &q == r))
         })
+}
+
+/// Fail when a user other than root could replace entries of `dir`'s parent: its
+/// owner is not root, or group or others can write it without the sticky bit
+/// (root's sticky `/tmp` passes: nobody else may rename what root made there).
+/// `what` (the window) writes its copy there by path, and a link put in the
+/// copy's place would send root's writes, as root, where it points.
+pub(crate) fn refuse_open_parent(dir: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let meta = fs::metadata(parent).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("cannot stat {}: {e}", parent.escaped()),
+        )
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let others_write = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    if meta.uid() == 0 && !others_write {
+        return Ok(());
+    }
+    Err(fail(
+        Code::BadPath,
+        format!(
+            "{what} writes its copy beside {d}, in {p}, which is owned by {}:{} with mode {mode:04o}: another user could put a link in the copy's place and send root's writes elsewhere; nothing was stopped: make {p} root's and not writable by others (`chown root: {p}; chmod go-w {p}`), or move the service into such a directory",
+            meta.uid(),
+            meta.gid(),
+            d = dir.escaped(),
+            p = parent.escaped(),
+        ),
+    ))
 }
 
 /// Fail when `dir` is a mount point: `what` (the window, the restore) swaps it by

@@ -4,7 +4,9 @@
 //! wait until it answers, and put everything back on any failure.
 //!
 //! Steps (each timed for the report):
-//! 1. preflight (changes nothing): the unit exists and is active, its main process
+//! 1. preflight (changes nothing): the directory's parent is root's and nobody
+//!    else can write it (the copy is written there by path: another user's link
+//!    in its place would redirect root's writes); the unit exists and is active, its main process
 //!    runs on SYNBACKUP_SERVICE_DIR, the directory is not a mount point, there is
 //!    room for a full compacted copy on that filesystem; note the active units that
 //!    stop with it (`Requires=`/`BindsTo=`/`PartOf=`), to start them again;
@@ -175,6 +177,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     })?;
     let dir = crate::engine::paths::check_source(&inst.service_dir)?;
     // 1. Preflight: nothing changes when it fails.
+    preflight::refuse_open_parent(&dir, "the window")?;
     let state = preflight::check_unit(&unit, &dir)?;
     if state != "active" {
         return Err(fail(Code::Service, format!("{unit} is {state}, not active; start it first (the window only runs on a running service)")));

@@ -1103,3 +1103,104 @@ fn restore_keeps_a_layer_on_another_disk_a_link_and_writes_its_data_there() {
     assert_eq!(fs::read_link(&layer).unwrap(), gone.join("abc"));
     assert!(!gone.exists());
 }
+
+/// The window writes its compacted copy beside the service directory by path
+/// (issue 32): in a parent another user owns, that user could put a link in the
+/// copy's place and send root's writes elsewhere. Refused before anything stops,
+/// exit 3, naming the parent, its owner and mode and the fix (no systemd needed:
+/// this comes before the unit is asked).
+#[test]
+fn the_window_refuses_a_service_directory_in_a_directory_another_user_owns() {
+    let s = Setup::new("");
+    let users = s.root.join("users");
+    fs::create_dir(&users).unwrap();
+    let svc = users.join("svc");
+    fs::rename(&s.src, &svc).unwrap();
+    std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+    fs::write(
+        s.root.join("etc/c0.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_SERVICE_UNIT=synapse-cortex@c0.service\n",
+            svc.display(),
+            s.backups.display()
+        ),
+    )
+    .unwrap();
+    let before = hash_tree(&svc);
+    let o = s.run(&["cold", "c0"]);
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "the window writes its copy beside {}, in {u}, which is owned by 65534:65534 with mode 0755: another user could put a link in the copy's place and send root's writes elsewhere; nothing was stopped: make {u} root's and not writable by others (`chown root: {u}; chmod go-w {u}`)",
+            svc.display(),
+            u = users.display()
+        ),
+    );
+    assert_eq!(hash_tree(&svc), before);
+    assert_eq!(names(&users), vec!["svc"]);
+}
+
+/// Restore writes its copy by descriptor beside the service directory (issue 32):
+/// in a parent the service's user owns, that user swapping the staging copy for
+/// a link to a root-owned directory while it is written redirects no write (root's
+/// directory stays as it was), and the restore fails before it stops or swaps
+/// anything (the copy is no longer what it wrote), exit 3, naming it.
+#[test]
+fn restore_never_writes_through_a_link_put_in_place_of_its_copy() {
+    use std::process::Stdio;
+    let t = tempfile::tempdir().unwrap();
+    let users = t.path().join("users");
+    let svc = users.join("svc");
+    fake_service(&svc, 50);
+    let bk = t.path().join("bk");
+    assert!(run(&[&"backup", &svc, &bk]).status.success());
+    fs::write(svc.join("added-later"), "x").unwrap();
+    let st = command("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&users)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let decoy = t.path().join("root-only");
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("secret"), "root's\n").unwrap();
+    let before = hash_tree(&svc);
+    let (release, log) = (t.path().join("release"), t.path().join("log"));
+    let mut child = bin()
+        .env("SYNBACKUP_FAULT", "hold:restore-staging-held")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .arg("restore")
+        .arg(&bk)
+        .arg(&svc)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || fs::read_to_string(&log)
+            .unwrap()
+            .contains("holding at restore-staging-held")),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    let staging = names(&users)
+        .into_iter()
+        .find(|n| n.starts_with(".svc.synbackup-restoring."))
+        .unwrap();
+    fs::rename(users.join(&staging), t.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&decoy, users.join(&staging)).unwrap();
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let err = fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} was replaced while the restore wrote it",
+            users.join(&staging).display()
+        )),
+        "{err}"
+    );
+    assert_eq!(names(&decoy), vec!["secret"], "nothing written there");
+    assert_eq!(hash_tree(&svc), before, "the service directory untouched");
+}
