@@ -132,9 +132,9 @@ impl Held {
     /// Hold `path`'s parent (opened from `/`, refusing a planted link on the way).
     fn hold_parent(&mut self, path: &Path) -> Result<()> {
         let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        if !self.0.contains_key(&parent) {
-            let d = HeldDir::open_trusted(&parent, None, FIX_LINK, &mut Vec::new())?;
-            self.0.insert(parent, std::rc::Rc::new(d));
+        if let std::collections::hash_map::Entry::Vacant(e) = self.0.entry(parent) {
+            let d = HeldDir::open_trusted(e.key(), None, FIX_LINK, &mut Vec::new())?;
+            e.insert(std::rc::Rc::new(d));
         }
         Ok(())
     }
