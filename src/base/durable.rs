@@ -62,6 +62,35 @@ impl Durability {
         Ok(())
     }
 
+    /// The tree at `root` was written by another program (restic), which fsyncs
+    /// nothing: when per file, every file and directory of it fsynced now (links
+    /// not followed); else the [`commit`](Durability::commit) covers it.
+    pub(crate) fn tree_done(&self, root: &Path) -> Result<()> {
+        if !self.per_file {
+            return Ok(());
+        }
+        fn walk(dir: &Path) -> Result<()> {
+            for e in
+                std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+            {
+                let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+                let ft = e.file_type()?;
+                if ft.is_dir() {
+                    walk(&e.path())?;
+                } else if ft.is_file() {
+                    let p = e.path();
+                    File::open(&p)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|err| write_error(&p, err))?;
+                }
+            }
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|err| write_error(dir, err))
+        }
+        walk(root)
+    }
+
     /// Everything written on the filesystem so far (files, directories, metadata)
     /// is on the device; a write error since `begin` fails it.
     pub(crate) fn commit(&self) -> Result<()> {

@@ -38,11 +38,6 @@ use crate::base::xattrs::{self, Attrs};
 /// Size of the buffers data is moved in.
 pub(crate) const CHUNK: usize = 1 << 20;
 
-/// An I/O error opening `path` for reading, with the path.
-fn read_error(path: &Path, e: io::Error) -> anyhow::Error {
-    anyhow::Error::new(e).context(format!("cannot open {}", path.display()))
-}
-
 /// Map an I/O error while writing the backup: a full disk gets its own code.
 pub(crate) fn write_error(path: &Path, e: io::Error) -> anyhow::Error {
     match e.raw_os_error() {
@@ -198,6 +193,11 @@ pub(crate) fn copy_sparse_hashed(
     walk_extents(src, src_path, Some((dst, dst_path)), algo, on_bytes)
 }
 
+/// The digest of the open file `f` (at `path`), holes as zeros.
+pub(crate) fn hash_file(f: &File, path: &Path, algo: Algo) -> Result<Hashed> {
+    walk_extents(f, path, None, algo, |_| Ok(()))
+}
+
 /// The source directory a copy reads beneath (see [`open_scanned`]).
 pub(crate) fn open_source_root(root: &Path) -> Result<File> {
     OpenOptions::new()
@@ -330,20 +330,11 @@ fn open_beneath(root: &File, rel: &Path, flags: i32) -> io::Result<File> {
     Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-/// Narrow the plain file kept aside at `path` (an old key, an old certificate) to
-/// at most 0600, its owner kept; opened without following a link (the directory
-/// may be another user's). Returns the mode it had when it was changed; a link,
-/// anything not a plain file, or a file with other names is left as it is.
-pub(crate) fn narrow_kept(path: &Path) -> Result<Option<u32>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
-    let f = match f {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
-        Err(e) => return Err(read_error(path, e)),
-    };
+/// Narrow the plain file kept aside (an old key, an old certificate), opened as
+/// `f` without following a link (the directory may be another user's), to at most
+/// 0600, its owner kept. Returns the mode it had when it was changed; anything not
+/// a plain file, or a file with other names, is left as it is.
+pub(crate) fn narrow_kept_fd(f: &File, path: &Path) -> Result<Option<u32>> {
     let meta = f
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
@@ -354,17 +345,6 @@ pub(crate) fn narrow_kept(path: &Path) -> Result<Option<u32>> {
     f.set_permissions(fs::Permissions::from_mode(mode & 0o600))
         .with_context(|| format!("cannot chmod {}; it keeps mode {mode:o}", path.display()))?;
     Ok(Some(mode))
-}
-
-/// Give the plain file at `path` the mode `mode` back, without following a link.
-pub(crate) fn set_mode_nofollow(path: &Path, mode: u32) -> Result<()> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| read_error(path, e))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
 /// Create a new file for writing (never overwrites), private until finished.

@@ -16,10 +16,14 @@ pub(crate) mod exit;
 pub(crate) mod fault;
 /// Sparse copies, fsync, atomic writes, free space.
 pub(crate) mod fsutil;
+/// Writing into another user's directory by descriptor, never through a link.
+pub(crate) mod heldir;
 /// SIGINT/SIGTERM handling.
 pub(crate) mod interrupt;
 /// Journal or stderr logging.
 pub(crate) mod logging;
+/// Paths as text: lossless keys for records, escaped words for people.
+pub(crate) mod pathtext;
 /// The progress traits long steps report through (the reporters live above).
 pub(crate) mod progress;
 /// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).

@@ -12,12 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, Pair, Role};
 use super::listeners;
 use super::x509::{self, Trust};
+use crate::base::pathtext;
 
 /// How bad a finding is; a report's worst decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ pub(crate) struct CertInfo {
     pub(crate) chain_len: usize,
 }
 
-/// Everything checked and found.
+/// Everything checked and found (paths as `pathtext::key`s: lossless).
 #[derive(Debug, Clone, Serialize, Default)]
 pub(crate) struct Report {
     pub(crate) service_dir: String,
@@ -65,7 +66,23 @@ pub(crate) struct Report {
     /// Every certificate, CRL and key file looked at.
     pub(crate) files: Vec<String>,
     pub(crate) certs: Vec<CertInfo>,
+    /// Private keys kept aside when they were replaced (`sslkey.pem.old`,
+    /// `NAME.key.synbackup-old-STAMP`).
+    pub(crate) kept_keys: Vec<KeptKeyInfo>,
     pub(crate) findings: Vec<Finding>,
+}
+
+/// A private key kept aside, and whether it still works.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct KeptKeyInfo {
+    pub(crate) path: String,
+    pub(crate) mode: u32,
+    /// The certificate it is the key of, when one of those looked at is.
+    pub(crate) cert: Option<String>,
+    pub(crate) subject_cn: Option<String>,
+    pub(crate) not_after: Option<i64>,
+    /// Its certificate is within its dates: the key still proves that identity.
+    pub(crate) still_valid: bool,
 }
 
 impl Report {
@@ -94,7 +111,7 @@ impl Report {
 
     fn add(&mut self, path: &Path, severity: Severity, check: &'static str, message: String) {
         self.findings.push(Finding {
-            path: path.display().to_string(),
+            path: pathtext::key(path),
             severity,
             check,
             message,
@@ -124,8 +141,8 @@ pub(crate) fn check_material(
     cert_dirs.push(service_dir.join("certs"));
     let material = files::discover_material(service_dir, &cert_dirs)?;
     let mut r = Report {
-        service_dir: service_dir.display().to_string(),
-        cert_dirs: cert_dirs.iter().map(|d| d.display().to_string()).collect(),
+        service_dir: pathtext::key(service_dir),
+        cert_dirs: cert_dirs.iter().map(|d| pathtext::key(d)).collect(),
         warn_days: opts.warn_days,
         ..Report::default()
     };
@@ -135,7 +152,82 @@ pub(crate) fn check_material(
     }
     check_listener(service_dir, &cert_dirs, &mut r)?;
     check_https_names(service_dir, &opts.https_names, &mut r);
+    for kept in files::discover_kept_keys(service_dir, &cert_dirs)? {
+        check_kept_key(&kept, opts, &mut r)?;
+    }
     Ok(r)
+}
+
+/// A key kept aside: which certificate it belongs to and whether that is still
+/// valid (a warning: a working key lying beside the one in use, to remove once the
+/// new one is in service), and that no one else can read it (a failure).
+fn check_kept_key(kept: &files::KeptKey, opts: &Options, r: &mut Report) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = &kept.key;
+    r.files.push(pathtext::key(path));
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let mut info = KeptKeyInfo {
+        path: pathtext::key(path),
+        mode,
+        cert: None,
+        subject_cn: None,
+        not_after: None,
+        still_valid: false,
+    };
+    if let Ok(key) = x509::load_key(path) {
+        for cert in &kept.certs {
+            let Ok(chain) = x509::load_chain(cert) else {
+                continue;
+            };
+            let leaf = &chain[0];
+            if !leaf.public_key().is_ok_and(|pk| pk.public_eq(&key)) {
+                continue;
+            }
+            let nb = x509::unix_time(leaf.not_before())?;
+            let na = x509::unix_time(leaf.not_after())?;
+            info.cert = Some(pathtext::key(cert));
+            info.subject_cn = Some(x509::common_name(leaf.subject_name()));
+            info.not_after = Some(na);
+            info.still_valid = nb <= opts.now && opts.now < na;
+            break;
+        }
+    }
+    if info.still_valid {
+        let day = chrono::DateTime::from_timestamp(info.not_after.unwrap_or(0), 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        let cert = info.cert.as_deref().unwrap_or("");
+        r.add(
+            path,
+            Severity::Warn,
+            "kept-key",
+            format!(
+                "a private key kept aside when it was replaced, still valid: it is the key of {cert} (CN={}) until {day}; \
+                 once the new one is in service, remove it: rm {}{}",
+                info.subject_cn.as_deref().unwrap_or(""),
+                path.display(),
+                if cert.contains(".old") || cert.contains(".synbackup-old-") {
+                    format!(" {cert}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    if let Some((who, mode)) = files::key_exposure(path)? {
+        r.add(
+            path,
+            Severity::Fail,
+            "key-readable",
+            format!("kept-aside private key readable by {who} (mode {mode:04o}): chmod 600 it, or remove it"),
+        );
+    }
+    r.kept_keys.push(info);
+    Ok(())
 }
 
 /// The store of `cas/*.crt` (and `crls/*.crl`); one that does not parse is a finding.
@@ -148,7 +240,7 @@ fn load_trust(m: &files::Material, r: &mut Report) -> Result<Trust> {
     }
     let mut crls = Vec::new();
     for path in &m.crls {
-        r.files.push(path.display().to_string());
+        r.files.push(pathtext::key(path));
         match x509::load_crl(path) {
             Ok(c) => crls.push((path.display().to_string(), c)),
             Err(e) => r.add(path, Severity::Fail, "unreadable", format!("{e:#}")),
@@ -159,7 +251,7 @@ fn load_trust(m: &files::Material, r: &mut Report) -> Result<Trust> {
 
 /// Every check of one certificate file and its key.
 fn check_pair(pair: &Pair, trust: &Trust, opts: &Options, r: &mut Report) -> Result<()> {
-    r.files.push(pair.cert.display().to_string());
+    r.files.push(pathtext::key(&pair.cert));
     let chain = match x509::load_chain(&pair.cert) {
         Ok(c) => c,
         Err(e) => {
@@ -172,7 +264,7 @@ fn check_pair(pair: &Pair, trust: &Trust, opts: &Options, r: &mut Report) -> Res
     let not_after = x509::unix_time(leaf.not_after())?;
     let days_left = (not_after - opts.now).div_euclid(86_400);
     r.certs.push(CertInfo {
-        path: pair.cert.display().to_string(),
+        path: pathtext::key(&pair.cert),
         role: pair.role,
         subject_cn: x509::common_name(leaf.subject_name()),
         issuer_cn: x509::common_name(leaf.issuer_name()),
@@ -286,7 +378,7 @@ fn check_key_file(pair: &Pair, leaf: Option<&openssl::x509::X509>, r: &mut Repor
         }
         return Ok(());
     };
-    r.files.push(key_path.display().to_string());
+    r.files.push(pathtext::key(key_path));
     match x509::load_key(key_path) {
         Err(e) => r.add(key_path, Severity::Fail, "unreadable", format!("{e:#}")),
         Ok(key) => {

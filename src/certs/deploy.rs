@@ -22,6 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 
 use crate::base::exit::{code_of, fail, Code};
+use crate::base::heldir::HeldDir;
 use crate::certs::listeners::read_top_scalar;
 use crate::certs::pair::{self as files, Candidate, CurrentPair};
 use crate::certs::served::served_fingerprint;
@@ -76,7 +77,7 @@ pub(crate) enum How {
     NoHttps,
 }
 
-/// What a deploy did.
+/// What a deploy did (paths as `pathtext::key`s).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Outcome {
     pub(crate) service_dir: String,
@@ -116,7 +117,9 @@ impl Outcome {
         };
         format!(
             "deployed the HTTPS certificate CN={} (sha256 {}) to {}: {how}",
-            self.subject_cn, self.fingerprint, self.service_dir
+            self.subject_cn,
+            self.fingerprint,
+            crate::base::pathtext::shell_word(&crate::base::pathtext::path(&self.service_dir))
         )
     }
 }
@@ -155,22 +158,29 @@ pub(crate) fn deploy(req: &Request) -> Result<Outcome> {
             ));
         }
     }
+    // Every write from here on is beneath the directory held now: a link its
+    // user plants on the way later redirects nothing.
+    let held = HeldDir::open_trusted(
+        dir,
+        None,
+        "point the service directory (SYNBACKUP_SERVICE_DIR or --dir) at the directory itself, and deploy again",
+        &mut Vec::new(),
+    )?;
+    crate::base::fault::point("deploy-held")?;
     let mut kept = Vec::new();
     if let Some(o) = &old {
-        files::keep_old(dir, o)?;
+        files::keep_old(&held, o)?;
         for f in [files::CERT_FILE, files::KEY_FILE] {
-            kept.push(
-                dir.join(format!("{f}{}", files::OLD_SUFFIX))
-                    .display()
-                    .to_string(),
-            );
+            kept.push(crate::base::pathtext::key(
+                &dir.join(format!("{f}{}", files::OLD_SUFFIX)),
+            ));
         }
     }
-    let activated = files::write_new(dir, &new, old.as_ref())
+    let activated = files::write_new(&held, &new, old.as_ref())
         .and_then(|()| activate(req, &cell, &new.fingerprint));
     match activated {
         Ok((how, addr, reload_ms)) => Ok(Outcome {
-            service_dir: dir.display().to_string(),
+            service_dir: crate::base::pathtext::key(dir),
             how,
             fingerprint: new.fingerprint.clone(),
             old_fingerprint: old.as_ref().and_then(|o| o.fingerprint.clone()),
@@ -181,13 +191,14 @@ pub(crate) fn deploy(req: &Request) -> Result<Outcome> {
             reload_ms,
             kept,
         }),
-        Err(e) => Err(roll_back(req, &cell, old.as_ref(), &new, e)),
+        Err(e) => Err(roll_back(req, &held, &cell, old.as_ref(), &new, e)),
     }
 }
 
 /// Put the old pair back and into service again; the error to return.
 fn roll_back(
     req: &Request,
+    held: &HeldDir,
     cell: &Cell,
     old: Option<&CurrentPair>,
     new: &Candidate,
@@ -199,7 +210,7 @@ fn roll_back(
         new.fingerprint,
         dir.display()
     );
-    let back = files::put_back(dir, old).and_then(|()| match old {
+    let back = files::put_back(held, old).and_then(|()| match old {
         // No pair on disk to load: the cell keeps serving what it has in memory.
         None => Ok(()),
         Some(o) => activate(req, cell, o.fingerprint.as_deref().unwrap_or("")).map(|_| ()),

@@ -75,6 +75,70 @@ pub(crate) fn discover_material(service_dir: &Path, cert_dirs: &[PathBuf]) -> Re
     Ok(m)
 }
 
+/// A private key kept aside when it was replaced: `DIR/sslkey.pem.old` (by
+/// `certs deploy`) or `NAME.key.synbackup-old-STAMP` in a certificate directory
+/// (by `restore --certs`), with the certificate it belonged to when that is there
+/// too (kept beside it with the same suffix, else the one in place).
+#[derive(Debug, Clone)]
+pub(crate) struct KeptKey {
+    pub(crate) key: PathBuf,
+    /// The kept certificate first, then the one in place.
+    pub(crate) certs: Vec<PathBuf>,
+}
+
+/// The kept-aside keys of the service at `service_dir` and in `cert_dirs`.
+pub(crate) fn discover_kept_keys(
+    service_dir: &Path,
+    cert_dirs: &[PathBuf],
+) -> Result<Vec<KeptKey>> {
+    let mut out = Vec::new();
+    let old = service_dir.join(format!("sslkey.pem{}", super::pair::OLD_SUFFIX));
+    if old.is_file() {
+        out.push(KeptKey {
+            key: old,
+            certs: vec![
+                service_dir.join(format!("sslcert.pem{}", super::pair::OLD_SUFFIX)),
+                service_dir.join("sslcert.pem"),
+            ],
+        });
+    }
+    for dir in cert_dirs {
+        for sub in ["cas", "hosts", "users"] {
+            let d = dir.join(sub);
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
+            };
+            let mut found = Vec::new();
+            for e in entries {
+                let p = e
+                    .with_context(|| format!("cannot read {}", d.display()))?
+                    .path();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let Some((stem, suffix)) = name.split_once(".key.synbackup-old-") else {
+                    continue;
+                };
+                if p.is_file() {
+                    found.push(KeptKey {
+                        certs: vec![
+                            d.join(format!("{stem}.crt.synbackup-old-{suffix}")),
+                            d.join(format!("{stem}.crt")),
+                        ],
+                        key: p,
+                    });
+                }
+            }
+            found.sort_by(|a, b| a.key.cmp(&b.key));
+            out.extend(found);
+        }
+    }
+    Ok(out)
+}
+
 /// The files `dir/*.EXT`, sorted; none when `dir` does not exist.
 pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {

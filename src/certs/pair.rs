@@ -4,12 +4,15 @@
 //! within its dates, the names clients use are in the leaf), keep the pair in use
 //! beside it (`sslcert.pem.old`, `sslkey.pem.old`), write the new one atomically
 //! with the service directory's owner (the key 0600), and put the old one back.
+//! The service directory is the service user's: every write is by the held
+//! directory's descriptor (`base::heldir`), never through a link.
 //!
 //! Nothing here talks to the service: `certs::deploy` reloads and confirms.
 
-use std::fs::{self, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -19,7 +22,8 @@ use openssl::x509::X509Ref;
 use super::{files, x509};
 use crate::base::digest::hex;
 use crate::base::exit::{fail, Code};
-use crate::base::fsutil::{fsync_dir, write_error};
+use crate::base::fsutil::write_error;
+use crate::base::heldir::HeldDir;
 
 /// The HTTPS pair's file names in a service directory (what Synapse's
 /// `addHttpsPort` loads).
@@ -225,51 +229,51 @@ pub(crate) fn read_current(dir: &Path) -> Result<Option<CurrentPair>> {
     }))
 }
 
-/// Write `bytes` to `path` through a temporary beside it, owned `uid:gid` with
-/// `mode`, fsynced; renamed over `path` by the caller's [`rename_in`].
-fn write_temp(path: &Path, bytes: &[u8], uid: u32, gid: u32, mode: u32) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.deploy.{}", std::process::id()));
+/// Write `bytes` to a temporary beside `name` in `dir` (held: never through a
+/// link), owned `uid:gid` with `mode`, fsynced; renamed over `name` by the caller.
+fn write_temp(
+    dir: &HeldDir,
+    name: &str,
+    bytes: &[u8],
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<OsString> {
+    let tmp = OsString::from(format!(".{name}.deploy.{}", std::process::id()));
+    let tmp_path = dir.path().join(&tmp);
     let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| write_error(&tmp, e))?;
+        let mut f = dir.create_new(&tmp)?;
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(|| {
             format!(
                 "cannot give {} to the service's owner {uid}:{gid}: run as root or as that user",
-                tmp.display()
+                tmp_path.display()
             )
         })?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes).map_err(|e| write_error(&tmp, e))?;
-        f.sync_all().map_err(|e| write_error(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| write_error(&tmp_path, e))?;
+        f.sync_all().map_err(|e| write_error(&tmp_path, e))?;
         Ok(())
     })();
     match result {
         Ok(()) => Ok(tmp),
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.unlink(&tmp);
             Err(e)
         }
     }
 }
 
-/// Write the files (`path`, contents, uid, gid, mode) together: every temporary is
-/// written and fsynced before the first rename, then the directory is fsynced.
-fn write_files(dir: &Path, files: &[(PathBuf, &[u8], u32, u32, u32)]) -> Result<()> {
+/// Write the files (name in `dir`, contents, uid, gid, mode) together: every
+/// temporary is written and fsynced before the first rename, then the directory is
+/// fsynced. All by the held directory's descriptor.
+fn write_files(dir: &HeldDir, files: &[(&str, &[u8], u32, u32, u32)]) -> Result<()> {
     let mut temps = Vec::new();
-    for (path, bytes, uid, gid, mode) in files {
-        match write_temp(path, bytes, *uid, *gid, *mode) {
-            Ok(t) => temps.push((t, path)),
+    for (name, bytes, uid, gid, mode) in files {
+        match write_temp(dir, name, bytes, *uid, *gid, *mode) {
+            Ok(t) => temps.push((t, *name)),
             Err(e) => {
                 for (t, _) in &temps {
-                    let _ = fs::remove_file(t);
+                    let _ = dir.unlink(t);
                 }
                 return Err(e);
             }
@@ -277,85 +281,79 @@ fn write_files(dir: &Path, files: &[(PathBuf, &[u8], u32, u32, u32)]) -> Result<
     }
     // The key first: a cell reloading between the two renames finds the new key
     // with the old certificate, refuses it and keeps serving what it had.
-    for (tmp, path) in &temps {
-        fs::rename(tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    for (tmp, name) in &temps {
+        dir.rename(tmp, OsStr::new(name))?;
     }
-    fsync_dir(dir)
+    dir.sync()
 }
 
 /// Keep the pair in use as `sslcert.pem.old` and `sslkey.pem.old` (replacing the
 /// ones an earlier deploy kept), with its owners and modes; the key at most 0600:
 /// it is still valid, and Synapse's default key is 0644.
-pub(crate) fn keep_old(dir: &Path, old: &CurrentPair) -> Result<()> {
-    let f = |name: &str, k: &KeptFile, mask: u32| {
-        (
-            dir.join(format!("{name}{OLD_SUFFIX}")),
-            k.bytes.clone(),
-            k.uid,
-            k.gid,
-            k.mode & mask,
-        )
-    };
-    let files = [
-        f(KEY_FILE, &old.key, 0o600),
-        f(CERT_FILE, &old.cert, 0o7777),
-    ];
-    let refs: Vec<_> = files
-        .iter()
-        .map(|(p, b, u, g, m)| (p.clone(), b.as_slice(), *u, *g, *m))
-        .collect();
-    write_files(dir, &refs)
-}
-
-/// Write the new pair, owned by the owner of `dir`; the key 0600, the certificate
-/// with the mode the old one had (0644 when there was none).
-pub(crate) fn write_new(dir: &Path, new: &Candidate, old: Option<&CurrentPair>) -> Result<()> {
-    let meta = fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
-    let cert_mode = old.map_or(0o644, |o| o.cert.mode);
+pub(crate) fn keep_old(dir: &HeldDir, old: &CurrentPair) -> Result<()> {
+    let (key, cert) = (
+        format!("{KEY_FILE}{OLD_SUFFIX}"),
+        format!("{CERT_FILE}{OLD_SUFFIX}"),
+    );
     write_files(
         dir,
         &[
             (
-                dir.join(KEY_FILE),
-                &new.key_pem,
-                meta.uid(),
-                meta.gid(),
-                0o600,
+                &key,
+                &old.key.bytes,
+                old.key.uid,
+                old.key.gid,
+                old.key.mode & 0o600,
             ),
             (
-                dir.join(CERT_FILE),
-                &new.cert_pem,
-                meta.uid(),
-                meta.gid(),
-                cert_mode,
+                &cert,
+                &old.cert.bytes,
+                old.cert.uid,
+                old.cert.gid,
+                old.cert.mode,
             ),
+        ],
+    )
+}
+
+/// Write the new pair, owned by the owner of `dir`; the key 0600, the certificate
+/// with the mode the old one had (0644 when there was none).
+pub(crate) fn write_new(dir: &HeldDir, new: &Candidate, old: Option<&CurrentPair>) -> Result<()> {
+    let meta = dir
+        .file()
+        .metadata()
+        .with_context(|| format!("cannot stat {}", dir.path().display()))?;
+    let cert_mode = old.map_or(0o644, |o| o.cert.mode);
+    write_files(
+        dir,
+        &[
+            (KEY_FILE, &new.key_pem, meta.uid(), meta.gid(), 0o600),
+            (CERT_FILE, &new.cert_pem, meta.uid(), meta.gid(), cert_mode),
         ],
     )
 }
 
 /// Put the old pair back exactly (bytes, owners, modes); with no old pair, remove
 /// the new one (the cell makes its default at the next start, as before).
-pub(crate) fn put_back(dir: &Path, old: Option<&CurrentPair>) -> Result<()> {
+pub(crate) fn put_back(dir: &HeldDir, old: Option<&CurrentPair>) -> Result<()> {
     let Some(old) = old else {
         for name in [CERT_FILE, KEY_FILE] {
-            let p = dir.join(name);
-            fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            dir.unlink(OsStr::new(name))?;
         }
-        return fsync_dir(dir);
+        return dir.sync();
     };
     write_files(
         dir,
         &[
             (
-                dir.join(KEY_FILE),
+                KEY_FILE,
                 &old.key.bytes,
                 old.key.uid,
                 old.key.gid,
                 old.key.mode,
             ),
             (
-                dir.join(CERT_FILE),
+                CERT_FILE,
                 &old.cert.bytes,
                 old.cert.uid,
                 old.cert.gid,
@@ -385,7 +383,8 @@ mod tests {
             fingerprint: None,
             names: None,
         };
-        keep_old(t.path(), &old).unwrap();
+        let held = HeldDir::open_trusted(t.path(), None, "", &mut Vec::new()).unwrap();
+        keep_old(&held, &old).unwrap();
         let meta = |n: &str| fs::metadata(t.path().join(n)).unwrap();
         let key = meta("sslkey.pem.old");
         assert_eq!(key.permissions().mode() & 0o7777, 0o600);

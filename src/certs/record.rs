@@ -195,7 +195,8 @@ pub(crate) fn announce_expiry_changes(
     };
     let mut json = serde_json::to_vec_pretty(&state)?;
     json.push(b'\n');
-    write_atomic(&path, &json, 0o644)?;
+    // Root's only, as the run statuses: a finding quotes the files it is about.
+    write_atomic(&path, &json, 0o600)?;
     Ok(events)
 }
 

@@ -133,7 +133,7 @@ fn print_table(r: &Report) -> Result<()> {
             c.issuer_cn,
             day,
             c.days_left,
-            c.path
+            shown(&c.path)
         )?;
     }
     for f in &r.findings {
@@ -141,7 +141,7 @@ fn print_table(r: &Report) -> Result<()> {
             Severity::Warn => "WARN",
             Severity::Fail => "FAIL",
         };
-        writeln!(out, "{sev} {} {}: {}", f.check, f.path, f.message)?;
+        writeln!(out, "{sev} {} {}: {}", f.check, shown(&f.path), f.message)?;
     }
     let verdict = match r.worst() {
         None => "all checks passed",
@@ -153,8 +153,18 @@ fn print_table(r: &Report) -> Result<()> {
         "{} certificates, {} findings in {} and {}: {verdict}",
         r.certs.len(),
         r.findings.len(),
-        r.service_dir,
-        r.cert_dirs.join(", ")
+        shown(&r.service_dir),
+        r.cert_dirs
+            .iter()
+            .map(|d| shown(d))
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     Ok(())
+}
+
+/// A path the report keeps as a `pathtext::key`, as printed for an operator.
+fn shown(key: &str) -> String {
+    use crate::base::pathtext;
+    pathtext::shell_word(&pathtext::path(key))
 }

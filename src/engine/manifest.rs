@@ -40,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -215,10 +215,7 @@ pub(crate) const MAIN_DB: &str = "(main)";
 /// A name or path as the manifest writes it: plain when it is UTF-8 (and does not
 /// begin with `hex:`), else `hex:` and the hex of its bytes. Lossless.
 pub(crate) fn name_key(name: &OsStr) -> String {
-    match name.to_str() {
-        Some(s) if !s.starts_with("hex:") => s.to_string(),
-        _ => format!("hex:{}", crate::base::digest::hex(name.as_bytes())),
-    }
+    crate::base::pathtext::key_of(name)
 }
 
 /// A relative path as the manifest writes it.
@@ -228,26 +225,12 @@ pub(crate) fn path_key(rel: &Path) -> String {
 
 /// The bytes of a name written by [`name_key`] (a v1 manifest's lossy name as is).
 pub(crate) fn name_of(key: &str) -> OsString {
-    key.strip_prefix("hex:")
-        .and_then(unhex)
-        .map(OsString::from_vec)
-        .unwrap_or_else(|| OsString::from(key))
+    crate::base::pathtext::name(key)
 }
 
 /// The relative path written by [`path_key`].
 pub(crate) fn path_of(key: &str) -> PathBuf {
     PathBuf::from(name_of(key))
-}
-
-/// Bytes of lower-case or upper-case hex; None if it is not hex.
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Xattrs as the manifest writes them: name key to the hex of the value.

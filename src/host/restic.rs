@@ -165,7 +165,9 @@ impl Repo {
         // cgroup): that is the stop, not a repository failure.
         crate::base::interrupt::check()?;
         use std::os::unix::process::ExitStatusExt;
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // restic (and the rclone it may run) prints the repository string as it
+        // is, credentials included: never let them into a log, status or journal.
+        let stderr = self.scrub(&String::from_utf8_lossy(&out.stderr));
         log::debug!("restic {what} said: {}", stderr.trim());
         let trouble = match out.status.signal() {
             Some(sig) => Trouble::Killed(sig),
@@ -176,6 +178,117 @@ impl Repo {
             trouble,
         }))
     }
+}
+
+impl Repo {
+    /// `text` (what restic printed) without the credentials this repository is
+    /// opened with: the repository string as [`redacted`] writes it, and every
+    /// secret it, the env file and the password file hold replaced by `***`.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.repository, &redacted(&self.repository));
+        let mut secrets = repository_secrets(&self.repository);
+        secrets.extend(self.env.values().cloned());
+        if let Ok(pw) = std::fs::read_to_string(&self.password_file) {
+            secrets.push(pw.trim().to_string());
+        }
+        // The longest first: a secret that contains another is masked whole.
+        secrets.retain(|s| s.len() >= 4);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for s in &secrets {
+            out = out.replace(s.as_str(), "***");
+        }
+        out
+    }
+}
+
+/// The credentials a repository string carries: a URL's password
+/// (`rest:https://user:PASSWORD@host/`) and the values of an rclone connection
+/// string's parameters (`rclone::s3,secret_access_key=VALUE:bucket`).
+fn repository_secrets(repository: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((_, userinfo, _)) = url_userinfo(repository) {
+        if let Some((_, pw)) = userinfo.split_once(':') {
+            out.push(pw.to_string());
+        }
+    }
+    if let Some(spec) = repository.strip_prefix("rclone:") {
+        out.extend(
+            rclone_params(spec)
+                .into_iter()
+                .map(|(a, b)| spec[a..b].to_string()),
+        );
+    }
+    out
+}
+
+/// A URL's `user:password` part: (the text before it, it, the text after it).
+fn url_userinfo(repository: &str) -> Option<(&str, &str, &str)> {
+    let i = repository.find("://")? + 3;
+    let rest = &repository[i..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..host_end].rfind('@')?;
+    Some((&repository[..i], &rest[..at], &rest[at..]))
+}
+
+/// The byte ranges of the parameter values of an rclone remote spec
+/// (`:s3,provider=X,secret_access_key=Y:bucket/path`, `remote,k=v:path`): a value
+/// ends at an unquoted `,` or `:`; a quoted one (`k="a,b:c"`) at its closing quote.
+fn rclone_params(spec: &str) -> Vec<(usize, usize)> {
+    let b = spec.as_bytes();
+    let mut out = Vec::new();
+    let mut i = usize::from(b.first() == Some(&b':'));
+    // The remote's name or backend.
+    while i < b.len() && b[i] != b',' && b[i] != b':' {
+        i += 1;
+    }
+    while i < b.len() && b[i] == b',' {
+        i += 1;
+        // key=
+        while i < b.len() && b[i] != b'=' && b[i] != b',' && b[i] != b':' {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        let start = i;
+        if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+            let q = b[i];
+            i += 1;
+            // A doubled quote is a quote inside the value.
+            while i < b.len() && !(b[i] == q && b.get(i + 1) != Some(&q)) {
+                i += if b[i] == q { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+        } else {
+            while i < b.len() && b[i] != b',' && b[i] != b':' {
+                i += 1;
+            }
+        }
+        out.push((start, i));
+    }
+    out
+}
+
+/// The repository string without credentials: a URL's `user:password@` as
+/// `***@` (`rest:https://***@host:8000/repo`), an rclone connection string's
+/// parameter values as `***` (`rclone::s3,secret_access_key=***:bucket`).
+pub(crate) fn redacted(repository: &str) -> String {
+    if let Some((before, _, after)) = url_userinfo(repository) {
+        return format!("{before}***{after}");
+    }
+    if let Some(spec) = repository.strip_prefix("rclone:") {
+        let mut out = String::from("rclone:");
+        let mut last = 0;
+        for (a, b) in rclone_params(spec) {
+            out.push_str(&spec[last..a]);
+            out.push_str("***");
+            last = b;
+        }
+        out.push_str(&spec[last..]);
+        return out;
+    }
+    repository.to_string()
 }
 
 /// What a failed restic's stderr says: a lock held by another restic, else its
@@ -334,6 +447,45 @@ mod tests {
         assert_eq!(
             parse_stats_size("{\"total_size\":3,\"total_file_count\":2}"),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn credentials_are_redacted_from_repository_strings_and_restic_output() {
+        assert_eq!(
+            redacted("rest:https://u:secret@host:8000/repo"),
+            "rest:https://***@host:8000/repo"
+        );
+        assert_eq!(redacted("/srv/restic"), "/srv/restic");
+        assert_eq!(
+            redacted("s3:https://s3.example/b@x"),
+            "s3:https://s3.example/b@x"
+        );
+        assert_eq!(
+            redacted("rclone::s3,provider=Other,secret_access_key=SEKRIT:bucket/x"),
+            "rclone::s3,provider=***,secret_access_key=***:bucket/x"
+        );
+        assert_eq!(
+            redacted("rclone:remote,token=\"a,b:c\":path"),
+            "rclone:remote,token=***:path"
+        );
+        assert_eq!(redacted("rclone:remote:path"), "rclone:remote:path");
+        let repo = Repo {
+            bin: "restic".into(),
+            repository: "rclone::s3,secret_access_key=SEKRIT1234:bucket".into(),
+            password_file: "/nonexistent".into(),
+            env: [("AWS_SECRET_ACCESS_KEY".to_string(), "envsecret".to_string())].into(),
+            cache_dir: None,
+        };
+        let said = "rclone: Failed for \":s3,secret_access_key=SEKRIT1234:bucket\" (envsecret)\nFatal: unable to open repository at rclone::s3,secret_access_key=SEKRIT1234:bucket: EOF";
+        let clean = repo.scrub(said);
+        assert!(
+            !clean.contains("SEKRIT") && !clean.contains("envsecret"),
+            "{clean}"
+        );
+        assert!(
+            clean.contains("repository at rclone::s3,secret_access_key=***:bucket"),
+            "{clean}"
         );
     }
 

@@ -97,20 +97,8 @@ pub(crate) fn repo(o: &Offsite) -> Result<Repo> {
     })
 }
 
-/// The repository string without credentials a URL may carry (`rest:https://u:p@h/`).
-pub(crate) fn redacted(repository: &str) -> String {
-    match repository.find("://") {
-        Some(i) => {
-            let rest = &repository[i + 3..];
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{}://***@{}", &repository[..i], &rest[at + 1..]),
-                None => repository.to_string(),
-            }
-        }
-        None => repository.to_string(),
-    }
-}
+/// The repository string without the credentials it may carry.
+pub(crate) use crate::host::restic::redacted;
 
 /// The machine's host name as restic records it in locks.
 fn hostname() -> String {
@@ -340,11 +328,98 @@ impl<'a> Opened<'a> {
         })
     }
 
-    /// Restore snapshot `id` (or `latest` of this instance) into `target` (new,
-    /// empty); returns the backup directory in it.
-    pub(crate) fn fetch(&self, id: &str, target: &Path) -> Result<PathBuf> {
+    /// The snapshot `latest` means for this instance: the newest of the cell
+    /// `cell` (the service directory's, when it has one and it has snapshots), else
+    /// the newest when every snapshot of the instance is of one cell. Snapshots of
+    /// several cells under one instance name (two hosts sharing a repository, a
+    /// rebuilt cell) make `latest` ambiguous: refused (exit 2), naming each cell
+    /// with its hosts and newest snapshot, and how to pick one.
+    fn latest(&self, cell: Option<&str>) -> Result<restic::Snapshot> {
+        let name = &self.inst.name;
+        let tags = filter_tags(name);
+        let out = self.run("snapshots", &["snapshots", "--json", "--tag", &tags], None)?;
+        let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
+        let cell_of = |s: &restic::Snapshot| {
+            s.tags
+                .iter()
+                .find_map(|t| t.strip_prefix("cell="))
+                .unwrap_or("none")
+                .to_string()
+        };
+        let mine: Vec<&restic::Snapshot> = match cell {
+            Some(c) => snaps.iter().filter(|s| cell_of(s) == c).collect(),
+            None => Vec::new(),
+        };
+        let pool: Vec<&restic::Snapshot> = if mine.is_empty() {
+            snaps.iter().collect()
+        } else {
+            mine
+        };
+        // Oldest first: the last of each cell is its newest.
+        let mut cells: std::collections::BTreeMap<String, (Vec<String>, &restic::Snapshot)> =
+            Default::default();
+        for s in &pool {
+            let e = cells.entry(cell_of(s)).or_insert_with(|| (Vec::new(), s));
+            if !e.0.contains(&s.hostname) {
+                e.0.push(s.hostname.clone());
+            }
+            e.1 = s;
+        }
+        match cells.len() {
+            0 => Err(fail(
+                Code::BadPath,
+                format!(
+                    "the offsite repository {} has no snapshot of {name}; check SYNBACKUP_OFFSITE_REPOSITORY, or list them with `synbackup offsite list {name}`",
+                    redacted(&self.o.repository)
+                ),
+            )),
+            1 => Ok(pool[pool.len() - 1].clone()),
+            _ => Err(fail(
+                Code::Usage,
+                format!(
+                    "restore --offsite latest of {name} is ambiguous: the repository has snapshots of {} cells under that name ({}){}; pick one with --offsite ID (`synbackup offsite list {name}` lists them)",
+                    cells.len(),
+                    cells
+                        .iter()
+                        .map(|(c, (hosts, newest))| format!(
+                            "cell {c} from {} (newest {} at {})",
+                            hosts.join(", "),
+                            newest.short_id,
+                            newest.time
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    match cell {
+                        Some(c) => format!(", none of them of {c}, the cell in the service directory"),
+                        None => String::new(),
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// Restore snapshot `id` (or `latest` of this instance: see [`Opened::latest`],
+    /// `cell` the service directory's) into `target` (new, empty); returns the
+    /// backup directory in it.
+    pub(crate) fn fetch(&self, id: &str, cell: Option<&str>, target: &Path) -> Result<PathBuf> {
         let tags = filter_tags(&self.inst.name);
-        if id != "latest" {
+        let chosen;
+        let id = if id == "latest" {
+            let s = self.latest(cell)?;
+            log::info!(
+                "the newest offsite snapshot of {} is {} ({}, from {}, {})",
+                self.inst.name,
+                s.short_id,
+                s.time,
+                s.hostname,
+                s.tags
+                    .iter()
+                    .find(|t| t.starts_with("cell="))
+                    .map_or("no cell", String::as_str)
+            );
+            chosen = s.id;
+            chosen.as_str()
+        } else {
             let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
             let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
             let ours = format!("instance={}", self.inst.name);
@@ -357,7 +432,8 @@ impl<'a> Opened<'a> {
                     ),
                 ));
             }
-        }
+            id
+        };
         let target_s = target.to_string_lossy().into_owned();
         log::info!("restoring offsite snapshot {id} into {}", target.display());
         self.run(
@@ -385,23 +461,5 @@ impl<'a> Opened<'a> {
                 ),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_a_repository_url_are_not_shown() {
-        assert_eq!(
-            redacted("rest:https://u:secret@host:8000/repo"),
-            "rest:https://***@host:8000/repo"
-        );
-        assert_eq!(redacted("/srv/restic"), "/srv/restic");
-        assert_eq!(
-            redacted("s3:https://s3.example/b@x"),
-            "s3:https://s3.example/b@x"
-        );
     }
 }

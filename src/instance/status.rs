@@ -247,10 +247,12 @@ pub(crate) fn record(
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let mut json = serde_json::to_vec_pretty(status)?;
     json.push(b'\n');
+    // Root's only: the error it may hold is other programs' text (restic's,
+    // Synapse's, systemctl's), which may name what others should not read.
     write_atomic(
         &status_path(state_dir, &status.instance, status.kind.as_str()),
         &json,
-        0o644,
+        0o600,
     )?;
     // node_exporter's package makes its textfile directory; without it there is
     // no collector to read metrics, so none are written (`status` says so).

@@ -30,6 +30,8 @@
 
 /// `restore --certs`: the backup's certificate directory put back in place.
 pub(crate) mod certs;
+/// Links the backup followed (a layer on another disk), restored as links.
+pub(crate) mod linked;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -41,9 +43,14 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use self::certs::Placed;
+use self::linked::Linked;
+use crate::base::durable::Durability;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::{self, human};
+use crate::base::heldir::{self, HeldDir};
+use crate::base::pathtext::Escaped;
+use crate::base::pathtext::{self, shell_word};
 use crate::base::xattrs;
 use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
@@ -86,17 +93,75 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.armed && self.path.exists() {
-            match fs::remove_dir_all(&self.path) {
-                Ok(()) => log::info!("removed the unfinished copy {}", self.path.display()),
-                Err(e) => log::error!("could not remove {}: {e}", self.path.display()),
+        if self.armed && fs::symlink_metadata(&self.path).is_ok() {
+            let removed = if self.path.is_dir() {
+                fs::remove_dir_all(&self.path)
+            } else {
+                fs::remove_file(&self.path)
+            };
+            match removed {
+                Ok(()) => log::info!("removed the unfinished copy {}", self.path.escaped()),
+                Err(e) => log::error!("could not remove {}: {e}", self.path.escaped()),
             }
         }
     }
 }
 
-/// Copy the backup tree into `dst` (new), checking hashes against the manifest.
-pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Result<u64> {
+/// What an operator does about a link planted above where a restore writes.
+const FIX_LINK: &str =
+    "replace it with the directory it points to, or restore into a path without it";
+
+/// The directories a copy writes into, held by descriptor (`base::heldir`) and
+/// found by the path they stand for: a name is created beneath its parent's
+/// descriptor, never through a link another user planted in a parent (the
+/// service directory's parent, the disk of a linked layer, may be theirs).
+#[derive(Default)]
+struct Held(std::collections::HashMap<PathBuf, std::rc::Rc<HeldDir>>);
+
+impl Held {
+    /// The directory `path` is in, and its name there.
+    fn parent_of<'p>(&self, path: &'p Path) -> Result<(std::rc::Rc<HeldDir>, &'p std::ffi::OsStr)> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let d = self
+            .0
+            .get(parent)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} is not held", parent.escaped()))?;
+        Ok((d, heldir::name_of(path)))
+    }
+
+    /// Hold `path`'s parent (opened from `/`, refusing a planted link on the way).
+    fn hold_parent(&mut self, path: &Path) -> Result<()> {
+        let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if let std::collections::hash_map::Entry::Vacant(e) = self.0.entry(parent) {
+            let d = HeldDir::open_trusted(e.key(), None, FIX_LINK, &mut Vec::new())?;
+            e.insert(std::rc::Rc::new(d));
+        }
+        Ok(())
+    }
+
+    /// Make the directory `path` (0700 until its metadata) and hold it.
+    fn make_dir(&mut self, path: &Path) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        parent.mkdir(name)?;
+        let d = parent.sub(Path::new(name))?;
+        self.0.insert(path.to_path_buf(), std::rc::Rc::new(d));
+        Ok(())
+    }
+
+    fn get(&self, path: &Path) -> Result<std::rc::Rc<HeldDir>> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} is not held", path.escaped()))
+    }
+}
+
+/// Copy the backup tree into `dst` (new), checking hashes against the manifest;
+/// the data of the links the backup followed into their targets' staging copies,
+/// the links themselves recreated (`linked`). Every name is made beneath a held
+/// directory's descriptor ([`Held`]).
+fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -> Result<u64> {
     let algo = manifest.algo();
     let want: BTreeMap<&str, &str> = manifest
         .files
@@ -104,75 +169,149 @@ pub(crate) fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest) -> Resul
         .map(|f| (f.path.as_str(), f.digest(algo)))
         .collect();
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
-    fs::create_dir(dst).map_err(|e| fsutil::write_error(dst, e))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o700))?;
+    let mut held = Held::default();
+    held.hold_parent(dst)?;
+    held.make_dir(dst)?;
+    fault::point("restore-staging-held")?;
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        held.hold_parent(&o.staging)?;
+    }
+    // Durable as a backup is: one syncfs of each filesystem written once
+    // everything is written (files, directories, links, metadata), reporting any
+    // write error since now; an fsync per file (and per directory) where it cannot.
+    let mut syncs = vec![(Durability::begin(dst, false)?, dst.to_path_buf())];
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        let parent = o.path.parent().unwrap_or(Path::new("/"));
+        syncs.push((Durability::begin(parent, false)?, o.staging.clone()));
+    }
+    let sync = &syncs[0].0;
     let mut bytes = 0;
-    let mut copy_file = |rel: &Path, meta: &fs::Metadata| -> Result<()> {
+    let copy_file = |held: &Held, rel: &Path, dp: &Path, meta: &fs::Metadata| -> Result<u64> {
         crate::base::interrupt::check()?;
         let sp = backup.join(rel);
-        let dp = dst.join(rel);
-        let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
-        let df = fsutil::create_new(&dp)?;
-        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
+        let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
+        let (parent, name) = held.parent_of(dp)?;
+        let df = parent.create_new(name)?;
+        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, dp, algo, |_| {
             crate::base::interrupt::check()
         })?;
-        let key = rel.to_string_lossy();
-        if let Some(expected) = want.get(key.as_ref()) {
+        // The manifest's own key: a name that is not UTF-8 is `hex:`, never lossy.
+        let key = crate::engine::manifest::path_key(rel);
+        if let Some(expected) = want.get(key.as_str()) {
             if *expected != h.digest {
                 return Err(fail(
                     Code::Verify,
                     format!(
                         "{} changed since it was verified ({} mismatch)",
-                        sp.display(),
+                        sp.escaped(),
                         algo.label()
                     ),
                 ));
             }
         }
         // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
-        fsutil::copy_meta_fd(&df, &dp, meta, true, &xattrs::read(&sf, &sp)?)?;
-        df.sync_all().map_err(|e| fsutil::write_error(&dp, e))?;
-        bytes += h.data_bytes;
-        Ok(())
+        fsutil::copy_meta_fd(&df, dp, meta, true, &xattrs::read(&sf, &sp)?)?;
+        sync.file_done(&df, dp)?;
+        Ok(h.data_bytes)
+    };
+    let make_link = |held: &Held, p: &Path, target: &Path, meta: &fs::Metadata| -> Result<()> {
+        let (parent, name) = held.parent_of(p)?;
+        parent.symlink(target, name)?;
+        parent.link_meta(name, meta)
     };
     for item in &plan.items {
-        match item {
-            Item::Dir { rel, .. } => {
-                let p = dst.join(rel);
-                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+        let (Item::Dir { rel, meta } | Item::Env { rel, meta, .. } | Item::File { rel, meta }) =
+            item
+        else {
+            if let Item::Symlink { rel, target, meta } = item {
+                if let Some(p) = linked::dest(links, dst, rel) {
+                    make_link(&held, &p, target, meta)?;
+                }
             }
+            continue;
+        };
+        if let Some(l) = linked::link_at(links, rel) {
+            // The link the backup followed, as it was; its data (if any) to its
+            // target's staging copy, below.
+            make_link(&held, &dst.join(rel), &l.target, meta)?;
+        }
+        let Some(p) = linked::dest(links, dst, rel) else {
+            continue;
+        };
+        match item {
+            Item::Dir { .. } => held.make_dir(&p)?,
             Item::Env { rel, .. } => {
-                let p = dst.join(rel);
-                fs::create_dir(&p).map_err(|e| fsutil::write_error(&p, e))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+                held.make_dir(&p)?;
                 let data_rel = rel.join("data.mdb");
                 let meta = fs::symlink_metadata(backup.join(&data_rel))?;
-                copy_file(&data_rel, &meta)?;
+                bytes += copy_file(&held, &data_rel, &p.join("data.mdb"), &meta)?;
             }
-            Item::File { rel, meta } => copy_file(rel, meta)?,
-            Item::Symlink { rel, target, meta } => {
-                let p = dst.join(rel);
-                std::os::unix::fs::symlink(target, &p).map_err(|e| fsutil::write_error(&p, e))?;
-                fsutil::apply_meta_link(&p, meta)?;
-            }
+            _ => bytes += copy_file(&held, rel, &p, meta)?,
         }
     }
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
-            fsutil::copy_meta_dir(
-                &dst.join(rel),
-                meta,
-                &workers::source_xattrs(&backup.join(rel))?,
-            )?;
+            if let Some(p) = linked::dest(links, dst, rel) {
+                let d = held.get(&p)?;
+                fsutil::copy_meta_fd(
+                    d.file(),
+                    &p,
+                    meta,
+                    true,
+                    &workers::source_xattrs(&backup.join(rel))?,
+                )?;
+            }
         }
     }
-    fsutil::copy_meta_dir(
+    fsutil::copy_meta_fd(
+        held.get(dst)?.file(),
         dst,
         &fs::metadata(backup)?,
+        true,
         &workers::source_xattrs(backup)?,
     )?;
+    for (sync, root) in &syncs {
+        if root.is_dir() {
+            sync.tree_done(root)?;
+        }
+        sync.commit()?;
+    }
+    // The copies are swapped in by path: each must still be what was written.
+    let mut roots = vec![dst.to_path_buf()];
+    roots.extend(
+        links
+            .iter()
+            .filter_map(|l| l.to.as_ref())
+            .map(|o| o.staging.clone())
+            .filter(|p| held.0.contains_key(p)),
+    );
+    for root in &roots {
+        still_held(&*held.get(root)?, root)?;
+    }
     Ok(bytes)
+}
+
+/// Fail unless `path` is still the directory `d` holds (not renamed away, no link
+/// put in its place by whoever can write its parent).
+fn still_held(d: &HeldDir, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let held = d
+        .file()
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.escaped()))?;
+    let now = fs::symlink_metadata(path).ok();
+    if now.is_some_and(|m| m.is_dir() && m.dev() == held.dev() && m.ino() == held.ino()) {
+        return Ok(());
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    Err(fail(
+        Code::BadPath,
+        format!(
+            "{} was replaced while the restore wrote it (renamed away, or a link put in its place): nothing was swapped in; find who writes in {}, make it root's and not writable by others, and restore again",
+            path.escaped(),
+            parent.escaped()
+        ),
+    ))
 }
 
 /// Whether something runs on `dir`, and a description of what.
@@ -180,12 +319,12 @@ fn in_use(dir: &Path) -> Option<String> {
     if telepath::answers(&dir.join("sock")) {
         return Some(format!(
             "a service answers on {}",
-            dir.join("sock").display()
+            dir.join("sock").escaped()
         ));
     }
     holders::holders(Path::new("/proc"), dir)
         .first()
-        .map(|h| format!("pid {} ({}) holds {}", h.pid, h.comm, h.path.display()))
+        .map(|h| format!("pid {} ({}) holds {}", h.pid, h.comm, h.path.escaped()))
 }
 
 /// What to restore, and where.
@@ -224,7 +363,7 @@ struct Target {
     disposable: bool,
 }
 
-/// What a restore reports (the status's details).
+/// What a restore reports (the status's details; paths as `pathtext::key`s).
 #[derive(Debug, Default, serde::Serialize)]
 struct Outcome {
     backup: String,
@@ -236,6 +375,9 @@ struct Outcome {
     service_was_running: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     certs: Option<Placed>,
+    /// The links the backup followed, restored as links (`linked`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    linked: Vec<linked::Report>,
 }
 
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
@@ -279,7 +421,7 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
             let e = if outcome.rolled_back {
                 let what = format!(
                     "{} is as it was before the restore and the service was started again",
-                    target.dir.display()
+                    shell_word(&target.dir)
                 );
                 rolled_back_error(e, &what)
             } else {
@@ -313,13 +455,19 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
     fs::create_dir_all(&parent).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("cannot create {}: {e}", parent.display()),
+            format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
     let staging = Staging::beside(&target.dir, "offsite");
     fs::create_dir(&staging.path).map_err(|e| fsutil::write_error(&staging.path, e))?;
     fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o700))?;
-    target.backup = repo.fetch(id, &staging.path)?;
+    // restic fsyncs nothing it restores: made durable here, before it is
+    // verified and moved into place (one syncfs reporting write errors since now).
+    let sync = Durability::begin(&staging.path, false)?;
+    let cell = cell_guid(&target.dir);
+    target.backup = repo.fetch(id, cell.as_deref(), &staging.path)?;
+    sync.tree_done(&staging.path)?;
+    sync.commit()?;
     target.disposable = true;
     Ok(staging)
 }
@@ -362,10 +510,10 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
         }
     };
     let cert_dir = cert_dir
-        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.display())))
+        .map(|d| std::path::absolute(&d).with_context(|| format!("bad directory {}", d.escaped())))
         .transpose()?;
     let dir =
-        std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.display()))?;
+        std::path::absolute(&dir).with_context(|| format!("bad directory {}", dir.escaped()))?;
     // Through a symlink: swap beside the real directory.
     let dir = fs::canonicalize(&dir).unwrap_or(dir);
     Ok((
@@ -411,8 +559,8 @@ fn check_same_cell(backup: &Path, dir: &Path, force: bool) -> Result<()> {
     }
     let what = format!(
         "{} is a backup of cell {theirs}, but {} is cell {ours}",
-        backup.display(),
-        dir.display()
+        backup.escaped(),
+        dir.escaped()
     );
     if !force {
         return Err(fail(
@@ -428,12 +576,14 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let t0 = Instant::now();
     let dir = &t.dir;
     let backup = resolve_backup(t)?;
-    outcome.backup = backup.to_string_lossy().into_owned();
+    outcome.backup = pathtext::key(&backup);
     // 1. What changes nothing and fails fast.
     let running = check_before_restore(t)?;
     check_same_cell(&backup, dir, force)?;
-    // 2. Verify.
+    // 2. Verify; the links the backup followed, checked where their data goes.
     let manifest = verify_backup(&backup)?;
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut links = linked::plan(&backup, &manifest, dir, &stamp)?;
     let cert_target = match &t.certs {
         Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
         None => None,
@@ -443,14 +593,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         certs::refuse_planted_links(target)?;
     }
     // 3. Space, then the staging copy while the service still runs.
-    let staged = stage(t, &backup, &manifest, outcome)?;
+    let staged = stage(t, &backup, &manifest, &links, outcome)?;
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
     outcome.service_was_running = running;
     if let (Some(u), false) = (&t.unit, running) {
         log::info!("{u} was stopped before the restore and is left stopped");
     }
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let swap = Swap {
         dir,
@@ -465,31 +614,41 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         health_timeout: t.health_timeout,
         fault_prefix: "restore",
     };
-    let mut certs = PutCerts {
-        source: &staged.cert_source,
-        manifest: &manifest,
-        target: cert_target.as_deref(),
-        stamp: &stamp,
-        placed: None,
+    let mut finish = Finish {
+        links: &mut links,
+        stop_timeout: t.stop_timeout,
+        certs: PutCerts {
+            source: &staged.cert_source,
+            manifest: &manifest,
+            target: cert_target.as_deref(),
+            stamp: &stamp,
+            placed: None,
+        },
     };
     let mut done = Swapped::default();
     outcome.changed = true;
-    let result = swap.run(&mut done, &mut certs);
+    let result = swap.run(&mut done, &mut finish);
+    let certs = finish.certs;
     outcome.rolled_back = done.rolled_back;
     result?;
+    outcome.linked = links.iter().map(Linked::report).collect();
     if let (Some(u), Some(h)) = (swap.unit, &done.health) {
         log::info!("{u} runs on the restored directory ({h})");
     }
     // 5. What to tell the operator.
     let certs_line = certs.placed.as_ref().map(|p| {
         for (file, kept) in &p.replaced {
-            println!("{file} differed from the backup: the old one is kept as {kept}");
+            println!(
+                "{} differed from the backup: the old one is kept as {}",
+                shell_word(&pathtext::path(file)),
+                shell_word(&pathtext::path(kept))
+            );
         }
         format!("; {}", p.line())
     });
     outcome.certs = certs.placed;
     if done.kept {
-        outcome.kept_previous = Some(swap.aside.to_string_lossy().into_owned());
+        outcome.kept_previous = Some(pathtext::key(&swap.aside));
         let u = t.unit.as_deref().unwrap_or("UNIT");
         println!(
             "to undo: systemctl stop {u}; mv {d} {r} && mv {a} {d}; systemctl start {u}",
@@ -502,10 +661,24 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             a = shell_word(&swap.aside)
         );
     }
+    for o in links.iter().filter_map(|l| l.to.as_ref()) {
+        if o.existed {
+            println!(
+                "and the data of the link to {p}: mv {p} {r} && mv {a} {p}",
+                p = shell_word(&o.path),
+                r = shell_word(&o.path.with_file_name(sibling_name(
+                    &o.path,
+                    "",
+                    &format!(".restored-{stamp}")
+                ))),
+                a = shell_word(&o.aside)
+            );
+        }
+    }
     Ok(format!(
         "restored {} into {} ({} in {:.1} s){}{}{}",
-        backup.display(),
-        dir.display(),
+        shell_word(&backup),
+        shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
         certs_line.unwrap_or_default(),
@@ -533,28 +706,6 @@ fn sibling_name(dir: &Path, prefix: &str, suffix: &str) -> std::ffi::OsString {
     name
 }
 
-/// A path as one shell word an operator can paste: as it is when it has only
-/// safe characters, else in `$'...'` with every other byte as `\xNN` (a name
-/// that is not UTF-8 is printed as the bytes it has, not as U+FFFD).
-fn shell_word(p: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
-    let safe = |b: u8| b.is_ascii_alphanumeric() || b"_./+,:@%=-".contains(&b);
-    if !bytes.is_empty() && bytes.iter().all(|&b| safe(b)) {
-        return String::from_utf8_lossy(bytes).into_owned();
-    }
-    let mut out = String::from("$'");
-    for &b in bytes {
-        if (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out.push('\'');
-    out
-}
-
 /// The backup's real path; refused when missing or overlapping the directory.
 fn resolve_backup(t: &Target) -> Result<PathBuf> {
     let backup = fs::canonicalize(&t.backup).map_err(|e| {
@@ -562,7 +713,7 @@ fn resolve_backup(t: &Target) -> Result<PathBuf> {
             Code::BadPath,
             format!(
                 "backup {} cannot be used: {e}; give its path, or with --instance its name as `synbackup list` prints it",
-                t.backup.display()
+                t.backup.escaped()
             ),
         )
     })?;
@@ -571,8 +722,8 @@ fn resolve_backup(t: &Target) -> Result<PathBuf> {
             Code::BadPath,
             format!(
                 "{} and {} overlap; restore elsewhere",
-                backup.display(),
-                t.dir.display()
+                backup.escaped(),
+                t.dir.escaped()
             ),
         ));
     }
@@ -595,7 +746,7 @@ fn check_before_restore(t: &Target) -> Result<bool> {
         (Some(what), None, _) => {
             return Err(fail(
                 Code::Service,
-                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.display()),
+                format!("{} is in use ({what}); stop the service first, or pass --unit UNIT so restore stops and restarts it", dir.escaped()),
             ));
         }
         // A mistyped template instance exists as far as systemd is concerned, but
@@ -603,7 +754,7 @@ fn check_before_restore(t: &Target) -> Result<bool> {
         (Some(what), Some(u), Some(st)) if st != "active" => {
             return Err(fail(
                 Code::Service,
-                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.display()),
+                format!("{} is in use ({what}) but {u} is {st}: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT (or --unit)", dir.escaped()),
             ));
         }
         _ => {}
@@ -625,27 +776,42 @@ struct Staged {
     cert_source: PathBuf,
     /// That sibling (removed at the end).
     _cert_staging: Option<Staging>,
+    /// The copies beside the targets of followed links (removed unless swapped in).
+    _link_stagings: Vec<Staging>,
 }
 
 /// Step 3: room for the copy, then the copy (a disposable backup, fetched for this
 /// restore and verified just now, is moved instead).
-fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) -> Result<Staged> {
+fn stage(
+    t: &Target,
+    backup: &Path,
+    manifest: &Manifest,
+    links: &[Linked],
+    outcome: &mut Outcome,
+) -> Result<Staged> {
     let dir = &t.dir;
     let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|e| {
         fail(
             Code::BadPath,
-            format!("cannot create {}: {e}", parent.display()),
+            format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
-    let need: u64 = manifest.files.iter().map(|f| f.size).sum();
+    // What goes to the targets of followed links needs room there, not here.
+    let elsewhere: u64 = links
+        .iter()
+        .filter_map(|l| l.to.as_ref())
+        .map(|o| o.bytes)
+        .sum();
+    let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
+    linked::check_space(links)?;
     let free = fsutil::free_space(&parent)?;
     if need > free && !t.disposable {
         return Err(fail(
             Code::NoSpace,
             format!(
                 "not enough space in {}: the restore needs {} ({need} bytes), {} ({free} bytes) is free; free space first",
-                parent.display(),
+                parent.escaped(),
                 human(need),
                 human(free)
             ),
@@ -656,13 +822,24 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
     // or for a disposable one, a sibling it is moved out to (removed at the end).
     let mut cert_source = backup.to_path_buf();
     let mut _cert_staging = None;
-    if t.disposable {
+    // The copies at the targets of followed links, removed unless swapped in.
+    let _link_stagings: Vec<Staging> = links
+        .iter()
+        .filter_map(|l| l.to.as_ref())
+        .map(|o| Staging {
+            path: o.staging.clone(),
+            armed: true,
+        })
+        .collect();
+    // A fetched copy is moved into place whole, unless links it followed put
+    // some of its data on other disks: then it is copied like any backup.
+    if t.disposable && links.is_empty() {
         // Verified just now and made for this restore: moved, not copied again.
         fs::rename(backup, &staging.path).with_context(|| {
             format!(
                 "cannot move {} to {}",
-                backup.display(),
-                staging.path.display()
+                backup.escaped(),
+                staging.path.escaped()
             )
         })?;
         outcome.bytes = need;
@@ -674,20 +851,46 @@ fn stage(t: &Target, backup: &Path, manifest: &Manifest, outcome: &mut Outcome) 
             fs::set_permissions(&aside.path, fs::Permissions::from_mode(0o700))?;
             let to = aside.path.join(crate::engine::manifest::CERTS_DIR);
             fs::rename(&carried, &to).with_context(|| {
-                format!("cannot move {} to {}", carried.display(), to.display())
+                format!("cannot move {} to {}", carried.escaped(), to.escaped())
             })?;
             cert_source = aside.path.clone();
             _cert_staging = Some(aside);
         }
     } else {
-        log::info!("copying {} to {}", backup.display(), staging.path.display());
-        outcome.bytes = copy_tree(backup, &staging.path, manifest)?;
+        log::info!("copying {} to {}", backup.escaped(), staging.path.escaped());
+        outcome.bytes = copy_tree(backup, &staging.path, manifest, links)?;
     }
     Ok(Staged {
         copy: staging,
         cert_source,
         _cert_staging,
+        _link_stagings,
     })
+}
+
+/// The restore's steps after the swap: the data of followed links into their
+/// targets' places, then the certificates; both taken back on a rollback.
+struct Finish<'a, 'b> {
+    links: &'b mut [Linked],
+    stop_timeout: Duration,
+    certs: PutCerts<'a>,
+}
+
+impl Steps for Finish<'_, '_> {
+    fn after_swap(&mut self) -> Result<()> {
+        for l in self.links.iter_mut() {
+            l.swap_in(self.stop_timeout)?;
+        }
+        fault::point("restore-after-links")?;
+        self.certs.after_swap()
+    }
+
+    fn undo(&mut self) {
+        self.certs.undo();
+        for l in self.links.iter_mut().rev() {
+            l.undo();
+        }
+    }
 }
 
 /// `--certs`: the certificate directory put back after the swap (the service reads
@@ -729,16 +932,16 @@ fn cert_target(backup: &Path, m: &Manifest, to: Option<&Path>, dir: &Path) -> Re
             Code::BadPath,
             format!(
                 "the certificate directory {} is inside {} or {}; give another with --cert-dir",
-                target.display(),
-                dir.display(),
-                backup.display()
+                target.escaped(),
+                dir.escaped(),
+                backup.escaped()
             ),
         ));
     }
     log::info!(
         "the certificate directory of {} goes to {}",
-        backup.display(),
-        target.display()
+        backup.escaped(),
+        target.escaped()
     );
     Ok(target)
 }

@@ -16,6 +16,7 @@ use anyhow::Result;
 
 use crate::base::exit::{fail, Code};
 use crate::base::interrupt;
+use crate::base::pathtext::Escaped;
 use crate::engine::telepath;
 use crate::host::{holders, mounts, systemd};
 
@@ -41,17 +42,87 @@ pub(crate) fn check_unit(unit: &str, dir: &Path) -> Result<String> {
     Ok(state)
 }
 
-/// True when the main process of `unit` holds `dir`'s LMDB files or names `dir` on
-/// its command line.
+/// True when the main process of `unit` holds `dir`'s LMDB files or names `dir` as
+/// one of its arguments (see [`names_dir`]).
 fn runs_on(unit: &str, dir: &Path) -> Result<bool> {
     let pid = systemd::main_pid(unit)?;
-    Ok(pid != 0
-        && (holders::holders(Path::new("/proc"), dir)
-            .iter()
-            .any(|h| h.pid == pid)
-            || fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(dir.to_string_lossy().as_ref()))
-                .unwrap_or(false)))
+    if pid == 0 {
+        return Ok(false);
+    }
+    if holders::holders(Path::new("/proc"), dir)
+        .iter()
+        .any(|h| h.pid == pid)
+    {
+        return Ok(true);
+    }
+    let proc = Path::new("/proc").join(pid.to_string());
+    let Ok(cmdline) = fs::read(proc.join("cmdline")) else {
+        return Ok(false);
+    };
+    let cwd = fs::read_link(proc.join("cwd")).ok();
+    Ok(names_dir(&cmdline, cwd.as_deref(), dir))
+}
+
+/// Whether an argument of the NUL-separated command line `cmdline` (of a process
+/// whose working directory is `cwd`) is the directory `dir`: the whole argument
+/// (or the value of an `--option=VALUE`) is the same path, written with a trailing
+/// slash, relative to `cwd`, or through a link (compared resolved). A path that
+/// merely begins with `dir`'s text (`/srv/cortex00` for `/srv/cortex0`) is another
+/// directory.
+pub(crate) fn names_dir(cmdline: &[u8], cwd: Option<&Path>, dir: &Path) -> bool {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let resolved = fs::canonicalize(dir).ok();
+    cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .any(|arg| {
+            let value = match arg.iter().position(|&b| b == b'=') {
+                Some(i) if arg.starts_with(b"-") => &arg[i + 1..],
+                _ => arg,
+            };
+            let p = Path::new(OsStr::from_bytes(value));
+            let p = match cwd {
+                Some(c) if p.is_relative() => c.join(p),
+                _ => p.to_path_buf(),
+            };
+            // Path equality compares components: a trailing slash is the same path.
+            p == dir
+                || resolved
+                    .as_ref()
+                    .is_some_and(|r| fs::canonicalize(&p).is_ok_and(|q| &q == r))
+        })
+}
+
+/// Fail when a user other than root could replace entries of `dir`'s parent: its
+/// owner is not root, or group or others can write it without the sticky bit
+/// (root's sticky `/tmp` passes: nobody else may rename what root made there).
+/// `what` (the window) writes its copy there by path, and a link put in the
+/// copy's place would send root's writes, as root, where it points.
+pub(crate) fn refuse_open_parent(dir: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let meta = fs::metadata(parent).map_err(|e| {
+        fail(
+            Code::BadPath,
+            format!("cannot stat {}: {e}", parent.escaped()),
+        )
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let others_write = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    if meta.uid() == 0 && !others_write {
+        return Ok(());
+    }
+    Err(fail(
+        Code::BadPath,
+        format!(
+            "{what} writes its copy beside {d}, in {p}, which is owned by {}:{} with mode {mode:04o}: another user could put a link in the copy's place and send root's writes elsewhere; nothing was stopped: make {p} root's and not writable by others (`chown root: {p}; chmod go-w {p}`), or move the service into such a directory",
+            meta.uid(),
+            meta.gid(),
+            d = dir.escaped(),
+            p = parent.escaped(),
+        ),
+    ))
 }
 
 /// Fail when `dir` is a mount point: `what` (the window, the restore) swaps it by
@@ -142,5 +213,37 @@ mod not_running_tests {
         assert!(not_running("c.service", "activating")
             .unwrap()
             .contains("restarting after a crash"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_runs_on_a_directory_named_by_a_whole_argument_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (c0, c00) = (t.path().join("cortex0"), t.path().join("cortex00"));
+        fs::create_dir(&c0).unwrap();
+        fs::create_dir(&c00).unwrap();
+        let line = |dir: &str| format!("/opt/v/bin/python\0-m\0synapse.servers.cortex\0{dir}\0");
+        let of_c00 = line(&c00.display().to_string());
+        // The unit of cortex00 does not run on cortex0 (issue 32).
+        assert!(!names_dir(of_c00.as_bytes(), None, &c0));
+        assert!(names_dir(of_c00.as_bytes(), None, &c00));
+        let slash = line(&format!("{}/", c00.display()));
+        assert!(names_dir(slash.as_bytes(), None, &c00));
+        assert!(!names_dir(slash.as_bytes(), None, &c0));
+        // Relative to the process's working directory, and as an option's value.
+        assert!(names_dir(line("cortex00").as_bytes(), Some(t.path()), &c00));
+        assert!(!names_dir(line("cortex00").as_bytes(), Some(t.path()), &c0));
+        let opt = format!("python\0--dir={}\0", c00.display());
+        assert!(names_dir(opt.as_bytes(), None, &c00));
+        assert!(!names_dir(opt.as_bytes(), None, &c0));
+        // Through a link.
+        std::os::unix::fs::symlink(&c00, t.path().join("link")).unwrap();
+        let via = line(&t.path().join("link").display().to_string());
+        assert!(names_dir(via.as_bytes(), None, &c00));
+        assert!(!names_dir(via.as_bytes(), None, &c0));
     }
 }

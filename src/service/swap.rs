@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::base::exit::{fail, Code};
+use crate::base::pathtext::Escaped;
 use crate::base::{fault, fsutil, interrupt};
 use crate::host::{holders, systemd};
 use crate::service::preflight;
@@ -90,7 +91,7 @@ impl Swap<'_> {
         let Err(e) = result else {
             return Ok(());
         };
-        log::error!("{e:#}; rolling back {}", self.dir.display());
+        log::error!("{e:#}; rolling back {}", self.dir.escaped());
         systemd::status("rolling back");
         steps.undo();
         self.roll_back(swapped)?;
@@ -146,8 +147,8 @@ impl Swap<'_> {
                     Code::Other,
                     format!(
                         "cannot move {} aside to {}: {e}",
-                        self.dir.display(),
-                        self.aside.display()
+                        self.dir.escaped(),
+                        self.aside.escaped()
                     ),
                 )
             })?;
@@ -158,8 +159,8 @@ impl Swap<'_> {
                 Code::Other,
                 format!(
                     "cannot move {} into place at {}: {e}",
-                    self.new.display(),
-                    self.dir.display()
+                    self.new.escaped(),
+                    self.dir.escaped()
                 ),
             )
         })?;
@@ -189,7 +190,7 @@ impl Swap<'_> {
             if let Err(e) = fs::remove_dir_all(self.new) {
                 log::warn!(
                     "could not remove the discarded copy {}: {e}",
-                    self.new.display()
+                    self.new.escaped()
                 );
             }
         }
@@ -201,7 +202,7 @@ impl Swap<'_> {
                 Code::Service,
                 format!(
                     "ROLLBACK INCOMPLETE: the original directory is back at {} but {unit} did not start: {e:#}",
-                    self.dir.display()
+                    self.dir.escaped()
                 ),
             )
         })?;
@@ -222,8 +223,8 @@ impl Swap<'_> {
                     Code::Other,
                     format!(
                         "ROLLBACK FAILED: cannot move {} away: {e}; the original directory is at {}",
-                        self.dir.display(),
-                        self.aside.display()
+                        self.dir.escaped(),
+                        self.aside.escaped()
                     ),
                 )
             })?;
@@ -234,8 +235,8 @@ impl Swap<'_> {
                     Code::Other,
                     format!(
                         "ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start the service",
-                        self.aside.display(),
-                        self.dir.display()
+                        self.aside.escaped(),
+                        self.dir.escaped()
                     ),
                 )
             })?;

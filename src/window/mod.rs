@@ -4,7 +4,9 @@
 //! wait until it answers, and put everything back on any failure.
 //!
 //! Steps (each timed for the report):
-//! 1. preflight (changes nothing): the unit exists and is active, its main process
+//! 1. preflight (changes nothing): the directory's parent is root's and nobody
+//!    else can write it (the copy is written there by path: another user's link
+//!    in its place would redirect root's writes); the unit exists and is active, its main process
 //!    runs on SYNBACKUP_SERVICE_DIR, the directory is not a mount point, there is
 //!    room for a full compacted copy on that filesystem; note the active units that
 //!    stop with it (`Requires=`/`BindsTo=`/`PartOf=`), to start them again;
@@ -83,6 +85,7 @@ pub(crate) struct Report {
     pub(crate) bytes_before: u64,
     pub(crate) bytes_after: u64,
     pub(crate) reclaimed_bytes: u64,
+    /// The directory kept, as a `pathtext::key` (lossless).
     pub(crate) kept_old: Option<String>,
     pub(crate) rolled_back: bool,
     /// The swap began (the service was stopped).
@@ -110,12 +113,11 @@ pub(crate) fn disk_usage(dir: &Path) -> u64 {
     walk(dir)
 }
 
+/// `dir`'s sibling named by its own name, byte for byte, and `suffix`.
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}{suffix}"))
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
 }
 
 /// `synbackup cold INSTANCE`: the window, recorded in status, metrics and journal.
@@ -144,7 +146,11 @@ pub(crate) fn run(
                 human(report.bytes_before),
                 human(report.bytes_after),
                 human(report.reclaimed_bytes),
-                report.kept_old.as_deref().unwrap_or("-")
+                report
+                    .kept_old
+                    .as_deref()
+                    .map(|k| crate::base::pathtext::shell_word(&crate::base::pathtext::path(k)))
+                    .unwrap_or_else(|| "-".into())
             );
             rec.succeeded(made, Event::text(text))
         }
@@ -174,6 +180,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     })?;
     let dir = crate::engine::paths::check_source(&inst.service_dir)?;
     // 1. Preflight: nothing changes when it fails.
+    preflight::refuse_open_parent(&dir, "the window")?;
     let state = preflight::check_unit(&unit, &dir)?;
     if state != "active" {
         return Err(fail(Code::Service, format!("{unit} is {state}, not active; start it first (the window only runs on a running service)")));
@@ -241,7 +248,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             for line in failed {
                 log::error!("the window succeeded but a unit that depends on {unit} did not start again: {line}");
             }
-            report.kept_old = Some(swap.aside.to_string_lossy().into_owned());
+            report.kept_old = Some(crate::base::pathtext::key(&swap.aside));
             report.bytes_after = disk_usage(&dir);
             report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
             for line in kept::remove_kept(&dir, Some(&swap.aside), None) {

@@ -386,3 +386,73 @@ fn restore_certs_refuses_a_link_the_service_user_planted_above_the_directory() {
         "nothing written there"
     );
 }
+
+/// `restore --certs` writes by descriptor (issue 32): the certificate directory is
+/// held once it is checked, so a link the service's user plants in a parent while
+/// the restore runs (`~/.syn -> a root-owned directory`, between the check and the
+/// writes) redirects nothing: the files land in the directory that was checked,
+/// and root's directory is untouched.
+#[test]
+fn restore_certs_does_not_follow_a_link_planted_while_it_writes() {
+    use std::process::Stdio;
+    let h = Host::new();
+    let b = h.backup_now();
+    let home = h.root.join("home/synapse");
+    // A file the restore has to write (the host lost it).
+    fs::remove_file(h.certdir.join("hosts/cortex.local.key")).unwrap();
+    let st = command("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let decoy = h.root.join("etc-ssl");
+    fs::create_dir_all(decoy.join("certs/cas")).unwrap();
+    let anchor = decoy.join("certs/cas/testca.crt");
+    fs::write(&anchor, "root's own trust anchor\n").unwrap();
+    let (release, log) = (h.root.join("release"), h.root.join("restore.log"));
+    let mut child = h
+        .cmd()
+        .env("SYNBACKUP_FAULT", "hold:restore-certs-held")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .args(["restore", "--certs"])
+        .arg(&b)
+        .arg(h.root.join("elsewhere"))
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(120, || fs::read_to_string(&log)
+            .unwrap()
+            .contains("holding at restore-certs-held")),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    // The service's user swaps ~/.syn for a link to root's directory.
+    fs::rename(home.join(".syn"), home.join(".syn-real")).unwrap();
+    std::os::unix::fs::symlink(&decoy, home.join(".syn")).unwrap();
+    std::os::unix::fs::lchown(home.join(".syn"), Some(65534), Some(65534)).unwrap();
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let err = fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "{err}");
+    assert_eq!(
+        fs::read_to_string(&anchor).unwrap(),
+        "root's own trust anchor\n"
+    );
+    assert_eq!(fs::metadata(&anchor).unwrap().uid(), 0);
+    assert_eq!(
+        names(&decoy.join("certs")),
+        vec!["cas"],
+        "nothing written there"
+    );
+    assert_eq!(names(&decoy.join("certs/cas")), vec!["testca.crt"]);
+    let key = home.join(".syn-real/certs/hosts/cortex.local.key");
+    assert!(key.is_file(), "written where it was checked");
+    assert_eq!(
+        fs::metadata(&key).unwrap().uid(),
+        0,
+        "the backup's owner (root ran easycert)"
+    );
+}

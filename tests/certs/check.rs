@@ -321,6 +321,107 @@ fn an_https_name_not_in_the_certificate_fails() {
     );
 }
 
+/// A key kept aside and still valid is reported (issue 32), not passed over: the
+/// HTTPS key `certs deploy` kept as `sslkey.pem.old` (with `sslcert.pem.old`),
+/// and a host key `restore --certs` kept as `NAME.key.synbackup-old-STAMP` (the
+/// key of the certificate in place): a warning each naming the certificate, its
+/// expiry and the `rm` to run, in the table and in the JSON (`kept_keys`); once
+/// readable by others, a failure.
+#[test]
+fn a_kept_aside_key_that_is_still_valid_is_reported() {
+    let m = good_material();
+    let (crt, key) = sign(&m.certdir, &m.root.join("testca.key"), "localhost", -1, 90);
+    fs::write(m.root.join("new.crt"), crt).unwrap();
+    write_key(&m.root.join("new.key"), &key);
+    let o = bin()
+        .env_remove("SYNBACKUP_CERT_DIR")
+        .args(["certs", "deploy", "--dir"])
+        .arg(&m.svc)
+        .arg("--cert")
+        .arg(m.root.join("new.crt"))
+        .arg("--key")
+        .arg(m.root.join("new.key"))
+        .arg("--cert-dir")
+        .arg(&m.certdir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let host_key = m.certdir.join("hosts/cortex.local.key");
+    let kept = m
+        .certdir
+        .join("hosts/cortex.local.key.synbackup-old-20261201T000000Z");
+    fs::copy(&host_key, &kept).unwrap();
+    fs::set_permissions(&kept, fs::Permissions::from_mode(0o600)).unwrap();
+    let r = expect(
+        &m,
+        0,
+        &[
+            ("warn", "kept-key", "svc/sslkey.pem.old"),
+            (
+                "warn",
+                "kept-key",
+                "home/.syn/certs/hosts/cortex.local.key.synbackup-old-20261201T000000Z",
+            ),
+        ],
+    );
+    let k = &r["kept_keys"];
+    assert_eq!(k[0]["still_valid"], true, "{k}");
+    assert_eq!(
+        k[0]["cert"],
+        m.svc.join("sslcert.pem.old").display().to_string()
+    );
+    assert_eq!(k[0]["mode"], 0o600);
+    assert_eq!(
+        k[1]["cert"],
+        m.certdir
+            .join("hosts/cortex.local.crt")
+            .display()
+            .to_string()
+    );
+    let msg = r["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "rm {} {}",
+            m.svc.join("sslkey.pem.old").display(),
+            m.svc.join("sslcert.pem.old").display()
+        )),
+        "{msg}"
+    );
+    // The table says it in a line.
+    let o = bin()
+        .args(["certs", "--dir"])
+        .arg(&m.svc)
+        .arg("--cert-dir")
+        .arg(&m.certdir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!(
+            "WARN kept-key {}: a private key kept aside when it was replaced, still valid",
+            m.svc.join("sslkey.pem.old").display()
+        )),
+        "{text}"
+    );
+    // Open to others (kept by an older synbackup at the key's old 0644): a failure.
+    fs::set_permissions(&kept, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(m.certdir.join("hosts"), fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [
+        m.certdir.clone(),
+        m.certdir.parent().unwrap().to_path_buf(),
+        m.root.join("home"),
+    ] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = check(&m);
+    assert_eq!(o.status.code(), Some(9), "{}", stderr(&o));
+    assert!(findings(&m, &report(&o)).contains(&(
+        "fail".to_string(),
+        "key-readable".to_string(),
+        "home/.syn/certs/hosts/cortex.local.key.synbackup-old-20261201T000000Z".to_string()
+    )));
+}
+
 #[test]
 fn a_missing_service_directory_is_one_error_line() {
     let t = tempfile::tempdir().unwrap();

@@ -405,3 +405,99 @@ fn a_reload_that_loads_nothing_is_caught_and_rolled_back() {
     assert_eq!(after["sslkey.pem"], old["sslkey.pem"]);
     assert_eq!(served_now(s.port), old_fp);
 }
+
+/// `certs deploy` writes by descriptor (issue 32): a service directory reached
+/// through a link its user could have made (`HOME/svc -> a root-owned directory`,
+/// in a directory the user owns) is refused, exit 3, naming the link, nothing
+/// written there; a link the user plants while the deploy runs (after the
+/// directory is held, before the writes) redirects nothing: the pair lands in the
+/// directory that was checked and root's directory is untouched. The cell is not
+/// running: the files alone.
+#[test]
+fn deploy_never_writes_through_a_link_the_service_user_planted() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+    let m = good_material();
+    let users = m.root.join("users");
+    fs::create_dir(&users).unwrap();
+    let svc = users.join("svc");
+    fs::rename(&m.svc, &svc).unwrap();
+    let st = command("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&users)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (crt, key) = sign(&m.certdir, &m.root.join("testca.key"), "localhost", -1, 90);
+    fs::write(m.root.join("new.crt"), &crt).unwrap();
+    write_key(&m.root.join("new.key"), &key);
+    let decoy = m.root.join("etc-decoy");
+    fs::create_dir(&decoy).unwrap();
+    for f in ["sslcert.pem", "sslkey.pem"] {
+        fs::copy(svc.join(f), decoy.join(f)).unwrap();
+    }
+    let root_files = || -> Vec<(String, Vec<u8>)> {
+        names(&decoy)
+            .into_iter()
+            .map(|n| (n.clone(), fs::read(decoy.join(&n)).unwrap()))
+            .collect()
+    };
+    let before = root_files();
+    let deploy = |dir: &Path| {
+        let mut c = bin();
+        c.env_remove("SYNBACKUP_CERT_DIR")
+            .args(["certs", "deploy", "--dir"])
+            .arg(dir)
+            .arg("--cert")
+            .arg(m.root.join("new.crt"))
+            .arg("--key")
+            .arg(m.root.join("new.key"))
+            .arg("--cert-dir")
+            .arg(&m.certdir);
+        c
+    };
+
+    // Planted before: refused.
+    let link = users.join("planted");
+    std::os::unix::fs::symlink(&decoy, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let o = deploy(&link).output().unwrap();
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "{} is a symlink (to {}) that uid 65534 could have made; root does not write through it",
+            link.display(),
+            decoy.display()
+        ),
+    );
+    assert_eq!(root_files(), before, "nothing written through the link");
+
+    // Planted while it runs: the directory held is the one written.
+    let (release, log) = (m.root.join("release"), m.root.join("deploy.log"));
+    let mut child = deploy(&svc)
+        .env("SYNBACKUP_FAULT", "hold:deploy-held")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || fs::read_to_string(&log)
+            .unwrap()
+            .contains("holding at deploy-held")),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    let real = users.join("svc-real");
+    fs::rename(&svc, &real).unwrap();
+    std::os::unix::fs::symlink(&decoy, &svc).unwrap();
+    std::os::unix::fs::lchown(&svc, Some(65534), Some(65534)).unwrap();
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{}", fs::read_to_string(&log).unwrap());
+    assert_eq!(root_files(), before, "root's directory untouched");
+    assert_eq!(fs::read(real.join("sslcert.pem")).unwrap(), crt);
+    assert!(real.join("sslkey.pem.old").is_file());
+    assert_eq!(fs::metadata(real.join("sslkey.pem")).unwrap().uid(), 65534);
+}

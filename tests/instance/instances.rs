@@ -1352,3 +1352,278 @@ fn run_dry_run_says_what_it_would_do_and_changes_nothing() {
     }
     assert_eq!(before, hash_tree(&s.root), "a dry run changed something");
 }
+
+/// A path that is not UTF-8 round-trips through what synbackup records (issue
+/// 32): restoring into a service directory named `svc\xff\xfe`, the restore's
+/// status names the kept directory (and the backup) losslessly, as `hex:` and its
+/// bytes, which decode to the directory that exists; the journal line prints the
+/// paths escaped (`$'...\xff\xfe...'`), never as U+FFFD.
+#[test]
+fn a_non_utf8_service_directory_round_trips_through_the_restore_status() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let s = Setup::new("");
+    let name = s.backup_now();
+    let dir = s.root.join(OsStr::from_bytes(b"svc\xff\xfe"));
+    fs::rename(&s.src, &dir).unwrap();
+    let o = s
+        .cmd()
+        .args(["restore", "--instance", "c0", &name])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    let unhex = |k: &str| -> PathBuf {
+        let h = k
+            .strip_prefix("hex:")
+            .unwrap_or_else(|| panic!("not hex: {k}"));
+        let bytes: Vec<u8> = (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect();
+        PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    };
+    let kept = unhex(st["details"]["kept_previous"].as_str().unwrap());
+    assert!(kept.is_dir(), "{} exists", kept.display());
+    assert_eq!(kept.parent(), Some(s.root.as_path()));
+    assert!(kept
+        .file_name()
+        .unwrap()
+        .as_bytes()
+        .starts_with(b"svc\xff\xfe.pre-restore-"));
+    assert!(kept.join("cell.guid").is_file());
+    let text = fs::read_to_string(s.root.join("state/c0.restore.json")).unwrap();
+    assert!(!text.contains('\u{fffd}'), "{text}");
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("restored "))
+        .unwrap_or_else(|| panic!("no restored line: {err}"));
+    assert!(
+        line.contains(&format!("into $'{}/svc\\xff\\xfe'", s.root.display())),
+        "{line}"
+    );
+    assert!(!err.contains('\u{fffd}'), "{err}");
+}
+
+/// A layer on another disk (`layers/abc -> OTHER/abc`, a link the backup follows
+/// and copies the data of) is restored as that link, its data written at the
+/// target (issue 32): `restore --instance` leaves `layers/abc` a link to
+/// `OTHER/abc` (a tmpfs of its own), `OTHER/abc` holds the backup's records, what
+/// was there is kept as `OTHER/abc.pre-restore-STAMP`, the status and the undo
+/// lines name it, no staging copy is left. A link whose disk is not there is
+/// refused before anything changes, with what to do.
+#[test]
+fn restore_keeps_a_layer_on_another_disk_a_link_and_writes_its_data_there() {
+    let s = Setup::new("");
+    let other = s.root.join("otherdisk");
+    let _disk = Tmpfs::mount(&other, "size=64m");
+    let layer = s.src.join("layers/abc");
+    let on_other = other.join("abc");
+    let cp = command("cp").arg("-a").arg(&layer).arg(&on_other).status();
+    assert!(cp.unwrap().success());
+    fs::remove_dir_all(&layer).unwrap();
+    std::os::unix::fs::symlink(&on_other, &layer).unwrap();
+    let records = dump_env(&on_other.join("layer_v2.lmdb"));
+    let name = s.backup_now();
+    let m = manifest(&s.backups.join(&name));
+    assert!(
+        m["symlinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["path"] == "layers/abc" && l["followed"] == true),
+        "{}",
+        m["symlinks"]
+    );
+    // The layer changes after the backup.
+    fs::write(on_other.join("added-later"), "x").unwrap();
+
+    // A failure after the layer's data was swapped in takes it back too.
+    let o = s
+        .cmd()
+        .env("SYNBACKUP_FAULT", "restore-after-links")
+        .args(["restore", "--instance", "c0", &name])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(on_other.join("added-later").is_file(), "the target is back");
+    assert_eq!(names(&other), vec!["abc"], "no copy, nothing kept");
+    assert_eq!(fs::read_link(&layer).unwrap(), on_other);
+
+    let o = s.run(&["restore", "--instance", "c0", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = fs::symlink_metadata(&layer).unwrap();
+    assert!(meta.file_type().is_symlink(), "layers/abc is a link again");
+    assert_eq!(fs::read_link(&layer).unwrap(), on_other);
+    assert!(!on_other.join("added-later").exists());
+    assert_eq!(dump_env(&on_other.join("layer_v2.lmdb")), records);
+    assert!(on_other.join("sparse.bin").is_file());
+    let listed = names(&other);
+    assert_eq!(listed.len(), 2, "{listed:?}: the target and the kept one");
+    let kept = other.join(
+        listed
+            .iter()
+            .find(|n| n.starts_with("abc.pre-restore-"))
+            .unwrap(),
+    );
+    assert!(kept.join("added-later").is_file(), "what was there is kept");
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.root.join("state/c0.restore.json")).unwrap()).unwrap();
+    let l = &st["details"]["linked"][0];
+    assert_eq!(l["path"], "layers/abc");
+    assert_eq!(l["target"], on_other.display().to_string());
+    assert_eq!(l["data"], "written");
+    assert_eq!(l["kept_previous"], kept.display().to_string());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "and the data of the link to {p}: mv {p} ",
+            p = on_other.display()
+        )) && out.contains(&format!("&& mv {} {}", kept.display(), on_other.display())),
+        "{out}"
+    );
+
+    // A link to a disk that is not there: refused, nothing changed.
+    let gone = s.root.join("gone");
+    fs::create_dir(&gone).unwrap();
+    let cp = command("cp")
+        .arg("-a")
+        .arg(&on_other)
+        .arg(gone.join("abc"))
+        .status();
+    assert!(cp.unwrap().success());
+    fs::remove_file(&layer).unwrap();
+    std::os::unix::fs::symlink(gone.join("abc"), &layer).unwrap();
+    let first = name.clone();
+    assert!(wait_for(3, || chrono::Utc::now()
+        .format("c0_%Y%m%dT%H%M%SZ")
+        .to_string()
+        != first));
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = names(&s.backups)
+        .into_iter()
+        .filter(|n| n.starts_with("c0_") && *n != first)
+        .max()
+        .unwrap();
+    fs::remove_dir_all(&gone).unwrap();
+    let before = hash_tree(&s.src);
+    let o = s.run(&["restore", "--instance", "c0", &second]);
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "{} was a link to {} when it was backed up (the backup holds its data); {} does not exist here: mount the disk that held it there (or create the directory), and restore again; restore never turns such a link into a local directory",
+            layer.display(),
+            gone.join("abc").display(),
+            gone.display()
+        ),
+    );
+    assert_eq!(hash_tree(&s.src), before);
+    assert_eq!(fs::read_link(&layer).unwrap(), gone.join("abc"));
+    assert!(!gone.exists());
+}
+
+/// The window writes its compacted copy beside the service directory by path
+/// (issue 32): in a parent another user owns, that user could put a link in the
+/// copy's place and send root's writes elsewhere. Refused before anything stops,
+/// exit 3, naming the parent, its owner and mode and the fix (no systemd needed:
+/// this comes before the unit is asked).
+#[test]
+fn the_window_refuses_a_service_directory_in_a_directory_another_user_owns() {
+    let s = Setup::new("");
+    let users = s.root.join("users");
+    fs::create_dir(&users).unwrap();
+    let svc = users.join("svc");
+    fs::rename(&s.src, &svc).unwrap();
+    std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+    fs::write(
+        s.root.join("etc/c0.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_SERVICE_UNIT=synapse-cortex@c0.service\n",
+            svc.display(),
+            s.backups.display()
+        ),
+    )
+    .unwrap();
+    let before = hash_tree(&svc);
+    let o = s.run(&["cold", "c0"]);
+    assert_fails(
+        &o,
+        3,
+        &format!(
+            "the window writes its copy beside {}, in {u}, which is owned by 65534:65534 with mode 0755: another user could put a link in the copy's place and send root's writes elsewhere; nothing was stopped: make {u} root's and not writable by others (`chown root: {u}; chmod go-w {u}`)",
+            svc.display(),
+            u = users.display()
+        ),
+    );
+    assert_eq!(hash_tree(&svc), before);
+    assert_eq!(names(&users), vec!["svc"]);
+}
+
+/// Restore writes its copy by descriptor beside the service directory (issue 32):
+/// in a parent the service's user owns, that user swapping the staging copy for
+/// a link to a root-owned directory while it is written redirects no write (root's
+/// directory stays as it was), and the restore fails before it stops or swaps
+/// anything (the copy is no longer what it wrote), exit 3, naming it.
+#[test]
+fn restore_never_writes_through_a_link_put_in_place_of_its_copy() {
+    use std::process::Stdio;
+    let t = tempfile::tempdir().unwrap();
+    let users = t.path().join("users");
+    let svc = users.join("svc");
+    fake_service(&svc, 50);
+    let bk = t.path().join("bk");
+    assert!(run(&[&"backup", &svc, &bk]).status.success());
+    fs::write(svc.join("added-later"), "x").unwrap();
+    let st = command("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&users)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let decoy = t.path().join("root-only");
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("secret"), "root's\n").unwrap();
+    let before = hash_tree(&svc);
+    let (release, log) = (t.path().join("release"), t.path().join("log"));
+    let mut child = bin()
+        .env("SYNBACKUP_FAULT", "hold:restore-staging-held")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .arg("restore")
+        .arg(&bk)
+        .arg(&svc)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || fs::read_to_string(&log)
+            .unwrap()
+            .contains("holding at restore-staging-held")),
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
+    let staging = names(&users)
+        .into_iter()
+        .find(|n| n.starts_with(".svc.synbackup-restoring."))
+        .unwrap();
+    fs::rename(users.join(&staging), t.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&decoy, users.join(&staging)).unwrap();
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let err = fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} was replaced while the restore wrote it",
+            users.join(&staging).display()
+        )),
+        "{err}"
+    );
+    assert_eq!(names(&decoy), vec!["secret"], "nothing written there");
+    assert_eq!(hash_tree(&svc), before, "the service directory untouched");
+}

@@ -648,6 +648,8 @@ fn a_snapshot_that_differs_from_its_manifest_is_refused_by_the_restores_verify()
             "synbackup",
             "--tag",
             "instance=c0",
+            "--tag",
+            "cell=0123456789abcdef0123456789abcdef",
             &name,
         ])
         .output()
@@ -707,4 +709,228 @@ fn secrets_files_others_can_read_or_write_are_refused() {
         ),
     );
     assert!(!stderr(&o).contains("s3cr3t"));
+}
+
+/// restic prints the repository string as it is, and an rclone connection string
+/// carries its backend's credentials (issue 32): the error line, the journal text
+/// and the `offsite` status show it with its parameter values as `***`, and the
+/// status files are root's only (0600).
+#[test]
+fn credentials_in_the_repository_string_never_reach_the_status_or_the_error_line() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let repo = "rclone::sftp,host=127.0.0.1,port=1,user=x,key_file_pass=SUPERSECRETVALUE:/path";
+    let s = Setup::new(None, repo, "");
+    let o = s
+        .cmd()
+        .env("RCLONE_CONFIG", t.path().join("none"))
+        .env_remove("SSH_AUTH_SOCK")
+        .args(["run", "c0"])
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        12,
+        "rclone::sftp,host=***,port=***,user=***,key_file_pass=***:/path",
+    );
+    assert!(!stderr(&o).contains("SUPERSECRET"), "{}", stderr(&o));
+    for f in ["c0.offsite.json", "c0.json"] {
+        let p = s.root.join("state").join(f);
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("SUPERSECRET"), "{f}: {text}");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600, "{f}");
+    }
+    assert!(s.status("offsite")["error"]
+        .as_str()
+        .unwrap()
+        .contains("key_file_pass=***"));
+}
+
+/// `restore --offsite latest` takes the newest snapshot of the service's own cell,
+/// not of whatever host last uploaded under the instance's name (issue 32): a
+/// newer snapshot of another cell `c0` from another host is passed over while the
+/// service directory says which cell it is; on a new host (no directory) the two
+/// cells make `latest` ambiguous: refused (exit 2) naming both, with how to pick;
+/// `--offsite ID` then restores the one picked.
+#[test]
+fn restore_offsite_latest_takes_its_own_cell_and_refuses_to_guess_between_two() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    let ours = s.run_ok();
+    // Another host's `c0`, another cell, uploaded later to the same repository.
+    let other = t.path().join("other");
+    fake_service(&other.join("svc"), 20);
+    fs::write(
+        other.join("svc/cell.guid"),
+        "ffffffffffffffffffffffffffffffff",
+    )
+    .unwrap();
+    fs::write(other.join("svc/only-the-other-cell"), "x").unwrap();
+    let name = "c0_20991231T000000Z";
+    let o = run(&[&"backup", &other.join("svc"), &other.join(name)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    next_second();
+    let o = restic(&s, &repo.to_string_lossy())
+        .current_dir(&other)
+        .args([
+            "backup",
+            "--host",
+            "other-host",
+            "--tag",
+            "synbackup",
+            "--tag",
+            "instance=c0",
+            "--tag",
+            "cell=ffffffffffffffffffffffffffffffff",
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The service directory is cell 0123...: its own newest snapshot.
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!s.src.join("only-the-other-cell").exists());
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
+    );
+
+    // A new host: no service directory to say which cell.
+    for e in fs::read_dir(s.src.parent().unwrap()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("svc") {
+            fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", "latest"]);
+    assert_fails(&o, 2, "restore --offsite latest of c0 is ambiguous: the repository has snapshots of 2 cells under that name");
+    let line = &error_lines(&o)[0];
+    for want in [
+        "cell 0123456789abcdef0123456789abcdef from ",
+        "cell ffffffffffffffffffffffffffffffff from other-host",
+        "pick one with --offsite ID",
+    ] {
+        assert!(line.contains(want), "{want}: {line}");
+    }
+    assert!(!s.src.exists(), "nothing restored");
+    let o = s.run(&["restore", "--instance", "c0", "--offsite", &ours]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.guid")).unwrap(),
+        "0123456789abcdef0123456789abcdef"
+    );
+}
+
+/// Run `cmd` under the real strace (every process and thread, one file each,
+/// timestamped); returns the files and directories created under a staging
+/// directory (a name with `.synbackup-`) that were not made durable afterwards:
+/// neither fsynced (a file and its directory) nor followed by a syncfs.
+fn unsynced_writes(cmd: Command, dir: &Path) -> (Output, Vec<String>) {
+    let out = dir.join("strace");
+    fs::create_dir_all(&out).unwrap();
+    let prog = cmd.get_program().to_owned();
+    let mut traced = command("strace");
+    traced
+        .args(["-ff", "-ttt", "-y", "-qq", "-e"])
+        .arg("trace=openat,open,mkdir,mkdirat,fsync,fdatasync,syncfs")
+        .arg("-o")
+        .arg(out.join("t"))
+        .arg(prog)
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => traced.env(k, v),
+            None => traced.env_remove(k),
+        };
+    }
+    let o = traced
+        .output()
+        .expect("strace (Debian's strace package) installed");
+    let mut lines: Vec<(f64, String)> = Vec::new();
+    for f in fs::read_dir(&out).unwrap().flatten() {
+        for l in fs::read_to_string(f.path()).unwrap().lines() {
+            if let Some((ts, rest)) = l.split_once(' ') {
+                if let Ok(ts) = ts.parse::<f64>() {
+                    lines.push((ts, rest.to_string()));
+                }
+            }
+        }
+    }
+    lines.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    // The path in `<...>` after `= N` (what a call returned), or of its first fd.
+    let returned = |l: &str| {
+        let r = &l[l.rfind(") = ")? + 4..];
+        let a = r.find('<')?;
+        Some(r[a + 1..r.rfind('>')?].to_string())
+    };
+    let first_fd = |l: &str| {
+        let a = l.find('<')?;
+        Some(l[a + 1..a + l[a..].find('>')?].to_string())
+    };
+    let quoted = |l: &str| {
+        let a = l.find('"')?;
+        Some(l[a + 1..a + 1 + l[a + 1..].find('"')?].to_string())
+    };
+    let mut pending = std::collections::BTreeSet::new();
+    for (_, l) in &lines {
+        let ok = !l.contains(" = -1 ");
+        if !ok {
+            continue;
+        }
+        let created =
+            if (l.starts_with("openat(") || l.starts_with("open(")) && l.contains("O_CREAT") {
+                returned(l)
+            } else if l.starts_with("mkdir(") {
+                quoted(l)
+            } else if l.starts_with("mkdirat(") {
+                quoted(l).map(|p| {
+                    if p.starts_with('/') {
+                        p
+                    } else {
+                        format!("{}/{p}", first_fd(l).unwrap_or_default())
+                    }
+                })
+            } else {
+                None
+            };
+        if let Some(p) = created.filter(|p| p.contains(".synbackup-")) {
+            let parent = Path::new(&p).parent().unwrap().display().to_string();
+            pending.insert(p);
+            pending.insert(parent);
+        } else if l.starts_with("fsync(") || l.starts_with("fdatasync(") {
+            if let Some(p) = first_fd(l) {
+                pending.remove(&p);
+            }
+        } else if l.starts_with("syncfs(") {
+            pending.clear();
+        }
+    }
+    (o, pending.into_iter().collect())
+}
+
+/// A restored tree is durable before it is swapped in (issue 32): every file and
+/// directory a restore creates, from a local backup and from an offsite snapshot
+/// (which restic writes and fsyncs nothing of), is fsynced or covered by a syncfs
+/// of its filesystem afterwards, as seen by the real strace.
+#[test]
+fn restored_trees_are_durable_from_a_local_backup_and_from_offsite() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    let name = s.local_backups().pop().unwrap();
+    let mut local = s.cmd();
+    local.args(["restore", "--instance", "c0", &name]);
+    let (o, left) = unsynced_writes(local, &t.path().join("local"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(left.is_empty(), "local restore left unsynced: {left:#?}");
+    let mut offsite = s.cmd();
+    offsite.args(["restore", "--instance", "c0", "--offsite", "latest"]);
+    let (o, left) = unsynced_writes(offsite, &t.path().join("offsite"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(left.is_empty(), "offsite restore left unsynced: {left:#?}");
 }
