@@ -107,17 +107,33 @@ pub(crate) fn of_dir(dir: &Path) -> Result<Option<Side>> {
     }
     let sock = dir.join("sock");
     if telepath::answers(&sock) {
-        let st = Client::connect(&sock, std::time::Duration::from_secs(30))
-            .and_then(|mut c| c.cell_state())?;
-        return Ok(Some(Side {
-            role: if st.active {
-                Role::Leader
-            } else {
-                Role::Mirror(st.upstream.clone())
-            },
-            nexus_index: Some(st.nexus_index),
-            from: "the running cell",
-        }));
+        match Client::connect(&sock, std::time::Duration::from_secs(30))
+            .and_then(|mut c| c.cell_state())
+        {
+            Ok(st) => {
+                return Ok(Some(Side {
+                    role: if st.active {
+                        Role::Leader
+                    } else {
+                        Role::Mirror(st.upstream.clone())
+                    },
+                    nexus_index: Some(st.nexus_index),
+                    from: "the running cell",
+                }))
+            }
+            // Its files then; not its nexus, which a running cell writes.
+            Err(e) => {
+                log::warn!(
+                    "cannot ask the cell on {} for its role and nexus index ({e:#}); its config files tell its role",
+                    dir.display()
+                );
+                return Ok(Some(Side {
+                    role: configured_role(dir)?,
+                    nexus_index: None,
+                    from: "its files",
+                }));
+            }
+        }
     }
     Ok(Some(Side {
         role: configured_role(dir)?,
