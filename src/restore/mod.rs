@@ -456,7 +456,6 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let Some(ours) = ours {
         let theirs = roles::of_backup(&backup, &Manifest::load(&backup)?)?;
         roles::check_roles(dir, &ours, &backup, &theirs, force)?;
-        outcome.nexus = roles::compare_nexus(dir, &ours, &theirs);
         outcome.roles = Some(RolesOutcome {
             directory: ours,
             backup: theirs,
@@ -476,6 +475,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     // 3. Space, then the staging copy while the service still runs.
     let staged = stage(t, &backup, &manifest, outcome)?;
     if let Some(r) = outcome.roles.as_mut() {
+        outcome.nexus = roles::compare_nexus(dir, &r.directory, &r.backup);
         r.settings = roles::keep_dir_settings(dir, &staged.copy.path)?;
         if !r.settings.is_empty() {
             log::info!(
