@@ -79,5 +79,14 @@ mod commands {
     mod manpage;
 }
 
+/// Leaders and mirrors (real pairs on loopback, 2.256.0 and 3.7.0).
+mod mirrors {
+    /// A cell that holds its files but does not answer yet: waited for, refused.
+    mod booting;
+    /// A leader and a mirror made from its backup: freeze ownership, the nexus
+    /// index in manifests and drills, roles and indexes on restore.
+    mod pair;
+}
+
 /// The harness itself: what every other test relies on.
 mod harness;

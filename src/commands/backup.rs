@@ -61,6 +61,11 @@ pub(crate) struct EngineOpts {
     /// 5 s more): a duration such as 120s or 5m, as SYNBACKUP_FREEZE_TIMEOUT.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     pub(crate) freeze_timeout: Duration,
+    /// How long to wait for a service that runs on SRC but does not answer on its
+    /// socket yet (it is booting) before refusing (exit code 5), as
+    /// SYNBACKUP_BOOT_WAIT; --freeze never copies it without waiting.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) boot_wait: Duration,
     /// The digest of every file in the manifest: blake3 (checked by `b3sum -c`) or
     /// sha256 (by `sha256sum -c`), see `verify --print-sums`.
     #[arg(long, value_enum, value_name = "ALGO", default_value_t = Algo::Blake3)]
@@ -100,6 +105,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         jobs: a.engine.jobs,
         freeze: a.engine.freeze,
         freeze_timeout: a.engine.freeze_timeout.as_secs(),
+        boot_wait: a.engine.boot_wait,
         verify: a.verify,
         copy: if a.no_compact {
             CopyMode::Plain

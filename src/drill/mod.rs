@@ -6,7 +6,10 @@
 //! start the Synapse server on the copy, isolated (`host::netns`: a network
 //! namespace with only loopback, as the backup's owner, killed if we die); wait,
 //! within the timeout, until it answers `getCellInfo` on the copy's `sock`; check
-//! that its `cell.guid` is the backup's (manifest `cell_guid`), its health is
+//! that its `cell.guid` is the backup's (manifest `cell_guid`), its nexus index is
+//! at least the one the backup claims (what the cell reported while frozen for
+//! it, manifest `cell.nexus_index`, which verify held against the backup's files,
+//! else what the files hold; more only by changes its boot made), its health is
 //! nominal or degraded, and for a Cortex read the per-form node counts and run the
 //! operator's check query; stop the server and remove the copy. The backup itself
 //! is only read. With an instance, the result is recorded (status kind `drill`).
@@ -34,6 +37,7 @@ use serde::Serialize;
 use self::scratch::{Method, Scratch};
 use crate::base::exit::{fail, Code};
 use crate::base::{envfile, fsutil};
+use crate::engine::cellstate::CellState;
 use crate::engine::telepath::{self, Client};
 use crate::engine::{cellinfo, synapse, verify};
 use crate::host::transient::{self, Isolation};
@@ -111,6 +115,14 @@ pub(crate) struct Outcome {
     pub(crate) neutralised: Vec<String>,
     /// The host's directories and sockets the server did not see.
     pub(crate) hidden: seal::Hidden,
+    /// The nexus index the booted cell reported.
+    pub(crate) nexus_index: Option<u64>,
+    /// The nexus index the backup claims: what the cell reported while frozen for
+    /// it (manifest `cell.nexus_index`), else what its files hold.
+    pub(crate) backup_nexus_index: Option<u64>,
+    /// Where `backup_nexus_index` comes from: `manifest` or `files`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backup_nexus_from: Option<&'static str>,
 }
 
 impl Outcome {
@@ -130,8 +142,21 @@ impl Outcome {
             format!("; neutralised {}", self.neutralised.join(", "))
         };
         let sealed = format!("; {}{sealed}", self.hidden.summary());
+        let nexus = match (self.nexus_index, self.backup_nexus_index) {
+            (Some(i), Some(b)) => format!(
+                ", nexus index {b} as the backup's {} records{}",
+                self.backup_nexus_from.unwrap_or("files"),
+                if i > b {
+                    format!(" ({i} after {} changes its boot made)", i - b)
+                } else {
+                    String::new()
+                }
+            ),
+            (Some(i), None) => format!(", nexus index {i}"),
+            _ => String::new(),
+        };
         format!(
-            "drill passed: {} booted as {} {} ({version}{}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s{sealed}",
+            "drill passed: {} booted as {} {}{nexus} ({version}{}) in {:.1} s, health {}, {} nodes in {} forms; scratch copy by {} in {:.1} s{sealed}",
             self.backup,
             self.cell_type,
             self.cell_guid,
@@ -515,7 +540,10 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         Runner::Child(_) => (Isolation::Netns, None),
     };
     let boot_seconds = t_boot.elapsed().as_secs_f64();
-    let checked = check_service(req, &sock, &info, &want_guid, &scratch.log);
+    let (claimed, claimed_from) = claimed_index(&backup, &manifest);
+    let booted = CellState::from_info(&info).ok().map(|s| s.nexus_index);
+    let checked = check_nexus(booted, claimed, claimed_from)
+        .and_then(|()| check_service(req, &sock, &info, &want_guid, &scratch.log));
     server.stop_all();
     drop(server);
     let scratch_method = scratch.method;
@@ -541,6 +569,9 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
         safemode: req.safemode,
         neutralised,
         hidden: launch.hidden,
+        nexus_index: booted,
+        backup_nexus_index: claimed,
+        backup_nexus_from: claimed.map(|_| claimed_from),
     })
 }
 
@@ -565,6 +596,37 @@ fn server_env(unit: &UnitEnv) -> Result<(Env, Vec<String>)> {
     let mut env = unitenv::resolve(unit).map_err(|e| failed(format!("{e:#}")))?;
     let dropped = cellconf::neutralise_env(&mut env);
     Ok((env, dropped))
+}
+
+/// The nexus index the backup claims: the one the cell reported while frozen
+/// for it (its manifest), else the one its files hold.
+fn claimed_index(
+    backup: &Path,
+    m: &crate::engine::manifest::Manifest,
+) -> (Option<u64>, &'static str) {
+    if let Some(c) = &m.cell {
+        return (Some(c.nexus_index), "manifest");
+    }
+    let stored = crate::engine::nexus::stored_index(backup).unwrap_or_else(|e| {
+        log::warn!("cannot read the nexus index of {}: {e:#}", backup.display());
+        None
+    });
+    (stored, "files")
+}
+
+/// The booted cell holds every change the backup claims: its index is at least
+/// the claimed one. It is that one exactly when the boot itself changed nothing
+/// (Synapse 2.x in safemode); a boot may add changes before it answers (Synapse
+/// 3.7.0 pushes `model:set` at every boot, in safemode too; a full boot's crons,
+/// an upgrade's migrations), which the outcome reports. That the backup's files
+/// hold exactly the claimed index was checked by verify, before the boot.
+fn check_nexus(booted: Option<u64>, claimed: Option<u64>, from: &str) -> Result<()> {
+    match (booted, claimed) {
+        (Some(b), Some(c)) if b < c => Err(failed(format!(
+            "the booted cell reports nexus index {b}, but the backup's {from} records {c}: the backup does not hold the changes it claims"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The checks on a server that answers: guid, health, form counts, operator check.

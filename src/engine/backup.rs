@@ -38,7 +38,7 @@ use crate::engine::freeze::{self, FreezeMode, Frozen};
 use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
 use crate::engine::manifest::{
-    self, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
+    self, CellAtSnapshot, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
 };
 use crate::engine::partial::Partial;
 use crate::engine::paths::{bad, check_destination, check_source};
@@ -47,6 +47,7 @@ use crate::engine::scan::{self, Item};
 use crate::engine::telepath::{self, Probe};
 use crate::engine::verify;
 use crate::engine::workers::{self, rel_str, Done, Source, Task};
+use crate::host::celllock;
 
 /// What to back up, and how.
 #[derive(Debug, Clone)]
@@ -60,6 +61,9 @@ pub(crate) struct Request {
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: u64,
+    /// How long to wait for a service that runs on SRC (holds the lock on its
+    /// `cell.guid`) but does not answer on its socket yet: a cell that is booting.
+    pub(crate) boot_wait: Duration,
     pub(crate) verify: bool,
     /// Compacting copies of the environments, or plain ones (`--no-compact`).
     pub(crate) copy: CopyMode,
@@ -468,16 +472,32 @@ struct FreezeTimes {
     call_ms: Option<f64>,
     /// Why a service that has a socket was not frozen (`--freeze auto`).
     reason: Option<String>,
+    /// What the cell said while frozen (its iden, nexus index and role).
+    cell: Option<CellAtSnapshot>,
 }
 
 /// Whether to freeze, and why not when a socket is there but cannot be used. A
-/// freeze recorded by a synbackup that died is resumed first.
-fn decide_freeze(mode: FreezeMode, sock: &Path) -> (bool, Option<String>) {
-    let probe = telepath::probe(sock);
+/// service that runs on SRC but does not answer yet is waited for (`boot_wait`),
+/// then refused. A freeze recorded by a synbackup that died is resumed first (when
+/// it is provably still in place).
+fn decide_freeze(
+    mode: FreezeMode,
+    src: &Path,
+    sock: &Path,
+    boot_wait: Duration,
+    progress: &Progress,
+) -> Result<(bool, Option<String>)> {
+    let mut probe = telepath::probe(sock);
+    if mode != FreezeMode::Never && !matches!(probe, Probe::Answers) {
+        if let Some(pid) = celllock::cell_lock_holder(src) {
+            progress.set_label("waiting for the service to answer");
+            probe = wait_for_boot(src, sock, pid, boot_wait)?;
+        }
+    }
     if matches!(probe, Probe::Answers) {
         freeze::recover_stale(sock);
     }
-    match (mode, probe) {
+    Ok(match (mode, probe) {
         (FreezeMode::Never, _) => (false, None),
         (FreezeMode::Always, _) | (FreezeMode::Auto, Probe::Answers) => (true, None),
         (FreezeMode::Auto, Probe::NoService) => (false, None),
@@ -487,6 +507,48 @@ fn decide_freeze(mode: FreezeMode, sock: &Path) -> (bool, Option<String>) {
             );
             (false, Some(why))
         }
+    })
+}
+
+/// A cell runs on `src` (process `pid` holds the lock on its `cell.guid`) but
+/// nothing answers on its socket: it is booting. Wait until it answers (or ends)
+/// within `bound`; refuse after that: copying it unfrozen would not be consistent.
+fn wait_for_boot(src: &Path, sock: &Path, pid: u32, bound: Duration) -> Result<Probe> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default();
+    log::info!(
+        "the service on {} runs (pid {pid} {comm} holds its cell.guid lock) but does not answer on {} yet: waiting up to {} for it (--boot-wait, SYNBACKUP_BOOT_WAIT)",
+        src.display(),
+        sock.display(),
+        crate::base::units::format_duration(bound)
+    );
+    let t0 = Instant::now();
+    loop {
+        interrupt::check()?;
+        let probe = telepath::probe(sock);
+        if matches!(probe, Probe::Answers) {
+            log::info!(
+                "the service on {} answers after {:.1} s",
+                src.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(probe);
+        }
+        if celllock::cell_lock_holder(src).is_none() {
+            log::info!("the service on {} ended before it answered", src.display());
+            return Ok(probe);
+        }
+        if t0.elapsed() >= bound {
+            bail_code!(
+                Code::Freeze,
+                "the service on {} runs (pid {pid} {comm} holds its cell.guid lock) but nothing answered on {} within {}: it is still booting (or hung), so it cannot be frozen and was not backed up; back up once it answers (--boot-wait or SYNBACKUP_BOOT_WAIT waits longer), or stop it first",
+                src.display(),
+                sock.display(),
+                crate::base::units::format_duration(bound)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -500,7 +562,7 @@ fn take_snapshots(
     progress: &Progress,
 ) -> Result<(VecDeque<Task>, FreezeTimes, EnvChanges)> {
     let sock = src.join("sock");
-    let (want_freeze, reason) = decide_freeze(req.freeze, &sock);
+    let (want_freeze, reason) = decide_freeze(req.freeze, src, &sock, req.boot_wait, progress)?;
     let mut tasks: VecDeque<Task> = VecDeque::new();
     fault::point("before-snapshots")?;
     if !want_freeze {
@@ -517,12 +579,16 @@ fn take_snapshots(
             ms: None,
             call_ms: None,
             reason,
+            cell: None,
         };
         return Ok((tasks, none, set.changes));
     }
     progress.set_label("freezing the service");
     let f0 = Instant::now();
     let frozen = Frozen::freeze(&sock, req.freeze_timeout).map_err(|e| {
+        if let Some(theirs) = e.downcast_ref::<freeze::AlreadyFrozen>() {
+            return fail(Code::Freeze, theirs.to_string());
+        }
         fail(
             Code::Freeze,
             format!(
@@ -533,6 +599,7 @@ fn take_snapshots(
         )
     })?;
     let call_ms = f0.elapsed().as_secs_f64() * 1e3;
+    let cell = frozen.state.as_ref().map(CellAtSnapshot::of);
     // Every snapshot while frozen: one point in time across environments, of the
     // environments there are now.
     let mut snaps = Vec::new();
@@ -568,6 +635,7 @@ fn take_snapshots(
         ms: Some(ms),
         call_ms: Some(call_ms),
         reason: None,
+        cell,
     };
     Ok((tasks, times, changes))
 }
@@ -806,6 +874,7 @@ fn assemble_manifest(
         dirs,
         environments: copied.envs,
         cert_dir: None,
+        cell: freeze.cell.clone(),
     }
 }
 

@@ -74,6 +74,7 @@ mod ffi {
     pub(crate) const MDB_CP_COMPACT: c_uint = 0x01;
     pub(crate) const MDB_FIRST: c_uint = 0;
     pub(crate) const MDB_NEXT: c_uint = 8;
+    pub(crate) const MDB_LAST: c_uint = 6;
     pub(crate) const MDB_NOTFOUND: c_int = -30798;
     pub(crate) const MDB_MAP_RESIZED: c_int = -30785;
     pub(crate) const MDB_INCOMPATIBLE: c_int = -30784;
@@ -696,6 +697,33 @@ impl Txn<'_> {
             Ok(())
         })?;
         Ok(found)
+    }
+
+    /// The greatest key of the named database `db` (None: it is empty).
+    pub(crate) fn last_key(&self, db: &NamedDb) -> Result<Option<Vec<u8>>> {
+        let mut cur = ptr::null_mut();
+        // SAFETY: the cursor lives only inside this call and this transaction; the
+        // key is copied out before the cursor is closed.
+        unsafe {
+            check(ffi::mdb_cursor_open(self.raw, db.dbi, &mut cur)).context("mdb_cursor_open")?;
+            let mut key: ffi::MDB_val = std::mem::zeroed();
+            let mut val: ffi::MDB_val = std::mem::zeroed();
+            let rc = ffi::mdb_cursor_get(cur, &mut key, &mut val, ffi::MDB_LAST);
+            let out = if rc == ffi::MDB_NOTFOUND {
+                Ok(None)
+            } else {
+                check(rc)
+                    .map(|()| {
+                        Some(
+                            std::slice::from_raw_parts(key.mv_data as *const u8, key.mv_size)
+                                .to_vec(),
+                        )
+                    })
+                    .map_err(anyhow::Error::new)
+            };
+            ffi::mdb_cursor_close(cur);
+            out
+        }
     }
 
     /// Entries and pages of a named database as its record says (no walk).

@@ -29,6 +29,15 @@
 //!   directory): `source` (where it was), `path` (where it is in the backup:
 //!   `synbackup-certs`), `uid` and `gid` of its owner. Its files, directories and
 //!   links are listed in `files`, `dirs` and `symlinks` like the others, under `path`.
+//! - `cell` (only in a backup of a running cell, frozen for it; since synbackup
+//!   0.1.0 of the mirrors work): what the cell said over telepath while it was
+//!   frozen, at the moment of the snapshots: `iden` (its GUID), `nexus_index` (the
+//!   offset its next change would have had: the backup holds every change before
+//!   it), `role` (`leader` or `mirror`), `upstream` (the URL a mirror followed, as
+//!   Synapse shows it) and `synapse_version`. A backup of a stopped cell has none;
+//!   its nexus index is the one its files hold (`engine::nexus`). `verify` checks
+//!   the recorded index against the files when there is one, and reads manifests
+//!   without it as before.
 //!
 //! Paths, link targets and xattr names that are not UTF-8 (or that begin with
 //! `hex:`) are written `hex:` and the lower-case hex of their bytes; `xattrs` maps
@@ -110,6 +119,37 @@ pub(crate) struct Manifest {
     /// The certificate directory carried in the backup (`engine::certdir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cert_dir: Option<CertDirInfo>,
+    /// What the running cell said while frozen for this backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cell: Option<CellAtSnapshot>,
+}
+
+/// What a running cell said over telepath while it was frozen for the backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct CellAtSnapshot {
+    pub(crate) iden: String,
+    /// The nexus index at the snapshots.
+    pub(crate) nexus_index: u64,
+    /// `leader` or `mirror`.
+    pub(crate) role: String,
+    /// The upstream a mirror followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) synapse_version: Option<String>,
+}
+
+impl CellAtSnapshot {
+    /// From the frozen cell's state.
+    pub(crate) fn of(state: &crate::engine::cellstate::CellState) -> CellAtSnapshot {
+        CellAtSnapshot {
+            iden: state.iden.clone(),
+            nexus_index: state.nexus_index,
+            role: if state.active { "leader" } else { "mirror" }.to_string(),
+            upstream: state.upstream.clone(),
+            synapse_version: state.version.as_ref().map(|v| v.to_string()),
+        }
+    }
 }
 
 /// Where a carried certificate directory came from and who owned it.
@@ -351,6 +391,52 @@ mod tests {
         assert_eq!(db_key(b"\xff\x00"), "hex:ff00");
         assert_eq!(db_key(b"hex:ab"), "hex:6865783a6162");
         assert_eq!(db_key(b"(main)"), "hex:286d61696e29");
+    }
+
+    #[test]
+    fn the_cell_record_is_optional() {
+        let m = Manifest {
+            format: FORMAT.into(),
+            hash: "blake3".into(),
+            body_sha256: String::new(),
+            tool: "synbackup".into(),
+            version: "0".into(),
+            source: "/d".into(),
+            host: "h".into(),
+            cell_guid: Some("c0".into()),
+            started: String::new(),
+            finished: String::new(),
+            env_copy: "compact".into(),
+            freeze: FreezeInfo {
+                mode: "auto".into(),
+                frozen: false,
+                ms: None,
+                reason: None,
+            },
+            files: vec![],
+            symlinks: vec![],
+            dirs: vec![],
+            environments: vec![],
+            cert_dir: None,
+            cell: None,
+        };
+        // Without it (a stopped cell, an older synbackup): no `cell` key at all.
+        let text = String::from_utf8(m.to_json().unwrap()).unwrap();
+        assert!(!text.contains("\"cell\""), "{text}");
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.cell, None);
+        let with = Manifest {
+            cell: Some(CellAtSnapshot {
+                iden: "c0".into(),
+                nexus_index: 42,
+                role: "mirror".into(),
+                upstream: Some("cell:///data/leader".into()),
+                synapse_version: Some("2.256.0".into()),
+            }),
+            ..m
+        };
+        let back: Manifest = serde_json::from_slice(&with.to_json().unwrap()).unwrap();
+        assert_eq!(back.cell, with.cell);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 pub(crate) mod backup;
 /// The Synapse version a service directory records (its `cell:info`).
 pub(crate) mod cellinfo;
+/// What a running cell says about itself: iden, boot, freeze, role, nexus index.
+pub(crate) mod cellstate;
+/// The top-level keys of a cell's config files, read and rewritten by line.
+pub(crate) mod cellyaml;
 /// The service's certificate directory, carried in a backup.
 pub(crate) mod certdir;
 /// The mark of a published backup a verification found damaged.
@@ -26,6 +30,8 @@ pub(crate) mod lmdb;
 pub(crate) mod lockowner;
 /// The backup manifest format.
 pub(crate) mod manifest;
+/// The nexus index a directory holds on disk.
+pub(crate) mod nexus;
 /// The private temporary a backup is written under.
 pub(crate) mod partial;
 /// Checks of SRC and DST before anything is written.

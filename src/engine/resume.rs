@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::base::exit::{fail, Code};
+use crate::engine::synapse::resume_command;
 use crate::engine::telepath::{self, Client};
 
 /// How long resuming is retried before the run fails (documented in synbackup(8)).
@@ -50,10 +51,10 @@ pub(crate) fn ensure_resumed(sock: &Path, bound: Duration) -> Result<Resumed> {
             return Err(fail(
                 Code::Freeze,
                 format!(
-                    "the service at {} may still be frozen: {attempts} resume attempts in {} s failed, the last: {last:#}; resume it with: python -m synapse.tools.service.snapshot resume --url cell://{}",
+                    "the service at {} may still be frozen: {attempts} resume attempts in {} s failed, the last: {last:#}; resume it with: {}",
                     sock.display(),
                     bound.as_secs(),
-                    sock.parent().unwrap_or(Path::new("/")).display()
+                    resume_command(sock.parent().unwrap_or(Path::new("/")), None)
                 ),
             ));
         }
@@ -89,7 +90,7 @@ pub(crate) fn resume_on(client: &mut Client) -> Result<Resumed> {
 }
 
 /// True when the connection failed because no process listens on the socket.
-fn nothing_listens(err: &anyhow::Error) -> bool {
+pub(crate) fn nothing_listens(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| {
             matches!(

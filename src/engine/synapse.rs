@@ -11,6 +11,10 @@
 //!   of asking its upstream, which a drill's isolated copy cannot reach); 3.x
 //!   validates opts against a closed schema without `mirror` and refuses the call.
 //! - The version's form: 2.x has `verstring` beside the tuple; 3.x only the string.
+//! - `synapse.tools.service.snapshot` takes the service's URL as `--svcurl` on 2.x,
+//!   `--url` on 3.x (`resume_command`).
+//! - A cell's role: `mirror:` in `cell.yaml` on 2.x, `parent:` on 3.x, and in
+//!   `getCellInfo()` `cell.mirror` or `cell.parent` (`cellstate`, `cellrole`).
 //! - Booting across lines: 3.x refuses 2.x storage (`BadStorageVersion`, the
 //!   directory left untouched) and there is no in-place migration; every release
 //!   refuses a directory a newer one ran (a downgrade).
@@ -81,6 +85,19 @@ pub(crate) fn of_cell_info(info: &Value) -> Option<Version> {
                 .and_then(Value::as_str)
                 .and_then(Version::parse)
         })
+}
+
+/// The command line that resumes the frozen service in `dir` by hand: Synapse's
+/// snapshot tool, whose URL option is `--svcurl` on 2.x and `--url` on 3.x (both
+/// when the line is not known).
+pub(crate) fn resume_command(dir: &std::path::Path, version: Option<&Version>) -> String {
+    let url = format!("cell://{}", dir.display());
+    let tool = "python -m synapse.tools.service.snapshot resume";
+    match version.map(Version::major) {
+        Some(2) => format!("{tool} --svcurl {url}"),
+        Some(_) => format!("{tool} --url {url}"),
+        None => format!("{tool} --svcurl {url} (Synapse 3.x: --url)"),
+    }
 }
 
 /// The `opts` of a `callStorm` on a service of `version`: `{mirror: false}` where

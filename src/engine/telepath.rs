@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rmpv::Value;
 
+use crate::engine::cellstate::CellState;
+
 /// A connected, greeted session with a service.
 pub(crate) struct Client {
     path: PathBuf,
@@ -197,6 +199,11 @@ impl Client {
             .and_then(|c| get(c, "paused"))
             .and_then(Value::as_bool)
             .ok_or_else(|| anyhow!("getCellInfo answer without cell.paused"))
+    }
+
+    /// `getCellInfo()` as [`CellState`]: iden, boot, freeze, role, nexus index.
+    pub(crate) fn cell_state(&mut self) -> Result<CellState> {
+        CellState::from_info(&self.cell_info()?)
     }
 
     /// `getCellInfo()`: `cell` (type, iden, ...) and `synapse` (version) sections.

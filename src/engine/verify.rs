@@ -13,7 +13,11 @@
 //! correctly opens read-only (without creating a lock file), has every recorded
 //! named database, and each (and the main database) reads to its end with the
 //! recorded entry count. A damaged `data.mdb` is not opened (its checksum already
-//! failed): reading a corrupt map could crash the reader.
+//! failed): reading a corrupt map could crash the reader. When the manifest records
+//! what the running cell said while frozen (`cell`), and nothing else failed, the
+//! nexus index the backup's own files hold (`engine::nexus`) is that index and the
+//! iden is the backup's `cell.guid`: the snapshot is of the moment the cell
+//! reported. A manifest without `cell` (older, or of a stopped cell) skips this.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -288,7 +292,39 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
             Err(problems) => r.problems.extend(problems),
         }
     }
+    if r.problems.is_empty() {
+        check_cell_claim(dir, &m, &mut r.problems);
+    }
     Ok(r)
+}
+
+/// What the manifest says the frozen cell reported (`cell`) against the backup's
+/// own files: its nexus index and iden.
+fn check_cell_claim(dir: &Path, m: &Manifest, problems: &mut Vec<String>) {
+    let Some(cell) = &m.cell else {
+        return;
+    };
+    if m.cell_guid.as_deref().is_some_and(|g| g != cell.iden) {
+        problems.push(format!(
+            "{}: the manifest records cell {} frozen, but the backup's cell.guid is {}",
+            dir.display(),
+            cell.iden,
+            m.cell_guid.as_deref().unwrap_or("")
+        ));
+    }
+    match crate::engine::nexus::stored_index(dir) {
+        Ok(Some(i)) if i == cell.nexus_index => {}
+        Ok(found) => problems.push(format!(
+            "{}: the cell reported nexus index {} while frozen, but the backup's nexus holds {}",
+            dir.display(),
+            cell.nexus_index,
+            found.map_or("none".to_string(), |i| i.to_string())
+        )),
+        Err(e) => problems.push(format!(
+            "{}: cannot read the backup's nexus index: {e:#}",
+            dir.display()
+        )),
+    }
 }
 
 /// What checking one environment found: (databases, entries), or its problems.

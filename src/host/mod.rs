@@ -4,6 +4,8 @@
 //! how progress is shown here (systemd's status line, a terminal's bar).
 //! Imports only `base`.
 
+/// Whether a cell runs on a directory: the lock on its `cell.guid`.
+pub(crate) mod celllock;
 /// The Python and module a service unit's ExecStart runs.
 pub(crate) mod execstart;
 /// Processes holding a directory's LMDB files (procfs).

@@ -24,11 +24,11 @@ use crate::engine::freeze::FreezeMode;
 use crate::host::transient::Isolation;
 use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
-    BACKUP_ROOT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT, DRILL_AFTER_RUN,
-    DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE, DRILL_TIMEOUT,
-    FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY,
-    KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, NOTIFY, NOTIFY_TIMEOUT, OFFSITE_CHECK,
-    OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
+    BACKUP_ROOT, BOOT_WAIT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT,
+    DRILL_AFTER_RUN, DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE,
+    DRILL_TIMEOUT, FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST,
+    KEEP_MONTHLY, KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, NOTIFY, NOTIFY_TIMEOUT,
+    OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
     OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC,
     SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
 };
@@ -62,6 +62,8 @@ pub(crate) struct Instance {
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: Duration,
+    /// How long a backup waits for a booting service to answer (SYNBACKUP_BOOT_WAIT).
+    pub(crate) boot_wait: Duration,
     /// How nightly backups copy the environments (SYNBACKUP_COMPACT).
     pub(crate) copy: CopyMode,
     pub(crate) min_free: u64,
@@ -442,6 +444,7 @@ fn load_with(
         jobs: v.get(&JOBS)?,
         freeze: v.value(&FREEZE)?,
         freeze_timeout: v.value(&FREEZE_TIMEOUT)?,
+        boot_wait: v.value(&BOOT_WAIT)?,
         copy,
         min_free: v.value(&MIN_FREE)?,
         max_age: v.value(&MAX_AGE)?,

@@ -263,6 +263,8 @@ settings! {
         Default("auto"), Checked, "auto, always or never (default auto)";
     FREEZE_TIMEOUT: Span = "SYNBACKUP_FREEZE_TIMEOUT", Span, Default("120s"), Checked,
         "a duration (default 120s)";
+    BOOT_WAIT: Span = "SYNBACKUP_BOOT_WAIT", Span, Default("5m"), Checked,
+        "a duration a backup waits for a service that runs but does not answer on its socket yet (booting) before it refuses (default 5m)";
     // Absent: the default depends on SYNBACKUP_OFFSITE_REPOSITORY (config.rs).
     COMPACT: OneOf<CopyMode> = "SYNBACKUP_COMPACT",
         OneOf(&[("yes", CopyMode::Compact), ("no", CopyMode::Plain)]), Absent, Checked,

@@ -200,6 +200,7 @@ fn back_up_and_prune(
         jobs: inst.jobs,
         freeze: inst.freeze,
         freeze_timeout: inst.freeze_timeout.as_secs(),
+        boot_wait: inst.boot_wait,
         verify: true,
         copy: inst.copy,
         min_free: inst.min_free,

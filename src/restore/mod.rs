@@ -22,6 +22,13 @@
 //! DIR given through a symlink is resolved first: the swap happens beside the
 //! real directory, not on the symlink's file system.
 //!
+//! Roles (`roles`): the role of the directory (leader or mirror) and of the backup
+//! are compared before anything changes, and a change of role is refused without
+//! `--force`; the restored copy keeps the directory's own role settings (`mirror`,
+//! `parent`, `aha:*` in its `cell.yaml` and `cell.mods.yaml`); a directory ahead of
+//! the backup (its nexus index greater) is a warning that names both indexes and
+//! what its mirrors must do, recorded in the restore's status.
+//!
 //! `--certs` also puts the backup's copy of the certificate directory back
 //! (`certrestore`), after the swap and before the start (the service reads it when
 //! it starts its `ssl://` listeners): into `--cert-dir`, else the instance's (or
@@ -32,6 +39,8 @@
 pub(crate) mod certs;
 /// Links the backup followed (a layer on another disk), restored as links.
 pub(crate) mod linked;
+/// Roles (leader, mirror) and nexus indexes of the directory and the backup.
+pub(crate) mod roles;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -378,6 +387,21 @@ struct Outcome {
     /// The links the backup followed, restored as links (`linked`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     linked: Vec<linked::Report>,
+    /// The roles of the directory and the backup, and the role settings kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<RolesOutcome>,
+    /// The directory was ahead of the backup (nexus indexes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nexus: Option<roles::NexusCheck>,
+}
+
+/// The roles a restore compared and the settings it kept.
+#[derive(Debug, serde::Serialize)]
+struct RolesOutcome {
+    directory: roles::Side,
+    backup: roles::Side,
+    /// `FILE:KEY kept` (the directory's) and `FILE:KEY dropped` (the backup's).
+    settings: Vec<String>,
 }
 
 /// `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--force]`,
@@ -580,6 +604,16 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     // 1. What changes nothing and fails fast.
     let running = check_before_restore(t)?;
     check_same_cell(&backup, dir, force)?;
+    let ours = roles::of_dir(dir)?;
+    if let Some(ours) = ours {
+        let theirs = roles::of_backup(&backup, &Manifest::load(&backup)?)?;
+        roles::check_roles(dir, &ours, &backup, &theirs, force)?;
+        outcome.roles = Some(RolesOutcome {
+            directory: ours,
+            backup: theirs,
+            settings: Vec::new(),
+        });
+    }
     // 2. Verify; the links the backup followed, checked where their data goes.
     let manifest = verify_backup(&backup)?;
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
@@ -594,6 +628,17 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     }
     // 3. Space, then the staging copy while the service still runs.
     let staged = stage(t, &backup, &manifest, &links, outcome)?;
+    if let Some(r) = outcome.roles.as_mut() {
+        outcome.nexus = roles::compare_nexus(dir, &r.directory, &r.backup);
+        r.settings = roles::keep_dir_settings(dir, &staged.copy.path)?;
+        if !r.settings.is_empty() {
+            log::info!(
+                "the restored directory keeps {}'s role settings: {}",
+                dir.display(),
+                r.settings.join(", ")
+            );
+        }
+    }
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
     outcome.service_was_running = running;
@@ -675,12 +720,24 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             );
         }
     }
+    let nexus_line = outcome.nexus.as_ref().map(|n| {
+        format!(
+            "; the cell went back from nexus index {} to {}{}",
+            n.directory_index,
+            n.backup_index,
+            match outcome.roles.as_ref().map(|r| &r.directory.role) {
+                Some(roles::Role::Leader) => ": re-seed its mirrors from it",
+                _ => "",
+            }
+        )
+    });
     Ok(format!(
-        "restored {} into {} ({} in {:.1} s){}{}{}",
+        "restored {} into {} ({} in {:.1} s){}{}{}{}",
         shell_word(&backup),
         shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
+        nexus_line.unwrap_or_default(),
         certs_line.unwrap_or_default(),
         if done.kept {
             format!(

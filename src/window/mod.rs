@@ -300,6 +300,8 @@ fn copy_compacted(inst: &Instance, dir: &Path, new: &Path, show_bar: bool) -> Re
         jobs: inst.jobs,
         freeze: FreezeMode::Never,
         freeze_timeout: 0,
+        // The service is stopped and released before the copy (never frozen).
+        boot_wait: std::time::Duration::ZERO,
         verify: true,
         // The window's purpose: compacted whatever SYNBACKUP_COMPACT says.
         copy: CopyMode::Compact,

@@ -66,6 +66,12 @@ impl Setup {
         serde_json::from_slice(&fs::read(self.root.join("state/c0.json")).unwrap()).unwrap()
     }
 
+    /// `state/c0.KIND.json`.
+    fn status_of(&self, kind: &str) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(self.root.join(format!("state/c0.{kind}.json"))).unwrap())
+            .unwrap()
+    }
+
     fn metrics(&self) -> String {
         fs::read_to_string(self.root.join("metrics/synbackup-c0.prom")).unwrap()
     }
@@ -650,6 +656,119 @@ fn restore_of_another_cell_needs_force() {
         fs::read_to_string(s.src.join("cell.guid")).unwrap(),
         "0123456789abcdef0123456789abcdef"
     );
+}
+
+/// Set the nexus index a cell's files hold (the hot count Synapse keeps in
+/// `slabs/nexus.lmdb`, database and key `nexs:indx`, a signed big-endian i64).
+fn set_nexus_index(dir: &Path, index: i64) {
+    use lmdb::Transaction;
+    let env_dir = dir.join("slabs/nexus.lmdb");
+    fs::create_dir_all(&env_dir).unwrap();
+    let env = lmdb::Environment::new()
+        .set_max_dbs(8)
+        .set_map_size(1 << 20)
+        .open(&env_dir)
+        .unwrap();
+    let db = env
+        .create_db(Some("nexs:indx"), lmdb::DatabaseFlags::empty())
+        .unwrap();
+    let mut txn = env.begin_rw_txn().unwrap();
+    txn.put(
+        db,
+        b"nexs:indx",
+        &index.to_be_bytes(),
+        lmdb::WriteFlags::empty(),
+    )
+    .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn restore_refuses_a_change_of_role_and_keeps_the_directorys_role_settings() {
+    let s = Setup::new("");
+    // The leader's backup; then the directory is the cell's mirror (same cell.guid).
+    fs::write(
+        s.src.join("cell.yaml"),
+        "nexslog:en: true\naha:name: core00\n",
+    )
+    .unwrap();
+    let bk = s.backups.join(s.backup_now());
+    let mirror_yaml = "nexslog:en: true\nmirror: cell:///data/leader\naha:name: core01\n";
+    fs::write(s.src.join("cell.yaml"), mirror_yaml).unwrap();
+    fs::write(s.src.join("added-later"), "x").unwrap();
+    let before = names(&s.root);
+    let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
+    assert_fails(&o, 3, "changes the cell's role");
+    let err = &error_lines(&o)[0];
+    assert!(
+        err.contains("is the mirror of cell:///data/leader (its files)")
+            && err.contains("is a backup of the leader (its files)"),
+        "{err}"
+    );
+    assert_eq!(names(&s.root), before, "nothing may change");
+    assert!(s.src.join("added-later").exists());
+    // --force: the backup's data, the directory's role settings.
+    let o = s.run(&[
+        "restore",
+        "--force",
+        "--instance",
+        "c0",
+        bk.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !s.src.join("added-later").exists(),
+        "the backup is restored"
+    );
+    assert_eq!(
+        fs::read_to_string(s.src.join("cell.yaml")).unwrap(),
+        "nexslog:en: true\nmirror: cell:///data/leader\naha:name: core01\n",
+        "the mirror keeps its mirror: and aha:name"
+    );
+    // The backup itself is untouched.
+    assert_eq!(
+        fs::read_to_string(bk.join("cell.yaml")).unwrap(),
+        "nexslog:en: true\naha:name: core00\n"
+    );
+    let st = s.status_of("restore");
+    let settings = &st["details"]["roles"]["settings"];
+    assert_eq!(
+        settings,
+        &serde_json::json!([
+            "cell.yaml:aha:name dropped",
+            "cell.yaml:mirror kept",
+            "cell.yaml:aha:name kept"
+        ]),
+        "{st}"
+    );
+}
+
+#[test]
+fn restore_warns_when_the_directory_is_ahead_of_the_backup() {
+    let s = Setup::new("");
+    set_nexus_index(&s.src, 40);
+    let bk = s.backups.join(s.backup_now());
+    set_nexus_index(&s.src, 45);
+    let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warn = stderr(&o)
+        .lines()
+        .find(|l| l.starts_with("synbackup: warning:") && l.contains("nexus index"))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no warning:\n{}", stderr(&o)));
+    assert!(
+        warn.contains("is at nexus index 45, the backup at 40")
+            && warn.contains("takes the cell back 5 changes")
+            && warn.contains("must be re-seeded from the restored leader"),
+        "{warn}"
+    );
+    let st = s.status_of("restore");
+    assert_eq!(st["details"]["nexus"]["directory_index"], 45, "{st}");
+    assert_eq!(st["details"]["nexus"]["backup_index"], 40, "{st}");
+    // A backup that is not behind: nothing to say.
+    let o = s.run(&["restore", "--instance", "c0", bk.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("nexus index"), "{}", stderr(&o));
 }
 
 #[test]

@@ -14,6 +14,9 @@ cell://DIR, needs root or the service's user) or a telepath URL.
                                              messages; exit 1 on an error message or
                                              when it takes longer than S seconds
   storm.py paused SERVICE                    prints getCellInfo()['cell']['paused']
+  storm.py info SERVICE                      prints, as JSON, the cell's iden, run,
+                                             paused, active, nexus index and
+                                             upstream (2.x mirror / 3.x parent)
   storm.py writer SERVICE --start K          adds nodes K, K+1, ... one edit at a time
                                              until killed; prints K once connected and
                                              every 50th value committed
@@ -23,6 +26,7 @@ tests/fixtures/make-fixture.sh, with the venv's python.
 """
 import argparse
 import asyncio
+import json
 import sys
 import time
 
@@ -103,6 +107,20 @@ async def paused(args):
     return 0
 
 
+async def info(args):
+    async with await s_telepath.openurl(url_of(args.service)) as cell:
+        c = (await cell.getCellInfo())['cell']
+        print(json.dumps({
+            'iden': c['iden'],
+            'run': c['run'],
+            'paused': c['paused'],
+            'active': c['active'],
+            'nexus_index': c['nexus']['indx'],
+            'upstream': c.get('mirror') or c.get('parent'),
+        }))
+    return 0
+
+
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
         k = args.start
@@ -141,6 +159,9 @@ def main(argv):
     p = subs.add_parser('paused', help="print whether the cell is frozen")
     p.add_argument('service')
     p.set_defaults(func=paused)
+    p = subs.add_parser('info', help="print the cell's iden, run, freeze, role and nexus index")
+    p.add_argument('service')
+    p.set_defaults(func=info)
     p = subs.add_parser('writer', help='add nodes one edit at a time until killed')
     p.add_argument('service')
     p.add_argument('--start', type=int, default=100000)

@@ -429,7 +429,30 @@ impl Cortex {
         Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[], &python())
     }
 
+    /// Start a real Cortex through `tests/util/patched_cortex.py` and return at
+    /// once, without waiting for it to answer (`SYNTEST_DELAY_LISTEN`: a booting cell).
+    pub fn spawn_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
+        Cortex::spawn_on(dir, Some(env), "tcp://127.0.0.1:0", &[], &python())
+    }
+
     fn launch_on(
+        dir: &Path,
+        patched: Option<&[(&str, &str)]>,
+        telepath: &str,
+        env: &[(&str, &str)],
+        python: &Path,
+    ) -> Cortex {
+        let c = Cortex::spawn_on(dir, patched, telepath, env, python);
+        let d = dir.to_str().unwrap();
+        assert!(
+            storm_status(&["wait", d, "--timeout", "120"]),
+            "Cortex on {d} did not come up; log {}",
+            c.log.display()
+        );
+        c
+    }
+
+    fn spawn_on(
         dir: &Path,
         patched: Option<&[(&str, &str)]>,
         telepath: &str,
@@ -456,18 +479,11 @@ impl Cortex {
             .stderr(logf)
             .spawn()
             .unwrap();
-        let c = Cortex {
+        Cortex {
             dir: dir.to_path_buf(),
             child: Some(child),
             log,
-        };
-        let d = dir.to_str().unwrap();
-        assert!(
-            storm_status(&["wait", d, "--timeout", "120"]),
-            "Cortex on {d} did not come up; log {}",
-            c.log.display()
-        );
-        c
+        }
     }
 
     /// inet:ipv4 nodes in the Cortex at `dir`.
@@ -507,6 +523,11 @@ impl Cortex {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// storm.py's `info`: iden, run, paused, active, nexus_index, upstream.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&storm(&["info", self.url_dir()])).unwrap()
     }
 
     /// `getCellInfo()['cell']['paused']`, through Synapse's own client.

@@ -15,6 +15,13 @@ Selected by environment variables (none set: the plain server):
                              loads nothing: the old certificate stays served
   SYNTEST_CERTS_RELOAD=absent  no https:certs reload handler, as in a version
                              that cannot reload its HTTPS certificates
+  SYNTEST_DELAY_LISTEN=SECS  the first listen on the unix socket (DIR/sock) waits
+                             SECS first: the cell holds its files and its cell.guid
+                             lock but does not answer, as while it boots; appends
+                             "listen-delayed T" and "listening T" to SYNTEST_EVENTS
+
+Runs with Synapse 2.256 and 3.7.0 alike (Daemon.listen and Cell.freeze/resume
+are the same there).
 
 Everything else is the real server, from the venv's synapse.
 """
@@ -24,6 +31,7 @@ import sys
 import time
 
 import synapse.cortex as s_cortex
+import synapse.daemon as s_daemon
 import synapse.exc as s_exc
 import synapse.lib.cell as s_cell
 
@@ -65,6 +73,20 @@ def patch():
 
     s_cell.Cell.freeze = freeze
     s_cell.Cell.resume = resume
+
+    delay = [float(os.environ.get('SYNTEST_DELAY_LISTEN', '0'))]
+    if delay[0] > 0:
+        real_listen = s_daemon.Daemon.listen
+
+        async def listen(self, url, **opts):
+            if url.startswith('unix://') and delay[0] > 0:
+                secs, delay[0] = delay[0], 0
+                event('listen-delayed')
+                await asyncio.sleep(secs)
+                event('listening')
+            return await real_listen(self, url, **opts)
+
+        s_daemon.Daemon.listen = listen
 
     certs_reload = os.environ.get('SYNTEST_CERTS_RELOAD')
     if certs_reload in ('noop', 'absent'):

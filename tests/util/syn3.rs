@@ -90,13 +90,21 @@ pub fn python() -> PathBuf {
 /// A command run in the tree with the temporary directory bound at its own path
 /// and `tests/systemd` (storm.py) bound read-only.
 pub fn in_root(root: &Path) -> Command {
+    in_root_with(root, &[])
+}
+
+/// [`in_root`] with more host directories bound read-only at their own paths.
+pub fn in_root_with(root: &Path, ro: &[PathBuf]) -> Command {
     let mut c = command(repo().join("tests/synapse3/in-root"));
     c.env("SYNBACKUP_TEST_SYN3_ROOT", root)
         .arg("--bind")
         .arg(std::env::temp_dir())
         .arg("--bind-ro")
-        .arg(repo().join("tests/systemd"))
-        .arg("--");
+        .arg(repo().join("tests/systemd"));
+    for d in ro {
+        c.arg("--bind-ro").arg(d);
+    }
+    c.arg("--");
     c
 }
 
@@ -132,30 +140,7 @@ impl Cortex3 {
     /// Start a 3.7.0 Cortex on `dir` (under the temporary directory; created if
     /// needed) and wait until it answers `getCellInfo`.
     pub fn start(root: &Path, dir: &Path) -> Cortex3 {
-        assert!(
-            dir.starts_with(std::env::temp_dir()),
-            "a 3.x Cortex's directory must be under {} (bound into the tree)",
-            std::env::temp_dir().display()
-        );
-        fs::create_dir_all(dir.parent().unwrap()).unwrap();
-        let log = dir.with_extension("log");
-        let logf = fs::File::create(&log).unwrap();
-        let child = in_root(root)
-            .args(["/opt/syn3/bin/python", "-m", "synapse.servers.cortex"])
-            .args(["--telepath", "tcp://127.0.0.1:0", "--https", "0"])
-            .arg(dir)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let mut c = Cortex3 {
-            dir: dir.to_path_buf(),
-            log,
-            root: root.to_path_buf(),
-            child: Some(child),
-        };
+        let mut c = Cortex3::spawn(root, dir, &[]);
         let d = c.url_dir().to_string();
         let ready = storm_cmd(root, &["wait", &d, "--timeout", "120"])
             .stdout(Stdio::null())
@@ -171,6 +156,57 @@ impl Cortex3 {
             );
         }
         c
+    }
+
+    /// Start a 3.7.0 Cortex through `tests/util/patched_cortex.py` (the one function
+    /// `env`'s `SYNTEST_*` variables select patched) and return at once, without
+    /// waiting for it to answer.
+    pub fn spawn_patched(root: &Path, dir: &Path, env: &[(&str, &str)]) -> Cortex3 {
+        Cortex3::spawn(root, dir, env)
+    }
+
+    /// Start the server (patched when `env` is not empty), not waiting for it.
+    fn spawn(root: &Path, dir: &Path, env: &[(&str, &str)]) -> Cortex3 {
+        assert!(
+            dir.starts_with(std::env::temp_dir()),
+            "a 3.x Cortex's directory must be under {} (bound into the tree)",
+            std::env::temp_dir().display()
+        );
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let log = dir.with_extension("log");
+        let logf = fs::File::create(&log).unwrap();
+        // The launcher's directory, bound only when it runs (the mount point stays
+        // in the tree).
+        let ro = if env.is_empty() {
+            Vec::new()
+        } else {
+            vec![repo().join("tests/util")]
+        };
+        let mut cmd = in_root_with(root, &ro);
+        if env.is_empty() {
+            cmd.args(["/opt/syn3/bin/python", "-m", "synapse.servers.cortex"]);
+        } else {
+            // in-root clears the environment: env(1) sets the variables inside.
+            cmd.arg("/usr/bin/env")
+                .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+                .arg("/opt/syn3/bin/python")
+                .arg(repo().join("tests/util/patched_cortex.py"));
+        }
+        let child = cmd
+            .args(["--telepath", "tcp://127.0.0.1:0", "--https", "0"])
+            .arg(dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        Cortex3 {
+            dir: dir.to_path_buf(),
+            log,
+            root: root.to_path_buf(),
+            child: Some(child),
+        }
     }
 
     pub fn url_dir(&self) -> &str {
@@ -203,6 +239,11 @@ impl Cortex3 {
     /// How many nodes `query` yields (Synapse's own `count`).
     pub fn count(&self, query: &str) -> u64 {
         self.storm("count", &[query]).parse().unwrap()
+    }
+
+    /// storm.py's `info`: iden, run, paused, active, nexus_index, upstream.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&self.storm("info", &[])).unwrap()
     }
 
     /// `getCellInfo()['cell']['paused']`.
