@@ -5,6 +5,12 @@
 //! writes to it, an AHA member registers as the live one, provisioning talks to
 //! AHA). Only the copy is rewritten, never the backup.
 //!
+//! The keys differ between the lines: 2.x follows `mirror` and registers with
+//! `aha:registry`; 3.x renamed them `parent` and `aha:servers` (a 3.x cell with
+//! `parent:` boots as a follower of it, syncs its nexus and forwards every write to
+//! it). Both lines' keys are removed whatever the copy's line: a key the other line
+//! does not know is simply not there.
+//!
 //! Keys are removed, not set to null: Synapse 3.x fails the boot on an unknown key,
 //! and both 2.256 and 3.7.0 treat a missing key as "not a mirror, no AHA". The
 //! rewrite is by line, on top-level keys only (Synapse's config files are flat
@@ -20,10 +26,12 @@ use anyhow::{Context, Result};
 
 use crate::base::fsutil;
 
-/// The `cell.yaml` keys a drilled copy must not keep.
+/// The `cell.yaml` keys a drilled copy must not keep (2.x and 3.x).
 pub(crate) const NEUTRALISED: &[&str] = &[
     "mirror",
+    "parent",
     "aha:registry",
+    "aha:servers",
     "aha:provision",
     "aha:leader",
     "aha:network",
@@ -161,6 +169,18 @@ mod tests {
             ]
         );
         assert_eq!(strip_keys("a: 1\nb:\n  - x\n").1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn strips_the_3x_follower_and_aha_keys() {
+        // Synapse 3.x: `parent` is a follower's upstream, `aha:servers` the registry.
+        let text = "nexslog:en: true\nparent: cell:///srv/cortex/leader\naha:servers:\n  - ssl://aha.example:27492\naha:promotable: true\n";
+        let (kept, keys) = strip_keys(text);
+        assert_eq!(kept, "nexslog:en: true\naha:promotable: true\n");
+        assert_eq!(keys, ["parent", "aha:servers"]);
+        assert!(env_is_neutralised("SYN_CORTEX_PARENT"));
+        assert!(env_is_neutralised("SYN_CORTEX_AHA_SERVERS"));
+        assert!(!env_is_neutralised("SYN_CORTEX_AHA_PROMOTABLE"));
     }
 
     #[test]

@@ -8,7 +8,8 @@ telepath code under test. SERVICE is a service directory (its unix socket,
 cell://DIR, needs root or the service's user) or a telepath URL.
 
   storm.py wait SERVICE [--timeout S]        until the service answers a call
-  storm.py add SERVICE N [--start K] [--tag T]  adds inet:ipv4 nodes K..K+N-1, tagged
+  storm.py add SERVICE N [--start K] [--tag T]  adds N IP nodes (the K-th to the
+                                             K+N-1-th), tagged; prints the tagged count
   storm.py count SERVICE QUERY               prints how many nodes QUERY yields
   storm.py storm SERVICE TEXT [--timeout S]  runs Storm, prints its print/warn/err
                                              messages; exit 1 on an error message or
@@ -17,9 +18,15 @@ cell://DIR, needs root or the service's user) or a telepath URL.
   storm.py info SERVICE                      prints, as JSON, the cell's iden, run,
                                              paused, active, nexus index and
                                              upstream (2.x mirror / 3.x parent)
+  storm.py health SERVICE                    prints getHealthCheck()['status']
   storm.py writer SERVICE --start K          adds nodes K, K+1, ... one edit at a time
                                              until killed; prints K once connected and
                                              every 50th value committed
+
+IP nodes are `inet:ipv4` (address K) on Synapse 2.x, `inet:ip` (10.x.y.z, the K-th
+address of 10/8) on 3.x, which has no `inet:ipv4`; the line is what the service says
+(its version is a tuple on 2.x, a string on 3.x). Runs with either line's Python (3.x:
+/opt/syn3/bin/python in tests/systemd/47-synapse3.sh).
 
 Also used on the host by the Rust tests (tests/util/mod.rs) and by
 tests/fixtures/make-fixture.sh, with the venv's python.
@@ -70,16 +77,34 @@ async def run_storm(proxy, text, opts=None):
     return nodes, errors
 
 
+async def is_3x(proxy):
+    # 2.x: ('synapse': {'version': (2, 256, 0), ...}); 3.x: {'version': '3.7.0'}.
+    info = await proxy.getCellInfo()
+    return isinstance(info['synapse']['version'], str)
+
+
+def ip3(k):
+    '''The k-th address of 10.0.0.0/8 (an inet:ip on 3.x).'''
+    return f'10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}'
+
+
 async def add(args):
-    # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
-    text = 'for $k in $lib.range($end, start=$start) { [ inet:ipv4=$k +#$tag ] }'
-    opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
     async with await s_telepath.openurl(url_of(args.service)) as core:
+        if await is_3x(core):
+            form = 'inet:ip'
+            text = 'for $a in $addrs { [ inet:ip=$a +#$tag ] }'
+            opts = {'vars': {'addrs': [ip3(k) for k in range(args.start, args.start + args.n)],
+                             'tag': args.tag}}
+        else:
+            form = 'inet:ipv4'
+            # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
+            text = 'for $k in $lib.range($end, start=$start) { [ inet:ipv4=$k +#$tag ] }'
+            opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
         _, errors = await run_storm(core, text, opts)
         if errors:
             return 1
         # Report what is there, not what was sent: the caller asserts on it.
-        print(await core.count(f'inet:ipv4#{args.tag}'))
+        print(await core.count(f'{form}#{args.tag}'))
     return 0
 
 
@@ -121,12 +146,19 @@ async def info(args):
     return 0
 
 
+async def health(args):
+    async with await s_telepath.openurl(url_of(args.service)) as cell:
+        print((await cell.getHealthCheck())['status'])
+    return 0
+
+
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
+        node = (lambda k: f'inet:ip={ip3(k)}') if await is_3x(core) else (lambda k: f'inet:ipv4={k}')
         k = args.start
         print(k, flush=True)
         while True:
-            _, errors = await run_storm(core, f'[ inet:ipv4={k} +#synbackup.writer ]')
+            _, errors = await run_storm(core, f'[ {node(k)} +#synbackup.writer ]')
             if errors:
                 return 1
             k += 1
@@ -141,7 +173,7 @@ def main(argv):
     p.add_argument('service')
     p.add_argument('--timeout', type=float, default=120)
     p.set_defaults(func=wait)
-    p = subs.add_parser('add', help='add N inet:ipv4 nodes; prints the tagged count')
+    p = subs.add_parser('add', help='add N IP nodes; prints the tagged count')
     p.add_argument('service')
     p.add_argument('n', type=int)
     p.add_argument('--start', type=int, default=0)
@@ -162,6 +194,9 @@ def main(argv):
     p = subs.add_parser('info', help="print the cell's iden, run, freeze, role and nexus index")
     p.add_argument('service')
     p.set_defaults(func=info)
+    p = subs.add_parser('health', help="print the cell's health status")
+    p.add_argument('service')
+    p.set_defaults(func=health)
     p = subs.add_parser('writer', help='add nodes one edit at a time until killed')
     p.add_argument('service')
     p.add_argument('--start', type=int, default=100000)
