@@ -3,7 +3,10 @@
 //! `cell.mods.yaml` lose the keys that make a cell follow or register with another
 //! service ([`NEUTRALISED`]: a restored mirror follows its upstream and forwards
 //! writes to it, an AHA member registers as the live one, provisioning talks to
-//! AHA). Only the copy is rewritten, never the backup.
+//! AHA). Those of both release lines: 2.x's `mirror` and `aha:registry` are 3.x's
+//! `parent` and `aha:servers` (a 3.x cell under AHA also refuses to boot when it
+//! cannot reach AHA); removing a key the line does not have changes nothing, so
+//! the list needs no version. Only the copy is rewritten, never the backup.
 //!
 //! Keys are removed, not set to null: Synapse 3.x fails the boot on an unknown key,
 //! and both 2.256 and 3.7.0 treat a missing key as "not a mirror, no AHA". The
@@ -20,10 +23,12 @@ use anyhow::{Context, Result};
 
 use crate::base::fsutil;
 
-/// The `cell.yaml` keys a drilled copy must not keep.
+/// The `cell.yaml` keys a drilled copy must not keep (2.x and 3.x).
 pub(crate) const NEUTRALISED: &[&str] = &[
     "mirror",
+    "parent",
     "aha:registry",
+    "aha:servers",
     "aha:provision",
     "aha:leader",
     "aha:network",
@@ -158,6 +163,23 @@ mod tests {
             ]
         );
         assert_eq!(strip_keys("a: 1\nb:\n  - x\n").1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn strips_the_3x_upstream_and_aha_keys() {
+        // 3.7.0's follower and AHA keys (2.x: `mirror`, `aha:registry`).
+        let text = "parent: cell:///srv/cortex/leader\naha:servers:\n  - ssl://aha.example:27492/\naha:name: core00\naha:network: prod.example\nnexslog:en: true\n";
+        let (kept, keys) = strip_keys(text);
+        assert_eq!(kept, "nexslog:en: true\n");
+        assert_eq!(keys, ["parent", "aha:servers", "aha:name", "aha:network"]);
+        let mut env = vec![
+            "SYN_CORTEX_PARENT=cell:///x".to_string(),
+            "SYN_CORTEX_AHA_SERVERS=ssl://a/".to_string(),
+        ];
+        assert_eq!(
+            neutralise_env(&mut env),
+            ["env:SYN_CORTEX_PARENT", "env:SYN_CORTEX_AHA_SERVERS"]
+        );
     }
 
     #[test]
