@@ -8,7 +8,7 @@ telepath code under test. SERVICE is a service directory (its unix socket,
 cell://DIR, needs root or the service's user) or a telepath URL.
 
   storm.py wait SERVICE [--timeout S]        until the service answers a call
-  storm.py add SERVICE N [--start K] [--tag T]  adds inet:ipv4 nodes K..K+N-1, tagged
+  storm.py add SERVICE N [--start K] [--tag T]  adds IPv4 nodes K..K+N-1, tagged
   storm.py count SERVICE QUERY               prints how many nodes QUERY yields
   storm.py storm SERVICE TEXT [--timeout S]  runs Storm, prints its print/warn/err
                                              messages; exit 1 on an error message or
@@ -18,8 +18,11 @@ cell://DIR, needs root or the service's user) or a telepath URL.
                                              until killed; prints K once connected and
                                              every 50th value committed
 
-Also used on the host by the Rust tests (tests/util/mod.rs) and by
-tests/fixtures/make-fixture.sh, with the venv's python.
+An IPv4 node is `inet:ipv4` on Synapse 2.x and `inet:ip` on 3.x: `add` and `writer`
+pick the form from the version the service reports (getCellInfo).
+
+Also used on the host by the Rust tests (tests/util/line.rs), with the Python of
+either release line, and by tests/fixtures/make-fixture.sh.
 """
 import argparse
 import asyncio
@@ -66,16 +69,27 @@ async def run_storm(proxy, text, opts=None):
     return nodes, errors
 
 
+async def ipv4(core):
+    """(form, Storm value of the integer $k) of an IPv4 node on this service: 2.x's
+    inet:ipv4 takes the integer; 3.x's inet:ip a (version, integer) pair."""
+    version = (await core.getCellInfo())['synapse']['version']
+    major = int(version.split('.')[0]) if isinstance(version, str) else version[0]
+    if major >= 3:
+        return 'inet:ip', '((4), $k)'
+    return 'inet:ipv4', '$k'
+
+
 async def add(args):
-    # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
-    text = 'for $k in $lib.range($end, start=$start) { [ inet:ipv4=$k +#$tag ] }'
-    opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
     async with await s_telepath.openurl(url_of(args.service)) as core:
+        form, valu = await ipv4(core)
+        # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
+        text = f'for $k in $lib.range($end, start=$start) {{ [ {form}={valu} +#$tag ] }}'
+        opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
         _, errors = await run_storm(core, text, opts)
         if errors:
             return 1
         # Report what is there, not what was sent: the caller asserts on it.
-        print(await core.count(f'inet:ipv4#{args.tag}'))
+        print(await core.count(f'{form}#{args.tag}'))
     return 0
 
 
@@ -105,10 +119,12 @@ async def paused(args):
 
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
+        form, valu = await ipv4(core)
         k = args.start
         print(k, flush=True)
         while True:
-            _, errors = await run_storm(core, f'[ inet:ipv4={k} +#synbackup.writer ]')
+            opts = {'vars': {'k': k}}
+            _, errors = await run_storm(core, f'[ {form}={valu} +#synbackup.writer ]', opts)
             if errors:
                 return 1
             k += 1
@@ -123,7 +139,7 @@ def main(argv):
     p.add_argument('service')
     p.add_argument('--timeout', type=float, default=120)
     p.set_defaults(func=wait)
-    p = subs.add_parser('add', help='add N inet:ipv4 nodes; prints the tagged count')
+    p = subs.add_parser('add', help='add N IPv4 nodes; prints the tagged count')
     p.add_argument('service')
     p.add_argument('n', type=int)
     p.add_argument('--start', type=int, default=0)
