@@ -64,9 +64,9 @@ fn served_now(port: u16) -> String {
     served(&connect(port).unwrap())
 }
 
-/// One keep-alive `GET /api/v1/active`: the HTTP status code.
-fn get_active(s: &mut SslStream<TcpStream>) -> std::io::Result<u32> {
-    s.write_all(b"GET /api/v1/active HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+/// One keep-alive `GET PATH` (the line's `active` endpoint): the HTTP status code.
+fn get_active(s: &mut SslStream<TcpStream>, path: &str) -> std::io::Result<u32> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.read_line(&mut status)?;
@@ -218,8 +218,9 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process(s: &Setup) {
 
     // HTTPS requests all through the deploy: one kept-alive connection and a loop
     // of new ones.
+    let active = s.cortex.line.active_path();
     let mut kept = connect(s.port).unwrap();
-    assert_eq!(get_active(&mut kept).unwrap(), 200);
+    assert_eq!(get_active(&mut kept, active).unwrap(), 200);
     let stop = Arc::new(AtomicBool::new(false));
     let port = s.port;
     let looper = {
@@ -229,7 +230,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process(s: &Setup) {
             let mut samples: Vec<(f64, Result<String, String>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = connect(port)
-                    .and_then(|mut c| get_active(&mut c).map(|code| (served(&c), code)))
+                    .and_then(|mut c| get_active(&mut c, active).map(|code| (served(&c), code)))
                     .map_err(|e| e.to_string())
                     .and_then(|(fp, code)| {
                         if code == 200 {
@@ -273,7 +274,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process(s: &Setup) {
     assert_eq!(status["details"]["fingerprint"], new_fp.as_str());
 
     // The kept-alive connection: still open, still the old certificate.
-    let kept_ok = get_active(&mut kept).map_err(|e| e.to_string());
+    let kept_ok = get_active(&mut kept, active).map_err(|e| e.to_string());
     let kept_fp = served(&kept);
     // The loop: every request answered; old, then new, never back.
     let failed: Vec<_> = samples.iter().filter(|(_, r)| r.is_err()).collect();

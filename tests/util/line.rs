@@ -8,7 +8,8 @@
 //! of the matrix). What differs between the lines in a test is asked of the
 //! [`Line`]: the Python that runs Synapse (the venv's, or the tree's through
 //! `tests/synapse3/in-root`), the fixture Cortex, the form of an IPv4 node
-//! (`inet:ipv4` on 2.x, `inet:ip` on 3.x) and the version string. `storm.py`
+//! (`inet:ipv4` on 2.x, `inet:ip` on 3.x), the `cell.yaml` keys of a mirror and
+//! of AHA, the HTTP API's version and the version string. `storm.py`
 //! decides the Storm it sends from what the service says, as synbackup does.
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,15 @@ impl Line {
         match self {
             Line::V2 => "aha:registry",
             Line::V3 => "aha:servers",
+        }
+    }
+
+    /// The HTTPS endpoint that answers without a login: `/api/v1/active` (2.x),
+    /// `/api/v3/active` (3.x: the HTTP API is `v3`).
+    pub fn active_path(self) -> &'static str {
+        match self {
+            Line::V2 => "/api/v1/active",
+            Line::V3 => "/api/v3/active",
         }
     }
 
