@@ -18,6 +18,23 @@ round, every command with the page cache warm and with it dropped before the com
   read-direct      O_DIRECT read of the live pages in file order: the read limit (cold)
   python-import    python -c 'import synapse.tools.service.backup' (not by default)
 
+and, when the Synapse 3.7.0 tree of tests/synapse3 is there (--syn3-root), Synapse
+3.7.0's own tool as peers on the same data: a real 3.7.0 Cortex runs on CELL3 (in the
+workdir) for the whole run, and each shape's directory is hard-linked into it as
+CELL3/shape, so that the cell's own backup stream covers it too:
+
+  synbackup-3      synbackup backup CELL3 DST --json (the cell frozen and resumed)
+  python-tool-3    3.7.0's python -m synapse.tools.service.backup CELL3 DST; sync
+  stream-3         3.7.0's python -m synapse.tools.service.backup tcp://...CELL3 DST.zip;
+                   sync: the cell streams a zip of its live backup over telepath
+                   (initBackupStream); its CPU time includes the cell's (the cell's
+                   backup process does the reading and compressing). Over tcp://
+                   (root's password set in cell.yaml), because over the unix socket
+                   (cell://) 3.7.0's backup process writes to the caller's
+                   non-blocking socket and fails with BlockingIOError once its buffer
+                   is full, the client then failing or waiting for ever
+  python-import-3  3.7.0's python -c 'import synapse.tools.service.backup' (not by default)
+
 on each data shape (--shapes: inline, blob, log, many, mixed), each its own rows.
 --scale instead measures synbackup (and what --commands adds) on the mixed shape at
 growing sizes.
@@ -546,6 +563,90 @@ def measure(cmd, env=None):
     }
 
 
+# ---------------------------------------------------------------------------------
+# Synapse 3.7.0: the Debian sid tree of tests/synapse3 (python3.14), entered by
+# tests/synapse3/in-root with the workdir bound at its own path.
+
+SYN3_PYTHON = '/opt/syn3/bin/python'
+SYN3_COMMANDS = ('synbackup-3', 'python-tool-3', 'stream-3', 'python-import-3')
+
+
+def syn3_root(args):
+    """The sid tree, when built (build-root writes its stamp last), else None."""
+    root = args.syn3_root
+    return root if os.path.exists(os.path.join(root, 'etc/synbackup-syn3-root.stamp')) else None
+
+
+def in_root(args, *cmd):
+    """argv running cmd in the 3.x tree with the workdir visible."""
+    return ['env', f'SYNBACKUP_TEST_SYN3_ROOT={args.syn3_root}',
+            os.path.join(REPO, 'tests/synapse3/in-root'), '--bind', args.workdir, '--', *cmd]
+
+
+class Cell3:
+    """A real Synapse 3.7.0 Cortex on CELL3 (made fresh for the run), listening on
+    tcp:// on loopback besides its socket (root's password in its cell.yaml), and
+    each shape's directory hard-linked into it in turn (same inodes: the same page
+    cache)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = os.path.join(args.workdir, 'cell3')
+        rmtree(self.dir)
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, 'cell.yaml'), 'w') as f:
+            f.write('auth:passwd: bench\n')
+        port = free_port()
+        self.url = f'tcp://root:bench@127.0.0.1:{port}/'
+        self.logf = open(os.path.join(args.workdir, 'cell3.log'), 'wb')
+        log('starting a Synapse 3.7.0 Cortex for the 3.7.0 peers')
+        self.proc = subprocess.Popen(
+            in_root(args, SYN3_PYTHON, '-m', 'synapse.servers.cortex', '--telepath',
+                    f'tcp://127.0.0.1:{port}/', '--https', '0', self.dir),
+            stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
+        if subprocess.run(in_root(args, SYN3_PYTHON, '-c', WAIT, self.dir, '180')).returncode:
+            self.stop()
+            raise SystemExit('the 3.7.0 Cortex did not answer within 180 s (see cell3.log)')
+
+    def attach(self, src):
+        """CELL3/shape: a hard-linked copy of the shape's directory; CELL3 returned."""
+        self.detach()
+        subprocess.run(['cp', '-al', src, os.path.join(self.dir, 'shape')], check=True)
+        return self.dir
+
+    def detach(self):
+        rmtree(os.path.join(self.dir, 'shape'))
+
+    def cpu(self):
+        """CPU seconds of the cell and its reaped children (its backup processes)."""
+        with open(f'/proc/{self.proc.pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        # utime, stime, cutime, cstime: fields 14-17, counted from 1 with pid and comm.
+        return sum(int(x) for x in fields[11:15]) / os.sysconf('SC_CLK_TCK')
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.logf.close()
+        rmtree(self.dir)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def drop_caches():
     subprocess.run(['sync'], check=True)
     with open('/proc/sys/vm/drop_caches', 'w') as f:
@@ -721,12 +822,16 @@ def rmtree(p):
 
 
 class Bench:
-    def __init__(self, args, src, shape='mixed'):
+    def __init__(self, args, src, shape='mixed', cell3=None):
         self.args = args
         self.src = src
         self.shape = shape
         self.out = os.path.join(args.workdir, 'out')
         self.envs = env_dirs(src)
+        self.cell3 = cell3
+        if cell3:
+            self.src3 = cell3.attach(src)
+            self.envs3 = env_dirs(self.src3)
         self.dd_bytes = None
         self.results = []
         self.runs_file = os.path.join(args.workdir, f'live-runs-{os.path.basename(src)}.json')
@@ -762,6 +867,15 @@ class Bench:
                                  f'count={count}', 'oflag=direct', 'conv=fdatasync']
         cmds['read-direct'] = [sys.executable, os.path.abspath(__file__), '--read-runs',
                                self.runs_file]
+        if self.cell3:
+            cmds['synbackup-3'] = [a.synbackup, 'backup', self.src3, dst, '--json']
+            tool = [SYN3_PYTHON, '-m', 'synapse.tools.service.backup']
+            cmds['python-tool-3'] = ['sh', '-c', '"$@" && sync', 'sh',
+                                     *in_root(a, *tool, self.src3, dst)]
+            cmds['stream-3'] = ['sh', '-c', '"$@" && sync', 'sh',
+                                *in_root(a, *tool, self.cell3.url, dst + '.zip')]
+            cmds['python-import-3'] = in_root(a, SYN3_PYTHON, '-c',
+                                              'import synapse.tools.service.backup')
         return {k: v for k, v in cmds.items()
                 if k in a.commands or k in dict(a.variants)}
 
@@ -772,7 +886,8 @@ class Bench:
             drop_caches()
         else:
             subprocess.run(['sync'], check=True)
-            warm([self.src, os.path.join(self.args.venv, 'lib')])
+            warm([self.src, os.path.join(self.args.venv, 'lib')]
+                 + ([os.path.join(self.args.syn3_root, 'opt/syn3/lib')] if self.cell3 else []))
         # Let the kernel finish with what was just freed (on a VM with free page
         # reporting, freed memory goes back to the host a moment later, and whoever
         # touches it next pays): every command then starts from the same state.
@@ -785,11 +900,17 @@ class Bench:
     def run_one(self, name, cmd, cold, rnd):
         self.prepare(cold)
         load = loadavg()
+        cell_cpu = self.cell3.cpu() if self.cell3 and name in SYN3_COMMANDS else None
         r = measure(cmd)
         r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load,
                  shape=self.shape)
         if r['rc'] != 0:
             raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
+        if cell_cpu is not None:
+            r['cell_cpu'] = self.cell3.cpu() - cell_cpu
+            if name == 'stream-3':
+                # The cell's backup process reads and compresses: its work is the tool's.
+                r['cpu'] += r['cell_cpu']
         if name.startswith('synbackup') or name in dict(self.args.variants):
             s = json.loads(r['stdout'])
             r['bytes'] = s['bytes_written']
@@ -797,6 +918,11 @@ class Bench:
         elif name in ('python-tool', 'mdb_copy'):
             r['bytes'] = sum(os.path.getsize(os.path.join(self.out, 'backup', e, 'data.mdb'))
                              for e in self.envs)
+        elif name == 'python-tool-3':
+            r['bytes'] = sum(os.path.getsize(os.path.join(self.out, 'backup', e, 'data.mdb'))
+                             for e in self.envs3)
+        elif name == 'stream-3':
+            r['bytes'] = os.path.getsize(os.path.join(self.out, 'backup.zip'))
         elif name == 'read-direct':
             r['bytes'] = int(r['stdout'].strip() or 0)
         r.pop('stdout')
@@ -828,6 +954,8 @@ class Bench:
                         continue  # O_DIRECT reads the device whatever the cache holds
                     self.run_one(name, self.commands()[name], cold, rnd)
         rmtree(self.out)
+        if self.cell3:
+            self.cell3.detach()
 
 
 # ---------------------------------------------------------------------------------
@@ -871,7 +999,7 @@ async def main(d, timeout):
     while time.monotonic() < deadline:
         try:
             async with await s_telepath.openurl('cell://' + d) as core:
-                await core.count('inet:ipv4')
+                await core.getCellInfo()
                 return 0
         except Exception:
             await asyncio.sleep(0.25)
@@ -943,7 +1071,8 @@ def med(xs):
 
 def shape_table(results):
     """One shape's rows: medians with min-max, CPU, RssAnon, bytes, and the ratios to
-    the Python tool, the write limit (dd-direct), and cold also to read + write limit."""
+    the Python tool (of the row's own Synapse line: python-tool-3 for the 3.7.0 rows),
+    the write limit (dd-direct), and cold also to read + write limit."""
     lines = []
     by = {}
     names = []
@@ -952,17 +1081,18 @@ def shape_table(results):
         if r['name'] not in names:
             names.append(r['name'])
     lines.append('| command | cache | wall median (min–max) s | CPU median s | peak RssAnon MiB'
-                 ' | GB | ÷ python-tool | ÷ write limit | ÷ read+write limit |')
+                 ' | GB | ÷ its line\'s python-tool | ÷ write limit | ÷ read+write limit |')
     lines.append('|---|---|---|---|---|---|---|---|---|')
     ratios = {}
     read = med([r['wall'] for r in by.get(('read-direct', 'cold'), [])])
     for cache in ('warm', 'cold'):
-        py = med([r['wall'] for r in by.get(('python-tool', cache), [])])
         wl = med([r['wall'] for r in by.get(('dd-direct', cache), [])])
         for n in names:
             rs = by.get((n, cache))
             if not rs:
                 continue
+            anchor = 'python-tool-3' if n in SYN3_COMMANDS else 'python-tool'
+            py = med([r['wall'] for r in by.get((anchor, cache), [])])
             w = [r['wall'] for r in rs]
             m = med(w)
             rp = m / py if py == py else float('nan')
@@ -1017,6 +1147,10 @@ def summarize(results, freeze, meta):
         t = targets(shape, all_ratios[shape])
         if t:
             lines.append(f'- {t}')
+    peers = syn3_table(results, shapes)
+    if peers:
+        lines.append('')
+        lines.extend(peers)
     loads = [r['load'] for r in results] or [float('nan')]
     lines.append('')
     lines.append(f'{len(results)} measurements, {meta["rounds"]} rounds; load average (1 min) '
@@ -1032,6 +1166,42 @@ def summarize(results, freeze, meta):
                      f'snapshots took median {med([a - b for a, b in zip(fm, fc)]):.0f} ms; '
                      f'peak RssAnon {max(f["rss_anon_mib"] for f in freeze):.1f} MiB.')
     return '\n'.join(lines), all_ratios
+
+
+def syn3_table(results, shapes):
+    """Per shape and cache: synbackup against each line's own tool, side by side (the
+    2.256 source, and the same data inside a running 3.7.0 Cortex); empty without
+    3.7.0 rows."""
+    walls = {}
+    for r in results:
+        walls.setdefault((r.get('shape', 'mixed'), r['name'], r['cache']), []).append(r['wall'])
+    if not any(k[1] in SYN3_COMMANDS for k in walls):
+        return []
+
+    def ratio(shape, cache, a, b):
+        x, y = walls.get((shape, a, cache)), walls.get((shape, b, cache))
+        return f'{med(x) / med(y):.2f}' if x and y else ''
+
+    def wall(shape, cache, name):
+        x = walls.get((shape, name, cache))
+        return f'{med(x):.2f}' if x else ''
+
+    lines = ['### Synapse 3.7.0\'s own tools as peers',
+             '',
+             '| shape | cache | synbackup ÷ Python tool 2.256 | synbackup-3 ÷ Python tool 3.7.0 '
+             '| synbackup-3 ÷ stream 3.7.0 | synbackup-3 s | Python tool 3.7.0 s | stream 3.7.0 s |',
+             '|---|---|---|---|---|---|---|---|']
+    for shape in shapes:
+        for cache in ('warm', 'cold'):
+            if not walls.get((shape, 'synbackup-3', cache)):
+                continue
+            lines.append(f'| {shape} | {cache} | {ratio(shape, cache, "synbackup", "python-tool")} '
+                         f'| {ratio(shape, cache, "synbackup-3", "python-tool-3")} '
+                         f'| {ratio(shape, cache, "synbackup-3", "stream-3")} '
+                         f'| {wall(shape, cache, "synbackup-3")} '
+                         f'| {wall(shape, cache, "python-tool-3")} '
+                         f'| {wall(shape, cache, "stream-3")} |')
+    return lines
 
 
 def scale_run(args):
@@ -1483,10 +1653,16 @@ def main():
     p.add_argument('--regen', action='store_true', help='generate the data again')
     p.add_argument('--synbackup', default=os.path.join(target, 'release', 'synbackup'))
     p.add_argument('--venv', default=default_venv, help='venv with synapse (the anchor)')
+    p.add_argument('--syn3-root', default=os.environ.get(
+                       'SYNBACKUP_TEST_SYN3_ROOT',
+                       '/var/cache/synbackup-ci/root-sid-synapse-3.7.0'),
+                   help='the Synapse 3.7.0 sid tree (tests/synapse3/build-root): its '
+                   'tools are measured as peers when it is there')
     p.add_argument('--commands', default=None, help='comma-separated subset to measure '
                    '(default synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,'
-                   'read-direct; --small: synbackup,python-tool,dd-direct,read-direct; also: '
-                   'python-import)')
+                   'read-direct; --small: synbackup,python-tool,dd-direct,read-direct; both '
+                   'with synbackup-3,python-tool-3,stream-3 when the 3.7.0 tree is there; '
+                   'also: python-import, python-import-3)')
     p.add_argument('--variant', action='append', default=[], metavar='NAME=PATH',
                    help='also measure another synbackup binary (A/B of engine changes)')
     p.add_argument('--caches', default='warm,cold',
@@ -1542,7 +1718,12 @@ def main():
         args.commands = ('synbackup' if args.scale else
                          'synbackup,python-tool,dd-direct,read-direct' if args.small else
                          'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
+        if not args.scale and not args.offsite and syn3_root(args):
+            args.commands += ',synbackup-3,python-tool-3,stream-3'
     args.commands = args.commands.split(',')
+    if any(c in SYN3_COMMANDS for c in args.commands) and not syn3_root(args):
+        raise SystemExit(f'no Synapse 3.7.0 tree at {args.syn3_root} (tests/synapse3/build-root '
+                         'or .ci/setup makes it; --syn3-root): cannot run the 3.7.0 commands')
     args.caches = args.caches.split(',')
     args.variants = [tuple(v.split('=', 1)) for v in args.variant]
     if args.rounds is None:
@@ -1602,11 +1783,16 @@ def run_benchmark(args):
     if args.generate_only:
         return 0
     results = []
-    for shape in args.shapes:
-        b = Bench(args, sources[shape], shape)
-        shapes_meta[shape]['live'] = b.live_bytes
-        b.run()
-        results.extend(b.results)
+    cell3 = Cell3(args) if any(c in SYN3_COMMANDS for c in args.commands) else None
+    try:
+        for shape in args.shapes:
+            b = Bench(args, sources[shape], shape, cell3)
+            shapes_meta[shape]['live'] = b.live_bytes
+            b.run()
+            results.extend(b.results)
+    finally:
+        if cell3:
+            cell3.stop()
     freeze = []
     if args.cortex and os.path.exists(os.path.join(args.venv, 'bin', 'python')):
         freeze = cortex_freeze(args)

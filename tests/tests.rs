@@ -3,8 +3,9 @@
 //! per capability. Each runs the real binary against real LMDB environments or a
 //! real Synapse Cortex (2.256.0 from the venv that `.ci/setup` makes,
 //! `SYNBACKUP_TEST_VENV` points elsewhere; 3.7.0 from its Debian sid tree,
-//! `SYNBACKUP_TEST_SYN3_ROOT`). The real-systemd tests are shell scripts in
-//! `tests/systemd/`.
+//! `SYNBACKUP_TEST_SYN3_ROOT`). A test that starts a Cortex runs on both release
+//! lines: `NAME::v2_256` and `NAME::v3_7_0` (`util::line`). The real-systemd tests
+//! are shell scripts in `tests/systemd/`.
 
 mod util;
 
@@ -26,8 +27,6 @@ mod engine {
     mod hostile_user;
     /// The snapshot step on a source that changes: environment set, sizes, socket.
     mod snapshots;
-    /// Against real Synapse 3.7.0: live backup, verify, restore, drill, rehearsal.
-    mod synapse3;
 }
 
 /// Instances and the nightly run: run, list, prune, status, metrics, the lock,
@@ -61,6 +60,8 @@ mod offsite {
 mod drill {
     /// `synbackup drill`: boot a backup's copy isolated, check it, clean up.
     mod boot;
+    /// The upgrade rehearsal across releases: 2.230 to 2.256, 2.x to 3.x, a downgrade.
+    mod rehearsal;
     /// The drilled cell sees none of the host's services and runs no dmon.
     mod sealed;
 }

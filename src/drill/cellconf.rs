@@ -3,13 +3,10 @@
 //! `cell.mods.yaml` lose the keys that make a cell follow or register with another
 //! service ([`NEUTRALISED`]: a restored mirror follows its upstream and forwards
 //! writes to it, an AHA member registers as the live one, provisioning talks to
-//! AHA). Only the copy is rewritten, never the backup.
-//!
-//! The keys differ between the lines: 2.x follows `mirror` and registers with
-//! `aha:registry`; 3.x renamed them `parent` and `aha:servers` (a 3.x cell with
-//! `parent:` boots as a follower of it, syncs its nexus and forwards every write to
-//! it). Both lines' keys are removed whatever the copy's line: a key the other line
-//! does not know is simply not there.
+//! AHA). Those of both release lines: 2.x's `mirror` and `aha:registry` are 3.x's
+//! `parent` and `aha:servers` (a 3.x cell under AHA also refuses to boot when it
+//! cannot reach AHA); removing a key the line does not have changes nothing, so
+//! the list needs no version. Only the copy is rewritten, never the backup.
 //!
 //! Keys are removed, not set to null: Synapse 3.x fails the boot on an unknown key,
 //! and both 2.256 and 3.7.0 treat a missing key as "not a mirror, no AHA". The
@@ -181,6 +178,23 @@ mod tests {
         assert!(env_is_neutralised("SYN_CORTEX_PARENT"));
         assert!(env_is_neutralised("SYN_CORTEX_AHA_SERVERS"));
         assert!(!env_is_neutralised("SYN_CORTEX_AHA_PROMOTABLE"));
+    }
+
+    #[test]
+    fn strips_the_3x_upstream_and_aha_keys() {
+        // 3.7.0's follower and AHA keys (2.x: `mirror`, `aha:registry`).
+        let text = "parent: cell:///srv/cortex/leader\naha:servers:\n  - ssl://aha.example:27492/\naha:name: core00\naha:network: prod.example\nnexslog:en: true\n";
+        let (kept, keys) = strip_keys(text);
+        assert_eq!(kept, "nexslog:en: true\n");
+        assert_eq!(keys, ["parent", "aha:servers", "aha:name", "aha:network"]);
+        let mut env = vec![
+            ("SYN_CORTEX_PARENT".to_string(), "cell:///x".to_string()),
+            ("SYN_CORTEX_AHA_SERVERS".to_string(), "ssl://a/".to_string()),
+        ];
+        assert_eq!(
+            neutralise_env(&mut env),
+            ["env:SYN_CORTEX_PARENT", "env:SYN_CORTEX_AHA_SERVERS"]
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!   directory left untouched) and there is no in-place migration; every release
 //!   refuses a directory a newer one ran (a downgrade).
 //!
+//! - Config keys: a follower's upstream is `mirror` on 2.x and `parent` on 3.x, the
+//!   AHA registry `aha:registry` and `aha:servers`. `drill::cellconf` removes both
+//!   lines' keys from a drilled copy, which needs no version.
+//!
 //! Telepath itself is the same on both lines (`vers` [3, 0]); API arguments are
 //! keyword-only on 3.x, which `engine::telepath` already sends as keywords. The
 //! directory layout differs (3.x: no embedded `axon/`, `jsonstor/`, `backups/`, no

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The certificate directory in backups, on real easycert material and a real
-//! Cortex: `run` carries the instance's certificate directory as
+//! Cortex (both release lines where one is started): `run` carries the instance's certificate directory as
 //! `synbackup-certs/` (listed in the manifest, verified, private keys at most
 //! 0600); `restore --certs` puts it back on a host that lost it, and a telepath
 //! `ssl://` client using the restored certificates reaches a Cortex started on the
@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 use crate::util::certs::easycert;
 use crate::util::*;
 
-/// A host: instance `c0` on a copy of the fixture Cortex, its certificate
-/// directory made by easycert in a temporary home (CA `testca`, host
+/// A host: instance `c0` on a copy of a release line's fixture Cortex, its
+/// certificate directory made by easycert in a temporary home (CA `testca`, host
 /// `cortex.local` with its key 0640, user `root`).
 struct Host {
     _t: tempfile::TempDir,
@@ -31,13 +31,16 @@ fn mode(p: &Path) -> u32 {
 }
 
 impl Host {
-    fn new() -> Host {
+    fn new(line: Line) -> Host {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         let svc = root.join("data/cortex00");
         fs::create_dir_all(root.join("data")).unwrap();
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
-        let cp = command("cp").arg("-a").arg(&fixture).arg(&svc).status();
+        let cp = command("cp")
+            .arg("-a")
+            .arg(line.fixture())
+            .arg(&svc)
+            .status();
         assert!(cp.unwrap().success());
         let certdir = root.join("home/synapse/.syn/certs");
         easycert(&certdir, &["--ca", "testca"]);
@@ -93,8 +96,8 @@ impl Host {
 }
 
 /// Connect to `ssl://127.0.0.1:PORT` as user `root` with the certificates of
-/// `certdir`, through Synapse's own client; the cell's iden, or the error.
-fn ssl_client(certdir: &Path, port: u16) -> Result<String, String> {
+/// `certdir`, through Synapse's own client (of `line`); the cell's iden, or the error.
+fn ssl_client(line: Line, certdir: &Path, port: u16) -> Result<String, String> {
     let script = r#"
 import asyncio, sys
 import synapse.telepath as s_telepath
@@ -106,7 +109,8 @@ async def main():
         print((await core.getCellInfo())['cell']['iden'])
 asyncio.run(asyncio.wait_for(main(), 60))
 "#;
-    let o = command(python())
+    let o = line
+        .py(&[])
         .args(["-c", script])
         .arg(certdir)
         .arg(port.to_string())
@@ -119,9 +123,10 @@ asyncio.run(asyncio.wait_for(main(), 60))
     }
 }
 
-#[test]
-fn a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect() {
-    let h = Host::new();
+crate::on_both_lines!(a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect);
+
+fn a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect(line: Line) {
+    let h = Host::new(line);
     let before = hash_tree(&h.certdir);
     let b = h.backup_now();
 
@@ -178,18 +183,21 @@ fn a_rebuilt_host_gets_its_certificates_back_and_ssl_clients_connect() {
     let port = free_port();
     let listen = format!("ssl://127.0.0.1:{port}/?hostname=cortex.local&ca=testca");
     let cert_env = h.certdir.to_str().unwrap().to_string();
-    let _core = Cortex::start_with(&h.svc, &listen, &[("SYN_CERT_DIR", &cert_env)]);
+    let _core = Cortex::start_with(line, &h.svc, &listen, &[("SYN_CERT_DIR", &cert_env)]);
     let guid = fs::read_to_string(h.svc.join("cell.guid")).unwrap();
-    assert_eq!(ssl_client(&h.certdir, port), Ok(guid.trim().to_string()));
+    assert_eq!(
+        ssl_client(line, &h.certdir, port),
+        Ok(guid.trim().to_string())
+    );
     // Without those certificates the same client is refused.
     let empty = h.root.join("empty-certs");
     fs::create_dir_all(&empty).unwrap();
-    assert!(ssl_client(&empty, port).is_err());
+    assert!(ssl_client(line, &empty, port).is_err());
 }
 
 #[test]
 fn verify_fails_when_a_carried_file_changes_and_bad_cert_dirs_are_refused() {
-    let h = Host::new();
+    let h = Host::new(Line::V2);
     let b = h.backup_now();
     let o = h.run(&[&"verify", &b]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -229,7 +237,7 @@ fn verify_fails_when_a_carried_file_changes_and_bad_cert_dirs_are_refused() {
 
 #[test]
 fn restore_certs_keeps_a_differing_file_names_it_and_rolls_back() {
-    let h = Host::new();
+    let h = Host::new(Line::V2);
     let b = h.backup_now();
     let hosts = h.certdir.join("hosts");
     fs::write(hosts.join("cortex.local.crt"), "a renewed certificate\n").unwrap();
@@ -313,7 +321,7 @@ fn restore_certs_keeps_a_differing_file_names_it_and_rolls_back() {
 /// (issue 32): it was 0644 and still valid. Its owner (the service's user) is kept.
 #[test]
 fn restore_certs_keeps_a_replaced_key_aside_at_most_0600() {
-    let h = Host::new();
+    let h = Host::new(Line::V2);
     let b = h.backup_now();
     let key = h.certdir.join("hosts/cortex.local.key");
     fs::write(&key, "a key the user put there\n").unwrap();
@@ -347,7 +355,7 @@ fn restore_certs_keeps_a_replaced_key_aside_at_most_0600() {
 /// it points to is untouched.
 #[test]
 fn restore_certs_refuses_a_link_the_service_user_planted_above_the_directory() {
-    let h = Host::new();
+    let h = Host::new(Line::V2);
     let b = h.backup_now();
     let home = h.root.join("home/synapse");
     let st = command("chown")
@@ -395,7 +403,7 @@ fn restore_certs_refuses_a_link_the_service_user_planted_above_the_directory() {
 #[test]
 fn restore_certs_does_not_follow_a_link_planted_while_it_writes() {
     use std::process::Stdio;
-    let h = Host::new();
+    let h = Host::new(Line::V2);
     let b = h.backup_now();
     let home = h.root.join("home/synapse");
     // A file the restore has to write (the host lost it).

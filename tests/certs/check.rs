@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup certs --dir DIR --cert-dir D` on real easycert material: the good
 //! case passes; each broken case gives its own finding, on its file, and its exit
-//! code (9 for a failure, 0 with a warning).
+//! code (9 for a failure, 0 with a warning); a real Cortex of each release line
+//! serves what the listener check passes and refuses to serve what it fails.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::process::Output;
 
 use crate::util::certs::*;
@@ -460,10 +462,10 @@ fn handshake(m: &Material, port: u16) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&cn).into_owned())
 }
 
-/// Start a real Cortex on `m.svc` with `SYN_CERT_DIR=m.certdir`, its `ssl://`
+/// Start a real Cortex of `line` on `m.svc` with `SYN_CERT_DIR=m.certdir`, its `ssl://`
 /// listener on a free port; wait (bounded) until a TLS handshake with it succeeds
 /// (`Some(server CN)`) or it exits (`None`). The process is stopped before returning.
-fn cortex_serves(m: &Material) -> (Option<String>, String) {
+fn cortex_serves(line: Line, m: &Material) -> (Option<String>, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -476,10 +478,11 @@ fn cortex_serves(m: &Material) -> (Option<String>, String) {
     .unwrap();
     let log = m.root.join("cortex.log");
     let logf = fs::File::create(&log).unwrap();
-    let mut child = command(python())
+    let mut child = line
+        .py(&[("SYN_CERT_DIR", m.certdir.to_str().unwrap())])
         .args(["-m", "synapse.servers.cortex", "--https", "0"])
         .arg(&m.svc)
-        .env("SYN_CERT_DIR", &m.certdir)
+        .process_group(0)
         .stdout(logf.try_clone().unwrap())
         .stderr(logf)
         .spawn()
@@ -501,14 +504,19 @@ fn cortex_serves(m: &Material) -> (Option<String>, String) {
     };
     let _ = nix_kill(child.id() as i32, 15);
     let _ = child.wait();
+    // SAFETY: kill(2) on the group the server led (its workers); ESRCH when none is left.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
     (served, fs::read_to_string(&log).unwrap_or_default())
 }
 
-#[test]
-fn a_real_cortex_agrees_with_the_listener_check() {
+crate::on_both_lines!(a_real_cortex_agrees_with_the_listener_check);
+
+fn a_real_cortex_agrees_with_the_listener_check(line: Line) {
     let m = good_material();
     expect(&m, 0, &[]);
-    let (served, log) = cortex_serves(&m);
+    let (served, log) = cortex_serves(line, &m);
     assert_eq!(
         served.as_deref(),
         Some("cortex.local"),
@@ -526,7 +534,7 @@ fn a_real_cortex_agrees_with_the_listener_check() {
         .unwrap();
     }
     expect(&m, 9, &[("fail", "listener-cert-missing", "svc/cell.yaml")]);
-    let (served, log) = cortex_serves(&m);
+    let (served, log) = cortex_serves(line, &m);
     assert_eq!(
         served, None,
         "the Cortex served without hosts/cortex.local.crt: {log}"

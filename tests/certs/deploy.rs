@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `synbackup certs deploy` against a real Cortex serving HTTPS on a free loopback
-//! port (its `https:port` in `cell.yaml`), with easycert material: a good pair is
+//! `synbackup certs deploy` against a real Cortex of each release line (2.256.0 and
+//! 3.7.0, where `reload(*, subsystem)` is keyword-only) serving HTTPS on a free
+//! loopback port (its `https:port` in `cell.yaml`), with easycert material: a good pair is
 //! served after a reload by the same process, with HTTPS requests answered all
 //! through it; a key of another pair, an expired pair, a pair for another name and
 //! one from another CA are refused with nothing written; a pair the cell's TLS
 //! context refuses (a 1024-bit key: OpenSSL parses and verifies it, the server at
 //! its default security level does not load it) and a reload that loads nothing
 //! (a patched handler) are rolled back: the old pair is in the files and served.
+//!
+//! The cases share one Cortex per line, started through `patched_cortex.py` whose
+//! reload handler is the real one until the control file says `noop`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -60,9 +64,9 @@ fn served_now(port: u16) -> String {
     served(&connect(port).unwrap())
 }
 
-/// One keep-alive `GET /api/v1/active`: the HTTP status code.
-fn get_active(s: &mut SslStream<TcpStream>) -> std::io::Result<u32> {
-    s.write_all(b"GET /api/v1/active HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+/// One keep-alive `GET PATH` (the line's `active` endpoint): the HTTP status code.
+fn get_active(s: &mut SslStream<TcpStream>, path: &str) -> std::io::Result<u32> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.read_line(&mut status)?;
@@ -90,20 +94,35 @@ struct Setup {
     m: Material,
     port: u16,
     cortex: Cortex,
+    /// `patched_cortex.py`'s control file.
+    control: PathBuf,
 }
 
 /// good_material's service directory (its HTTPS pair a testca certificate for
-/// localhost) as a real Cortex with only HTTPS on a free port, an instance `c0`.
-fn setup(patched: Option<&[(&str, &str)]>) -> Setup {
+/// localhost) as a real Cortex of `line` with only HTTPS on a free port, an
+/// instance `c0`.
+fn setup(line: Line) -> Setup {
     let m = good_material();
     let port = free_port();
     fs::write(m.svc.join("cell.yaml"), format!("https:port: {port}\n")).unwrap();
-    let cortex = match patched {
-        Some(env) => Cortex::start_patched(&m.svc, env),
-        None => Cortex::start(&m.svc),
-    };
+    let control = m.root.join("control");
+    let c = control.to_str().unwrap().to_string();
+    let cortex = Cortex::start_patched(line, &m.svc, &[("SYNTEST_CONTROL", &c)]);
     m.write_instance_config();
-    Setup { m, port, cortex }
+    Setup {
+        m,
+        port,
+        cortex,
+        control,
+    }
+}
+
+crate::on_both_lines!(certs_deploy_into_a_running_cortex);
+
+fn certs_deploy_into_a_running_cortex(line: Line) {
+    let s = setup(line);
+    a_renewed_pair_is_served_after_a_reload_by_the_same_process(&s);
+    a_reload_that_loads_nothing_is_caught_and_rolled_back(&s);
 }
 
 impl Setup {
@@ -163,9 +182,7 @@ fn assert_refused(s: &Setup, cert: &Path, key: &Path, needle: &str) {
     assert_eq!(served_now(s.port), served_before);
 }
 
-#[test]
-fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
-    let s = setup(None);
+fn a_renewed_pair_is_served_after_a_reload_by_the_same_process(s: &Setup) {
     let pid = s.cortex.pid();
     let old = s.pair_files();
     let old_fp = file_fp(&old["sslcert.pem"]);
@@ -174,11 +191,11 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
     // Refused before anything is written.
     let (good_crt, good_key) = s.signed("good", "localhost", -1, 90);
     let (_, other_key) = s.signed("other", "localhost", -1, 90);
-    assert_refused(&s, &good_crt, &other_key, "is not the private key of");
+    assert_refused(s, &good_crt, &other_key, "is not the private key of");
     let (exp_crt, exp_key) = s.signed("expired", "localhost", -30, -1);
-    assert_refused(&s, &exp_crt, &exp_key, "expired on");
+    assert_refused(s, &exp_crt, &exp_key, "expired on");
     let (name_crt, name_key) = s.signed("wrongname", "evil.example", -1, 90);
-    assert_refused(&s, &name_crt, &name_key, "reached as localhost");
+    assert_refused(s, &name_crt, &name_key, "reached as localhost");
     let t = tempfile::tempdir().unwrap();
     easycert(t.path(), &["--ca", "otherca"]);
     easycert(
@@ -193,7 +210,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
         ],
     );
     assert_refused(
-        &s,
+        s,
         &t.path().join("hosts/localhost.crt"),
         &t.path().join("hosts/localhost.key"),
         "does not verify",
@@ -201,8 +218,9 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
 
     // HTTPS requests all through the deploy: one kept-alive connection and a loop
     // of new ones.
+    let active = s.cortex.line.active_path();
     let mut kept = connect(s.port).unwrap();
-    assert_eq!(get_active(&mut kept).unwrap(), 200);
+    assert_eq!(get_active(&mut kept, active).unwrap(), 200);
     let stop = Arc::new(AtomicBool::new(false));
     let port = s.port;
     let looper = {
@@ -212,7 +230,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
             let mut samples: Vec<(f64, Result<String, String>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = connect(port)
-                    .and_then(|mut c| get_active(&mut c).map(|code| (served(&c), code)))
+                    .and_then(|mut c| get_active(&mut c, active).map(|code| (served(&c), code)))
                     .map_err(|e| e.to_string())
                     .and_then(|(fp, code)| {
                         if code == 200 {
@@ -239,10 +257,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
     assert_eq!(out["old_fingerprint"], old_fp.as_str());
     assert_eq!(served_now(s.port), new_fp, "the new certificate is served");
     assert_eq!(s.cortex.pid(), pid);
-    assert!(
-        storm_status(&["wait", s.cortex.url_dir(), "--timeout", "10"]),
-        "the same Cortex answers"
-    );
+    assert!(s.cortex.answers(10), "the same Cortex answers");
 
     // The files: the new pair (key 0600, the directory's owner), the old one beside it.
     let files = s.pair_files();
@@ -259,7 +274,7 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
     assert_eq!(status["details"]["fingerprint"], new_fp.as_str());
 
     // The kept-alive connection: still open, still the old certificate.
-    let kept_ok = get_active(&mut kept).map_err(|e| e.to_string());
+    let kept_ok = get_active(&mut kept, active).map_err(|e| e.to_string());
     let kept_fp = served(&kept);
     // The loop: every request answered; old, then new, never back.
     let failed: Vec<_> = samples.iter().filter(|(_, r)| r.is_err()).collect();
@@ -381,12 +396,12 @@ fn a_renewed_pair_is_served_after_a_reload_by_the_same_process() {
     assert_eq!(s.cortex.pid(), pid);
 }
 
-#[test]
-fn a_reload_that_loads_nothing_is_caught_and_rolled_back() {
-    let s = setup(Some(&[("SYNTEST_CERTS_RELOAD", "noop")]));
+fn a_reload_that_loads_nothing_is_caught_and_rolled_back(s: &Setup) {
+    fs::write(&s.control, "SYNTEST_CERTS_RELOAD=noop\n").unwrap();
     let old = s.pair_files();
     let old_fp = file_fp(&old["sslcert.pem"]);
-    let (crt, key) = s.signed("good", "localhost", -1, 90);
+    assert_eq!(served_now(s.port), old_fp);
+    let (crt, key) = s.signed("noop", "localhost", -1, 90);
     let o = bin()
         .env_remove("SYNBACKUP_CERT_DIR")
         .args(["certs", "deploy", "--dir"])

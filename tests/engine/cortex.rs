@@ -1,33 +1,31 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Against a real Synapse Cortex (synapse 2.256.0 from the venv): a backup taken
-//! under write load (compacted, and plain with `--no-compact`) is consistent and
-//! starts; a failure after the freeze still resumes the service; with the service
-//! stopped, Synapse's own tool and synbackup agree on every database's entry count.
+//! Against a real Synapse Cortex, on both release lines (2.256.0 and 3.7.0): a
+//! backup taken under write load (compacted, and plain with `--no-compact`) is
+//! consistent, verifies and starts; a failure after the freeze still resumes the
+//! service; with the service stopped, Synapse's own tool (the line's own
+//! `synapse.tools.service.backup`) and synbackup agree on every database's entry
+//! count.
 //!
-//! One test function runs the phases in order: a Cortex takes 15–25 s to start.
+//! One test function runs the phases in order: a Cortex takes 15–60 s to start.
 
 use std::io::{BufRead, BufReader};
 
 use crate::util::*;
 
-fn count(dir: &str) -> u64 {
-    storm(&["count", dir, "inet:ipv4"]).parse().unwrap()
-}
+crate::on_both_lines!(live_cortex_backups);
 
-#[test]
-fn live_cortex_backups() {
+fn live_cortex_backups(line: Line) {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("core00");
-    let mut core = Cortex::start(&src);
-    let d = core.url_dir().to_string();
-    storm(&["add", &d, "300"]);
+    let mut core = Cortex::start(line, &src);
+    assert_eq!(core.add(300, 0), 300);
 
     // Phase 1: a backup while a writer adds nodes without pause.
-    let mut writer = storm_spawn(&["writer", &d, "--start", "100000"]);
+    let mut writer = core.writer(100_000);
     let mut lines = BufReader::new(writer.stdout.take().unwrap()).lines();
     lines.next().unwrap().unwrap(); // the writer is connected
     lines.next().unwrap().unwrap(); // ... and has committed edits
-    let before = count(&d);
+    let before = core.count();
     let dst = t.path().join("b1");
     let o = run(&[&"backup", &src, &dst, &"--verify", &"--json"]);
     // ... and a plain one (pages in place), still under the writer.
@@ -40,7 +38,7 @@ fn live_cortex_backups() {
         &"--json",
         &"--no-compact",
     ]);
-    let after = count(&d);
+    let after = core.count();
     let _ = writer.kill();
     let _ = writer.wait();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -61,17 +59,20 @@ fn live_cortex_backups() {
     assert!(core
         .log_text()
         .contains("Resuming normal operations from a freeze"));
+    assert!(!core.paused(), "the Cortex was left frozen");
+    let o = run(&[&"verify", &dst]);
+    assert!(o.status.success(), "{}", stderr(&o));
 
     // A Cortex started on the backup answers Storm with a count in between.
-    let mut restored = Cortex::start(&dst);
-    let n = count(restored.url_dir());
+    let mut restored = Cortex::start(line, &dst);
+    let n = restored.count();
     assert!(
         before <= n && n <= after,
         "restored {n} nodes, not within {before}..={after}"
     );
     restored.stop();
-    let mut restored = Cortex::start(&plain);
-    let n = count(restored.url_dir());
+    let mut restored = Cortex::start(line, &plain);
+    let n = restored.count();
     assert!(
         before <= n && n <= after,
         "restored {n} nodes from the plain copy, not within {before}..={after}"
@@ -90,13 +91,7 @@ fn live_cortex_backups() {
     assert!(stderr(&o).contains("injected fault at after-freeze"));
     assert!(!t.path().join("b2").exists());
     assert!(
-        storm_status(&[
-            "storm",
-            &d,
-            "[inet:ipv4=255.255.255.254]",
-            "--timeout",
-            "20"
-        ]),
+        core.takes_edit("255.255.255.254", 20),
         "the service must accept edits after a failed backup"
     );
 
@@ -111,20 +106,15 @@ fn live_cortex_backups() {
     assert!(!o.status.success());
     assert!(!t.path().join("b3").exists());
     assert!(
-        storm_status(&[
-            "storm",
-            &d,
-            "[inet:ipv4=255.255.255.253]",
-            "--timeout",
-            "20"
-        ]),
+        core.takes_edit("255.255.255.253", 20),
         "the service must accept edits after a panic"
     );
 
     // Phase 3: stopped service: Synapse's tool and synbackup agree.
     core.stop();
     let py = t.path().join("py");
-    let st = command(python())
+    let st = line
+        .py(&[])
         .args(["-m", "synapse.tools.service.backup"])
         .arg(&src)
         .arg(&py)

@@ -160,12 +160,13 @@ fn links_out_of_the_tree_latin1_names_xattrs_and_acls_survive() {
     );
 }
 
-#[test]
-fn a_cortex_starts_on_a_copy_with_links_latin1_names_xattrs_and_acls() {
+crate::on_both_lines!(a_cortex_starts_on_a_copy_with_links_latin1_names_xattrs_and_acls);
+
+fn a_cortex_starts_on_a_copy_with_links_latin1_names_xattrs_and_acls(line: Line) {
     let t = tempdir();
     let src = t.path().join("core");
-    let mut core = Cortex::start(&src);
-    storm(&["add", core.url_dir(), "50"]);
+    let mut core = Cortex::start(line, &src);
+    assert_eq!(core.add(50, 0), 50);
     let before = core.count();
     core.stop();
     let layer = fs::read_dir(src.join("layers"))
@@ -184,7 +185,7 @@ fn a_cortex_starts_on_a_copy_with_links_latin1_names_xattrs_and_acls() {
     let o = run(&[&"backup", &src, &dst, &"--verify"]);
     assert!(o.status.success(), "{}", stderr(&o));
     check_the_hard_parts(&src, &dst, &layer);
-    let restored = Cortex::start(&dst);
+    let restored = Cortex::start(line, &dst);
     assert_eq!(restored.count(), before, "the copy's layer holds the nodes");
 }
 

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Never leave the service frozen: a real Synapse 2.256.0 Cortex, started through
-//! `tests/util/patched_cortex.py` with one function patched, whose flush is slow,
-//! whose `resume` fails once, or whose synbackup is killed mid-freeze. Each case
-//! ends with the Cortex unfrozen (`getCellInfo` says not paused, an edit completes
-//! within seconds) and prints how long the service stayed frozen, from the
-//! Cortex's own record of its freeze and resume calls.
+//! Never leave the service frozen: a real Cortex of each release line (2.256.0 and
+//! 3.7.0), started through `tests/util/patched_cortex.py` with functions patched as
+//! each case asks: its flush is slow, its `resume` fails, or its synbackup is
+//! killed mid-freeze. Each case ends with the Cortex unfrozen (`getCellInfo` says
+//! not paused, an edit completes within seconds) and prints how long the service
+//! stayed frozen, from the Cortex's own record of its freeze and resume calls.
+//!
+//! The cases share one Cortex per line (a boot takes 15–60 s): the patches read
+//! their settings from a control file at each call, which each case rewrites.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,34 +16,52 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// A patched Cortex with an events file, a lock directory and a destination.
-struct Case {
-    _t: tempfile::TempDir,
+/// The patched Cortex the cases share, and its control file.
+struct Server {
+    t: tempfile::TempDir,
     core: Cortex,
+    control: PathBuf,
+}
+
+/// One case: its patches' settings, events file, lock directory and destination.
+struct Case<'a> {
+    core: &'a Cortex,
     events: PathBuf,
     lock_dir: PathBuf,
     dst: PathBuf,
 }
 
-fn start(env: &[(&str, &str)]) -> Case {
-    let t = tempfile::tempdir().unwrap();
-    let events = t.path().join("events");
-    let mut all: Vec<(&str, &str)> = env.to_vec();
-    let ev = events.to_str().unwrap().to_string();
-    all.push(("SYNTEST_EVENTS", &ev));
-    let core = Cortex::start_patched(&t.path().join("core"), &all);
-    // A first edit (Storm's parser loads on first use) so later ones measure the freeze.
-    assert!(core.takes_edit("10.9.9.9", 120), "first edit");
-    Case {
-        lock_dir: t.path().join("run"),
-        dst: t.path().join("backup"),
-        events,
-        core,
-        _t: t,
+impl Server {
+    fn start(line: Line) -> Server {
+        let t = tempfile::tempdir().unwrap();
+        let control = t.path().join("control");
+        let c = control.to_str().unwrap().to_string();
+        let core = Cortex::start_patched(line, &t.path().join("core"), &[("SYNTEST_CONTROL", &c)]);
+        // A first edit (Storm's parser loads on first use) so later ones measure the freeze.
+        assert!(core.takes_edit("10.9.9.9", 120), "first edit");
+        Server { t, core, control }
+    }
+
+    /// Case `name` with the patches' `settings` (`SYNTEST_*` names and values).
+    fn case(&self, name: &str, settings: &[(&str, &str)]) -> Case<'_> {
+        let dir = self.t.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let events = dir.join("events");
+        let mut text = format!("SYNTEST_EVENTS={}\n", events.display());
+        for (k, v) in settings {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        std::fs::write(&self.control, text).unwrap();
+        Case {
+            core: &self.core,
+            lock_dir: dir.join("run"),
+            dst: dir.join("backup"),
+            events,
+        }
     }
 }
 
-impl Case {
+impl Case<'_> {
     fn backup(&self) -> std::process::Command {
         let mut c = bin();
         c.arg("--lock-dir")
@@ -88,9 +109,24 @@ impl Case {
         let s = self
             .longest_frozen()
             .unwrap_or_else(|| panic!("{case}: a freeze was never resumed"));
-        eprintln!("{case}: the service stayed frozen at most {s:.2} s");
+        eprintln!(
+            "{case} ({}): the service stayed frozen at most {s:.2} s",
+            self.core.line.version()
+        );
         s
     }
+}
+
+crate::on_both_lines!(a_freeze_is_always_resumed);
+
+/// The cases in turn on one Cortex; the slow flush last.
+fn a_freeze_is_always_resumed(line: Line) {
+    let server = Server::start(line);
+    a_resume_that_fails_once_is_retried_and_confirmed(&server);
+    sigkill_mid_freeze_is_resumed_and_its_readers_cleared(&server);
+    sighup_mid_freeze_stops_like_sigterm_and_resumes(&server);
+    a_second_sigterm_while_resuming_waits_for_the_resume(&server);
+    slow_flush_is_abandoned_with_a_resume(&server);
 }
 
 /// Poll `cond` every 100 ms for `secs`; true once it holds.
@@ -152,10 +188,9 @@ fn pid_alive(pid: i32) -> bool {
             .contains(") Z ")
 }
 
-#[test]
-fn slow_flush_is_abandoned_with_a_resume() {
+fn slow_flush_is_abandoned_with_a_resume(server: &Server) {
     // The flush sleeps 60 s: longer than --freeze-timeout 2 and the client's bound.
-    let case = start(&[("SYNTEST_SLOW_SYNC", "60")]);
+    let case = server.case("slow-flush", &[("SYNTEST_SLOW_SYNC", "60")]);
     let t0 = Instant::now();
     let o = case
         .backup()
@@ -173,11 +208,12 @@ fn slow_flush_is_abandoned_with_a_resume() {
     assert!(!case.dst.exists());
     let s = case.assert_unfrozen("slow flush", "10.0.0.1");
     assert!(s < 15.0, "frozen {s:.1} s");
+    // The abandoned flush still sleeps: a new control text ends it.
+    server.case("after-slow-flush", &[]);
 }
 
-#[test]
-fn a_resume_that_fails_once_is_retried_and_confirmed() {
-    let case = start(&[("SYNTEST_RESUME_FAILS", "1")]);
+fn a_resume_that_fails_once_is_retried_and_confirmed(server: &Server) {
+    let case = server.case("resume-fails-once", &[("SYNTEST_RESUME_FAILS", "1")]);
     let o = case.backup().arg("--json").output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -195,9 +231,8 @@ fn a_resume_that_fails_once_is_retried_and_confirmed() {
     );
 }
 
-#[test]
-fn sigkill_mid_freeze_is_resumed_and_its_readers_cleared() {
-    let case = start(&[]);
+fn sigkill_mid_freeze_is_resumed_and_its_readers_cleared(server: &Server) {
+    let case = server.case("sigkill", &[]);
     // 1. SIGKILL of synbackup's whole process group: the guardian resumes.
     let (mut child, _) = spawn_held(&case, &[]);
     assert!(case.core.paused(), "held inside the freeze");
@@ -271,9 +306,8 @@ fn sigkill_mid_freeze_is_resumed_and_its_readers_cleared() {
     );
 }
 
-#[test]
-fn sighup_mid_freeze_stops_like_sigterm_and_resumes() {
-    let case = start(&[]);
+fn sighup_mid_freeze_stops_like_sigterm_and_resumes(server: &Server) {
+    let case = server.case("sighup", &[]);
     let (mut child, _) = spawn_held(&case, &[]);
     assert!(case.core.paused(), "held inside the freeze");
     nix_kill(child.id() as i32, 1).unwrap();
@@ -283,10 +317,9 @@ fn sighup_mid_freeze_stops_like_sigterm_and_resumes() {
     case.assert_unfrozen("SIGHUP", "10.0.0.5");
 }
 
-#[test]
-fn a_second_sigterm_while_resuming_waits_for_the_resume() {
+fn a_second_sigterm_while_resuming_waits_for_the_resume(server: &Server) {
     // The resume fails 4 times: synbackup is still retrying when both signals come.
-    let case = start(&[("SYNTEST_RESUME_FAILS", "4")]);
+    let case = server.case("two-sigterms", &[("SYNTEST_RESUME_FAILS", "4")]);
     let mut child = case
         .backup()
         .stderr(Stdio::piped())

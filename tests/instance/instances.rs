@@ -526,17 +526,17 @@ fn config_errors_are_one_line_with_file_and_line() {
     assert_fails(&o, 2, "bad instance name");
 }
 
-#[test]
-fn restore_refuses_a_running_service_and_restores_a_stopped_one() {
+crate::on_both_lines!(restore_refuses_a_running_service_and_restores_a_stopped_one);
+
+fn restore_refuses_a_running_service_and_restores_a_stopped_one(line: Line) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("core00");
-    let mut core = Cortex::start(&dir);
-    let d = core.url_dir().to_string();
-    storm(&["add", &d, "120"]);
+    let mut core = Cortex::start(line, &dir);
+    assert_eq!(core.add(120, 0), 120);
     let bk = t.path().join("bk");
     assert!(run(&[&"backup", &dir, &bk]).status.success());
-    storm(&["add", &d, "30", "--start", "5000"]);
-    assert_eq!(storm(&["count", &d, "inet:ipv4"]), "150");
+    assert_eq!(core.add(30, 5000), 150);
+    assert_eq!(core.count(), 150);
 
     // Running: refused, nothing changed.
     let before = names(t.path());
@@ -554,8 +554,8 @@ fn restore_refuses_a_running_service_and_restores_a_stopped_one() {
         .collect();
     assert_eq!(aside.len(), 1, "the old directory is kept");
     assert!(!dir.join("synbackup-manifest.json").exists());
-    let restored = Cortex::start(&dir);
-    assert_eq!(restored.count(), 120);
+    let restored = Cortex::start(line, &dir);
+    assert_eq!(restored.count(), 120, "the backup's nodes");
 }
 
 #[test]

@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use crate::util::syn3::{self, Cortex3};
+use crate::util::syn3;
+use crate::util::Line;
 use crate::util::*;
 
 /// Seconds the patched server waits before it listens on its socket.
@@ -66,6 +67,7 @@ fn a_booting_cell_is_waited_for_2_256() {
     let events = t.path().join("events");
     let ev = events.to_str().unwrap().to_string();
     let core = Cortex::spawn_patched(
+        Line::V2,
         &dir,
         &[("SYNTEST_DELAY_LISTEN", DELAY), ("SYNTEST_EVENTS", &ev)],
     );
@@ -75,15 +77,15 @@ fn a_booting_cell_is_waited_for_2_256() {
 
 #[test]
 fn a_booting_cell_is_waited_for_3x() {
-    let Some(root) = syn3::require("a_booting_cell_is_waited_for_3x") else {
+    let Some(_root) = syn3::require("a_booting_cell_is_waited_for_3x") else {
         return;
     };
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("core");
     let events = t.path().join("events");
     let ev = events.to_str().unwrap().to_string();
-    let core = Cortex3::spawn_patched(
-        &root,
+    let core = Cortex::spawn_patched(
+        Line::V3,
         &dir,
         &[("SYNTEST_DELAY_LISTEN", DELAY), ("SYNTEST_EVENTS", &ev)],
     );

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::util::syn3::{self, Cortex3};
+use crate::util::syn3;
 use crate::util::*;
 
 /// A Synapse release line and how its tools are run.
@@ -44,14 +44,14 @@ enum Line {
 /// A running Cortex of either line.
 enum Cell {
     V2(Cortex),
-    V3(Cortex3),
+    V3(Cortex),
 }
 
 impl Line {
     fn start(&self, dir: &Path) -> Cell {
         match self {
-            Line::V2 => Cell::V2(Cortex::start(dir)),
-            Line::V3(root) => Cell::V3(Cortex3::start(root, dir)),
+            Line::V2 => Cell::V2(Cortex::start(crate::util::Line::V2, dir)),
+            Line::V3(_) => Cell::V3(Cortex::start(crate::util::Line::V3, dir)),
         }
     }
 
@@ -132,17 +132,8 @@ impl Cell {
     /// Add `n` nodes from the `start`-th on.
     fn add(&self, start: u32, n: u32) {
         match self {
-            Cell::V2(c) => {
-                storm(&[
-                    "add",
-                    c.url_dir(),
-                    &n.to_string(),
-                    "--start",
-                    &start.to_string(),
-                ]);
-            }
-            Cell::V3(c) => {
-                c.add_ips(start, n);
+            Cell::V2(c) | Cell::V3(c) => {
+                c.add(n, start);
             }
         }
     }
@@ -150,8 +141,8 @@ impl Cell {
     /// The nodes `add` made.
     fn count(&self) -> u64 {
         match self {
-            Cell::V2(c) => c.count(),
-            Cell::V3(c) => c.count("inet:ip"),
+            Cell::V2(c) => c.count_of("inet:ipv4"),
+            Cell::V3(c) => c.count_of("inet:ip"),
         }
     }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Offsite copies against the real restic: a local-path repository and restic's
 //! REST protocol served by the real `rclone serve restic` on loopback. Uploads
-//! after `run`, retention, restores into a Cortex that starts, and each way the
+//! after `run`, retention, restores into a Cortex that starts (a live Cortex of
+//! each release line, 2.256.0 and 3.7.0, backed up and restored), and each way the
 //! repository fails (wrong password, unreachable, locked by a killed restic, restic
 //! killed mid-upload, a full backend, a corrupted pack): one error line, exit 12,
 //! the local backup intact, the next run succeeding.
@@ -205,15 +206,17 @@ fn restic(s: &Setup, repo: &str) -> Command {
     c
 }
 
-#[test]
-fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_starts() {
+crate::on_both_lines!(
+    a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_starts
+);
+
+fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_starts(line: Line) {
     let t = tempfile::tempdir().unwrap();
     let server = RestServer::start(&t.path().join("rest"), free_port());
     let src = t.path().join("data/cortex00");
     fs::create_dir_all(src.parent().unwrap()).unwrap();
-    let mut core = Cortex::start(&src);
-    let d = src.to_str().unwrap().to_string();
-    storm(&["add", &d, "150"]);
+    let mut core = Cortex::start(line, &src);
+    assert_eq!(core.add(150, 0), 150);
     // The service's certificate directory travels in the backup, and so offsite.
     let certdir = t.path().join("home/.syn/certs");
     crate::util::certs::easycert(&certdir, &["--ca", "testca"]);
@@ -300,7 +303,7 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
     }
 
     // A small change, a second night: restic adds a fraction of the first upload.
-    storm(&["add", &d, "5", "--start", "100000"]);
+    assert_eq!(core.add(5, 100_000), 155);
     next_second();
     s.run_ok();
     let second_added = s.status("offsite")["details"]["added_bytes"]
@@ -334,7 +337,7 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
         vec!["cortex00".to_string(), "cortex00.log".to_string()],
         "no staging directory left beside the service"
     );
-    let core = Cortex::start(&src);
+    let core = Cortex::start(line, &src);
     assert_eq!(core.count(), want_count);
     assert_eq!(s.status("restore")["result"], "success");
 }

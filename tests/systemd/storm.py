@@ -8,8 +8,7 @@ telepath code under test. SERVICE is a service directory (its unix socket,
 cell://DIR, needs root or the service's user) or a telepath URL.
 
   storm.py wait SERVICE [--timeout S]        until the service answers a call
-  storm.py add SERVICE N [--start K] [--tag T]  adds N IP nodes (the K-th to the
-                                             K+N-1-th), tagged; prints the tagged count
+  storm.py add SERVICE N [--start K] [--tag T]  adds IPv4 nodes K..K+N-1, tagged
   storm.py count SERVICE QUERY               prints how many nodes QUERY yields
   storm.py storm SERVICE TEXT [--timeout S]  runs Storm, prints its print/warn/err
                                              messages; exit 1 on an error message or
@@ -23,13 +22,12 @@ cell://DIR, needs root or the service's user) or a telepath URL.
                                              until killed; prints K once connected and
                                              every 50th value committed
 
-IP nodes are `inet:ipv4` (address K) on Synapse 2.x, `inet:ip` (10.x.y.z, the K-th
-address of 10/8) on 3.x, which has no `inet:ipv4`; the line is what the service says
-(its version is a tuple on 2.x, a string on 3.x). Runs with either line's Python (3.x:
-/opt/syn3/bin/python in tests/systemd/47-synapse3.sh).
+An IPv4 node is `inet:ipv4` on Synapse 2.x and `inet:ip` on 3.x: `add` and `writer`
+pick the form from the version the service reports (getCellInfo).
 
-Also used on the host by the Rust tests (tests/util/mod.rs) and by
-tests/fixtures/make-fixture.sh, with the venv's python.
+Also used on the host by the Rust tests (tests/util/line.rs), with the Python of
+either release line (3.x: /opt/syn3/bin/python in tests/systemd/47-synapse3.sh), and
+by tests/fixtures/make-fixture.sh.
 """
 import argparse
 import asyncio
@@ -77,29 +75,22 @@ async def run_storm(proxy, text, opts=None):
     return nodes, errors
 
 
-async def is_3x(proxy):
-    # 2.x: ('synapse': {'version': (2, 256, 0), ...}); 3.x: {'version': '3.7.0'}.
-    info = await proxy.getCellInfo()
-    return isinstance(info['synapse']['version'], str)
-
-
-def ip3(k):
-    '''The k-th address of 10.0.0.0/8 (an inet:ip on 3.x).'''
-    return f'10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}'
+async def ipv4(core):
+    """(form, Storm value of the integer $k) of an IPv4 node on this service: 2.x's
+    inet:ipv4 takes the integer; 3.x's inet:ip a (version, integer) pair."""
+    version = (await core.getCellInfo())['synapse']['version']
+    major = int(version.split('.')[0]) if isinstance(version, str) else version[0]
+    if major >= 3:
+        return 'inet:ip', '((4), $k)'
+    return 'inet:ipv4', '$k'
 
 
 async def add(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
-        if await is_3x(core):
-            form = 'inet:ip'
-            text = 'for $a in $addrs { [ inet:ip=$a +#$tag ] }'
-            opts = {'vars': {'addrs': [ip3(k) for k in range(args.start, args.start + args.n)],
-                             'tag': args.tag}}
-        else:
-            form = 'inet:ipv4'
-            # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
-            text = 'for $k in $lib.range($end, start=$start) { [ inet:ipv4=$k +#$tag ] }'
-            opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
+        form, valu = await ipv4(core)
+        # Storm's $lib.range is (stop, start=None), unlike Python's: name the start.
+        text = f'for $k in $lib.range($end, start=$start) {{ [ {form}={valu} +#$tag ] }}'
+        opts = {'vars': {'start': args.start, 'end': args.start + args.n, 'tag': args.tag}}
         _, errors = await run_storm(core, text, opts)
         if errors:
             return 1
@@ -154,11 +145,12 @@ async def health(args):
 
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
-        node = (lambda k: f'inet:ip={ip3(k)}') if await is_3x(core) else (lambda k: f'inet:ipv4={k}')
+        form, valu = await ipv4(core)
         k = args.start
         print(k, flush=True)
         while True:
-            _, errors = await run_storm(core, f'[ {node(k)} +#synbackup.writer ]')
+            opts = {'vars': {'k': k}}
+            _, errors = await run_storm(core, f'[ {form}={valu} +#synbackup.writer ]', opts)
             if errors:
                 return 1
             k += 1
@@ -173,7 +165,7 @@ def main(argv):
     p.add_argument('service')
     p.add_argument('--timeout', type=float, default=120)
     p.set_defaults(func=wait)
-    p = subs.add_parser('add', help='add N IP nodes; prints the tagged count')
+    p = subs.add_parser('add', help='add N IPv4 nodes; prints the tagged count')
     p.add_argument('service')
     p.add_argument('n', type=int)
     p.add_argument('--start', type=int, default=0)

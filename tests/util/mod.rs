@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Shared helpers for the integration tests: run the real binary, build real LMDB
-//! environments and service directories, start real Synapse Cortex processes.
+//! environments and service directories, start real Synapse Cortex processes of
+//! either release line (`line`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod certs;
+pub mod line;
 pub mod syn3;
+
+pub use line::Line;
 
 use lmdb::{Cursor, DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
 
@@ -354,146 +359,160 @@ fn venv_from(var: &str, default: &str, what: &str) -> PathBuf {
     p
 }
 
-fn storm_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/systemd/storm.py")
-}
-
-/// Run `storm.py ARGS` against a Cortex; panics on failure, returns stdout.
-pub fn storm(args: &[&str]) -> String {
-    let out = command(python())
-        .arg(storm_script())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "storm.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Like `storm` but returns the status instead of panicking.
-pub fn storm_status(args: &[&str]) -> bool {
-    command(python())
-        .arg(storm_script())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
-pub fn storm_spawn(args: &[&str]) -> Child {
-    command(python())
-        .arg(storm_script())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// A real Cortex process on a directory; stopped (SIGTERM, then waited) on drop.
+/// A real Cortex process of a release line on a directory; stopped (SIGTERM, then
+/// waited, then what is left of its process group ended) on drop.
 pub struct Cortex {
     pub dir: PathBuf,
-    child: Option<Child>,
     pub log: PathBuf,
+    pub line: Line,
+    child: Option<Child>,
+}
+
+/// The plain server or the patched one (`tests/util/patched_cortex.py`).
+enum Server<'a> {
+    Plain,
+    Patched(&'a [(&'a str, &'a str)]),
 }
 
 impl Cortex {
-    /// Start a Cortex on `dir` (created if needed) and wait until it answers Storm.
-    pub fn start(dir: &Path) -> Cortex {
-        Cortex::launch(dir, None)
+    /// Start a Cortex of `line` on `dir` (created if needed) and wait until it
+    /// answers `getCellInfo`.
+    pub fn start(line: Line, dir: &Path) -> Cortex {
+        Cortex::launch(line, line.py(&[]), Server::Plain, dir, "tcp://127.0.0.1:0")
     }
 
-    /// Start a Cortex with the Python of another Synapse install.
+    /// Start a Cortex with the Python of another 2.x install (the upgrade rehearsal).
     pub fn start_with_python(dir: &Path, python: &Path) -> Cortex {
-        Cortex::launch_on(dir, None, "tcp://127.0.0.1:0", &[], python)
+        Cortex::launch(
+            Line::V2,
+            command(python),
+            Server::Plain,
+            dir,
+            "tcp://127.0.0.1:0",
+        )
     }
 
     /// Start a real Cortex through `tests/util/patched_cortex.py`, which patches
-    /// the one function the `SYNTEST_*` variables in `env` select.
-    pub fn start_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
-        Cortex::launch(dir, Some(env))
+    /// the functions the `SYNTEST_*` variables in `env` select (or, with
+    /// `SYNTEST_CONTROL`, the lines of that file at each call).
+    pub fn start_patched(line: Line, dir: &Path, env: &[(&str, &str)]) -> Cortex {
+        Cortex::launch(
+            line,
+            line.py(env),
+            Server::Patched(env),
+            dir,
+            "tcp://127.0.0.1:0",
+        )
     }
 
     /// Start a real Cortex listening on the telepath URL `telepath` (besides its
     /// unix socket), with `env` in its environment (`SYN_CERT_DIR`, ...).
-    pub fn start_with(dir: &Path, telepath: &str, env: &[(&str, &str)]) -> Cortex {
-        Cortex::launch_on(dir, None, telepath, env, &python())
-    }
-
-    fn launch(dir: &Path, patched: Option<&[(&str, &str)]>) -> Cortex {
-        Cortex::launch_on(dir, patched, "tcp://127.0.0.1:0", &[], &python())
+    pub fn start_with(line: Line, dir: &Path, telepath: &str, env: &[(&str, &str)]) -> Cortex {
+        Cortex::launch(line, line.py(env), Server::Plain, dir, telepath)
     }
 
     /// Start a real Cortex through `tests/util/patched_cortex.py` and return at
     /// once, without waiting for it to answer (`SYNTEST_DELAY_LISTEN`: a booting cell).
-    pub fn spawn_patched(dir: &Path, env: &[(&str, &str)]) -> Cortex {
-        Cortex::spawn_on(dir, Some(env), "tcp://127.0.0.1:0", &[], &python())
+    pub fn spawn_patched(line: Line, dir: &Path, env: &[(&str, &str)]) -> Cortex {
+        Cortex::spawn(
+            line,
+            line.py(env),
+            Server::Patched(env),
+            dir,
+            "tcp://127.0.0.1:0",
+        )
     }
 
-    fn launch_on(
-        dir: &Path,
-        patched: Option<&[(&str, &str)]>,
-        telepath: &str,
-        env: &[(&str, &str)],
-        python: &Path,
-    ) -> Cortex {
-        let c = Cortex::spawn_on(dir, patched, telepath, env, python);
-        let d = dir.to_str().unwrap();
-        assert!(
-            storm_status(&["wait", d, "--timeout", "120"]),
-            "Cortex on {d} did not come up; log {}",
-            c.log.display()
-        );
+    fn launch(line: Line, cmd: Command, server: Server, dir: &Path, telepath: &str) -> Cortex {
+        let mut c = Cortex::spawn(line, cmd, server, dir, telepath);
+        let d = c.url_dir().to_string();
+        if !line.storm_status(&["wait", &d, "--timeout", "120"]) {
+            c.stop();
+            panic!(
+                "Cortex {} on {d} did not come up; its log:\n{}",
+                line.version(),
+                c.log_text()
+            );
+        }
         c
     }
 
-    fn spawn_on(
-        dir: &Path,
-        patched: Option<&[(&str, &str)]>,
-        telepath: &str,
-        env: &[(&str, &str)],
-        python: &Path,
-    ) -> Cortex {
+    fn spawn(line: Line, mut cmd: Command, server: Server, dir: &Path, telepath: &str) -> Cortex {
+        // A 3.x server sees only some host directories (`syn3::in_root`).
+        assert!(
+            line == Line::V2 || syn3::bound_dirs().iter().any(|b| dir.starts_with(b)),
+            "a 3.x Cortex's directory must be under one of {:?}",
+            syn3::bound_dirs()
+        );
+        fs::create_dir_all(dir.parent().unwrap()).unwrap();
         let log = dir.with_extension("log");
         let logf = fs::File::create(&log).unwrap();
-        let mut cmd = command(python);
-        match patched {
-            Some(env) => {
+        match server {
+            Server::Patched(env) => {
                 cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/patched_cortex.py"));
                 cmd.envs(env.iter().copied());
             }
-            None => {
+            Server::Plain => {
                 cmd.args(["-m", "synapse.servers.cortex"]);
             }
         }
+        // Its own process group, ended after it: a worker it forked (both lines
+        // run multiprocessing helpers) cannot outlive the test.
         let child = cmd
-            .envs(env.iter().copied())
             .args(["--telepath", telepath, "--https", "0"])
             .arg(dir)
+            .process_group(0)
+            .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .unwrap();
         Cortex {
             dir: dir.to_path_buf(),
-            child: Some(child),
             log,
+            line,
+            child: Some(child),
         }
     }
 
-    /// inet:ipv4 nodes in the Cortex at `dir`.
-    pub fn count(&self) -> u64 {
-        storm(&["count", self.url_dir(), "inet:ipv4"])
+    /// storm.py's `info`: the cell's iden, run, paused, active, nexus index and
+    /// upstream, as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::from_str(&self.storm("info", &[])).unwrap()
+    }
+
+    /// storm.py VERB DIR REST... against this Cortex; its stdout (panics on failure).
+    pub fn storm(&self, verb: &str, rest: &[&str]) -> String {
+        let mut args = vec![verb, self.url_dir()];
+        args.extend_from_slice(rest);
+        self.line.storm(&args)
+    }
+
+    /// Add `n` IPv4 nodes (the line's form) from the `start`-th address, tagged
+    /// `#synbackup.test`; the number of nodes so tagged now.
+    pub fn add(&self, n: u32, start: u32) -> u64 {
+        self.storm("add", &[&n.to_string(), "--start", &start.to_string()])
             .parse()
             .unwrap()
     }
 
-    /// The server's process id.
+    /// IPv4 nodes (`inet:ipv4` or `inet:ip`) in the Cortex.
+    pub fn count(&self) -> u64 {
+        self.count_of(self.line.ip_form())
+    }
+
+    /// How many nodes `query` yields (Synapse's own `count`).
+    pub fn count_of(&self, query: &str) -> u64 {
+        self.storm("count", &[query]).parse().unwrap()
+    }
+
+    /// storm.py's writer: one edit at a time from the `start`-th address until killed.
+    pub fn writer(&self, start: u32) -> Child {
+        self.line
+            .storm_spawn(&["writer", self.url_dir(), "--start", &start.to_string()])
+    }
+
+    /// The server's process id (the chain of execs of `in-root` keeps it).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -502,21 +521,22 @@ impl Cortex {
         self.dir.to_str().unwrap()
     }
 
-    /// SIGTERM and wait (SIGKILL after 60 s).
+    /// SIGTERM and wait (SIGKILL after 60 s), then end what is left of its group.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = nix_kill(child.id() as i32, 15);
             let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
+            while child.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: kill(2) on the group the child led; ESRCH when none is left.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
             }
         }
     }
@@ -525,26 +545,27 @@ impl Cortex {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// storm.py's `info`: iden, run, paused, active, nexus_index, upstream.
-    pub fn info(&self) -> serde_json::Value {
-        serde_json::from_str(&storm(&["info", self.url_dir()])).unwrap()
-    }
-
     /// `getCellInfo()['cell']['paused']`, through Synapse's own client.
     pub fn paused(&self) -> bool {
-        match storm(&["paused", self.url_dir()]).as_str() {
+        match self.storm("paused", &[]).as_str() {
             "True" => true,
             "False" => false,
             other => panic!("storm.py paused printed {other:?}"),
         }
     }
 
-    /// True when an edit completes within `secs` seconds.
-    pub fn takes_edit(&self, node: &str, secs: u32) -> bool {
-        storm_status(&[
+    /// True when the Cortex answers `getCellInfo` within `secs` seconds.
+    pub fn answers(&self, secs: u32) -> bool {
+        self.line
+            .storm_status(&["wait", self.url_dir(), "--timeout", &secs.to_string()])
+    }
+
+    /// True when an edit adding the address `addr` (dotted) completes within `secs`.
+    pub fn takes_edit(&self, addr: &str, secs: u32) -> bool {
+        self.line.storm_status(&[
             "storm",
             self.url_dir(),
-            &format!("[inet:ipv4={node}]"),
+            &format!("[{}={addr}]", self.line.ip_form()),
             "--timeout",
             &secs.to_string(),
         ])
