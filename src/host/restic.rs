@@ -183,16 +183,24 @@ impl Repo {
 impl Repo {
     /// `text` (what restic printed) without the credentials this repository is
     /// opened with: the repository string as [`redacted`] writes it, and every
-    /// secret it, the env file and the password file hold replaced by `***`.
+    /// secret of 8 bytes or more it, the env file and the password file hold
+    /// replaced by `***`.
     pub(crate) fn scrub(&self, text: &str) -> String {
         let mut out = text.replace(&self.repository, &redacted(&self.repository));
+        if let Some(spec) = self.repository.strip_prefix("rclone:") {
+            // rclone names its remote without restic's prefix.
+            let clean = redacted(&self.repository);
+            out = out.replace(spec, clean.trim_start_matches("rclone:"));
+        }
         let mut secrets = repository_secrets(&self.repository);
         secrets.extend(self.env.values().cloned());
         if let Ok(pw) = std::fs::read_to_string(&self.password_file) {
             secrets.push(pw.trim().to_string());
         }
-        // The longest first: a secret that contains another is masked whole.
-        secrets.retain(|s| s.len() >= 4);
+        // Values short enough to be words ("wrong" in "wrong password") are left:
+        // the repository string itself is masked above. The longest first: a
+        // secret that contains another is masked whole.
+        secrets.retain(|s| s.len() >= 8);
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         for s in &secrets {
             out = out.replace(s.as_str(), "***");
