@@ -119,8 +119,21 @@ pub(crate) fn scan(root: &Path, instance: &str) -> Result<Vec<Entry>> {
             bytes,
         });
     }
-    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.name.cmp(&b.name)));
+    out.sort_by(|a, b| {
+        a.time
+            .cmp(&b.time)
+            .then(same_second_number(&a.name).cmp(&same_second_number(&b.name)))
+            .then(a.name.cmp(&b.name))
+    });
     Ok(out)
+}
+
+/// The number a backup made in the same second as another carries (`NAME-2`,
+/// `NAME-10`; 1 for none), so that the tenth of a second sorts after the second.
+fn same_second_number(name: &str) -> u64 {
+    name.rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// What a tree takes on disk (allocated blocks; unreadable parts count 0): a

@@ -27,9 +27,33 @@ pub(crate) const STAMP: &str = "%Y%m%dT%H%M%SZ";
 /// The time in `name` (`DIR{marker}STAMP`).
 fn aside_at(name: &str, marker: &str) -> Option<DateTime<Utc>> {
     let (_, stamp) = name.rsplit_once(marker)?;
+    // A second directory kept in the same second carries a number (`STAMP-2`).
+    let stamp = match stamp.rsplit_once('-') {
+        Some((t, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => t,
+        _ => stamp,
+    };
     NaiveDateTime::parse_from_str(stamp, STAMP)
         .ok()
         .map(|t| t.and_utc())
+}
+
+/// The name beside `dir` to keep it under: `dir{marker}{stamp}`, or with `-2`,
+/// `-3`, ... when a directory of that name is there already (two restores in one
+/// second): a move aside never lands on, or into, something that exists.
+pub(crate) fn free_aside(dir: &Path, marker: &str, stamp: &str) -> PathBuf {
+    let base = dir.file_name().unwrap_or_default();
+    let named = |n: u32| {
+        let mut name = base.to_os_string();
+        name.push(format!("{marker}{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        dir.with_file_name(name)
+    };
+    (1..)
+        .map(named)
+        .find(|p| fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| named(1))
 }
 
 /// Directories `dir{marker}STAMP` beside `dir`, with the time in each name.
@@ -169,6 +193,25 @@ mod tests {
         );
         assert_eq!(
             aside_at(&format!("c0{PRE_COLD}20261201T144445Z"), PRE_COLD).map(|t| t.to_rfc3339()),
+            Some("2026-12-01T14:44:45+00:00".into())
+        );
+    }
+
+    #[test]
+    fn a_second_aside_in_one_second_gets_a_number_and_keeps_its_time() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("c0");
+        let stamp = "20261201T144445Z";
+        let first = free_aside(&dir, PRE_RESTORE, stamp);
+        assert_eq!(first, t.path().join(format!("c0{PRE_RESTORE}{stamp}")));
+        fs::create_dir(&first).unwrap();
+        let second = free_aside(&dir, PRE_RESTORE, stamp);
+        assert_eq!(second, t.path().join(format!("c0{PRE_RESTORE}{stamp}-2")));
+        std::os::unix::fs::symlink("/nowhere", &second).unwrap();
+        let third = free_aside(&dir, PRE_RESTORE, stamp);
+        assert_eq!(third, t.path().join(format!("c0{PRE_RESTORE}{stamp}-3")));
+        assert_eq!(
+            aside_at(&format!("c0{PRE_RESTORE}{stamp}-2"), PRE_RESTORE).map(|t| t.to_rfc3339()),
             Some("2026-12-01T14:44:45+00:00".into())
         );
     }

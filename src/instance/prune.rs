@@ -13,7 +13,6 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
 
 use crate::engine::damaged;
 use crate::engine::partial::PARTIAL_MARK;
@@ -63,7 +62,7 @@ pub(crate) fn prune(
         };
         if !why.is_empty() {
             kept += 1;
-            newest_kept = newest_kept.max(Some(e.time));
+            newest_kept = Some(e.name.clone());
             // A dry run is asked to explain itself; a real prune only on -v.
             if dry_run {
                 tell(dry_run, &format!("keeping {} ({why})", e.name));
@@ -87,8 +86,15 @@ pub(crate) fn prune(
             remove_backup(&e.path, &e.name)?;
         }
     }
-    for e in entries.iter().filter(|e| e.state == State::Damaged) {
-        prune_damaged(e, newest_kept, dry_run)?;
+    // The catalog is in order, so "newer" is "after in it" (two backups of one
+    // second are told apart by their number).
+    let newest_kept_at = newest_kept.and_then(|n| entries.iter().position(|e| e.name == n));
+    for (at, e) in entries.iter().enumerate() {
+        if e.state != State::Damaged {
+            continue;
+        }
+        let newer_kept = newest_kept_at.is_some_and(|k| k > at);
+        prune_damaged(e, newer_kept, dry_run)?;
     }
     for e in entries.iter().filter(|e| e.state == State::Partial) {
         if !own_lock {
@@ -119,15 +125,11 @@ pub(crate) fn prune(
 /// A backup found damaged: removed once a newer backup that is not is kept (never
 /// before: a device that fails every read must not make retention empty the root);
 /// until then kept for inspection.
-fn prune_damaged(
-    e: &catalog::Entry,
-    newest_kept: Option<DateTime<Utc>>,
-    dry_run: bool,
-) -> Result<()> {
+fn prune_damaged(e: &catalog::Entry, newer_kept: bool, dry_run: bool) -> Result<()> {
     let found = damaged::recorded(&e.path)
         .map(|d| format!("found damaged {}: {}", d.when, d.problem))
         .unwrap_or_else(|| "found damaged".to_string());
-    if newest_kept.is_some_and(|t| t > e.time) {
+    if newer_kept {
         let verb = if dry_run { "would remove" } else { "removing" };
         tell(
             dry_run,

@@ -225,7 +225,7 @@ fn outside(
     Ok(Some(Outside {
         path: path.to_path_buf(),
         staging: sibling(".", &format!(".synbackup-restoring.{}", std::process::id())),
-        aside: sibling("", &format!(".pre-restore-{stamp}")),
+        aside: crate::instance::kept::free_aside(path, crate::instance::kept::PRE_RESTORE, stamp),
         bytes,
         existed: existing.is_some(),
         swapped: false,

@@ -616,7 +616,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     }
     // 2. Verify; the links the backup followed, checked where their data goes.
     let manifest = verify_backup(&backup)?;
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let stamp = Utc::now().format(kept::STAMP).to_string();
     let mut links = linked::plan(&backup, &manifest, dir, &stamp)?;
     let cert_target = match &t.certs {
         Some(to) => Some(cert_target(&backup, &manifest, to.as_deref(), dir)?),
@@ -645,15 +645,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let (Some(u), false) = (&t.unit, running) {
         log::info!("{u} was stopped before the restore and is left stopped");
     }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
     let swap = Swap {
         dir,
         new: &staged.copy.path,
-        aside: parent.join(sibling_name(
-            dir,
-            "",
-            &format!("{}{stamp}", kept::PRE_RESTORE),
-        )),
+        aside: kept::free_aside(dir, kept::PRE_RESTORE, &stamp.to_string()),
         unit: t.unit.as_deref().filter(|_| running),
         stop_timeout: t.stop_timeout,
         health_timeout: t.health_timeout,

@@ -216,7 +216,7 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     let swap = Swap {
         dir: &dir,
         new: &new,
-        aside: sibling(&dir, &format!("{PRE_COLD}{stamp}")),
+        aside: kept::free_aside(&dir, PRE_COLD, &stamp.to_string()),
         unit: Some(&unit),
         stop_timeout: inst.stop_timeout,
         health_timeout: inst.health_timeout,

@@ -15,6 +15,11 @@ Selected by environment variables (none set: the plain server):
                              loads nothing: the old certificate stays served
   SYNTEST_CERTS_RELOAD=absent  no https:certs reload handler, as in a version
                              that cannot reload its HTTPS certificates
+  SYNTEST_DELAY_LISTEN=SECS  the first listen on the unix socket (DIR/sock) waits
+                             SECS first: the cell holds its files and its cell.guid
+                             lock but does not answer, as while it boots; appends
+                             "listen-delayed T" and "listening T" to SYNTEST_EVENTS
+                             (read once, from the environment)
   SYNTEST_CONTROL=FILE       the settings above but `absent` are read from FILE's
                              `NAME=VALUE` lines at each call instead, so one server
                              serves several cases of a test (a new text of FILE
@@ -30,6 +35,7 @@ import sys
 import time
 
 import synapse.cortex as s_cortex
+import synapse.daemon as s_daemon
 import synapse.exc as s_exc
 import synapse.lib.cell as s_cell
 
@@ -123,6 +129,20 @@ def patch():
         return real_add(self, name, reload_certs)
 
     s_cell.Cell.addReloadableSystem = add_reloadable
+
+    delay = [float(os.environ.get('SYNTEST_DELAY_LISTEN') or '0')]
+    if delay[0] > 0:
+        real_listen = s_daemon.Daemon.listen
+
+        async def listen(self, url, **opts):
+            if url.startswith('unix://') and delay[0] > 0:
+                secs, delay[0] = delay[0], 0
+                event('listen-delayed')
+                await asyncio.sleep(secs)
+                event('listening')
+            return await real_listen(self, url, **opts)
+
+        s_daemon.Daemon.listen = listen
 
 
 if __name__ == '__main__':
