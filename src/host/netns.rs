@@ -18,8 +18,9 @@
 //! The copy is opened (in the new namespace) before the tmpfs cover anything, and
 //! bound through `/proc/self/fd/N`, so a copy under `/tmp` or `/run` is still found.
 //! Before that, every mount is made read-only (`mount_setattr`, recursive: Linux
-//! 5.12); the copy's bind is made writable again, and `/dev/shm` gets a tmpfs of its
-//! own. The seal's other directories get an empty read-only tmpfs each, and its
+//! 5.12); the copy's bind is made writable again, `/proc` too but for the kernel's
+//! tunables (`/proc/sys`, `/proc/sysrq-trigger` stay read-only), and `/dev/shm` gets
+//! a tmpfs of its own. The seal's other directories get an empty read-only tmpfs each, and its
 //! sockets `/dev/null` bound over them (`connect()` is refused); one that vanished
 //! since it was planned is skipped.
 
@@ -171,6 +172,7 @@ fn seal_child(seal: &Seal) -> io::Result<()> {
         );
         check(fd)?;
         set_read_only(c(ROOT), true, true)?;
+        writable_proc();
         check(libc::mount(
             c(TMPFS),
             c(RUN),
@@ -229,6 +231,39 @@ fn seal_child(seal: &Seal) -> io::Result<()> {
         check(libc::chdir(c(CELL)))?;
     }
     Ok(())
+}
+
+/// `/proc` writable again, but for the kernel's tunables (`/proc/sys`,
+/// `/proc/sysrq-trigger`: bound read-only over themselves, as systemd's
+/// `ProtectKernelTunables=`): a process writes its own `/proc/self` files (a user
+/// namespace's `uid_map`, `oom_score_adj`). Where that cannot be had, `/proc` stays
+/// read-only as a whole.
+///
+/// # Safety
+/// In the forked child, in its own mount namespace.
+unsafe fn writable_proc() {
+    const PROC: &[u8] = b"/proc\0";
+    let tunables: [&[u8]; 2] = [b"/proc/sys\0", b"/proc/sysrq-trigger\0"];
+    let c = |b: &[u8]| b.as_ptr().cast::<libc::c_char>();
+    if set_read_only(c(PROC), false, false).is_err() {
+        return;
+    }
+    for t in tunables {
+        let bound = check(libc::mount(
+            c(t),
+            c(t),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))
+        .and_then(|()| set_read_only(c(t), true, true));
+        // A kernel without it has nothing there to protect.
+        if bound.as_ref().is_err_and(|e| !vanished(e)) {
+            // A tunable left writable is not an option: all of /proc read-only.
+            let _ = set_read_only(c(PROC), true, true);
+            return;
+        }
+    }
 }
 
 fn check(r: libc::c_int) -> io::Result<()> {

@@ -401,7 +401,12 @@ impl<'a> Opened<'a> {
     /// Restore snapshot `id` (or `latest` of this instance: see [`Opened::latest`],
     /// `cell` the service directory's) into `target` (new, empty); returns the
     /// backup directory in it.
-    pub(crate) fn fetch(&self, id: &str, cell: Option<&str>, target: &Path) -> Result<PathBuf> {
+    pub(crate) fn fetch(
+        &self,
+        id: &str,
+        cell: Option<&str>,
+        target: &Path,
+    ) -> Result<(PathBuf, String)> {
         let tags = filter_tags(&self.inst.name);
         let chosen;
         let id = if id == "latest" {
@@ -423,7 +428,7 @@ impl<'a> Opened<'a> {
             let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
             let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
             let ours = format!("instance={}", self.inst.name);
-            if !snaps.iter().any(|s| s.tags.contains(&ours)) {
+            let Some(s) = snaps.into_iter().find(|s| s.tags.contains(&ours)) else {
                 return Err(fail(
                     Code::BadPath,
                     format!(
@@ -431,8 +436,10 @@ impl<'a> Opened<'a> {
                         self.inst.name, self.inst.name
                     ),
                 ));
-            }
-            id
+            };
+            // The snapshot's full id, whatever prefix of it was given.
+            chosen = s.id;
+            chosen.as_str()
         };
         let target_s = target.to_string_lossy().into_owned();
         log::info!("restoring offsite snapshot {id} into {}", target.display());
@@ -452,7 +459,7 @@ impl<'a> Opened<'a> {
             .map(|e| e.path())
             .collect();
         match dirs.len() {
-            1 => Ok(dirs.remove(0)),
+            1 => Ok((dirs.remove(0), id.to_string())),
             n => Err(fail(
                 Code::BadPath,
                 format!(

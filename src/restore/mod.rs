@@ -415,16 +415,25 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     // The fetched offsite copy (removed at the end unless it was moved into place).
     let mut _fetched: Option<Staging> = None;
     let result = (|| {
+        // The snapshot restored: its full id, also when asked for `latest`.
+        let mut snapshot = None;
         if let Some(id) = &args.offsite {
-            _fetched = Some(fetch_offsite(dirs, args, id, &mut target)?);
+            let (staging, chosen) = fetch_offsite(dirs, args, id, &mut target)?;
+            _fetched = Some(staging);
+            snapshot = Some(chosen);
         }
         let text = restore_into(&target, args.force, &mut outcome)?;
-        Ok(match &args.offsite {
-            Some(id) => {
+        Ok(match (&args.offsite, snapshot) {
+            (Some(asked), Some(id)) => {
                 outcome.backup = format!("offsite:{id}");
-                format!("{text} (offsite snapshot {id})")
+                let short: String = id.chars().take(8).collect();
+                if *asked == id || asked.len() < id.len() && id.starts_with(asked.as_str()) {
+                    format!("{text} (offsite snapshot {short})")
+                } else {
+                    format!("{text} (offsite snapshot {short}, the {asked})")
+                }
             }
-            None => text,
+            _ => text,
         })
     })();
     // Moved into place: only its empty staging directory is left to remove.
@@ -464,9 +473,15 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
 }
 
 /// `restic restore` the instance's offsite snapshot `id` into a staging directory
-/// beside the service directory; the target's backup becomes the copy in it. The
-/// staging directory is removed when the returned guard drops.
-fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> Result<Staging> {
+/// beside the service directory; the target's backup becomes the copy in it.
+/// Returns the staging directory (removed when its guard drops) and the full id of
+/// the snapshot restored.
+fn fetch_offsite(
+    dirs: &Dirs,
+    args: &Request,
+    id: &str,
+    target: &mut Target,
+) -> Result<(Staging, String)> {
     let name = args.instance.as_deref().ok_or_else(|| {
         fail(
             Code::Usage,
@@ -489,11 +504,12 @@ fn fetch_offsite(dirs: &Dirs, args: &Request, id: &str, target: &mut Target) -> 
     // verified and moved into place (one syncfs reporting write errors since now).
     let sync = Durability::begin(&staging.path, false)?;
     let cell = cell_guid(&target.dir);
-    target.backup = repo.fetch(id, cell.as_deref(), &staging.path)?;
+    let (backup, chosen) = repo.fetch(id, cell.as_deref(), &staging.path)?;
+    target.backup = backup;
     sync.tree_done(&staging.path)?;
     sync.commit()?;
     target.disposable = true;
-    Ok(staging)
+    Ok((staging, chosen))
 }
 
 /// The backup, directory, unit and timeouts, from the request and the instance's

@@ -139,3 +139,44 @@ fn a_drill_reaches_nothing_and_runs_no_dmon_3_7_0() {
         on(line);
     }
 }
+
+/// The drilled server may write its own `/proc/self` files (a user namespace's
+/// `uid_map`: the 3.x tree's Python wrapper makes one as a non-root owner; it
+/// failed on "Read-only file system" when the seal made all of `/proc` read-only),
+/// never the kernel's tunables under `/proc/sys`. The "server" is a probe script
+/// given as the drill's Python: it writes both, says which worked, and exits.
+#[test]
+fn a_sealed_server_writes_its_own_proc_files_not_the_kernels() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let backup = t.path().join("b");
+    let o = crate::util::run(&[&"backup", &Line::V2.fixture(), &backup, &"-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Outside /tmp, which the seal replaces.
+    let pt = tempfile::tempdir_in("/var/tmp").unwrap();
+    let probe = pt.path().join("probe");
+    std::fs::write(
+        &probe,
+        "#!/bin/sh\n\
+         if echo 0 > /proc/self/oom_score_adj 2>/dev/null; then own=yes; else own=no; fi\n\
+         v=$(cat /proc/sys/vm/swappiness)\n\
+         if echo \"$v\" > /proc/sys/vm/swappiness 2>/dev/null; then sys=yes; else sys=no; fi\n\
+         echo \"probe own=$own sys=$sys\"\n\
+         exit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = crate::util::bin()
+        .args(["drill", "--dir"])
+        .arg(&backup)
+        .arg("--python")
+        .arg(&probe)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("probe own=yes sys=no"),
+        "{}",
+        stderr(&o)
+    );
+}

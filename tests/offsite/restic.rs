@@ -314,7 +314,7 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
     // A small change, a second night: restic adds a fraction of the first upload.
     assert_eq!(core.add(5, 100_000), 155);
     next_second();
-    s.run_ok();
+    let latest = s.run_ok();
     let second_added = s.status("offsite")["details"]["added_bytes"]
         .as_u64()
         .unwrap();
@@ -348,7 +348,21 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
     );
     let core = Cortex::start(line, &src);
     assert_eq!(core.count(), want_count);
-    assert_eq!(s.status("restore")["result"], "success");
+    let st = s.status("restore");
+    assert_eq!(st["result"], "success");
+    // `latest` is recorded as the snapshot it was (its full id).
+    assert!(
+        st["backup"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("offsite:{latest}")),
+        "{st}"
+    );
+    assert!(
+        stderr(&o).contains(&format!("(offsite snapshot {}, the latest)", &latest[..8])),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
