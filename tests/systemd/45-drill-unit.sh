@@ -10,8 +10,10 @@
 # running, and the next drill stops it before it boots the backup again. With
 # SYNBACKUP_DRILL_AFTER_RUN=yes the backup unit drills the backup it made. The Cortex
 # runs as User=synapse with only the README's three config lines: the generator's
-# 0700 root backup root is not the server's way to its copy (a bind mount is). Then an offsite copy
-# under the hardened unit, and the disaster-recovery path in a second, fresh container.
+# 0700 root backup root is not the server's way to its copy (a bind mount is). Then a
+# mirror's backup drilled on both isolation paths (the leader gets no write), an
+# offsite copy under the hardened unit, and the disaster-recovery path in a second,
+# fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -125,6 +127,53 @@ st=$(ns_exec synbackup status cortex00)
 grep -q 'newest tested backup cortex00_' <<<"$st" || ns_die "status names no tested backup: $st"
 # The offsite run below need not drill again.
 ns_exec sed -i '/^SYNBACKUP_DRILL_AFTER_RUN=/d' /etc/synbackup/cortex00.conf
+
+# A mirror on Synapse 2.256.0 (`mirror: cell:///...` over its leader's unix socket),
+# seeded from the leader's backup and backed up by its own nightly unit; the
+# leader then gets 7 more nodes, which the mirror receives. Its backup drilled by
+# synbackup-drill@.service (systemd-run) and from a shell (netns), each with a
+# write in its check: the drilled copy does not follow the leader (it sees the
+# backup's 40 nodes, none newer), and the write reaches neither Cortex (a mirror
+# forwards writes to its leader). 3.x's `parent:` follower: 47-synapse3.
+ns_exec install -d -m 0750 /srv/cortex/l0 /srv/cortex/m0
+echo 'nexslog:en: true' | ns_exec tee /srv/cortex/l0/cell.yaml >/dev/null
+sb_cortex l0
+ns_defer ns_exec systemctl stop synapse-cortex@l0.service
+ns_assert_eq 40 "$(ns_exec storm.py add /srv/cortex/l0 40)" "the leader's nodes"
+sb_config l0 </dev/null
+ns_exec systemctl start synbackup@l0.service
+# shellcheck disable=SC2016 # expanded by the inner sh
+ns_exec sh -c 'cp -a "$(ls -d /srv/backups/l0/l0_* | tail -n1)/." /srv/cortex/m0/ &&
+  rm -rf /srv/cortex/m0/synbackup-* &&
+  printf "mirror: cell:///srv/cortex/l0\nnexslog:en: true\n" >/srv/cortex/m0/cell.yaml'
+sb_cortex m0
+ns_defer ns_exec systemctl stop synapse-cortex@m0.service
+ns_assert_eq 40 "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" "the mirror's nodes"
+echo 'SYNBACKUP_DRILL_CHECK=[inet:fqdn=written-by-drill.example]' | sb_config m0
+ns_exec systemctl start synbackup@m0.service
+ns_assert_eq success "$(sb_prop synbackup@m0.service Result)" "Result of the mirror's nightly run"
+ns_assert_eq 47 "$(ns_exec storm.py add /srv/cortex/l0 7 --start 40)" "the leader's nodes after adding 7"
+mirror_has() { [ "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" = "$1" ]; }
+ns_wait_until 120 "the mirror to receive the 7 nodes" mirror_has 47
+written() { # the check's node on the leader and on the mirror
+  echo "$(ns_exec storm.py count /srv/cortex/l0 inet:fqdn=written-by-drill.example)" \
+    "$(ns_exec storm.py count /srv/cortex/m0 inet:fqdn=written-by-drill.example)"
+}
+mirror_drill() { ns_exec python3 -c 'import json
+d = json.load(open("/var/lib/synbackup/m0.drill.json"))
+print(d["result"], d["details"]["isolation"], d["details"]["form_counts"]["inet:ipv4"], d["details"]["neutralised"])'; }
+ns_exec systemctl start synbackup-drill@m0.service
+ns_assert_eq success "$(sb_prop synbackup-drill@m0.service Result)" "Result of the mirror's drill"
+ns_assert_eq "0 0" "$(written)" "the drill's write on the leader and on the mirror"
+ns_assert_eq "success systemd-run 40 ['cell.yaml:mirror']" "$(mirror_drill)" \
+  "the mirror's drill: result, isolation, nodes (the backup's, none newer), keys removed"
+echo SYNBACKUP_DRILL_ISOLATION=netns | ns_exec tee -a /etc/synbackup/m0.conf >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec synbackup drill m0 2>/dev/null
+ns_assert_eq "0 0" "$(written)" "the netns drill's write on the leader and on the mirror"
+ns_assert_eq "success netns 40 ['cell.yaml:mirror']" "$(mirror_drill)" \
+  "the mirror's netns drill: result, isolation, nodes, keys removed"
+ns_exec systemctl stop synapse-cortex@m0.service synapse-cortex@l0.service
 
 # Offsite copies under the hardened unit, then the disaster-recovery path: a second,
 # fresh container with only the .deb, the config and the password file restores the
