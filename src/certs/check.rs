@@ -30,6 +30,11 @@ pub(crate) enum Severity {
     Fail,
 }
 
+/// The warnings an operator may accept on purpose (`SYNBACKUP_CERT_ACCEPT`): the
+/// self-signed HTTPS pair Synapse made, a replaced key kept aside. Never a failure,
+/// never an expiry (that one is a date, not a choice).
+pub(crate) const ACCEPTABLE: [&str; 2] = ["self-signed", "kept-key"];
+
 /// One finding about one file.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Finding {
@@ -70,6 +75,9 @@ pub(crate) struct Report {
     /// `NAME.key.synbackup-old-STAMP`).
     pub(crate) kept_keys: Vec<KeptKeyInfo>,
     pub(crate) findings: Vec<Finding>,
+    /// Warnings the instance accepts on purpose (`SYNBACKUP_CERT_ACCEPT`): shown,
+    /// not counted as problems.
+    pub(crate) accepted: Vec<Finding>,
 }
 
 /// A private key kept aside, and whether it still works.
@@ -128,6 +136,8 @@ pub(crate) struct Options {
     pub(crate) https_names: Vec<String>,
     /// "Now", seconds since the epoch.
     pub(crate) now: i64,
+    /// Warnings accepted on purpose (names in [`ACCEPTABLE`]).
+    pub(crate) accept: Vec<String>,
 }
 
 /// Check the material of `service_dir`, with `cert_dir` (the user's certificate
@@ -155,7 +165,17 @@ pub(crate) fn check_material(
     for kept in files::discover_kept_keys(service_dir, &cert_dirs)? {
         check_kept_key(&kept, opts, &mut r)?;
     }
+    set_accepted_aside(&mut r, &opts.accept);
     Ok(r)
+}
+
+/// The warnings `accept` names move from the findings to `accepted`.
+fn set_accepted_aside(r: &mut Report, accept: &[String]) {
+    let (accepted, findings) = std::mem::take(&mut r.findings)
+        .into_iter()
+        .partition(|f| f.severity == Severity::Warn && accept.iter().any(|a| a == f.check));
+    r.findings = findings;
+    r.accepted = accepted;
 }
 
 /// A key kept aside: which certificate it belongs to and whether that is still

@@ -228,6 +228,7 @@ pub(crate) fn check_after_run(dirs: &Dirs, inst: &Instance) {
     let opts = certs::Options {
         warn_days: inst.cert_warn_days,
         https_names: inst.cert_names.clone(),
+        accept: inst.cert_accept.clone(),
         now: chrono::Utc::now().timestamp(),
     };
     match check_and_record(dirs, inst, &opts) {

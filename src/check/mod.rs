@@ -234,6 +234,7 @@ fn certificates(inst: &Instance) -> (Verdict, String) {
     let opts = crate::certs::check::Options {
         warn_days: inst.cert_warn_days,
         https_names: inst.cert_names.clone(),
+        accept: inst.cert_accept.clone(),
         now: chrono::Utc::now().timestamp(),
     };
     let report = resolve_cert_dir(inst).and_then(|dir| {

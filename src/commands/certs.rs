@@ -72,6 +72,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &CertsArgs) -> Result<ExitCode> {
                     a.https_names.clone()
                 },
                 now,
+                accept: inst.cert_accept.clone(),
             };
             instance_certs::check_and_record(dirs, &inst, &opts)?
         }
@@ -81,6 +82,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &CertsArgs) -> Result<ExitCode> {
                 warn_days: a.warn_days.unwrap_or(30),
                 https_names: a.https_names.clone(),
                 now,
+                accept: Vec::new(),
             };
             certs::check_material(dir, a.cert_dir.as_deref(), &opts)?
         }
@@ -142,6 +144,15 @@ fn print_table(r: &Report) -> Result<()> {
             Severity::Fail => "FAIL",
         };
         writeln!(out, "{sev} {} {}: {}", f.check, shown(&f.path), f.message)?;
+    }
+    for f in &r.accepted {
+        writeln!(
+            out,
+            "ACCEPTED {} {}: {} (SYNBACKUP_CERT_ACCEPT)",
+            f.check,
+            shown(&f.path),
+            f.message
+        )?;
     }
     let verdict = match r.worst() {
         None => "all checks passed",

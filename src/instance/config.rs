@@ -24,13 +24,13 @@ use crate::engine::freeze::FreezeMode;
 use crate::host::transient::Isolation;
 use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
-    BACKUP_ROOT, BOOT_WAIT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD, COMPACT,
-    DRILL_AFTER_RUN, DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON, DRILL_SAFEMODE,
-    DRILL_TIMEOUT, FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE, KEEP_DAILY, KEEP_LAST,
-    KEEP_MONTHLY, KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE, NOTIFY, NOTIFY_TIMEOUT,
-    OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
-    OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC,
-    SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
+    BACKUP_ROOT, BOOT_WAIT, CERT_ACCEPT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD,
+    COMPACT, DRILL_AFTER_RUN, DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON,
+    DRILL_SAFEMODE, DRILL_TIMEOUT, FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE,
+    KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE,
+    NOTIFY, NOTIFY_TIMEOUT, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST,
+    OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE,
+    OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
 };
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
@@ -74,6 +74,8 @@ pub(crate) struct Instance {
     pub(crate) cert_dir: Option<PathBuf>,
     pub(crate) cert_warn_days: u32,
     pub(crate) cert_names: Vec<String>,
+    /// Certificate warnings accepted on purpose (`certs::check::ACCEPTABLE`).
+    pub(crate) cert_accept: Vec<String>,
     pub(crate) lock_wait: Duration,
     pub(crate) drill_python: Option<PathBuf>,
     pub(crate) drill_module: Option<String>,
@@ -455,6 +457,7 @@ fn load_with(
         cert_dir,
         cert_warn_days: v.value(&CERT_WARN_DAYS)?,
         cert_names: v.get(&CERT_NAMES)?.unwrap_or_default(),
+        cert_accept: cert_accept(&v)?,
         lock_wait: v.value(&LOCK_WAIT)?,
         drill_python: v.get(&DRILL_PYTHON)?,
         drill_module: v.get(&DRILL_MODULE)?,
@@ -601,6 +604,26 @@ pub(crate) fn selected(config_dir: &Path, one: Option<&str>) -> Result<Vec<Strin
         }
         None => instance_names(config_dir),
     }
+}
+
+/// `SYNBACKUP_CERT_ACCEPT`: names of warnings only (a failure is never accepted,
+/// an expiry is never silenced).
+fn cert_accept(v: &Values) -> Result<Vec<String>> {
+    let words = v.get(&CERT_ACCEPT)?.unwrap_or_default();
+    if let Some(bad) = words
+        .iter()
+        .find(|w| !crate::certs::check::ACCEPTABLE.contains(&w.as_str()))
+    {
+        return Err(fail(
+            Code::Usage,
+            format!(
+                "{}: SYNBACKUP_CERT_ACCEPT names {bad:?}, which cannot be accepted: only {} can (a failure or an expiry is never silenced)",
+                v.origin(CERT_ACCEPT.key),
+                crate::certs::check::ACCEPTABLE.join(" and ")
+            ),
+        ));
+    }
+    Ok(words)
 }
 
 #[cfg(test)]

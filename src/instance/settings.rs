@@ -290,6 +290,8 @@ settings! {
         "warn when a certificate has fewer days left (default 30)";
     CERT_NAMES: Words = "SYNBACKUP_CERT_NAMES", Words, Absent, Unset,
         "space-separated names clients reach the HTTPS server by (checked in sslcert.pem)";
+    CERT_ACCEPT: Words = "SYNBACKUP_CERT_ACCEPT", Words, Absent, Unset,
+        "warnings of the certificate check accepted on purpose (self-signed, kept-key): reported as accepted, not as problems";
     LOCK_WAIT: Span = "SYNBACKUP_LOCK_WAIT", Span, Default("1h"), Checked,
         "a duration a run, window, restore, drill or certs deploy waits for another to finish (default 1h)";
     DRILL_PYTHON: Program = "SYNBACKUP_DRILL_PYTHON", Program, Absent, Unset,

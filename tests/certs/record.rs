@@ -217,3 +217,73 @@ fn run_checks_the_certificates_and_status_shows_the_worst_finding() {
         "{text}"
     );
 }
+
+/// `SYNBACKUP_CERT_ACCEPT=self-signed`: the self-signed HTTPS pair Synapse made is
+/// shown as accepted, and the check passes without a warning; a failure or an
+/// expiry cannot be accepted (a configuration error naming the file and line).
+#[test]
+fn an_accepted_warning_is_shown_not_counted() {
+    let m = good_material();
+    // What Synapse writes when it starts without a pair (the fixture's, made so).
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
+    fs::copy(fixture.join("sslcert.pem"), m.svc.join("sslcert.pem")).unwrap();
+    write_key(
+        &m.svc.join("sslkey.pem"),
+        &fs::read(fixture.join("sslkey.pem")).unwrap(),
+    );
+    let i = Inst::new(m);
+    let json = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
+    let certs_json = || {
+        bin_at(&i.m.root)
+            .env_remove("SYNBACKUP_CERT_DIR")
+            .env_remove("SYNBACKUP_CERT_WARN_DAYS")
+            .args(["certs", "c0", "--json"])
+            .output()
+            .unwrap()
+    };
+    // Not accepted: a warning.
+    let o = certs_json();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        json(&o)["findings"][0]["check"],
+        "self-signed",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(json(&o)["accepted"], serde_json::json!([]));
+
+    let conf = i.m.root.join("etc/c0.conf");
+    let base = fs::read_to_string(&conf).unwrap();
+    fs::write(&conf, format!("{base}SYNBACKUP_CERT_ACCEPT=self-signed\n")).unwrap();
+    let o = certs_json();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        json(&o)["findings"],
+        serde_json::json!([]),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(json(&o)["accepted"][0]["check"], "self-signed");
+    let o = i.certs();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ACCEPTED self-signed") && out.contains("all checks passed"),
+        "{out}"
+    );
+
+    // A failure cannot be accepted.
+    fs::write(
+        &conf,
+        format!("{base}SYNBACKUP_CERT_ACCEPT=self-signed ca-key\n"),
+    )
+    .unwrap();
+    let o = i.certs();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = error_lines(&o);
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(
+        err[0].contains(&format!("{}:", conf.display()))
+            && err[0].contains("\"ca-key\", which cannot be accepted"),
+        "{err:?}"
+    );
+}
