@@ -133,12 +133,22 @@ ns_assert_eq 9 "$rc" "status after a failed restore: exit code"
 grep -q 'PROBLEM: .*last restore failed' <<<"$out" || ns_die "status after a failed restore: $out"
 sed 's/^SYNBACKUP_SERVICE_UNIT=.*/SYNBACKUP_SERVICE_UNIT=synapse-cortex@cortx00.service/' \
   < <(ns_exec cat /etc/synbackup/cortex00.conf) | ns_exec tee /etc/synbackup/typo.conf >/dev/null
+# Beside cortex00.conf, a second config of the same directory is refused first,
+# naming the other (two instances would take different locks).
+rc=0
+out=$(ns_exec synbackup restore --instance typo "/srv/backups/cortex00/$backup" 2>&1) || rc=$?
+ns_assert_eq 2 "$rc" "a second config of one directory: exit code"
+grep -q 'is also the service directory of instance cortex00 (/etc/synbackup/cortex00.conf:' <<<"$out" \
+  || ns_die "a second config of one directory: $out"
+# Alone, the mistyped unit is found at once.
+ns_exec mv /etc/synbackup/cortex00.conf /root/cortex00.conf.away
 t0=$SECONDS rc=0
 out=$(ns_exec synbackup restore --instance typo "/srv/backups/cortex00/$backup" 2>&1) || rc=$?
 ns_assert_eq 8 "$rc" "mistyped unit: exit code"
 grep -q 'synapse-cortex@cortx00.service is inactive: it is not the unit that runs there; fix SYNBACKUP_SERVICE_UNIT' <<<"$out" || ns_die "mistyped unit: $out"
 [ $((SECONDS - t0)) -lt 10 ] || ns_die "mistyped unit: took $((SECONDS - t0)) s"
 ns_exec rm /etc/synbackup/typo.conf
+ns_exec mv /root/cortex00.conf.away /etc/synbackup/cortex00.conf
 svc_active "mistyped unit"
 
 # 4. Files held after the stop (a process outside the unit maps data.mdb).
