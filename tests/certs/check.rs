@@ -237,13 +237,7 @@ fn a_revoked_user_certificate_fails() {
 #[test]
 fn the_self_signed_default_https_pair_is_named() {
     let m = good_material();
-    // What Synapse writes when it starts without a pair (the fixture's, made so).
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
-    fs::copy(fixture.join("sslcert.pem"), m.svc.join("sslcert.pem")).unwrap();
-    write_key(
-        &m.svc.join("sslkey.pem"),
-        &fs::read(fixture.join("sslkey.pem")).unwrap(),
-    );
+    m.use_synapses_default_pair();
     let r = expect(&m, 0, &[("warn", "self-signed", "svc/sslcert.pem")]);
     assert!(r["findings"][0]["message"]
         .as_str()

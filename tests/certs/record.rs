@@ -224,13 +224,7 @@ fn run_checks_the_certificates_and_status_shows_the_worst_finding() {
 #[test]
 fn an_accepted_warning_is_shown_not_counted() {
     let m = good_material();
-    // What Synapse writes when it starts without a pair (the fixture's, made so).
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
-    fs::copy(fixture.join("sslcert.pem"), m.svc.join("sslcert.pem")).unwrap();
-    write_key(
-        &m.svc.join("sslkey.pem"),
-        &fs::read(fixture.join("sslkey.pem")).unwrap(),
-    );
+    m.use_synapses_default_pair();
     let i = Inst::new(m);
     let json = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
     let certs_json = || {

@@ -44,6 +44,17 @@ pub struct Material {
 }
 
 impl Material {
+    /// The HTTPS pair Synapse writes when it starts without one (self-signed,
+    /// CN=cortex: the fixture's, made so) in place of the material's.
+    pub fn use_synapses_default_pair(&self) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cortex00");
+        fs::copy(fixture.join("sslcert.pem"), self.svc.join("sslcert.pem")).unwrap();
+        write_key(
+            &self.svc.join("sslkey.pem"),
+            &fs::read(fixture.join("sslkey.pem")).unwrap(),
+        );
+    }
+
     /// `ROOT/etc/c0.conf`: instance `c0` on the service directory, backups under
     /// `ROOT/backups`, this certificate directory.
     pub fn write_instance_config(&self) {
