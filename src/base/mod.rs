@@ -24,6 +24,8 @@ pub(crate) mod interrupt;
 pub(crate) mod logging;
 /// Paths as text: lossless keys for records, escaped words for people.
 pub(crate) mod pathtext;
+/// What a `--dry-run` of `cold` and `restore` prints.
+pub(crate) mod plan;
 /// The progress traits long steps report through (the reporters live above).
 pub(crate) mod progress;
 /// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup cold INSTANCE`: what `synbackup-cold@.service` runs, the maintenance
-//! window (`window`).
+//! window (`window`); with `--dry-run`, its plan (`window::dry_run`).
 
 use std::process::ExitCode;
 
@@ -18,10 +18,18 @@ pub(crate) struct ColdArgs {
     pub(crate) instance: String,
     #[command(flatten)]
     pub(crate) overrides: InstanceOverrides,
+    /// Say what the window would stop, copy, keep aside and remove, and whether
+    /// its copy fits, changing nothing (a refusal exits as the window would).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Run the window for the instance.
 pub(crate) fn exec(dirs: &Dirs, a: &ColdArgs, show_bar: bool) -> Result<ExitCode> {
+    if a.dry_run {
+        crate::window::dry_run(dirs, &a.instance, &a.overrides)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = crate::window::run(dirs, &a.instance, &a.overrides, show_bar);
     leave_final_status(dirs, &a.instance, Kind::Cold);
     result?;

@@ -2,7 +2,8 @@
 //! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--certs
 //! [--cert-dir D]]`: put a backup in place of a service directory, and its
 //! certificate directory back (`service::restore`); with `--offsite SNAPSHOT` the
-//! backup comes from the instance's restic repository.
+//! backup comes from the instance's restic repository; `--dry-run` prints the
+//! plan (`restore::plan`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,39 +52,47 @@ pub(crate) struct RestoreArgs {
         conflicts_with = "backup"
     )]
     pub(crate) offsite: Option<String>,
+    /// Say what the restore would check, copy, stop, keep aside and start, and
+    /// whether its copy fits, changing nothing (a refusal exits as the restore
+    /// would); with --offsite, which snapshot it would fetch, fetching nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Restore as asked. By path (no `--instance`), the locks of the configured
 /// instances the backup or the directory belong to are held for the whole restore,
 /// so that no run, window or prune removes the backup while it is copied.
 pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
-    let _locks = match &a.instance {
-        Some(_) => Vec::new(), // the restore takes its instance's lock itself
+    let (_locks, busy) = match &a.instance {
+        Some(_) => (Vec::new(), Vec::new()), // the restore takes its instance's lock itself
         None => lock_owners(dirs, a)?,
     };
-    restore::restore(
-        dirs,
-        &Request {
-            backup: a.backup.clone().unwrap_or_default(),
-            dir: a.dir.clone(),
-            unit: a.unit.clone(),
-            instance: a.instance.clone(),
-            force: a.force,
-            certs: a.certs,
-            cert_dir: a.cert_dir.clone(),
-            offsite: a.offsite.clone(),
-        },
-    )?;
+    let request = Request {
+        backup: a.backup.clone().unwrap_or_default(),
+        dir: a.dir.clone(),
+        unit: a.unit.clone(),
+        instance: a.instance.clone(),
+        force: a.force,
+        certs: a.certs,
+        cert_dir: a.cert_dir.clone(),
+        offsite: a.offsite.clone(),
+    };
+    if a.dry_run {
+        restore::plan::dry_run(dirs, &request, busy)?;
+    } else {
+        restore::restore(dirs, &request)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The locks of every configured instance whose backup root holds BACKUP or whose
-/// service directory is DIR.
-fn lock_owners(dirs: &Dirs, a: &RestoreArgs) -> Result<Vec<lock::InstanceLock>> {
+/// service directory is DIR; for a dry run, those free, and a line for each held.
+fn lock_owners(dirs: &Dirs, a: &RestoreArgs) -> Result<(Vec<lock::InstanceLock>, Vec<String>)> {
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let backup = resolve(a.backup.as_deref().unwrap_or(Path::new("")));
     let dir = a.dir.as_deref().map(resolve);
     let mut locks = Vec::new();
+    let mut busy = Vec::new();
     for name in config::instance_names(&dirs.config_dir)? {
         let Ok(inst) = config::load(&dirs.config_dir, &name, &InstanceOverrides::default()) else {
             continue; // a broken config owns nothing
@@ -91,8 +100,14 @@ fn lock_owners(dirs: &Dirs, a: &RestoreArgs) -> Result<Vec<lock::InstanceLock>> 
         let owns_backup = backup.starts_with(resolve(&inst.backup_root));
         let owns_dir = dir.as_deref() == Some(resolve(&inst.service_dir).as_path());
         if owns_backup || owns_dir {
-            locks.push(lock::acquire_for(&dirs.lock_dir, &inst, "restore")?);
+            if a.dry_run {
+                let (held, line) = lock::for_dry_run(&dirs.lock_dir, &inst, "restore")?;
+                locks.extend(held);
+                busy.extend(line);
+            } else {
+                locks.push(lock::acquire_for(&dirs.lock_dir, &inst, "restore")?);
+            }
         }
     }
-    Ok(locks)
+    Ok((locks, busy))
 }

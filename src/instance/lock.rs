@@ -102,6 +102,32 @@ pub(crate) fn try_acquire(lock_dir: &Path, instance: &str, what: &str) -> Result
     acquire_within(lock_dir, instance, what, Duration::ZERO)
 }
 
+/// A dry run's look at the lock: taken when free (and held while the dry run
+/// looks, as a prune does), else the line saying whom the real `what` would wait
+/// for and how long (`SYNBACKUP_LOCK_WAIT`). Other errors are the real command's.
+pub(crate) fn for_dry_run(
+    lock_dir: &Path,
+    inst: &Instance,
+    what: &str,
+) -> Result<(Option<InstanceLock>, Option<String>)> {
+    match try_acquire(lock_dir, &inst.name, what) {
+        Ok(l) => Ok((Some(l), None)),
+        Err(e) if crate::base::exit::code_of(&e) == Code::Locked => {
+            let holder = holder_of(&lock_path(lock_dir, &inst.name));
+            Ok((
+                None,
+                Some(format!(
+                    "{holder} holds the lock of {}: the real {what} would wait up to {} for it (SYNBACKUP_LOCK_WAIT), then fail (exit {})",
+                    inst.name,
+                    format_duration(inst.lock_wait),
+                    Code::Locked.as_i32()
+                )),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Take the lock, waiting up to `wait` for its holder to finish.
 pub(crate) fn acquire_within(
     lock_dir: &Path,

@@ -398,18 +398,12 @@ impl<'a> Opened<'a> {
         }
     }
 
-    /// Restore snapshot `id` (or `latest` of this instance: see [`Opened::latest`],
-    /// `cell` the service directory's) into `target` (new, empty); returns the
-    /// backup directory in it.
-    pub(crate) fn fetch(
-        &self,
-        id: &str,
-        cell: Option<&str>,
-        target: &Path,
-    ) -> Result<(PathBuf, String)> {
-        let tags = filter_tags(&self.inst.name);
-        let chosen;
-        let id = if id == "latest" {
+    /// The snapshot a restore of `id` (or `latest` of this instance: see
+    /// [`Opened::latest`], `cell` the service directory's) fetches, read from
+    /// the repository without restoring anything; refused when it is not one of
+    /// the instance's.
+    pub(crate) fn choose(&self, id: &str, cell: Option<&str>) -> Result<restic::Snapshot> {
+        if id == "latest" {
             let s = self.latest(cell)?;
             log::info!(
                 "the newest offsite snapshot of {} is {} ({}, from {}, {})",
@@ -422,25 +416,46 @@ impl<'a> Opened<'a> {
                     .find(|t| t.starts_with("cell="))
                     .map_or("no cell", String::as_str)
             );
-            chosen = s.id;
-            chosen.as_str()
-        } else {
-            let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
-            let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
-            let ours = format!("instance={}", self.inst.name);
-            let Some(s) = snaps.into_iter().find(|s| s.tags.contains(&ours)) else {
-                return Err(fail(
+            return Ok(s);
+        }
+        let out = self.run("snapshots", &["snapshots", "--json", id], None)?;
+        let snaps = restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout))?;
+        let ours = format!("instance={}", self.inst.name);
+        // The snapshot's full id, whatever prefix of it was given.
+        snaps
+            .into_iter()
+            .find(|s| s.tags.contains(&ours))
+            .ok_or_else(|| {
+                fail(
                     Code::BadPath,
                     format!(
                         "snapshot {id} is not a synbackup snapshot of {}; pick one from `synbackup offsite list {}`",
                         self.inst.name, self.inst.name
                     ),
-                ));
-            };
-            // The snapshot's full id, whatever prefix of it was given.
-            chosen = s.id;
-            chosen.as_str()
-        };
+                )
+            })
+    }
+
+    /// Bytes a restore of snapshot `id` writes (`restic stats`, restore-size).
+    pub(crate) fn restore_size(&self, id: &str) -> Result<Option<u64>> {
+        let out = self.run("stats", &["stats", "--json", id], None)?;
+        Ok(restic::parse_stats_size(&String::from_utf8_lossy(
+            &out.stdout,
+        )))
+    }
+
+    /// Restore snapshot `id` (or `latest` of this instance: see [`Opened::latest`],
+    /// `cell` the service directory's) into `target` (new, empty); returns the
+    /// backup directory in it.
+    pub(crate) fn fetch(
+        &self,
+        id: &str,
+        cell: Option<&str>,
+        target: &Path,
+    ) -> Result<(PathBuf, String)> {
+        let tags = filter_tags(&self.inst.name);
+        let chosen = self.choose(id, cell)?.id;
+        let id = chosen.as_str();
         let target_s = target.to_string_lossy().into_owned();
         log::info!("restoring offsite snapshot {id} into {}", target.display());
         self.run(

@@ -39,6 +39,8 @@
 pub(crate) mod certs;
 /// Links the backup followed (a layer on another disk), restored as links.
 pub(crate) mod linked;
+/// `restore --dry-run`: the restore's steps, taking none.
+pub(crate) mod plan;
 /// Roles (leader, mirror) and nexus indexes of the directory and the backup.
 pub(crate) mod roles;
 
@@ -88,16 +90,21 @@ struct Staging {
 impl Staging {
     /// `PARENT/.DIRNAME.synbackup-TAG.PID`, removed when dropped unless disarmed.
     fn beside(dir: &Path, tag: &str) -> Staging {
-        let parent = dir.parent().unwrap_or(Path::new("/"));
         Staging {
-            path: parent.join(sibling_name(
-                dir,
-                ".",
-                &format!(".synbackup-{tag}.{}", std::process::id()),
-            )),
+            path: staging_path(dir, tag),
             armed: true,
         }
     }
+}
+
+/// `PARENT/.DIRNAME.synbackup-TAG.PID`: where a staging copy beside `dir` goes.
+fn staging_path(dir: &Path, tag: &str) -> PathBuf {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    parent.join(sibling_name(
+        dir,
+        ".",
+        &format!(".synbackup-{tag}.{}", std::process::id()),
+    ))
 }
 
 impl Drop for Staging {
@@ -370,6 +377,9 @@ struct Target {
     /// The backup is a copy made for this restore (fetched from offsite): it is
     /// moved into place instead of copied.
     disposable: bool,
+    /// The instance's SYNBACKUP_KEEP_ASIDE (with `--instance`): how long the
+    /// nightly run keeps the directory a restore moved aside.
+    keep_aside: Option<Duration>,
 }
 
 /// What a restore reports (the status's details; paths as `pathtext::key`s).
@@ -410,7 +420,9 @@ pub(crate) fn restore(dirs: &Dirs, args: &Request) -> Result<()> {
     let instance = args.instance.as_deref().unwrap_or("");
     let rec = Recorder::begin(dirs, instance, Kind::Restore).journaled();
     // Errors here (no such instance, the lock held) leave the last status alone.
-    let (mut target, _lock) = resolve(dirs, args)?;
+    let (mut target, _lock) = resolve(dirs, args, &mut |inst| {
+        lock::acquire_for(&dirs.lock_dir, inst, "restore").map(Some)
+    })?;
     let mut outcome = Outcome::default();
     // The fetched offsite copy (removed at the end unless it was moved into place).
     let mut _fetched: Option<Staging> = None;
@@ -512,13 +524,21 @@ fn fetch_offsite(
     Ok((staging, chosen))
 }
 
+/// A way to take the instance's lock: the restore's waits for it, a dry run's
+/// only looks (`lock::for_dry_run`).
+type TakeLock<'a> = dyn FnMut(&config::Instance) -> Result<Option<lock::InstanceLock>> + 'a;
+
 /// The backup, directory, unit and timeouts, from the request and the instance's
-/// configuration (whose lock is held from here on).
-fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::InstanceLock>)> {
-    let (dir, unit, timeouts, root, lock, cert_dir) = match &args.instance {
+/// configuration (whose lock, taken by `take_lock`, is held from here on).
+fn resolve(
+    dirs: &Dirs,
+    args: &Request,
+    take_lock: &mut TakeLock<'_>,
+) -> Result<(Target, Option<lock::InstanceLock>)> {
+    let (dir, unit, timeouts, root, lock, cert_dir, keep_aside) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-            let lock = lock::acquire_for(&dirs.lock_dir, &inst, "restore")?;
+            let lock = take_lock(&inst)?;
             let cert_dir = match &args.cert_dir {
                 Some(d) => Some(d.clone()),
                 None if args.certs => certdir::resolve_cert_dir(&inst)?,
@@ -529,8 +549,9 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
                 inst.service_unit.clone(),
                 (inst.stop_timeout, inst.health_timeout),
                 Some(inst.backup_root.clone()),
-                Some(lock),
+                lock,
                 cert_dir,
+                Some(inst.keep_aside),
             )
         }
         None => {
@@ -546,7 +567,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
                 (None, Some(u)) if args.certs => Some(certdir::unit_cert_dir(u)?),
                 _ => None,
             };
-            (dir, args.unit.clone(), (t, t), None, None, cert_dir)
+            (dir, args.unit.clone(), (t, t), None, None, cert_dir, None)
         }
     };
     let cert_dir = cert_dir
@@ -565,6 +586,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             health_timeout: timeouts.1,
             certs: args.certs.then_some(cert_dir),
             disposable: false,
+            keep_aside,
         },
         lock,
     ))
@@ -865,26 +887,10 @@ fn stage(
             format!("cannot create {}: {e}", parent.escaped()),
         )
     })?;
-    // What goes to the targets of followed links needs room there, not here.
-    let elsewhere: u64 = links
-        .iter()
-        .filter_map(|l| l.to.as_ref())
-        .map(|o| o.bytes)
-        .sum();
-    let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
     linked::check_space(links)?;
-    let free = fsutil::free_space(&parent)?;
-    if need > free && !t.disposable {
-        return Err(fail(
-            Code::NoSpace,
-            format!(
-                "not enough space in {}: the restore needs {} ({need} bytes), {} ({free} bytes) is free; free space first",
-                parent.escaped(),
-                human(need),
-                human(free)
-            ),
-        ));
-    }
+    let room = room(t, manifest, links)?;
+    refuse_no_room(t, &room)?;
+    let need = room.need;
     let staging = Staging::beside(dir, "restoring");
     // Where `--certs` reads the carried certificate directory from: the backup,
     // or for a disposable one, a sibling it is moved out to (removed at the end).
@@ -934,6 +940,54 @@ fn stage(
         _cert_staging,
         _link_stagings,
     })
+}
+
+/// The room the staging copy takes beside the directory, and what is free there.
+struct Room {
+    /// What the copy needs there (the data of followed links goes elsewhere).
+    need: u64,
+    free: u64,
+    /// Where it was measured: the directory's parent, or (not there yet, in a dry
+    /// run) its nearest existing ancestor.
+    at: PathBuf,
+}
+
+/// Step 3's measure: the backup's bytes less what goes to the targets of followed
+/// links (checked there by `linked::check_space`), against what is free beside
+/// the directory.
+fn room(t: &Target, manifest: &Manifest, links: &[Linked]) -> Result<Room> {
+    let elsewhere: u64 = links
+        .iter()
+        .filter_map(|l| l.to.as_ref())
+        .map(|o| o.bytes)
+        .sum();
+    let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
+    let mut at = t.dir.parent().unwrap_or(Path::new("/"));
+    while !at.exists() {
+        at = at.parent().unwrap_or(Path::new("/"));
+    }
+    Ok(Room {
+        need,
+        free: fsutil::free_space(at)?,
+        at: at.to_path_buf(),
+    })
+}
+
+/// Refuse a copy that does not fit (a fetched copy is moved, not copied).
+fn refuse_no_room(t: &Target, room: &Room) -> Result<()> {
+    let Room { need, free, at } = room;
+    if need > free && !t.disposable {
+        return Err(fail(
+            Code::NoSpace,
+            format!(
+                "not enough space in {}: the restore needs {} ({need} bytes), {} ({free} bytes) is free; free space first",
+                at.escaped(),
+                human(*need),
+                human(*free)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The restore's steps after the swap: the data of followed links into their

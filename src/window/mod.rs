@@ -46,6 +46,12 @@
 //! so it is slower end to end: hashing, not copying, bounds the window's copy here.
 //! A reflink clone on XFS/btrfs would save the writes, not the reads; not done.
 //!
+//! `--dry-run` (`dry_run`) runs the same preflight and prints the steps: the unit
+//! stopped (and the units that stop with it), the copy with its size, the room
+//! needed and free beside the directory, the name the directory would be kept
+//! under, and the directories of earlier windows that would be removed. It stops
+//! nothing and writes nothing; a refusal is the window's, with its exit code.
+//!
 //! The compacted copy is not also kept in the backup root: after the swap it *is*
 //! the live directory, and the kept `DIR.pre-cold-*` is the way back. The nightly
 //! `run` makes the next backup as usual.
@@ -62,12 +68,15 @@ use crate::base::exit::{fail, Code};
 use crate::base::fault;
 use crate::base::fsutil::human;
 use crate::base::interrupt;
+use crate::base::plan::Plan;
+use crate::base::units::format_duration;
 use crate::engine::backup;
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 use crate::host::systemd;
 use crate::instance::config::{Instance, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::lock;
 use crate::instance::record::{self, Event, Made};
 use crate::instance::status::Kind;
 use crate::service::preflight;
@@ -174,12 +183,28 @@ pub(crate) fn run(
     }
 }
 
-fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
+/// What the preflight found (step 1): every check passed but the room, which
+/// [`refuse_no_room`] judges from `need` and `free`.
+struct Preflight {
+    unit: String,
+    dir: PathBuf,
+    /// Active units that stop with the unit, started again after it.
+    dependents: Vec<String>,
+    /// Where the compacted copy is made.
+    new: PathBuf,
+    /// About what the compacted copy takes.
+    need: u64,
+    /// Free next to the directory.
+    free: u64,
+}
+
+/// Step 1 (changes nothing): the unit, the directory, its parent, and the room a
+/// compacted copy needs beside it. The window and its dry run both start here.
+fn preflight(inst: &Instance) -> Result<Preflight> {
     let unit = inst.service_unit.clone().ok_or_else(|| {
         fail(Code::Usage, format!("instance {} has no SYNBACKUP_SERVICE_UNIT: the window must know which unit to stop", inst.name))
     })?;
     let dir = crate::engine::paths::check_source(&inst.service_dir)?;
-    // 1. Preflight: nothing changes when it fails.
     preflight::refuse_open_parent(&dir, "the window")?;
     let state = preflight::check_unit(&unit, &dir)?;
     if state != "active" {
@@ -194,19 +219,45 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             format!("{} exists (left by an interrupted window?); remove it after checking it is not needed", new.display()),
         ));
     }
-    let estimate = backup::estimate(&dir, &[], true)?;
+    let need = backup::estimate(&dir, &[], true)?;
     let free = crate::base::fsutil::free_space(dir.parent().unwrap_or(Path::new("/")))?;
-    if estimate > free {
+    Ok(Preflight {
+        unit,
+        dir,
+        dependents,
+        new,
+        need,
+        free,
+    })
+}
+
+/// Refuse a window without room beside the directory for its compacted copy.
+fn refuse_no_room(p: &Preflight) -> Result<()> {
+    if p.need > p.free {
         return Err(fail(
             Code::NoSpace,
             format!(
                 "not enough space next to {}: the compacted copy needs {}, {} is free",
-                dir.display(),
-                human(estimate),
-                human(free)
+                p.dir.display(),
+                human(p.need),
+                human(p.free)
             ),
         ));
     }
+    Ok(())
+}
+
+fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
+    // 1. Preflight: nothing changes when it fails.
+    let p = preflight(inst)?;
+    refuse_no_room(&p)?;
+    let Preflight {
+        unit,
+        dir,
+        dependents,
+        new,
+        ..
+    } = p;
     report.bytes_before = disk_usage(&dir);
     interrupt::check()?;
     fault::point("cold-preflight")?;
@@ -265,6 +316,75 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             Err(e)
         }
     }
+}
+
+/// `synbackup cold INSTANCE --dry-run`: what the window would stop, copy, keep
+/// aside and remove, and whether its copy fits, changing nothing (no unit stopped,
+/// no file written, no status). The same preflight as the window's: a refusal is
+/// the window's, with its exit code.
+pub(crate) fn dry_run(dirs: &Dirs, name: &str, overrides: &InstanceOverrides) -> Result<()> {
+    let inst = crate::instance::config::load(&dirs.config_dir, name, overrides)?;
+    let mut plan = Plan::new(Some(&inst.name), "window");
+    let result = (|| {
+        let (_lock, busy) = lock::for_dry_run(&dirs.lock_dir, &inst, "window")?;
+        if let Some(line) = busy {
+            plan.say(line);
+        }
+        plan_window(&inst, &mut plan)
+    })();
+    plan.finish(result)
+}
+
+/// The window's steps as the dry run tells them.
+fn plan_window(inst: &Instance, plan: &mut Plan) -> Result<()> {
+    let p = preflight(inst)?;
+    let with = if p.dependents.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {}, which stop with it)", p.dependents.join(", "))
+    };
+    plan.say(format!(
+        "{} is active and runs on {}: would stop it{with} and wait up to {} until no process holds its files",
+        p.unit,
+        p.dir.display(),
+        format_duration(inst.stop_timeout)
+    ));
+    let fits = refuse_no_room(&p);
+    plan.say(format!(
+        "would copy {} ({} on disk) compacted to {} and verify it: about {} needed, {} free beside it{}",
+        p.dir.display(),
+        human(disk_usage(&p.dir)),
+        p.new.display(),
+        human(p.need),
+        human(p.free),
+        if fits.is_ok() { "" } else { ": NOT ENOUGH ROOM" }
+    ));
+    fits?;
+    let aside = kept::free_aside(
+        &p.dir,
+        PRE_COLD,
+        &Utc::now().format(kept::STAMP).to_string(),
+    );
+    plan.say(format!(
+        "would move {} aside to {} (kept until the next window or SYNBACKUP_COLD_KEEP_OLD, {}) and the copy into its place",
+        p.dir.display(),
+        aside.display(),
+        format_duration(inst.cold_keep_old)
+    ));
+    plan.say(format!(
+        "would start {}{} and wait up to {} for its health check (on any failure: roll back to the original directory)",
+        p.unit,
+        if p.dependents.is_empty() { "" } else { " and the units that stopped with it" },
+        format_duration(inst.health_timeout)
+    ));
+    for (old, _) in kept::aside_dirs(&p.dir, PRE_COLD) {
+        plan.say(format!(
+            "would then remove {} ({}), kept by an earlier window",
+            old.display(),
+            human(disk_usage(&old))
+        ));
+    }
+    Ok(())
 }
 
 /// The window's step inside the swap: the compacted copy, made after the stop.

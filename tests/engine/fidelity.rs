@@ -332,15 +332,6 @@ fn run_as_nobody(groups: &str, args: &[&dyn AsRef<OsStr>]) -> std::process::Outp
     c.output().unwrap()
 }
 
-fn chown_tree(dir: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
-    if fs::symlink_metadata(dir).unwrap().is_dir() {
-        for e in fs::read_dir(dir).unwrap() {
-            chown_tree(&e.unwrap().path(), uid, gid);
-        }
-    }
-}
-
 #[test]
 fn not_root_keeps_the_group_it_can_and_narrows_the_mode_otherwise() {
     let t = tempdir();

@@ -558,6 +558,128 @@ fn restore_refuses_a_running_service_and_restores_a_stopped_one(line: Line) {
     assert_eq!(restored.count(), 120, "the backup's nodes");
 }
 
+crate::on_both_lines!(restore_dry_run_changes_nothing_and_says_what_it_would_do);
+
+/// `restore --dry-run` (issue 34) against a real Cortex whose files an
+/// unprivileged user owns: while it runs, the restore's own refusal with its exit
+/// code, the service still answering; stopped, the plan (verify, the copy and
+/// the room for it, nothing to stop, the name the directory would be kept
+/// under); without room, the space refusal and its exit code, as the real
+/// restore gives them. Nothing changes in the service directory, the backup root,
+/// the state or metrics directories (owners, sizes, mtimes), no status recorded.
+fn restore_dry_run_changes_nothing_and_says_what_it_would_do(line: Line) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let dir = root.join("core00");
+    let backups = root.join("backups");
+    for d in ["etc", "metrics"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(
+        root.join("etc/c0.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\nSYNBACKUP_KEEP_ASIDE=3d\n",
+            dir.display(),
+            backups.display()
+        ),
+    )
+    .unwrap();
+    let mut core = Cortex::start(line, &dir);
+    assert_eq!(core.add(40, 0), 40);
+    let o = run_at(root, &["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let name = fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("c0_"))
+        .unwrap();
+    let bk = backups.join(&name);
+    let watched = [
+        dir.clone(),
+        backups.clone(),
+        root.join("state"),
+        root.join("metrics"),
+    ];
+    let listing = || {
+        watched
+            .iter()
+            .flat_map(|d| full_listing(d))
+            .collect::<Vec<_>>()
+    };
+
+    // Running: the restore's refusal, with its code; the service still answers.
+    let before = listing();
+    let o = run_at(root, &["restore", "--instance", "c0", &name, "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(8), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("c0: the real restore would refuse here (exit 8): ")
+            && out.contains("is in use")
+            && out.ends_with("c0: dry run: nothing was changed\n"),
+        "{out}"
+    );
+    assert_eq!(before, listing(), "a dry run changed something");
+    assert_eq!(core.count(), 40, "the service answers");
+    let real = run_at(root, &["restore", "--instance", "c0", &name]);
+    assert_eq!(real.status.code(), o.status.code(), "{}", stderr(&real));
+
+    // Stopped, owned by an unprivileged user: the plan.
+    core.stop();
+    chown_tree(&dir, 65534, 65534);
+    let before = listing();
+    let o = run_at(root, &["restore", "--instance", "c0", &name, "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    for want in [
+        format!("c0: would verify {} against its manifest (", bk.display()),
+        format!(
+            "c0: would copy it to {}/.core00.synbackup-restoring.",
+            root.display()
+        ),
+        format!("free in {}\n", root.display()),
+        format!("c0: nothing runs on {}: nothing to stop\n", dir.display()),
+        format!(
+            "c0: would move {} aside to {}.pre-restore-",
+            dir.display(),
+            dir.display()
+        ),
+        "(kept: the nightly run removes it after SYNBACKUP_KEEP_ASIDE, 3d".to_string(),
+        "c0: would remove nothing kept aside".to_string(),
+        "c0: dry run: nothing was changed\n".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want}: {out}");
+    }
+    assert!(!out.contains("NOT ENOUGH ROOM"), "{out}");
+    assert_eq!(before, listing(), "a dry run changed something");
+
+    // No room beside the directory (by path, into a small tmpfs): the restore's
+    // space refusal and its exit code.
+    let small = root.join("small");
+    let _fs = Tmpfs::mount(&small, "size=128k,mode=755");
+    let into = small.join("core00");
+    fs::create_dir(&into).unwrap();
+    fs::copy(dir.join("cell.guid"), into.join("cell.guid")).unwrap();
+    let before = (listing(), full_listing(&small));
+    let o = run(&[&"restore", &bk, &into, &"--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(4), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(&format!("free in {}: NOT ENOUGH ROOM\n", small.display()))
+            && out.contains(&format!(
+                "the real restore would refuse here (exit 4): not enough space in {}: the restore needs ",
+                small.display()
+            )),
+        "{out}"
+    );
+    assert_eq!(
+        before,
+        (listing(), full_listing(&small)),
+        "a dry run changed something"
+    );
+    let real = run(&[&"restore", &bk, &into]);
+    assert_fails(&real, 4, "not enough space in");
+}
+
 #[test]
 fn restore_that_fails_midway_leaves_the_directory_as_it_was() {
     let t = tempfile::tempdir().unwrap();

@@ -4,7 +4,8 @@
 # newcomer's first run with only the README's three lines (no backup root yet); a
 # start timeout much shorter than a slowed copy and verify; an unmounted backup
 # volume; the nightly run and the maintenance window started together (one waits,
-# both recorded); `status` after a failed window; the final status line of a unit.
+# both recorded); `status` with the service stopped and crash-looping;
+# `status` after a failed window; the final status line of a unit.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -82,7 +83,42 @@ ns_has 'waiting up to .* for the lock held by' -- ns_journal -u $unit -u $cold \
   || ns_die "neither waited for the other"
 ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 
-# 5. A failed window (verify fails, rolled back): status says so and exits 9.
+# 5. A service that is not running is something status reports (issue 34, item 3):
+#    stopped, then crash-looping; a nightly run meanwhile backs up the directory as
+#    it is on disk and says so at the default log level. Brought back after.
+cortex=synapse-cortex@cortex00.service
+status_of() { set +e; out=$(ns_exec synbackup status cortex00 2>&1); rc=$?; set -e; }
+ns_exec systemctl stop $cortex
+status_of
+ns_log "status with the service stopped (exit $rc): $out"
+ns_assert_eq 9 "$rc" "status exit code with the service stopped"
+printf '%s\n' "$out" | grep -qE "^cortex00: PROBLEM: $cortex is (inactive|failed): the service is not running" \
+  || ns_die "status with the service stopped: $out"
+ns_exec systemctl start $unit
+ns_assert_eq success "$(sb_prop $unit Result)" "a nightly run with the service stopped"
+ns_has -E "$cortex is (inactive|failed): the service is not running: backing up its directory as it is on disk, without a freeze" \
+  -- ns_journal -u $unit || ns_die "the nightly run did not say the service was not running"
+ns_exec mkdir -p /etc/systemd/system/$cortex.d
+printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStartPre=/bin/false\nRestart=always\nRestartSec=2\n' \
+  | ns_exec tee /etc/systemd/system/$cortex.d/crash.conf >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec systemctl start --no-block $cortex
+restarting() { [ "$(sb_prop $cortex NRestarts)" -ge 1 ]; }
+ns_wait_until 60 "the service to crash and restart" restarting
+status_of
+ns_log "status with the service crash-looping (exit $rc): $out"
+ns_assert_eq 9 "$rc" "status exit code with the service crash-looping"
+printf '%s\n' "$out" | grep -q "PROBLEM: .*$cortex is activating (starting, or restarting after a crash)" \
+  || ns_die "status with the service crash-looping: $out"
+ns_exec rm /etc/systemd/system/$cortex.d/crash.conf
+ns_exec systemctl daemon-reload
+ns_exec systemctl stop $cortex
+ns_exec systemctl reset-failed $cortex
+ns_exec systemctl start $cortex
+ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
+ns_exec synbackup status cortex00
+
+# 6. A failed window (verify fails, rolled back): status says so and exits 9.
 ns_exec synbackup status cortex00
 ns_exec mkdir -p /etc/systemd/system/$cold.d
 printf '[Service]\nEnvironment=SYNBACKUP_FAULT=cold-verify\n' | ns_exec tee /etc/systemd/system/$cold.d/fault.conf >/dev/null

@@ -666,3 +666,45 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Every entry under `dir` (itself included) with its type, size, mtime (ns),
+/// owner and mode, one line each, sorted: what a run that must change nothing
+/// (a `--dry-run`) is compared by. A missing `dir` lists as one line saying so.
+pub fn full_listing(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, p: &Path, out: &mut Vec<String>) {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            out.push(format!("{} missing", p.display()));
+            return;
+        };
+        let rel = p.strip_prefix(root).unwrap_or(p).display().to_string();
+        out.push(format!(
+            "{rel} {:o} {} {}.{} {}:{}",
+            m.mode(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.uid(),
+            m.gid()
+        ));
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(root, &e.unwrap().path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `chown -R uid:gid dir` (links themselves, not what they point to).
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
