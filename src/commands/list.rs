@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `synbackup list [INSTANCE] [--json]`: every backup of the instances with its age,
 //! size and state (`instance::catalog`), and whether a drill booted it
-//! (`instance::tested`: when, which Synapse, boot seconds, nodes). An instance whose configuration does not
+//! (`instance::tested`: when, which Synapse, boot seconds, nodes), and which
+//! restic snapshot holds its offsite copy (`instance::offsite_copies`: the short
+//! id in the table, the full one in `--json`). An instance whose configuration does not
 //! load is reported on stderr and the others are still listed (exit 2).
 
 use std::process::ExitCode;
@@ -18,6 +20,7 @@ use crate::commands::print_json;
 use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::offsite_copies::{self, OffsiteCopy};
 use crate::instance::record::now_str;
 use crate::instance::tested::{self, Tested};
 
@@ -41,6 +44,9 @@ struct Listed {
     state: State,
     /// The backup's last drill (`synbackup drill`), if any.
     tested: Option<Tested>,
+    /// The restic snapshot holding its offsite copy, as the last offsite copy
+    /// found the repository (`instance::offsite_copies`), if any.
+    offsite: Option<OffsiteCopy>,
 }
 
 /// `synbackup list [INSTANCE] [--json]`.
@@ -59,8 +65,10 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
             }
         };
         let mut drilled = tested::load(&dirs.state_dir, &name);
+        let mut offsite = offsite_copies::load(&dirs.state_dir, &name);
         for e in catalog::scan(&inst.backup_root, &name)? {
             rows.push(Listed {
+                offsite: offsite.remove(&e.name),
                 tested: drilled.remove(&e.name),
                 instance: name.clone(),
                 name: e.name,
@@ -79,8 +87,8 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "{:<40} {:<20} {:>8} {:>10}  {:<9} TESTED",
-            "BACKUP", "TIME (UTC)", "AGE", "SIZE", "STATE"
+            "{:<40} {:<20} {:>8} {:>10}  {:<9} {:<8} TESTED",
+            "BACKUP", "TIME (UTC)", "AGE", "SIZE", "STATE", "OFFSITE"
         )?;
         for r in &rows {
             let age = std::time::Duration::from_secs(r.age_seconds.max(0) as u64);
@@ -93,9 +101,10 @@ pub(crate) fn exec(dirs: &Dirs, args: &ListArgs) -> Result<ExitCode> {
                 .as_ref()
                 .map(tested::describe)
                 .unwrap_or_else(|| "-".into());
+            let offsite = r.offsite.as_ref().map_or("-", |o| o.short_id.as_str());
             writeln!(
                 out,
-                "{:<40} {:<20} {:>8} {:>10}  {state:<9} {tested}",
+                "{:<40} {:<20} {:>8} {:>10}  {state:<9} {offsite:<8} {tested}",
                 r.name,
                 &r.time[..19.min(r.time.len())],
                 format_duration(age),

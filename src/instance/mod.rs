@@ -19,6 +19,8 @@ pub(crate) mod kept;
 pub(crate) mod lock;
 /// `SYNBACKUP_NOTIFY`: a command told of each run's start and end.
 pub(crate) mod notify;
+/// Which backups have an offsite copy, and its restic snapshot.
+pub(crate) mod offsite_copies;
 /// Retention applied to a backup root.
 pub(crate) mod prune;
 /// The run recorder: status, metrics and the journal event of every run.

@@ -23,6 +23,7 @@ use crate::base::fsutil::human;
 use crate::host::restic;
 use crate::instance::config::{Instance, Keep};
 use crate::instance::dirs::Dirs;
+use crate::instance::offsite_copies;
 use crate::instance::record::{now_str, Event, Made, Recorder};
 use crate::instance::repository::{
     explain, filter_tags, redacted, repo, settings, unlock_after_kill,
@@ -42,6 +43,10 @@ pub(crate) struct Uploaded {
     pub(crate) pruned: bool,
     /// When the repository was last pruned (RFC 3339).
     pub(crate) last_prune: Option<String>,
+    /// The instance's snapshots after the retention (`None` when they could not
+    /// be listed): what `offsite_copies` records.
+    #[serde(skip)]
+    pub(crate) held: Option<Vec<restic::Snapshot>>,
 }
 
 /// `restic forget` arguments for a policy (a zero count is left out).
@@ -160,6 +165,19 @@ pub(crate) fn upload(
     repo.run("forget", &args, None)
         .inspect_err(|e| unlock_after_kill(&repo, e))
         .map_err(|e| explain(e, &inst.name, &o.repository))?;
+    // What the repository holds now, for `list` (the copy is made either way).
+    let tags = filter_tags(&inst.name);
+    let held = repo
+        .run("snapshots", &["snapshots", "--json", "--tag", &tags], None)
+        .and_then(|out| restic::parse_snapshots(&String::from_utf8_lossy(&out.stdout)))
+        .inspect_err(|e| {
+            unlock_after_kill(&repo, e);
+            log::warn!(
+                "{}: could not list the offsite snapshots after the copy: {e:#}",
+                inst.name
+            );
+        })
+        .ok();
     Ok(Uploaded {
         snapshot_id: summary.snapshot_id,
         snapshot_bytes: summary.total_bytes_processed,
@@ -171,6 +189,7 @@ pub(crate) fn upload(
         } else {
             previous_prune
         },
+        held,
     })
 }
 
@@ -198,6 +217,7 @@ pub(crate) fn copy(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<U
         .unwrap_or_default();
     match result {
         Ok(u) => {
+            record_copies(dirs, inst, &name, &u, time);
             let mut details = serde_json::to_value(&u).unwrap_or_default();
             details["repository"] = repository.clone().into();
             let event = Event {
@@ -248,6 +268,32 @@ pub(crate) fn copy(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<U
             rec.failed(&e, made, Some(event));
             Err(crate::base::exit::reported(&e))
         }
+    }
+}
+
+/// Record which backups the repository holds (`offsite_copies`): what it listed
+/// after the copy, else the last record with the snapshot just uploaded.
+fn record_copies(dirs: &Dirs, inst: &Instance, name: &str, u: &Uploaded, time: DateTime<Utc>) {
+    let all = match &u.held {
+        Some(snaps) => offsite_copies::from_snapshots(snaps),
+        None => {
+            let mut all = offsite_copies::load(&dirs.state_dir, &inst.name);
+            all.insert(
+                name.to_string(),
+                offsite_copies::OffsiteCopy {
+                    snapshot_id: u.snapshot_id.clone(),
+                    short_id: u.snapshot_id.chars().take(8).collect(),
+                    time: now_str(time),
+                },
+            );
+            all
+        }
+    };
+    if let Err(e) = offsite_copies::save(&dirs.state_dir, &inst.name, &all) {
+        log::error!(
+            "could not record which backups of {} are offsite: {e:#}",
+            inst.name
+        );
     }
 }
 

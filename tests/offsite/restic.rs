@@ -401,6 +401,123 @@ fn retention_forgets_what_the_policy_drops_never_the_newest_and_prunes_on_schedu
     assert_eq!(s.local_backups().len(), 3);
 }
 
+/// `list` names the restic snapshot of each backup's offsite copy (issue 34): the
+/// short id in the table, the full one in `--json`, each what `restic snapshots`
+/// reports for that backup; a backup never uploaded, and one the offsite policy
+/// forgot, show none. `restore --offsite latest --dry-run` names the snapshot it
+/// would fetch and changes nothing.
+#[test]
+fn list_names_each_backups_offsite_snapshot_and_a_dry_run_names_the_one_it_would_fetch() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo").to_string_lossy().into_owned();
+    let s = Setup::new(
+        None,
+        &repo,
+        "SYNBACKUP_KEEP_LAST=9\nSYNBACKUP_OFFSITE_KEEP_LAST=2\nSYNBACKUP_OFFSITE_KEEP_DAILY=0\nSYNBACKUP_OFFSITE_KEEP_WEEKLY=0\nSYNBACKUP_OFFSITE_KEEP_MONTHLY=0\n",
+    );
+    // Never uploaded: the repository does not exist yet.
+    s.run_fails_offsite("synbackup offsite init c0");
+    s.ok(&["offsite", "init", "c0"]);
+    for _ in 0..3 {
+        next_second();
+        s.run_ok();
+    }
+    let o = restic(&s, &repo)
+        .args(["snapshots", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let by_backup: BTreeMap<String, (String, String)> = snaps
+        .iter()
+        .map(|v| {
+            (
+                v["paths"][0]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    v["short_id"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    let backups = s.local_backups();
+    assert_eq!((backups.len(), by_backup.len()), (4, 2), "{by_backup:?}");
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&s.ok(&["list", "c0", "--json"])).unwrap();
+    assert_eq!(rows.len(), 4);
+    let table = s.ok(&["list", "c0"]);
+    assert!(
+        table.lines().next().unwrap().contains(" OFFSITE "),
+        "{table}"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let name = row["name"].as_str().unwrap();
+        let line = table.lines().find(|l| l.starts_with(name)).unwrap();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // BACKUP, TIME, AGE, SIZE (number, unit), STATE, OFFSITE, TESTED
+        let offsite_col = cols[6];
+        match by_backup.get(name) {
+            Some((id, short)) => {
+                assert!(i >= 2, "{name} is offsite");
+                assert_eq!(
+                    row["offsite"]["snapshot_id"].as_str(),
+                    Some(id.as_str()),
+                    "{row}"
+                );
+                assert_eq!(
+                    row["offsite"]["short_id"].as_str(),
+                    Some(short.as_str()),
+                    "{row}"
+                );
+                assert_eq!(offsite_col, short, "{table}");
+            }
+            None => {
+                // The first (never uploaded) and the second (forgotten offsite).
+                assert!(i < 2, "{name} should be offsite: {by_backup:?}");
+                assert!(row["offsite"].is_null(), "{row}");
+                assert_eq!(offsite_col, "-", "{table}");
+            }
+        }
+    }
+
+    // The dry run of a restore from offsite: the snapshot `latest` means, by its
+    // ids and backup, nothing fetched or changed.
+    let newest = backups.last().unwrap();
+    let (id, short) = &by_backup[newest];
+    let watched = [s.src.clone(), s.backups.clone(), s.root.join("state")];
+    let listing = || {
+        watched
+            .iter()
+            .flat_map(|d| full_listing(d))
+            .collect::<Vec<_>>()
+    };
+    let before = listing();
+    let out = s.ok(&[
+        "restore",
+        "--instance",
+        "c0",
+        "--offsite",
+        "latest",
+        "--dry-run",
+    ]);
+    for want in [
+        format!("c0: would fetch offsite snapshot {short} ({id}, backup {newest} of "),
+        "c0: would then check the fetched copy".to_string(),
+        format!("c0: would move {} aside to ", s.src.display()),
+        "c0: dry run: nothing was changed\n".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want}: {out}");
+    }
+    assert_eq!(before, listing(), "a dry run changed something");
+}
+
 #[test]
 fn a_wrong_password_an_unreachable_server_and_a_full_backend_fail_offsite_only() {
     // Wrong password.

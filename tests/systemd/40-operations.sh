@@ -5,7 +5,8 @@
 # start timeout much shorter than a slowed copy and verify; an unmounted backup
 # volume; the nightly run and the maintenance window started together (one waits,
 # both recorded); `status` with the service stopped and crash-looping;
-# `status` after a failed window; the final status line of a unit.
+# `status` after a failed window; the final status line of a unit; a window's
+# dry run without room for its copy.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -137,4 +138,40 @@ if printf '%s' "$shown" | grep -qE '%\)|rolling back'; then ns_die "a finished w
 ns_exec rm /etc/systemd/system/$cold.d/fault.conf
 ns_exec systemctl daemon-reload
 ns_exec systemctl reset-failed
+
+# 7. A window whose copy would not fit beside the directory (a Cortex on a small
+#    file system, filled): its dry run says so with the numbers and exits 4, as
+#    the window itself does, which stops nothing.
+tiny=synapse-cortex@tiny.service
+ns_exec mkdir -p /srv/small
+ns_exec mount -t tmpfs -o size=128m,mode=755 tmpfs /srv/small
+ns_defer ns_exec umount /srv/small
+ns_exec mkdir -p /etc/systemd/system/$tiny.d
+printf '[Service]\nExecStart=\nExecStart=/opt/synapse-venv/bin/python -m synapse.servers.cortex --telepath tcp://127.0.0.1:0 --https 0 /srv/small/tiny\n' \
+  | ns_exec tee /etc/systemd/system/$tiny.d/small.conf >/dev/null
+printf '%s\n' SYNBACKUP_SERVICE_DIR=/srv/small/tiny SYNBACKUP_SERVICE_UNIT=$tiny \
+  SYNBACKUP_BACKUP_ROOT=/srv/backups/tiny | ns_exec tee /etc/synbackup/tiny.conf >/dev/null
+ns_exec systemctl daemon-reload
+ns_exec systemctl start $tiny
+ns_defer ns_exec systemctl stop $tiny
+ns_exec storm.py wait /srv/small/tiny --timeout 120
+free=$(ns_exec df --output=avail -B1 /srv/small | tail -n1)
+ns_exec fallocate -l $((free - 256 * 1024)) /srv/small/filler
+set +e
+plan=$(ns_exec synbackup cold tiny --dry-run)
+rc=$?
+set -e
+ns_log "cold --dry-run without room (exit $rc): $plan"
+ns_assert_eq 4 "$rc" "the dry run's exit code without room"
+for w in "tiny: would copy /srv/small/tiny (" ": NOT ENOUGH ROOM" \
+  "tiny: the real window would refuse here (exit 4): not enough space next to /srv/small/tiny: the compacted copy needs"; do
+  printf '%s\n' "$plan" | grep -qF "$w" || ns_die "the dry run does not say '$w': $plan"
+done
+set +e
+ns_exec synbackup cold tiny
+rc=$?
+set -e
+ns_assert_eq 4 "$rc" "the window's own exit code without room"
+ns_assert_eq active "$(sb_prop $tiny ActiveState)" "the small Cortex after the refused window"
+ns_exec storm.py wait /srv/small/tiny --timeout 60
 ns_poweroff

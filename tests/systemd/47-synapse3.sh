@@ -5,7 +5,8 @@
 # (units/synapse-cortex3@.service; that Python is syn3-python, the Debian sid tree
 # bound in read-only), and only the README's three config lines. The nightly run;
 # `synbackup drill` from a shell and a run with SYNBACKUP_DRILL_AFTER_RUN=yes, both
-# naming 3.7.0 and the node counts; the maintenance window; `restore --instance`;
+# naming 3.7.0 and the node counts; the maintenance window and `restore --instance`,
+# each after its dry run (which changes nothing);
 # an offsite copy (restic, a local repository) restored with `--offsite latest`.
 # Then a leader and a follower (3.x's `parent: cell:///...`, over the leader's unix
 # socket): the follower's backup, drilled by synbackup-drill@.service (the timer's
@@ -105,7 +106,32 @@ ns_has 'drill passed: .*(Synapse 3\.7\.0, safemode)' -- ns_exec journalctl -b -u
 readme_conf c3
 after_run=$(newest c3)
 
-# 4. The maintenance window: the Cortex is stopped, compacted, swapped and started;
+# 4. The maintenance window: first its dry run (issue 34), which says what it would
+#    stop, copy and keep and changes nothing (the service directory owned by
+#    synapse, the backup root, the state: names, sizes, mtimes, owners, modes); the
+#    Cortex still answers. Then the window: the Cortex is stopped, compacted,
+#    swapped and started; it answers, healthy, with every node.
+tree() { ns_exec sh -c 'find /srv/cortex /srv/backups /var/lib/synbackup -printf "%p %y %s %T@ %u:%g %m\n" | sort'; }
+# dry_run_changes_nothing WHAT CMD...: CMD (a dry run) printed its plan into $plan
+# and left the tree and the Cortex as they were.
+dry_run_changes_nothing() {
+  local what=$1 before after
+  shift
+  before=$(tree)
+  plan=$(ns_exec "$@")
+  ns_log "$what: $plan"
+  after=$(tree)
+  [ "$after" = "$before" ] || ns_die "$what changed something: $(diff <(printf '%s\n' "$before") <(printf '%s\n' "$after") || true)"
+  ns_assert_eq active "$(sb_prop synapse-cortex3@c3.service ActiveState)" "the Cortex's unit after $what"
+  storm3 wait $dir --timeout 120 >/dev/null
+}
+# says WANT...: the plan has each line part.
+says() { local w; for w in "$@"; do printf '%s\n' "$plan" | grep -qF "$w" || ns_die "the plan does not say '$w': $plan"; done; }
+dry_run_changes_nothing "cold --dry-run" synbackup cold c3 --dry-run
+says "c3: synapse-cortex3@c3.service is active and runs on $dir: would stop it and wait up to" \
+  "c3: would copy $dir (" " free beside it" "c3: would move $dir aside to $dir.pre-cold-" \
+  "c3: would start synapse-cortex3@c3.service and wait up to" "c3: dry run: nothing was changed"
+#    The window: the Cortex is stopped, compacted, swapped and started;
 #    it answers, healthy, with every node.
 ns_exec systemctl start synbackup-cold@c3.service
 ns_assert_eq success "$(sb_prop synbackup-cold@c3.service Result)" "Result of the window"
@@ -117,6 +143,12 @@ ns_exec sh -c 'ls -d /srv/cortex/c3.pre-cold-*' >/dev/null || ns_die "the window
 # 5. restore --instance of the run's backup (60 nodes) over a Cortex with 5 more:
 #    stopped, swapped, started, healthy, the 5 gone, the directory before kept.
 ns_assert_eq 65 "$(storm3 add $dir 5 --start 60)" "inet:ip nodes after adding 5"
+# Its dry run first: the unit it would stop and start, the directory kept aside.
+dry_run_changes_nothing "restore --dry-run" synbackup restore --instance c3 "$(basename "$after_run")" --dry-run
+says "c3: would verify $after_run against its manifest (" "c3: would copy it to /srv/cortex/.c3.synbackup-restoring." \
+  "c3: would stop synapse-cortex3@c3.service and wait up to" "c3: would move $dir aside to $dir.pre-restore-" \
+  "c3: would start synapse-cortex3@c3.service and wait up to" "c3: dry run: nothing was changed"
+ns_assert_eq 65 "$(count c3 inet:ip)" "inet:ip nodes after the restore's dry run"
 ns_exec synbackup restore --instance c3 "$(basename "$after_run")"
 ns_assert_eq "success active" "$(json c3.restore.json 'd["result"]') $(sb_prop synapse-cortex3@c3.service ActiveState)" "restore status, the Cortex's unit"
 storm3 wait $dir --timeout 120 >/dev/null
