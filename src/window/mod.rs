@@ -50,7 +50,9 @@
 //! stopped (and the units that stop with it), the copy with its size, the room
 //! needed and free beside the directory, the name the directory would be kept
 //! under, and the directories of earlier windows that would be removed. It stops
-//! nothing and writes nothing; a refusal is the window's, with its exit code.
+//! nothing and writes nothing (the estimate reads each live environment as any
+//! LMDB reader does, taking a slot in its `lock.mdb`, the readers' table); a
+//! refusal is the window's, with its exit code.
 //!
 //! The compacted copy is not also kept in the backup root: after the swap it *is*
 //! the live directory, and the kept `DIR.pre-cold-*` is the way back. The nightly

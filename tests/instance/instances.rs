@@ -283,6 +283,45 @@ fn hold_lock(s: &Setup) -> impl FnOnce() {
     }
 }
 
+/// Dry runs (issue 34) look at the lock without waiting for it: a restore's says
+/// whom the restore would wait for and how long, and goes on; and they refuse as
+/// the real command does, with its exit code, recording nothing (the window's
+/// refusal of an instance without a unit is recorded by the window, not by its
+/// dry run).
+#[test]
+fn dry_runs_look_at_the_lock_without_waiting_and_refuse_as_the_real_command() {
+    let s = Setup::new("SYNBACKUP_LOCK_WAIT=1h\n");
+    let name = s.backup_now();
+    let release = hold_lock(&s);
+    let t0 = std::time::Instant::now();
+    let o = s.run(&["restore", "--instance", "c0", &name, "--dry-run"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        t0.elapsed().as_secs() < 60,
+        "the dry run waited for the lock"
+    );
+    assert!(
+        out.contains(" holds the lock of c0: the real restore would wait up to 60m for it")
+            && out.contains("(SYNBACKUP_LOCK_WAIT), then fail (exit 7)")
+            && out.contains(&format!("c0: would move {} aside to ", s.src.display())),
+        "{out}"
+    );
+    release();
+
+    let o = s.run(&["cold", "c0", "--dry-run"]);
+    assert_fails(&o, 2, "no SYNBACKUP_SERVICE_UNIT");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        out,
+        "c0: the real window would refuse here (exit 2): instance c0 has no SYNBACKUP_SERVICE_UNIT: the window must know which unit to stop\nc0: dry run: nothing was changed\n"
+    );
+    assert!(!s.root.join("state/c0.cold.json").exists());
+    assert!(!s.root.join("state/c0.restore.json").exists());
+    assert_fails(&s.run(&["cold", "c0"]), 2, "no SYNBACKUP_SERVICE_UNIT");
+    assert_eq!(s.status_of("cold")["exit_code"], 2);
+}
+
 #[test]
 fn a_run_waits_for_the_lock_and_one_that_gives_up_is_recorded_as_skipped() {
     let s = Setup::new("");

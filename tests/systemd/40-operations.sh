@@ -114,7 +114,8 @@ printf '%s\n' "$out" | grep -q "PROBLEM: .*$cortex is activating (starting, or r
 ns_exec rm /etc/systemd/system/$cortex.d/crash.conf
 ns_exec systemctl daemon-reload
 ns_exec systemctl stop $cortex
-ns_exec systemctl reset-failed $cortex
+# Its start-rate counter cleared (a unit stopped clean is unloaded: nothing to reset).
+ns_exec systemctl reset-failed $cortex 2>/dev/null || true
 ns_exec systemctl start $cortex
 ns_exec storm.py wait /srv/cortex/cortex00 --timeout 120
 ns_exec synbackup status cortex00
