@@ -300,15 +300,24 @@ pub(crate) fn final_line(s: &Status) -> String {
 
 /// Remove every status and metrics file of `instance` (each [`Kind`]'s, and the
 /// certificate check's: `certs::record` writes `INSTANCE.certs.json` and
-/// `synbackup-INSTANCE-certs.prom`); returns the paths removed.
+/// `synbackup-INSTANCE-certs.prom`), and its records of drills and offsite
+/// copies per backup; returns the paths removed.
 pub(crate) fn retire(state_dir: &Path, metrics_dir: &Path, instance: &str) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let kinds = Kind::ALL.iter().map(|k| k.as_str()).chain(["certs"]);
-    for kind in kinds {
-        let files = [
-            status_path(state_dir, instance, kind),
-            metrics_dir.join(format!("synbackup-{instance}{}.prom", suffix(kind))),
-        ];
+    let records = [
+        crate::instance::tested::tested_path(state_dir, instance),
+        crate::instance::offsite_copies::record_path(state_dir, instance),
+    ];
+    for files in kinds
+        .map(|kind| {
+            vec![
+                status_path(state_dir, instance, kind),
+                metrics_dir.join(format!("synbackup-{instance}{}.prom", suffix(kind))),
+            ]
+        })
+        .chain([records.to_vec()])
+    {
         for p in files {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed.push(p),

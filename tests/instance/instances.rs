@@ -1057,6 +1057,11 @@ fn retire_removes_a_removed_instances_state_and_metrics_only() {
     // The run's certificate check leaves its own state and metrics.
     assert!(s.root.join("state/c0.certs.json").exists());
     assert!(s.root.join("metrics/synbackup-c0-certs.prom").exists());
+    // The records of drills and offsite copies per backup (as a drill and an
+    // offsite copy leave them).
+    for f in ["c0.tested.json", "c0.offsite.snapshots.json"] {
+        fs::write(s.root.join("state").join(f), "{}\n").unwrap();
+    }
     let o = s.run(&["retire", "c0"]);
     assert_fails(&o, 2, "still configures c0");
     fs::remove_file(s.root.join("etc/c0.conf")).unwrap();
@@ -1068,6 +1073,8 @@ fn retire_removes_a_removed_instances_state_and_metrics_only() {
     assert!(!s.root.join("metrics/synbackup-c0.prom").exists());
     assert!(!s.root.join("state/c0.certs.json").exists());
     assert!(!s.root.join("metrics/synbackup-c0-certs.prom").exists());
+    assert!(!s.root.join("state/c0.tested.json").exists());
+    assert!(!s.root.join("state/c0.offsite.snapshots.json").exists());
     assert_eq!(names(&s.backups), backups, "retire touched the backups");
 }
 
