@@ -142,6 +142,17 @@ fn backup_from_a_mirror_never_pauses_the_leader(line: Line) {
     // From here on, any freeze of the leader is in its events file.
     std::fs::write(&events, "").unwrap();
     configure(&root, &ldir, &mdir, &backups, "SYNBACKUP_MIRROR_WAIT=2m\n");
+    let o = run_at(&root, &["run", "m0", "--dry-run"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        plan.contains(&format!(
+            "SYNBACKUP_SOURCE=mirror: would back up the first of {} that applies the leader {}'s nexus index within 2m instead, frozen, the leader not; if none does: fail (exit code 13)",
+            mdir.display(),
+            ldir.display()
+        )),
+        "{v}: {plan}"
+    );
 
     // 1. The mirror held behind: the run waits for it, then freezes it alone.
     std::fs::write(&control, "SYNTEST_HOLD_NEXUS=1\n").unwrap();
