@@ -19,7 +19,8 @@
 //!    the mirror was used. On main, `run` backed up `SYNBACKUP_SERVICE_DIR` and
 //!    froze the leader (and the keys were unknown: exit 2).
 //! 2. No mirror ready: one held behind past `SYNBACKUP_MIRROR_WAIT` with
-//!    `SYNBACKUP_NO_MIRROR=fail` (exit 13, nothing backed up); then the mirror
+//!    `SYNBACKUP_NO_MIRROR=fail` (exit 13, nothing backed up); a leader whose
+//!    index cannot be read (nothing answers at `SYNBACKUP_LEADER`): exit 13; the mirror
 //!    stopped (unreachable): `fail` (exit 13), `leader` (the leader backed up,
 //!    frozen), `skip` (exit 0, recorded skipped, nothing backed up); each in its
 //!    status and in one line.
@@ -281,6 +282,27 @@ fn backup_from_a_mirror_never_pauses_the_leader(line: Line) {
     assert!(
         wait_for(60, || index(&mirror) == index(&leader)),
         "{v}: the mirror catches up once let go"
+    );
+
+    // The leader's index cannot be read (no leader answers there): no mirror is
+    // ready either.
+    let nowhere = t.path().join("no-leader");
+    configure(
+        &root,
+        &ldir,
+        &mdir,
+        &backups,
+        &format!("SYNBACKUP_LEADER={}\n", nowhere.display()),
+    );
+    let o = run_m0(&root);
+    assert_fails(&o, 13, "no mirror is ready");
+    assert!(
+        error_lines(&o)[0].contains(&format!(
+            "the leader at {} does not answer",
+            nowhere.display()
+        )),
+        "{v}: {}",
+        stderr(&o)
     );
 
     // The mirror unreachable (stopped): fail, then leader, then skip.
