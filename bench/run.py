@@ -18,6 +18,11 @@ round, every command with the page cache warm and with it dropped before the com
   read-direct      O_DIRECT read of the live pages in file order: the read limit (cold)
   python-import    python -c 'import synapse.tools.service.backup' (not by default)
 
+--mirror instead measures the leader's write latency (one edit per call, p50/p99/max)
+while `synbackup run` backs up its mirror (SYNBACKUP_SOURCE=mirror) again and again,
+against a baseline and against `synbackup backup` of the leader itself, and samples
+the leader's `paused` every 20 ms (2.256.0 only).
+
 and, when the Synapse 3.7.0 tree of tests/synapse3 is there (--syn3-root), Synapse
 3.7.0's own tool as peers on the same data: a real 3.7.0 Cortex runs on CELL3 (in the
 workdir) for the whole run, and each shape's directory is hard-linked into it as
@@ -1062,6 +1067,218 @@ def cortex_freeze(args):
 
 
 # ---------------------------------------------------------------------------------
+# --mirror: the leader's write latency while a mirror is backed up
+
+LATENCY = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, out, k):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        with open(out, 'a', buffering=1) as f:
+            while True:
+                t0 = time.time()
+                m0 = time.monotonic()
+                async for m in core.storm('[inet:ipv4=$k]', opts={'vars': {'k': k}}):
+                    if m[0] == 'err':
+                        print(m, file=sys.stderr, flush=True)
+                f.write(f'{t0:.4f} {(time.monotonic() - m0) * 1e3:.3f}\n')
+                k += 1
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+'''
+
+PAUSED = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, out):
+    async with await s_telepath.openurl('cell://' + d) as cell:
+        with open(out, 'a', buffering=1) as f:
+            while True:
+                info = await cell.getCellInfo()
+                f.write(f"{time.time():.3f} {int(info['cell']['paused'])}\n")
+                await asyncio.sleep(0.02)
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+'''
+
+SEED = r'''
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, n):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        for start in range(0, n, 1000):
+            q = 'for $k in $lib.range($e, start=$s) { [inet:ipv4=$k :asn=$k +#seed] }'
+            async for m in core.storm(q, opts={'vars': {'s': start, 'e': min(n, start + 1000)}}):
+                if m[0] == 'err':
+                    raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+'''
+
+INDEX = r'''
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d):
+    async with await s_telepath.openurl('cell://' + d) as cell:
+        print((await cell.getCellInfo())['cell']['nexus']['indx'])
+asyncio.run(main(sys.argv[1]))
+'''
+
+
+def start_cortex(py, d, logname, args):
+    logf = open(os.path.join(args.workdir, logname), 'wb')
+    p = subprocess.Popen([py, '-m', 'synapse.servers.cortex', '--telepath',
+                          'tcp://127.0.0.1:0', '--https', '0', d],
+                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    if subprocess.run([py, '-c', WAIT, d, '180']).returncode != 0:
+        raise SystemExit(f'the Cortex on {d} did not answer within 180 s (see {logname})')
+    return p
+
+
+def stop_procs(procs):
+    for p in procs:
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def pct(xs, q):
+    if not xs:
+        return float('nan')
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def mirror_run(args):
+    """The leader's write latency (one node per call, back to back) in phases of
+    --mirror-seconds each, alternated --rounds times: nothing else running
+    (baseline), `synbackup run` from the mirror (SYNBACKUP_SOURCE=mirror) over and
+    over, and `synbackup backup` of the leader itself over and over (frozen each
+    time), for comparison. A sampler asks the leader for `paused` every 20 ms."""
+    py = os.path.join(args.venv, 'bin', 'python')
+    w = os.path.join(args.workdir, 'mirror')
+    rmtree(w)
+    ldir, mdir = os.path.join(w, 'leader'), os.path.join(w, 'mirror')
+    etc, backups = os.path.join(w, 'etc'), os.path.join(w, 'backups')
+    for d in (ldir, etc, backups):
+        os.makedirs(d)
+    with open(os.path.join(ldir, 'cell.yaml'), 'w') as f:
+        f.write('nexslog:en: true\n')
+    procs = []
+    sb = [args.synbackup, '--config-dir', etc, '--state-dir', os.path.join(w, 'state'),
+          '--lock-dir', os.path.join(w, 'lock'), '--metrics-dir', os.path.join(w, 'metrics')]
+    try:
+        procs.append(start_cortex(py, ldir, 'mirror-leader.log', args))
+        log(f'seeding the leader with {args.mirror_nodes} nodes')
+        subprocess.run([py, '-c', SEED, ldir, str(args.mirror_nodes)], check=True)
+        seed = os.path.join(w, 'seed')
+        subprocess.run([args.synbackup, 'backup', ldir, seed], check=True,
+                       stderr=subprocess.DEVNULL)
+        subprocess.run([args.synbackup, 'restore', seed, mdir], check=True,
+                       stderr=subprocess.DEVNULL)
+        rmtree(seed)
+        with open(os.path.join(mdir, 'cell.yaml'), 'w') as f:
+            f.write(f'nexslog:en: true\nmirror: cell://{ldir}\n')
+        procs.append(start_cortex(py, mdir, 'mirror-mirror.log', args))
+        with open(os.path.join(etc, 'bm.conf'), 'w') as f:
+            f.write(f'SYNBACKUP_SERVICE_DIR={ldir}\nSYNBACKUP_BACKUP_ROOT={backups}\n'
+                    f'SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS={mdir}\n'
+                    'SYNBACKUP_KEEP_LAST=1\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\n'
+                    'SYNBACKUP_KEEP_MONTHLY=0\nSYNBACKUP_METRICS=no\n')
+        lat, paused = os.path.join(w, 'latency'), os.path.join(w, 'paused')
+        errs = open(os.path.join(args.workdir, 'mirror-clients.log'), 'wb')
+        procs.append(subprocess.Popen([py, '-c', LATENCY, ldir, lat, str(10 ** 8)],
+                                      stderr=errs, start_new_session=True))
+        procs.append(subprocess.Popen([py, '-c', PAUSED, ldir, paused],
+                                      stderr=errs, start_new_session=True))
+        time.sleep(5)  # the writer is going
+        phases = []
+        backups_made = {'mirror': [], 'leader': []}
+        order = ['baseline', 'mirror', 'leader']
+        for rnd in range(args.rounds):
+            for name in (order if rnd % 2 == 0 else order[::-1]):
+                load = loadavg()
+                t0 = time.time()
+                while time.time() - t0 < args.mirror_seconds:
+                    if name == 'baseline':
+                        time.sleep(0.2)
+                        continue
+                    if name == 'mirror':
+                        at_start = int(subprocess.run([py, '-c', INDEX, ldir], check=True,
+                                                      capture_output=True).stdout)
+                        r = measure(sb + ['run', 'bm'])
+                        if r['rc'] != 0:
+                            raise SystemExit(f'the mirror run failed: {r["stderr"]}')
+                        newest = sorted(os.listdir(backups))[-1]
+                        with open(os.path.join(backups, newest, 'synbackup-manifest.json')) as f:
+                            fm = json.load(f)['from_mirror']
+                        backups_made[name].append({'wall': r['wall'], 'at_start': at_start,
+                                                   'leader_index': fm['leader_nexus_index'],
+                                                   'index': fm['nexus_index'],
+                                                   'waited_ms': fm['waited_ms']})
+                    else:
+                        dst = os.path.join(w, 'leader-backup')
+                        rmtree(dst)
+                        r = measure([args.synbackup, 'backup', ldir, dst, '--json'])
+                        if r['rc'] != 0:
+                            raise SystemExit(f'the leader backup failed: {r["stderr"]}')
+                        s = json.loads(r['stdout'])
+                        backups_made[name].append({'wall': r['wall'],
+                                                   'freeze_ms': s['freeze_ms']})
+                        rmtree(dst)
+                phases.append((name, t0, time.time(), load))
+                log(f'round {rnd + 1}: {name} phase, {time.time() - t0:.1f} s, load {load:.2f}')
+        time.sleep(1)
+    finally:
+        stop_procs(procs[::-1])
+    edits = []
+    with open(lat) as f:
+        for line in f:
+            t, ms = line.split()
+            edits.append((float(t), float(ms)))
+    samples = []
+    with open(paused) as f:
+        for line in f:
+            t, p = line.split()
+            samples.append((float(t), int(p)))
+    rows = []
+    for name in order:
+        win = [(a, b) for n, a, b, _ in phases if n == name]
+        ms = [m for t, m in edits if any(a <= t < b for a, b in win)]
+        ps = [p for t, p in samples if any(a <= t < b for a, b in win)]
+        rows.append({'phase': name, 'edits': len(ms), 'p50': pct(ms, 0.5), 'p99': pct(ms, 0.99),
+                     'max': max(ms) if ms else float('nan'),
+                     'paused_samples': sum(ps), 'samples': len(ps),
+                     'backups': len(backups_made.get(name, [])),
+                     'load': med([ld for n, _, _, ld in phases if n == name])})
+    base = rows[0]['p99']
+    lines = ['| phase | edits | p50 ms | p99 ms | p99 vs baseline | max ms | leader paused '
+             '(samples) | backups | load |', '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['phase']} | {r['edits']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                     f"{(r['p99'] / base - 1) * 100:+.0f} % | {r['max']:.0f} | "
+                     f"{r['paused_samples']} of {r['samples']} | {r['backups']} | "
+                     f"{r['load']:.2f} |")
+    mb = backups_made['mirror']
+    if mb:
+        lines.append('')
+        lines.append(f"mirror runs: median wall {med([b['wall'] for b in mb]):.2f} s, "
+                     f"waited for the mirror median {med([b['waited_ms'] for b in mb]):.0f} ms; "
+                     f"index at the snapshots minus the leader's at the start: "
+                     f"{min(b['index'] - b['leader_index'] for b in mb)} to "
+                     f"{max(b['index'] - b['leader_index'] for b in mb)}; every "
+                     f"leader_nexus_index >= the index read just before the run: "
+                     f"{all(b['leader_index'] >= b['at_start'] for b in mb)}")
+    lb = backups_made['leader']
+    if lb:
+        lines.append(f"leader backups: median wall {med([b['wall'] for b in lb]):.2f} s, "
+                     f"frozen median {med([b['freeze_ms'] for b in lb]):.0f} ms, "
+                     f"max {max(b['freeze_ms'] for b in lb):.0f} ms")
+    return '\n'.join(lines), rows
+
+
+# ---------------------------------------------------------------------------------
 # Report
 
 
@@ -1692,6 +1909,13 @@ def main():
                    help='delete this share of the base Cortex\'s inet:ipv4 nodes before '
                    'night 1 (free pages all over, as since a last window; default 0)')
     p.add_argument('--restic', default='restic', help='the restic binary')
+    p.add_argument('--mirror', action='store_true',
+                   help="the leader's write latency while its mirror is backed up "
+                   '(SYNBACKUP_SOURCE=mirror), against a baseline and a backup of the leader')
+    p.add_argument('--mirror-seconds', type=float, default=None,
+                   help='length of each --mirror phase (default 30, --small 8)')
+    p.add_argument('--mirror-nodes', type=int, default=None,
+                   help='nodes the --mirror leader starts with (default 50000, --small 2000)')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
     p.add_argument('--read-ahead-kb', type=int, default=None,
@@ -1754,6 +1978,16 @@ def run_benchmark(args):
         args.offsite_nights = 2 if args.small else 5
     if args.offsite_source is None:
         args.offsite_source = 'generated' if args.small else 'cortex'
+    if args.mirror:
+        if args.mirror_seconds is None:
+            args.mirror_seconds = 8.0 if args.small else 30.0
+        if args.mirror_nodes is None:
+            args.mirror_nodes = 2000 if args.small else 50000
+        table, rows = mirror_run(args)
+        print_run(args, start_uptime,
+                  f'mirror run: {args.mirror_nodes} nodes seeded, {args.rounds} rounds of '
+                  f'{args.mirror_seconds:.0f} s phases', table, 'mirror', rows)
+        return 0
     if args.offsite:
         table, rows = offsite_run(args)
         print_run(args, start_uptime,

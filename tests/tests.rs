@@ -87,6 +87,9 @@ mod mirrors {
     /// A leader and a mirror made from its backup: freeze ownership, the nexus
     /// index in manifests and drills, roles and indexes on restore.
     mod pair;
+    /// Nightly runs from a mirror, the leader never frozen; no mirror ready:
+    /// fail, the leader, skip.
+    mod source;
 }
 
 /// The harness itself: what every other test relies on.

@@ -36,6 +36,10 @@ pub(crate) enum Code {
     /// `run`: the local backup is made and verified, but its offsite copy failed;
     /// `offsite`: the repository could not be used or failed its check.
     Offsite = 12,
+    /// `run` with `SYNBACKUP_SOURCE=mirror` and `SYNBACKUP_NO_MIRROR=fail`: no
+    /// mirror was ready (the leader or every mirror did not answer, or no mirror
+    /// caught up with the leader in time); nothing was backed up.
+    NoMirror = 13,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

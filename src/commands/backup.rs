@@ -116,6 +116,7 @@ pub(crate) fn exec(mut a: BackupArgs, show_bar: bool) -> Result<ExitCode> {
         progress: crate::host::progress::standard(show_bar),
         cert_dir: a.cert_dir,
         hash: a.engine.hash,
+        on_mirror: None,
     };
     let summary = backup::run(&req)?;
     log::info!("{}", summary.line());

@@ -38,8 +38,10 @@ use crate::engine::freeze::{self, FreezeMode, Frozen};
 use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
 use crate::engine::manifest::{
-    self, CellAtSnapshot, DirEntry, EnvEntry, FileEntry, FreezeInfo, LinkEntry, Manifest,
+    self, CellAtSnapshot, DirEntry, EnvEntry, FileEntry, FreezeInfo, FromMirror, LinkEntry,
+    Manifest,
 };
+use crate::engine::mirror::OnMirror;
 use crate::engine::partial::Partial;
 use crate::engine::paths::{bad, check_destination, check_source};
 use crate::engine::progress::{Heartbeat, Progress};
@@ -75,6 +77,10 @@ pub(crate) struct Request {
     pub(crate) cert_dir: Option<PathBuf>,
     /// The digest of every file (the manifest names it).
     pub(crate) hash: Algo,
+    /// SRC is a mirror caught up with its leader (`engine::mirror`): it is frozen
+    /// whatever `freeze` says, its index at the snapshots must be at least the
+    /// leader's at the start, and the manifest records both (`from_mirror`).
+    pub(crate) on_mirror: Option<OnMirror>,
 }
 
 /// What a finished backup reports.
@@ -280,6 +286,10 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     );
     let (mut tasks, freeze, changes) =
         take_snapshots(req, &src, &sized.plan, sized.envs, &progress)?;
+    let from_mirror = match &req.on_mirror {
+        Some(on) => Some(check_caught_up(on, &src, &freeze)?),
+        None => None,
+    };
     lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
@@ -294,6 +304,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let src_meta = fs::metadata(&src)?;
     let mut manifest = assemble_manifest(req, &src, started, &freeze, copied.clone(), layout, dirs);
     manifest.cert_dir = carried.as_ref().map(|c| c.info.clone());
+    manifest.from_mirror = from_mirror;
     write_manifest(&tmp, &manifest, &src_meta)?;
     // Every file, directory and their metadata on the device, before the backup is
     // verified or published.
@@ -322,6 +333,36 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
         freeze_ms: freeze.ms,
         freeze_call_ms: freeze.call_ms,
         verified,
+    })
+}
+
+/// A backup on a mirror: the mirror, frozen for the snapshots, said it is a
+/// mirror at an index no less than the leader's at the start; what the manifest
+/// records of it.
+fn check_caught_up(on: &OnMirror, src: &Path, freeze: &FreezeTimes) -> Result<FromMirror> {
+    let want = on.leader.nexus_index;
+    let Some(cell) = &freeze.cell else {
+        bail_code!(
+            Code::Freeze,
+            "the mirror at {} was not frozen or did not say its nexus index while frozen, so the backup cannot prove it holds the leader's index {want}; not published",
+            src.display()
+        );
+    };
+    if cell.role != "mirror" || cell.nexus_index < want {
+        bail_code!(
+            Code::NoMirror,
+            "the cell at {} was, frozen for the snapshots, the {} at nexus index {}, not a mirror at the leader's index {want} or later (was it promoted or restored meanwhile?); not published",
+            src.display(),
+            cell.role,
+            cell.nexus_index
+        );
+    }
+    Ok(FromMirror {
+        leader: manifest::path_key(&on.leader.dir),
+        leader_nexus_index: want,
+        mirror: manifest::path_key(src),
+        nexus_index: cell.nexus_index,
+        waited_ms: on.mirror.waited.as_secs_f64() * 1e3,
     })
 }
 
@@ -562,7 +603,13 @@ fn take_snapshots(
     progress: &Progress,
 ) -> Result<(VecDeque<Task>, FreezeTimes, EnvChanges)> {
     let sock = src.join("sock");
-    let (want_freeze, reason) = decide_freeze(req.freeze, src, &sock, req.boot_wait, progress)?;
+    // A mirror is always frozen: that costs its leader nothing.
+    let mode = if req.on_mirror.is_some() {
+        FreezeMode::Always
+    } else {
+        req.freeze
+    };
+    let (want_freeze, reason) = decide_freeze(mode, src, &sock, req.boot_wait, progress)?;
     let mut tasks: VecDeque<Task> = VecDeque::new();
     fault::point("before-snapshots")?;
     if !want_freeze {
@@ -875,6 +922,7 @@ fn assemble_manifest(
         environments: copied.envs,
         cert_dir: None,
         cell: freeze.cell.clone(),
+        from_mirror: None,
     }
 }
 

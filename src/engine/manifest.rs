@@ -38,6 +38,14 @@
 //!   its nexus index is the one its files hold (`engine::nexus`). `verify` checks
 //!   the recorded index against the files when there is one, and reads manifests
 //!   without it as before.
+//! - `from_mirror` (only in a backup a run took on a mirror, `SYNBACKUP_SOURCE`):
+//!   `leader` (its service directory), `leader_nexus_index` (the leader's index
+//!   when the run started: the backup holds every change before it), `mirror`
+//!   (the directory backed up, also `source`), `nexus_index` (the mirror's at the
+//!   snapshots, as `cell.nexus_index`: never less than `leader_nexus_index`) and
+//!   `waited_ms` (how long the mirror took to catch up). The leader was asked,
+//!   never frozen. Older readers ignore it; restore takes such a backup as one of
+//!   the leader.
 //!
 //! Paths, link targets and xattr names that are not UTF-8 (or that begin with
 //! `hex:`) are written `hex:` and the lower-case hex of their bytes; `xattrs` maps
@@ -122,6 +130,24 @@ pub(crate) struct Manifest {
     /// What the running cell said while frozen for this backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) cell: Option<CellAtSnapshot>,
+    /// The leader and mirror of a backup taken on a mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) from_mirror: Option<FromMirror>,
+}
+
+/// A backup taken on a mirror for its leader, which was never frozen.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FromMirror {
+    /// The leader's service directory (a path key).
+    pub(crate) leader: String,
+    /// The leader's nexus index when the run started.
+    pub(crate) leader_nexus_index: u64,
+    /// The mirror's service directory (a path key).
+    pub(crate) mirror: String,
+    /// The mirror's nexus index at the snapshots.
+    pub(crate) nexus_index: u64,
+    /// How long the mirror took to apply the leader's index.
+    pub(crate) waited_ms: f64,
 }
 
 /// What a running cell said over telepath while it was frozen for the backup.
@@ -419,6 +445,7 @@ mod tests {
             environments: vec![],
             cert_dir: None,
             cell: None,
+            from_mirror: None,
         };
         // Without it (a stopped cell, an older synbackup): no `cell` key at all.
         let text = String::from_utf8(m.to_json().unwrap()).unwrap();
@@ -437,6 +464,21 @@ mod tests {
         };
         let back: Manifest = serde_json::from_slice(&with.to_json().unwrap()).unwrap();
         assert_eq!(back.cell, with.cell);
+        assert!(!String::from_utf8(with.to_json().unwrap())
+            .unwrap()
+            .contains("from_mirror"));
+        let on_mirror = Manifest {
+            from_mirror: Some(FromMirror {
+                leader: "/data/leader".into(),
+                leader_nexus_index: 40,
+                mirror: "/data/mirror".into(),
+                nexus_index: 42,
+                waited_ms: 3.5,
+            }),
+            ..with
+        };
+        let back: Manifest = serde_json::from_slice(&on_mirror.to_json().unwrap()).unwrap();
+        assert_eq!(back.from_mirror, on_mirror.from_mirror);
     }
 
     #[test]

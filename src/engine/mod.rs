@@ -30,6 +30,8 @@ pub(crate) mod lmdb;
 pub(crate) mod lockowner;
 /// The backup manifest format.
 pub(crate) mod manifest;
+/// A backup taken on a mirror: the leader's index, the mirror caught up with it.
+pub(crate) mod mirror;
 /// The nexus index a directory holds on disk.
 pub(crate) mod nexus;
 /// The private temporary a backup is written under.

@@ -27,11 +27,13 @@ use crate::instance::settings::{
     BACKUP_ROOT, BOOT_WAIT, CERT_ACCEPT, CERT_DIR, CERT_NAMES, CERT_WARN_DAYS, COLD_KEEP_OLD,
     COMPACT, DRILL_AFTER_RUN, DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON,
     DRILL_SAFEMODE, DRILL_TIMEOUT, FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE,
-    KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY, LOCK_WAIT, MAX_AGE, METRICS, MIN_FREE,
-    NOTIFY, NOTIFY_TIMEOUT, OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST,
-    OFFSITE_KEEP_MONTHLY, OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE,
-    OFFSITE_REPOSITORY, RESTIC, SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, STOP_TIMEOUT,
+    KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY, LEADER, LOCK_WAIT, MAX_AGE, METRICS,
+    MIN_FREE, MIRRORS, MIRROR_WAIT, NOTIFY, NOTIFY_TIMEOUT, NO_MIRROR, OFFSITE_CHECK,
+    OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
+    OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC,
+    SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, SOURCE, STOP_TIMEOUT,
 };
+use crate::instance::source::{NoMirror, SourceMode, Sources};
 
 /// Instance settings (also read from INSTANCE.conf and the environment).
 #[derive(Debug, Args, Clone, Default)]
@@ -62,6 +64,8 @@ pub(crate) struct Instance {
     pub(crate) jobs: Option<u32>,
     pub(crate) freeze: FreezeMode,
     pub(crate) freeze_timeout: Duration,
+    /// The leader, its mirrors and which of them a run backs up.
+    pub(crate) sources: Sources,
     /// How long a backup waits for a booting service to answer (SYNBACKUP_BOOT_WAIT).
     pub(crate) boot_wait: Duration,
     /// How nightly backups copy the environments (SYNBACKUP_COMPACT).
@@ -422,9 +426,10 @@ fn load_with(
     check_name(name)?;
     let v = Values::gather(config_dir, name, flags, use_env)?;
     let cert_dir = v.get(&CERT_DIR)?;
-    let service_dir = v.value(&SERVICE_DIR)?;
+    let service_dir: PathBuf = v.value(&SERVICE_DIR)?;
     check_own_service_dir(config_dir, name, &service_dir)?;
     let backup_root = v.value(&BACKUP_ROOT)?;
+    let sources = sources(&v, &service_dir)?;
     let keep = local_keep(&v)?;
     let offsite = offsite(&v, keep)?;
     // Measured (bench/RESULTS.md): plain copies never add more to a restic
@@ -446,6 +451,7 @@ fn load_with(
         jobs: v.get(&JOBS)?,
         freeze: v.value(&FREEZE)?,
         freeze_timeout: v.value(&FREEZE_TIMEOUT)?,
+        sources,
         boot_wait: v.value(&BOOT_WAIT)?,
         copy,
         min_free: v.value(&MIN_FREE)?,
@@ -476,6 +482,40 @@ fn load_with(
             None => None,
         },
     })
+}
+
+/// The leader, its mirrors and the source of the backups: `auto` falls back to
+/// the leader (another `SYNBACKUP_NO_MIRROR` given with it is refused).
+fn sources(v: &Values, service_dir: &std::path::Path) -> Result<Sources> {
+    let mode = v.value(&SOURCE)?;
+    let given = v
+        .given
+        .get(NO_MIRROR.key)
+        .is_some_and(|g| !g.text.is_empty());
+    let mut no_mirror = v.value(&NO_MIRROR)?;
+    if mode == SourceMode::Auto {
+        if given && no_mirror != NoMirror::Leader {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "{}: SYNBACKUP_SOURCE=auto always falls back to the leader, but SYNBACKUP_NO_MIRROR={}: use SYNBACKUP_SOURCE=mirror with it, or leave SYNBACKUP_NO_MIRROR out",
+                    v.origin(NO_MIRROR.key),
+                    no_mirror.name()
+                ),
+            ));
+        }
+        no_mirror = NoMirror::Leader;
+    }
+    let s = Sources {
+        mode,
+        leader: v.get(&LEADER)?.unwrap_or_else(|| service_dir.to_path_buf()),
+        mirrors: v.get(&MIRRORS)?.unwrap_or_default(),
+        no_mirror,
+        wait: v.value(&MIRROR_WAIT)?,
+    };
+    s.check()
+        .map_err(|why| fail(Code::Usage, format!("{}: {why}", v.origin(SOURCE.key))))?;
+    Ok(s)
 }
 
 /// The local retention policy, which must keep something.
@@ -717,6 +757,64 @@ mod tests {
             "{base}SYNBACKUP_OFFSITE_REPOSITORY=/r\nSYNBACKUP_OFFSITE_PASSWORD_FILE=relative\n"
         ));
         assert!(e.contains("expected an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn sources_default_to_the_leader_and_mirror_settings_are_checked_together() {
+        let base = "SYNBACKUP_SERVICE_DIR=/d\nSYNBACKUP_BACKUP_ROOT=/b\n";
+        let s = load_text(base).unwrap().sources;
+        assert_eq!(s.mode, SourceMode::Leader);
+        assert_eq!(
+            s.leader,
+            PathBuf::from("/d"),
+            "the instance's own directory"
+        );
+        assert!(s.mirrors.is_empty());
+        assert_eq!(s.no_mirror, NoMirror::Fail);
+        assert_eq!(s.wait, Duration::from_secs(120));
+        let s = load_text(&format!(
+            "{base}SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS=/m1  /m2\nSYNBACKUP_NO_MIRROR=skip\nSYNBACKUP_MIRROR_WAIT=30s\n"
+        ))
+        .unwrap()
+        .sources;
+        assert_eq!(s.mode, SourceMode::Mirror);
+        assert_eq!(s.mirrors, [PathBuf::from("/m1"), PathBuf::from("/m2")]);
+        assert_eq!(
+            (s.no_mirror, s.wait),
+            (NoMirror::Skip, Duration::from_secs(30))
+        );
+        let auto = format!("{base}SYNBACKUP_SOURCE=auto\nSYNBACKUP_MIRRORS=/m\n");
+        assert_eq!(
+            load_text(&auto).unwrap().sources.no_mirror,
+            NoMirror::Leader
+        );
+        let e = err(&format!("{auto}SYNBACKUP_NO_MIRROR=fail\n"));
+        assert!(
+            e.contains("c0.conf:5: SYNBACKUP_SOURCE=auto always falls back to the leader"),
+            "{e}"
+        );
+        let e = err(&format!("{base}SYNBACKUP_SOURCE=mirror\n"));
+        assert!(
+            e.contains("SYNBACKUP_SOURCE=mirror needs SYNBACKUP_MIRRORS"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}SYNBACKUP_SOURCE=auto\nSYNBACKUP_MIRRORS=/m /d\n"
+        ));
+        assert!(
+            e.contains("SYNBACKUP_MIRRORS names the leader's directory /d"),
+            "{e}"
+        );
+        let e = err(&format!("{base}SYNBACKUP_MIRRORS=relative\n"));
+        assert!(e.contains("expected space-separated absolute paths"), "{e}");
+        let e = err(&format!("{base}SYNBACKUP_SOURCE=standby\n"));
+        assert!(e.contains("expected leader, mirror or auto"), "{e}");
+        let e = err(&format!("{base}SYNBACKUP_NO_MIRROR=wait\n"));
+        assert!(e.contains("expected fail, leader or skip"), "{e}");
+        let s = load_text(&format!("{base}SYNBACKUP_LEADER=/l\n"))
+            .unwrap()
+            .sources;
+        assert_eq!(s.leader, PathBuf::from("/l"));
     }
 
     #[test]

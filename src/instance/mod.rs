@@ -31,6 +31,8 @@ pub(crate) mod repository;
 pub(crate) mod retention;
 /// Every config key, declared once: its kind, default and doc line.
 pub(crate) mod settings;
+/// Where a run backs up from: the leader or a mirror, and the fallback policy.
+pub(crate) mod source;
 /// Status files and metrics for monitoring.
 pub(crate) mod status;
 /// Which backups a drill booted (per backup, in the state directory).

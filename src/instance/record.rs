@@ -188,6 +188,30 @@ impl<'a> Recorder<'a> {
         self.failed_as(result, err, made, event)
     }
 
+    /// Record a run that chose to back up nothing (`SYNBACKUP_NO_MIRROR=skip`):
+    /// `skipped`, exit code 0, `why` as its error; the last success kept.
+    pub(crate) fn skipped(self, why: &str, made: Made) {
+        let prev = self.previous();
+        let st = Status {
+            result: Outcome::Skipped,
+            exit_code: 0,
+            error: Some(why.to_string()),
+            last_success: prev.as_ref().and_then(|p| p.last_success.clone()),
+            last_success_backup: prev.and_then(|p| p.last_success_backup),
+            ..self.status(made, now_str(Utc::now()))
+        };
+        let who = format!("{}: ", self.instance);
+        let event = Event::text(format!("{who}{} skipped: {why}", self.kind.as_str()));
+        self.emit(log::Level::Warn, self.kind.failed_id(), &event);
+        if let Err(e) = self.write(&st) {
+            log::error!(
+                "could not record the skipped run of {}: {e:#}",
+                self.instance
+            );
+        }
+        self.notify_end(&st);
+    }
+
     /// Record a run that did not succeed as `result` (`Refused`, `Cancelled`: it
     /// changed nothing), as [`Recorder::failed`] does.
     pub(crate) fn failed_as(

@@ -16,6 +16,7 @@ use crate::base::units::{parse_duration, parse_size};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
 use crate::host::transient::Isolation;
+use crate::instance::source::{NoMirror, SourceMode};
 
 /// What a setting accepts: `parse` turns a value into its type, or says what is
 /// accepted ("an absolute path").
@@ -106,6 +107,19 @@ impl Kind for Text {
     type Value = String;
     fn parse(&self, text: &str) -> Result<String, String> {
         Ok(text.to_string())
+    }
+}
+
+/// Space-separated absolute paths.
+pub(crate) struct AbsPaths;
+
+impl Kind for AbsPaths {
+    type Value = Vec<PathBuf>;
+    fn parse(&self, text: &str) -> Result<Vec<PathBuf>, String> {
+        text.split_whitespace()
+            .map(|w| AbsPath.parse(w))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "space-separated absolute paths".into())
     }
 }
 
@@ -263,6 +277,29 @@ settings! {
         Default("auto"), Checked, "auto, always or never (default auto)";
     FREEZE_TIMEOUT: Span = "SYNBACKUP_FREEZE_TIMEOUT", Span, Default("120s"), Checked,
         "a duration (default 120s)";
+    SOURCE: OneOf<SourceMode> = "SYNBACKUP_SOURCE",
+        OneOf(&[
+            ("leader", SourceMode::Leader),
+            ("mirror", SourceMode::Mirror),
+            ("auto", SourceMode::Auto),
+        ]),
+        Default("leader"), Checked,
+        "leader, mirror or auto (default leader): back up the leader, one of SYNBACKUP_MIRRORS, or a mirror when one is ready and else the leader";
+    // Absent: SYNBACKUP_SERVICE_DIR (config.rs).
+    LEADER: AbsPath = "SYNBACKUP_LEADER", AbsPath, Absent, Unset,
+        "the leader's service directory, whose sock answers telepath (default: SYNBACKUP_SERVICE_DIR)";
+    MIRRORS: AbsPaths = "SYNBACKUP_MIRRORS", AbsPaths, Absent, Unset,
+        "the service directories of the leader's mirrors on this host, space-separated absolute paths, tried in order";
+    NO_MIRROR: OneOf<NoMirror> = "SYNBACKUP_NO_MIRROR",
+        OneOf(&[
+            ("fail", NoMirror::Fail),
+            ("leader", NoMirror::Leader),
+            ("skip", NoMirror::Skip),
+        ]),
+        Default("fail"), Checked,
+        "fail, leader or skip (default fail): what SYNBACKUP_SOURCE=mirror does when no mirror is ready";
+    MIRROR_WAIT: Span = "SYNBACKUP_MIRROR_WAIT", Span, Default("2m"), Checked,
+        "a duration (default 2m): how long a mirror is given to apply the leader's nexus index";
     BOOT_WAIT: Span = "SYNBACKUP_BOOT_WAIT", Span, Default("5m"), Checked,
         "a duration a backup waits for a service that runs but does not answer on its socket yet (booting) before it refuses (default 5m)";
     // Absent: the default depends on SYNBACKUP_OFFSITE_REPOSITORY (config.rs).

@@ -12,10 +12,16 @@
 //! 6. with `SYNBACKUP_DRILL_AFTER_RUN=yes`, drill the backup just made (`drill`,
 //!    recorded as its own run; a failed drill exits 11 and keeps the backup).
 //!
+//! Before step 1, the source is chosen (`source`): the leader, or a mirror caught
+//! up with it (`SYNBACKUP_SOURCE`); when no mirror is ready the run fails, backs
+//! up the leader or is recorded skipped (`SYNBACKUP_NO_MIRROR`).
+//!
 //! The only module that composes capabilities.
 
 /// `run --dry-run`: the plan, changing nothing.
 pub(crate) mod plan;
+/// Step 0: the leader or a mirror (`SYNBACKUP_SOURCE`), and the fallback policy.
+pub(crate) mod source;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +37,7 @@ use crate::instance::dirs::Dirs;
 use crate::instance::record::{self, leave_final_status, Event, Made};
 use crate::instance::status::{self, Kind};
 use crate::instance::{kept, prune};
+use source::Chosen;
 
 /// `synbackup run INSTANCE`: every step, in order; the exit code of the first
 /// failure that counts (a failed drill over a failed offsite copy).
@@ -43,9 +50,34 @@ pub(crate) fn run(
     // A second run waits here for the first (within SYNBACKUP_LOCK_WAIT).
     let (inst, _lock, rec) = record::begin_locked(dirs, name, overrides, Kind::Backup)?;
     let started = rec.started();
-    let made = back_up_and_prune(&inst, &dirs.state_dir, started, show_bar);
+    let chosen = source::choose(&inst.sources);
+    let source = chosen.details(&inst.sources);
+    let made = match &chosen {
+        Chosen::Skip(why) => {
+            let made = Made {
+                backups_kept: record::backups_kept(&inst),
+                details: Some(serde_json::json!({ "source": source })),
+                ..Made::default()
+            };
+            rec.skipped(why, made);
+            leave_final_status(dirs, name, Kind::Backup);
+            return Ok(());
+        }
+        Chosen::Fail(why) => Err(source::no_mirror_error(&inst.sources, why)),
+        Chosen::Leader { dir, .. } => {
+            back_up_and_prune(&inst, dir, None, &dirs.state_dir, started, show_bar)
+        }
+        Chosen::Mirror(on) => back_up_and_prune(
+            &inst,
+            &on.mirror.dir,
+            Some(on.clone()),
+            &dirs.state_dir,
+            started,
+            show_bar,
+        ),
+    };
     crate::certs::record::check_after_run(dirs, &inst);
-    let backup = record_backup(rec, &inst, made);
+    let backup = record_backup(rec, &inst, made, source);
     leave_final_status(dirs, name, Kind::Backup);
     let backup = backup?;
     let offsite = match inst.offsite {
@@ -63,9 +95,13 @@ fn record_backup(
     rec: record::Recorder,
     inst: &Instance,
     made: Result<(Made, String)>,
+    source: serde_json::Value,
 ) -> Result<PathBuf> {
     match made {
-        Ok((made, line)) => {
+        Ok((mut made, line)) => {
+            if let Some(d) = made.details.as_mut() {
+                d["source"] = source;
+            }
             let backup = made.backup.clone().unwrap_or_default();
             let event = Event {
                 fields: vec![
@@ -80,6 +116,7 @@ fn record_backup(
         Err(e) => {
             let made = Made {
                 backups_kept: record::backups_kept(inst),
+                details: Some(serde_json::json!({ "source": source })),
                 ..Made::default()
             };
             rec.failed(&e, made, None);
@@ -175,11 +212,14 @@ fn make_private_root(root: &Path) -> Result<()> {
         })
 }
 
-/// Steps 1 and 2: the verified backup under its timestamped name, then retention
+/// Steps 1 and 2: the verified backup of `src` (the leader, or the mirror
+/// `on_mirror` says caught up) under its timestamped name, then retention
 /// and the expiry of directories kept by maintenance windows; what the run made
 /// and its summary line.
 fn back_up_and_prune(
     inst: &Instance,
+    src: &Path,
+    on_mirror: Option<crate::engine::mirror::OnMirror>,
     state_dir: &Path,
     started: DateTime<Utc>,
     show_bar: bool,
@@ -193,7 +233,7 @@ fn back_up_and_prune(
         n += 1;
     }
     let req = backup::Request {
-        src: inst.service_dir.clone(),
+        src: src.to_path_buf(),
         dst: inst.backup_root.join(&name),
         skipdirs: inst.skipdirs.clone(),
         whole: false,
@@ -207,10 +247,13 @@ fn back_up_and_prune(
         progress: crate::host::progress::standard(show_bar),
         cert_dir: crate::instance::certdir::cert_dir_to_carry(inst),
         hash: crate::base::digest::Algo::Blake3,
+        on_mirror,
     };
+    // The unit runs the instance's own directory (a mirror is asked, not assumed).
     let not_running = inst
         .service_unit
         .as_deref()
+        .filter(|_| src == inst.service_dir.as_path())
         .and_then(crate::service::preflight::unit_not_running);
     if let Some(why) = &not_running {
         log::warn!("{why}: backing up its directory as it is on disk, without a freeze");

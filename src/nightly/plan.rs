@@ -15,6 +15,7 @@ use crate::engine::telepath::{self, Probe};
 use crate::instance::catalog::{self, State};
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
+use crate::instance::source::{NoMirror, SourceMode};
 use crate::instance::{kept, retention, tested};
 
 /// Print the plan of `run NAME`.
@@ -57,6 +58,27 @@ pub(crate) fn dry_run(dirs: &Dirs, name: &str, overrides: &InstanceOverrides) ->
         ),
         Probe::Unreachable(why) => format!("{why}: the run would wait for it, then fail"),
     });
+
+    let src = &inst.sources;
+    if src.mode != SourceMode::Leader {
+        let mirrors: Vec<String> = src
+            .mirrors
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect();
+        lines.push(format!(
+            "SYNBACKUP_SOURCE={}: would back up the first of {} that applies the leader {}'s nexus index within {} instead, frozen, the leader not; if none does: {}",
+            src.mode.name(),
+            mirrors.join(", "),
+            src.leader.display(),
+            crate::base::units::format_duration(src.wait),
+            match src.no_mirror {
+                NoMirror::Fail => "fail (exit code 13)",
+                NoMirror::Leader => "back up the leader",
+                NoMirror::Skip => "skip the run",
+            }
+        ));
+    }
 
     // 2. Retention, with the new backup in the newest slot.
     let entries = catalog::scan(&inst.backup_root, &inst.name)?;

@@ -12,7 +12,8 @@
 //!   files; the role of the backup is what the cell said while frozen for it
 //!   (manifest `cell.role`), else the backup's config files. When they differ
 //!   (leader and mirror), the restore is refused (exit code 3) naming both, unless
-//!   `--force`.
+//!   `--force`. A backup a run took on a mirror for its leader (manifest
+//!   `from_mirror`) is the leader's.
 //! - The restored directory keeps the directory's own role settings: the
 //!   [`is_role_key`] keys (`mirror`, `parent` and every `aha:` key: whom it follows,
 //!   the AHA name, network and registry it has) of its `cell.yaml` and
@@ -145,6 +146,15 @@ pub(crate) fn of_dir(dir: &Path) -> Result<Option<Side>> {
 /// The backup's role and index: what the cell said while frozen for it, else the
 /// backup's files.
 pub(crate) fn of_backup(backup: &Path, m: &Manifest) -> Result<Side> {
+    // Taken on a mirror for its leader (`SYNBACKUP_SOURCE`): the leader's data at
+    // an index no less than the leader's when the run started.
+    if let (Some(c), Some(_)) = (&m.cell, &m.from_mirror) {
+        return Ok(Side {
+            role: Role::Leader,
+            nexus_index: Some(c.nexus_index),
+            from: "its manifest: taken on a mirror for the leader",
+        });
+    }
     if let Some(c) = &m.cell {
         return Ok(Side {
             role: if c.role == "mirror" {

@@ -433,6 +433,7 @@ fn copy_compacted(inst: &Instance, dir: &Path, new: &Path, show_bar: bool) -> Re
         // where the service reads it, and none is carried into the service's.
         cert_dir: None,
         hash: crate::base::digest::Algo::Blake3,
+        on_mirror: None,
     })?;
     fault::point("cold-verify")?;
     for f in [

@@ -20,6 +20,11 @@ Selected by environment variables (none set: the plain server):
                              lock but does not answer, as while it boots; appends
                              "listen-delayed T" and "listening T" to SYNTEST_EVENTS
                              (read once, from the environment)
+  SYNTEST_HOLD_NEXUS=1       every change the cell's nexus applies (NexsRoot.eat)
+                             waits while this is set: on a mirror, whose loop
+                             applies its leader's changes there, the mirror falls
+                             behind its leader until it is unset (use it with
+                             SYNTEST_CONTROL)
   SYNTEST_CONTROL=FILE       the settings above but `absent` are read from FILE's
                              `NAME=VALUE` lines at each call instead, so one server
                              serves several cases of a test (a new text of FILE
@@ -27,7 +32,7 @@ Selected by environment variables (none set: the plain server):
 
 Everything else is the real server, from the running Python's synapse: the same
 patches apply to Synapse 2.256.0 and 3.7.0 (Cell.freeze, Cell.resume,
-Cell.addReloadableSystem and os.sync have the same shape on both).
+Cell.addReloadableSystem, NexsRoot.eat and os.sync have the same shape on both).
 """
 import asyncio
 import os
@@ -38,6 +43,7 @@ import synapse.cortex as s_cortex
 import synapse.daemon as s_daemon
 import synapse.exc as s_exc
 import synapse.lib.cell as s_cell
+import synapse.lib.nexus as s_nexus
 
 # The control file's text last read, and how many resume calls are still to fail
 # (None: not counted yet, for this text or the environment).
@@ -111,6 +117,16 @@ def patch():
 
     s_cell.Cell.freeze = freeze
     s_cell.Cell.resume = resume
+
+    real_eat = s_nexus.NexsRoot.eat
+
+    async def eat(self, *args, **kwargs):
+        # In slices: a control text without it lets the change through.
+        while setting('HOLD_NEXUS'):
+            await asyncio.sleep(0.05)
+        return await real_eat(self, *args, **kwargs)
+
+    s_nexus.NexsRoot.eat = eat
 
     absent = os.environ.get('SYNTEST_CERTS_RELOAD') == 'absent'
     real_add = s_cell.Cell.addReloadableSystem
