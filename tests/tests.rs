@@ -89,5 +89,8 @@ mod mirrors {
     mod pair;
 }
 
+/// Point-in-time recovery: the nexus archive (real Cortexes, both lines).
+mod pitr;
+
 /// The harness itself: what every other test relies on.
 mod harness;
