@@ -2,7 +2,9 @@
 //! `synbackup restore BACKUP [DIR] [--unit UNIT | --instance INSTANCE] [--certs
 //! [--cert-dir D]]`: put a backup in place of a service directory, and its
 //! certificate directory back (`service::restore`); with `--offsite SNAPSHOT` the
-//! backup comes from the instance's restic repository.
+//! backup comes from the instance's restic repository; with `--to TIME|OFFSET` it
+//! is chosen from the instance's backups and brought forward to that point with
+//! the instance's nexus archive (`pitr`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use crate::restore::{self, Request};
 pub(crate) struct RestoreArgs {
     /// The backup to restore: a path, or with --instance a backup's name in the
     /// instance's SYNBACKUP_BACKUP_ROOT (as `synbackup list` prints it).
-    #[arg(required_unless_present = "offsite")]
+    #[arg(required_unless_present_any = ["offsite", "to"])]
     pub(crate) backup: Option<PathBuf>,
     /// The service directory to restore into (moved aside first if it exists).
     /// Default with --instance: the instance's SYNBACKUP_SERVICE_DIR.
@@ -51,12 +53,30 @@ pub(crate) struct RestoreArgs {
         conflicts_with = "backup"
     )]
     pub(crate) offsite: Option<String>,
+    /// Restore the instance to a point: a nexus offset (the cell's index then) or a
+    /// time (UTC unless a zone is given). The newest backup at or before it is
+    /// restored and the archived nexus entries up to it applied.
+    #[arg(
+        long,
+        value_name = "TIME|OFFSET",
+        requires = "instance",
+        conflicts_with_all = ["backup", "offsite"]
+    )]
+    pub(crate) to: Option<String>,
 }
 
 /// Restore as asked. By path (no `--instance`), the locks of the configured
 /// instances the backup or the directory belong to are held for the whole restore,
 /// so that no run, window or prune removes the backup while it is copied.
 pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
+    let replay = match (&a.to, &a.instance) {
+        (Some(to), Some(name)) => {
+            let point = crate::pitr::replay::parse_point(to)?;
+            let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
+            Some(crate::pitr::Replay::prepare(&inst, &point)?)
+        }
+        _ => None,
+    };
     let _locks = match &a.instance {
         Some(_) => Vec::new(), // the restore takes its instance's lock itself
         None => lock_owners(dirs, a)?,
@@ -64,7 +84,10 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
     restore::restore(
         dirs,
         &Request {
-            backup: a.backup.clone().unwrap_or_default(),
+            backup: match &replay {
+                Some(r) => r.plan.backup.clone(),
+                None => a.backup.clone().unwrap_or_default(),
+            },
             dir: a.dir.clone(),
             unit: a.unit.clone(),
             instance: a.instance.clone(),
@@ -72,6 +95,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
             certs: a.certs,
             cert_dir: a.cert_dir.clone(),
             offsite: a.offsite.clone(),
+            replay,
         },
     )?;
     Ok(ExitCode::SUCCESS)

@@ -358,6 +358,7 @@ fn yielded_bytes(raw: &[u8]) -> Result<&[u8]> {
 
 impl Stream<'_> {
     /// The next item or the end; waits as long as the client's read timeout.
+    #[cfg(test)]
     pub(crate) fn next_item(&mut self) -> Result<Option<Yielded>> {
         loop {
             match self.next_within(None)? {

@@ -355,6 +355,9 @@ pub(crate) struct Request {
     pub(crate) cert_dir: Option<PathBuf>,
     /// Restore this snapshot (or `latest`) of the instance's offsite repository.
     pub(crate) offsite: Option<String>,
+    /// `--to`: bring the staged copy to a point with archived nexus entries
+    /// (`pitr::replay`) before the swap.
+    pub(crate) replay: Option<crate::pitr::Replay>,
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -370,6 +373,8 @@ struct Target {
     /// The backup is a copy made for this restore (fetched from offsite): it is
     /// moved into place instead of copied.
     disposable: bool,
+    /// `--to`: the entries applied to the staged copy.
+    replay: Option<crate::pitr::Replay>,
 }
 
 /// What a restore reports (the status's details; paths as `pathtext::key`s).
@@ -393,6 +398,9 @@ struct Outcome {
     /// The directory was ahead of the backup (nexus indexes).
     #[serde(skip_serializing_if = "Option::is_none")]
     nexus: Option<roles::NexusCheck>,
+    /// `--to`: the archived nexus entries applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pitr: Option<crate::pitr::replay::Applied>,
 }
 
 /// The roles a restore compared and the settings it kept.
@@ -565,6 +573,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             health_timeout: timeouts.1,
             certs: args.certs.then_some(cert_dir),
             disposable: false,
+            replay: args.replay.clone(),
         },
         lock,
     ))
@@ -655,6 +664,9 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             );
         }
     }
+    if let Some(r) = &t.replay {
+        outcome.pitr = Some(r.apply(&staged.copy.path)?);
+    }
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
     outcome.service_was_running = running;
@@ -731,6 +743,10 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             );
         }
     }
+    let pitr_line = outcome
+        .pitr
+        .as_ref()
+        .map(crate::pitr::replay::Applied::line);
     let nexus_line = outcome.nexus.as_ref().map(|n| {
         format!(
             "; the cell went back from nexus index {} to {}{}",
@@ -748,7 +764,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
-        nexus_line.unwrap_or_default(),
+        pitr_line.or(nexus_line).unwrap_or_default(),
         certs_line.unwrap_or_default(),
         if done.kept {
             format!(

@@ -201,3 +201,5 @@ asyncio.run(main())
 
 /// The archiver's tests.
 mod archiver;
+/// `restore --to` end to end.
+mod restore;
