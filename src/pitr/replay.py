@@ -8,10 +8,13 @@
 # must have the offset the local log gives next, and goes through
 # `nexsroot.eat(*entry)`, which writes it to the local nexus log at that offset and
 # runs the same handler the leader ran; an exception in a handler is logged and the
-# replay goes on, as in a mirror. The cell boots with safemode (no crons, triggers,
-# dmons or package onloads: their effects on the leader are entries of their own),
-# without network listeners, and must be at nexus index FROM after booting (else
-# something of its own was issued and the replay would not be exact).
+# replay goes on, as in a mirror. The cell boots passive, as a mirror does (only
+# the boot-role decision is overridden, as there is no upstream to follow): an
+# active cell's boot issues changes of its own (3.x pushes `model:set` and
+# `nexs:vers:set` when its code differs from what is stored), which would take
+# the offsets the archived entries need; passive, it issues none and starts no
+# crons, triggers or dmons. Also safemode, and no network listeners. It must be at
+# nexus index FROM after booting, and at TO at the end.
 # Prints one JSON line: {"applied": N, "errors": E, "index": I}.
 import sys
 import json
@@ -22,6 +25,26 @@ import synapse.cortex as s_cortex
 import synapse.lib.msgpack as s_msgpack
 
 logger = logging.getLogger('synbackup.replay')
+
+
+def boot_passive():
+    '''Make a Cortex boot passive (a follower) without an upstream. Patched on the
+    class in this process only (2.x's IO worker, a spawned process, must find
+    the class under its own name).'''
+    cortex = s_cortex.Cortex
+    setactive = cortex.setCellActive
+
+    async def passive(self, active):
+        # 2.x decides with `mirror is None` inside initNexusSubsystem.
+        return await setactive(self, False)
+
+    async def follower(self):
+        # 3.x: the boot-time leadership decision.
+        return False
+
+    cortex.setCellActive = passive
+    if hasattr(cortex, '_getBootActive'):
+        cortex._getBootActive = follower
 
 
 def fail(mesg):
@@ -36,9 +59,12 @@ async def main(dirn, frm, to):
         'dmon:listen': None,
         'https:port': None,
     }
+    boot_passive()
     core = await s_cortex.Cortex.anit(dirn, conf=conf)
     try:
         nexs = core.nexsroot
+        if core.isactive:
+            fail('the restored cell booted active')
         indx = await nexs.index()
         if indx != frm:
             fail(f'the restored cell booted at nexus index {indx}, the backup recorded {frm}')

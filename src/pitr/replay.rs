@@ -14,7 +14,9 @@
 //! Why this is exact: the staged copy is the backup, which holds exactly the
 //! entries before its recorded index (it was taken while the cell was frozen);
 //! `replay.py`, run with the service's own Python as the directory's owner, boots
-//! that copy in safemode with no listeners, checks it is at that index, and feeds
+//! that copy passive as a mirror boots (an active boot may issue changes of its
+//! own: 3.x pushes `model:set`), in safemode, with no listeners, checks it is at
+//! that index, and feeds
 //! each archived entry, in order and at its own offset, to `nexsroot.eat` — the
 //! call a mirror makes for each entry it receives from its upstream
 //! (`runMirrorLoop`), which logs the entry at that offset and runs the same
@@ -183,7 +185,7 @@ fn base_backup(inst: &Instance, to: u64) -> Result<(PathBuf, u64)> {
         if i <= to
             && best
                 .as_ref()
-                .is_none_or(|(bi, bt, _)| (i, e.time) > (*bi, *bt))
+                .map_or(true, |(bi, bt, _)| (i, e.time) > (*bi, *bt))
         {
             best = Some((i, e.time, e.path));
         }
