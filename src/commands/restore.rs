@@ -73,7 +73,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
         (Some(to), Some(name)) => {
             let point = crate::pitr::replay::parse_point(to)?;
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-            Some(crate::pitr::Replay::prepare(&inst, &point)?)
+            Some(ToPoint(crate::pitr::Replay::prepare(&inst, &point)?))
         }
         _ => None,
     };
@@ -85,7 +85,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
         dirs,
         &Request {
             backup: match &replay {
-                Some(r) => r.plan.backup.clone(),
+                Some(r) => r.0.plan.backup.clone(),
                 None => a.backup.clone().unwrap_or_default(),
             },
             dir: a.dir.clone(),
@@ -95,10 +95,23 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
             certs: a.certs,
             cert_dir: a.cert_dir.clone(),
             offsite: a.offsite.clone(),
-            replay,
+            before_swap: replay
+                .map(|r| std::rc::Rc::new(r) as std::rc::Rc<dyn restore::BeforeSwap>),
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--to`: the restore's step before the swap brings the staged copy forward with
+/// the instance's nexus archive (`pitr`).
+#[derive(Debug)]
+struct ToPoint(crate::pitr::Replay);
+
+impl restore::BeforeSwap for ToPoint {
+    fn run(&self, staged: &Path) -> Result<(String, serde_json::Value)> {
+        let applied = self.0.apply(staged)?;
+        Ok((applied.line(), serde_json::to_value(&applied)?))
+    }
 }
 
 /// The locks of every configured instance whose backup root holds BACKUP or whose

@@ -57,15 +57,15 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     let mut announced = false;
     loop {
-        interrupt_ok()?;
+        if interrupt::requested() {
+            stopped();
+            return Ok(());
+        }
         systemd::watchdog();
         match follow_once(opts, &sock, &mut announced) {
             Ok(()) => return Ok(()),
             Err(e) if e.chain().any(|c| c.downcast_ref::<Stopped>().is_some()) => {
-                log::info!(
-                    "stopped; the archive holds every entry before offset {}",
-                    next_of(opts)
-                );
+                stopped();
                 return Ok(());
             }
             Err(e) if is_fatal(&e) => return Err(e),
@@ -80,7 +80,10 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
                 ));
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
-                    interrupt_ok()?;
+                    if interrupt::requested() {
+                        stopped();
+                        return Ok(());
+                    }
                     systemd::watchdog();
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -90,14 +93,9 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     }
 }
 
-/// The archive's next offset, for a log line.
-fn next_of(opts: &Options) -> String {
-    match archive::read_all(&opts.archive_dir) {
-        Ok(all) => all
-            .last()
-            .map_or("0".into(), |e| (e.offset + 1).to_string()),
-        Err(e) => format!("? ({e:#})"),
-    }
+/// Log the stop at a signal.
+fn stopped() {
+    log::info!("stopped by a signal: every entry it counted archived is on disk");
 }
 
 /// Stop cleanly at a signal: everything archived so far is durable.

@@ -355,9 +355,15 @@ pub(crate) struct Request {
     pub(crate) cert_dir: Option<PathBuf>,
     /// Restore this snapshot (or `latest`) of the instance's offsite repository.
     pub(crate) offsite: Option<String>,
-    /// `--to`: bring the staged copy to a point with archived nexus entries
-    /// (`pitr::replay`) before the swap.
-    pub(crate) replay: Option<crate::pitr::Replay>,
+    /// A step run on the staged copy before the swap (`--to`: the archived nexus
+    /// entries applied; the commands layer composes it).
+    pub(crate) before_swap: Option<std::rc::Rc<dyn BeforeSwap>>,
+}
+
+/// A step that changes the staged copy before it is swapped in.
+pub(crate) trait BeforeSwap: std::fmt::Debug {
+    /// Change the copy at `staged`; the summary's addition and the status's details.
+    fn run(&self, staged: &Path) -> Result<(String, serde_json::Value)>;
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -373,8 +379,8 @@ struct Target {
     /// The backup is a copy made for this restore (fetched from offsite): it is
     /// moved into place instead of copied.
     disposable: bool,
-    /// `--to`: the entries applied to the staged copy.
-    replay: Option<crate::pitr::Replay>,
+    /// Run on the staged copy before the swap.
+    before_swap: Option<std::rc::Rc<dyn BeforeSwap>>,
 }
 
 /// What a restore reports (the status's details; paths as `pathtext::key`s).
@@ -398,9 +404,9 @@ struct Outcome {
     /// The directory was ahead of the backup (nexus indexes).
     #[serde(skip_serializing_if = "Option::is_none")]
     nexus: Option<roles::NexusCheck>,
-    /// `--to`: the archived nexus entries applied.
+    /// What the step before the swap did (`--to`: the archived nexus entries applied).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pitr: Option<crate::pitr::replay::Applied>,
+    before_swap: Option<serde_json::Value>,
 }
 
 /// The roles a restore compared and the settings it kept.
@@ -573,7 +579,7 @@ fn resolve(dirs: &Dirs, args: &Request) -> Result<(Target, Option<lock::Instance
             health_timeout: timeouts.1,
             certs: args.certs.then_some(cert_dir),
             disposable: false,
-            replay: args.replay.clone(),
+            before_swap: args.before_swap.clone(),
         },
         lock,
     ))
@@ -664,8 +670,11 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             );
         }
     }
-    if let Some(r) = &t.replay {
-        outcome.pitr = Some(r.apply(&staged.copy.path)?);
+    let mut before_swap_line = None;
+    if let Some(step) = &t.before_swap {
+        let (line, details) = step.run(&staged.copy.path)?;
+        before_swap_line = Some(line);
+        outcome.before_swap = Some(details);
     }
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
@@ -743,10 +752,6 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             );
         }
     }
-    let pitr_line = outcome
-        .pitr
-        .as_ref()
-        .map(crate::pitr::replay::Applied::line);
     let nexus_line = outcome.nexus.as_ref().map(|n| {
         format!(
             "; the cell went back from nexus index {} to {}{}",
@@ -764,7 +769,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
-        pitr_line.or(nexus_line).unwrap_or_default(),
+        before_swap_line.or(nexus_line).unwrap_or_default(),
         certs_line.unwrap_or_default(),
         if done.kept {
             format!(

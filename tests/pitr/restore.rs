@@ -115,7 +115,7 @@ fn to_just_before_a_mass_delete(line: Line) {
     // The replay ended at index d (it checks that itself); its status says so.
     let st: serde_json::Value =
         serde_json::from_slice(&fs::read(p.root.join("state/c0.restore.json")).unwrap()).unwrap();
-    let pitr = &st["details"]["pitr"];
+    let pitr = &st["details"]["before_swap"];
     assert_eq!(pitr["to"], d, "{v}: {st}");
     assert_eq!(
         pitr["applied"].as_u64().unwrap() + pitr["from"].as_u64().unwrap(),
