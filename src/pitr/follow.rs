@@ -212,10 +212,9 @@ fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> 
                 }
                 Next::Item(y) if y.value.is_nil() => {
                     caught_up = true;
-                    log::info!(
-                        "caught up with the cell at offset {}",
-                        archived.unwrap_or(from)
-                    );
+                    // The entries before the marker may still be in this batch.
+                    let at = batch.last().map(|b| b.0 + 1).or(archived).unwrap_or(from);
+                    log::info!("caught up with the cell at offset {at}");
                     if !*announced {
                         *announced = true;
                         systemd::ready();
