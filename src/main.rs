@@ -40,6 +40,8 @@ mod instance;
 mod nightly;
 /// Offsite copies through restic.
 mod offsite;
+/// Point-in-time recovery: the nexus archive and the restore to a point.
+mod pitr;
 /// Restoring a backup into a service directory.
 mod restore;
 /// The service unit's lifecycle: preflight, health, the swap.

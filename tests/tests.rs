@@ -92,5 +92,8 @@ mod mirrors {
     mod source;
 }
 
+/// Point-in-time recovery: the nexus archive (real Cortexes, both lines).
+mod pitr;
+
 /// The harness itself: what every other test relies on.
 mod harness;

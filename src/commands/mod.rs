@@ -32,6 +32,8 @@ pub(crate) mod completions;
 pub(crate) mod drill;
 /// `synbackup list [INSTANCE]`.
 pub(crate) mod list;
+/// `synbackup nexus-archive INSTANCE`.
+pub(crate) mod nexus_archive;
 /// `synbackup offsite init|list|check|unlock INSTANCE`.
 pub(crate) mod offsite;
 /// `synbackup prune INSTANCE`.
@@ -84,6 +86,8 @@ pub(crate) enum Command {
     Drill(drill::DrillArgs),
     /// List an instance's backups with age, size and state.
     List(list::ListArgs),
+    /// Follow the cell's nexus log into the instance's archive (point-in-time recovery).
+    NexusArchive(nexus_archive::NexusArchiveArgs),
     /// The instance's offsite restic repository: init, list, check, unlock.
     Offsite(offsite::OffsiteArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
@@ -114,6 +118,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Restore(_) => needs_root("restore")?,
         Command::Drill(_) => needs_root("drill")?,
         Command::Offsite(_) => needs_root("offsite")?,
+        Command::NexusArchive(_) => needs_root("nexus-archive")?,
         Command::Retire(_) => needs_root("retire")?,
         Command::Prune(a) if !a.dry_run => needs_root("prune")?,
         _ => {}
@@ -127,6 +132,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Drill(a) => drill::exec(dirs, &a),
         Command::List(a) => list::exec(dirs, &a),
         Command::Offsite(a) => offsite::exec(dirs, &a),
+        Command::NexusArchive(a) => nexus_archive::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),

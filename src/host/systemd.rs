@@ -33,6 +33,25 @@ pub(crate) fn status(text: &str) {
     }
 }
 
+/// Tell systemd a `Type=notify` service is ready (`READY=1`).
+pub(crate) fn ready() {
+    if notify_enabled() {
+        if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+            log::debug!("sd_notify READY failed: {e}");
+        }
+    }
+}
+
+/// Keep the unit's watchdog (`WatchdogSec=`) from firing (`WATCHDOG=1`); a no-op
+/// when the unit has no watchdog.
+pub(crate) fn watchdog() {
+    if notify_enabled() && std::env::var_os("WATCHDOG_USEC").is_some() {
+        if let Err(e) = sd_notify::notify(false, &[NotifyState::Watchdog]) {
+            log::debug!("sd_notify WATCHDOG failed: {e}");
+        }
+    }
+}
+
 /// Wait (up to `timeout`) until systemd has read every notification sent so far:
 /// the final `STATUS=` of a process about to exit is otherwise lost when systemd
 /// reads it after the exit (sd_notify_barrier(3): `BARRIER=1` with a pipe's write

@@ -362,6 +362,15 @@ pub(crate) struct Request {
     pub(crate) cert_dir: Option<PathBuf>,
     /// Restore this snapshot (or `latest`) of the instance's offsite repository.
     pub(crate) offsite: Option<String>,
+    /// A step run on the staged copy before the swap (`--to`: the archived nexus
+    /// entries applied; the commands layer composes it).
+    pub(crate) before_swap: Option<std::rc::Rc<dyn BeforeSwap>>,
+}
+
+/// A step that changes the staged copy before it is swapped in.
+pub(crate) trait BeforeSwap: std::fmt::Debug {
+    /// Change the copy at `staged`; the summary's addition and the status's details.
+    fn run(&self, staged: &Path) -> Result<(String, serde_json::Value)>;
 }
 
 /// Where a restore goes, resolved from the request and the instance.
@@ -380,6 +389,8 @@ struct Target {
     /// The instance's SYNBACKUP_KEEP_ASIDE (with `--instance`): how long the
     /// nightly run keeps the directory a restore moved aside.
     keep_aside: Option<Duration>,
+    /// Run on the staged copy before the swap.
+    before_swap: Option<std::rc::Rc<dyn BeforeSwap>>,
 }
 
 /// What a restore reports (the status's details; paths as `pathtext::key`s).
@@ -403,6 +414,9 @@ struct Outcome {
     /// The directory was ahead of the backup (nexus indexes).
     #[serde(skip_serializing_if = "Option::is_none")]
     nexus: Option<roles::NexusCheck>,
+    /// What the step before the swap did (`--to`: the archived nexus entries applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before_swap: Option<serde_json::Value>,
 }
 
 /// The roles a restore compared and the settings it kept.
@@ -587,6 +601,7 @@ fn resolve(
             certs: args.certs.then_some(cert_dir),
             disposable: false,
             keep_aside,
+            before_swap: args.before_swap.clone(),
         },
         lock,
     ))
@@ -676,6 +691,12 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
                 r.settings.join(", ")
             );
         }
+    }
+    let mut before_swap_line = None;
+    if let Some(step) = &t.before_swap {
+        let (line, details) = step.run(&staged.copy.path)?;
+        before_swap_line = Some(line);
+        outcome.before_swap = Some(details);
     }
     fault::point("restore-before-swap")?;
     // 4. Stop (if it runs and we were told which unit), swap, certificates, start.
@@ -770,7 +791,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         shell_word(dir),
         human(outcome.bytes),
         t0.elapsed().as_secs_f64(),
-        nexus_line.unwrap_or_default(),
+        before_swap_line.or(nexus_line).unwrap_or_default(),
         certs_line.unwrap_or_default(),
         if done.kept {
             format!(

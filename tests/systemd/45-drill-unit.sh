@@ -142,6 +142,38 @@ ns_defer ns_exec systemctl stop synapse-cortex@l0.service
 ns_assert_eq 40 "$(ns_exec storm.py add /srv/cortex/l0 40)" "the leader's nodes"
 sb_config l0 </dev/null
 ns_exec systemctl start synbackup@l0.service
+# The nexus archiver of l0 (nexslog on) under synbackup-nexus@.service: started
+# once it has caught up (Type=notify), a watchdog, the archive in the backup root
+# written through the generator's drop-in, a Cortex restart followed without the
+# unit restarting, the leader's newest offset archived, a clean stop. A Cortex
+# with `nexslog:en: false` (n0; a Cortex's default is true) fails at once with
+# exit 2, and Restart= does not retry it.
+ns_exec systemctl start synbackup-nexus@l0.service
+ns_assert_eq active "$(sb_prop synbackup-nexus@l0.service ActiveState)" "the archiver is up (READY=1 once caught up)"
+ns_assert_eq 1min "$(sb_prop synbackup-nexus@l0.service WatchdogUSec)" "the archiver's watchdog"
+ns_exec systemctl restart synapse-cortex@l0.service
+ns_exec storm.py wait /srv/cortex/l0 --timeout 120
+# (An inet:fqdn: the mirror and drill checks below count inet:ipv4 nodes.)
+ns_assert_eq 1 "$(ns_exec storm.py storm /srv/cortex/l0 '[inet:fqdn=archived.example]')" "an edit after the leader's restart"
+l0_index=$(ns_exec storm.py info /srv/cortex/l0 | python3 -c 'import json,sys;print(json.load(sys.stdin)["nexus_index"])')
+archived_to() { sb_prop synbackup-nexus@l0.service StatusText | grep -q "^archived to offset $1 "; }
+ns_wait_until 120 "the archive to reach the leader's index $l0_index" archived_to "$l0_index"
+ns_exec sh -c 'ls /srv/backups/l0/nexus-archive/open-*.seg /srv/backups/l0/nexus-archive/archive.json' >/dev/null
+ns_assert_eq 0 "$(sb_prop synbackup-nexus@l0.service NRestarts)" "the archiver followed the Cortex's restart without restarting"
+ns_exec systemctl stop synbackup-nexus@l0.service
+ns_assert_eq success "$(sb_prop synbackup-nexus@l0.service Result)" "the archiver stopped cleanly"
+ns_exec install -d -m 0750 /srv/cortex/n0
+echo 'nexslog:en: false' | ns_exec tee /srv/cortex/n0/cell.yaml >/dev/null
+sb_cortex n0
+ns_defer ns_exec systemctl stop synapse-cortex@n0.service
+sb_config n0 </dev/null
+if ns_exec systemctl start synbackup-nexus@n0.service 2>/dev/null; then
+  ns_die "synbackup-nexus@n0.service started on a cell with nexslog:en false"
+fi
+ns_assert_eq 2 "$(sb_prop synbackup-nexus@n0.service ExecMainStatus)" "exit code without the nexus log"
+ns_assert_eq 0 "$(sb_prop synbackup-nexus@n0.service NRestarts)" "not restarted (RestartPreventExitStatus)"
+ns_has 'runs with nexslog:en false' -- ns_journal -u synbackup-nexus@n0.service
+ns_exec systemctl stop synapse-cortex@n0.service
 # shellcheck disable=SC2016 # expanded by the inner sh
 ns_exec sh -c 'cp -a "$(ls -d /srv/backups/l0/l0_* | tail -n1)/." /srv/cortex/m0/ &&
   rm -rf /srv/cortex/m0/synbackup-* &&

@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The archiver: follow a cell's nexus log over telepath and append every entry
+//! to the instance's nexus archive (`archive`), for as long as it runs.
+//!
+//! It asks `getNexusChanges(NEXT, tellready=True, wait=True)`, NEXT being one past
+//! the last entry the archive holds durably: the cell sends its stored entries
+//! from NEXT on, then a `None` (it has caught up), then each new entry as it is
+//! made. Entries that arrive together are appended and fsynced as one batch before
+//! the archiver reads on; only then does it count them archived (`STATUS=`).
+//!
+//! Restarts without a gap or a duplicate: the archive's next offset comes from the
+//! files alone (`Archive::open` cuts a torn tail), so an archiver killed at any
+//! point asks again from the first entry it had not made durable; when the cell
+//! restarts or the link drops, the stream fails and the archiver reconnects and
+//! asks from the same place. The cell keeps its log across restarts, so it can
+//! answer from there. Only when the cell no longer holds NEXT (its log was culled
+//! past it) does the first entry come with a greater offset: that jump is logged
+//! as an error naming the missing offsets, and the archive goes on after it (a
+//! restore to a point refuses targets that need those offsets).
+//!
+//! A cell without its nexus log (`nexslog:en: false`) ends the stream without the
+//! caught-up marker: the archiver stops with a one-line error saying how to enable
+//! it. A cell whose index is behind the archive (it was restored to an older
+//! state) is refused: its new changes would reuse archived offsets.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use rmpv::Value;
+
+use crate::base::exit::{fail, Code};
+use crate::base::interrupt;
+use crate::engine::telepath::{Client, Next, Yielded};
+use crate::host::systemd;
+use crate::pitr::archive::{self, Archive};
+
+/// How the archiver runs.
+pub(crate) struct Options {
+    pub(crate) service_dir: PathBuf,
+    pub(crate) archive_dir: PathBuf,
+    pub(crate) segment_bytes: u64,
+}
+
+/// The longest wait between connection attempts while the cell is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long a message that began to arrive may take to arrive whole.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Most entries appended (and fsynced) as one batch.
+const MAX_BATCH: usize = 4096;
+
+/// Follow the cell until a signal stops the archiver (Ok) or it cannot go on.
+pub(crate) fn run(opts: &Options) -> Result<()> {
+    let sock = opts.service_dir.join("sock");
+    let mut backoff = Duration::from_millis(200);
+    let mut announced = false;
+    loop {
+        if interrupt::requested() {
+            stopped();
+            return Ok(());
+        }
+        systemd::watchdog();
+        match follow_once(opts, &sock, &mut announced) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.chain().any(|c| c.downcast_ref::<Stopped>().is_some()) => {
+                stopped();
+                return Ok(());
+            }
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                log::warn!(
+                    "nexus archive of {}: {e:#}; connecting again",
+                    opts.service_dir.display()
+                );
+                systemd::status(&format!(
+                    "waiting for the cell on {}: {e:#}",
+                    sock.display()
+                ));
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if interrupt::requested() {
+                        stopped();
+                        return Ok(());
+                    }
+                    systemd::watchdog();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Log the stop at a signal.
+fn stopped() {
+    log::info!("stopped by a signal: every entry it counted archived is on disk");
+}
+
+/// Stop cleanly at a signal: everything archived so far is durable.
+fn interrupt_ok() -> Result<()> {
+    if interrupt::requested() {
+        return Err(anyhow!(Stopped));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by a signal")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Errors that a reconnect cannot mend: a typed failure (bad archive, nexus log
+/// off, cell behind the archive) or a signal.
+fn is_fatal(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<crate::base::exit::Failure>().is_some()
+            || c.downcast_ref::<Stopped>().is_some()
+    })
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The offset and the entry's bytes of a `getNexusChanges` item `[offs, entry]`.
+fn split_item(y: &Yielded) -> Result<(u64, Vec<u8>)> {
+    let arr = y
+        .value
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| anyhow!("getNexusChanges yielded {}, not [offset, entry]", y.value))?;
+    let offs = arr[0]
+        .as_u64()
+        .ok_or_else(|| anyhow!("getNexusChanges yielded a bad offset {}", arr[0]))?;
+    let mut cur = y.raw.as_slice();
+    let bad = || anyhow!("getNexusChanges item of an unexpected encoding");
+    rmp::decode::read_array_len(&mut cur).map_err(|_| bad())?;
+    let _: u64 = rmp::decode::read_int(&mut cur).map_err(|_| bad())?;
+    Ok((offs, cur.to_vec()))
+}
+
+/// One connection: open the archive, check the cell, stream and append until the
+/// link fails (Err, reconnect) or a signal (Err(Stopped)).
+fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> {
+    let mut client = Client::connect(sock, Duration::from_secs(30))?;
+    let state = client.cell_state()?;
+    let mut arch = Archive::open(&opts.archive_dir, &state.iden, opts.segment_bytes)?;
+    let next = arch.next_offset();
+    if let Some(n) = next {
+        if state.nexus_index < n {
+            return Err(fail(
+                Code::BadPath,
+                format!(
+                    "the cell on {} is at nexus index {}, behind its archive {} (next offset {n}): it was restored to an older state; move the archive aside to start a new one",
+                    opts.service_dir.display(),
+                    state.nexus_index,
+                    opts.archive_dir.display()
+                ),
+            ));
+        }
+    }
+    let from = next.unwrap_or(0);
+    log::info!(
+        "following the nexus log of {} (cell {}, index {}) from offset {from} into {}",
+        opts.service_dir.display(),
+        state.iden,
+        state.nexus_index,
+        opts.archive_dir.display()
+    );
+    client.set_timeout(READ_TIMEOUT)?;
+    let mut stream = client.stream(
+        "getNexusChanges",
+        vec![Value::from(from)],
+        vec![("tellready", true.into()), ("wait", true.into())],
+    )?;
+    let mut caught_up = false;
+    let mut archived = next;
+    loop {
+        interrupt_ok()?;
+        systemd::watchdog();
+        let first = stream.next_within(Some(Duration::from_secs(1)))?;
+        let mut batch: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut pending = Some(first);
+        while let Some(n) = pending.take() {
+            match n {
+                Next::Idle => break,
+                Next::End if caught_up => {
+                    // The cell is shutting down: what came is archived below.
+                    append(&mut arch, &mut batch, &mut archived)?;
+                    return Err(anyhow!("the cell ended the stream (shutting down)"));
+                }
+                Next::End => {
+                    return Err(fail(
+                        Code::Usage,
+                        format!(
+                            "point-in-time recovery needs the cell's nexus log, and the cell on {} runs with nexslog:en false: set `nexslog:en: true` in {} and restart the service",
+                            opts.service_dir.display(),
+                            opts.service_dir.join("cell.yaml").display()
+                        ),
+                    ));
+                }
+                Next::Item(y) if y.value.is_nil() => {
+                    caught_up = true;
+                    // The entries before the marker may still be in this batch.
+                    let at = batch.last().map(|b| b.0 + 1).or(archived).unwrap_or(from);
+                    log::info!("caught up with the cell at offset {at}");
+                    if !*announced {
+                        *announced = true;
+                        systemd::ready();
+                    }
+                }
+                Next::Item(y) => {
+                    let (offs, entry) = split_item(&y)?;
+                    batch.push((offs, now_us(), entry));
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                pending = match stream.next_within(Some(Duration::ZERO))? {
+                    Next::Idle => None,
+                    n => Some(n),
+                };
+            }
+        }
+        append(&mut arch, &mut batch, &mut archived)?;
+        if let Some(a) = archived {
+            systemd::status(&format!(
+                "archived to offset {} ({})",
+                a,
+                if caught_up {
+                    "caught up"
+                } else {
+                    "catching up"
+                }
+            ));
+        }
+    }
+}
+
+/// Append `batch` (durable when this returns), handling a jump in offsets: the
+/// entries before it are appended, the jump logged as a gap, the rest after it.
+fn append(
+    arch: &mut Archive,
+    batch: &mut Vec<(u64, u64, Vec<u8>)>,
+    archived: &mut Option<u64>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut start = 0;
+    for i in 0..batch.len() {
+        let offs = batch[i].0;
+        match arch_next(arch, &batch[start..i]) {
+            Some(want) if offs > want => {
+                arch.append(&batch[start..i])?;
+                log::error!(
+                    "gap in the nexus archive: offsets {want}-{} are no longer in the cell's log (culled before they were archived); the archive goes on from {offs}",
+                    offs - 1
+                );
+                arch.start_after_gap(offs)?;
+                start = i;
+            }
+            Some(want) if offs < want => {
+                anyhow::bail!("the cell sent offset {offs} again (the archive is at {want})");
+            }
+            _ => {}
+        }
+    }
+    arch.append(&batch[start..])?;
+    *archived = arch.next_offset();
+    batch.clear();
+    Ok(())
+}
+
+/// The offset the archive expects after `pending` is appended.
+fn arch_next(arch: &Archive, pending: &[(u64, u64, Vec<u8>)]) -> Option<u64> {
+    pending.last().map(|p| p.0 + 1).or(arch.next_offset())
+}
+
+/// The archive directory of an instance's backup root.
+pub(crate) fn archive_dir(backup_root: &Path) -> PathBuf {
+    archive::dir_of(backup_root)
+}
