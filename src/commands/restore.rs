@@ -80,7 +80,9 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
         (Some(to), Some(name)) => {
             let point = crate::pitr::replay::parse_point(to)?;
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-            Some(std::rc::Rc::new(ToPoint(crate::pitr::Replay::prepare(&inst, &point)?)))
+            Some(std::rc::Rc::new(ToPoint(crate::pitr::Replay::prepare(
+                &inst, &point,
+            )?)))
         }
         _ => None,
     };

@@ -99,6 +99,24 @@ fn to_just_before_a_mass_delete(line: Line) {
 
     // 5. To the moment before the delete (a time; it maps to index d).
     let to = moment.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    // Its dry run names the base backup and the entries, and changes nothing.
+    let beside = fs::read_dir(p.dir.parent().unwrap()).unwrap().count();
+    let o = run_at(
+        &p.root,
+        &["restore", "--instance", "c0", "--to", &to, "--dry-run"],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        plan.contains(&format!("archived nexus entries up to index {d}"))
+            && plan.contains("dry run: nothing was changed"),
+        "{v}: {plan}"
+    );
+    assert_eq!(
+        fs::read_dir(p.dir.parent().unwrap()).unwrap().count(),
+        beside,
+        "{v}: the dry run left something beside the directory"
+    );
     let t0 = std::time::Instant::now();
     let o = run_at(&p.root, &["restore", "--instance", "c0", "--to", &to]);
     let secs = t0.elapsed().as_secs_f64();
