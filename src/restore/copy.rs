@@ -169,21 +169,39 @@ impl<'m> Checker<'m> {
     }
 
     /// The environment `rel` of the backup is copied (and its `data.mdb` matched)
-    /// to `at`: checked there on the checker thread.
-    pub(crate) fn env_copied(&self, rel: &Path, at: &Path) {
+    /// to `at`, the directory `dir` holds: checked there on the checker thread,
+    /// through that descriptor (whoever can write the copy's parent can put a
+    /// link in its place; the copy itself is root's).
+    pub(crate) fn env_copied(&self, rel: &Path, at: &Path, dir: &File) -> Result<()> {
         if let Some(dbs) = self.envs.get(path_key(rel).as_str()) {
-            self.checks.check(at.to_path_buf(), (*dbs).clone());
+            let dir = dir
+                .try_clone()
+                .with_context(|| format!("cannot hold {}", at.display()))?;
+            self.checks.check(Held {
+                dir,
+                shown: at.to_path_buf(),
+                dbs: (*dbs).clone(),
+            });
         }
+        Ok(())
     }
 
     /// Wait for the environments' checks; then the nexus index the copy holds
-    /// against the one the frozen cell reported, read in `copy` (the staging copy,
-    /// or the backup when a link the backup followed put the nexus elsewhere).
-    /// Any problem marks the backup damaged and fails.
-    pub(crate) fn finish(self, copy: &Path) -> Result<()> {
+    /// against the one the frozen cell reported, read in the copy (`copy`: its
+    /// path and the descriptor holding it), or in the backup when a link the
+    /// backup followed put the nexus elsewhere (None). Any problem marks the
+    /// backup damaged and fails.
+    pub(crate) fn finish(self, copy: Option<(&Path, &File)>) -> Result<()> {
         let mut problems = self.checks.finish()?;
         if problems.is_empty() {
-            verify::check_cell_claim(copy, self.manifest, &mut problems);
+            match copy {
+                Some((shown, dir)) => {
+                    let mut found = Vec::new();
+                    verify::check_cell_claim(&via(dir), self.manifest, &mut found);
+                    problems.extend(found.iter().map(|p| shown_as(p, dir, shown)));
+                }
+                None => verify::check_cell_claim(&self.backup, self.manifest, &mut problems),
+            }
         }
         let w = self.ways.get();
         log::debug!(
@@ -199,20 +217,45 @@ impl<'m> Checker<'m> {
     }
 }
 
+/// The path of the directory `dir` holds, through the descriptor
+/// (`/proc/self/fd/N`): no link planted above it is followed.
+fn via(dir: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// A problem found through [`via`]`(dir)`, told with the path it stands for.
+fn shown_as(problem: &str, dir: &File, shown: &Path) -> String {
+    problem.replace(
+        &via(dir).display().to_string(),
+        &shown.display().to_string(),
+    )
+}
+
+/// An environment of the copy to check: held by its directory's descriptor.
+struct Held {
+    dir: File,
+    shown: PathBuf,
+    dbs: BTreeMap<String, u64>,
+}
+
 /// The environment checks, on a thread of their own.
 struct EnvChecks {
-    to_checker: Option<mpsc::Sender<(PathBuf, BTreeMap<String, u64>)>>,
+    to_checker: Option<mpsc::Sender<Held>>,
     checker: Option<JoinHandle<Vec<String>>>,
 }
 
 impl EnvChecks {
     fn start() -> Result<EnvChecks> {
-        let (to_checker, todo) = mpsc::channel::<(PathBuf, BTreeMap<String, u64>)>();
+        let (to_checker, todo) = mpsc::channel::<Held>();
         let checker = std::thread::Builder::new()
             .name("env-check".into())
             .spawn(move || {
                 todo.iter()
-                    .flat_map(|(dir, dbs)| verify::check_env_copy(&dir, &dbs))
+                    .flat_map(|e| {
+                        verify::check_env_copy(&via(&e.dir), &e.dbs)
+                            .into_iter()
+                            .map(move |p| shown_as(&p, &e.dir, &e.shown))
+                    })
                     .collect()
             })
             .context("cannot start the environment check thread")?;
@@ -222,10 +265,10 @@ impl EnvChecks {
         })
     }
 
-    fn check(&self, dir: PathBuf, dbs: BTreeMap<String, u64>) {
+    fn check(&self, env: Held) {
         if let Some(tx) = &self.to_checker {
             // The checker ends only with the channel: a send cannot fail.
-            let _ = tx.send((dir, dbs));
+            let _ = tx.send(env);
         }
     }
 
@@ -431,6 +474,41 @@ mod tests {
             assert_eq!(std::fs::read(&dp).unwrap() == want, true);
             let meta = std::fs::metadata(&dp).unwrap();
             assert!(meta.blocks() * 512 < (20 << 20), "holes were filled");
+        }
+    }
+
+    #[test]
+    fn an_environment_of_the_copy_is_read_through_its_descriptor() {
+        use ::lmdb::{DatabaseFlags, Environment, Transaction, WriteFlags};
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("e.lmdb");
+        std::fs::create_dir(&dir).unwrap();
+        {
+            let env = Environment::new().set_max_dbs(4).open(&dir).unwrap();
+            let db = env.create_db(Some("data"), DatabaseFlags::empty()).unwrap();
+            let mut txn = env.begin_rw_txn().unwrap();
+            for k in 0..100u32 {
+                txn.put(db, &k.to_be_bytes(), &[7u8; 300], WriteFlags::empty())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let shown = Path::new("/where/the/copy/is");
+        for (count, problems) in [(100u64, 0), (99, 1)] {
+            let checks = EnvChecks::start().unwrap();
+            checks.check(Held {
+                dir: File::open(&dir).unwrap(),
+                shown: shown.to_path_buf(),
+                dbs: [("data".to_string(), count)].into_iter().collect(),
+            });
+            let found = checks.finish().unwrap();
+            assert_eq!(found.len(), problems, "{found:?}");
+            if let Some(p) = found.first() {
+                assert!(
+                    p.starts_with("/where/the/copy/is: database data has 100 entries"),
+                    "{p}"
+                );
+            }
         }
     }
 

@@ -236,7 +236,7 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
                 let data_rel = rel.join("data.mdb");
                 let meta = fs::symlink_metadata(backup.join(&data_rel))?;
                 bytes += copy_file(&held, &data_rel, &p.join("data.mdb"), &meta)?;
-                checker.env_copied(rel, &p);
+                checker.env_copied(rel, &p, held.get(&p)?.file())?;
             }
             _ => bytes += copy_file(&held, rel, &p, meta)?,
         }
@@ -244,9 +244,10 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
     // The environments read on the copy; the nexus there unless a followed link
     // took it elsewhere.
     let nexus = Path::new("slabs/nexus.lmdb");
+    let copy = held.get(dst)?;
     checker.finish(match linked::dest(links, dst, nexus) {
-        Some(p) if p == dst.join(nexus) => dst,
-        _ => backup,
+        Some(p) if p == dst.join(nexus) => Some((dst, copy.file())),
+        _ => None,
     })?;
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
