@@ -498,12 +498,15 @@ def read_runs(spec):
         try:
             for off, length in merged_runs(runs, READ_MERGE_GAP):
                 while length > 0:
-                    n = os.preadv(fd, [view[:min(length, 8 * MIB)]], off)
+                    want = min(length, 8 * MIB)
+                    n = os.preadv(fd, [view[:want]], off)
                     if n <= 0:
                         break
                     off += n
                     length -= n
                     total += n
+                    if n < want:
+                        break  # the end of the file (a run rounded up to whole pages)
         finally:
             os.close(fd)
     print(total)
@@ -1001,7 +1004,8 @@ def data_runs(top):
                     except OSError:
                         break
                     stop = os.lseek(fd, start, os.SEEK_HOLE)
-                    runs.append((start, stop - start))
+                    # Whole pages, as O_DIRECT reads them (the last one ends short).
+                    runs.append((start, -(-(stop - start) // 4096) * 4096))
                     total += stop - start
                     pos = stop
             finally:

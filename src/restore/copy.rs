@@ -50,8 +50,8 @@ use crate::base::fault;
 use crate::base::fsutil::{self, write_error, Hashed};
 use crate::base::pathtext::Escaped;
 use crate::engine::damaged;
-use crate::engine::manifest::Manifest;
 use crate::engine::manifest::{path_key, MANIFEST_NAME};
+use crate::engine::manifest::{path_of, Manifest, CERTS_DIR};
 use crate::engine::verify;
 
 /// Bytes moved by one `copy_file_range` call and then read back: large enough for
@@ -78,6 +78,35 @@ pub(crate) fn checked_manifest(backup: &Path) -> Result<Manifest> {
         return Err(failed(backup, &report.problems));
     }
     Ok(m)
+}
+
+/// `restore --certs`: the certificate directory the backup carries (not part of
+/// the staging copy) hashed now, before anything is stopped, against the manifest.
+/// A mismatch marks the backup damaged and fails.
+pub(crate) fn check_carried_certs(backup: &Path, m: &Manifest) -> Result<()> {
+    let algo = m.algo();
+    let prefix = format!("{CERTS_DIR}/");
+    let mut problems = Vec::new();
+    for f in m.files.iter().filter(|f| f.path.starts_with(&prefix)) {
+        let path = backup.join(path_of(&f.path));
+        crate::base::interrupt::check()?;
+        match File::open(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|file| fsutil::hash_file(&file, &path, algo))
+        {
+            Ok(h) if h.size == f.size && h.digest == f.digest(algo) => {}
+            Ok(_) => problems.push(format!(
+                "{}: {} mismatch (content changed or damaged)",
+                path.display(),
+                algo.label()
+            )),
+            Err(e) => problems.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(failed(backup, &problems));
+    }
+    Ok(())
 }
 
 /// Mark the backup damaged and say why it is not restored.

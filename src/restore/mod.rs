@@ -637,6 +637,9 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let Some(target) = &cert_target {
         // Before anything changes; checked again where the files are written.
         certs::refuse_planted_links(target)?;
+        if !t.disposable {
+            copy::check_carried_certs(&backup, &manifest)?;
+        }
     }
     // 3. Space, then the staging copy while the service still runs.
     let staged = stage(t, &backup, &manifest, &links, outcome)?;
