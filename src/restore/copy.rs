@@ -109,6 +109,29 @@ pub(crate) fn check_carried_certs(backup: &Path, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// The bytes the copy of the backup's files takes in `dir`'s file system: what
+/// they take in the backup (holes stay holes in the copy), less the data of the
+/// links the backup followed, which goes elsewhere.
+pub(crate) fn allocated_here(
+    backup: &Path,
+    m: &Manifest,
+    links: &[crate::restore::linked::Linked],
+    dir: &Path,
+) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.files
+        .iter()
+        .filter(|f| {
+            crate::restore::linked::dest(links, dir, &path_of(&f.path))
+                .is_some_and(|p| p.starts_with(dir))
+        })
+        .map(|f| {
+            std::fs::symlink_metadata(backup.join(path_of(&f.path)))
+                .map_or(f.size, |meta| fsutil::allocated(&meta))
+        })
+        .sum()
+}
+
 /// Mark the backup damaged and say why it is not restored.
 fn failed(backup: &Path, problems: &[String]) -> anyhow::Error {
     damaged::mark(backup, problems);

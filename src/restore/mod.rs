@@ -871,6 +871,8 @@ fn stage(
         .map(|o| o.bytes)
         .sum();
     let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
+    // What the copy takes there: holes stay holes.
+    let need = need.min(copy::allocated_here(backup, manifest, links, dir));
     linked::check_space(links)?;
     let free = fsutil::free_space(&parent)?;
     if need > free && !t.disposable {
