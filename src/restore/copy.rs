@@ -17,7 +17,13 @@
 //!    reading back each range right after it was written, from the page cache it
 //!    was just written to (a reflink's shared extents are read once, from the
 //!    device), and compared with the manifest: what is checked is what will be
-//!    swapped in. A mismatch stops the copy.
+//!    swapped in. A mismatch stops the copy. The next range of the backup is asked
+//!    of the device (`POSIX_FADV_WILLNEED`) before the current one is copied, so
+//!    the device reads while the range is copied and hashed: measured cold on the
+//!    mixed shape (0.52 GB, three paired rounds on a shared 2-core guest), 1.85,
+//!    1.33 and 0.87 s with it against 2.81, 2.35 and 1.43 s without; reading and
+//!    writing through a buffer instead of `copy_file_range` took 2.09, 1.45 and
+//!    1.41 s with the same advice.
 //! 3. [`Checker::env_copied`]: each environment of the copy, as soon as its
 //!    `data.mdb` is copied and matched, opened read-only and every database read
 //!    to its end with its entry count, on a thread of its own while the next files
@@ -389,6 +395,9 @@ pub(crate) fn copy_hashed(
         while off < stop {
             crate::base::interrupt::check()?;
             let want = ((stop - off) as usize).min(RANGE);
+            // The next range asked of the device now, read while this one is
+            // copied and hashed.
+            read_ahead(src, off + want as u64, stop);
             let n = if ranged {
                 match copy_range(src, dst, off, want) {
                     Ok(n) => n,
@@ -438,6 +447,23 @@ pub(crate) fn copy_hashed(
         },
         if ranged { How::Ranged } else { How::Buffered },
     ))
+}
+
+/// Ask the kernel to read the range after `from` (up to [`RANGE`], within the
+/// extent ending at `stop`) into the page cache in the background (advice only).
+fn read_ahead(src: &File, from: u64, stop: u64) {
+    if from < stop {
+        let len = (stop - from).min(RANGE as u64);
+        // SAFETY: a valid descriptor; advice only, its result does not matter.
+        unsafe {
+            libc::posix_fadvise(
+                src.as_raw_fd(),
+                from as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
 }
 
 /// A reflink of the whole of `src` into `dst` (FICLONE), where the filesystem has
