@@ -124,7 +124,6 @@ pub(crate) fn allocated_here(
     links: &[crate::restore::linked::Linked],
     dir: &Path,
 ) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     m.files
         .iter()
         .filter(|f| {
