@@ -44,6 +44,23 @@ on each data shape (--shapes: inline, blob, log, many, mixed), each its own rows
 --scale instead measures synbackup (and what --commands adds) on the mixed shape at
 growing sizes.
 
+--restore instead measures getting a backup back, on each shape (one synbackup
+backup of it, made first, is the source of every row):
+
+  synbackup-restore  synbackup restore BACKUP DIR (DIR new: nothing to stop or move
+                     aside; the backup checked, copied, every byte checked, synced)
+  cp                 cp -a --sparse=always BACKUP DIR; sync
+  cp-b3sum           the same, then b3sum -c of the manifest's digests in DIR
+                     (`synbackup verify --print-sums`): a copy checked with
+                     standard tools
+  dd-direct          dd oflag=direct conv=fdatasync of the backup's data bytes: the
+                     write limit
+  read-direct        O_DIRECT read of the backup's data extents in file order: the
+                     read limit (cold)
+
+Synapse 2.x has no restore tool of its own (its documented restore is to stop the
+service and copy the backup directory into place: the cp row).
+
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
 10 ms from /proc/PID/status). Then, when the venv can run a Cortex: the freeze
@@ -486,12 +503,15 @@ def read_runs(spec):
         try:
             for off, length in merged_runs(runs, READ_MERGE_GAP):
                 while length > 0:
-                    n = os.preadv(fd, [view[:min(length, 8 * MIB)]], off)
+                    want = min(length, 8 * MIB)
+                    n = os.preadv(fd, [view[:want]], off)
                     if n <= 0:
                         break
                     off += n
                     length -= n
                     total += n
+                    if n < want:
+                        break  # the end of the file (a run rounded up to whole pages)
         finally:
             os.close(fd)
     print(total)
@@ -961,6 +981,182 @@ class Bench:
         rmtree(self.out)
         if self.cell3:
             self.cell3.detach()
+
+
+# ---------------------------------------------------------------------------------
+# Restore: a backup back into a service directory (--restore)
+
+RESTORE_COMMANDS = ('synbackup-restore', 'cp', 'cp-b3sum', 'dd-direct', 'read-direct')
+
+
+def data_runs(top):
+    """Every regular file under top with its data extents (holes left out), in
+    walk order: [(path, [(offset, length), ...])], and their total."""
+    out = []
+    total = 0
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            p = os.path.join(root, name)
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                runs = []
+                pos = 0
+                while pos < size:
+                    try:
+                        start = os.lseek(fd, pos, os.SEEK_DATA)
+                    except OSError:
+                        break
+                    stop = os.lseek(fd, start, os.SEEK_HOLE)
+                    # Whole pages, as O_DIRECT reads them (the last one ends short).
+                    runs.append((start, -(-(stop - start) // 4096) * 4096))
+                    total += stop - start
+                    pos = stop
+            finally:
+                os.close(fd)
+            out.append((p, runs))
+    return out, total
+
+
+class RestoreBench:
+    """One shape's restore rows: its backup made once, then every command, warm and
+    cold, each round."""
+
+    def __init__(self, args, src, shape):
+        self.args = args
+        self.shape = shape
+        self.out = os.path.join(args.workdir, 'out')
+        self.dir = os.path.join(self.out, 'svc')
+        self.backup = os.path.join(args.workdir, f'restore-backup-{os.path.basename(src)}')
+        self.results = []
+        rmtree(self.backup)
+        r = measure([args.synbackup, 'backup', src, self.backup, '--json'])
+        if r['rc'] != 0:
+            raise SystemExit(f'synbackup backup failed: {r["stderr"]}')
+        self.sums = self.backup + '.b3sums'
+        with open(self.sums, 'wb') as f:
+            subprocess.run([args.synbackup, 'verify', '--print-sums', self.backup], stdout=f,
+                           check=True)
+        runs, self.data_bytes = data_runs(self.backup)
+        self.runs_file = self.backup + '.runs.json'
+        with open(self.runs_file, 'w') as f:
+            json.dump(runs, f)
+        log(f'{shape}: backup of {self.data_bytes / 1e9:.3f} GB of data at {self.backup}')
+
+    def commands(self):
+        a = self.args
+        cp = f'cp -a --sparse=always "{self.backup}" "{self.dir}" && sync'
+        count = -(-self.data_bytes // MIB)
+        cmds = {
+            'synbackup-restore': [a.synbackup, 'restore', self.backup, self.dir],
+            'cp': ['sh', '-c', cp],
+            'cp-b3sum': ['sh', '-c', f'{cp} && cd "{self.dir}" && b3sum -c --quiet "{self.sums}"'],
+            'dd-direct': ['dd', 'if=/dev/zero', f'of={self.out}/dd.out', 'bs=1M',
+                          f'count={count}', 'oflag=direct', 'conv=fdatasync'],
+            'read-direct': [sys.executable, os.path.abspath(__file__), '--read-runs',
+                            self.runs_file],
+        }
+        return {k: v for k, v in cmds.items() if k in a.commands}
+
+    def prepare(self, cold):
+        rmtree(self.out)
+        os.makedirs(self.out)
+        if cold:
+            drop_caches()
+        else:
+            subprocess.run(['sync'], check=True)
+            warm([self.backup])
+        time.sleep(self.args.settle)
+
+    def run(self):
+        names = list(self.commands())
+        caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
+        for rnd in range(1, self.args.rounds + 1):
+            k = (rnd - 1) % max(1, len(names))
+            order = names[k:] + names[:k]
+            for cold in caches:
+                for name in order:
+                    if name == 'read-direct' and not cold:
+                        continue  # O_DIRECT reads the device whatever the cache holds
+                    self.prepare(cold)
+                    load = loadavg()
+                    r = measure(self.commands()[name])
+                    r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load,
+                             shape=self.shape, bytes=self.data_bytes)
+                    if r['rc'] != 0:
+                        raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
+                    r.pop('stdout')
+                    r.pop('stderr')
+                    log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:17} wall '
+                        f'{r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s  RssAnon '
+                        f'{r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
+                    self.results.append(r)
+        rmtree(self.out)
+        for p in (self.backup, self.sums, self.runs_file):
+            if os.path.isdir(p):
+                rmtree(p)
+            elif os.path.exists(p):
+                os.unlink(p)
+
+
+def restore_table(results):
+    """Per shape: the medians of every restore row, and issue 36's ratios."""
+    by = {}
+    shapes = []
+    for r in results:
+        by.setdefault((r['shape'], r['name'], r['cache']), []).append(r)
+        if r['shape'] not in shapes:
+            shapes.append(r['shape'])
+
+    def wall(shape, name, cache):
+        rs = by.get((shape, name, cache))
+        return med([r['wall'] for r in rs]) if rs else float('nan')
+
+    lines = ['| shape | cache | GB of data | synbackup restore s (min–max) | cp + sync s | '
+             'cp + sync + b3sum -c s | read limit s | write limit s | restore ÷ cp (≤ 1.3) | '
+             'restore ÷ cp + b3sum | restore ÷ read + write limit (≤ 1.3, cold) | '
+             'restore CPU s | restore RssAnon MiB |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for shape in shapes:
+        for cache in ('warm', 'cold'):
+            rs = by.get((shape, 'synbackup-restore', cache))
+            if not rs:
+                continue
+            w = [r['wall'] for r in rs]
+            m = med(w)
+            cp, cpb = wall(shape, 'cp', cache), wall(shape, 'cp-b3sum', cache)
+            rd, wr = wall(shape, 'read-direct', 'cold'), wall(shape, 'dd-direct', cache)
+            floor = (rd + wr) if cache == 'cold' else float('nan')
+
+            def f(x):
+                return '' if x != x else f'{x:.2f}'
+
+            def verdict(x):
+                return '' if x != x else f'{x:.2f} {"met" if x <= 1.3 else "**missed**"}'
+            lines.append(
+                f'| {shape} | {cache} | {rs[0]["bytes"] / 1e9:.3f} | {m:.2f} ({min(w):.2f}–'
+                f'{max(w):.2f}) | {f(cp)} | {f(cpb)} | {f(rd) if cache == "cold" else ""} | '
+                f'{f(wr)} | {verdict(m / cp)} | {f(m / cpb)} | '
+                f'{verdict(m / floor) if cache == "cold" else ""} | '
+                f'{med([r["cpu"] for r in rs]):.2f} | '
+                f'{max(r["rss_anon_mib"] for r in rs):.1f} |')
+    loads = [r['load'] for r in results] or [float('nan')]
+    lines.append('')
+    lines.append(f'{len(results)} measurements; load average (1 min) at the start of each: '
+                 f'{min(loads):.2f}–{max(loads):.2f}.')
+    return '\n'.join(lines)
+
+
+def restore_run(args):
+    """--restore: every shape's restore rows."""
+    results = []
+    for shape in args.shapes:
+        src = ensure_source(args, shape)
+        b = RestoreBench(args, src, shape)
+        b.run()
+        results.extend(b.results)
+    return restore_table(results), results
 
 
 # ---------------------------------------------------------------------------------
@@ -1916,6 +2112,9 @@ def main():
                    help='length of each --mirror phase (default 30, --small 8)')
     p.add_argument('--mirror-nodes', type=int, default=None,
                    help='nodes the --mirror leader starts with (default 50000, --small 2000)')
+    p.add_argument('--restore', action='store_true',
+                   help='instead: restore rows per shape: synbackup restore against cp -a '
+                   '(+ sync, + b3sum -c) and the read and write limits, warm and cold')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
     p.add_argument('--read-ahead-kb', type=int, default=None,
@@ -1939,10 +2138,11 @@ def main():
     if args.commands is None:
         # --small keeps one row of each kind so CI exercises the harness in under a
         # minute on an idle machine (the Cortex start-up is most of it).
-        args.commands = ('synbackup' if args.scale else
+        args.commands = (','.join(RESTORE_COMMANDS) if args.restore else
+                         'synbackup' if args.scale else
                          'synbackup,python-tool,dd-direct,read-direct' if args.small else
                          'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
-        if not args.scale and not args.offsite and syn3_root(args):
+        if not args.scale and not args.offsite and not args.restore and syn3_root(args):
             args.commands += ',synbackup-3,python-tool-3,stream-3'
     args.commands = args.commands.split(',')
     if any(c in SYN3_COMMANDS for c in args.commands) and not syn3_root(args):
@@ -1994,6 +2194,11 @@ def run_benchmark(args):
                   f'offsite run: {args.offsite_source} source, {args.offsite_nights} nights, '
                   f'daily change {args.offsite_change:.1%}, deleted first '
                   f'{args.offsite_delete:.0%}', table, 'offsite', rows)
+        return 0
+    if args.restore and not args.generate_only:
+        table, rows = restore_run(args)
+        print_run(args, start_uptime, f'restore run: shapes {", ".join(args.shapes)}, '
+                  f'{args.rounds} rounds', table, 'restore', rows)
         return 0
     if args.scale and args.generate_only:
         for frac in args.scale_fractions:

@@ -36,6 +36,8 @@ mod instance {
     mod instances;
     /// The shipped alert rules and dashboard against the metrics runs write.
     mod monitoring;
+    /// Restore's copy: each byte read once, checked on the way, nothing left half done.
+    mod restore_copy;
 }
 
 /// The TLS capability.

@@ -280,11 +280,21 @@ impl HeldDir {
     /// Create the new file `name` (never an existing name, never through a link),
     /// mode 0600 until its metadata is set.
     pub(crate) fn create_new(&self, name: &OsStr) -> Result<File> {
+        self.create_new_as(name, OFlag::O_WRONLY)
+    }
+
+    /// [`create_new`](HeldDir::create_new), open for reading too: a copy read
+    /// back to check it (`restore::copy`).
+    pub(crate) fn create_new_readable(&self, name: &OsStr) -> Result<File> {
+        self.create_new_as(name, OFlag::O_RDWR)
+    }
+
+    fn create_new_as(&self, name: &OsStr, access: OFlag) -> Result<File> {
         let p = self.path.join(name);
         openat(
             self.dir.as_fd(),
             name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            access | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
         .map(File::from)

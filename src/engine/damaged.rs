@@ -2,8 +2,11 @@
 //! A published backup that a verification found damaged carries the mark
 //! [`DAMAGED_MARK`](crate::engine::manifest::DAMAGED_MARK): when it was found and
 //! the problems. Every verification of a published backup (`synbackup verify`, a
-//! restore's, a drill's) goes through [`verify_recorded`], which writes the mark on
-//! a failure and removes it when a verification passes again, so `list`, `status`
+//! drill's) goes through [`verify_recorded`], which writes the mark on a failure
+//! and removes it when a verification passes again; a restore, which checks the
+//! backup as it copies it (`restore::copy`), writes it through [`mark`] on a
+//! failure and leaves a mark it finds (its check read the page cache, not
+//! necessarily the device: `verify` removes it). So `list`, `status`
 //! and retention (`instance::catalog` reads the mark) all see the same verdict:
 //! a damaged backup is not "verified", not the "last good backup", and fills no
 //! retention slot.
@@ -55,7 +58,7 @@ pub(crate) fn verify_recorded(dir: &Path) -> Result<Report> {
 }
 
 /// Write the mark (best effort: the verdict stands without it).
-fn mark(dir: &Path, problems: &[String]) {
+pub(crate) fn mark(dir: &Path, problems: &[String]) {
     let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     match write_mark(dir, &when, problems) {
         Ok(()) => log::warn!(

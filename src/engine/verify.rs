@@ -217,22 +217,7 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         ..Report::default()
     };
 
-    let mut present = Present::default();
-    if let Err(e) = walk_tree(dir, Path::new(""), &mut present) {
-        r.problems
-            .push(format!("cannot list {}: {e}", dir.display()));
-    }
-    check_layout(dir, &m, &present, &mut r);
-    let listed: BTreeSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
-    for extra in present.files.difference(&listed) {
-        if manifest::is_own_file(extra) || extra.ends_with("/lock.mdb") {
-            continue;
-        }
-        r.problems.push(format!(
-            "{}: not in the manifest",
-            dir.join(path_of(extra)).display()
-        ));
-    }
+    let (present, listed) = check_tree(dir, &m, &mut r);
 
     // Each environment is checked (opened, every database read) on a thread of its
     // own as soon as its data.mdb has hashed correctly, while the next files are
@@ -245,7 +230,6 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         .enumerate()
         .map(|(i, e)| (format!("{}/data.mdb", e.path), i))
         .collect();
-    let mut checked = vec![false; m.environments.len()];
     let outcomes = std::thread::scope(|s| -> Result<Vec<(usize, EnvOutcome)>> {
         let (to_checker, todo) = std::sync::mpsc::channel::<usize>();
         let envs = &m.environments;
@@ -260,7 +244,6 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
         for f in &m.files {
             let hashed_ok = hash_listed_file(dir, f, algo, &present, &m.format, &mut r)?;
             if let (true, Some(&i)) = (hashed_ok, env_of.get(&f.path)) {
-                checked[i] = true;
                 // The checker ends only with the channel: a send cannot fail.
                 let _ = to_checker.send(i);
             }
@@ -270,15 +253,7 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
             .join()
             .map_err(|_| anyhow::anyhow!("the environment check of {} panicked", dir.display()))
     })?;
-    for (i, e) in m.environments.iter().enumerate() {
-        let data_rel = format!("{}/data.mdb", e.path);
-        if !checked[i] && !listed.contains(&data_rel) {
-            r.problems.push(format!(
-                "{}: environment without a data.mdb in the manifest",
-                dir.join(path_of(&e.path)).display()
-            ));
-        }
-    }
+    check_envs_listed(dir, &m, &listed, &mut r.problems);
     // In the manifest's order, whatever order the checks ended in.
     let mut outcomes = outcomes;
     outcomes.sort_by_key(|(i, _)| *i);
@@ -298,9 +273,100 @@ pub(crate) fn verify(dir: &Path) -> Result<Report> {
     Ok(r)
 }
 
+/// The tree at `dir` against the manifest `m`, reading no file's data: the
+/// layout (directories, links, their modes and xattrs) and nothing unlisted.
+/// Returns what is there and what the manifest lists.
+fn check_tree(dir: &Path, m: &Manifest, r: &mut Report) -> (Present, BTreeSet<String>) {
+    let mut present = Present::default();
+    if let Err(e) = walk_tree(dir, Path::new(""), &mut present) {
+        r.problems
+            .push(format!("cannot list {}: {e}", dir.display()));
+    }
+    check_layout(dir, m, &present, r);
+    let listed: BTreeSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
+    for extra in present.files.difference(&listed) {
+        if manifest::is_own_file(extra) || extra.ends_with("/lock.mdb") {
+            continue;
+        }
+        r.problems.push(format!(
+            "{}: not in the manifest",
+            dir.join(path_of(extra)).display()
+        ));
+    }
+    (present, listed)
+}
+
+/// Every environment of the manifest has its `data.mdb` listed.
+fn check_envs_listed(
+    dir: &Path,
+    m: &Manifest,
+    listed: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
+    for e in &m.environments {
+        if !listed.contains(&format!("{}/data.mdb", e.path)) {
+            problems.push(format!(
+                "{}: environment without a data.mdb in the manifest",
+                dir.join(path_of(&e.path)).display()
+            ));
+        }
+    }
+}
+
+/// The backup at `dir` checked as `verify` checks it, but reading no file's data
+/// (a restore reads each byte once, as it copies it: `restore::copy`): the
+/// manifest, the layout, and every listed file there as a plain file with its
+/// size, mode and xattrs. Errors only when the manifest cannot be read.
+pub(crate) fn check_structure(dir: &Path) -> Result<(Manifest, Report)> {
+    let m = Manifest::load(dir)?;
+    let mut r = Report {
+        backup: dir.to_string_lossy().into_owned(),
+        hash: m.algo().name().to_string(),
+        ..Report::default()
+    };
+    let (present, listed) = check_tree(dir, &m, &mut r);
+    let v2 = m.format != manifest::FORMAT_V1;
+    for f in &m.files {
+        let path = dir.join(path_of(&f.path));
+        if present.links.contains(&f.path) {
+            r.problems
+                .push(format!("{}: a symlink, not a file", path.display()));
+            continue;
+        }
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                if meta.len() != f.size {
+                    r.problems.push(format!(
+                        "{}: size {} but the manifest says {}",
+                        path.display(),
+                        meta.len(),
+                        f.size
+                    ));
+                }
+                r.files += 1;
+                r.bytes += meta.len();
+                check_file_meta(&path, f, v2, &mut r.problems);
+            }
+            Ok(_) => r
+                .problems
+                .push(format!("{}: not a plain file", path.display())),
+            Err(e) => r.problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    check_envs_listed(dir, &m, &listed, &mut r.problems);
+    Ok((m, r))
+}
+
+/// One environment of a backup's copy (`dir`, e.g. a restore's staging copy)
+/// checked as `verify` checks the backup's: opened read-only, every recorded
+/// database read to its end with its entry count. Its problems, if any.
+pub(crate) fn check_env_copy(dir: &Path, expected: &BTreeMap<String, u64>) -> Vec<String> {
+    check_env(dir, expected).err().unwrap_or_default()
+}
+
 /// What the manifest says the frozen cell reported (`cell`) against the backup's
-/// own files: its nexus index and iden.
-fn check_cell_claim(dir: &Path, m: &Manifest, problems: &mut Vec<String>) {
+/// own files (or a copy of them at `dir`): its nexus index and iden.
+pub(crate) fn check_cell_claim(dir: &Path, m: &Manifest, problems: &mut Vec<String>) {
     let Some(cell) = &m.cell else {
         return;
     };

@@ -4,9 +4,11 @@
 //!
 //! Order: check what changes nothing first (the unit exists and runs on DIR, DIR
 //! is not a mount point, a running service is refused unless a unit is named, the
-//! backup is of the same cell unless `--force`), then verify the backup; check
-//! space; copy it (sparse-aware, owners, modes and times kept, every file's SHA-256
-//! checked against the manifest on the way) into a staging sibling of DIR while the
+//! backup is of the same cell unless `--force`), then check the backup's structure
+//! (`copy`: its data is checked as it is copied); check space; copy it (each byte
+//! read once, sparse-aware, owners, modes and times kept, every file's digest
+//! checked against the manifest and every environment read to its end on the
+//! copy, `copy`) into a staging sibling of DIR while the
 //! service still runs; only then stop the service, move DIR aside to
 //! `DIR.pre-restore-TIMESTAMP` (never deleted), rename the staging copy into place,
 //! fsync, start the service again, wait for its health check and print how to undo.
@@ -37,6 +39,8 @@
 
 /// `restore --certs`: the backup's certificate directory put back in place.
 pub(crate) mod certs;
+/// The copy, each byte of the backup read once and checked as it is copied.
+pub(crate) mod copy;
 /// Links the backup followed (a layer on another disk), restored as links.
 pub(crate) mod linked;
 /// `restore --dry-run`: the restore's steps, taking none.
@@ -44,7 +48,6 @@ pub(crate) mod plan;
 /// Roles (leader, mirror) and nexus indexes of the directory and the backup.
 pub(crate) mod roles;
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -178,12 +181,7 @@ impl Held {
 /// the links themselves recreated (`linked`). Every name is made beneath a held
 /// directory's descriptor ([`Held`]).
 fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -> Result<u64> {
-    let algo = manifest.algo();
-    let want: BTreeMap<&str, &str> = manifest
-        .files
-        .iter()
-        .map(|f| (f.path.as_str(), f.digest(algo)))
-        .collect();
+    let checker = copy::Checker::new(backup, manifest)?;
     let plan = scan::scan(backup, &scan::compile_skipdirs(&[])?)?;
     let mut held = Held::default();
     held.hold_parent(dst)?;
@@ -207,28 +205,12 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
         let sp = backup.join(rel);
         let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
         let (parent, name) = held.parent_of(dp)?;
-        let df = parent.create_new(name)?;
-        let h = fsutil::copy_sparse_hashed(&sf, &sp, &df, dp, algo, |_| {
-            crate::base::interrupt::check()
-        })?;
-        // The manifest's own key: a name that is not UTF-8 is `hex:`, never lossy.
-        let key = crate::engine::manifest::path_key(rel);
-        if let Some(expected) = want.get(key.as_str()) {
-            if *expected != h.digest {
-                return Err(fail(
-                    Code::Verify,
-                    format!(
-                        "{} changed since it was verified ({} mismatch)",
-                        sp.escaped(),
-                        algo.label()
-                    ),
-                ));
-            }
-        }
+        let df = parent.create_new_readable(name)?;
+        let data_bytes = checker.copy_file(rel, &sf, &df, dp)?;
         // The engine's metadata copy: owner, mode, times and xattrs/ACLs.
         fsutil::copy_meta_fd(&df, dp, meta, true, &xattrs::read(&sf, &sp)?)?;
         sync.file_done(&df, dp)?;
-        Ok(h.data_bytes)
+        Ok(data_bytes)
     };
     let make_link = |held: &Held, p: &Path, target: &Path, meta: &fs::Metadata| -> Result<()> {
         let (parent, name) = held.parent_of(p)?;
@@ -261,10 +243,19 @@ fn copy_tree(backup: &Path, dst: &Path, manifest: &Manifest, links: &[Linked]) -
                 let data_rel = rel.join("data.mdb");
                 let meta = fs::symlink_metadata(backup.join(&data_rel))?;
                 bytes += copy_file(&held, &data_rel, &p.join("data.mdb"), &meta)?;
+                checker.env_copied(rel, &p, held.get(&p)?.file())?;
             }
             _ => bytes += copy_file(&held, rel, &p, meta)?,
         }
     }
+    // The environments read on the copy; the nexus there unless a followed link
+    // took it elsewhere.
+    let nexus = Path::new("slabs/nexus.lmdb");
+    let copy = held.get(dst)?;
+    checker.finish(match linked::dest(links, dst, nexus) {
+        Some(p) if p == dst.join(nexus) => Some((dst, copy.file())),
+        _ => None,
+    })?;
     for item in plan.items.iter().rev() {
         if let Item::Dir { rel, meta } | Item::Env { rel, meta, .. } = item {
             if let Some(p) = linked::dest(links, dst, rel) {
@@ -667,8 +658,13 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
             settings: Vec::new(),
         });
     }
-    // 2. Verify; the links the backup followed, checked where their data goes.
-    let manifest = verify_backup(&backup)?;
+    // 2. Check (a copy fetched for this restore and moved into place: verify); the
+    // links the backup followed, checked where their data goes.
+    let manifest = if t.disposable {
+        verify_backup(&backup)?
+    } else {
+        copy::checked_manifest(&backup)?
+    };
     let stamp = Utc::now().format(kept::STAMP).to_string();
     let mut links = linked::plan(&backup, &manifest, dir, &stamp)?;
     let cert_target = match &t.certs {
@@ -678,6 +674,9 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     if let Some(target) = &cert_target {
         // Before anything changes; checked again where the files are written.
         certs::refuse_planted_links(target)?;
+        if !t.disposable {
+            copy::check_carried_certs(&backup, &manifest)?;
+        }
     }
     // 3. Space, then the staging copy while the service still runs.
     let staged = stage(t, &backup, &manifest, &links, outcome)?;
@@ -909,7 +908,7 @@ fn stage(
         )
     })?;
     linked::check_space(links)?;
-    let room = room(t, manifest, links)?;
+    let room = room(t, backup, manifest, links)?;
     refuse_no_room(t, &room)?;
     let need = room.need;
     let staging = Staging::beside(dir, "restoring");
@@ -976,13 +975,16 @@ struct Room {
 /// Step 3's measure: the backup's bytes less what goes to the targets of followed
 /// links (checked there by `linked::check_space`), against what is free beside
 /// the directory.
-fn room(t: &Target, manifest: &Manifest, links: &[Linked]) -> Result<Room> {
+fn room(t: &Target, backup: &Path, manifest: &Manifest, links: &[Linked]) -> Result<Room> {
+    // What goes to the targets of followed links needs room there, not here.
     let elsewhere: u64 = links
         .iter()
         .filter_map(|l| l.to.as_ref())
         .map(|o| o.bytes)
         .sum();
     let need: u64 = manifest.files.iter().map(|f| f.size).sum::<u64>() - elsewhere;
+    // What the copy takes there: holes stay holes.
+    let need = need.min(copy::allocated_here(backup, manifest, links, &t.dir));
     let mut at = t.dir.parent().unwrap_or(Path::new("/"));
     while !at.exists() {
         at = at.parent().unwrap_or(Path::new("/"));

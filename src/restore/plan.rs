@@ -105,7 +105,7 @@ fn plan_local(t: &Target, force: bool, plan: &mut Plan) -> Result<()> {
             target.display()
         ));
     }
-    let room = room(t, &manifest, &links)?;
+    let room = room(t, &backup, &manifest, &links)?;
     let fits = linked::check_space(&links).and_then(|()| refuse_no_room(t, &room));
     plan.say(format!(
         "would copy it to {} while the service runs: {} needed, {} free in {}{}",

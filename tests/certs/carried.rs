@@ -213,6 +213,19 @@ fn verify_fails_when_a_carried_file_changes_and_bad_cert_dirs_are_refused() {
         "{}",
         stderr(&o)
     );
+    // restore --certs hashes the carried files before anything changes (the copy
+    // of the service directory does not hold them): exit 6, nothing swapped.
+    let target = h.root.join("restored-from-damaged");
+    let o = h.run(&[
+        &"restore",
+        &"--certs",
+        &"--cert-dir",
+        &h.root.join("certs-out"),
+        &b,
+        &target,
+    ]);
+    assert_fails(&o, 6, "synbackup-certs/cas/testca.crt: BLAKE3 mismatch");
+    assert!(!target.exists() && !h.root.join("certs-out").exists());
 
     // A certificate directory that is not there: one error line, exit 3, nothing made.
     let dst = h.root.join("plain");
