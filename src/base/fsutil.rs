@@ -241,22 +241,16 @@ pub(crate) fn open_scanned(
     } else {
         open_beneath(root, rel, flags)
     };
-    let changed = |now: &str| {
-        fail(
-            Code::BadPath,
-            format!(
-                "{} changed between the scan and the copy ({now}); a file replaced during a backup is not Synapse's doing: find who writes in {}, then run again",
-                path.display(),
-                root_path.display()
-            ),
-        )
-    };
     let file = match opened {
         Ok(f) => f,
         Err(e)
             if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) =>
         {
-            return Err(changed("a symlink is now on its path"));
+            return Err(changed_since_scan(
+                &path,
+                root_path,
+                "a symlink is now on its path",
+            ));
         }
         Err(e) => {
             return Err(fail(
@@ -271,24 +265,55 @@ pub(crate) fn open_scanned(
     let now = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
+    check_scanned(&now, scanned, &path, root_path)?;
+    Ok(file)
+}
+
+/// The failure of a copy whose source `path` (in the tree `root_path`) is not what
+/// the scan recorded (`now` says how): exit 3, naming it.
+pub(crate) fn changed_since_scan(path: &Path, root_path: &Path, now: &str) -> anyhow::Error {
+    fail(
+        Code::BadPath,
+        format!(
+            "{} changed between the scan and the copy ({now}); a file replaced during a backup is not Synapse's doing: find who writes in {}, then run again",
+            path.display(),
+            root_path.display()
+        ),
+    )
+}
+
+/// Fail ([`changed_since_scan`]) unless `now`, the metadata of what was opened at
+/// `path`, is the file the scan recorded as `scanned`: device, inode and type.
+pub(crate) fn check_scanned(
+    now: &Metadata,
+    scanned: &Metadata,
+    path: &Path,
+    root_path: &Path,
+) -> Result<()> {
     if now.dev() != scanned.dev()
         || now.ino() != scanned.ino()
         || now.file_type() != scanned.file_type()
     {
-        return Err(changed(&format!(
-            "scanned as inode {}:{}, now inode {}:{}{}",
-            scanned.dev(),
-            scanned.ino(),
-            now.dev(),
-            now.ino(),
-            if now.is_file() {
-                ""
-            } else {
-                ", not a plain file"
-            }
-        )));
+        return Err(changed_since_scan(
+            path,
+            root_path,
+            &format!(
+                "scanned as inode {}:{}, now inode {}:{}{}",
+                scanned.dev(),
+                scanned.ino(),
+                now.dev(),
+                now.ino(),
+                if now.file_type() == scanned.file_type() {
+                    ""
+                } else if scanned.is_dir() {
+                    ", not a directory"
+                } else {
+                    ", not a plain file"
+                }
+            ),
+        ));
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Open `rel` beneath the directory `root` for reading, following no link.
