@@ -316,6 +316,30 @@ pub(crate) fn check_scanned(
     Ok(())
 }
 
+/// Rename `from` to `to` unless something (anything: a file, a link, an empty
+/// directory) is at `to`: then `EEXIST`, and both stay as they were (renameat2
+/// `RENAME_NOREPLACE`). A plain rename would silently replace a file, a link or an
+/// empty directory there, whoever put it there between a check and the rename.
+/// On a file system without the flag (`EINVAL`), checked just before the rename
+/// instead (logged).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            log::debug!(
+                "{}: no RENAME_NOREPLACE on this file system; checking before the rename",
+                to.display()
+            );
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
 /// Open `rel` beneath the directory `root` for reading, following no link.
 fn open_beneath(root: &File, rel: &Path, flags: i32) -> io::Result<File> {
     use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
@@ -835,6 +859,33 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_rename_never_replaces_what_is_at_its_target() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("svc");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("data"), "live").unwrap();
+        // An empty directory, a file, a link: rename(2) replaces the first
+        // silently (and the others when the source is a file).
+        let empty = t.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let file = t.path().join("file");
+        fs::write(&file, "theirs").unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink("/nowhere", &link).unwrap();
+        for taken in [&empty, &file, &link] {
+            let e = rename_noreplace(&dir, taken).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{}", taken.display());
+        }
+        assert!(fs::read_dir(&empty).unwrap().next().is_none());
+        assert_eq!(fs::read(&file).unwrap(), b"theirs");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/nowhere"));
+        assert_eq!(fs::read(dir.join("data")).unwrap(), b"live");
+        let free = t.path().join("free");
+        rename_noreplace(&dir, &free).unwrap();
+        assert_eq!(fs::read(free.join("data")).unwrap(), b"live");
     }
 
     #[test]

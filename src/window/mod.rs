@@ -212,11 +212,12 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     fault::point("cold-preflight")?;
 
     // 2-5. Stop, copy, swap, start: from the stop on, any failure rolls back.
-    let stamp = Utc::now().format(kept::STAMP);
+    let stamp = Utc::now().format(kept::STAMP).to_string();
     let swap = Swap {
         dir: &dir,
         new: &new,
-        aside: kept::free_aside(&dir, PRE_COLD, &stamp.to_string()),
+        keep_marker: PRE_COLD,
+        keep_stamp: &stamp,
         unit: Some(&unit),
         stop_timeout: inst.stop_timeout,
         health_timeout: inst.health_timeout,
@@ -248,10 +249,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             for line in failed {
                 log::error!("the window succeeded but a unit that depends on {unit} did not start again: {line}");
             }
-            report.kept_old = Some(crate::base::pathtext::key(&swap.aside));
+            report.kept_old = Some(crate::base::pathtext::key(&done.aside));
             report.bytes_after = disk_usage(&dir);
             report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
-            for line in kept::remove_kept(&dir, Some(&swap.aside), None) {
+            for line in kept::remove_kept(&dir, Some(&done.aside), None) {
                 log::warn!("{line}; remove it by hand");
             }
             Ok(())
