@@ -247,7 +247,7 @@ before=$(tree_kept $dir)
 swap_during_window() {
   local what=$1 path=$2 target=$3 ino rc window found
   ino=$(inode)
-  ns_exec rm -f /root/release /root/window.rc
+  ns_exec rm -f /root/release /root/window.rc /root/window.out /root/window.err
   ns_exec sh -c "SYNBACKUP_FAULT=hold:after-scan SYNBACKUP_FAULT_RELEASE=/root/release synbackup cold cortex00 >/root/window.out 2>/root/window.err; echo \$? >/root/window.rc" &
   window=$!
   held() { ns_exec grep -q 'holding at after-scan' /root/window.err; }
