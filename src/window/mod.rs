@@ -18,8 +18,14 @@
 //!    owners, modes and times, only sockets and `lock.mdb` left for the service to
 //!    recreate (`scan::scan_whole`); the certificate directory is not carried (a
 //!    `synbackup-certs/` a hand-made restore left in DIR stays in the kept
-//!    directory, not in the new live one);
-//! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept), `DIR.cold-new` -> `DIR`, fsync;
+//!    directory, not in the new live one). The directory is the service user's,
+//!    and it is read as a backup reads it (`fsutil::open_scanned`,
+//!    `lmdb::Env::open_held`): a file, environment, `data.mdb` or `lock.mdb`
+//!    swapped for a link after the copy's scan fails the window, naming it, and
+//!    it rolls back;
+//! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept; the name chosen as it is
+//!    renamed, never replacing anything: `service::swap`), `DIR.cold-new` -> `DIR`,
+//!    fsync;
 //! 5. start the unit and wait until the service answers `getHealthCheck` with
 //!    `nominal` or `degraded` (SYNBACKUP_HEALTH_TIMEOUT);
 //! 6. report downtime, step times, space reclaimed; remove the directories kept by
