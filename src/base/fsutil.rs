@@ -241,22 +241,16 @@ pub(crate) fn open_scanned(
     } else {
         open_beneath(root, rel, flags)
     };
-    let changed = |now: &str| {
-        fail(
-            Code::BadPath,
-            format!(
-                "{} changed between the scan and the copy ({now}); a file replaced during a backup is not Synapse's doing: find who writes in {}, then run again",
-                path.display(),
-                root_path.display()
-            ),
-        )
-    };
     let file = match opened {
         Ok(f) => f,
         Err(e)
             if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::EXDEV) =>
         {
-            return Err(changed("a symlink is now on its path"));
+            return Err(changed_since_scan(
+                &path,
+                root_path,
+                "a symlink is now on its path",
+            ));
         }
         Err(e) => {
             return Err(fail(
@@ -271,24 +265,79 @@ pub(crate) fn open_scanned(
     let now = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
+    check_scanned(&now, scanned, &path, root_path)?;
+    Ok(file)
+}
+
+/// The failure of a copy whose source `path` (in the tree `root_path`) is not what
+/// the scan recorded (`now` says how): exit 3, naming it.
+pub(crate) fn changed_since_scan(path: &Path, root_path: &Path, now: &str) -> anyhow::Error {
+    fail(
+        Code::BadPath,
+        format!(
+            "{} changed between the scan and the copy ({now}); a file replaced during a backup is not Synapse's doing: find who writes in {}, then run again",
+            path.display(),
+            root_path.display()
+        ),
+    )
+}
+
+/// Fail ([`changed_since_scan`]) unless `now`, the metadata of what was opened at
+/// `path`, is the file the scan recorded as `scanned`: device, inode and type.
+pub(crate) fn check_scanned(
+    now: &Metadata,
+    scanned: &Metadata,
+    path: &Path,
+    root_path: &Path,
+) -> Result<()> {
     if now.dev() != scanned.dev()
         || now.ino() != scanned.ino()
         || now.file_type() != scanned.file_type()
     {
-        return Err(changed(&format!(
-            "scanned as inode {}:{}, now inode {}:{}{}",
-            scanned.dev(),
-            scanned.ino(),
-            now.dev(),
-            now.ino(),
-            if now.is_file() {
-                ""
-            } else {
-                ", not a plain file"
-            }
-        )));
+        return Err(changed_since_scan(
+            path,
+            root_path,
+            &format!(
+                "scanned as inode {}:{}, now inode {}:{}{}",
+                scanned.dev(),
+                scanned.ino(),
+                now.dev(),
+                now.ino(),
+                if now.file_type() == scanned.file_type() {
+                    ""
+                } else if scanned.is_dir() {
+                    ", not a directory"
+                } else {
+                    ", not a plain file"
+                }
+            ),
+        ));
     }
-    Ok(file)
+    Ok(())
+}
+
+/// Rename `from` to `to` unless something (anything: a file, a link, an empty
+/// directory) is at `to`: then `EEXIST`, and both stay as they were (renameat2
+/// `RENAME_NOREPLACE`). A plain rename would silently replace a file, a link or an
+/// empty directory there, whoever put it there between a check and the rename.
+/// On a file system without the flag (`EINVAL`), checked just before the rename
+/// instead (logged).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            log::debug!(
+                "{}: no RENAME_NOREPLACE on this file system; checking before the rename",
+                to.display()
+            );
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 /// Open `rel` beneath the directory `root` for reading, following no link.
@@ -810,6 +859,33 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_rename_never_replaces_what_is_at_its_target() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("svc");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("data"), "live").unwrap();
+        // An empty directory, a file, a link: rename(2) replaces the first
+        // silently (and the others when the source is a file).
+        let empty = t.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let file = t.path().join("file");
+        fs::write(&file, "theirs").unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink("/nowhere", &link).unwrap();
+        for taken in [&empty, &file, &link] {
+            let e = rename_noreplace(&dir, taken).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{}", taken.display());
+        }
+        assert!(fs::read_dir(&empty).unwrap().next().is_none());
+        assert_eq!(fs::read(&file).unwrap(), b"theirs");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/nowhere"));
+        assert_eq!(fs::read(dir.join("data")).unwrap(), b"live");
+        let free = t.path().join("free");
+        rename_noreplace(&dir, &free).unwrap();
+        assert_eq!(fs::read(free.join("data")).unwrap(), b"live");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::base::progress::Reporter;
 use crate::engine::certdir::{self, Carried, CertPlan};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::{self, FreezeMode, Frozen};
-use crate::engine::lmdb::{Env, EnvInfo, Snapshot};
+use crate::engine::lmdb::{self, Env, EnvInfo, Snapshot};
 use crate::engine::lockowner;
 use crate::engine::manifest::{
     self, CellAtSnapshot, DirEntry, EnvEntry, FileEntry, FreezeInfo, FromMirror, LinkEntry,
@@ -158,10 +158,31 @@ struct EnvJob {
     plain: u64,
 }
 
-fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> {
+/// Open the environment the scan recorded at `rel` (its directory `dir_meta`, its
+/// `data.mdb` `data_meta`; `followed`: the scan's followed links) Live, from its
+/// directory opened without following links and checked against the scan, as the
+/// plain files are (`fsutil::open_scanned`): an environment, or its `data.mdb` or
+/// `lock.mdb`, swapped for a link since the scan fails the run naming it (exit 3).
+fn open_env(
+    src: &Path,
+    rel: &Path,
+    dir_meta: &fs::Metadata,
+    data_meta: &fs::Metadata,
+    followed: &[(PathBuf, PathBuf)],
+) -> Result<EnvJob> {
     let dir = src.join(rel);
     let data = dir.join("data.mdb");
-    let env = lockowner::open_live(&dir).map_err(|e| {
+    let root = fsutil::open_source_root(src)?;
+    let via_link = followed.iter().any(|(link, _)| rel.starts_with(link));
+    let held = lmdb::Held {
+        dir: Arc::new(fsutil::open_scanned(&root, src, rel, via_link, dir_meta)?.into()),
+        data: Arc::new(data_meta.clone()),
+        root: src.to_path_buf(),
+    };
+    let env = lockowner::open_live(held, &dir).map_err(|e| {
+        if crate::base::exit::code_of(&e) == Code::BadPath {
+            return e;
+        }
         bad(format!(
             "{} cannot be opened as LMDB ({}); if it is damaged, restore it from an older backup",
             data.display(),
@@ -169,7 +190,7 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
         ))
     })?;
     let info = env.info()?;
-    check_not_truncated(&data, &info)?;
+    check_not_truncated(&data, &env.data_file()?, &info)?;
     let compacted = {
         let txn = env.read_txn()?;
         txn.compacted_pages(&info)? * info.page_size
@@ -183,11 +204,13 @@ fn open_env(src: &Path, rel: &Path, data_meta: &fs::Metadata) -> Result<EnvJob> 
     })
 }
 
-/// Fail when `data` is shorter than its newest meta page says, compared against its
-/// size now (it may have grown since the scan); returns its metadata now.
-fn check_not_truncated(data: &Path, info: &EnvInfo) -> Result<fs::Metadata> {
-    let meta =
-        fs::metadata(data).map_err(|e| bad(format!("cannot stat {}: {e}", data.display())))?;
+/// Fail when `data` (open as `file`, LMDB's own) is shorter than its newest meta
+/// page says, compared against its size now (it may have grown since the scan);
+/// returns its metadata now.
+fn check_not_truncated(data: &Path, file: &File, info: &EnvInfo) -> Result<fs::Metadata> {
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot stat {}: {e}", data.display())))?;
     let needed = (info.last_pgno + 1) * info.page_size;
     if meta.len() < needed {
         return Err(bad(format!(
@@ -208,13 +231,23 @@ struct Sized {
     needed: u64,
 }
 
-fn size_up(src: &Path, skipdirs: &[String], whole: bool, copy: CopyMode) -> Result<Sized> {
+/// `copying`: this is the copy's scan (not an estimate's): the test point
+/// `after-scan` (between the scan and the first open) is passed.
+fn size_up(
+    src: &Path,
+    skipdirs: &[String],
+    whole: bool,
+    copy: CopyMode,
+    copying: bool,
+) -> Result<Sized> {
     let plan = scan_source(src, skipdirs, whole)?;
-    fault::point("after-scan")?;
+    if copying {
+        fault::point("after-scan")?;
+    }
     let mut envs = Vec::new();
     for item in plan.envs() {
-        if let Item::Env { rel, data, .. } = item {
-            envs.push(open_env(src, rel, data)?);
+        if let Item::Env { rel, meta, data } = item {
+            envs.push(open_env(src, rel, meta, data, &plan.followed)?);
         }
     }
     let file_bytes: u64 = plan
@@ -256,7 +289,7 @@ fn scan_source(src: &Path, skipdirs: &[String], whole: bool) -> Result<scan::Pla
 
 /// `whole`: as `Request::whole`.
 pub(crate) fn estimate(src: &Path, skipdirs: &[String], whole: bool) -> Result<u64> {
-    Ok(size_up(src, skipdirs, whole, CopyMode::Compact)?.needed)
+    Ok(size_up(src, skipdirs, whole, CopyMode::Compact, false)?.needed)
 }
 
 /// Run a backup. The caller logs or prints the summary.
@@ -265,7 +298,7 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     let t0 = Instant::now();
     let src = check_source(&req.src)?;
     let dst = check_destination(&src, &req.dst)?;
-    let mut sized = size_up(&src, &req.skipdirs, req.whole, req.copy)?;
+    let mut sized = size_up(&src, &req.skipdirs, req.whole, req.copy, true)?;
     let certs = match &req.cert_dir {
         Some(d) => certdir::plan_cert_dir(d, &src, &dst)?,
         None => None,
@@ -656,7 +689,11 @@ fn take_snapshots(
         changes = set.changes;
         for e in set.envs {
             let snap = Snapshot::take(e.env)?;
-            let meta = check_not_truncated(&snap.dir().join("data.mdb"), &snap.info()?)?;
+            let meta = check_not_truncated(
+                &snap.dir().join("data.mdb"),
+                &snap.data_file()?,
+                &snap.info()?,
+            )?;
             snaps.push((e.rel, meta, snap));
         }
         fault::point("after-freeze")
@@ -738,12 +775,12 @@ fn env_set_now(
     for item in now.items {
         let rel = item_rel(&item).to_path_buf();
         match &item {
-            Item::Env { data, .. } if new_envs.contains(&rel) => {
+            Item::Env { meta, data, .. } if new_envs.contains(&rel) => {
                 log::info!(
                     "{} was created since the scan; it is included",
                     src.join(&rel).display()
                 );
-                kept.push(open_env(src, &rel, data)?);
+                kept.push(open_env(src, &rel, meta, data, &now.followed)?);
                 added.push(item);
             }
             Item::Dir { .. }

@@ -17,7 +17,7 @@
 //! pages.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -154,7 +154,7 @@ impl Iterator for LiveRuns {
 
 impl Prefetch {
     /// `whole`: the whole used range (a plain copy reads the free pages too).
-    fn start(snap: &Snapshot, path: PathBuf, whole: bool) -> Option<Prefetch> {
+    fn start(snap: &Snapshot, whole: bool) -> Option<Prefetch> {
         let info = snap.info().ok()?;
         let used = (info.last_pgno + 1) * info.page_size;
         let free = if whole || used <= 2 * PREFETCH_WINDOW {
@@ -177,12 +177,13 @@ impl Prefetch {
             return None;
         }
         let psize = info.page_size;
+        // LMDB's own descriptor of data.mdb, not the file at its path now.
+        let f = snap.data_file().ok()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("lmdb-prefetch".into())
             .spawn(move || {
-                let Ok(f) = File::open(&path) else { return };
                 read_ahead(&f, runs, psize, &stop2);
             })
             .ok()?;
@@ -608,7 +609,7 @@ impl Copy {
             pieces_written: 0,
         };
         let mode = self.mode;
-        let _prefetch = Prefetch::start(&self.snap, dir.join("data.mdb"), mode == CopyMode::Plain);
+        let _prefetch = Prefetch::start(&self.snap, mode == CopyMode::Plain);
         let (sink, queues) = Sink::with_queues(self.algo)?;
         let snap = self.snap;
         let end = std::thread::scope(|s| {
@@ -655,6 +656,7 @@ mod tests {
     use super::*;
     use crate::engine::lmdb::{Env, Mode};
     use ::lmdb::{DatabaseFlags, Environment, EnvironmentFlags, Transaction, WriteFlags};
+    use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
 
     /// An environment with inline values, overflow values (of 2, 5, 16 and 17 pages,
@@ -1173,7 +1175,7 @@ mod tests {
             gap: 0,
         }
         .live_pages();
-        Prefetch::start(&snap, data.clone(), false)
+        Prefetch::start(&snap, false)
             .expect("a prefetcher")
             .finish();
         let cached = pages_asked_for(&f, used);

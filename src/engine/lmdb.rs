@@ -9,11 +9,21 @@
 //! reader slot per transaction, not per thread: a snapshot is taken on one thread
 //! and copied on another); our own copies, which nobody else uses, are opened
 //! `MDB_NOLOCK` so that reading them creates no `lock.mdb` inside a backup.
+//!
+//! A source environment sits in a tree its service's user owns, and root opens it:
+//! it is opened beneath a directory descriptor the caller checked against its scan
+//! ([`Env::open_held`]: LMDB is given `/proc/self/fd/N`), LMDB opens no file through
+//! a link at its name (vendor/lmdb/nofollow.patch: a `lock.mdb` linked to a root
+//! file would be opened read-write and written), and its `data.mdb` must be the
+//! file the scan saw (device, inode), also when it is reopened after a resize.
 
 use std::ffi::{CStr, CString};
+use std::fs::{File, Metadata};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -187,8 +197,22 @@ pub(crate) enum Mode {
 /// any thread, and we never share one between threads at the same time.
 pub(crate) struct Env {
     raw: *mut ffi::MDB_env,
+    /// The directory as shown to the operator.
     dir: PathBuf,
     mode: Mode,
+    /// The directory LMDB was given, when held ([`Env::open_held`]), and the
+    /// `data.mdb` (device, inode) it must hold.
+    held: Option<Held>,
+}
+
+/// A source environment's directory, opened without following links and checked
+/// against the scan, and the `data.mdb` the scan recorded in it.
+#[derive(Clone)]
+pub(crate) struct Held {
+    pub(crate) dir: Arc<OwnedFd>,
+    pub(crate) data: Arc<Metadata>,
+    /// The source tree the scan walked (named in the error when it changed).
+    pub(crate) root: PathBuf,
 }
 
 // SAFETY: MDB_env with MDB_NOTLS may be used from other threads; Env is moved, not
@@ -213,12 +237,28 @@ impl Env {
     /// Open the environment in directory `dir` read-only. The map size is the size of
     /// `data.mdb` (what Synapse's tool does): big enough for everything written.
     pub(crate) fn open(dir: &Path, mode: Mode) -> Result<Env> {
+        Self::open_in(dir, None, mode)
+    }
+
+    /// Open the environment in `held.dir` (shown as `dir`): LMDB resolves its files
+    /// beneath that descriptor and through no link; its `data.mdb` must be
+    /// `held.data` (device, inode), else it fails naming it, as
+    /// [`fsutil::open_scanned`](crate::base::fsutil::open_scanned) does (exit 3).
+    pub(crate) fn open_held(held: Held, dir: &Path, mode: Mode) -> Result<Env> {
+        Self::open_in(dir, Some(held), mode)
+    }
+
+    fn open_in(dir: &Path, held: Option<Held>, mode: Mode) -> Result<Env> {
+        let at = match &held {
+            Some(h) => PathBuf::from(format!("/proc/self/fd/{}", h.dir.as_raw_fd())),
+            None => dir.to_path_buf(),
+        };
         let data = dir.join("data.mdb");
-        let len = std::fs::metadata(&data)
+        let len = std::fs::symlink_metadata(at.join("data.mdb"))
             .with_context(|| format!("cannot stat {}", data.display()))?
             .len();
         let map_size = len.div_ceil(4096).max(1) * 4096;
-        let cdir = CString::new(dir.as_os_str().as_bytes())
+        let cdir = CString::new(at.as_os_str().as_bytes())
             .with_context(|| format!("path {} contains a NUL byte", dir.display()))?;
         let mut raw = ptr::null_mut();
         // SAFETY: plain FFI calls on a handle we own; errors close the handle.
@@ -229,6 +269,7 @@ impl Env {
                 raw,
                 dir: dir.to_path_buf(),
                 mode: Mode::Private,
+                held: None,
             };
             check(ffi::mdb_env_set_mapsize(raw, map_size as usize))
                 .with_context(|| format!("cannot set map size of {}", dir.display()))?;
@@ -256,10 +297,29 @@ impl Env {
                 Mode::Live => flags |= ffi::MDB_NORDAHEAD,
                 Mode::Private => flags |= ffi::MDB_NOLOCK,
             }
-            check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600))
-                .with_context(|| format!("cannot open LMDB environment {}", dir.display()))?;
+            check(ffi::mdb_env_open(raw, cdir.as_ptr(), flags, 0o600)).map_err(|e| {
+                if e.0 == libc::ELOOP {
+                    // Which of its files is the link (LMDB opens lock.mdb first).
+                    let lock_linked = std::fs::symlink_metadata(at.join("lock.mdb"))
+                        .is_ok_and(|m| m.file_type().is_symlink());
+                    let name = if lock_linked { "lock.mdb" } else { "data.mdb" };
+                    crate::base::fsutil::changed_since_scan(
+                        &dir.join(name),
+                        held.as_ref().map_or(dir, |h| h.root.as_path()),
+                        "a symlink is now in its place",
+                    )
+                } else {
+                    anyhow::Error::new(e)
+                        .context(format!("cannot open LMDB environment {}", dir.display()))
+                }
+            })?;
             env.mode = mode;
             env.close_data_fd_on_exec()?;
+            if let Some(h) = &held {
+                let now = env.data_meta()?;
+                crate::base::fsutil::check_scanned(&now, &h.data, &data, &h.root)?;
+            }
+            env.held = held;
             env.clear_stale_readers();
             Ok(env)
         }
@@ -267,6 +327,33 @@ impl Env {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// LMDB's descriptor of `data.mdb`, borrowed for the env's life.
+    fn data_fd(&self) -> Result<BorrowedFd<'_>> {
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: an open env; `fd` is an out-parameter.
+        check(unsafe { ffi::mdb_env_get_fd(self.raw, &mut fd) }).context("mdb_env_get_fd")?;
+        // SAFETY: LMDB keeps the descriptor open until mdb_env_close (in drop),
+        // which the borrow of `self` outlives not.
+        Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+
+    /// The metadata of the `data.mdb` LMDB has open (not of whatever is at its
+    /// path now).
+    pub(crate) fn data_meta(&self) -> Result<Metadata> {
+        let f = self.data_file()?;
+        f.metadata()
+            .with_context(|| format!("cannot stat {}/data.mdb", self.dir.display()))
+    }
+
+    /// A descriptor of the `data.mdb` LMDB has open (its xattrs, its prefetch).
+    pub(crate) fn data_file(&self) -> Result<File> {
+        let fd = self
+            .data_fd()?
+            .try_clone_to_owned()
+            .with_context(|| format!("cannot dup {}/data.mdb", self.dir.display()))?;
+        Ok(File::from(fd))
     }
 
     /// LMDB opens `data.mdb` without `O_CLOEXEC` (its lock and meta descriptors have
@@ -410,7 +497,7 @@ impl Snapshot {
             if rc == ffi::MDB_MAP_RESIZED && tries < RESIZE_RETRIES {
                 tries += 1;
                 log::debug!("{}: map resized, reopening", env.dir.display());
-                env = Env::open(&env.dir.clone(), env.mode)?;
+                env = Env::open_in(&env.dir.clone(), env.held.clone(), env.mode)?;
                 continue;
             }
             check(rc).with_context(|| {
@@ -422,6 +509,11 @@ impl Snapshot {
 
     pub(crate) fn dir(&self) -> &Path {
         self.env.dir()
+    }
+
+    /// A descriptor of the snapshot's `data.mdb` (see [`Env::data_file`]).
+    pub(crate) fn data_file(&self) -> Result<File> {
+        self.env.data_file()
     }
 
     /// Page size and last page of the environment (newest meta page).

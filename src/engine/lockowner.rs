@@ -5,32 +5,65 @@
 //! restored directory): as root, owned by root and mode 0600, which locks the
 //! service's user out of its own data. A lock file this run created is given the
 //! owner, group and mode (read/write bits) of the environment's `data.mdb` at once.
+//! The directory is the service user's: the environment is opened beneath a
+//! descriptor checked against the scan (`Env::open_held`), and the lock file is
+//! chowned only when it is, beneath it, a plain file with one name (never a link,
+//! nor a hard link, put in its place).
 
 use std::fs::{self, File};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstatat, Mode as FileMode};
 
-use crate::engine::lmdb::{Env, Mode};
+use crate::engine::lmdb::{Env, Held, Mode};
 
-/// Open `dir` Live; a `lock.mdb` the open created gets `data.mdb`'s owner.
-pub(crate) fn open_live(dir: &Path) -> Result<Env> {
+/// Open the environment in `held` (shown as `dir`) Live; a `lock.mdb` the open
+/// created gets the owner of its `data.mdb`. Every name is looked up beneath the
+/// held directory without following a link: the service's user owns it.
+pub(crate) fn open_live(held: Held, dir: &Path) -> Result<Env> {
     let lock = dir.join("lock.mdb");
-    let existed = fs::symlink_metadata(&lock).is_ok();
-    let env = Env::open(dir, Mode::Live)?;
+    let existed = fstatat(
+        held.dir.as_fd(),
+        "lock.mdb",
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok();
+    let data = held.data.clone();
+    let dir_fd = held.dir.clone();
+    let env = Env::open_held(held, dir, Mode::Live)?;
     if !existed {
-        give_data_owner(&lock, &dir.join("data.mdb"))?;
+        give_data_owner(&dir_fd, &lock, &data)?;
     }
     Ok(env)
 }
 
-fn give_data_owner(lock: &Path, data: &Path) -> Result<()> {
-    let owner = fs::metadata(data).with_context(|| format!("cannot stat {}", data.display()))?;
-    let f = File::open(lock).with_context(|| format!("cannot open {}", lock.display()))?;
+/// Give the `lock.mdb` just created in `dir_fd` (shown as `lock`) the owner of the
+/// environment's `data.mdb` (`owner`, checked against the scan by the open). Opened
+/// beneath the directory without following a link, and only a plain file with no
+/// other name: never a file a link or hard link put in its place since.
+fn give_data_owner(dir_fd: &std::os::fd::OwnedFd, lock: &Path, owner: &fs::Metadata) -> Result<()> {
+    let fd = openat(
+        dir_fd,
+        "lock.mdb",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+        FileMode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", lock.display()))?;
+    let f = File::from(fd);
     let ours = f
         .metadata()
         .with_context(|| format!("cannot stat {}", lock.display()))?;
+    if !ours.is_file() || ours.nlink() != 1 {
+        return Err(crate::base::fsutil::changed_since_scan(
+            lock,
+            lock.parent().unwrap_or(Path::new("/")),
+            "not the lock file LMDB made: another file or a hard link is in its place",
+        ));
+    }
     if (ours.uid(), ours.gid()) != (owner.uid(), owner.gid()) {
         match nix::unistd::fchown(
             std::os::fd::AsFd::as_fd(&f),
@@ -40,11 +73,10 @@ fn give_data_owner(lock: &Path, data: &Path) -> Result<()> {
             Ok(()) => {}
             Err(nix::errno::Errno::EPERM) => {
                 log::warn!(
-                    "created {} and cannot give it the owner {}:{} of {} (not root); the service's user may not open it: remove it before starting the service",
+                    "created {} and cannot give it the owner {}:{} of its data.mdb (not root); the service's user may not open it: remove it before starting the service",
                     lock.display(),
                     owner.uid(),
                     owner.gid(),
-                    data.display()
                 );
                 return Ok(());
             }

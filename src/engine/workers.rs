@@ -180,11 +180,13 @@ fn run_task(
             };
             let described = describe_snapshot(&snap, mode)?;
             let job_dir = tmp.join(&job_rel);
+            // The xattrs of the data.mdb LMDB holds, checked against the scan at
+            // its open, not of whatever is at its path now.
+            let rel = job_rel.join("data.mdb");
+            let attrs = xattrs::read(&snap.data_file()?, &src.join(&rel))?;
             let copy = envcopy::start(snap, mode, algo)?;
             let dst = tmp.join(&job_rel).join("data.mdb");
             let hashed = copy.drain(&dst, stop, &|n| progress.add(n))?;
-            let rel = job_rel.join("data.mdb");
-            let attrs = source_xattrs(&src.join(&rel))?;
             let f = File::open(&dst)?;
             let applied = fsutil::copy_meta_fd(&f, &dst, &data_meta, false, &attrs)?;
             sync.file_done(&f, &dst)?;

@@ -304,7 +304,7 @@ impl Linked {
         if o.existed {
             // The service ran on it: nothing may hold it any more.
             holders::wait_released(&o.path, stop_timeout, true)?;
-            fs::rename(&o.path, &o.aside).map_err(|e| {
+            fsutil::rename_noreplace(&o.path, &o.aside).map_err(|e| {
                 fail(
                     Code::Other,
                     format!(
@@ -316,7 +316,7 @@ impl Linked {
             })?;
         }
         o.swapped = true;
-        fs::rename(&o.staging, &o.path).map_err(|e| {
+        fsutil::rename_noreplace(&o.staging, &o.path).map_err(|e| {
             fail(
                 Code::Other,
                 format!(
@@ -338,10 +338,10 @@ impl Linked {
         let back = (|| -> Result<()> {
             if !o.existed || o.aside.exists() {
                 if fs::symlink_metadata(&o.path).is_ok() && !o.staging.exists() {
-                    fs::rename(&o.path, &o.staging)?;
+                    fsutil::rename_noreplace(&o.path, &o.staging)?;
                 }
                 if o.existed {
-                    fs::rename(&o.aside, &o.path)?;
+                    fsutil::rename_noreplace(&o.aside, &o.path)?;
                 }
             }
             fsutil::fsync_dir(o.path.parent().unwrap_or(Path::new("/")))

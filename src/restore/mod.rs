@@ -706,7 +706,8 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let swap = Swap {
         dir,
         new: &staged.copy.path,
-        aside: kept::free_aside(dir, kept::PRE_RESTORE, &stamp.to_string()),
+        keep_marker: kept::PRE_RESTORE,
+        keep_stamp: &stamp,
         unit: t.unit.as_deref().filter(|_| running),
         stop_timeout: t.stop_timeout,
         health_timeout: t.health_timeout,
@@ -746,7 +747,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     });
     outcome.certs = certs.placed;
     if done.kept {
-        outcome.kept_previous = Some(pathtext::key(&swap.aside));
+        outcome.kept_previous = Some(pathtext::key(&done.aside));
         let u = t.unit.as_deref().unwrap_or("UNIT");
         println!(
             "to undo: systemctl stop {u}; mv {d} {r} && mv {a} {d}; systemctl start {u}",
@@ -756,7 +757,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
                 "",
                 &format!(".restored-{stamp}")
             ))),
-            a = shell_word(&swap.aside)
+            a = shell_word(&done.aside)
         );
     }
     for o in links.iter().filter_map(|l| l.to.as_ref()) {
@@ -795,7 +796,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
         if done.kept {
             format!(
                 "; the previous directory is kept at {}",
-                shell_word(&swap.aside)
+                shell_word(&done.aside)
             )
         } else {
             String::new()

@@ -220,6 +220,52 @@ mod not_running_tests {
 mod tests {
     use super::*;
 
+    /// Issue 32: the window refuses a service directory whose parent another user
+    /// could write (group or others without the sticky bit, or not root's), exit
+    /// 3, naming the parent, its owner and mode and the fix; root's 0755 and
+    /// root's sticky 1777 pass.
+    #[test]
+    fn a_parent_another_user_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (a parent owned by root, and by nobody)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let parent = t.path().join("p");
+        fs::create_dir(&parent).unwrap();
+        let dir = parent.join("svc");
+        for (mode, uid, ok) in [
+            (0o755, 0, true),
+            (0o1777, 0, true),
+            (0o775, 0, false),
+            (0o757, 0, false),
+            (0o777, 0, false),
+            (0o755, 65534, false),
+            (0o1777, 65534, false),
+        ] {
+            std::os::unix::fs::chown(&parent, Some(uid), Some(uid)).unwrap();
+            fs::set_permissions(&parent, fs::Permissions::from_mode(mode)).unwrap();
+            let r = refuse_open_parent(&dir, "the window");
+            assert_eq!(r.is_ok(), ok, "{mode:04o} owned by {uid}");
+            if let Err(e) = r {
+                assert_eq!(crate::base::exit::code_of(&e), Code::BadPath);
+                let line = e.to_string();
+                assert!(
+                    line.contains(&format!(
+                        "in {}, which is owned by {uid}:{uid} with mode {mode:04o}",
+                        parent.display()
+                    )) && line.contains(&format!(
+                        "chown root: {p}; chmod go-w {p}",
+                        p = parent.display()
+                    )),
+                    "{line}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_unit_runs_on_a_directory_named_by_a_whole_argument_only() {
         let t = tempfile::tempdir().unwrap();

@@ -5,8 +5,14 @@
 //!    an LMDB file of the directory;
 //! 2. the caller's `prepare` step (the window's compacted copy is made here, with
 //!    the service down; a restore has staged its copy before the stop);
-//! 3. swap: the live directory moves aside (kept, never deleted), the prepared
-//!    copy into its place, the parent directory fsynced;
+//! 3. swap: the live directory moves aside (kept, never deleted) under a name
+//!    chosen at that moment ([`kept::free_aside`]), the prepared copy into its
+//!    place, the parent directory fsynced. Every rename here and in the rollback
+//!    is `RENAME_NOREPLACE` ([`fsutil::rename_noreplace`]): an entry that appeared
+//!    at the name since it was chosen (an empty directory, a file, a link, made by
+//!    anyone) is never replaced; the live directory is then kept under the next
+//!    free name, and a copy or original that cannot go into place fails (rolled
+//!    back) rather than replace what is there;
 //! 4. the caller's `after_swap` step (a restore's certificate directory, undone
 //!    by its `undo` on a rollback);
 //! 5. start the unit and wait until the service answers its health check.
@@ -19,7 +25,8 @@
 //! needs. The service is never left stopped by us; if even the restart fails, the
 //! error says so and how to recover.
 //!
-//! Fault points (tests): `PREFIX-after-stop`, `PREFIX-after-swap`, `PREFIX-health`.
+//! Fault points (tests): `PREFIX-after-stop`, `PREFIX-aside-chosen` (between the
+//! choice of the kept name and the rename), `PREFIX-after-swap`, `PREFIX-health`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +38,7 @@ use crate::base::exit::{fail, Code};
 use crate::base::pathtext::Escaped;
 use crate::base::{fault, fsutil, interrupt};
 use crate::host::{holders, systemd};
+use crate::instance::kept;
 use crate::service::preflight;
 
 /// The caller's steps inside the protocol (each defaults to nothing).
@@ -54,8 +62,10 @@ pub(crate) struct Swap<'a> {
     pub(crate) dir: &'a Path,
     /// The prepared copy beside it (made by `prepare`, or staged before).
     pub(crate) new: &'a Path,
-    /// Where the live directory is kept.
-    pub(crate) aside: PathBuf,
+    /// How the live directory is kept: `DIR{marker}{stamp}` (numbered when taken),
+    /// chosen when it is moved ([`kept::free_aside`]).
+    pub(crate) keep_marker: &'a str,
+    pub(crate) keep_stamp: &'a str,
     /// The unit to stop and start again (`None`: the service is not running).
     pub(crate) unit: Option<&'a str>,
     pub(crate) stop_timeout: Duration,
@@ -75,6 +85,8 @@ pub(crate) struct Swapped {
     pub(crate) health: Option<String>,
     /// The live directory was moved aside (to `aside`, where it stays on success).
     pub(crate) kept: bool,
+    /// Where the live directory was moved (set when `kept`).
+    pub(crate) aside: PathBuf,
     /// It failed and was rolled back (the original directory in place).
     pub(crate) rolled_back: bool,
 }
@@ -94,7 +106,7 @@ impl Swap<'_> {
         log::error!("{e:#}; rolling back {}", self.dir.escaped());
         systemd::status("rolling back");
         steps.undo();
-        self.roll_back(swapped)?;
+        self.roll_back(swapped, &done.aside)?;
         done.rolled_back = true;
         done.kept = false;
         done.downtime_seconds = down.elapsed().as_secs_f64();
@@ -120,7 +132,7 @@ impl Swap<'_> {
         interrupt::check()?;
         steps.prepare()?;
         interrupt::check()?;
-        self.swap(had_dir, swapped)?;
+        self.swap(had_dir, swapped, &mut done.aside)?;
         done.kept = had_dir;
         self.fault("after-swap")?;
         steps.after_swap()?;
@@ -139,32 +151,65 @@ impl Swap<'_> {
         Ok(())
     }
 
-    /// Step 3: the live directory aside, the prepared copy into place, fsynced.
-    fn swap(&self, had_dir: bool, swapped: &mut bool) -> Result<()> {
+    /// Step 3: the live directory aside (to `aside`), the prepared copy into
+    /// place, fsynced. No rename replaces anything.
+    fn swap(&self, had_dir: bool, swapped: &mut bool, aside: &mut PathBuf) -> Result<()> {
         if had_dir {
-            fs::rename(self.dir, &self.aside).map_err(|e| {
-                fail(
-                    Code::Other,
-                    format!(
-                        "cannot move {} aside to {}: {e}",
-                        self.dir.escaped(),
-                        self.aside.escaped()
-                    ),
-                )
-            })?;
+            *aside = self.move_aside()?;
         }
         *swapped = true;
-        fs::rename(self.new, self.dir).map_err(|e| {
+        fsutil::rename_noreplace(self.new, self.dir).map_err(|e| {
             fail(
                 Code::Other,
                 format!(
-                    "cannot move {} into place at {}: {e}",
+                    "cannot move {} into place at {}: {e}{}",
                     self.new.escaped(),
-                    self.dir.escaped()
+                    self.dir.escaped(),
+                    if e.raw_os_error() == Some(libc::EEXIST) {
+                        " (something was put there since the directory was moved aside; it is left as it is)"
+                    } else {
+                        ""
+                    }
                 ),
             )
         })?;
         fsutil::fsync_dir(self.parent())
+    }
+
+    /// The live directory renamed to a free `DIR{marker}{stamp}[-N]`; a name taken
+    /// between its choice and the rename is left as it is and the next one tried.
+    fn move_aside(&self) -> Result<PathBuf> {
+        const TRIES: u32 = 20;
+        for _ in 0..TRIES {
+            let aside = kept::free_aside(self.dir, self.keep_marker, self.keep_stamp);
+            log::info!("keeping {} at {}", self.dir.escaped(), aside.escaped());
+            self.fault("aside-chosen")?;
+            match fsutil::rename_noreplace(self.dir, &aside) {
+                Ok(()) => return Ok(aside),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => log::warn!(
+                    "{} appeared since it was chosen; it is left as it is, and {} is kept under another name",
+                    aside.escaped(),
+                    self.dir.escaped()
+                ),
+                Err(e) => {
+                    return Err(fail(
+                        Code::Other,
+                        format!(
+                            "cannot move {} aside to {}: {e}",
+                            self.dir.escaped(),
+                            aside.escaped()
+                        ),
+                    ))
+                }
+            }
+        }
+        Err(fail(
+            Code::Other,
+            format!(
+                "cannot move {} aside: {TRIES} names beside it were taken as they were chosen; find what creates them",
+                self.dir.escaped()
+            ),
+        ))
     }
 
     /// Put the original directory back and start the unit again; errors only when
@@ -172,7 +217,7 @@ impl Swap<'_> {
     /// (`interrupt::shield`), and it asks systemd for the time it needs
     /// (`EXTEND_TIMEOUT_USEC`: a `systemctl stop` of the window otherwise kills it
     /// after `TimeoutStopSec=`, which cannot know the service's timeouts).
-    fn roll_back(&self, swapped: bool) -> Result<()> {
+    fn roll_back(&self, swapped: bool, aside: &Path) -> Result<()> {
         interrupt::shield();
         systemd::extend_timeout(
             2 * self.stop_timeout + 2 * self.health_timeout + Duration::from_secs(60),
@@ -184,7 +229,7 @@ impl Swap<'_> {
             }
         }
         if swapped {
-            self.put_back()?;
+            self.put_back(aside)?;
         }
         if self.new.exists() {
             if let Err(e) = fs::remove_dir_all(self.new) {
@@ -214,28 +259,29 @@ impl Swap<'_> {
     }
 
     /// Our copy out of the directory's place (nothing may hold it), the original
-    /// back in.
-    fn put_back(&self) -> Result<()> {
-        if self.dir.exists() && !self.new.exists() {
+    /// back in from `aside`; neither rename replaces anything.
+    fn put_back(&self, aside: &Path) -> Result<()> {
+        let at = |p: &Path| fs::symlink_metadata(p).is_ok();
+        if at(self.dir) && !at(self.new) {
             holders::wait_released(self.dir, self.stop_timeout, false)?;
-            fs::rename(self.dir, self.new).map_err(|e| {
+            fsutil::rename_noreplace(self.dir, self.new).map_err(|e| {
                 fail(
                     Code::Other,
                     format!(
                         "ROLLBACK FAILED: cannot move {} away: {e}; the original directory is at {}",
                         self.dir.escaped(),
-                        self.aside.escaped()
+                        aside.escaped()
                     ),
                 )
             })?;
         }
-        if self.aside.exists() {
-            fs::rename(&self.aside, self.dir).map_err(|e| {
+        if !aside.as_os_str().is_empty() && aside.is_dir() {
+            fsutil::rename_noreplace(aside, self.dir).map_err(|e| {
                 fail(
                     Code::Other,
                     format!(
                         "ROLLBACK FAILED: cannot move {} back to {}: {e}; move it back by hand and start the service",
-                        self.aside.escaped(),
+                        aside.escaped(),
                         self.dir.escaped()
                     ),
                 )

@@ -18,8 +18,14 @@
 //!    owners, modes and times, only sockets and `lock.mdb` left for the service to
 //!    recreate (`scan::scan_whole`); the certificate directory is not carried (a
 //!    `synbackup-certs/` a hand-made restore left in DIR stays in the kept
-//!    directory, not in the new live one);
-//! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept), `DIR.cold-new` -> `DIR`, fsync;
+//!    directory, not in the new live one). The directory is the service user's,
+//!    and it is read as a backup reads it (`fsutil::open_scanned`,
+//!    `lmdb::Env::open_held`): a file, environment, `data.mdb` or `lock.mdb`
+//!    swapped for a link after the copy's scan fails the window, naming it, and
+//!    it rolls back;
+//! 4. swap: `DIR` -> `DIR.pre-cold-TIMESTAMP` (kept; the name chosen as it is
+//!    renamed, never replacing anything: `service::swap`), `DIR.cold-new` -> `DIR`,
+//!    fsync;
 //! 5. start the unit and wait until the service answers `getHealthCheck` with
 //!    `nominal` or `degraded` (SYNBACKUP_HEALTH_TIMEOUT);
 //! 6. report downtime, step times, space reclaimed; remove the directories kept by
@@ -265,11 +271,12 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
     fault::point("cold-preflight")?;
 
     // 2-5. Stop, copy, swap, start: from the stop on, any failure rolls back.
-    let stamp = Utc::now().format(kept::STAMP);
+    let stamp = Utc::now().format(kept::STAMP).to_string();
     let swap = Swap {
         dir: &dir,
         new: &new,
-        aside: kept::free_aside(&dir, PRE_COLD, &stamp.to_string()),
+        keep_marker: PRE_COLD,
+        keep_stamp: &stamp,
         unit: Some(&unit),
         stop_timeout: inst.stop_timeout,
         health_timeout: inst.health_timeout,
@@ -301,10 +308,10 @@ fn window(inst: &Instance, report: &mut Report, show_bar: bool) -> Result<()> {
             for line in failed {
                 log::error!("the window succeeded but a unit that depends on {unit} did not start again: {line}");
             }
-            report.kept_old = Some(crate::base::pathtext::key(&swap.aside));
+            report.kept_old = Some(crate::base::pathtext::key(&done.aside));
             report.bytes_after = disk_usage(&dir);
             report.reclaimed_bytes = report.bytes_before.saturating_sub(report.bytes_after);
-            for line in kept::remove_kept(&dir, Some(&swap.aside), None) {
+            for line in kept::remove_kept(&dir, Some(&done.aside), None) {
                 log::warn!("{line}; remove it by hand");
             }
             Ok(())

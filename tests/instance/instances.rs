@@ -1914,3 +1914,151 @@ fn restore_never_writes_through_a_link_put_in_place_of_its_copy() {
     assert_eq!(names(&decoy), vec!["secret"], "nothing written there");
     assert_eq!(hash_tree(&svc), before, "the service directory untouched");
 }
+
+/// A restore of a fake service (no unit) into `svc`, held at the fault point
+/// `point` (until `release` exists), its stdout and stderr in files under `t`.
+fn restore_held_at(
+    t: &Path,
+    bk: &Path,
+    svc: &Path,
+    point: &str,
+) -> (std::process::Child, PathBuf, PathBuf, PathBuf) {
+    let (release, out, err) = (t.join("release"), t.join("out"), t.join("err"));
+    let child = bin()
+        .env("SYNBACKUP_FAULT", format!("hold:{point}"))
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .arg("restore")
+        .arg(bk)
+        .arg(svc)
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(60, || fs::read_to_string(&err)
+            .unwrap()
+            .contains(&format!("holding at {point}"))),
+        "{}",
+        fs::read_to_string(&err).unwrap()
+    );
+    (child, release, out, err)
+}
+
+/// The inode of `p` (not following a link).
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// Issue 32: the name a restore keeps the live directory under is chosen before
+/// the service stops, and renamed to after: an entry that appears at that name in
+/// between (here an empty directory, made by another process while the restore
+/// waits after the stop) was silently replaced by rename(2). It is left as it is,
+/// and the previous directory kept under a free name, the one printed.
+#[test]
+fn a_restore_never_replaces_an_entry_that_appeared_at_its_kept_name_after_the_stop() {
+    let t = tempfile::tempdir().unwrap();
+    let svc = t.path().join("svc");
+    fake_service(&svc, 30);
+    let bk = t.path().join("bk");
+    assert!(run(&[&"backup", &svc, &bk]).status.success());
+    fs::write(svc.join("added-later"), "x").unwrap();
+    let before = hash_tree(&svc);
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let (mut child, release, out, err) = restore_held_at(t.path(), &bk, &svc, "restore-after-stop");
+    // Every name the restore may have chosen (its stamp is a second between the
+    // start and now), taken by an empty directory.
+    let mut planted = Vec::new();
+    let mut at = from;
+    while at <= chrono::Utc::now() + chrono::Duration::seconds(1) {
+        let p = t
+            .path()
+            .join(format!("svc.pre-restore-{}", at.format("%Y%m%dT%H%M%SZ")));
+        fs::create_dir(&p).unwrap();
+        planted.push((inode(&p), p));
+        at += chrono::Duration::seconds(1);
+    }
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let (out, err) = (
+        fs::read_to_string(out).unwrap(),
+        fs::read_to_string(err).unwrap(),
+    );
+    assert_eq!(st.code(), Some(0), "{err}");
+    for (ino, p) in &planted {
+        assert!(
+            p.is_dir() && inode(p) == *ino && names(p).is_empty(),
+            "{} was replaced by the previous directory:\n{err}",
+            p.display()
+        );
+    }
+    let kept: Vec<String> = names(t.path())
+        .into_iter()
+        .filter(|n| n.starts_with("svc.pre-restore-"))
+        .filter(|n| !planted.iter().any(|(_, p)| p.ends_with(n)))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}\n{err}");
+    assert_eq!(
+        hash_tree(&t.path().join(&kept[0])),
+        before,
+        "the previous directory, kept"
+    );
+    assert!(
+        out.contains(&format!(
+            "&& mv {} {};",
+            t.path().join(&kept[0]).display(),
+            svc.display()
+        )),
+        "the undo command names the kept directory: {out}"
+    );
+}
+
+/// Issue 32: between the choice of the kept name and the rename (the fault point
+/// `restore-aside-chosen`), an entry put at that name is not replaced: the rename
+/// is RENAME_NOREPLACE, and the next free name is taken.
+#[test]
+fn a_restore_never_replaces_an_entry_that_appeared_at_its_kept_name_as_it_renames() {
+    let t = tempfile::tempdir().unwrap();
+    let svc = t.path().join("svc");
+    fake_service(&svc, 30);
+    let bk = t.path().join("bk");
+    assert!(run(&[&"backup", &svc, &bk]).status.success());
+    fs::write(svc.join("added-later"), "x").unwrap();
+    let before = hash_tree(&svc);
+    let (mut child, release, out, err) =
+        restore_held_at(t.path(), &bk, &svc, "restore-aside-chosen");
+    let log = fs::read_to_string(&err).unwrap();
+    let prefix = format!("keeping {} at ", svc.display());
+    let chosen = PathBuf::from(
+        log.lines()
+            .find_map(|l| l.split_once(&prefix).map(|(_, a)| a.to_string()))
+            .unwrap_or_else(|| panic!("no kept name logged:\n{log}")),
+    );
+    fs::create_dir(&chosen).unwrap();
+    let planted = inode(&chosen);
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    let (out, err) = (
+        fs::read_to_string(out).unwrap(),
+        fs::read_to_string(err).unwrap(),
+    );
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(
+        inode(&chosen) == planted && names(&chosen).is_empty(),
+        "{} was replaced:\n{err}",
+        chosen.display()
+    );
+    assert!(
+        err.contains(&format!(
+            "{} appeared since it was chosen; it is left as it is",
+            chosen.display()
+        )),
+        "{err}"
+    );
+    let second = PathBuf::from(format!("{}-2", chosen.display()));
+    assert_eq!(hash_tree(&second), before, "the previous directory, kept");
+    assert!(
+        out.contains(&format!("&& mv {} {};", second.display(), svc.display())),
+        "the undo command names the kept directory: {out}"
+    );
+}

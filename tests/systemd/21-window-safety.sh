@@ -14,7 +14,12 @@
 #  5. a unit with Restart=on-failure and a start-rate limit, and a unit BindsTo= it:
 #     after a rolled-back window both are active;
 #  6. a second SIGTERM during rollback: the rollback finishes, status recorded;
-#  7. a service directory that is a mount point: window and restore refuse before
+#  7. the service's user (the directory given to nobody) swaps, between the scan
+#     and the copy of a window, a file for a link to a root-only file, then an
+#     environment's data.mdb for a link to a root-only environment: the window fails
+#     naming the path and rolls back (the directory as it was, the service active),
+#     and the secrets are nowhere (live and kept directories, output, status);
+#  8. a service directory that is a mount point: window and restore refuse before
 #     stopping anything.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -212,7 +217,95 @@ answers
 ns_exec rm $dir/bulk.bin
 ns_exec systemctl reset-failed $cold
 
-# 7. A service directory that is a mount point.
+# 7. The service's user swaps a file, then an environment's data.mdb, for a link to
+#    root's between the scan and the copy of a window (issue 32). The window runs
+#    from a shell, held after its copy's scan (SYNBACKUP_FAULT=hold:after-scan).
+owner=$(ns_exec stat -c %u:%g $dir)
+ns_exec chown -R nobody:nogroup $dir
+as_user() { ns_exec runuser -u nobody -- sh -c "$1"; }
+as_user "echo notes of the user > $dir/notes.txt"
+ns_exec /opt/synapse-venv/bin/python - <<'PY'
+import lmdb, os
+# An environment of the user's (the window carries it), and root's, 0700/0600.
+for d, val, owner in (('/srv/cortex/cortex00/extra.lmdb', b'a value of the user', 65534), ('/root/secret-env', b'ROOT ONLY ENV SECRET', 0)):
+    env = lmdb.open(d, map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b'key', val)
+    env.close()
+    for n in ('', 'data.mdb', 'lock.mdb'):
+        os.chown(os.path.join(d, n), owner, owner)
+os.chmod('/root/secret-env', 0o700)
+os.chmod('/root/secret-env/data.mdb', 0o600)
+PY
+ns_exec sh -c 'umask 077; echo ROOT ONLY FILE SECRET > /root/secret-file'
+# The tree but the sockets/ directories, which the service makes again at each
+# start (as root, whoever owns the directory).
+tree_kept() { tree "$1" | grep -v -E '(^|/)sockets( |/)'; }
+before=$(tree_kept $dir)
+# swap_during_window WHAT PATH TARGET: a window held after its scan, PATH swapped
+# by the user for a link to TARGET, released; it must fail naming PATH and roll back.
+swap_during_window() {
+  local what=$1 path=$2 target=$3 ino rc window found
+  ino=$(inode)
+  ns_exec rm -f /root/release /root/window.rc /root/window.out /root/window.err
+  ns_exec sh -c "SYNBACKUP_FAULT=hold:after-scan SYNBACKUP_FAULT_RELEASE=/root/release synbackup cold cortex00 >/root/window.out 2>/root/window.err; echo \$? >/root/window.rc" &
+  window=$!
+  held() { ns_exec grep -q 'holding at after-scan' /root/window.err; }
+  ns_wait_until 180 "the window's copy to be scanned ($what)" held
+  ns_assert_eq inactive "$(sb_prop $svc ActiveState)" "$what: the service is stopped for the copy"
+  as_user "mv $path $path.away && ln -s $target $path"
+  ns_exec touch /root/release
+  ns_wait_until 300 "the window to end ($what)" ns_exec test -s /root/window.rc
+  wait "$window"
+  rc=$(ns_exec cat /root/window.rc)
+  ns_log "$what: exit $rc: $(ns_exec grep 'error:' /root/window.err || true)"
+  ns_assert_eq 10 "$rc" "$what: exit code (failed, rolled back)"
+  ns_exec grep -q "$path changed between the scan and the copy" /root/window.err \
+    || ns_die "$what: the error does not name $path: $(ns_exec cat /root/window.err)"
+  ns_assert_eq "$ino" "$(inode)" "$what: the original directory (inode) in place"
+  ns_exec test ! -e $dir.cold-new || ns_die "$what: the discarded copy is still there"
+  svc_active "$what"
+  answers
+  ns_assert_eq "failed 10" "$(state_of cold)" "$what: window status"
+  # The secrets nowhere: the service's tree and kept directories, the window's
+  # output, status and records (data extents only: the environments are sparse).
+  found=$(ns_exec python3 - /srv/cortex /var/lib/synbackup /root/window.out /root/window.err <<'PY'
+import os, stat, sys
+def files(top):
+    if os.path.isfile(top):
+        yield top
+    for d, _, names in os.walk(top):
+        yield from (os.path.join(d, n) for n in names)
+for top in sys.argv[1:]:
+    for p in files(top):
+        if not stat.S_ISREG(os.lstat(p).st_mode):
+            continue
+        with open(p, 'rb') as f:
+            fd, pos = f.fileno(), 0
+            while True:
+                try:
+                    pos = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                end = os.lseek(fd, pos, os.SEEK_HOLE)
+                os.lseek(fd, max(pos - 16, 0), os.SEEK_SET)
+                if b'ROOT ONLY' in os.read(fd, end - max(pos - 16, 0)):
+                    print(p)
+                    break
+                pos = end
+PY
+)
+  [ -z "$found" ] || ns_die "$what: a root-only secret was copied into $found"
+  as_user "rm $path && mv $path.away $path"
+  diff <(echo "$before") <(tree_kept $dir) || ns_die "$what: the directory differs from the one before the window"
+  ns_log "ok: $what swapped for a link during the window: refused, rolled back, no secret copied"
+}
+swap_during_window "a file" $dir/notes.txt /root/secret-file
+swap_during_window "an environment's data.mdb" $dir/extra.lmdb/data.mdb /root/secret-env/data.mdb
+ns_exec rm -rf $dir/notes.txt $dir/extra.lmdb /root/secret-env /root/secret-file
+ns_exec chown -R "$owner" $dir
+
+# 8. A service directory that is a mount point.
 ns_exec systemctl stop $svc
 ns_exec mount --bind $dir $dir
 ns_exec systemctl start $svc

@@ -4368,7 +4368,11 @@ mdb_fopen(const MDB_env *env, MDB_name *fname,
 	}
 	fd = CreateFileW(fname->mn_val, acc, share, NULL, disp, attrs, NULL);
 #else
-	fd = open(fname->mn_val, which & MDB_O_MASK, mode);
+	/* synbackup: never through a symlink at the file's own name. Root
+	 * opens environments in directories their service's user owns, who
+	 * could put a link to any file there (a lock file opened read-write,
+	 * grown and written; a data file copied out). */
+	fd = open(fname->mn_val, (which & MDB_O_MASK) | O_NOFOLLOW, mode);
 #endif
 
 	if (fd == INVALID_HANDLE_VALUE)

@@ -23,4 +23,7 @@ done
 # of a held transaction into a callback (synbackup hashes and writes each buffer
 # itself, no pipe).
 patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/copy-callback.patch"
+# Ours: LMDB opens no file through a symlink at its name (nofollow.patch; synbackup
+# runs as root over directories another user owns).
+patch -d "$here" -p3 --quiet --no-backup-if-mismatch < "$here/nofollow.patch"
 echo "vendored LMDB from py-lmdb $version into $here"
