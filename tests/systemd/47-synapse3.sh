@@ -145,6 +145,10 @@ ns_assert_eq "success active" "$(json c3.cold.json 'd["result"]') $(sb_prop syna
 storm3 wait $dir --timeout 120 >/dev/null
 ns_assert_eq "nominal 60" "$(storm3 health $dir) $(count c3 inet:ip)" "health and nodes after the window"
 ns_exec sh -c 'ls -d /srv/cortex/c3.pre-cold-*' >/dev/null || ns_die "the window kept no old directory"
+#    A second window's dry run names the directory the first kept, which it
+#    would remove after its own swap, and removes nothing.
+dry_run_changes_nothing "a second cold --dry-run" synbackup cold c3 --dry-run
+says "c3: would then remove $dir.pre-cold-" "kept by an earlier window" "c3: dry run: nothing was changed"
 
 # 5. restore --instance of the run's backup (60 nodes) over a Cortex with 5 more:
 #    stopped, swapped, started, healthy, the 5 gone, the directory before kept.
