@@ -639,12 +639,7 @@ fn restore_dry_run_changes_nothing_and_says_what_it_would_do(line: Line) {
         root.join("state"),
         root.join("metrics"),
     ];
-    let listing = || {
-        watched
-            .iter()
-            .flat_map(|d| full_listing(d))
-            .collect::<Vec<_>>()
-    };
+    let listing = || full_listings(&watched);
 
     // Running: the restore's refusal, with its code; the service still answers.
     let before = listing();

@@ -82,23 +82,6 @@ fn leader_freezes(events: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Read the run's stderr until a line holds `needle`; the lines read.
-fn read_until(reader: &mut impl BufRead, needle: &str, seen: &mut Vec<String>) {
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the run ended before a line with {needle:?}:\n{}",
-            seen.join("")
-        );
-        let found = line.contains(needle);
-        seen.push(line);
-        if found {
-            return;
-        }
-    }
-}
-
 fn backup_from_a_mirror_never_pauses_the_leader(line: Line) {
     let v = line.version();
     let t = tempfile::tempdir().unwrap();

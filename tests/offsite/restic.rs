@@ -492,12 +492,7 @@ fn list_names_each_backups_offsite_snapshot_and_a_dry_run_names_the_one_it_would
     let newest = backups.last().unwrap();
     let (id, short) = &by_backup[newest];
     let watched = [s.src.clone(), s.backups.clone(), s.root.join("state")];
-    let listing = || {
-        watched
-            .iter()
-            .flat_map(|d| full_listing(d))
-            .collect::<Vec<_>>()
-    };
+    let listing = || full_listings(&watched);
     let before = listing();
     let out = s.ok(&[
         "restore",

@@ -590,6 +590,24 @@ pub fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
     }
 }
 
+/// Read `reader` until a line contains `needle` (panics if it ends first),
+/// appending every line read to `seen`.
+pub fn read_until(reader: &mut impl std::io::BufRead, needle: &str, seen: &mut Vec<String>) {
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "ended before a line with {needle:?}:\n{}",
+            seen.join("")
+        );
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return;
+        }
+    }
+}
+
 /// Read `child`'s piped stderr until a line contains `needle` (panics if it ends
 /// first); the rest is drained in the background (echoed to the test's stderr) so
 /// the child never blocks on it.
@@ -598,19 +616,7 @@ pub fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
     use std::io::{BufRead, BufReader};
     let mut reader = BufReader::new(child.stderr.take().expect("stderr piped"));
     let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "ended before a line with {needle:?}:\n{}",
-            lines.join("")
-        );
-        let found = line.contains(needle);
-        lines.push(line);
-        if found {
-            break;
-        }
-    }
+    read_until(&mut reader, needle, &mut lines);
     // Echoed: the test harness shows them when the test fails.
     std::thread::spawn(move || {
         for l in reader.lines().map_while(Result::ok) {
@@ -665,6 +671,11 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `full_listing` of each of `dirs`, one after the other.
+pub fn full_listings(dirs: &[PathBuf]) -> Vec<String> {
+    dirs.iter().flat_map(|d| full_listing(d)).collect()
 }
 
 /// Every entry under `dir` (itself included) with its type, size, mtime (ns),
