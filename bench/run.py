@@ -163,6 +163,21 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def measurement_order(args, names):
+    """(round, cold, name) for every measurement of a run: the caches asked for,
+    the commands rotated each round so no command always follows the same one, and
+    no warm read-direct (O_DIRECT reads the device whatever the cache holds)."""
+    caches = [c == 'cold' for c in args.caches if args.cold or c == 'warm']
+    for rnd in range(1, args.rounds + 1):
+        k = (rnd - 1) % max(1, len(names))
+        order = names[k:] + names[:k]
+        for cold in caches:
+            for name in order:
+                if name == 'read-direct' and not cold:
+                    continue
+                yield rnd, cold, name
+
+
 # ---------------------------------------------------------------------------------
 # Generating the service directory
 
@@ -967,17 +982,8 @@ class Bench:
             raise SystemExit(f'synbackup failed: {r["stderr"]}')
         self.dd_bytes = json.loads(r['stdout'])['bytes_written']
         log(f'synbackup writes {self.dd_bytes / 1e9:.3f} GB; dd will write as much')
-        names = list(self.commands())
-        caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
-        for rnd in range(1, self.args.rounds + 1):
-            # Rotate the order each round so no command always follows the same one.
-            k = (rnd - 1) % max(1, len(names))
-            order = names[k:] + names[:k]
-            for cold in caches:
-                for name in order:
-                    if name == 'read-direct' and not cold:
-                        continue  # O_DIRECT reads the device whatever the cache holds
-                    self.run_one(name, self.commands()[name], cold, rnd)
+        for rnd, cold, name in measurement_order(self.args, list(self.commands())):
+            self.run_one(name, self.commands()[name], cold, rnd)
         rmtree(self.out)
         if self.cell3:
             self.cell3.detach()
@@ -1070,28 +1076,20 @@ class RestoreBench:
         time.sleep(self.args.settle)
 
     def run(self):
-        names = list(self.commands())
-        caches = [c == 'cold' for c in self.args.caches if self.args.cold or c == 'warm']
-        for rnd in range(1, self.args.rounds + 1):
-            k = (rnd - 1) % max(1, len(names))
-            order = names[k:] + names[:k]
-            for cold in caches:
-                for name in order:
-                    if name == 'read-direct' and not cold:
-                        continue  # O_DIRECT reads the device whatever the cache holds
-                    self.prepare(cold)
-                    load = loadavg()
-                    r = measure(self.commands()[name])
-                    r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load,
-                             shape=self.shape, bytes=self.data_bytes)
-                    if r['rc'] != 0:
-                        raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
-                    r.pop('stdout')
-                    r.pop('stderr')
-                    log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:17} wall '
-                        f'{r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s  RssAnon '
-                        f'{r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
-                    self.results.append(r)
+        for rnd, cold, name in measurement_order(self.args, list(self.commands())):
+            self.prepare(cold)
+            load = loadavg()
+            r = measure(self.commands()[name])
+            r.update(name=name, cache='cold' if cold else 'warm', round=rnd, load=load,
+                     shape=self.shape, bytes=self.data_bytes)
+            if r['rc'] != 0:
+                raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
+            r.pop('stdout')
+            r.pop('stderr')
+            log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:17} wall '
+                f'{r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s  RssAnon '
+                f'{r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
+            self.results.append(r)
         rmtree(self.out)
         for p in (self.backup, self.sums, self.runs_file):
             if os.path.isdir(p):
