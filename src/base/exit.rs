@@ -40,6 +40,9 @@ pub(crate) enum Code {
     /// mirror was ready (the leader or every mirror did not answer, or no mirror
     /// caught up with the leader in time); nothing was backed up.
     NoMirror = 13,
+    /// `seed-mirror`: the leader no longer holds the nexus entries the backup
+    /// needs (its log was culled past the backup's index, or is off).
+    NexusGone = 14,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

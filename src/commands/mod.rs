@@ -44,6 +44,8 @@ pub(crate) mod restore;
 pub(crate) mod retire;
 /// `synbackup run INSTANCE`.
 pub(crate) mod run;
+/// `synbackup seed-mirror --instance INSTANCE NEWDIR`.
+pub(crate) mod seed_mirror;
 /// `synbackup status [INSTANCE]`.
 pub(crate) mod status;
 /// `synbackup sysctl`.
@@ -92,6 +94,8 @@ pub(crate) enum Command {
     Offsite(offsite::OffsiteArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
     Prune(prune::PruneArgs),
+    /// Make a new mirror of the instance's leader from its newest good backup.
+    SeedMirror(seed_mirror::SeedMirrorArgs),
     /// Last run results; exits non-zero when failed or stale (a monitoring check).
     Status(status::StatusArgs),
     /// Print, write, apply or check the kernel settings computed from this host's RAM.
@@ -120,6 +124,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Offsite(_) => needs_root("offsite")?,
         Command::NexusArchive(_) => needs_root("nexus-archive")?,
         Command::Retire(_) => needs_root("retire")?,
+        Command::SeedMirror(_) => needs_root("seed-mirror")?,
         Command::Prune(a) if !a.dry_run => needs_root("prune")?,
         _ => {}
     }
@@ -134,6 +139,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Offsite(a) => offsite::exec(dirs, &a),
         Command::NexusArchive(a) => nexus_archive::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
+        Command::SeedMirror(a) => seed_mirror::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),
         Command::Certs(a) => certs::exec(dirs, &a),

@@ -168,6 +168,56 @@ fn wait_nexus_offset(client: &mut Client, offs: u64, wait: Duration) -> Result<b
     Ok(answer.as_bool().unwrap_or(false))
 }
 
+/// Where the leader's nexus log stands for a mirror at `offs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// It holds every entry from `offs` to its index (or `offs` is its index).
+    Yes,
+    /// Its first entry from `offs` on is this later one: the entries between were
+    /// culled (a mirror at `offs` would stop, "out of sync").
+    From(u64),
+    /// It holds no entry from `offs` on, though its index is greater (its log was
+    /// culled, or `nexslog:en` is off).
+    None,
+}
+
+/// Ask the leader in `dir`, whose index is `index`, whether it still holds its
+/// nexus entries from `offs` on: what a mirror at `offs` asks for first
+/// (`getNexusChanges(offs)`, `synapse/lib/nexus.py` `runMirrorLoop`). Only the
+/// first entry is read (`wait=False`: the stream ends at the leader's index).
+pub(crate) fn leader_holds_from(dir: &Path, offs: u64, index: u64) -> Result<Holds> {
+    if offs >= index {
+        return Ok(Holds::Yes);
+    }
+    let mut client = Client::connect(&dir.join("sock"), CALL_TIMEOUT)?;
+    let mut stream = client.stream(
+        "getNexusChanges",
+        vec![Value::from(offs)],
+        vec![("wait", Value::from(false))],
+    )?;
+    let first = match stream.next_within(Some(CALL_TIMEOUT))? {
+        crate::engine::telepath::Next::Item(y) => y
+            .value
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                anyhow::anyhow!("getNexusChanges yielded {}, not [offset, entry]", y.value)
+            })?,
+        crate::engine::telepath::Next::End => return Ok(Holds::None),
+        crate::engine::telepath::Next::Idle => anyhow::bail!(
+            "getNexusChanges({offs}) on {} sent nothing within {}",
+            dir.display(),
+            format_duration(CALL_TIMEOUT)
+        ),
+    };
+    Ok(if first == offs {
+        Holds::Yes
+    } else {
+        Holds::From(first)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,12 +41,16 @@
 pub(crate) mod certs;
 /// The copy, each byte of the backup read once and checked as it is copied.
 pub(crate) mod copy;
+/// What makes a seeded copy a mirror, and what of the leader's it must not keep.
+pub(crate) mod follower;
 /// Links the backup followed (a layer on another disk), restored as links.
 pub(crate) mod linked;
 /// `restore --dry-run`: the restore's steps, taking none.
 pub(crate) mod plan;
 /// Roles (leader, mirror) and nexus indexes of the directory and the backup.
 pub(crate) mod roles;
+/// `seed-mirror`: a new mirror of a leader made from its backup.
+pub(crate) mod seed;
 
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;

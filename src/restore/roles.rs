@@ -295,7 +295,7 @@ pub(crate) fn keep_dir_settings(dir: &Path, staged: &Path) -> Result<Vec<String>
 
 /// Write `text` to `path` (a config file of the restored copy), atomically and
 /// durably, with the mode and owner it had, else those of `like` (the directory's).
-fn write_config(path: &Path, like: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_config(path: &Path, like: &Path, text: &str) -> Result<()> {
     let meta = fs::symlink_metadata(path)
         .ok()
         .filter(|m| m.is_file())
