@@ -89,6 +89,9 @@ mod mirrors {
     /// A leader and a mirror made from its backup: freeze ownership, the nexus
     /// index in manifests and drills, roles and indexes on restore.
     mod pair;
+    /// seed-mirror: a new mirror from the leader's backup follows the leader;
+    /// refused when the leader's log was culled past the backup.
+    mod seed;
     /// Nightly runs from a mirror, the leader never frozen; no mirror ready:
     /// fail, the leader, skip.
     mod source;

@@ -18,6 +18,10 @@ cell://DIR, needs root or the service's user) or a telepath URL.
                                              paused, active, nexus index and
                                              upstream (2.x mirror / 3.x parent)
   storm.py health SERVICE                    prints getHealthCheck()['status']
+  storm.py cull SERVICE OFFS                 rotates the nexus log, then culls its
+                                             entries up to OFFS (Synapse's
+                                             rotateNexsLog, cullNexsLog); prints
+                                             whether it culled
   storm.py writer SERVICE --start K          adds nodes K, K+1, ... one edit at a time
                                              until killed; prints K once connected and
                                              every 50th value committed
@@ -143,6 +147,13 @@ async def health(args):
     return 0
 
 
+async def cull(args):
+    async with await s_telepath.openurl(url_of(args.service)) as cell:
+        await cell.rotateNexsLog()
+        print(await cell.cullNexsLog(args.offs))
+    return 0
+
+
 async def writer(args):
     async with await s_telepath.openurl(url_of(args.service)) as core:
         form, valu = await ipv4(core)
@@ -189,6 +200,10 @@ def main(argv):
     p = subs.add_parser('health', help="print the cell's health status")
     p.add_argument('service')
     p.set_defaults(func=health)
+    p = subs.add_parser('cull', help="rotate the nexus log and cull it up to OFFS")
+    p.add_argument('service')
+    p.add_argument('offs', type=int)
+    p.set_defaults(func=cull)
     p = subs.add_parser('writer', help='add nodes one edit at a time until killed')
     p.add_argument('service')
     p.add_argument('--start', type=int, default=100000)
