@@ -129,7 +129,7 @@ grep -q 'newest tested backup cortex00_' <<<"$st" || ns_die "status names no tes
 ns_exec sed -i '/^SYNBACKUP_DRILL_AFTER_RUN=/d' /etc/synbackup/cortex00.conf
 
 # A mirror on Synapse 2.256.0 (`mirror: cell:///...` over its leader's unix socket),
-# seeded from the leader's backup and backed up by its own nightly unit; the
+# seeded from the leader's backup by `synbackup seed-mirror` and backed up by its own nightly unit; the
 # leader then gets 7 more nodes, which the mirror receives. Its backup drilled by
 # synbackup-drill@.service (systemd-run) and from a shell (netns), each with a
 # write in its check: the drilled copy does not follow the leader (it sees the
@@ -174,19 +174,25 @@ ns_assert_eq 2 "$(sb_prop synbackup-nexus@n0.service ExecMainStatus)" "exit code
 ns_assert_eq 0 "$(sb_prop synbackup-nexus@n0.service NRestarts)" "not restarted (RestartPreventExitStatus)"
 ns_has 'runs with nexslog:en false' -- ns_journal -u synbackup-nexus@n0.service
 ns_exec systemctl stop synapse-cortex@n0.service
-# shellcheck disable=SC2016 # expanded by the inner sh
-ns_exec sh -c 'cp -a "$(ls -d /srv/backups/l0/l0_* | tail -n1)/." /srv/cortex/m0/ &&
-  rm -rf /srv/cortex/m0/synbackup-* &&
-  printf "mirror: cell:///srv/cortex/l0\nnexslog:en: true\n" >/srv/cortex/m0/cell.yaml'
-sb_cortex m0
+# The mirror seeded by `synbackup seed-mirror` from l0's backup into the empty
+# /srv/cortex/m0, its unit started by it and waited for until the mirror has the
+# leader's changes, the edit made after the backup among them.
+ns_exec synbackup seed-mirror --instance l0 /srv/cortex/m0 --unit synapse-cortex@m0.service --wait 5m
 ns_defer ns_exec systemctl stop synapse-cortex@m0.service
+ns_assert_eq active "$(sb_prop synapse-cortex@m0.service ActiveState)" "the seeded mirror's unit"
 ns_assert_eq 40 "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" "the mirror's nodes"
+ns_assert_eq 1 "$(ns_exec storm.py count /srv/cortex/m0 inet:fqdn=archived.example)" "the edit made after the backup, on the mirror"
+ns_assert_eq "False cell:///srv/cortex/l0" "$(ns_exec storm.py info /srv/cortex/m0 | python3 -c 'import json,sys;i=json.load(sys.stdin);print(i["active"], i["upstream"])')" "the seeded cell is a mirror of l0"
 echo 'SYNBACKUP_DRILL_CHECK=[inet:fqdn=written-by-drill.example]' | sb_config m0
 ns_exec systemctl start synbackup@m0.service
 ns_assert_eq success "$(sb_prop synbackup@m0.service Result)" "Result of the mirror's nightly run"
 ns_assert_eq 47 "$(ns_exec storm.py add /srv/cortex/l0 7 --start 40)" "the leader's nodes after adding 7"
 mirror_has() { [ "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" = "$1" ]; }
 ns_wait_until 120 "the mirror to receive the 7 nodes" mirror_has 47
+index_of() { ns_exec storm.py info "/srv/cortex/$1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["nexus_index"])'; }
+same_index() { [ "$(index_of l0)" = "$(index_of m0)" ]; }
+ns_wait_until 60 "the mirror to reach the leader's nexus index" same_index
+ns_assert_eq "$(ns_exec storm.py count /srv/cortex/l0 inet:ipv4)" "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" "the leader's and the mirror's nodes at the same index"
 written() { # the check's node on the leader and on the mirror
   echo "$(ns_exec storm.py count /srv/cortex/l0 inet:fqdn=written-by-drill.example)" \
     "$(ns_exec storm.py count /srv/cortex/m0 inet:fqdn=written-by-drill.example)"
