@@ -23,6 +23,13 @@ while `synbackup run` backs up its mirror (SYNBACKUP_SOURCE=mirror) again and ag
 against a baseline and against `synbackup backup` of the leader itself, and samples
 the leader's `paused` every 20 ms (2.256.0 only).
 
+--seed-mirror instead makes a new mirror of a leader whose nightly backup is older
+than its last --seed-mirror-after writes, two ways, alternated --rounds times: `synbackup seed-mirror`
+from that backup, and Synapse's own clone (`_initCloneCell`: the leader runs a new
+backup and streams it as a tar.gz); each until the started mirror has the leader's
+index: time to ready, bytes the leader sends (a relay in front of its socket),
+whether it ran a backup (getBackupInfo), its disk writes (2.256.0 only).
+
 and, when the Synapse 3.7.0 tree of tests/synapse3 is there (--syn3-root), Synapse
 3.7.0's own tool as peers on the same data: a real 3.7.0 Cortex runs on CELL3 (in the
 workdir) for the whole run, and each shape's directory is hard-linked into it as
@@ -1473,6 +1480,213 @@ def mirror_run(args):
 
 
 # ---------------------------------------------------------------------------------
+# --seed-mirror: a new mirror seeded from a backup, against Synapse's own clone
+
+RELAY = r"""
+import asyncio, os, sys
+async def main(listen, upstream, out):
+    total = [0]
+    async def pipe(r, w, count):
+        try:
+            while True:
+                b = await r.read(1 << 16)
+                if not b:
+                    break
+                if count:
+                    total[0] += len(b)
+                w.write(b)
+                await w.drain()
+        except Exception:
+            pass
+        finally:
+            try:
+                w.close()
+            except Exception:
+                pass
+    async def handle(cr, cw):
+        ur, uw = await asyncio.open_unix_connection(upstream)
+        await asyncio.gather(pipe(cr, uw, False), pipe(ur, cw, True))
+    await asyncio.start_unix_server(handle, path=listen)
+    while True:
+        with open(out + '.tmp', 'w') as f:
+            f.write(str(total[0]))
+        os.replace(out + '.tmp', out)
+        await asyncio.sleep(0.05)
+asyncio.run(main(*sys.argv[1:4]))
+"""
+
+AFTER = r"""
+import asyncio, sys
+import synapse.telepath as s_telepath
+async def main(d, s, e):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        q = 'for $k in $lib.range($e, start=$s) { [inet:ipv4=$k :asn=$k +#after] }'
+        async for m in core.storm(q, opts={'vars': {'s': s, 'e': e}}):
+            if m[0] == 'err':
+                raise SystemExit(str(m))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+CLONE = r"""
+import asyncio, sys, types
+import synapse.telepath as s_telepath
+import synapse.lib.cell as s_cell
+async def main(url, d):
+    async with await s_telepath.openurl(url) as proxy:
+        # Synapse's own clone, as a new mirror's boot runs it (_bootCellMirror).
+        await s_cell.Cell._initCloneCell(types.SimpleNamespace(dirn=d), proxy)
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+CAUGHT_UP = r"""
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, want, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with await s_telepath.openurl('cell://' + d) as cell:
+                while time.monotonic() < deadline:
+                    info = (await cell.getCellInfo())['cell']
+                    if info['nexus']['indx'] >= want and not info['active']:
+                        return 0
+                    await asyncio.sleep(0.1)
+        except Exception:
+            await asyncio.sleep(0.1)
+    return 1
+sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))))
+"""
+
+BACKUP_INFO = r"""
+import asyncio, json, sys
+import synapse.telepath as s_telepath
+async def main(d):
+    async with await s_telepath.openurl('cell://' + d) as cell:
+        print(json.dumps(await cell.getBackupInfo()))
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def proc_io(pid, key):
+    with open(f'/proc/{pid}/io') as f:
+        for line in f:
+            k, v = line.split(':')
+            if k == key:
+                return int(v)
+    return 0
+
+
+def seed_run(args):
+    """A new mirror of a leader with --seed-mirror-nodes nodes and --seed-mirror-after writes
+    made after its nightly backup: `synbackup seed-mirror` from that backup, then
+    the Cortex started on it, against Synapse's own clone (`_initCloneCell`: the
+    leader runs a new backup and streams it as a tar.gz), then the Cortex started
+    on that; each until the mirror has the leader's index at the start. The mirror
+    reaches the leader through a byte-counting relay in front of its socket (the
+    bytes the leader sends); the leader's getBackupInfo says whether it ran a
+    backup; /proc/LEADER/io its disk writes (its process tree)."""
+    py = os.path.join(args.venv, 'bin', 'python')
+    w = os.path.join(args.workdir, 'seed')
+    rmtree(w)
+    ldir, etc, backups = (os.path.join(w, n) for n in ('leader', 'etc', 'backups'))
+    relay = os.path.join(w, 'relay')
+    for d in (ldir, etc, backups, relay):
+        os.makedirs(d)
+    with open(os.path.join(ldir, 'cell.yaml'), 'w') as f:
+        f.write('nexslog:en: true\n')
+    sb = [args.synbackup, '--config-dir', etc, '--state-dir', os.path.join(w, 'state'),
+          '--lock-dir', os.path.join(w, 'lock'), '--metrics-dir', os.path.join(w, 'metrics')]
+    with open(os.path.join(etc, 'bs.conf'), 'w') as f:
+        f.write(f'SYNBACKUP_SERVICE_DIR={ldir}\nSYNBACKUP_BACKUP_ROOT={backups}\n'
+                'SYNBACKUP_METRICS=no\n')
+    procs = []
+    rows = []
+    try:
+        leader = start_cortex(py, ldir, 'seed-leader.log', args)
+        procs.append(leader)
+        log(f'seeding the leader with {args.seed_nodes} nodes')
+        subprocess.run([py, '-c', SEED, ldir, str(args.seed_nodes)], check=True)
+        r = measure(sb + ['run', 'bs'])
+        if r['rc'] != 0:
+            raise SystemExit(f'the nightly run failed: {r["stderr"]}')
+        backup = os.path.join(backups, sorted(n for n in os.listdir(backups)
+                                              if n.startswith('bs_'))[-1])
+        with open(os.path.join(backup, 'synbackup-manifest.json')) as f:
+            m = json.load(f)
+        backup_bytes = sum(x['size'] for x in m['files'])
+        log(f'{args.seed_after} writes after the backup')
+        subprocess.run([py, '-c', AFTER, ldir, str(args.seed_nodes),
+                        str(args.seed_nodes + args.seed_after)], check=True)
+        counter = os.path.join(w, 'relayed')
+        procs.append(subprocess.Popen([py, '-c', RELAY, os.path.join(relay, 'sock'),
+                                       os.path.join(ldir, 'sock'), counter],
+                                      start_new_session=True))
+        wait_for_file = time.time() + 10
+        while not os.path.exists(counter) and time.time() < wait_for_file:
+            time.sleep(0.05)
+        upstream = f'cell://{relay}'
+        for rnd in range(args.rounds):
+            order = ['seed-mirror', 'synapse-clone']
+            for name in (order if rnd % 2 == 0 else order[::-1]):
+                mdir = os.path.join(w, f'mirror-{name}')
+                rmtree(mdir)
+                load = loadavg()
+                at_start = int(subprocess.run([py, '-c', INDEX, ldir], check=True,
+                                              capture_output=True).stdout)
+                info0 = json.loads(subprocess.run([py, '-c', BACKUP_INFO, ldir], check=True,
+                                                  capture_output=True).stdout)
+                with open(counter) as f:
+                    sent0 = int(f.read() or 0)
+                disk0 = proc_io(leader.pid, 'write_bytes')
+                t0 = time.monotonic()
+                if name == 'seed-mirror':
+                    r = measure(sb + ['seed-mirror', '--instance', 'bs', '--upstream', upstream,
+                                      mdir])
+                    if r['rc'] != 0:
+                        raise SystemExit(f'seed-mirror failed: {r["stderr"]}')
+                else:
+                    r = measure([py, '-c', CLONE, upstream, mdir])
+                    if r['rc'] != 0:
+                        raise SystemExit(f"Synapse's clone failed: {r['stderr']}")
+                    with open(os.path.join(mdir, 'cell.yaml'), 'a') as f:
+                        f.write(f'\nmirror: {upstream}\n')
+                made = time.monotonic() - t0
+                mirror = start_cortex(py, mdir, f'seed-{name}.log', args)
+                ok = subprocess.run([py, '-c', CAUGHT_UP, mdir, str(at_start), '600']).returncode
+                ready = time.monotonic() - t0
+                stop_procs([mirror])
+                if ok != 0:
+                    raise SystemExit(f'{name}: the mirror did not catch up (see seed-{name}.log)')
+                with open(counter) as f:
+                    sent = int(f.read() or 0) - sent0
+                info1 = json.loads(subprocess.run([py, '-c', BACKUP_INFO, ldir], check=True,
+                                                  capture_output=True).stdout)
+                rows.append({'name': name, 'round': rnd + 1, 'made_s': made, 'ready_s': ready,
+                             'sent': sent, 'leader_disk': proc_io(leader.pid, 'write_bytes')
+                             - disk0, 'backup_ran': info1['laststart'] != info0['laststart'],
+                             'backup_size': info1.get('lastsize') if info1['laststart']
+                             != info0['laststart'] else None,
+                             'entries': at_start - m['cell']['nexus_index'], 'load': load})
+                log(f"round {rnd + 1}: {name}: ready in {ready:.1f} s, leader sent "
+                    f"{sent / MIB:.1f} MiB, load {load:.2f}")
+                rmtree(mdir)
+    finally:
+        stop_procs(procs[::-1])
+    lines = [f'leader: {args.seed_nodes} nodes, backup {backup_bytes / MIB:.1f} MiB '
+             f"(nexus index {m['cell']['nexus_index']}), then {args.seed_after} nodes written "
+             'after it', '',
+             '| way | round | NEWDIR made s | ready s | leader sent MiB | leader disk writes MiB '
+             '| leader ran a backup | entries to apply | load |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['round']} | {r['made_s']:.1f} | {r['ready_s']:.1f} | "
+                     f"{r['sent'] / MIB:.2f} | {r['leader_disk'] / MIB:.1f} | "
+                     f"{'yes' if r['backup_ran'] else 'no'} | {r['entries']} | "
+                     f"{r['load']:.2f} |")
+    return '\n'.join(lines), rows
+
+
+# ---------------------------------------------------------------------------------
 # Report
 
 
@@ -2110,6 +2324,13 @@ def main():
                    help='length of each --mirror phase (default 30, --small 8)')
     p.add_argument('--mirror-nodes', type=int, default=None,
                    help='nodes the --mirror leader starts with (default 50000, --small 2000)')
+    p.add_argument('--seed-mirror', action='store_true',
+                   help='a new mirror: synbackup seed-mirror from the nightly backup against '
+                   "Synapse's own clone (time to ready, bytes the leader sends, its backups)")
+    p.add_argument('--seed-mirror-nodes', dest='seed_nodes', type=int, default=None,
+                   help='nodes the --seed-mirror leader has (default 50000, --small 2000)')
+    p.add_argument('--seed-mirror-after', dest='seed_after', type=int, default=None,
+                   help='nodes written after its backup (default 1000, --small 200)')
     p.add_argument('--restore', action='store_true',
                    help='instead: restore rows per shape: synbackup restore against cp -a '
                    '(+ sync, + b3sum -c) and the read and write limits, warm and cold')
@@ -2185,6 +2406,16 @@ def run_benchmark(args):
         print_run(args, start_uptime,
                   f'mirror run: {args.mirror_nodes} nodes seeded, {args.rounds} rounds of '
                   f'{args.mirror_seconds:.0f} s phases', table, 'mirror', rows)
+        return 0
+    if args.seed_mirror:
+        if args.seed_nodes is None:
+            args.seed_nodes = 2000 if args.small else 50000
+        if args.seed_after is None:
+            args.seed_after = 200 if args.small else 1000
+        table, rows = seed_run(args)
+        print_run(args, start_uptime,
+                  f'seed run: {args.seed_nodes} nodes, {args.seed_after} after the backup, '
+                  f'{args.rounds} rounds', table, 'seed', rows)
         return 0
     if args.offsite:
         table, rows = offsite_run(args)
