@@ -1512,7 +1512,10 @@ async def main(listen, upstream, out):
             f.write(str(total[0]))
         os.replace(out + '.tmp', out)
         await asyncio.sleep(0.05)
-asyncio.run(main(*sys.argv[1:4]))
+try:
+    asyncio.run(main(*sys.argv[1:4]))
+except KeyboardInterrupt:
+    pass
 """
 
 AFTER = r"""

@@ -128,12 +128,13 @@ pub(crate) fn seed(dirs: &Dirs, r: &SeedRequest) -> Result<()> {
     log::info!("{summary}");
     match &r.unit {
         Some(u) => {
+            let started = Instant::now();
             let ready = start_and_wait(u, &plan, r.wait)?;
             println!(
-                "{u} runs the mirror in {}: it applied the leader's changes up to index {} ({} after it was started, nexus index {} now)",
+                "{u} runs the mirror in {}: it applied the leader's changes up to index {} ({:.1} s after it was started, nexus index {} now)",
                 shell_word(&plan.dir),
                 plan.leader.nexus_index,
-                format_duration(ready.waited),
+                started.elapsed().as_secs_f64(),
                 ready.nexus_index
             );
         }

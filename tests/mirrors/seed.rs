@@ -5,8 +5,8 @@
 //! The leader (an instance, `nexslog:en: true`) is backed up by `run`, then takes
 //! more writes. `--dry-run` names the backup, its index and the entries the mirror
 //! will apply, and creates nothing; a non-empty NEWDIR is refused (exit 3). The
-//! seed writes the line's follower key (`mirror:` on 2.x, `parent:` on 3.x) and
-//! keeps `cell.guid`; the Cortex started on it is a mirror, catches up with the
+//! seed writes the line's follower key (`mirror:` on 2.x, `parent:` on 3.x),
+//! keeps `cell.guid` and gives every file to `--owner`; the Cortex started on it is a mirror, catches up with the
 //! writes made after the backup and follows new ones: at the same nexus index its
 //! node count is the leader's. Then the leader's log is culled past the backup's
 //! index (Synapse's own `rotateNexsLog` + `cullNexsLog`): a second seed from that
@@ -104,9 +104,14 @@ fn seeds_a_mirror(line: Line) {
     assert_fails(&o, 3, "is not empty (it holds keep)");
     assert_eq!(names(&busy), ["keep"], "{v}");
 
-    // The seed, then the mirror started on it.
-    let o = seed(&root, &mdir, &[]);
+    // The seed (its files given to the mirror's user), then the mirror started on it.
+    let o = seed(&root, &mdir, &["--owner", "nobody"]);
     assert!(o.status.success(), "{v}: {}", stderr(&o));
+    for rel in ["", "cell.yaml", "cell.guid", "slabs/cell.lmdb/data.mdb"] {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::symlink_metadata(mdir.join(rel)).unwrap().uid();
+        assert_eq!(uid, 65534, "{v}: the owner of {rel:?}");
+    }
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("start it as the service's user"),
         "{v}: {}",
