@@ -50,13 +50,26 @@ pub(crate) fn copy_hashed(
     dp: &Path,
     algo: Algo,
 ) -> Result<(Hashed, How)> {
-    copy_extents(src, sp, dst, dp, Some(algo))
+    copy_extents(src, sp, dst, dp, Some(algo), &mut |_| Ok(()))
+}
+
+/// [`copy_hashed`], `on_bytes` told the bytes of each range copied (a reflink's
+/// once, when hashed) and failing the copy when it fails.
+pub(crate) fn copy_hashed_with(
+    src: &File,
+    sp: &Path,
+    dst: &File,
+    dp: &Path,
+    algo: Algo,
+    on_bytes: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<(Hashed, How)> {
+    copy_extents(src, sp, dst, dp, Some(algo), on_bytes)
 }
 
 /// Copy `src` into the new, empty `dst` (holes stay holes), reading nothing back;
 /// how, and the bytes of data written (0 for a reflink, which writes none).
 pub(crate) fn copy_unhashed(src: &File, sp: &Path, dst: &File, dp: &Path) -> Result<(How, u64)> {
-    let (h, how) = copy_extents(src, sp, dst, dp, None)?;
+    let (h, how) = copy_extents(src, sp, dst, dp, None, &mut |_| Ok(()))?;
     Ok((how, h.data_bytes))
 }
 
@@ -68,12 +81,17 @@ fn copy_extents(
     dst: &File,
     dp: &Path,
     algo: Option<Algo>,
+    on_bytes: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<(Hashed, How)> {
     crate::base::interrupt::check()?;
     if clone(src, dst) {
         log::trace!("{}: reflinked", dp.display());
         let h = match algo {
-            Some(algo) => fsutil::hash_file(dst, dp, algo)?,
+            Some(algo) => {
+                let h = fsutil::hash_file(dst, dp, algo)?;
+                on_bytes(h.data_bytes)?;
+                h
+            }
             None => Hashed {
                 size: dst.metadata().map_or(0, |m| m.len()),
                 data_bytes: 0,
@@ -143,6 +161,7 @@ fn copy_extents(
             off += n as u64;
             pos = off;
             data_bytes += n as u64;
+            on_bytes(n as u64)?;
         }
     }
     let size = len.max(pos);

@@ -191,6 +191,8 @@ pub(crate) struct Ways {
     pub(crate) cloned: u64,
     pub(crate) ranged: u64,
     pub(crate) buffered: u64,
+    /// Checked where they are (`restore --offsite`), not copied.
+    pub(crate) in_place: u64,
 }
 
 /// Steps 2 and 3 for one restore: the files copied and hashed, the environments
@@ -255,6 +257,9 @@ impl<'m> Checker<'m> {
         crate::base::interrupt::check()?;
         let f = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
         let h = fsutil::hash_file(&f, &sp, self.algo)?;
+        let mut ways = self.ways.get();
+        ways.in_place += h.data_bytes;
+        self.ways.set(ways);
         self.check_digest(rel, &sp, &h.digest)?;
         fault::point("restore-mid-check")
     }
@@ -315,12 +320,16 @@ impl<'m> Checker<'m> {
             }
         }
         let w = self.ways.get();
-        log::debug!(
-            "copied {} bytes by reflink, {} by copy_file_range, {} read and written",
-            w.cloned,
-            w.ranged,
-            w.buffered
-        );
+        if w.in_place > 0 {
+            log::debug!("checked {} bytes where they are", w.in_place);
+        } else {
+            log::debug!(
+                "copied {} bytes by reflink, {} by copy_file_range, {} read and written",
+                w.cloned,
+                w.ranged,
+                w.buffered
+            );
+        }
         if !problems.is_empty() {
             return Err(failed(&self.backup, &problems));
         }
