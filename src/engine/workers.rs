@@ -14,7 +14,7 @@
 //! filesystem has them, else `copy_file_range` per data extent), hashed as read
 //! back. On ext4 that costs what the buffered copy does (the window's measurement:
 //! hashing, not copying, bounds it); on XFS and btrfs the window writes no data
-//! for them and needs no room for them.
+//! for them (its room check still counts them).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};

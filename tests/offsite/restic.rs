@@ -1206,3 +1206,42 @@ fn a_byte_flipped_in_restics_copy_fails_the_offsite_restore_and_swaps_nothing() 
     );
     assert_untouched(&s, &before);
 }
+
+/// An offsite restore interrupted while it checks restic's copy (a failure, then
+/// SIGTERM) leaves the directory as it was and no staging copy.
+#[test]
+fn an_offsite_restore_interrupted_mid_check_leaves_the_directory_and_no_staging_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    fs::write(s.src.join("marker"), "the directory as it was").unwrap();
+    let before = hash_tree(&s.src);
+    let mut c = s.cmd();
+    c.args(["restore", "--instance", "c0", "--offsite", "latest"]);
+    let o = c
+        .env("SYNBACKUP_FAULT", "restore-mid-check")
+        .output()
+        .unwrap();
+    assert_fails(&o, 1, "injected fault at restore-mid-check");
+    assert_untouched(&s, &before);
+    let mut child = s
+        .cmd()
+        .args(["restore", "--instance", "c0", "--offsite", "latest"])
+        .env("SYNBACKUP_FAULT", "hold:restore-mid-check")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stderr_until(&mut child, "holding at restore-mid-check");
+    assert!(
+        names(s.src.parent().unwrap())
+            .iter()
+            .any(|n| n.contains("synbackup-offsite")),
+        "the check is under way in the staging copy"
+    );
+    nix_kill(child.id() as i32, libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_untouched(&s, &before);
+}
