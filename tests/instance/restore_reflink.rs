@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
 
@@ -29,13 +29,13 @@ impl Xfs {
         let mnt = t.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
         fs::File::create(&img).unwrap().set_len(400 << 20).unwrap();
-        let o = Command::new("mkfs.xfs")
+        let o = command("mkfs.xfs")
             .args(["-q", "-m", "reflink=1"])
             .arg(&img)
             .output()
             .expect("mkfs.xfs (xfsprogs) is needed for the reflink tests");
         assert!(o.status.success(), "mkfs.xfs: {}", stderr(&o));
-        let o = Command::new("mount")
+        let o = command("mount")
             .args(["-o", "loop"])
             .arg(&img)
             .arg(&mnt)
@@ -54,23 +54,19 @@ impl Xfs {
 
 impl Drop for Xfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
+        let ok = command("umount")
             .arg(&self.mnt)
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = command("umount").arg("-l").arg(&self.mnt).status();
         }
     }
 }
 
 /// Whether every extent of `file` holding data is shared (FIEMAP_EXTENT_SHARED).
 fn shared(file: &Path) -> bool {
-    let o = Command::new("filefrag")
-        .arg("-v")
-        .arg(file)
-        .output()
-        .unwrap();
+    let o = command("filefrag").arg("-v").arg(file).output().unwrap();
     assert!(o.status.success(), "filefrag: {}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     let extents: Vec<&str> = text
@@ -89,13 +85,8 @@ fn shared(file: &Path) -> bool {
 /// Bytes free on the filesystem of `p` (after a sync: XFS counts delayed
 /// allocations late).
 fn avail(p: &Path) -> u64 {
-    assert!(Command::new("sync")
-        .arg("-f")
-        .arg(p)
-        .status()
-        .unwrap()
-        .success());
-    let o = Command::new("df")
+    assert!(command("sync").arg("-f").arg(p).status().unwrap().success());
+    let o = command("df")
         .args(["--output=avail", "-B1"])
         .arg(p)
         .output()
