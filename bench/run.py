@@ -1165,6 +1165,118 @@ def restore_run(args):
 
 
 # ---------------------------------------------------------------------------------
+# Restore from offsite: restic's restore, then our check and move (--restore-offsite)
+
+RESTORE_OFFSITE_COMMANDS = ('synbackup-restore-offsite', 'restic-restore-cp', 'restic-restore')
+
+
+class RestoreOffsiteBench(RestoreBench):
+    """One shape's offsite restore rows: its backup uploaded once into a local restic
+    repository (tagged as synbackup tags it), then `synbackup restore --offsite
+    latest` into a new DIR against `restic restore` + `cp -a --sparse=always` + sync
+    (restic's restore and the copy it needs to get to DIR) and `restic restore` +
+    sync alone (the floor: restic's own work), warm and cold."""
+
+    def __init__(self, args, src, shape):
+        super().__init__(args, src, shape)
+        self.top = os.path.join(args.workdir, 'restore-offsite')
+        rmtree(self.top)
+        for d in ('etc', 'state', 'lock', 'metrics', 'backups'):
+            os.makedirs(os.path.join(self.top, d))
+        self.repo = os.path.join(self.top, 'repo')
+        pw = os.path.join(self.top, 'etc', 'c0.restic')
+        with open(pw, 'w') as f:
+            f.write('bench\n')
+        os.chmod(pw, 0o600)
+        self.env = dict(os.environ, RESTIC_PASSWORD_FILE=pw, RESTIC_REPOSITORY=self.repo,
+                        RESTIC_CACHE_DIR=os.path.join(self.top, 'restic-cache'))
+        with open(os.path.join(self.top, 'etc', 'c0.conf'), 'w') as f:
+            f.write(f'SYNBACKUP_SERVICE_DIR={self.dir}\n'
+                    f'SYNBACKUP_BACKUP_ROOT={os.path.join(self.top, "backups")}\n'
+                    f'SYNBACKUP_OFFSITE_REPOSITORY={self.repo}\n'
+                    f'SYNBACKUP_OFFSITE_PASSWORD_FILE={pw}\n')
+        try:
+            with open(os.path.join(self.backup, 'cell.guid')) as f:
+                guid = f.read().strip()
+        except OSError:
+            guid = 'none'
+        subprocess.run([args.restic, 'init', '-q'], env=self.env, check=True)
+        subprocess.run([args.restic, 'backup', '-q', '--tag', 'synbackup', '--tag',
+                        'instance=c0', '--tag', f'cell={guid}',
+                        os.path.basename(self.backup)],
+                       cwd=os.path.dirname(self.backup), env=self.env, check=True)
+        log(f'{shape}: uploaded {self.backup} to {self.repo}')
+
+    def commands(self):
+        a = self.args
+        staging = os.path.join(self.out, 'restic')
+        name = os.path.basename(self.backup)
+        restic = f'"{a.restic}" restore latest --target "{staging}"'
+        flags = []
+        for flag, d in (('--config-dir', 'etc'), ('--state-dir', 'state'),
+                        ('--lock-dir', 'lock'), ('--metrics-dir', 'metrics')):
+            flags += [flag, os.path.join(self.top, d)]
+        cmds = {
+            'synbackup-restore-offsite': [a.synbackup, *flags, 'restore', '--instance', 'c0',
+                                          '--offsite', 'latest'],
+            'restic-restore-cp': ['sh', '-c', f'{restic} && cp -a --sparse=always '
+                                  f'"{staging}/{name}" "{self.dir}" && sync'],
+            'restic-restore': ['sh', '-c', f'{restic} && sync'],
+        }
+        # restic's password, repository and cache (synbackup reads its config).
+        env = ['env'] + [f'{k}={self.env[k]}' for k in
+                         ('RESTIC_PASSWORD_FILE', 'RESTIC_REPOSITORY', 'RESTIC_CACHE_DIR')]
+        return {k: env + v for k, v in cmds.items() if k in a.commands}
+
+    def prepare(self, cold):
+        super().prepare(cold)
+        if not cold:
+            warm([self.repo])
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            rmtree(self.top)
+
+
+def restore_offsite_table(results):
+    """Per shape and cache: the medians of the offsite restore rows."""
+    by = {}
+    for r in results:
+        by.setdefault((r['shape'], r['cache'], r['name']), []).append(r['wall'])
+    lines = ['| shape | cache | GB of data | synbackup restore --offsite s | '
+             'restic restore + cp -a + sync s | restic restore + sync s | '
+             'synbackup ÷ restic + cp | synbackup ÷ restic alone |',
+             '|---|---|---|---|---|---|---|---|']
+    seen = []
+    for r in results:
+        k = (r['shape'], r['cache'])
+        if k in seen:
+            continue
+        seen.append(k)
+        s, c, o = (med(by.get(k + (n,), [float('nan')])) for n in RESTORE_OFFSITE_COMMANDS)
+        lines.append(f'| {k[0]} | {k[1]} | {r["bytes"] / 1e9:.3f} | {s:.2f} | {c:.2f} | '
+                     f'{o:.2f} | {s / c:.2f} | {s / o:.2f} |')
+    loads = [r['load'] for r in results] or [float('nan')]
+    lines.append('')
+    lines.append(f'{len(results)} measurements; load average (1 min) at the start of each: '
+                 f'{min(loads):.2f}–{max(loads):.2f}.')
+    return '\n'.join(lines)
+
+
+def restore_offsite_run(args):
+    """--restore-offsite: every shape's offsite restore rows."""
+    results = []
+    for shape in args.shapes:
+        src = ensure_source(args, shape)
+        b = RestoreOffsiteBench(args, src, shape)
+        b.run()
+        results.extend(b.results)
+    return restore_offsite_table(results), results
+
+
+# ---------------------------------------------------------------------------------
 # The live Cortex: freeze duration under write load
 
 WRITER = r'''
@@ -2337,6 +2449,9 @@ def main():
     p.add_argument('--restore', action='store_true',
                    help='instead: restore rows per shape: synbackup restore against cp -a '
                    '(+ sync, + b3sum -c) and the read and write limits, warm and cold')
+    p.add_argument('--restore-offsite', action='store_true',
+                   help='instead: offsite restore rows per shape: synbackup restore --offsite '
+                   'against restic restore + cp -a + sync and restic restore alone')
     p.add_argument('--generate-only', action='store_true')
     p.add_argument('--json', help='also write every measurement to this file')
     p.add_argument('--read-ahead-kb', type=int, default=None,
@@ -2360,11 +2475,13 @@ def main():
     if args.commands is None:
         # --small keeps one row of each kind so CI exercises the harness in under a
         # minute on an idle machine (the Cortex start-up is most of it).
-        args.commands = (','.join(RESTORE_COMMANDS) if args.restore else
+        args.commands = (','.join(RESTORE_OFFSITE_COMMANDS) if args.restore_offsite else
+                         ','.join(RESTORE_COMMANDS) if args.restore else
                          'synbackup' if args.scale else
                          'synbackup,python-tool,dd-direct,read-direct' if args.small else
                          'synbackup,synbackup-j1,python-tool,mdb_copy,dd,dd-direct,read-direct')
-        if not args.scale and not args.offsite and not args.restore and syn3_root(args):
+        if (not args.scale and not args.offsite and not args.restore
+                and not args.restore_offsite and syn3_root(args)):
             args.commands += ',synbackup-3,python-tool-3,stream-3'
     args.commands = args.commands.split(',')
     if any(c in SYN3_COMMANDS for c in args.commands) and not syn3_root(args):
@@ -2426,6 +2543,11 @@ def run_benchmark(args):
                   f'offsite run: {args.offsite_source} source, {args.offsite_nights} nights, '
                   f'daily change {args.offsite_change:.1%}, deleted first '
                   f'{args.offsite_delete:.0%}', table, 'offsite', rows)
+        return 0
+    if args.restore_offsite and not args.generate_only:
+        table, rows = restore_offsite_run(args)
+        print_run(args, start_uptime, f'offsite restore run: shapes {", ".join(args.shapes)}, '
+                  f'{args.rounds} rounds', table, 'restore-offsite', rows)
         return 0
     if args.restore and not args.generate_only:
         table, rows = restore_run(args)

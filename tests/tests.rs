@@ -38,6 +38,8 @@ mod instance {
     mod monitoring;
     /// Restore's copy: each byte read once, checked on the way, nothing left half done.
     mod restore_copy;
+    /// Restore's and the drill's copies on a loop-mounted XFS: reflinks, checked.
+    mod restore_reflink;
 }
 
 /// The TLS capability.

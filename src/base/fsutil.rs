@@ -398,7 +398,18 @@ pub(crate) fn narrow_kept_fd(f: &File, path: &Path) -> Result<Option<u32>> {
 
 /// Create a new file for writing (never overwrites), private until finished.
 pub(crate) fn create_new(path: &Path) -> Result<File> {
+    create_new_as(path, false)
+}
+
+/// [`create_new`], also open for reading (a copy read back as it is written:
+/// `base::filecopy`).
+pub(crate) fn create_new_rw(path: &Path) -> Result<File> {
+    create_new_as(path, true)
+}
+
+fn create_new_as(path: &Path, read: bool) -> Result<File> {
     OpenOptions::new()
+        .read(read)
         .write(true)
         .create_new(true)
         .mode(0o600)

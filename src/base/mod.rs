@@ -14,6 +14,8 @@ pub(crate) mod envfile;
 pub(crate) mod exit;
 /// Named fault-injection points for tests.
 pub(crate) mod fault;
+/// Copying one file of a backup: reflink, else copy_file_range, holes kept.
+pub(crate) mod filecopy;
 /// Sparse copies, fsync, atomic writes, free space.
 pub(crate) mod fsutil;
 /// Writing into another user's directory by descriptor, never through a link.

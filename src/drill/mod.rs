@@ -489,6 +489,7 @@ pub(crate) fn drill(req: &Request) -> Result<Outcome> {
     let t_copy = Instant::now();
     let scratch = scratch::make(&backup, need)?;
     let copy_seconds = t_copy.elapsed().as_secs_f64();
+    crate::base::fault::point("drill-scratch-made")?;
     let mut neutralised = cellconf::neutralise(&scratch.path)?;
     let (env, dropped) = server_env(&req.env)?;
     neutralised.extend(dropped);

@@ -2,8 +2,13 @@
 //! The drill's scratch copy: a writable copy of a backup that the service may change
 //! without touching the backup itself.
 //!
-//! Each file is a reflink clone (`FICLONE`: shared extents, copy-on-write; btrfs, XFS)
-//! where the filesystem allows, else a sparse copy (holes stay holes). Owners, modes
+//! Each file is copied as a restore copies it (`base::filecopy`, one implementation):
+//! a reflink clone (`FICLONE`: shared extents, copy-on-write; btrfs, XFS) where the
+//! filesystem allows, else `copy_file_range` of each data extent (holes stay holes),
+//! else read and written. The copy is not hashed: the drill verified the backup just
+//! before, reading every byte from the device (O_DIRECT), and a reflink copy reads
+//! nothing; hashing the copy as well would read every byte again to find what that
+//! verify found. Owners, modes
 //! and times are kept so the service runs as it would on the backup; the backup's
 //! copy of the certificate directory (`synbackup-certs/`) is left out (the cell does
 //! not read it, and its keys need not be copied again). The copy is a
@@ -16,13 +21,13 @@
 //! copy's `.env` sibling (the server's environment for a transient unit) goes with it.
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::base::exit::{fail, Code};
+use crate::base::filecopy::{self, How};
 use crate::base::fsutil::{self, human};
 use crate::base::xattrs;
 use crate::engine::manifest::CERTS_DIR;
@@ -191,13 +196,6 @@ fn released(path: &Path) -> bool {
     }
 }
 
-/// Clone `src` into the new file `dst` with FICLONE; false when the filesystem cannot.
-fn try_reflink(src: &File, dst: &File) -> bool {
-    // SAFETY: FICLONE takes the source descriptor as its argument; both are open.
-    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    r == 0
-}
-
 /// Make the scratch copy of `backup` (which needs `need` bytes when not reflinked).
 pub(crate) fn make(backup: &Path, need: u64) -> Result<Scratch> {
     let parent = backup.parent().unwrap_or(Path::new("/"));
@@ -255,13 +253,9 @@ fn copy_dir(src: &Path, dst: &Path, sparse: &mut bool, leave_out: &[&str]) -> Re
         } else if ft.is_file() {
             let sf = File::open(&sp).with_context(|| format!("cannot read {}", sp.display()))?;
             let df = fsutil::create_new(&dp)?;
-            if !try_reflink(&sf, &df) {
+            let (how, _) = filecopy::copy_unhashed(&sf, &sp, &df, &dp)?;
+            if how != How::Cloned {
                 *sparse = true;
-                // The digest is not kept: the cheapest one.
-                let algo = crate::base::digest::Algo::Blake3;
-                fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |_| {
-                    crate::base::interrupt::check()
-                })?;
             }
             let attrs = xattrs::read(&sf, &sp)?;
             fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;

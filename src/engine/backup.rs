@@ -326,7 +326,10 @@ pub(crate) fn run(req: &Request) -> Result<Summary> {
     lay_out_changes(&mut sized.plan, &tmp, changes)?;
     tasks.extend(file_tasks(&sized.plan));
     progress.set_label(&format!("copying {}", src.display()));
-    let done = workers::run_tasks(tasks, jobs, &src, &tmp, req.hash, &progress, &sync)?;
+    // A window's copy may share the source's extents; a backup's never.
+    let done = workers::run_tasks(
+        tasks, jobs, &src, &tmp, req.hash, &progress, &sync, req.whole,
+    )?;
     let mut copied = collect(done);
     let mut dirs = apply_dir_meta(&sized.plan, &src, &tmp)?;
     let mut layout = layout;

@@ -182,7 +182,7 @@ pub(crate) fn copy_cert_dir(
         .collect();
     let mut files = Vec::new();
     let mut bytes = 0;
-    for done in workers::run_tasks(tasks, 1, &p.dir, &top, algo, progress, sync)? {
+    for done in workers::run_tasks(tasks, 1, &p.dir, &top, algo, progress, sync, false)? {
         if let Done::File {
             mut file, written, ..
         } = done

@@ -3,6 +3,18 @@
 //! plain) copies of environments (from held or fresh snapshots) and sparse copies of
 //! plain files, each hashed as written, given its metadata and fsynced. The first
 //! failure stops the others.
+//!
+//! A backup's plain files are read and written through a buffer, never
+//! `copy_file_range` or a reflink: on XFS and btrfs both share the live file's
+//! extents, and a backup that shares its blocks with the service is no second copy
+//! of the data (one bad block would damage both). A maintenance window's copy
+//! (`share_extents`) becomes the live directory, with the old one kept aside until
+//! the next window: its plain files (`backups/` can outgrow the environments) go
+//! through the restore's primitive (`base::filecopy`: a reflink where the
+//! filesystem has them, else `copy_file_range` per data extent), hashed as read
+//! back. On ext4 that costs what the buffered copy does (the window's measurement:
+//! hashing, not copying, bounds it); on XFS and btrfs the window writes no data
+//! for them (its room check still counts them).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -14,6 +26,7 @@ use anyhow::{anyhow, Result};
 
 use crate::base::digest::Algo;
 use crate::base::durable::Durability;
+use crate::base::filecopy;
 use crate::base::fsutil;
 use crate::base::interrupt;
 use crate::base::xattrs;
@@ -78,7 +91,9 @@ pub(crate) enum Done {
 }
 
 /// Run the copy tasks on `jobs` workers; the first failure stops the others. Each
-/// finished file is handed to `sync` (fsynced now, or by its commit).
+/// finished file is handed to `sync` (fsynced now, or by its commit);
+/// `share_extents`: a window's copy (module preamble).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_tasks(
     tasks: VecDeque<Task>,
     jobs: usize,
@@ -87,6 +102,7 @@ pub(crate) fn run_tasks(
     algo: Algo,
     progress: &Progress,
     sync: &Durability,
+    share_extents: bool,
 ) -> Result<Vec<Done>> {
     let queue = Mutex::new(tasks);
     let abort = AtomicBool::new(false);
@@ -114,7 +130,16 @@ pub(crate) fn run_tasks(
                         }
                         break;
                     }
-                    match run_task(task, root, src, tmp, algo, progress, sync, &stop) {
+                    let ctx = Ctx {
+                        root,
+                        src,
+                        tmp,
+                        algo,
+                        progress,
+                        sync,
+                        share_extents,
+                    };
+                    match run_task(task, &ctx, &stop) {
                         Ok(d) => {
                             if let Ok(mut r) = results.lock() {
                                 r.push(d);
@@ -156,17 +181,28 @@ pub(crate) fn run_tasks(
         .map_err(|_| anyhow!("result list poisoned"))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_task(
-    task: Task,
-    root: &File,
-    src: &Path,
-    tmp: &Path,
+/// What every task of one run shares.
+struct Ctx<'a> {
+    root: &'a File,
+    src: &'a Path,
+    tmp: &'a Path,
     algo: Algo,
-    progress: &Progress,
-    sync: &Durability,
-    stop: &dyn Fn() -> bool,
-) -> Result<Done> {
+    progress: &'a Progress,
+    sync: &'a Durability,
+    /// A window's copy: plain files may share the source's extents.
+    share_extents: bool,
+}
+
+fn run_task(task: Task, ctx: &Ctx<'_>, stop: &dyn Fn() -> bool) -> Result<Done> {
+    let Ctx {
+        root,
+        src,
+        tmp,
+        algo,
+        progress,
+        sync,
+        share_extents,
+    } = *ctx;
     match task {
         Task::Env {
             job_rel,
@@ -217,15 +253,24 @@ fn run_task(
             // The file the scan saw, or the run fails: never what a link put in
             // its place since (the service's user owns the tree; root copies it).
             let sf = fsutil::open_scanned(root, src, &rel, via_link, &meta)?;
-            let df = fsutil::create_new(&dp)?;
-            let hashed = fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, |n| {
+            let df = if share_extents {
+                fsutil::create_new_rw(&dp)?
+            } else {
+                fsutil::create_new(&dp)?
+            };
+            let mut on_bytes = |n| {
                 progress.add(n);
                 if stop() {
                     interrupt::check()?;
                     return Err(anyhow!("stopped after another copy failed"));
                 }
                 Ok(())
-            })?;
+            };
+            let hashed = if share_extents {
+                filecopy::copy_hashed_with(&sf, &sp, &df, &dp, algo, &mut on_bytes)?.0
+            } else {
+                fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, on_bytes)?
+            };
             let attrs = xattrs::read(&sf, &sp)?;
             let applied = fsutil::copy_meta_fd(&df, &dp, &meta, true, &attrs)?;
             sync.file_done(&df, &dp)?;
@@ -487,7 +532,7 @@ mod tests {
         fs::create_dir(&tmp).unwrap();
         let sync = Durability::begin(&tmp, true).unwrap();
         let progress = Progress::start(&Silent, "copy", 0);
-        let err = run_tasks(tasks, 1, &src, &tmp, Algo::Blake3, &progress, &sync)
+        let err = run_tasks(tasks, 1, &src, &tmp, Algo::Blake3, &progress, &sync, true)
             .err()
             .expect("the swapped file fails the copy");
         let msg = format!("{err:#}");
@@ -501,6 +546,65 @@ mod tests {
         if let Ok(copied) = fs::read(tmp.join("notes.txt")) {
             assert_ne!(copied, b"ROOT ONLY", "never copied through the link");
         }
+    }
+
+    /// A window's plain files (`share_extents`) through the restore's primitive:
+    /// the same digests as a backup's buffered copy, the same bytes, holes kept.
+    #[test]
+    fn a_window_copy_of_plain_files_hashes_and_keeps_holes_as_a_backups_does() {
+        use crate::base::progress::Silent;
+        use crate::engine::scan::{self, Item};
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let src = t.path().join("svc");
+        fs::create_dir_all(src.join("backups")).unwrap();
+        fs::write(src.join("cell.guid"), "guid").unwrap();
+        let f = File::create(src.join("backups/big.bin")).unwrap();
+        f.set_len(48 << 20).unwrap();
+        f.write_all_at(&vec![7u8; 6 << 20], 9 << 20).unwrap();
+        f.write_all_at(b"tail", (48 << 20) - 4).unwrap();
+        drop(f);
+        let plan = scan::scan_whole(&src).unwrap();
+        let mut digests = Vec::new();
+        for share in [false, true] {
+            let tasks: VecDeque<Task> = plan
+                .items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::File { rel, meta } => {
+                        Some(Task::file(rel.clone(), meta.clone(), &plan.followed))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let tmp = t.path().join(format!("copy-{share}"));
+            fs::create_dir_all(tmp.join("backups")).unwrap();
+            let sync = Durability::begin(&tmp, true).unwrap();
+            let progress = Progress::start(&Silent, "copy", 0);
+            let done =
+                run_tasks(tasks, 2, &src, &tmp, Algo::Blake3, &progress, &sync, share).unwrap();
+            let mut d: Vec<(String, String, u64)> = done
+                .into_iter()
+                .filter_map(|d| match d {
+                    Done::File { file, .. } => Some((file.path, file.blake3, file.size)),
+                    _ => None,
+                })
+                .collect();
+            d.sort();
+            digests.push(d);
+            let copy = tmp.join("backups/big.bin");
+            assert!(
+                fs::read(&copy).unwrap() == fs::read(src.join("backups/big.bin")).unwrap(),
+                "share_extents {share}: content differs"
+            );
+            let blocks = fs::metadata(&copy).unwrap().blocks() * 512;
+            assert!(
+                blocks < 12 << 20,
+                "share_extents {share}: holes filled ({blocks})"
+            );
+        }
+        assert_eq!(digests[0].len(), 2, "{digests:?}");
+        assert_eq!(digests[0], digests[1]);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! 1. [`checked_manifest`]: the backup's structure, reading no file's data
 //!    (`verify::check_structure`): the manifest and its own digest, the layout,
 //!    every listed file there with its size, mode and xattrs, nothing unlisted.
-//! 2. [`Checker::copy_file`]: each file copied once, by a reflink (`FICLONE`:
-//!    XFS, btrfs) where the filesystem shares extents, else `copy_file_range` of
+//! 2. [`Checker::copy_file`]: each file copied once (`base::filecopy`), by a
+//!    reflink (`FICLONE`: XFS, btrfs) where the filesystem shares extents, else
+//!    `copy_file_range` of
 //!    each data extent (holes stay holes; the kernel moves the bytes, page cache
 //!    to page cache, or server-side on NFS), else read and write. The copy is
 //!    then hashed (the manifest's digest: BLAKE3, or SHA-256 before format 3) by
@@ -37,32 +38,42 @@
 //! leaves a damaged mark where it was: the bytes came through the page cache, not
 //! necessarily from the device (`synbackup verify` reads the device and removes it).
 //!
-//! The fault point `restore-mid-copy` (after each file) lets a test interrupt
+//! Files are copied one at a time (the environment checks run beside them).
+//! Copying files in parallel was measured (bounded to 2 workers, `copy_hashed`
+//! on 8 files of 64 MiB, /var/tmp on the 2-core guest's virtio disk, shared:
+//! load 12-13, three rounds): warm 1.93-2.05 s with one worker, 1.69-2.71 s with
+//! two (median 1.98 against 2.16: no gain); cold 1.94-4.24 s against 2.11-3.17 s
+//! (median 3.79 against 2.51, inside the noise of one round). A backup's bytes are
+//! mostly in a few `data.mdb` files, which parallel files would not split; not
+//! done until a quiet machine shows a gain.
+//!
+//! The per-file copy itself is `base::filecopy`, shared with the drill's scratch
+//! copy and the maintenance window's plain files. `restore --offsite` copies
+//! nothing: [`checked_in_place`] checks restic's copy where it is.
+//!
+//! The fault points `restore-mid-copy` (after each file copied) and
+//! `restore-mid-check` (after each file checked in place) let a test interrupt
 //! the copy half way.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::base::digest::{Algo, Hasher};
+use crate::base::digest::Algo;
 use crate::base::exit::{fail, Code};
 use crate::base::fault;
-use crate::base::fsutil::{self, write_error, Hashed};
+use crate::base::filecopy::{self, How};
+use crate::base::fsutil;
 use crate::base::pathtext::Escaped;
 use crate::engine::damaged;
 use crate::engine::manifest::{path_key, MANIFEST_NAME};
 use crate::engine::manifest::{path_of, Manifest, CERTS_DIR};
 use crate::engine::verify;
-
-/// Bytes moved by one `copy_file_range` call and then read back: large enough for
-/// the device to stream, small enough that the range is still in the page cache.
-const RANGE: usize = 4 << 20;
 
 /// Step 1: the backup's structure checked without reading its data; its manifest.
 /// A problem marks the backup damaged and fails (exit 6) naming every problem.
@@ -71,6 +82,11 @@ pub(crate) fn checked_manifest(backup: &Path) -> Result<Manifest> {
         "checking {} (its files are checked as they are copied)",
         backup.escaped()
     );
+    structure(backup)
+}
+
+/// The backup's structure checked; a problem marks it damaged and fails.
+fn structure(backup: &Path) -> Result<Manifest> {
     let (m, report) = match verify::check_structure(backup) {
         Ok(checked) => checked,
         Err(e) => {
@@ -82,6 +98,40 @@ pub(crate) fn checked_manifest(backup: &Path) -> Result<Manifest> {
     };
     if !report.ok() {
         return Err(failed(backup, &report.problems));
+    }
+    Ok(m)
+}
+
+/// `restore --offsite`: restic's restored copy, already beside the directory and
+/// made durable, checked where it is instead of copied again: step 1, then every
+/// file hashed in place (one read, from the page cache restic wrote it to) and
+/// each environment read to its end on its thread as soon as its `data.mdb`
+/// matched, then the nexus index. It is then renamed into place. Any problem
+/// marks it damaged and fails (exit 6); its manifest otherwise.
+pub(crate) fn checked_in_place(copy: &Path) -> Result<Manifest> {
+    log::info!(
+        "checking {} where restic restored it (each file read once)",
+        copy.escaped()
+    );
+    let m = structure(copy)?;
+    {
+        let checker = Checker::new(copy, &m)?;
+        let env_of: BTreeMap<String, &str> = m
+            .environments
+            .iter()
+            .map(|e| (format!("{}/data.mdb", e.path), e.path.as_str()))
+            .collect();
+        for f in &m.files {
+            checker.check_in_place(&path_of(&f.path))?;
+            if let Some(env) = env_of.get(&f.path) {
+                let rel = path_of(env);
+                let at = copy.join(&rel);
+                let dir =
+                    File::open(&at).with_context(|| format!("cannot read {}", at.escaped()))?;
+                checker.env_copied(&rel, &at, &dir)?;
+            }
+        }
+        checker.finish(None)?;
     }
     Ok(m)
 }
@@ -156,6 +206,8 @@ pub(crate) struct Ways {
     pub(crate) cloned: u64,
     pub(crate) ranged: u64,
     pub(crate) buffered: u64,
+    /// Checked where they are (`restore --offsite`), not copied.
+    pub(crate) in_place: u64,
 }
 
 /// Steps 2 and 3 for one restore: the files copied and hashed, the environments
@@ -199,7 +251,7 @@ impl<'m> Checker<'m> {
     /// data copied. A mismatch marks the backup damaged and fails.
     pub(crate) fn copy_file(&self, rel: &Path, src: &File, dst: &File, dp: &Path) -> Result<u64> {
         let sp = self.backup.join(rel);
-        let (h, how) = copy_hashed(src, &sp, dst, dp, self.algo)?;
+        let (h, how) = filecopy::copy_hashed(src, &sp, dst, dp, self.algo)?;
         let mut ways = self.ways.get();
         match how {
             How::Cloned => ways.cloned += h.data_bytes,
@@ -207,10 +259,33 @@ impl<'m> Checker<'m> {
             How::Buffered => ways.buffered += h.data_bytes,
         }
         self.ways.set(ways);
+        self.check_digest(rel, &sp, &h.digest)?;
+        fault::point("restore-mid-copy")?;
+        Ok(h.data_bytes)
+    }
+
+    /// The backup's file `rel` hashed where it is (`restore --offsite`: restic's
+    /// copy is already where it is swapped in from): one read, through the page
+    /// cache restic wrote it to. A mismatch marks the backup damaged and fails.
+    fn check_in_place(&self, rel: &Path) -> Result<()> {
+        let sp = self.backup.join(rel);
+        crate::base::interrupt::check()?;
+        let f = File::open(&sp).with_context(|| format!("cannot read {}", sp.escaped()))?;
+        let h = fsutil::hash_file(&f, &sp, self.algo)?;
+        let mut ways = self.ways.get();
+        ways.in_place += h.data_bytes;
+        self.ways.set(ways);
+        self.check_digest(rel, &sp, &h.digest)?;
+        fault::point("restore-mid-check")
+    }
+
+    /// The digest of the backup's file `rel` (at `sp`) against the manifest's; a
+    /// mismatch marks the backup damaged and fails.
+    fn check_digest(&self, rel: &Path, sp: &Path, digest: &str) -> Result<()> {
         // The manifest's own key: a name that is not UTF-8 is `hex:`, never lossy.
         let key = path_key(rel);
         if let Some(expected) = self.want.get(key.as_str()) {
-            if *expected != h.digest {
+            if *expected != digest {
                 return Err(failed(
                     &self.backup,
                     &[format!(
@@ -221,8 +296,7 @@ impl<'m> Checker<'m> {
                 ));
             }
         }
-        fault::point("restore-mid-copy")?;
-        Ok(h.data_bytes)
+        Ok(())
     }
 
     /// The environment `rel` of the backup is copied (and its `data.mdb` matched)
@@ -261,12 +335,16 @@ impl<'m> Checker<'m> {
             }
         }
         let w = self.ways.get();
-        log::debug!(
-            "copied {} bytes by reflink, {} by copy_file_range, {} read and written",
-            w.cloned,
-            w.ranged,
-            w.buffered
-        );
+        if w.in_place > 0 {
+            log::debug!("checked {} bytes where they are", w.in_place);
+        } else {
+            log::debug!(
+                "copied {} bytes by reflink, {} by copy_file_range, {} read and written",
+                w.cloned,
+                w.ranged,
+                w.buffered
+            );
+        }
         if !problems.is_empty() {
             return Err(failed(&self.backup, &problems));
         }
@@ -351,208 +429,9 @@ impl Drop for EnvChecks {
     }
 }
 
-/// How the bytes of a file were moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum How {
-    /// A reflink: the copy shares the backup's extents.
-    Cloned,
-    /// `copy_file_range` of each data extent.
-    Ranged,
-    /// Read into memory and written (`copy_file_range` refused).
-    Buffered,
-}
-
-/// Copy `src` into the new, empty `dst` (holes stay holes) and hash the copy, read
-/// back: the full logical content, holes as zeros.
-pub(crate) fn copy_hashed(
-    src: &File,
-    sp: &Path,
-    dst: &File,
-    dp: &Path,
-    algo: Algo,
-) -> Result<(Hashed, How)> {
-    crate::base::interrupt::check()?;
-    if clone(src, dst) {
-        log::trace!("{}: reflinked", dp.display());
-        let h = fsutil::hash_file(dst, dp, algo)?;
-        return Ok((h, How::Cloned));
-    }
-    let len = src
-        .metadata()
-        .with_context(|| format!("cannot stat {}", sp.display()))?
-        .len();
-    let extents =
-        fsutil::data_extents(src, len).with_context(|| format!("cannot map {}", sp.display()))?;
-    let mut h = Hasher::new(algo);
-    let mut buf = vec![0u8; RANGE];
-    let mut ranged = true;
-    let mut pos = 0u64;
-    let mut data_bytes = 0u64;
-    'extents: for (start, elen) in extents {
-        let stop = start + elen;
-        let mut off = start;
-        while off < stop {
-            crate::base::interrupt::check()?;
-            let want = ((stop - off) as usize).min(RANGE);
-            // The next range asked of the device now, read while this one is
-            // copied and hashed.
-            read_ahead(src, off + want as u64, stop);
-            let n = if ranged {
-                match copy_range(src, dst, off, want) {
-                    Ok(n) => n,
-                    Err(e) if off == start && data_bytes == 0 && refused(&e) => {
-                        log::debug!(
-                            "{}: copy_file_range refused ({e}); reading and writing",
-                            dp.display()
-                        );
-                        ranged = false;
-                        continue;
-                    }
-                    Err(e) => return Err(range_error(sp, dp, e)),
-                }
-            } else {
-                let n = src.read_at(&mut buf[..want], off).map_err(|e| {
-                    fail(Code::BadPath, format!("cannot read {}: {e}", sp.display()))
-                })?;
-                dst.write_all_at(&buf[..n], off)
-                    .map_err(|e| write_error(dp, e))?;
-                n
-            };
-            if n == 0 {
-                // The backup's file shrank meanwhile: what is there, then zeros;
-                // the manifest's digest tells.
-                break 'extents;
-            }
-            // The range just written, read back from the page cache (hashed from
-            // the buffer it was written from when that is where it came from).
-            if ranged {
-                read_back(dst, dp, &mut buf[..n], off)?;
-            }
-            fsutil::hash_zeros(&mut h, off - pos);
-            h.update(&buf[..n]);
-            off += n as u64;
-            pos = off;
-            data_bytes += n as u64;
-        }
-    }
-    let size = len.max(pos);
-    fsutil::hash_zeros(&mut h, size - pos);
-    dst.set_len(size).map_err(|e| write_error(dp, e))?;
-    Ok((
-        Hashed {
-            size,
-            data_bytes,
-            digest: h.finish_hex(),
-        },
-        if ranged { How::Ranged } else { How::Buffered },
-    ))
-}
-
-/// Ask the kernel to read the range after `from` (up to [`RANGE`], within the
-/// extent ending at `stop`) into the page cache in the background (advice only).
-fn read_ahead(src: &File, from: u64, stop: u64) {
-    if from < stop {
-        let len = (stop - from).min(RANGE as u64);
-        // SAFETY: a valid descriptor; advice only, its result does not matter.
-        unsafe {
-            libc::posix_fadvise(
-                src.as_raw_fd(),
-                from as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
-    }
-}
-
-/// A reflink of the whole of `src` into `dst` (FICLONE), where the filesystem has
-/// them and both are on it; false otherwise (nothing was written).
-fn clone(src: &File, dst: &File) -> bool {
-    // SAFETY: FICLONE takes the source descriptor as its argument; both are open.
-    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    r == 0
-}
-
-/// One `copy_file_range` of up to `len` bytes at `off` (same offset in both).
-fn copy_range(src: &File, dst: &File, off: u64, len: usize) -> std::io::Result<usize> {
-    let mut off_in = off as i64;
-    let mut off_out = off as i64;
-    loop {
-        match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), len) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => return r.map_err(std::io::Error::from),
-        }
-    }
-}
-
-/// `copy_file_range` is not for these files (another filesystem on an old kernel,
-/// a filesystem without it): read and write instead.
-fn refused(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::EBADF)
-    )
-}
-
-/// A failed `copy_file_range`: a full disk is the destination's, anything else
-/// named with both paths.
-fn range_error(sp: &Path, dp: &Path, e: std::io::Error) -> anyhow::Error {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS) => write_error(dp, e),
-        _ => anyhow::Error::new(e).context(format!(
-            "cannot copy {} to {}",
-            sp.display(),
-            dp.display()
-        )),
-    }
-}
-
-/// Fill `buf` with the bytes of `f` at `off` (just written: in the page cache).
-fn read_back(f: &File, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
-    f.read_exact_at(buf, off)
-        .with_context(|| format!("cannot read back {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::digest::hex_digest;
-    use std::os::unix::fs::MetadataExt;
-
-    fn new_rw(p: &Path) -> File {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(p)
-            .unwrap()
-    }
-
-    #[test]
-    fn a_sparse_file_is_copied_sparse_and_hashed_as_read_back() {
-        let t = tempfile::tempdir_in("/var/tmp").unwrap();
-        let sp = t.path().join("s");
-        let src = File::create(&sp).unwrap();
-        src.set_len(64 << 20).unwrap();
-        let mut want = vec![0u8; 64 << 20];
-        for (at, len) in [(5u64 << 20, 9 << 20), ((40 << 20) + 123, 777)] {
-            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-            src.write_all_at(&bytes, at).unwrap();
-            want[at as usize..at as usize + len].copy_from_slice(&bytes);
-        }
-        src.sync_all().unwrap();
-        let src = File::open(&sp).unwrap();
-        for algo in [Algo::Blake3, Algo::Sha256] {
-            let dp = t.path().join(format!("d-{algo}"));
-            let dst = new_rw(&dp);
-            let (h, how) = copy_hashed(&src, &sp, &dst, &dp, algo).unwrap();
-            assert_eq!(h.digest, hex_digest(algo, &want), "{how:?}");
-            assert_eq!(h.size, 64 << 20);
-            assert!(std::fs::read(&dp).unwrap() == want, "content differs");
-            let meta = std::fs::metadata(&dp).unwrap();
-            assert!(meta.blocks() * 512 < (20 << 20), "holes were filled");
-        }
-    }
 
     #[test]
     fn an_environment_of_the_copy_is_read_through_its_descriptor() {
@@ -587,38 +466,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn an_empty_file_and_a_file_ending_in_a_hole() {
-        let t = tempfile::tempdir_in("/var/tmp").unwrap();
-        let sp = t.path().join("s");
-        File::create(&sp).unwrap();
-        let dp = t.path().join("d");
-        let (h, _) = copy_hashed(
-            &File::open(&sp).unwrap(),
-            &sp,
-            &new_rw(&dp),
-            &dp,
-            Algo::Blake3,
-        )
-        .unwrap();
-        assert_eq!(h.digest, hex_digest(Algo::Blake3, b""));
-        let f = File::create(&sp).unwrap();
-        f.write_all_at(b"abc", 0).unwrap();
-        f.set_len(1 << 20).unwrap();
-        let dp2 = t.path().join("d2");
-        let (h, _) = copy_hashed(
-            &File::open(&sp).unwrap(),
-            &sp,
-            &new_rw(&dp2),
-            &dp2,
-            Algo::Blake3,
-        )
-        .unwrap();
-        let mut want = vec![0u8; 1 << 20];
-        want[..3].copy_from_slice(b"abc");
-        assert_eq!(h.digest, hex_digest(Algo::Blake3, &want));
-        assert_eq!(std::fs::metadata(&dp2).unwrap().len(), 1 << 20);
     }
 }

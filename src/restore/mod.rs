@@ -18,8 +18,11 @@
 //! its MESSAGE_ID) always, the instance's `restore` status with `--instance`.
 //!
 //! From offsite (`--offsite SNAPSHOT`): restic restores the snapshot into a
-//! staging directory beside DIR first; that copy is verified like any backup and
-//! then moved (not copied again) into the staging place of the steps above.
+//! staging directory beside DIR first (on DIR's filesystem), made durable by one
+//! syncfs; that copy is checked where it is, each byte read once, from the page
+//! cache restic wrote it to (`copy::checked_in_place`: structure, every digest,
+//! every environment read to its end, the nexus index), and then moved (not
+//! copied again) into the staging place of the steps above.
 //!
 //! DIR given through a symlink is resolved first: the swap happens beside the
 //! real directory, not on the symlink's file system.
@@ -73,7 +76,6 @@ use crate::base::xattrs;
 use crate::engine::manifest::{path_of, Manifest};
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath;
-use crate::engine::verify;
 use crate::engine::workers;
 use crate::host::holders;
 use crate::instance::certdir;
@@ -529,6 +531,7 @@ fn fetch_offsite(
     target.backup = backup;
     sync.tree_done(&staging.path)?;
     sync.commit()?;
+    fault::point("restore-offsite-fetched")?;
     target.disposable = true;
     Ok((staging, chosen))
 }
@@ -665,7 +668,7 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     // 2. Check (a copy fetched for this restore and moved into place: verify); the
     // links the backup followed, checked where their data goes.
     let manifest = if t.disposable {
-        verify_backup(&backup)?
+        copy::checked_in_place(&backup)?
     } else {
         copy::checked_manifest(&backup)?
     };
@@ -877,11 +880,6 @@ fn check_before_restore(t: &Target) -> Result<bool> {
     Ok(busy.is_some() || matches!(state.as_deref(), Some("active" | "activating")))
 }
 
-/// Step 2: the backup verified against its manifest, which is returned.
-fn verify_backup(backup: &Path) -> Result<Manifest> {
-    verify::verified_manifest(backup, "not restored")
-}
-
 /// The restored copy beside the directory, ready to swap in.
 struct Staged {
     /// The copy (removed unless it was swapped in).
@@ -896,7 +894,7 @@ struct Staged {
 }
 
 /// Step 3: room for the copy, then the copy (a disposable backup, fetched for this
-/// restore and verified just now, is moved instead).
+/// restore and checked just now, is moved instead).
 fn stage(
     t: &Target,
     backup: &Path,
@@ -933,7 +931,7 @@ fn stage(
     // A fetched copy is moved into place whole, unless links it followed put
     // some of its data on other disks: then it is copied like any backup.
     if t.disposable && links.is_empty() {
-        // Verified just now and made for this restore: moved, not copied again.
+        // Checked just now and made for this restore: moved, not copied again.
         fs::rename(backup, &staging.path).with_context(|| {
             format!(
                 "cannot move {} to {}",

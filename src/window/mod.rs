@@ -42,15 +42,18 @@
 //! us; if even the restart fails, the error says so and how to recover.
 //!
 //! Big non-LMDB trees (`backups/` can outgrow the environments) go through the
-//! engine's plain-file copy, one pass that reads each data extent, hashes it for
-//! the manifest and writes it (holes stay holes), then verify reads the copy once.
-//! Hard links are out (the kept old directory and the live one must not share an
-//! inode). Measured on this ext4 host, a 2 GiB file on 2 busy cores: FICLONE is
-//! refused (EOPNOTSUPP: ext4 has no reflink); the engine's copy with verify took
-//! 22.7-29.9 s; `copy_file_range` (cp --reflink=never) took 4.9-17.2 s but a copy
-//! that is hashed and verified needs two SHA-256 passes on top (19.4-24.0 s each),
-//! so it is slower end to end: hashing, not copying, bounds the window's copy here.
-//! A reflink clone on XFS/btrfs would save the writes, not the reads; not done.
+//! restore's per-file copy (`base::filecopy`, issue 36; `engine::workers` with
+//! `share_extents`): a reflink where the filesystem has them (XFS, btrfs: no data
+//! written, no room taken; the kept old directory and the new live one share
+//! extents copy-on-write, never an inode), else `copy_file_range` of each data
+//! extent (holes stay holes), hashed for the manifest as read back; then verify
+//! reads the copy once. Hard links are out (the kept old directory and the live
+//! one must not share an inode). Measured on this ext4 host before, a 2 GiB file
+//! on 2 busy cores: the engine's buffered copy with verify took 22.7-29.9 s;
+//! `copy_file_range` alone 4.9-17.2 s but hashing it 19.4-24.0 s per pass: on
+//! ext4 hashing, not copying, bounds the window's copy, and the read-back hash
+//! costs what the buffered one did (one pass); the gain is the reflink's.
+//! A backup's own copy never shares extents (`engine::workers`).
 //!
 //! `--dry-run` (`dry_run`) runs the same preflight and prints the steps: the unit
 //! stopped (and the units that stop with it), the copy with its size, the room

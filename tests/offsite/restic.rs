@@ -340,7 +340,11 @@ fn a_nightly_run_uploads_over_rest_and_the_snapshot_restores_into_a_cortex_that_
         !src.join("synbackup-certs").exists(),
         "the carried certificates stay out of the service directory"
     );
-    assert!(stderr(&o).contains("verifying"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("where restic restored it"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         names(src.parent().unwrap()),
         vec!["cortex00".to_string(), "cortex00.log".to_string()],
@@ -1071,4 +1075,173 @@ fn restored_trees_are_durable_from_a_local_backup_and_from_offsite() {
     let (o, left) = unsynced_writes(offsite, &t.path().join("offsite"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(left.is_empty(), "offsite restore left unsynced: {left:#?}");
+}
+
+/// `read_bytes` of /proc/PID/io: what the process, its threads and its reaped
+/// children (restic) had the block layer read for them.
+fn read_bytes(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every `data.mdb` under `dir`.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(data_files(&p));
+        } else if p.file_name().is_some_and(|n| n == "data.mdb") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An offsite restore (issue 36) checks restic's restored copy where restic wrote
+/// it, on the directory's filesystem, and moves it into place: every byte read
+/// once, from the page cache restic left it in, not again from the device (a
+/// verify with O_DIRECT did), and not copied again.
+#[test]
+fn an_offsite_restore_checks_restics_copy_in_place_without_reading_it_again() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let src = t.path().join("svc");
+    fake_service(&src, 4000);
+    let repo = t.path().join("repo");
+    let s = Setup::new(Some(&src), &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    let name = s.local_backups().pop().unwrap();
+    let data: u64 = data_files(&s.backups.join(&name))
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(data > 8 << 20, "a backup too small to count: {data}");
+    let release = s.root.join("release");
+    let mut child = s
+        .cmd()
+        .args(["restore", "--instance", "c0", "--offsite", "latest"])
+        .env("SYNBACKUP_FAULT", "hold:restore-before-swap")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_until(&mut child, "holding at restore-before-swap");
+    let read = read_bytes(child.id());
+    fs::write(&release, "").unwrap();
+    assert!(child.wait().unwrap().success());
+    eprintln!(
+        "the snapshot holds {data} bytes of environments; the restore read {read} from the device"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("where restic restored it")),
+        "{lines:#?}"
+    );
+    assert!(
+        read < data / 2,
+        "read {read} bytes from the device for {data} bytes of environments: restic's copy was read again"
+    );
+    assert_eq!(s.status("restore")["result"], "success");
+}
+
+/// A byte flipped in restic's restored copy (after restic's own checks, before
+/// ours) fails the offsite restore with exit 6: nothing swapped, the staging copy
+/// removed.
+#[test]
+fn a_byte_flipped_in_restics_copy_fails_the_offsite_restore_and_swaps_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    let before = hash_tree(&s.src);
+    let release = s.root.join("release");
+    let mut child = s
+        .cmd()
+        .args(["restore", "--instance", "c0", "--offsite", "latest"])
+        .env("SYNBACKUP_FAULT", "hold:restore-offsite-fetched")
+        .env("SYNBACKUP_FAULT_RELEASE", &release)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stderr_until(&mut child, "holding at restore-offsite-fetched");
+    let staging: Vec<String> = names(s.src.parent().unwrap())
+        .into_iter()
+        .filter(|n| n.contains("synbackup-offsite"))
+        .collect();
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    let victim = data_files(&s.src.parent().unwrap().join(&staging[0]))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("layer_v2.lmdb"))
+        .expect("restic restored the layer");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&victim)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
+        b[0] ^= 0x5a;
+        f.write_all_at(&b, 3 * 4096 + 100).unwrap();
+    }
+    fs::write(&release, "").unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(6), "{st:?}");
+    let status = s.status("restore");
+    assert_eq!(status["exit_code"], 6, "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains("layer_v2.lmdb/data.mdb: BLAKE3 mismatch"),
+        "{status}"
+    );
+    assert_untouched(&s, &before);
+}
+
+/// An offsite restore interrupted while it checks restic's copy (a failure, then
+/// SIGTERM) leaves the directory as it was and no staging copy.
+#[test]
+fn an_offsite_restore_interrupted_mid_check_leaves_the_directory_and_no_staging_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let s = Setup::new(None, &repo.to_string_lossy(), "");
+    s.ok(&["offsite", "init", "c0"]);
+    s.run_ok();
+    fs::write(s.src.join("marker"), "the directory as it was").unwrap();
+    let before = hash_tree(&s.src);
+    let mut c = s.cmd();
+    c.args(["restore", "--instance", "c0", "--offsite", "latest"]);
+    let o = c
+        .env("SYNBACKUP_FAULT", "restore-mid-check")
+        .output()
+        .unwrap();
+    assert_fails(&o, 1, "injected fault at restore-mid-check");
+    assert_untouched(&s, &before);
+    let mut child = s
+        .cmd()
+        .args(["restore", "--instance", "c0", "--offsite", "latest"])
+        .env("SYNBACKUP_FAULT", "hold:restore-mid-check")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stderr_until(&mut child, "holding at restore-mid-check");
+    assert!(
+        names(s.src.parent().unwrap())
+            .iter()
+            .any(|n| n.contains("synbackup-offsite")),
+        "the check is under way in the staging copy"
+    );
+    nix_kill(child.id() as i32, libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_untouched(&s, &before);
 }
