@@ -1066,7 +1066,10 @@ class RestoreBench:
             'read-direct': [sys.executable, os.path.abspath(__file__), '--read-runs',
                             self.runs_file],
         }
-        return {k: v for k, v in cmds.items() if k in a.commands}
+        for name, path in a.variants:
+            # Another build's restore, A/B (NAME=PATH).
+            cmds[name] = [path.partition(':')[0], 'restore', self.backup, self.dir]
+        return {k: v for k, v in cmds.items() if k in a.commands or k in dict(a.variants)}
 
     def prepare(self, cold):
         rmtree(self.out)
@@ -1341,7 +1344,8 @@ def restore_scale_run(args):
     for size in args.scale_sizes:
         restore_scale_need(size)
     refuse_no_room(args, max(args.scale_sizes))
-    names = [n for n in args.commands if n in RESTORE_SCALE_COMMANDS]
+    names = ([n for n in args.commands if n in RESTORE_SCALE_COMMANDS]
+             + [n for n, _ in args.variants])
     rows = []
     for size in args.scale_sizes:
         for shape in args.shapes:
@@ -1370,15 +1374,24 @@ def restore_scale_run(args):
               's/GiB | restore ÷ cp | restore ÷ limit | restore peak RssAnon MiB |',
               '|---|---|---|---|---|---|---|---|']
     by = {(r['shape_name'], r['size_gib'], r['name']): r for r in rows}
+    variants = [v for v in args.variants if any(r['name'] == v[0] for r in rows)]
+    extra = ['', '| shape | size GiB | variant | s/GiB | ÷ synbackup restore | '
+             'peak RssAnon MiB |', '|---|---|---|---|---|---|']
     for shape, size in dict.fromkeys((r['shape_name'], r['size_gib']) for r in rows):
         def per_gib(name):
             r = by.get((shape, size, name))
             return r['wall'] / (r['bytes'] / GIB) if r else float('nan')
         rs, cp = per_gib('synbackup-restore'), per_gib('cp')
+        for name, _ in variants:
+            vs = per_gib(name)
+            extra.append(f'| {shape} | {size:g} | {name} | {vs:.2f} | {vs / rs:.2f} | '
+                         f'{by[(shape, size, name)]["rss_anon_mib"]:.1f} |')
         floor = per_gib('read-direct') + per_gib('dd-direct')
         mem = by.get((shape, size, 'synbackup-restore'), {}).get('rss_anon_mib', float('nan'))
         lines.append(f'| {shape} | {size:g} | {rs:.2f} | {cp:.2f} | {floor:.2f} | '
                      f'{rs / cp:.2f} | {rs / floor:.2f} | {mem:.1f} |')
+    if variants:
+        lines += extra
     loads = [r['load'] for r in rows] or [float('nan')]
     lines.append('')
     lines.append(f'{len(rows)} measurements; load average (1 min) at the start of each: '
