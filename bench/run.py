@@ -59,7 +59,11 @@ backup of it, made first, is the source of every row):
                      read limit (cold)
 
 Synapse 2.x has no restore tool of its own (its documented restore is to stop the
-service and copy the backup directory into place: the cp row).
+service and copy the backup directory into place: the cp row). When the venv runs
+a Cortex (not --no-cortex), each shape is restored inside a real one, and every
+synbackup restore's copy is then booted until getHealthCheck() answers nominal.
+--restore --scale: cold, per size (--scale-sizes) of the mixed and log shapes,
+the restore rows but cp-b3sum, in seconds per GiB, with the restore's RssAnon.
 
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
