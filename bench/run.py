@@ -66,7 +66,11 @@ backup of it, made first, is the source of every row):
                      read limit (cold)
 
 Synapse 2.x has no restore tool of its own (its documented restore is to stop the
-service and copy the backup directory into place: the cp row).
+service and copy the backup directory into place: the cp row). When the venv runs
+a Cortex (not --no-cortex), each shape is restored inside a real one, and every
+synbackup restore's copy is then booted until getHealthCheck() answers nominal.
+--restore --scale: cold, per size (--scale-sizes) of the mixed and log shapes,
+the restore rows but cp-b3sum, in seconds per GiB, with the restore's RssAnon.
 
 For each: wall time, CPU time (user+sys of the command and its children, from
 wait4), peak anonymous memory (RssAnon summed over the process tree, sampled every
@@ -1043,6 +1047,9 @@ class RestoreBench:
         self.dir = os.path.join(self.out, 'svc')
         self.backup = os.path.join(args.workdir, f'restore-backup-{os.path.basename(src)}')
         self.results = []
+        # Set by restore_run when the source is a real Cortex: each synbackup
+        # restore's copy is then booted and timed to its health check.
+        self.boot = False
         rmtree(self.backup)
         r = measure([args.synbackup, 'backup', src, self.backup, '--json'])
         if r['rc'] != 0:
@@ -1070,7 +1077,10 @@ class RestoreBench:
             'read-direct': [sys.executable, os.path.abspath(__file__), '--read-runs',
                             self.runs_file],
         }
-        return {k: v for k, v in cmds.items() if k in a.commands}
+        for name, path in a.variants:
+            # Another build's restore, A/B (NAME=PATH).
+            cmds[name] = [path.partition(':')[0], 'restore', self.backup, self.dir]
+        return {k: v for k, v in cmds.items() if k in a.commands or k in dict(a.variants)}
 
     def prepare(self, cold):
         rmtree(self.out)
@@ -1084,6 +1094,15 @@ class RestoreBench:
 
     def run(self):
         for rnd, cold, name in measurement_order(self.args, list(self.commands())):
+            self.run_one(rnd, cold, name)
+        self.cleanup()
+
+    def run_one(self, rnd, cold, name):
+        """One measurement of `name`, prepared warm or cold; its result. With
+        `boot`, a synbackup restore's copy is then started as a Cortex and the
+        time until it answers its health check nominal is `boot` in the result."""
+        poller = HealthPoller(self.args) if self.boot and name == 'synbackup-restore' else None
+        try:
             self.prepare(cold)
             load = loadavg()
             r = measure(self.commands()[name])
@@ -1091,12 +1110,23 @@ class RestoreBench:
                      shape=self.shape, bytes=self.data_bytes)
             if r['rc'] != 0:
                 raise SystemExit(f'{name} failed ({r["rc"]}): {r["stderr"]}')
-            r.pop('stdout')
-            r.pop('stderr')
-            log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:17} wall '
-                f'{r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s  RssAnon '
-                f'{r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
-            self.results.append(r)
+            if poller:
+                r['boot'] = poller.boot(self.dir, f'restore-boot-{self.shape}.log')
+                log(f'{self.shape:6} round {rnd} {r["cache"]:4} boot to health nominal '
+                    f'{r["boot"]:6.2f} s')
+        finally:
+            if poller:
+                poller.stop()
+        r.pop('stdout')
+        r.pop('stderr')
+        log(f'{self.shape:6} round {rnd} {r["cache"]:4} {name:17} wall '
+            f'{r["wall"]:6.2f} s  cpu {r["cpu"]:5.2f} s  RssAnon '
+            f'{r["rss_anon_mib"]:6.1f} MiB  load {load:.2f}')
+        self.results.append(r)
+        return r
+
+    def cleanup(self):
+        """The copies, the backup and its side files removed."""
         rmtree(self.out)
         for p in (self.backup, self.sums, self.runs_file):
             if os.path.isdir(p):
@@ -1154,14 +1184,238 @@ def restore_table(results):
 
 
 def restore_run(args):
-    """--restore: every shape's restore rows."""
+    """--restore: every shape's restore rows. When the venv runs a Cortex (and
+    not --no-cortex), each shape is restored inside a real one and every synbackup
+    restore's copy is booted: the boot table."""
     results = []
-    for shape in args.shapes:
-        src = ensure_source(args, shape)
-        b = RestoreBench(args, src, shape)
-        b.run()
-        results.extend(b.results)
-    return restore_table(results), results
+    template = cortex_template(args) if boots(args) else None
+    try:
+        for shape in args.shapes:
+            src = ensure_source(args, shape)
+            if template:
+                src = in_cortex(args, template, src)
+            b = RestoreBench(args, src, shape)
+            b.boot = template is not None
+            b.run()
+            results.extend(b.results)
+            if template:
+                rmtree(src)
+    finally:
+        if template:
+            rmtree(template)
+    table = restore_table(results)
+    if template:
+        table += '\n\n' + boot_table(results)
+    return table, results
+
+
+# ---------------------------------------------------------------------------------
+# --restore: the restored Cortex booted until it answers its health check
+
+def boots(args):
+    return args.cortex and os.path.exists(os.path.join(args.venv, 'bin', 'python'))
+
+
+def cortex_template(args):
+    """A real 2.256.0 Cortex's directory: started on an empty directory until it
+    answers, then stopped. Each shape goes inside a copy of it."""
+    py = os.path.join(args.venv, 'bin', 'python')
+    d = os.path.join(args.workdir, 'restore-cortex-template')
+    rmtree(d)
+    os.makedirs(d)
+    log('making a Cortex to restore the shapes in')
+    stop_procs([start_cortex(py, d, 'restore-cortex-template.log', args)])
+    return d
+
+
+def in_cortex(args, template, src):
+    """A copy of the Cortex `template` holding the shape `src` as its `shape`
+    directory (hard links: the same inodes, no copy). Synapse does not open it,
+    but it is restored with the Cortex, so the restore moves the shape's bytes and
+    the Cortex's own, and the copy boots."""
+    d = os.path.join(args.workdir, f'cortex-{os.path.basename(src)}')
+    rmtree(d)
+    subprocess.run(['cp', '-a', template, d], check=True)
+    subprocess.run(['cp', '-al', src, os.path.join(d, 'shape')], check=True)
+    return d
+
+
+# Started before the cache is prepared (its own imports done, then held off the
+# device like everything else); given the directory once the Cortex is started, it asks the
+# cell's socket for getHealthCheck() every 20 ms and prints the CLOCK_MONOTONIC
+# time of the first nominal answer.
+HEALTH = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with await s_telepath.openurl('cell://' + d) as cell:
+                health = await cell.getHealthCheck()
+                if health['status'] == 'nominal':
+                    print(time.monotonic(), flush=True)
+                    return 0
+        except Exception:
+            pass
+        await asyncio.sleep(0.02)
+    return 1
+print('ready', flush=True)
+d = sys.stdin.readline().strip()
+sys.exit(asyncio.run(main(d, float(sys.argv[1]))))
+'''
+BOOT_TIMEOUT = 300
+
+
+class HealthPoller:
+    """Times a restored Cortex from its start to its first nominal health check."""
+
+    def __init__(self, args):
+        self.args = args
+        self.py = os.path.join(args.venv, 'bin', 'python')
+        self.core = None
+        self.proc = subprocess.Popen([self.py, '-c', HEALTH, str(BOOT_TIMEOUT)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        if self.proc.stdout.readline().strip() != 'ready':
+            raise SystemExit('the health check client did not start (synapse in the venv?)')
+
+    def boot(self, d, logname):
+        """Start the Cortex on `d`; seconds until its health check is nominal. The
+        Cortex is stopped again by stop()."""
+        logf = open(os.path.join(self.args.workdir, logname), 'wb')
+        t0 = time.monotonic()
+        self.core = subprocess.Popen([self.py, '-m', 'synapse.servers.cortex', '--telepath',
+                                      'tcp://127.0.0.1:0', '--https', '0', d],
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        logf.close()
+        self.proc.stdin.write(d + '\n')
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline().strip()
+        if self.proc.wait() != 0 or not out:
+            raise SystemExit(f'the restored Cortex on {d} did not answer its health check '
+                             f'nominal within {BOOT_TIMEOUT} s (see {logname})')
+        return float(out) - t0
+
+    def stop(self):
+        stop_procs([self.proc, self.core])
+
+
+def boot_table(results):
+    """Per shape and cache: the synbackup restore, the restored Cortex's boot to a
+    nominal health check, and the two together (the service's downtime when its
+    directory is lost, less the operator)."""
+    by = {}
+    for r in results:
+        if r['name'] == 'synbackup-restore' and 'boot' in r:
+            by.setdefault((r['shape'], r['cache']), []).append(r)
+    lines = ['### Restore, then the restored Cortex up (2.256.0, boot to a nominal '
+             'getHealthCheck over its socket)', '',
+             '| shape | cache | synbackup restore s | boot to health s (min–max) | '
+             'restore + boot s |', '|---|---|---|---|---|']
+    for (shape, cache), rs in by.items():
+        boot = [r['boot'] for r in rs]
+        both = [r['wall'] + r['boot'] for r in rs]
+        lines.append(f'| {shape} | {cache} | {med([r["wall"] for r in rs]):.2f} | '
+                     f'{med(boot):.2f} ({min(boot):.2f}–{max(boot):.2f}) | {med(both):.2f} |')
+    return '\n'.join(lines)
+
+
+# --restore --scale: restore time per GiB and memory as the backup grows
+
+RESTORE_SCALE_SHAPES = 'mixed,log'
+RESTORE_SCALE_COMMANDS = ('synbackup-restore', 'cp', 'dd-direct', 'read-direct')
+
+
+def restore_scale_need(size_gib):
+    """Bytes free that one size of the restore scale run needs in the workdir at
+    its peak: the generated shape and its backup while the backup is made (the
+    shape is removed then), later the backup and one copy of it; a backup is at
+    most as large as the shape's allocated size. 5 % and 1 GiB to spare."""
+    return int(2 * size_gib * GIB * 1.05) + GIB
+
+
+def refuse_no_room(args, size_gib):
+    free = shutil.disk_usage(args.workdir).free
+    need = restore_scale_need(size_gib)
+    if free < need:
+        raise SystemExit(f'{args.workdir}: {free / GIB:.1f} GiB free, the restore scale run '
+                         f'needs {need / GIB:.1f} GiB at {size_gib:g} GiB (the shape and its '
+                         'backup, then the backup and one copy); free some room, give '
+                         'smaller --scale-sizes or another --workdir')
+
+
+def restore_scale_run(args):
+    """--restore --scale: per size and shape, one backup of the generated shape
+    (the shape then removed: only the backup and one copy are ever held), then
+    cold, once each: synbackup restore, cp -a + sync, the write limit and the read
+    limit. Time per GiB of the backup's data should stay flat as it grows, and the
+    restore's peak RssAnon small. Every size's files are removed before the next."""
+    for size in args.scale_sizes:
+        restore_scale_need(size)
+    refuse_no_room(args, max(args.scale_sizes))
+    names = ([n for n in args.commands if n in RESTORE_SCALE_COMMANDS]
+             + [n for n, _ in args.variants])
+    rows = []
+    for size in args.scale_sizes:
+        for shape in args.shapes:
+            refuse_no_room(args, size)
+            t0 = time.monotonic()
+            src = ensure_source(args, shape, size)
+            gen = time.monotonic() - t0
+            _, allocated = describe_source(src)
+            b = RestoreBench(args, src, f'{shape}-{size:g}g')
+            rmtree(src)
+            os.unlink(src + '.shape.json')
+            try:
+                for name in names:
+                    r = b.run_one(1, True, name)
+                    r.update(size_gib=size, allocated=allocated, generate_s=gen,
+                             shape_name=shape)
+                    rows.append(r)
+                    log('row: ' + restore_scale_row(r))
+            finally:
+                b.cleanup()
+    lines = ['| shape | size GiB (allocated) | backup data GiB | command (cold) | wall s | '
+             's per GiB of data | CPU s | peak RssAnon MiB |',
+             '|---|---|---|---|---|---|---|---|']
+    lines += [restore_scale_row(r) for r in rows]
+    lines += ['', '| shape | size GiB | restore s/GiB | cp + sync s/GiB | read + write limit '
+              's/GiB | restore ÷ cp | restore ÷ limit | restore peak RssAnon MiB |',
+              '|---|---|---|---|---|---|---|---|']
+    by = {(r['shape_name'], r['size_gib'], r['name']): r for r in rows}
+    variants = [v for v in args.variants if any(r['name'] == v[0] for r in rows)]
+    extra = ['', '| shape | size GiB | variant | s/GiB | ÷ synbackup restore | '
+             'peak RssAnon MiB |', '|---|---|---|---|---|---|']
+    for shape, size in dict.fromkeys((r['shape_name'], r['size_gib']) for r in rows):
+        def per_gib(name):
+            r = by.get((shape, size, name))
+            return r['wall'] / (r['bytes'] / GIB) if r else float('nan')
+        rs, cp = per_gib('synbackup-restore'), per_gib('cp')
+        for name, _ in variants:
+            vs = per_gib(name)
+            extra.append(f'| {shape} | {size:g} | {name} | {vs:.2f} | {vs / rs:.2f} | '
+                         f'{by[(shape, size, name)]["rss_anon_mib"]:.1f} |')
+        floor = per_gib('read-direct') + per_gib('dd-direct')
+        mem = by.get((shape, size, 'synbackup-restore'), {}).get('rss_anon_mib', float('nan'))
+        lines.append(f'| {shape} | {size:g} | {rs:.2f} | {cp:.2f} | {floor:.2f} | '
+                     f'{rs / cp:.2f} | {rs / floor:.2f} | {mem:.1f} |')
+    if variants:
+        lines += extra
+    loads = [r['load'] for r in rows] or [float('nan')]
+    lines.append('')
+    lines.append(f'{len(rows)} measurements; load average (1 min) at the start of each: '
+                 f'{min(loads):.2f}–{max(loads):.2f}; shapes generated in '
+                 + ', '.join(sorted({f'{r["shape"]} {r["generate_s"]:.0f} s' for r in rows})))
+    return '\n'.join(lines), rows
+
+
+def restore_scale_row(r):
+    gib = r['bytes'] / GIB
+    return (f'| {r["shape_name"]} | {r["size_gib"]:g} ({r["allocated"] / GIB:.2f}) | '
+            f'{gib:.2f} | {r["name"]} | {r["wall"]:.2f} | {r["wall"] / gib:.2f} | '
+            f'{r["cpu"]:.2f} | {r["rss_anon_mib"]:.1f} |')
 
 
 # ---------------------------------------------------------------------------------
@@ -2378,8 +2632,12 @@ def main():
                    '(default 2.5; 20 with --scale)')
     p.add_argument('--small', action='store_true',
                    help='24 MiB per shape, 1 round, short settle (for CI)')
-    p.add_argument('--shapes', default=','.join(SHAPES),
-                   help=f'comma-separated data shapes (default {",".join(SHAPES)})')
+    p.add_argument('--shapes', default=None,
+                   help=f'comma-separated data shapes (default {",".join(SHAPES)}; '
+                   f'{RESTORE_SCALE_SHAPES} with --restore --scale)')
+    p.add_argument('--scale-sizes', default='1,5,10,20',
+                   type=lambda v: [float(x) for x in v.split(',')],
+                   help='with --restore --scale: the sizes in GiB (default 1,5,10,20)')
     p.add_argument('--scale-fractions', default='0.25,0.5,1',
                    type=lambda v: [float(x) for x in v.split(',')],
                    help='with --scale: the fractions of --size-gib to run (default 0.25,0.5,1)')
@@ -2469,13 +2727,15 @@ def main():
         args.freeze_runs = 2 if args.small else 5
     if args.settle is None:
         args.settle = 0.2 if args.small else 3.0
-    args.shapes = args.shapes.split(',')
+    args.shapes = (args.shapes or (RESTORE_SCALE_SHAPES if args.restore and args.scale
+                                   else ','.join(SHAPES))).split(',')
     for shape in args.shapes:
         shape_envs(shape, args.small)  # an unknown name fails here, before any work
     if args.commands is None:
         # --small keeps one row of each kind so CI exercises the harness in under a
         # minute on an idle machine (the Cortex start-up is most of it).
         args.commands = (','.join(RESTORE_OFFSITE_COMMANDS) if args.restore_offsite else
+                         ','.join(RESTORE_SCALE_COMMANDS) if args.restore and args.scale else
                          ','.join(RESTORE_COMMANDS) if args.restore else
                          'synbackup' if args.scale else
                          'synbackup,python-tool,dd-direct,read-direct' if args.small else
@@ -2548,6 +2808,11 @@ def run_benchmark(args):
         table, rows = restore_offsite_run(args)
         print_run(args, start_uptime, f'offsite restore run: shapes {", ".join(args.shapes)}, '
                   f'{args.rounds} rounds', table, 'restore-offsite', rows)
+        return 0
+    if args.restore and args.scale:
+        table, rows = restore_scale_run(args)
+        print_run(args, start_uptime, 'restore scale run (cold; each size generated, '
+                  'backed up, the shape removed, then measured)', table, 'restore_scale', rows)
         return 0
     if args.restore and not args.generate_only:
         table, rows = restore_run(args)

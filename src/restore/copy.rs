@@ -24,7 +24,10 @@
 //!    mixed shape (0.52 GB, three paired rounds on a shared 2-core guest), 1.85,
 //!    1.33 and 0.87 s with it against 2.81, 2.35 and 1.43 s without; reading and
 //!    writing through a buffer instead of `copy_file_range` took 2.09, 1.45 and
-//!    1.41 s with the same advice.
+//!    1.41 s with the same advice. Each range copied is sent to the device at once
+//!    (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which waits for nothing): the
+//!    device writes while the next ranges are copied and hashed, instead of
+//!    everything at the final `syncfs` (bench/RESULTS.md, issue 36's third pass).
 //! 3. [`Checker::env_copied`]: each environment of the copy, as soon as its
 //!    `data.mdb` is copied and matched, opened read-only and every database read
 //!    to its end with its entry count, on a thread of its own while the next files
