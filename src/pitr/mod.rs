@@ -36,8 +36,9 @@ impl Replay {
         let python = service_python(inst)?;
         let plan = replay::plan(inst, point)?;
         log::info!(
-            "restore to nexus index {}: base backup {} (index {}), then {} archived entries",
+            "restore to nexus index {}{}: base backup {} (index {}), then {} archived entries",
             plan.to,
+            plan.clock_said(),
             plan.backup.display(),
             plan.from,
             plan.entries()
