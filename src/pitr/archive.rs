@@ -392,8 +392,7 @@ impl Archive {
                     }
                     // What a run that failed (a full disk) wrote but never
                     // fsynced: durable before the next offset is taken from it.
-                    file.sync_all()
-                        .map_err(|e| fsutil::write_error(path, e))?;
+                    file.sync_all().map_err(|e| fsutil::write_error(path, e))?;
                     file.seek(SeekFrom::End(0))?;
                     let Some(last) = entries.last() else {
                         fs::remove_file(path)?;
@@ -615,7 +614,10 @@ mod tests {
             V::Map(vec![]),
             V::Nil,
         ]);
-        assert_eq!(edit_time_of(&value(v2.clone())), Some(1_700_000_000_123_000));
+        assert_eq!(
+            edit_time_of(&value(v2.clone())),
+            Some(1_700_000_000_123_000)
+        );
         // 2.x with a nexus meta time; a user change without one.
         let mut m2 = v2.as_array().unwrap().clone();
         m2[1] = "user:add".into();
@@ -631,7 +633,10 @@ mod tests {
             V::Map(vec![]),
             V::from(1_700_000_000_123_456u64),
         ]);
-        assert_eq!(edit_time_of(&value(v3.clone())), Some(1_700_000_000_123_456));
+        assert_eq!(
+            edit_time_of(&value(v3.clone())),
+            Some(1_700_000_000_123_456)
+        );
 
         // The closed segment's index: first and last edit time, how many.
         let t = tempfile::tempdir().unwrap();

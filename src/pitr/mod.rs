@@ -14,6 +14,8 @@ pub(crate) mod archive;
 pub(crate) mod follow;
 /// Restore to a point: the base backup and entries chosen, applied to the staged copy.
 pub(crate) mod replay;
+/// The archiver's failure record, which `status` reads.
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 

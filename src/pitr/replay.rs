@@ -209,7 +209,10 @@ fn resolve_time(inst: &Instance, all: &[Entry], t: &DateTime<Utc>) -> Result<(u6
     let (to, clock) = if edit_ok {
         (by_edit, Clock::Edit)
     } else {
-        (first_after(all, us, |e| Some(e.received_us)), Clock::Receive)
+        (
+            first_after(all, us, |e| Some(e.received_us)),
+            Clock::Receive,
+        )
     };
     if to <= all[0].offset {
         let first = &all[0];
