@@ -1610,10 +1610,10 @@ def pitr_run(args):
     common = (f'SYNBACKUP_SERVICE_DIR={cdir}\nSYNBACKUP_DRILL_PYTHON={py}\n'
               'SYNBACKUP_KEEP_LAST=5\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\n'
               'SYNBACKUP_KEEP_MONTHLY=0\nSYNBACKUP_METRICS=no\n')
-    # bp: the base backup and the archive; bf: the full backup taken at the end.
-    for name, root in (('bp', backups), ('bf', full)):
-        with open(os.path.join(etc, f'{name}.conf'), 'w') as f:
-            f.write(common + f'SYNBACKUP_BACKUP_ROOT={root}\n')
+    # The instance: its base backup and its archive (the full backup taken at the
+    # end goes beside them, by `synbackup backup`: one directory, one instance).
+    with open(os.path.join(etc, 'bp.conf'), 'w') as f:
+        f.write(common + f'SYNBACKUP_BACKUP_ROOT={backups}\n')
     adir = os.path.join(backups, 'nexus-archive')
     alog = open(os.path.join(args.workdir, 'pitr-archiver.log'), 'ab')
     errs = open(os.path.join(args.workdir, 'pitr-writer.log'), 'ab')
@@ -1698,8 +1698,19 @@ def pitr_run(args):
             f'holds offsets up to {held_at_kill - 1}')
         core = start_cortex(py, cdir, 'pitr-cortex-2.log', args)
         end = index()
-        wait_archived(poller, end)
-        stop_archiver(archiver)
+        if end >= held_at_kill:
+            wait_archived(poller, end)
+            stop_archiver(archiver)
+            archiver_said = f'caught up to {end} and stopped cleanly'
+        else:
+            # The cell came back behind its archive (it lost its last commits):
+            # the archiver must refuse to go on (its offsets would be reused).
+            try:
+                rc = archiver.wait(60)
+            except subprocess.TimeoutExpired:
+                stop_archiver(archiver)
+                rc = 'still running (killed by the bench)'
+            archiver_said = f'exited {rc}'
         archiver = None
         cell_log = {}
         out = subprocess.run([py, '-c', PITR_CELL_LOG, cdir], check=True,
@@ -1708,7 +1719,8 @@ def pitr_run(args):
             o, h = line.split()
             cell_log[int(o)] = bytes.fromhex(h)
         # The full backup at this point, for the nightly restore's row.
-        r = measure(sb + ['run', 'bf'])
+        target = poller.next_offset()  # the newest archived entry, before the kill
+        r = measure(sb + ['backup', cdir, os.path.join(full, 'at-end')])
         if r['rc'] != 0:
             raise SystemExit(f'the full backup failed: {r["stderr"]}')
     finally:
@@ -1722,19 +1734,20 @@ def pitr_run(args):
     # full backup of that point.
     restores = {}
     base_name = sorted(n for n in os.listdir(backups) if n.startswith('bp_'))[0]
-    full_name = sorted(n for n in os.listdir(full) if n.startswith('bf_'))[-1]
-    for what, cmd in (('restore --to', ['restore', '--instance', 'bp', '--to', str(end)]),
+    for what, cmd in (('restore --to', ['restore', '--instance', 'bp', '--to', str(target)]),
                       ('base backup alone', ['restore', '--instance', 'bp', base_name]),
-                      ('full backup of that point', ['restore', '--instance', 'bf',
-                                                     full_name])):
+                      ('full backup of that point', ['restore', os.path.join(full, 'at-end'),
+                                                     cdir])):
         load = loadavg()
         r = measure(sb + cmd)
         if r['rc'] != 0:
             raise SystemExit(f'{what} failed: {r["stderr"]}')
-        with open(os.path.join(w, 'state', f'{"bf" if "bf" in cmd else "bp"}.restore.json')) as f:
-            st = json.load(f)
+        replay = None
+        if '--to' in cmd:
+            with open(os.path.join(w, 'state', 'bp.restore.json')) as f:
+                replay = (json.load(f).get('details') or {}).get('before_swap')
         restores[what] = {'wall': r['wall'], 'cpu': r['cpu'], 'load': load,
-                          'replay': (st.get('details') or {}).get('before_swap')}
+                          'replay': replay}
         log(f'{what}: {r["wall"]:.1f} s')
 
     # Recovery point: per write made during an archiver phase, its return to its
@@ -1771,34 +1784,40 @@ def pitr_run(args):
               f'p99 {pct(lags, 0.99):.0f} ms, max {max(lags):.0f} ms (polled every 20 ms; '
               f'received by the archiver, before its write and fsync: p50 '
               f'{pct(rlags, 0.5):.0f} ms, p99 {pct(rlags, 0.99):.0f} ms from the return)']
-    # The kill: what the archive held then is the cell's own log, byte for byte.
-    same = all(cell_log.get(o) == poller.entry[o] for o in range(held_at_kill))
-    acked_ks = [k for k, _, _ in acked]
-    acked_offs = [poller.by_k.get(k) for k in acked_ks]
+    # The kill: every write the cell acknowledged is in the archive, and what the
+    # archive and the restarted cell both have is the same, byte for byte.
+    acked_offs = [poller.by_k.get(k) for k, _, _ in acked]
     missing_at_kill = sum(1 for o in acked_offs if o is None or o >= held_at_kill)
-    full_same = (sorted(cell_log) == list(range(end)) and
-                 all(cell_log[o] == poller.entry.get(o) for o in range(end)))
-    lines += ['', f'cell killed (SIGKILL) under the writer: {len(acked)} writes acknowledged; '
-              f'the archive held offsets 0-{held_at_kill - 1}, byte for byte the cell\'s log '
-              f'read after its restart: {same}; acknowledged writes not yet archived at the '
-              f'kill: {missing_at_kill}; after the restart the archiver caught up to {end}: '
-              f'archive == cell log (no gap, no duplicate): {full_same}']
+    common = min(end, held_at_kill)
+    same = (sorted(cell_log) == list(range(end)) and
+            all(cell_log[o] == poller.entry.get(o) for o in range(common)))
+    lost_by_cell = [o for o in acked_offs if o is not None and o >= end]
+    lines += ['', f'cell killed (SIGKILL) under the writer: {len(acked)} writes acknowledged '
+              f'to it; the archive held offsets 0-{held_at_kill - 1}; acknowledged writes not '
+              f'in the archive: {missing_at_kill}. The cell started again at index {end}: '
+              f'its log and the archive agree byte for byte on offsets 0-{common - 1}: {same}; '
+              f'archived entries the restarted cell no longer has: '
+              f'{max(0, held_at_kill - end)} ({len(lost_by_cell)} of them writes it had '
+              f'acknowledged); the archiver {archiver_said}']
     to = restores['restore --to']
     rep = to['replay'] or {}
-    applied, secs = rep.get('applied', 0), rep.get('seconds', float('nan'))
-    lines += ['', '| restore | wall s | CPU s | entries applied | apply s | entries/s | load |',
-              '|---|---|---|---|---|---|---|']
+    applied = rep.get('applied', 0)
+    boot = rep.get('boot_seconds', 0.0)
+    secs = rep.get('seconds', float('nan')) - boot
+    lines += ['', '| restore | wall s | CPU s | entries applied | replay s (boot) | '
+              'entries/s applied | load |', '|---|---|---|---|---|---|---|']
     for what, r in restores.items():
         rp = r['replay'] or {}
         lines.append(f"| {what} | {r['wall']:.1f} | {r['cpu']:.1f} | "
                      f"{rp.get('applied', '')} | "
-                     f"{'' if not rp else format(rp.get('seconds', 0), '.1f')} | "
-                     f"{'' if not rp else format(rp['applied'] / rp['seconds'], '.0f')} | "
+                     f"{'' if not rp else format(rp['seconds'], '.1f')}"
+                     f"{'' if not rp else ' (' + format(boot, '.1f') + ')'} | "
+                     f"{'' if not rp else format(applied / secs, '.0f')} | "
                      f"{r['load']:.2f} |")
-    lines += ['', f"applied at {applied / secs:.0f} entries/s (the replay's boot included) "
+    lines += ['', f"applied at {applied / secs:.0f} entries/s (after the replay's boot) "
               f"against the cell's own {rows[0]['rate']:.0f} entries/s under the writer "
               f"(without the archiver; {rows[1]['rate']:.0f} with it); base index "
-              f"{base_index}, target {end}"]
+              f"{base_index}, target {target} (the newest archived entry)"]
     return '\n'.join(lines), {'phases': rows, 'lag_ms': lags, 'restores': restores}
 
 

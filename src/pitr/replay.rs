@@ -293,6 +293,8 @@ pub(crate) struct Applied {
     pub(crate) errors: u64,
     /// How long the replay took (the cell's boot included).
     pub(crate) seconds: f64,
+    /// How long the copy took to boot before the first entry was applied.
+    pub(crate) boot_seconds: f64,
 }
 
 impl Applied {
@@ -416,6 +418,10 @@ pub(crate) fn apply(plan: &Plan, staged: &Path, python: &Path) -> Result<Applied
         applied: n("applied"),
         errors: n("errors"),
         seconds: started.elapsed().as_secs_f64(),
+        boot_seconds: v
+            .get("boot_seconds")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
     })
 }
 
