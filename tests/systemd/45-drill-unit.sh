@@ -187,7 +187,7 @@ print(offs[0], offs[-1], len(offs))' "$a"
 ns_exec systemctl start synbackup-nexus@l0.service
 asn=1000
 archiver_full() {
-  ns_exec storm.py storm /srv/cortex/l0 "for \$i in \$lib.range($asn, $((asn + 200))) { [inet:asn=\$i] }" >/dev/null
+  ns_exec storm.py storm /srv/cortex/l0 "[ $(seq -f 'inet:asn=%g' "$asn" $((asn + 199)) | tr '\n' ' ')]" >/dev/null
   asn=$((asn + 200))
   ns_has "nexus archive $a is full (ENOSPC)" -- ns_journal -u synbackup-nexus@l0.service
 }
