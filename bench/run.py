@@ -2055,6 +2055,354 @@ def seed_run(args):
     return '\n'.join(lines), rows
 
 
+# --pitr: the nexus archiver (point-in-time recovery) under a steady writer
+
+PITR_WRITER = r'''
+import asyncio, sys, time
+import synapse.telepath as s_telepath
+async def main(d, out, k):
+    async with await s_telepath.openurl('cell://' + d) as core:
+        with open(out, 'a', buffering=1) as f:
+            while True:
+                m0 = time.monotonic()
+                async for m in core.storm('[inet:ipv4=$k]', opts={'vars': {'k': k}}):
+                    if m[0] == 'err':
+                        raise SystemExit(str(m))
+                f.write(f'{k} {time.time():.6f} {(time.monotonic() - m0) * 1e3:.3f}\n')
+                k += 1
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+'''
+
+# The cell's own log, each entry as Synapse encodes it: "OFFSET HEX" per line.
+PITR_CELL_LOG = r'''
+import asyncio, sys
+import synapse.telepath as s_telepath
+import synapse.lib.msgpack as s_msgpack
+async def main(d):
+    async with await s_telepath.openurl('cell://' + d) as cell:
+        async for offs, item in cell.getNexusChanges(0, wait=False):
+            sys.stdout.write(f'{offs} {s_msgpack.en(item).hex()}\n')
+asyncio.run(main(sys.argv[1]))
+'''
+
+
+class ArchivePoller:
+    """Reads the nexus archive as the archiver writes it, every `every` seconds, in
+    a thread: when each offset first appears in a segment (the archiver writes a
+    batch, then fsyncs it before it reads on, so this is the moment it becomes
+    durable, less the fsync), its record's bytes, and which writer value (the
+    `inet:ipv4` a node-add entry adds) it carries."""
+
+    def __init__(self, adir, every=0.02):
+        import threading
+        import synapse.lib.msgpack as s_msgpack
+        self.s_msgpack = s_msgpack
+        self.adir, self.every = adir, every
+        self.seen = {}      # first offset of a segment -> (bytes consumed, unpacker)
+        self.appeared = {}  # offset -> wall time first seen
+        self.received = {}  # offset -> received_us
+        self.entry = {}     # offset -> ENTRY bytes (re-encoded)
+        self.by_k = {}      # writer value -> offset
+        self.contiguous = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def next_offset(self):
+        """One past the offsets seen from 0 with no gap."""
+        while self.contiguous in self.appeared:
+            self.contiguous += 1
+        return self.contiguous
+
+    def loop(self):
+        while not self.stop.is_set():
+            self.poll()
+            time.sleep(self.every)
+
+    def poll(self):
+        now = time.time()
+        try:
+            names = os.listdir(self.adir)
+        except FileNotFoundError:
+            return
+        for name in sorted(names):
+            if not name.endswith('.seg'):
+                continue
+            first = int(name[5:21] if name.startswith('open-') else name[:16], 16)
+            done, unpk = self.seen.get(first, (0, None))
+            if unpk is None:
+                unpk = self.s_msgpack.Unpk()
+            try:
+                with open(os.path.join(self.adir, name), 'rb') as f:
+                    f.seek(done)
+                    data = f.read()
+            except FileNotFoundError:
+                continue  # renamed as it closed: read under its new name next time
+            self.seen[first] = (done + len(data), unpk)
+            for _, rec in unpk.feed(data):
+                offs, rus, item = rec
+                if offs in self.appeared:
+                    continue
+                self.appeared[offs] = now
+                self.received[offs] = rus
+                self.entry[offs] = self.s_msgpack.en(item)
+                k = self.writer_value(item)
+                if k is not None:
+                    self.by_k[k] = offs
+
+    @staticmethod
+    def writer_value(item):
+        """The address a 2.x node-add entry adds (the writer's k), else None."""
+        try:
+            if item[1] != 'edits':
+                return None
+            for _buid, form, edits in item[2][0]:
+                if form == 'inet:ipv4' and edits and edits[0][0] == 0:
+                    return edits[0][1][0]
+        except (IndexError, TypeError, ValueError):
+            return None
+        return None
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.poll()
+
+
+def pitr_run(args):
+    """--pitr: a real 2.256.0 Cortex with its nexus log, a writer making one node per
+    call back to back for the whole run, and `synbackup nexus-archive` following it
+    into the archive. Phases of --pitr-seconds alternate with and without the
+    archiver (the order flips every round, so the shared machine's load hits both);
+    the archive is polled to time each write from the writer's return to its entry
+    being in the archive. Then the cell is killed (SIGKILL) under the writer and
+    started again; then `restore --to` the newest archived entry, the base restore
+    alone and a full restore of a backup taken at that point."""
+    py = os.path.join(args.venv, 'bin', 'python')
+    w = os.path.join(args.workdir, 'pitr')
+    rmtree(w)
+    cdir = os.path.join(w, 'cortex')
+    etc, backups, full = (os.path.join(w, n) for n in ('etc', 'backups', 'full'))
+    for d in (cdir, etc, backups, full):
+        os.makedirs(d)
+    with open(os.path.join(cdir, 'cell.yaml'), 'w') as f:
+        f.write('nexslog:en: true\n')
+    sb = [args.synbackup, '--config-dir', etc, '--state-dir', os.path.join(w, 'state'),
+          '--lock-dir', os.path.join(w, 'lock'), '--metrics-dir', os.path.join(w, 'metrics')]
+    common = (f'SYNBACKUP_SERVICE_DIR={cdir}\nSYNBACKUP_DRILL_PYTHON={py}\n'
+              'SYNBACKUP_KEEP_LAST=5\nSYNBACKUP_KEEP_DAILY=0\nSYNBACKUP_KEEP_WEEKLY=0\n'
+              'SYNBACKUP_KEEP_MONTHLY=0\nSYNBACKUP_METRICS=no\n')
+    # The instance: its base backup and its archive (the full backup taken at the
+    # end goes beside them, by `synbackup backup`: one directory, one instance).
+    with open(os.path.join(etc, 'bp.conf'), 'w') as f:
+        f.write(common + f'SYNBACKUP_BACKUP_ROOT={backups}\n')
+    adir = os.path.join(backups, 'nexus-archive')
+    alog = open(os.path.join(args.workdir, 'pitr-archiver.log'), 'ab')
+    errs = open(os.path.join(args.workdir, 'pitr-writer.log'), 'ab')
+    lat = os.path.join(w, 'latency')
+    core = writer = archiver = None
+
+    def index():
+        return int(subprocess.run([py, '-c', INDEX, cdir], check=True,
+                                  capture_output=True).stdout)
+
+    def start_archiver():
+        return subprocess.Popen(sb + ['nexus-archive', 'bp'], stdout=subprocess.DEVNULL,
+                                stderr=alog, start_new_session=True)
+
+    def stop_archiver(a):
+        os.killpg(a.pid, signal.SIGTERM)
+        if a.wait(60) != 0:
+            raise SystemExit(f'the archiver exited {a.returncode} on SIGTERM')
+
+    def wait_archived(poller, want, secs=300):
+        deadline = time.time() + secs
+        while poller.next_offset() < want:
+            if time.time() > deadline:
+                raise SystemExit(f'the archive did not reach {want} in {secs} s '
+                                 f'(at {poller.next_offset()})')
+            time.sleep(0.05)
+
+    def writes():
+        out = []
+        with open(lat) as f:
+            for line in f:
+                k, t, ms = line.split()
+                out.append((int(k), float(t), float(ms)))
+        return out
+
+    poller = ArchivePoller(adir)
+    phases = []
+    try:
+        core = start_cortex(py, cdir, 'pitr-cortex.log', args)
+        subprocess.run([py, '-c', SEED, cdir, str(args.pitr_seed)], check=True)
+        r = measure(sb + ['run', 'bp'])
+        if r['rc'] != 0:
+            raise SystemExit(f'the base backup failed: {r["stderr"]}')
+        base_index = index()
+        archiver = start_archiver()
+        wait_archived(poller, base_index)
+        stop_archiver(archiver)
+        archiver = None
+        writer = subprocess.Popen([py, '-c', PITR_WRITER, cdir, lat, str(10 ** 8)],
+                                  stderr=errs, start_new_session=True)
+        time.sleep(3)  # the writer is going
+        order = ['archiver', 'baseline']
+        for rnd in range(args.rounds):
+            for name in (order if rnd % 2 == 0 else order[::-1]):
+                if name == 'archiver':
+                    archiver = start_archiver()
+                    wait_archived(poller, index())  # the backlog of the last phase
+                load = loadavg()
+                i0, t0 = index(), time.time()
+                time.sleep(args.pitr_seconds)
+                i1, t1 = index(), time.time()
+                if name == 'archiver':
+                    wait_archived(poller, i1)
+                    stop_archiver(archiver)
+                    archiver = None
+                phases.append({'phase': name, 't0': t0, 't1': t1, 'entries': i1 - i0,
+                               'load': load})
+                log(f'round {rnd + 1}: {name} phase, {t1 - t0:.1f} s, {i1 - i0} entries, '
+                    f'load {load:.2f}')
+        # The cell killed under the writer, the archiver running.
+        archiver = start_archiver()
+        wait_archived(poller, index())
+        time.sleep(3)
+        t_kill = time.time()
+        os.killpg(core.pid, signal.SIGKILL)
+        core.wait()
+        writer.wait(60)
+        time.sleep(1)
+        held_at_kill = poller.next_offset()
+        acked = writes()
+        log(f'killed the cell: the writer had {len(acked)} writes acknowledged, the archive '
+            f'holds offsets up to {held_at_kill - 1}')
+        core = start_cortex(py, cdir, 'pitr-cortex-2.log', args)
+        end = index()
+        if end >= held_at_kill:
+            wait_archived(poller, end)
+            stop_archiver(archiver)
+            archiver_said = f'caught up to {end} and stopped cleanly'
+        else:
+            # The cell came back behind its archive (it lost its last commits):
+            # the archiver must refuse to go on (its offsets would be reused).
+            try:
+                rc = archiver.wait(60)
+            except subprocess.TimeoutExpired:
+                stop_archiver(archiver)
+                rc = 'still running (killed by the bench)'
+            archiver_said = f'exited {rc}'
+        archiver = None
+        cell_log = {}
+        out = subprocess.run([py, '-c', PITR_CELL_LOG, cdir], check=True,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            o, h = line.split()
+            cell_log[int(o)] = bytes.fromhex(h)
+        # The full backup at this point, for the nightly restore's row.
+        target = poller.next_offset()  # the newest archived entry, before the kill
+        r = measure(sb + ['backup', cdir, os.path.join(full, 'at-end')])
+        if r['rc'] != 0:
+            raise SystemExit(f'the full backup failed: {r["stderr"]}')
+    finally:
+        poller.close()
+        for p in (writer, archiver):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(60)
+        stop_procs([core])
+    # Restores (the cell stopped): to the newest archived entry, the base alone, the
+    # full backup of that point.
+    restores = {}
+    base_name = sorted(n for n in os.listdir(backups) if n.startswith('bp_'))[0]
+    for what, cmd in (('restore --to', ['restore', '--instance', 'bp', '--to', str(target)]),
+                      ('base backup alone', ['restore', '--instance', 'bp', base_name]),
+                      ('full backup of that point', ['restore', os.path.join(full, 'at-end'),
+                                                     cdir])):
+        load = loadavg()
+        r = measure(sb + cmd)
+        if r['rc'] != 0:
+            raise SystemExit(f'{what} failed: {r["stderr"]}')
+        replay = None
+        if '--to' in cmd:
+            with open(os.path.join(w, 'state', 'bp.restore.json')) as f:
+                replay = (json.load(f).get('details') or {}).get('before_swap')
+        restores[what] = {'wall': r['wall'], 'cpu': r['cpu'], 'load': load,
+                          'replay': replay}
+        log(f'{what}: {r["wall"]:.1f} s')
+
+    # Recovery point: per write made during an archiver phase, its return to its
+    # entry appearing in the archive.
+    ws = writes()
+    lags, rlags = [], []
+    for k, t, _ in ws:
+        if not any(p['phase'] == 'archiver' and p['t0'] <= t < p['t1'] for p in phases):
+            continue
+        o = poller.by_k.get(k)
+        if o is None:
+            raise SystemExit(f'write {k} (returned {t:.3f}) is not in the archive')
+        lags.append((poller.appeared[o] - t) * 1e3)
+        rlags.append(poller.received[o] / 1e3 - t * 1e3)
+    lines = ['| phase | writes | p50 ms | p99 ms | p99 vs baseline | max ms | entries/s '
+             '| load |', '|---|---|---|---|---|---|---|---|']
+    rows = []
+    for name in ('baseline', 'archiver'):
+        win = [(p['t0'], p['t1']) for p in phases if p['phase'] == name]
+        ms = [m for _, t, m in ws if any(a <= t < b for a, b in win)]
+        secs = sum(b - a for a, b in win)
+        ents = sum(p['entries'] for p in phases if p['phase'] == name)
+        rows.append({'phase': name, 'writes': len(ms), 'p50': pct(ms, 0.5),
+                     'p99': pct(ms, 0.99), 'max': max(ms) if ms else float('nan'),
+                     'rate': ents / secs if secs else float('nan'),
+                     'load': med([p['load'] for p in phases if p['phase'] == name])})
+    base = rows[0]['p99']
+    for r in rows:
+        lines.append(f"| {r['phase']} | {r['writes']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                     f"{(r['p99'] / base - 1) * 100:+.1f} % | {r['max']:.0f} | "
+                     f"{r['rate']:.0f} | {r['load']:.2f} |")
+    lines += ['', f'recovery point ({len(lags)} writes of the archiver phases): from the '
+              f"writer's return to the entry in the archive p50 {pct(lags, 0.5):.0f} ms, "
+              f'p99 {pct(lags, 0.99):.0f} ms, max {max(lags):.0f} ms (polled every 20 ms; '
+              f'received by the archiver, before its write and fsync: p50 '
+              f'{pct(rlags, 0.5):.0f} ms, p99 {pct(rlags, 0.99):.0f} ms from the return)']
+    # The kill: every write the cell acknowledged is in the archive, and what the
+    # archive and the restarted cell both have is the same, byte for byte.
+    acked_offs = [poller.by_k.get(k) for k, _, _ in acked]
+    missing_at_kill = sum(1 for o in acked_offs if o is None or o >= held_at_kill)
+    common = min(end, held_at_kill)
+    same = (sorted(cell_log) == list(range(end)) and
+            all(cell_log[o] == poller.entry.get(o) for o in range(common)))
+    lost_by_cell = [o for o in acked_offs if o is not None and o >= end]
+    lines += ['', f'cell killed (SIGKILL) under the writer: {len(acked)} writes acknowledged '
+              f'to it; the archive held offsets 0-{held_at_kill - 1}; acknowledged writes not '
+              f'in the archive: {missing_at_kill}. The cell started again at index {end}: '
+              f'its log and the archive agree byte for byte on offsets 0-{common - 1}: {same}; '
+              f'archived entries the restarted cell no longer has: '
+              f'{max(0, held_at_kill - end)} ({len(lost_by_cell)} of them writes it had '
+              f'acknowledged); the archiver {archiver_said}']
+    to = restores['restore --to']
+    rep = to['replay'] or {}
+    applied = rep.get('applied', 0)
+    boot = rep.get('boot_seconds', 0.0)
+    secs = rep.get('seconds', float('nan')) - boot
+    lines += ['', '| restore | wall s | CPU s | entries applied | replay s (boot) | '
+              'entries/s applied | load |', '|---|---|---|---|---|---|---|']
+    for what, r in restores.items():
+        rp = r['replay'] or {}
+        lines.append(f"| {what} | {r['wall']:.1f} | {r['cpu']:.1f} | "
+                     f"{rp.get('applied', '')} | "
+                     f"{'' if not rp else format(rp['seconds'], '.1f')}"
+                     f"{'' if not rp else ' (' + format(boot, '.1f') + ')'} | "
+                     f"{'' if not rp else format(applied / secs, '.0f')} | "
+                     f"{r['load']:.2f} |")
+    lines += ['', f"applied at {applied / secs:.0f} entries/s (after the replay's boot) "
+              f"against the cell's own {rows[0]['rate']:.0f} entries/s under the writer "
+              f"(without the archiver; {rows[1]['rate']:.0f} with it); base index "
+              f"{base_index}, target {target} (the newest archived entry)"]
+    return '\n'.join(lines), {'phases': rows, 'lag_ms': lags, 'restores': restores}
+
+
 # ---------------------------------------------------------------------------------
 # Report
 
@@ -2704,6 +3052,13 @@ def main():
                    help='nodes the --seed-mirror leader has (default 50000, --small 2000)')
     p.add_argument('--seed-mirror-after', dest='seed_after', type=int, default=None,
                    help='nodes written after its backup (default 1000, --small 200)')
+    p.add_argument('--pitr', action='store_true',
+                   help='the nexus archiver: recovery point, its cost on the writer, '
+                   'restore --to against the base and a full restore (see pitr_run)')
+    p.add_argument('--pitr-seconds', type=float, default=None,
+                   help='--pitr: each phase (default 30, --small 5)')
+    p.add_argument('--pitr-seed', type=int, default=2000,
+                   help='--pitr: nodes in the Cortex before the base backup')
     p.add_argument('--restore', action='store_true',
                    help='instead: restore rows per shape: synbackup restore against cp -a '
                    '(+ sync, + b3sum -c) and the read and write limits, warm and cold')
@@ -2796,6 +3151,14 @@ def run_benchmark(args):
         print_run(args, start_uptime,
                   f'seed run: {args.seed_nodes} nodes, {args.seed_after} after the backup, '
                   f'{args.rounds} rounds', table, 'seed', rows)
+        return 0
+    if args.pitr:
+        if args.pitr_seconds is None:
+            args.pitr_seconds = 5.0 if args.small else 30.0
+        table, rows = pitr_run(args)
+        print_run(args, start_uptime,
+                  f'pitr run: {args.rounds} rounds of {args.pitr_seconds:.0f} s phases '
+                  'with and without the archiver, alternated', table, 'pitr', rows)
         return 0
     if args.offsite:
         table, rows = offsite_run(args)

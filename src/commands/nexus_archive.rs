@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::instance::config::{self, InstanceOverrides};
 use crate::instance::dirs::Dirs;
-use crate::pitr::{archive, follow};
+use crate::pitr::{archive, follow, state};
 
 #[derive(Debug, Args)]
 pub(crate) struct NexusArchiveArgs {
@@ -29,6 +29,7 @@ pub(crate) fn exec(dirs: &Dirs, a: &NexusArchiveArgs) -> Result<ExitCode> {
         service_dir: inst.service_dir.clone(),
         archive_dir: follow::archive_dir(&inst.backup_root),
         segment_bytes: a.segment_bytes,
+        state_file: Some(state::path(&dirs.state_dir, &inst.name)),
     })?;
     Ok(ExitCode::SUCCESS)
 }

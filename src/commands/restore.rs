@@ -109,11 +109,12 @@ pub(crate) fn exec(dirs: &Dirs, a: &RestoreArgs) -> Result<ExitCode> {
     if a.dry_run {
         if let Some(r) = &replay {
             println!(
-                "would restore base backup {} (nexus index {}), then apply {} archived nexus entries up to index {}",
+                "would restore base backup {} (nexus index {}), then apply {} archived nexus entries up to index {}{}",
                 crate::base::pathtext::shell_word(&r.0.plan.backup),
                 r.0.plan.from,
                 r.0.plan.entries(),
-                r.0.plan.to
+                r.0.plan.to,
+                r.0.plan.clock_said()
             );
         }
         restore::plan::dry_run(dirs, &request, busy)?;

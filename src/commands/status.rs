@@ -252,6 +252,9 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     if let Some(p) = offsite_problem(offsite_configured, &backup, &offsite, max_age, now) {
         problems.push(p);
     }
+    if let Some(p) = crate::pitr::state::problem(&dirs.state_dir, name) {
+        problems.push(p);
+    }
     // The service itself: a monitoring check that says OK while it crash-loops
     // would be muted within a week.
     if let Some(p) = inst

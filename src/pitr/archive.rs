@@ -6,8 +6,12 @@
 //! - `open-FIRST.seg`: the segment being written. FIRST and LAST are 16 hex digits.
 //! - `FIRST-LAST.seg`: a closed segment (never written again), and beside it
 //!   `FIRST-LAST.json`: its entry count, first and last offset, the times the
-//!   first and last entry were received, and its BLAKE3 digest. The `.json` files
-//!   are the archive's offset → time index.
+//!   first and last entry were received, the first and last edit time among its
+//!   entries and how many carry one (see [`edit_time_us`]), and its BLAKE3
+//!   digest. The `.json` files are the archive's offset → time index. The edit
+//!   time fields were added later, optional, in the same format 1: an index
+//!   written before has none (the times are read from the entries themselves),
+//!   and an older reader ignores them.
 //!
 //! A segment is a plain stream of msgpack values, one per nexus entry:
 //! `[offset, received_us, ENTRY]`, where ENTRY holds the bytes exactly as the cell
@@ -54,6 +58,15 @@ pub(crate) struct Closed {
     pub(crate) count: u64,
     pub(crate) first_received_us: u64,
     pub(crate) last_received_us: u64,
+    /// How many of its entries carry an edit time (absent: an index written
+    /// before edit times were indexed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) edit_times: Option<u64>,
+    /// The edit time of the first and of the last entry that carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) first_edit_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_edit_us: Option<u64>,
     pub(crate) blake3: String,
 }
 
@@ -62,6 +75,8 @@ pub(crate) struct Closed {
 pub(crate) struct Entry {
     pub(crate) offset: u64,
     pub(crate) received_us: u64,
+    /// When the cell made the change, where the entry says ([`edit_time_us`]).
+    pub(crate) edit_us: Option<u64>,
     /// The msgpack bytes of the whole record `[offset, received_us, ENTRY]`.
     pub(crate) record: Vec<u8>,
 }
@@ -84,6 +99,20 @@ struct OpenSeg {
     first_received_us: u64,
     last_received_us: u64,
     last: u64,
+    edit_times: u64,
+    first_edit_us: Option<u64>,
+    last_edit_us: Option<u64>,
+}
+
+impl OpenSeg {
+    /// Count an entry's edit time in the segment's index.
+    fn note_edit(&mut self, edit_us: Option<u64>) {
+        if let Some(t) = edit_us {
+            self.edit_times += 1;
+            self.first_edit_us.get_or_insert(t);
+            self.last_edit_us = Some(t);
+        }
+    }
 }
 
 fn hex16(n: u64) -> String {
@@ -114,6 +143,46 @@ pub(crate) fn encode_record(offset: u64, received_us: u64, entry: &[u8]) -> Vec<
     buf
 }
 
+/// 3.x's clock: `s_common.now()` counts microseconds (2.x's milliseconds).
+const V3_TIME_SCALE: u64 = 1;
+
+/// When the cell made the change an entry records (microseconds since the epoch),
+/// where the entry says: 3.x appends `etime` after `meta`
+/// (`(nexsiden, event, args, kwargs, meta, etime)`); on 2.x the nexus `meta` may
+/// carry a `time`, and a layer's node edits (event `edits`, args `(edits, meta)`)
+/// carry the edit's `time` in their own meta. 2.x times are milliseconds.
+/// Other entries (a user or a view changed on 2.x, say) carry none.
+pub(crate) fn edit_time_us(entry: &rmpv::Value) -> Option<u64> {
+    let items = entry.as_array()?;
+    let time_in = |m: &rmpv::Value| -> Option<u64> {
+        m.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("time"))
+            .and_then(|(_, v)| v.as_u64())
+    };
+    if items.len() >= 6 {
+        return items[5]
+            .as_u64()
+            .or_else(|| time_in(&items[4]))
+            .map(|t| t.saturating_mul(V3_TIME_SCALE));
+    }
+    let ms = items.get(4).and_then(time_in).or_else(|| {
+        (items.get(1)?.as_str()? == "edits")
+            .then(|| items.get(2)?.as_array()?.get(1).and_then(time_in))
+            .flatten()
+    })?;
+    Some(ms.saturating_mul(1000))
+}
+
+/// [`edit_time_us`] of an entry's msgpack bytes.
+pub(crate) fn edit_time_of(entry: &[u8]) -> Option<u64> {
+    let mut cur = entry;
+    rmpv::decode::read_value(&mut cur)
+        .ok()
+        .as_ref()
+        .and_then(edit_time_us)
+}
+
 /// Read the records of a segment's bytes; the length of the whole records and
 /// the entries (a torn tail is left out, its start returned as the length).
 pub(crate) fn parse_records(bytes: &[u8]) -> (u64, Vec<Entry>) {
@@ -133,9 +202,11 @@ pub(crate) fn parse_records(bytes: &[u8]) -> (u64, Vec<Entry>) {
         ) else {
             break;
         };
+        let edit_us = fields.and_then(|a| edit_time_us(&a[2]));
         out.push(Entry {
             offset,
             received_us,
+            edit_us,
             record: bytes[pos..pos + used].to_vec(),
         });
         pos += used;
@@ -311,14 +382,17 @@ impl Archive {
                     let (good, entries) = parse_records(&bytes);
                     if good < bytes.len() as u64 {
                         log::warn!(
-                            "{}: cutting {} bytes of a record torn by a crash (offset {} on is archived again)",
+                            "{}: cutting {} bytes of a record torn by a crash or a full file system (offset {} on is archived again)",
                             path.display(),
                             bytes.len() as u64 - good,
                             entries.last().map_or(*first, |e| e.offset + 1)
                         );
-                        file.set_len(good)?;
-                        file.sync_all()?;
+                        file.set_len(good)
+                            .with_context(|| format!("cannot cut {}", path.display()))?;
                     }
+                    // What a run that failed (a full disk) wrote but never
+                    // fsynced: durable before the next offset is taken from it.
+                    file.sync_all().map_err(|e| fsutil::write_error(path, e))?;
                     file.seek(SeekFrom::End(0))?;
                     let Some(last) = entries.last() else {
                         fs::remove_file(path)?;
@@ -326,7 +400,7 @@ impl Archive {
                         continue;
                     };
                     self.next = Some(last.offset + 1);
-                    self.open = Some(OpenSeg {
+                    let mut seg = OpenSeg {
                         first: *first,
                         file,
                         len: good,
@@ -334,7 +408,14 @@ impl Archive {
                         first_received_us: entries[0].received_us,
                         last_received_us: last.received_us,
                         last: last.offset,
-                    });
+                        edit_times: 0,
+                        first_edit_us: None,
+                        last_edit_us: None,
+                    };
+                    for e in &entries {
+                        seg.note_edit(e.edit_us);
+                    }
+                    self.open = Some(seg);
                     // A close interrupted after its index was written.
                     let stem = closed_stem(*first, last.offset);
                     if self.dir.join(format!("{stem}.json")).exists() {
@@ -373,6 +454,9 @@ impl Archive {
                     first_received_us: *received_us,
                     last_received_us: *received_us,
                     last: *offset,
+                    edit_times: 0,
+                    first_edit_us: None,
+                    last_edit_us: None,
                 });
             }
             let seg = self
@@ -387,6 +471,7 @@ impl Archive {
             seg.count += 1;
             seg.last = *offset;
             seg.last_received_us = *received_us;
+            seg.note_edit(edit_time_of(entry));
             self.next = Some(offset + 1);
             if seg.len >= self.segment_bytes {
                 seg.file.sync_data()?;
@@ -418,6 +503,9 @@ impl Archive {
             count: seg.count,
             first_received_us: seg.first_received_us,
             last_received_us: seg.last_received_us,
+            edit_times: Some(seg.edit_times),
+            first_edit_us: seg.first_edit_us,
+            last_edit_us: seg.last_edit_us,
             blake3: blake3::hash(&bytes).to_hex().to_string(),
         };
         fsutil::write_atomic(
@@ -506,6 +594,89 @@ mod tests {
         assert_eq!(first_gap(&all, 5, 33), Some((31, 32)));
         // Another cell's archive is refused.
         assert!(Archive::open(&dir, "cell2", 100).is_err());
+    }
+
+    fn value(v: rmpv::Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, &v).unwrap();
+        b
+    }
+
+    #[test]
+    fn edit_times_of_both_lines_in_the_index() {
+        use rmpv::Value as V;
+        let map = |k: &str, t: u64| V::Map(vec![(k.into(), V::from(t))]);
+        // 2.x node edits: (layriden, 'edits', (edits, {'time': ms, ...}), {}, None).
+        let v2 = V::Array(vec![
+            "layr".into(),
+            "edits".into(),
+            V::Array(vec![V::Array(vec![]), map("time", 1_700_000_000_123)]),
+            V::Map(vec![]),
+            V::Nil,
+        ]);
+        assert_eq!(
+            edit_time_of(&value(v2.clone())),
+            Some(1_700_000_000_123_000)
+        );
+        // 2.x with a nexus meta time; a user change without one.
+        let mut m2 = v2.as_array().unwrap().clone();
+        m2[1] = "user:add".into();
+        assert_eq!(edit_time_of(&value(V::Array(m2.clone()))), None);
+        m2[4] = map("time", 5);
+        assert_eq!(edit_time_of(&value(V::Array(m2))), Some(5000));
+        // 3.x: etime (microseconds) after meta.
+        let v3 = V::Array(vec![
+            "cell".into(),
+            "model:set".into(),
+            V::Array(vec![]),
+            V::Map(vec![]),
+            V::Map(vec![]),
+            V::from(1_700_000_000_123_456u64),
+        ]);
+        assert_eq!(
+            edit_time_of(&value(v3.clone())),
+            Some(1_700_000_000_123_456)
+        );
+
+        // The closed segment's index: first and last edit time, how many.
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(DIR_NAME);
+        let mut a = Archive::open(&dir, "c", 1 << 20).unwrap();
+        a.append(&[
+            (0, 10, value(v2.clone())),
+            (1, 11, entry(1).2),
+            (2, 12, value(v3)),
+        ])
+        .unwrap();
+        drop(a);
+        // Reopened (the open segment's times read back), then closed.
+        let mut a = Archive::open(&dir, "c", 1).unwrap();
+        a.append(&[(3, 13, entry(3).2)]).unwrap();
+        let json = dir.join(format!("{}.json", closed_stem(0, 3)));
+        let idx: Closed = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+        assert_eq!(idx.edit_times, Some(2));
+        assert_eq!(idx.first_edit_us, Some(1_700_000_000_123_000));
+        assert_eq!(idx.last_edit_us, Some(1_700_000_000_123_456));
+        let all = read_all(&dir).unwrap();
+        let edits: Vec<_> = all.iter().map(|e| e.edit_us).collect();
+        assert_eq!(
+            edits,
+            [
+                Some(1_700_000_000_123_000),
+                None,
+                Some(1_700_000_000_123_456),
+                None
+            ]
+        );
+        // An index written before edit times were indexed still reads.
+        let mut old: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+        for k in ["edit_times", "first_edit_us", "last_edit_us"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        fs::write(&json, serde_json::to_vec(&old).unwrap()).unwrap();
+        let idx: Closed = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+        assert_eq!((idx.edit_times, idx.first_edit_us), (None, None));
+        assert_eq!(read_all(&dir).unwrap().len(), 4);
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! as an error naming the missing offsets, and the archive goes on after it (a
 //! restore to a point refuses targets that need those offsets).
 //!
+//! A full file system (ENOSPC, EDQUOT) stops the archiver (exit 4): the entries it
+//! had made durable stay counted, a record it was writing is cut when it starts
+//! again, and the unit's `Restart=` starts it again, so it resumes from the same
+//! offset once space is freed. Every stop on an error is recorded for `status`
+//! (`state`) until a later run catches up with the cell.
+//!
 //! A cell without its nexus log (`nexslog:en: false`) ends the stream without the
 //! caught-up marker: the archiver stops with a one-line error saying how to enable
 //! it. A cell whose index is behind the archive (it was restored to an older
@@ -34,12 +40,15 @@ use crate::base::interrupt;
 use crate::engine::telepath::{Client, Next, Yielded};
 use crate::host::systemd;
 use crate::pitr::archive::{self, Archive};
+use crate::pitr::state;
 
 /// How the archiver runs.
 pub(crate) struct Options {
     pub(crate) service_dir: PathBuf,
     pub(crate) archive_dir: PathBuf,
     pub(crate) segment_bytes: u64,
+    /// The failure record `status` reads (`state`).
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 /// The longest wait between connection attempts while the cell is down.
@@ -56,19 +65,24 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let sock = opts.service_dir.join("sock");
     let mut backoff = Duration::from_millis(200);
     let mut announced = false;
+    // The archive holds every entry before this offset durably.
+    let mut archived_to = None;
     loop {
         if interrupt::requested() {
             stopped();
             return Ok(());
         }
         systemd::watchdog();
-        match follow_once(opts, &sock, &mut announced) {
+        match follow_once(opts, &sock, &mut announced, &mut archived_to) {
             Ok(()) => return Ok(()),
             Err(e) if e.chain().any(|c| c.downcast_ref::<Stopped>().is_some()) => {
                 stopped();
                 return Ok(());
             }
-            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) if is_fatal(&e) => {
+                record_stop(opts, &e, archived_to);
+                return Err(e);
+            }
             Err(e) => {
                 log::warn!(
                     "nexus archive of {}: {e:#}; connecting again",
@@ -89,6 +103,37 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// The archiver stops on `e`: say so (a full file system by name) and record it
+/// for `status`.
+fn record_stop(opts: &Options, e: &anyhow::Error, archived_to: Option<u64>) {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<crate::base::exit::Failure>()
+            .is_some_and(|f| f.code == Code::NoSpace)
+    });
+    let upto = match archived_to {
+        Some(n) => format!("every entry before offset {n} is on disk"),
+        None => "nothing was archived".to_string(),
+    };
+    let error = if full {
+        let why = format!(
+            "the file system of the nexus archive {} is full (ENOSPC): {e:#}",
+            opts.archive_dir.display()
+        );
+        log::error!(
+            "{why}; the archiver stops, {upto}; free space there: the unit starts it again (Restart=) and it resumes from there"
+        );
+        why
+    } else {
+        format!("{e:#}")
+    };
+    systemd::status(&format!("stopped: {error}"));
+    if let Some(file) = &opts.state_file {
+        if let Err(w) = state::record_failure(file, &error, archived_to) {
+            log::warn!("cannot record the archiver's failure for status: {w:#}");
         }
     }
 }
@@ -152,11 +197,17 @@ fn split_item(y: &Yielded) -> Result<(u64, Vec<u8>)> {
 
 /// One connection: open the archive, check the cell, stream and append until the
 /// link fails (Err, reconnect) or a signal (Err(Stopped)).
-fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> {
+fn follow_once(
+    opts: &Options,
+    sock: &Path,
+    announced: &mut bool,
+    archived_to: &mut Option<u64>,
+) -> Result<()> {
     let mut client = Client::connect(sock, Duration::from_secs(30))?;
     let state = client.cell_state()?;
     let mut arch = Archive::open(&opts.archive_dir, &state.iden, opts.segment_bytes)?;
     let next = arch.next_offset();
+    *archived_to = next;
     if let Some(n) = next {
         if state.nexus_index < n {
             return Err(fail(
@@ -198,6 +249,7 @@ fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> 
                 Next::End if caught_up => {
                     // The cell is shutting down: what came is archived below.
                     append(&mut arch, &mut batch, &mut archived)?;
+                    *archived_to = archived;
                     return Err(anyhow!("the cell ended the stream (shutting down)"));
                 }
                 Next::End => {
@@ -211,10 +263,18 @@ fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> 
                     ));
                 }
                 Next::Item(y) if y.value.is_nil() => {
+                    // The entries before the marker are made durable first: only
+                    // then has it caught up (READY=1, a failure record cleared).
+                    append(&mut arch, &mut batch, &mut archived)?;
+                    *archived_to = archived;
                     caught_up = true;
-                    // The entries before the marker may still be in this batch.
-                    let at = batch.last().map(|b| b.0 + 1).or(archived).unwrap_or(from);
+                    let at = archived.unwrap_or(from);
                     log::info!("caught up with the cell at offset {at}");
+                    if let Some(file) = &opts.state_file {
+                        if let Err(e) = state::clear(file) {
+                            log::warn!("{e:#}");
+                        }
+                    }
                     if !*announced {
                         *announced = true;
                         systemd::ready();
@@ -233,6 +293,7 @@ fn follow_once(opts: &Options, sock: &Path, announced: &mut bool) -> Result<()> 
             }
         }
         append(&mut arch, &mut batch, &mut archived)?;
+        *archived_to = archived;
         if let Some(a) = archived {
             systemd::status(&format!(
                 "archived to offset {} ({})",

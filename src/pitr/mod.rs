@@ -14,6 +14,8 @@ pub(crate) mod archive;
 pub(crate) mod follow;
 /// Restore to a point: the base backup and entries chosen, applied to the staged copy.
 pub(crate) mod replay;
+/// The archiver's failure record, which `status` reads.
+pub(crate) mod state;
 
 use std::path::{Path, PathBuf};
 
@@ -36,8 +38,9 @@ impl Replay {
         let python = service_python(inst)?;
         let plan = replay::plan(inst, point)?;
         log::info!(
-            "restore to nexus index {}: base backup {} (index {}), then {} archived entries",
+            "restore to nexus index {}{}: base backup {} (index {}), then {} archived entries",
             plan.to,
+            plan.clock_said(),
             plan.backup.display(),
             plan.from,
             plan.entries()

@@ -15,9 +15,10 @@
 # the offsets the archived entries need; passive, it issues none and starts no
 # crons, triggers or dmons. Also safemode, and no network listeners. It must be at
 # nexus index FROM after booting, and at TO at the end.
-# Prints one JSON line: {"applied": N, "errors": E, "index": I}.
+# Prints one JSON line: {"applied": N, "errors": E, "index": I, "boot_seconds": S}.
 import sys
 import json
+import time
 import asyncio
 import logging
 
@@ -60,7 +61,9 @@ async def main(dirn, frm, to):
         'https:port': None,
     }
     boot_passive()
+    t0 = time.monotonic()
     core = await s_cortex.Cortex.anit(dirn, conf=conf)
+    booted = time.monotonic() - t0
     try:
         nexs = core.nexsroot
         if core.isactive:
@@ -86,7 +89,8 @@ async def main(dirn, frm, to):
             fail(f'the restored cell is at nexus index {final} after the replay, not {to}')
     finally:
         await core.fini()
-    print(json.dumps({'applied': applied, 'errors': errors, 'index': final}), flush=True)
+    print(json.dumps({'applied': applied, 'errors': errors, 'index': final,
+                      'boot_seconds': booted}), flush=True)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,18 @@
 //! The target is a nexus index: OFFSET means "the cell as it was when its nexus
 //! index was OFFSET" (entries before OFFSET applied, none from it on: what
 //! `getNexsIndx()` and a backup's `manifest.cell.nexus_index` say). A TIME becomes
-//! one past the last archived entry received at or before it. The base is the
+//! the offset of the first archived entry made after it (entries made at or
+//! before it applied, as PostgreSQL's `recovery_target_time` stops before the
+//! first commit after its target), on one of two clocks, said in the plan:
+//! - the entries' edit times (`archive::edit_time_us`: the cell's own clock when
+//!   it made the change), when every entry from the base backup up to and
+//!   including the first one after TIME carries one (3.x's entries all do; on 2.x
+//!   node edits do, a user or view change does not);
+//! - else the times the archiver received them (one clock, going forward; an
+//!   entry is received after it was made, so its receive time is later by the
+//!   archiver's lag).
+//!
+//! The base is the
 //! newest complete backup of the instance whose recorded index is at or before the
 //! target; the entries from that index to the target must all be in the archive
 //! (a target past a gap is refused, naming the missing offsets).
@@ -84,11 +95,39 @@ pub(crate) struct Plan {
     pub(crate) to: u64,
     /// The archived records of offsets `from..to`.
     records: Vec<Entry>,
+    /// How a TIME became `to` (None for an OFFSET).
+    pub(crate) clock: Option<Clock>,
+}
+
+/// The clock a `--to TIME` was resolved on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// The entries' own edit times.
+    Edit,
+    /// The times the archiver received them.
+    Receive,
+}
+
+impl Clock {
+    /// What the plan says.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Clock::Edit => "the entries' edit times",
+            Clock::Receive => "the times the archiver received the entries (not every entry in range carries an edit time)",
+        }
+    }
 }
 
 impl Plan {
     pub(crate) fn entries(&self) -> usize {
         self.records.len()
+    }
+
+    /// " (the time read on ...)" for a TIME, "" for an OFFSET.
+    pub(crate) fn clock_said(&self) -> String {
+        self.clock
+            .map(|c| format!(" (the time read on {})", c.describe()))
+            .unwrap_or_default()
     }
 }
 
@@ -106,24 +145,11 @@ pub(crate) fn plan(inst: &Instance, point: &Point) -> Result<Plan> {
             ),
         ));
     };
-    let to = match point {
-        Point::Offset(n) => *n,
+    let (to, clock) = match point {
+        Point::Offset(n) => (*n, None),
         Point::Time(t) => {
-            let us = t.timestamp_micros().max(0) as u64;
-            match all.iter().rev().find(|e| e.received_us <= us) {
-                Some(e) => e.offset + 1,
-                None => {
-                    return Err(fail(
-                        Code::BadPath,
-                        format!(
-                            "{t} is before the first archived nexus entry (offset {}, received {}): nothing in {} tells the cell's state then",
-                            all[0].offset,
-                            micros(all[0].received_us),
-                            dir.display()
-                        ),
-                    ))
-                }
-            }
+            let (to, clock) = resolve_time(inst, &all, t)?;
+            (to, Some(clock))
         }
     };
     if to > last.offset + 1 {
@@ -157,7 +183,55 @@ pub(crate) fn plan(inst: &Instance, point: &Point) -> Result<Plan> {
         from,
         to,
         records,
+        clock,
     })
+}
+
+/// The offset of the first entry of `all` whose time (by `time_of`; entries
+/// without one are passed over) is after `us`; one past the last entry if none.
+fn first_after(all: &[Entry], us: u64, time_of: impl Fn(&Entry) -> Option<u64>) -> u64 {
+    all.iter()
+        .find(|e| time_of(e).is_some_and(|t| t > us))
+        .map_or_else(|| all.last().map_or(0, |e| e.offset + 1), |e| e.offset)
+}
+
+/// The nexus index a TIME means, and the clock it was read on: edit times when
+/// every entry from the base backup's index up to and including the first one
+/// after TIME has one, else receive times.
+fn resolve_time(inst: &Instance, all: &[Entry], t: &DateTime<Utc>) -> Result<(u64, Clock)> {
+    let us = t.timestamp_micros().max(0) as u64;
+    let by_edit = first_after(all, us, |e| e.edit_us);
+    let edit_ok = base_backup(inst, by_edit).is_ok_and(|(_, from)| {
+        all.iter()
+            .filter(|e| e.offset >= from && e.offset <= by_edit)
+            .all(|e| e.edit_us.is_some())
+    });
+    let (to, clock) = if edit_ok {
+        (by_edit, Clock::Edit)
+    } else {
+        (
+            first_after(all, us, |e| Some(e.received_us)),
+            Clock::Receive,
+        )
+    };
+    if to <= all[0].offset {
+        let first = &all[0];
+        return Err(fail(
+            Code::BadPath,
+            format!(
+                "{t} is before the first archived nexus entry (offset {}, received {}{}): nothing in {} tells the cell's state then",
+                first.offset,
+                micros(first.received_us),
+                first
+                    .edit_us
+                    .map(|e| format!(", made {}", micros(e)))
+                    .unwrap_or_default(),
+                archive::dir_of(&inst.backup_root).display()
+            ),
+        ));
+    }
+    log::info!("--to {t} is nexus index {to}, read on {}", clock.describe());
+    Ok((to, clock))
 }
 
 fn micros(us: u64) -> String {
@@ -217,16 +291,21 @@ pub(crate) struct Applied {
     pub(crate) applied: u64,
     /// Entries whose handler raised (on the leader too): logged, as a mirror does.
     pub(crate) errors: u64,
+    /// How long the replay took (the cell's boot included).
+    pub(crate) seconds: f64,
+    /// How long the copy took to boot before the first entry was applied.
+    pub(crate) boot_seconds: f64,
 }
 
 impl Applied {
     /// What the restore's summary says.
     pub(crate) fn line(&self) -> String {
         format!(
-            "; brought forward from nexus index {} to {} ({} archived entries applied{})",
+            "; brought forward from nexus index {} to {} ({} archived entries applied in {:.1} s{})",
             self.from,
             self.to,
             self.applied,
+            self.seconds,
             match self.errors {
                 0 => String::new(),
                 n => format!(", {n} of them raised in their handler as on the leader"),
@@ -270,6 +349,7 @@ pub(crate) fn apply(plan: &Plan, staged: &Path, python: &Path) -> Result<Applied
         staged.display(),
         python.display()
     );
+    let started = std::time::Instant::now();
     let mut cmd = Command::new(python);
     cmd.arg("-c")
         .arg(REPLAY_PY)
@@ -337,6 +417,11 @@ pub(crate) fn apply(plan: &Plan, staged: &Path, python: &Path) -> Result<Applied
         to: plan.to,
         applied: n("applied"),
         errors: n("errors"),
+        seconds: started.elapsed().as_secs_f64(),
+        boot_seconds: v
+            .get("boot_seconds")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0),
     })
 }
 

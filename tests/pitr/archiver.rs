@@ -106,3 +106,110 @@ fn refuses_without_the_nexus_log(line: Line) {
     );
 }
 crate::on_both_lines!(refuses_without_the_nexus_log);
+
+/// The archive on a small file system that fills up under a writer: the archiver
+/// stops (exit 4) naming the path and ENOSPC, `status` says so, every entry it had
+/// counted archived is there intact, a second start on the full file system
+/// stops again without a duplicate, and once space is freed it resumes and
+/// catches up with no gap and no duplicate.
+fn full_disk_stops_then_resumes(line: Line) {
+    use std::io::Write;
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let p = Pitr::start(line, t.path(), true);
+    assert_eq!(p.core.add(50, 0), 50);
+    let _fs = Tmpfs::mount(&p.archive_dir(), "size=2m,mode=0700");
+    let mut a = p.archiver(16 << 10);
+    let caught_up = p.wait_archived(120);
+    // Then nearly full: what a filler leaves is 64 KiB.
+    let filler = p.archive_dir().join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let chunk = vec![0xa5u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - (64 << 10)).unwrap();
+    drop(f);
+
+    let mut start = 1000;
+    let status = loop {
+        if let Some(st) = a.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start < 20_000,
+            "{v}: the archiver did not stop on a full disk"
+        );
+        p.core.add(200, start);
+        start += 200;
+    };
+    assert_eq!(status.code(), Some(4), "{v}: {}", p.archiver_log());
+    let log = p.archiver_log();
+    let dir = p.archive_dir().display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("(ENOSPC)") && l.contains(&dir) && l.contains("is on disk")),
+        "{v}: {log}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.root.join("state/c0.nexus-archive.json")).unwrap())
+            .unwrap();
+    let acked = rec["archived_to"].as_u64().unwrap();
+    assert!(acked >= caught_up, "{v}: {rec}");
+    let o = run_at(&p.root, &["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("PROBLEM: ")
+            && out.contains("the nexus archiver stopped at")
+            && out.contains("(ENOSPC)")
+            && out.contains(&format!("entries before offset {acked} are archived")),
+        "{v}: {out}"
+    );
+    // Everything counted archived is there, as the cell has it.
+    let cell = cell_log(line, &p.dir);
+    let check = |recs: &[Record], to: u64| {
+        assert_contiguous(recs, 0, to);
+        for r in recs {
+            assert_eq!(
+                r.entry, cell[r.offset as usize].1,
+                "{v}: offset {}",
+                r.offset
+            );
+        }
+    };
+    let recs = archived(&p.archive_dir());
+    let held = recs.last().unwrap().offset + 1;
+    assert!(held >= acked, "{v}: {held} < {acked}");
+    check(&recs, held);
+    // Started again on the full file system (Restart= does this): it stops again,
+    // and what it held is unchanged (a record torn by the first stop is cut).
+    let mut a = p.archiver(16 << 10);
+    assert_eq!(a.wait().unwrap().code(), Some(4), "{v}");
+    let recs = archived(&p.archive_dir());
+    check(&recs, recs.last().unwrap().offset + 1);
+    assert!(recs.len() as u64 >= held, "{v}");
+
+    // Space freed: it resumes and catches up, no gap, no duplicate.
+    fs::remove_file(&filler).unwrap();
+    let a = p.archiver(16 << 10);
+    let n = p.wait_archived(120);
+    stop(a);
+    let cell = cell_log(line, &p.dir);
+    let recs = archived(&p.archive_dir());
+    assert_contiguous(&recs, 0, n);
+    for r in &recs {
+        assert_eq!(
+            r.entry, cell[r.offset as usize].1,
+            "{v}: offset {}",
+            r.offset
+        );
+    }
+    assert!(
+        !p.root.join("state/c0.nexus-archive.json").exists(),
+        "{v}: the failure record is gone once it caught up"
+    );
+    let o = run_at(&p.root, &["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!out.contains("nexus archiver"), "{v}: {out}");
+    println!("{v}: stopped on a full disk at offset {acked} (held {held}), resumed to {n}");
+}
+crate::on_both_lines!(full_disk_stops_then_resumes);

@@ -157,3 +157,89 @@ fn to_just_before_a_mass_delete(line: Line) {
     );
 }
 crate::on_both_lines!(to_just_before_a_mass_delete);
+
+/// The edit time of an archived ENTRY, decoded here on its own: 3.x's `etime`
+/// (microseconds) after `meta`; 2.x's node edits carry `time` (milliseconds) in
+/// their args' meta.
+fn edit_time(line: Line, entry: &[u8]) -> Option<u64> {
+    let v = rmpv::decode::read_value(&mut &entry[..]).unwrap();
+    let a = v.as_array().unwrap();
+    let time_of = |m: &rmpv::Value| {
+        m.as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("time")))
+            .and_then(|(_, t)| t.as_u64())
+    };
+    match line {
+        Line::V3 => a[5].as_u64(),
+        Line::V2 if a[1].as_str() == Some("edits") => {
+            time_of(a[2].as_array()?.get(1)?).map(|ms| ms * 1000)
+        }
+        Line::V2 => time_of(&a[4]).map(|ms| ms * 1000),
+    }
+}
+
+/// `--to TIME` on an archive received long after the edits: the receive times are
+/// all after TIME, the edit times put it between two batches of edits, and the
+/// plan takes the edit times, says so, and stops at the first edit after TIME.
+fn time_is_read_on_edit_times(line: Line) {
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let p = Pitr::start(line, t.path(), true);
+    let conf = p.root.join("etc/c0.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "SYNBACKUP_DRILL_PYTHON={}\n",
+        line.python().display()
+    ));
+    fs::write(&conf, text).unwrap();
+    assert_eq!(p.core.add(20, 0), 20);
+    let o = run_at(&p.root, &["run", "c0"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let a0 = p.index();
+    assert_eq!(p.core.add(20, 100), 40);
+    let b0 = p.index();
+    assert_eq!(p.core.add(20, 200), 60);
+    // Archived only now: every entry is received after both batches were made.
+    let mut archiver = p.archiver(1 << 20);
+    p.wait_archived(120);
+    let _ = nix_kill(archiver.id() as i32, 15);
+    assert!(archiver.wait().unwrap().success());
+
+    let recs = archived(&p.archive_dir());
+    let times: Vec<(u64, Option<u64>, u64)> = recs
+        .iter()
+        .map(|r| (r.offset, edit_time(line, &r.entry), r.received_us))
+        .collect();
+    let at = |o: u64| times.iter().find(|t| t.0 == o).unwrap();
+    // TIME: the last edit of the first batch.
+    let target = (a0..b0).filter_map(|o| at(o).1).max().unwrap();
+    let want = times
+        .iter()
+        .find(|t| t.1.is_some_and(|e| e > target))
+        .map(|t| t.0)
+        .unwrap();
+    assert_eq!(want, b0, "{v}: the second batch's first edit is after TIME");
+    assert!(
+        times.iter().all(|t| t.2 > target),
+        "{v}: every entry was received after TIME"
+    );
+    let to = chrono::DateTime::from_timestamp_micros(target as i64)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut p = p;
+    p.core.stop();
+    let o = run_at(
+        &p.root,
+        &["restore", "--instance", "c0", "--to", &to, "--dry-run"],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let plan = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        plan.contains(&format!(
+            "up to index {want} (the time read on the entries' edit times)"
+        )),
+        "{v}: --to {to}: {plan}"
+    );
+    println!("{v}: --to {to} is index {want} on the edit times (every entry received after it)");
+}
+crate::on_both_lines!(time_is_read_on_edit_times);

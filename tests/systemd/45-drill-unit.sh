@@ -145,7 +145,8 @@ ns_exec systemctl start synbackup@l0.service
 # The nexus archiver of l0 (nexslog on) under synbackup-nexus@.service: started
 # once it has caught up (Type=notify), a watchdog, the archive in the backup root
 # written through the generator's drop-in, a Cortex restart followed without the
-# unit restarting, the leader's newest offset archived, a clean stop. A Cortex
+# unit restarting, the leader's newest offset archived, a clean stop; a full disk
+# (below). A Cortex
 # with `nexslog:en: false` (n0; a Cortex's default is true) fails at once with
 # exit 2, and Restart= does not retry it.
 ns_exec systemctl start synbackup-nexus@l0.service
@@ -162,6 +163,51 @@ ns_exec sh -c 'ls /srv/backups/l0/nexus-archive/open-*.seg /srv/backups/l0/nexus
 ns_assert_eq 0 "$(sb_prop synbackup-nexus@l0.service NRestarts)" "the archiver followed the Cortex's restart without restarting"
 ns_exec systemctl stop synbackup-nexus@l0.service
 ns_assert_eq success "$(sb_prop synbackup-nexus@l0.service Result)" "the archiver stopped cleanly"
+# A full disk under the archiver: its archive moved onto a 2 MiB tmpfs, filled but
+# for 64 KiB, then edits (inet:asn: nothing below counts them) until the unit stops
+# on ENOSPC. The journal names the archive and ENOSPC; status has a PROBLEM line;
+# every offset it had counted archived (its failure record's) is there with no gap
+# or duplicate, and `restore --to` that offset plans (it reads every segment, checks
+# the closed ones' BLAKE3, finds no gap). Space freed: Restart= starts it again and
+# it catches up with the leader, no gap, no duplicate, and status is clear of it.
+a=/srv/backups/l0/nexus-archive
+ns_exec sh -c "mv $a $a.disk && install -d -m 0700 $a && mount -t tmpfs -o size=2m,mode=0700 tmpfs $a && cp -a $a.disk/. $a/ && rm -r $a.disk"
+ns_defer ns_exec umount "$a"
+ns_exec sh -c "dd if=/dev/zero of=$a/filler bs=4k 2>/dev/null; truncate -s -64k $a/filler"
+archive_offsets() { # "FIRST LAST COUNT" of the archive's records; fails on a gap or duplicate
+  ns_exec /opt/synapse-venv/bin/python -c '
+import glob, sys
+import synapse.lib.msgpack as m
+offs = []
+for p in sorted(glob.glob(sys.argv[1] + "/*.seg")):  # closed (hex names), then open-*
+    offs += [r[0] for _, r in m.Unpk().feed(open(p, "rb").read())]
+assert offs == list(range(offs[0], offs[0] + len(offs))), "a gap or a duplicate"
+print(offs[0], offs[-1], len(offs))' "$a"
+}
+ns_exec systemctl start synbackup-nexus@l0.service
+asn=1000
+archiver_full() {
+  ns_exec storm.py storm /srv/cortex/l0 "[ $(seq -f 'inet:asn=%g' "$asn" $((asn + 199)) | tr '\n' ' ')]" >/dev/null
+  asn=$((asn + 200))
+  ns_has "nexus archive $a is full (ENOSPC)" -- ns_journal -u synbackup-nexus@l0.service
+}
+ns_wait_until 300 "the archiver to stop on the full disk" archiver_full
+st=$(ns_exec synbackup status l0 || true)
+grep -q "PROBLEM: .*the nexus archiver stopped at .*(ENOSPC)" <<<"$st" || ns_die "status does not report the full archive: $st"
+acked=$(ns_exec python3 -c 'import json;print(json.load(open("/var/lib/synbackup/l0.nexus-archive.json"))["archived_to"])')
+read -r first last count <<<"$(archive_offsets)"
+ns_assert_eq "0 $((last + 1))" "$first $count" "the archive's first offset and count after the disk filled"
+[ "$last" -ge $((acked - 1)) ] || ns_die "offsets up to $((acked - 1)) were acknowledged, the archive holds up to $last"
+ns_has "up to index $acked\$" -- ns_exec synbackup restore --instance l0 --to "$acked" --dry-run
+ns_exec rm "$a/filler"
+l0_index=$(ns_exec storm.py info /srv/cortex/l0 | python3 -c 'import json,sys;print(json.load(sys.stdin)["nexus_index"])')
+ns_wait_until 120 "the archiver to start again and reach the leader's index $l0_index" archived_to "$l0_index"
+ns_assert_eq "0 $((l0_index - 1)) $l0_index" "$(archive_offsets)" "the archive after space was freed: first, last, count"
+[ "$(sb_prop synbackup-nexus@l0.service NRestarts)" -ge 1 ] || ns_die "the archiver was not restarted"
+st=$(ns_exec synbackup status l0 || true)
+if grep -q 'nexus archiver' <<<"$st"; then ns_die "status still reports the archiver: $st"; fi
+ns_exec test ! -e /var/lib/synbackup/l0.nexus-archive.json
+ns_exec systemctl stop synbackup-nexus@l0.service
 ns_exec install -d -m 0750 /srv/cortex/n0
 echo 'nexslog:en: false' | ns_exec tee /srv/cortex/n0/cell.yaml >/dev/null
 sb_cortex n0
