@@ -89,6 +89,8 @@ mod mirrors {
     /// A leader and a mirror made from its backup: freeze ownership, the nexus
     /// index in manifests and drills, roles and indexes on restore.
     mod pair;
+    /// A leader named by a tcp:// URL with a password; restore asks the mirrors.
+    mod remote;
     /// Nightly runs from a mirror, the leader never frozen; no mirror ready:
     /// fail, the leader, skip.
     mod source;

@@ -82,11 +82,7 @@ pub(crate) fn leader_at_start(at: &Endpoint) -> Result<LeaderAt, NotReady> {
     if !state.active {
         return Err(NotReady(format!(
             "{at} is not the leader (getCellInfo says it follows {}): fix SYNBACKUP_LEADER",
-            state
-                .upstream
-                .as_deref()
-                .map(mask_url)
-                .unwrap_or_else(|| "another cell".into())
+            state.upstream.as_deref().unwrap_or("another cell")
         )));
     }
     Ok(LeaderAt {
@@ -160,16 +156,6 @@ fn check_is_mirror_of(state: &CellState, leader: &LeaderAt) -> Result<(), String
         return Err("is frozen, not by this run (it cannot apply the leader's changes; whoever froze it must resume it)".into());
     }
     Ok(())
-}
-
-/// A URL a cell reported (its upstream), its password masked; text that is not
-/// a tcp/ssl URL as it is.
-pub(crate) fn mask_url(text: &str) -> String {
-    match Endpoint::parse(text) {
-        Ok(e @ Endpoint::Url(_)) => e.to_string(),
-        _ if text.contains('@') => "a URL with credentials (not shown)".into(),
-        _ => text.to_string(),
-    }
 }
 
 /// `waitNexsOffs(offs, timeout=...)`: true once the cell's nexus log holds `offs`,

@@ -170,6 +170,34 @@ impl TeleUrl {
     }
 }
 
+/// `text` with the password of every `SCHEME://USER:PASSWD@` in it masked (for a
+/// value that is not a valid URL, repeated in an error).
+pub(crate) fn mask_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let netloc = &tail[..end];
+        match netloc.rfind('@') {
+            Some(at) => {
+                let userinfo = &netloc[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:****{}", &netloc[at..])),
+                    None => out.push_str(netloc),
+                }
+            }
+            None => out.push_str(netloc),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A cell named in a config: a service directory here, or a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -271,6 +299,15 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
             assert!(!e.contains("secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn passwords_in_any_text_are_masked() {
+        assert_eq!(
+            mask_text("tcp://root:p@ss@h:x/ ssl://u@h cell:///d tcp://a:b@c"),
+            "tcp://root:****@h:x/ ssl://u@h cell:///d tcp://a:****@c"
+        );
+        assert_eq!(mask_text("/srv/plain"), "/srv/plain");
     }
 
     #[test]

@@ -363,7 +363,9 @@ impl Values {
                     Code::Usage,
                     format!(
                         "{}: {}={:?} is not valid: expected {what}",
-                        v.origin, s.key, v.text
+                        v.origin,
+                        s.key,
+                        crate::engine::teleurl::mask_text(&v.text)
                     ),
                 )
             });
@@ -930,6 +932,13 @@ SYNBACKUP_MIRRORS=/m ssl://10.0.0.2
         }
         let e = err(&format!("{base}SYNBACKUP_LEADER=http://x\n"));
         assert!(e.contains("not http://"), "{e}");
+        let e = err(&format!(
+            "{base}SYNBACKUP_LEADER=tcp://root:hunter2@h:port\n"
+        ));
+        assert!(
+            e.contains("SYNBACKUP_LEADER=\"tcp://root:****@h:port\" is not valid: expected an absolute service directory or a tcp:// or ssl:// telepath URL (a port from 1 to 65535)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -91,15 +91,18 @@ impl Sources {
                 "SYNBACKUP_MIRRORS names the leader {m} (SYNBACKUP_LEADER, else SYNBACKUP_SERVICE_DIR): list only its mirrors"
             ));
         }
-        if self.no_mirror == NoMirror::Leader || self.mode == SourceMode::Leader {
-            if self.leader.dir().is_none() {
-                return Err(format!(
-                    "SYNBACKUP_SOURCE={}{} backs up the leader's files, but SYNBACKUP_LEADER is the URL {} (another host): back up a mirror here with SYNBACKUP_SOURCE=mirror and SYNBACKUP_NO_MIRROR=fail or skip",
-                    self.mode.name(),
-                    if self.mode == SourceMode::Leader { String::new() } else { format!(" with SYNBACKUP_NO_MIRROR={}", self.no_mirror.name()) },
-                    self.leader
-                ));
-            }
+        let backs_up_leader = self.no_mirror == NoMirror::Leader || self.mode == SourceMode::Leader;
+        if backs_up_leader && self.leader.dir().is_none() {
+            let policy = if self.mode == SourceMode::Leader {
+                String::new()
+            } else {
+                format!(" with SYNBACKUP_NO_MIRROR={}", self.no_mirror.name())
+            };
+            return Err(format!(
+                "SYNBACKUP_SOURCE={}{policy} backs up the leader's files, but SYNBACKUP_LEADER is the URL {} (another host): back up a mirror here with SYNBACKUP_SOURCE=mirror and SYNBACKUP_NO_MIRROR=fail or skip",
+                self.mode.name(),
+                self.leader
+            ));
         }
         Ok(())
     }
