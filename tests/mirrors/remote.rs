@@ -262,3 +262,82 @@ fn backup_from_a_mirror_of_a_leader_named_by_url(line: Line) {
 }
 
 crate::on_both_lines!(backup_from_a_mirror_of_a_leader_named_by_url);
+
+/// A leader on `ssl://` that asks for client certificates (`ca=testca`), with
+/// material from Synapse's easycert: the run's client verifies the leader's
+/// certificate against `certdir=`'s CA and its common name against `hostname=`,
+/// and presents the user certificate `certname=root`. Only the leader runs: its
+/// answer is told apart by the error of the (absent) mirror that follows it.
+fn a_leader_on_ssl_with_a_user_certificate(line: Line) {
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("host");
+    let ldir = t.path().join("leader");
+    let certdir = t.path().join("certs");
+    crate::util::certs::easycert(&certdir, &["--ca", "testca"]);
+    crate::util::certs::easycert(
+        &certdir,
+        &["--server", "--signas", "testca", "leader.local"],
+    );
+    crate::util::certs::easycert(&certdir, &["--signas", "testca", "root"]);
+    let port = free_port();
+    let listen = format!("ssl://127.0.0.1:{port}/?hostname=leader.local&ca=testca");
+    std::fs::create_dir_all(&ldir).unwrap();
+    let _leader = Cortex::start_with(
+        line,
+        &ldir,
+        &listen,
+        &[("SYN_CERT_DIR", certdir.to_str().unwrap())],
+    );
+    let nowhere = t.path().join("no-mirror");
+    // The user's certificate and key, but not the CA that signed the leader's.
+    let no_cas = t.path().join("no-cas");
+    std::fs::create_dir_all(no_cas.join("users")).unwrap();
+    for f in ["users/root.crt", "users/root.key"] {
+        std::fs::copy(certdir.join(f), no_cas.join(f)).unwrap();
+    }
+    let run_with = |leader: &str| {
+        write_conf(
+            &root,
+            "m0",
+            &format!(
+                "SYNBACKUP_SERVICE_DIR={m}\nSYNBACKUP_BACKUP_ROOT={b}\nSYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS={m}\nSYNBACKUP_LEADER={leader}\n",
+                m = nowhere.display(),
+                b = t.path().join("backups").display()
+            ),
+            0o600,
+        );
+        let o = run_at(&root, &["run", "m0"]);
+        assert_fails(&o, 13, "no mirror is ready");
+        error_lines(&o)[0].clone()
+    };
+    let good = format!(
+        "ssl://127.0.0.1:{port}?hostname=leader.local&certname=root&certdir={}",
+        certdir.display()
+    );
+    let e = run_with(&good);
+    assert!(
+        e.contains(&format!(
+            "the mirror at {}: does not answer",
+            nowhere.display()
+        )) && !e.contains("the leader at"),
+        "{v}: the leader answered over TLS: {e}"
+    );
+    let wrong_name = good.replace("hostname=leader.local", "hostname=other.local");
+    let e = run_with(&wrong_name);
+    assert!(
+        e.contains("the leader at ssl://127.0.0.1:")
+            && e.contains("certificate is for leader.local, not other.local"),
+        "{v}: {e}"
+    );
+    let e = run_with(&good.replace(certdir.to_str().unwrap(), no_cas.to_str().unwrap()));
+    assert!(
+        e.contains("the leader at ssl://127.0.0.1:") && e.contains("certificate verify failed"),
+        "{v}: {e}"
+    );
+    // Without a user certificate the leader refuses the TLS session.
+    let e = run_with(&good.replace("&certname=root", ""));
+    assert!(e.contains("the leader at ssl://127.0.0.1:"), "{v}: {e}");
+}
+
+crate::on_both_lines!(a_leader_on_ssl_with_a_user_certificate);
