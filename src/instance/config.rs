@@ -510,7 +510,9 @@ fn sources(v: &Values, service_dir: &std::path::Path) -> Result<Sources> {
         no_mirror = NoMirror::Leader;
     }
     let mirrors: Vec<Endpoint> = v.get(&MIRRORS)?.unwrap_or_default();
-    let leader = match v.get(&LEADER)? {
+    let set = v.get(&LEADER)?;
+    let leader_set = set.is_some();
+    let leader = match set {
         Some(l) => l,
         None if mode != SourceMode::Leader => {
             leader_of_mirrors(&mirrors).unwrap_or_else(|| Endpoint::Dir(service_dir.to_path_buf()))
@@ -522,6 +524,7 @@ fn sources(v: &Values, service_dir: &std::path::Path) -> Result<Sources> {
         leader,
         mirrors,
         no_mirror,
+        leader_set,
         wait: v.value(&MIRROR_WAIT)?,
     };
     s.check()

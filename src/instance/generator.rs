@@ -31,8 +31,9 @@
 //! With an offsite repository the backup unit also gets the network back
 //! (`PrivateNetwork=no`, the IP address families), `CacheDirectory=synbackup` for
 //! restic's cache, and a repository on a local path writable. With a leader named
-//! by a telepath URL (`SYNBACKUP_LEADER=tcp://...`), it gets the network back too:
-//! the run asks that leader for its nexus index.
+//! by a telepath URL (`SYNBACKUP_LEADER=tcp://...`), or read at run time from a
+//! mirror's `cell.yaml` (`SYNBACKUP_SOURCE=mirror|auto`, `SYNBACKUP_LEADER` unset),
+//! it gets the network back too: the run asks that leader for its nexus index.
 //!
 //! A generator must never fail the boot: bad files are skipped (the unit reports
 //! the configuration error itself when it runs).
@@ -167,7 +168,7 @@ pub(crate) fn generate(config_dir: &Path, args: &[PathBuf]) -> Result<()> {
         if let Some(o) = &inst.offsite {
             backup.push_str(&render_offsite_lines(o));
         }
-        if inst.sources.leader.url().is_some() {
+        if inst.sources.may_ask_over_network() {
             backup.push_str(&render_remote_leader_lines());
         }
         write(out, &format!("synbackup@{name}.service"), &backup)?;
@@ -270,6 +271,17 @@ mod tests {
             assert!(b.contains(want), "{want:?} missing in\n{b}");
         }
         assert!(!b.contains("pw@"), "{b}");
+        // From a mirror, the leader left to the mirror's cell.yaml: maybe a URL.
+        fs::write(
+            &conf,
+            "SYNBACKUP_SERVICE_DIR=/data/m0\nSYNBACKUP_BACKUP_ROOT=/backups\n\
+             SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS=/data/m0\n",
+        )
+        .unwrap();
+        generate(&etc, std::slice::from_ref(&out)).unwrap();
+        let b =
+            fs::read_to_string(out.join("synbackup@m0.service.d/50-synbackup-paths.conf")).unwrap();
+        assert!(b.contains("PrivateNetwork=no\n"), "{b}");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub(crate) struct Sources {
     pub(crate) mirrors: Vec<Endpoint>,
     /// What `Mirror` does when no mirror is ready (`Auto`: always `Leader`).
     pub(crate) no_mirror: NoMirror,
+    /// `SYNBACKUP_LEADER` was set (else the leader is what a mirror follows, or
+    /// the instance's directory).
+    pub(crate) leader_set: bool,
     /// How long each mirror is given to apply the leader's index.
     pub(crate) wait: Duration,
 }
@@ -105,6 +108,13 @@ impl Sources {
             ));
         }
         Ok(())
+    }
+
+    /// The nightly unit may need the network: the leader is a URL, or (from a
+    /// mirror, SYNBACKUP_LEADER unset) it is read from a mirror's `cell.yaml` at
+    /// run time, which may name a URL the generator could not read at boot.
+    pub(crate) fn may_ask_over_network(&self) -> bool {
+        self.leader.url().is_some() || (self.mode != SourceMode::Leader && !self.leader_set)
     }
 
     /// The mirrors whose files are on this host, in order: the backup sources.
