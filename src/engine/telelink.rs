@@ -153,29 +153,43 @@ fn certdir_of(url: &TeleUrl) -> PathBuf {
     PathBuf::from(home).join(".syn/certs")
 }
 
-/// The user certificate to present, as `openinfo` picks it: `certname`, else
-/// `USER@HOSTNAME` when the URL has a user and no password; resolved to the first
-/// `users/USER@DOMAIN.crt` for the hostname and its parent domains.
-fn user_cert(url: &TeleUrl, certdir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
-    let certname = match (&url.query.get("certname"), &url.user, &url.passwd) {
-        (Some(n), _, _) => n.to_string(),
-        (None, Some(u), None) => format!("{u}@{}", url.tls_hostname()),
-        _ => return Ok(None),
-    };
-    let users = certdir.join("users");
-    let name = match certname.split_once('@') {
+/// The name of the first `users/USER@DOMAIN.crt` for `certname` (`USER@HOST`:
+/// the host, then each parent domain: Synapse's `getUserForHost`), or of
+/// `users/NAME.crt` for a name without `@`.
+fn find_user_cert(users: &Path, certname: &str) -> Option<String> {
+    let exists = |n: &String| users.join(format!("{n}.crt")).is_file();
+    match certname.split_once('@') {
         Some((user, host)) => {
             let levels: Vec<&str> = host.split('.').collect();
             (0..levels.len())
                 .map(|i| format!("{user}@{}", levels[i..].join(".")))
-                .find(|n| users.join(format!("{n}.crt")).is_file())
+                .find(exists)
         }
-        None => Some(certname.clone()).filter(|n| users.join(format!("{n}.crt")).is_file()),
+        None => Some(certname.to_string()).filter(exists),
+    }
+}
+
+/// The user certificate to present, as `openinfo` picks it: `certname`, else
+/// `USER@HOSTNAME` when the URL has a user and no password (3.x: else
+/// `USER@CERTHOST` when `?certhost=` is given and no certificate matches the
+/// hostname); resolved as [`find_user_cert`] does.
+fn user_cert(url: &TeleUrl, certdir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let users = certdir.join("users");
+    let certname = match (&url.query.get("certname"), &url.user, &url.passwd) {
+        (Some(n), _, _) => n.to_string(),
+        (None, Some(u), None) => {
+            let by_host = format!("{u}@{}", url.tls_hostname());
+            match url.query.get("certhost") {
+                Some(h) if find_user_cert(&users, &by_host).is_none() => format!("{u}@{h}"),
+                _ => by_host,
+            }
+        }
+        _ => return Ok(None),
     };
-    let name = name.ok_or_else(|| {
+    let name = find_user_cert(&users, &certname).ok_or_else(|| {
         anyhow!(
-            "user certificate {certname} not found in {}/users",
-            certdir.display()
+            "user certificate {certname} not found in {}",
+            users.display()
         )
     })?;
     let key = users.join(format!("{name}.key"));
@@ -242,4 +256,43 @@ fn tls_connect(url: &TeleUrl, tcp: TcpStream) -> Result<SslStream<TcpStream>> {
         );
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_certificates_are_picked_as_synapse_picks_them() {
+        let t = tempfile::tempdir().unwrap();
+        let users = t.path().join("users");
+        std::fs::create_dir(&users).unwrap();
+        for n in ["backup@example.com", "root"] {
+            std::fs::write(users.join(format!("{n}.crt")), "").unwrap();
+            std::fs::write(users.join(format!("{n}.key")), "").unwrap();
+        }
+        let pick = |url: &str| {
+            let u = TeleUrl::parse(&format!("{url}&certdir={}", t.path().display())).unwrap();
+            user_cert(&u, t.path())
+                .map(|o| o.map(|(c, _)| c.file_name().unwrap().to_string_lossy().into_owned()))
+                .map_err(|e| format!("{e:#}"))
+        };
+        // USER@HOST, then its parent domains.
+        assert_eq!(
+            pick("ssl://backup@core00.example.com:1?hostname=core00.example.com"),
+            Ok(Some("backup@example.com.crt".into()))
+        );
+        assert_eq!(pick("ssl://h:1?certname=root"), Ok(Some("root.crt".into())));
+        // A password: no certificate; 3.x's certhost= as the fallback.
+        assert_eq!(pick("ssl://backup:pw@h:1?hostname=h"), Ok(None));
+        assert_eq!(
+            pick("ssl://backup@core00.other:1?certhost=example.com"),
+            Ok(Some("backup@example.com.crt".into()))
+        );
+        let e = pick("ssl://backup@core00.other:1?hostname=core00.other").unwrap_err();
+        assert!(
+            e.contains("user certificate backup@core00.other not found"),
+            "{e}"
+        );
+    }
 }

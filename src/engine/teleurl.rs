@@ -4,8 +4,8 @@
 //! Synapse writes them (`synapse/lib/urlhelp.py` `chopurl`, the same on 2.256 and
 //! 3.7.0): `SCHEME://[USER[:PASSWD]@]HOST[:PORT][/SHARE][?KEY=VALUE&...]`, the port
 //! 27492 when left out, user and password percent-decoded, the query keys
-//! `certdir`, `certname`, `hostname` and `certhash` as `telepath.openinfo` reads
-//! them. A URL is only ever shown masked (`user:****@`, Synapse's `sanitizeUrl`).
+//! `certdir`, `certname`, `hostname`, `certhash` (and 3.x's `certhost`) as
+//! `telepath.openinfo` reads them. A URL is only ever shown masked (`user:****@`, Synapse's `sanitizeUrl`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,13 +106,13 @@ impl TeleUrl {
         for kv in query_text.into_iter().flat_map(|q| q.split('&')) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             match k {
-                "certdir" | "certname" | "hostname" | "certhash" => {
+                "certdir" | "certname" | "hostname" | "certhash" | "certhost" => {
                     query.insert(k.to_string(), v.to_string());
                 }
                 "" => {}
                 other => {
                     return Err(format!(
-                        "known query keys (certdir, certname, hostname, certhash), not {other}"
+                        "known query keys (certdir, certname, hostname, certhash, certhost), not {other}"
                     ))
                 }
             }
