@@ -198,7 +198,10 @@ ns_assert_eq 40 "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" "the mirror
 # in the leader's journal during the run, one in the mirror's).
 printf '%s\n' 'SYNBACKUP_DRILL_CHECK=[inet:fqdn=written-by-drill.example]' SYNBACKUP_SOURCE=mirror \
   SYNBACKUP_MIRRORS=/srv/cortex/m0 "SYNBACKUP_LEADER=$l0_url" | sb_config m0
+# 0600 before the generator reads it: a config holding a password that others
+# can read is refused (the generator skips it: no drop-in, no network).
 ns_exec chmod 600 /etc/synbackup/m0.conf
+ns_exec systemctl daemon-reload
 freezes() { ns_journal -u "synapse-cortex@$1.service" -o cat | grep -c 'Freezing service for volume snapshot' || true; }
 l0_freezes=$(freezes l0)
 m0_freezes=$(freezes m0)
