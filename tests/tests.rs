@@ -91,6 +91,8 @@ mod mirrors {
     /// A leader and a mirror made from its backup: freeze ownership, the nexus
     /// index in manifests and drills, roles and indexes on restore.
     mod pair;
+    /// A leader named by a tcp:// URL with a password; restore asks the mirrors.
+    mod remote;
     /// seed-mirror: a new mirror from the leader's backup follows the leader;
     /// refused when the leader's log was culled past the backup.
     mod seed;

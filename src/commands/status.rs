@@ -31,8 +31,8 @@ pub(crate) struct StatusArgs {
     #[arg(long)]
     pub(crate) json: bool,
     /// Acknowledge the last failed or skipped run of KIND (of INSTANCE, else of
-    /// every instance): it no longer makes `status` fail; the next run of that kind
-    /// replaces it.
+    /// every instance), or a restore's warning about mirrors to re-seed: it no
+    /// longer makes `status` fail; the next run of that kind replaces it.
     #[arg(long, value_name = "KIND", value_parser = ["run", "cold", "restore", "deploy", "offsite", "drill", "all"])]
     pub(crate) acknowledge: Option<String>,
 }
@@ -46,6 +46,15 @@ fn kinds_named(word: &str) -> Vec<Kind> {
     }
 }
 
+/// The warnings of a restore about mirrors ahead of the backup, until they are
+/// acknowledged (the mirrors re-seeded).
+fn mirrors_to_reseed(s: &Status) -> Vec<String> {
+    if s.acknowledged.is_some() {
+        return Vec::new();
+    }
+    crate::restore::mirrors::open_warnings(s.details.as_ref())
+}
+
 /// Mark the unacknowledged failures of `kinds` of `name` acknowledged.
 fn acknowledge(dirs: &Dirs, name: &str, kinds: &[Kind], now: DateTime<Utc>) -> Result<()> {
     let metrics = config::load(&dirs.config_dir, name, &InstanceOverrides::default())
@@ -55,7 +64,7 @@ fn acknowledge(dirs: &Dirs, name: &str, kinds: &[Kind], now: DateTime<Utc>) -> R
         let Some(mut s) = status::load(&dirs.state_dir, name, *kind) else {
             continue;
         };
-        if !s.needs_attention() {
+        if !s.needs_attention() && mirrors_to_reseed(&s).is_empty() {
             continue;
         }
         s.acknowledged = Some(crate::instance::record::now_str(now));
@@ -247,6 +256,11 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     ] {
         if let Some(s) = s.as_ref().filter(|s| s.needs_attention()) {
             problems.push(last_problem(what, s));
+        }
+    }
+    if let Some(s) = &restore {
+        for line in mirrors_to_reseed(s) {
+            problems.push(format!("last restore at {}: {line}", s.finished));
         }
     }
     if let Some(p) = offsite_problem(offsite_configured, &backup, &offsite, max_age, now) {

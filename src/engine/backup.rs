@@ -47,6 +47,7 @@ use crate::engine::paths::{bad, check_destination, check_source};
 use crate::engine::progress::{Heartbeat, Progress};
 use crate::engine::scan::{self, Item};
 use crate::engine::telepath::{self, Probe};
+use crate::engine::teleurl::Endpoint;
 use crate::engine::verify;
 use crate::engine::workers::{self, rel_str, Done, Source, Task};
 use crate::host::celllock;
@@ -394,7 +395,10 @@ fn check_caught_up(on: &OnMirror, src: &Path, freeze: &FreezeTimes) -> Result<Fr
         );
     }
     Ok(FromMirror {
-        leader: manifest::path_key(&on.leader.dir),
+        leader: match &on.leader.at {
+            Endpoint::Dir(d) => manifest::path_key(d),
+            url => url.to_string(),
+        },
         leader_nexus_index: want,
         mirror: manifest::path_key(src),
         nexus_index: cell.nexus_index,

@@ -63,7 +63,10 @@ impl CellState {
                 .and_then(Value::as_bool)
                 .ok_or_else(|| anyhow!("getCellInfo answer without cell.paused"))?,
             active: get(cell, "active").and_then(Value::as_bool).unwrap_or(true),
-            upstream: text(get(cell, "mirror")).or_else(|| text(get(cell, "parent"))),
+            // Synapse shows it sanitized; masked again in case a release does not.
+            upstream: text(get(cell, "mirror"))
+                .or_else(|| text(get(cell, "parent")))
+                .map(|u| crate::engine::teleurl::mask_text(&u)),
             nexus_index,
             uplink: nexus
                 .and_then(|n| get(n, "uplink:ready"))

@@ -11,7 +11,9 @@
 //!
 //! Whatever keeps a mirror from being used comes back as a [`NotReady`] line, for
 //! the caller's policy (fail, back up the leader, skip); only this module talks to
-//! the leader, and only to ask.
+//! the leader, and only to ask. The leader may be a service directory here or a
+//! telepath URL (a leader on another host, the mirror on this one); a URL is only
+//! ever shown with its password masked.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use rmpv::Value;
 use crate::base::units::format_duration;
 use crate::engine::cellstate::CellState;
 use crate::engine::telepath::Client;
+use crate::engine::teleurl::Endpoint;
 
 /// How long a connection to a cell's socket may take to answer a plain call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +32,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the leader said when the run started.
 #[derive(Debug, Clone)]
 pub(crate) struct LeaderAt {
-    pub(crate) dir: PathBuf,
+    /// Where it answered: its directory, or its URL.
+    pub(crate) at: Endpoint,
     pub(crate) iden: String,
     /// Its nexus index: every change before it must be in the backup.
     pub(crate) nexus_index: u64,
@@ -62,28 +66,27 @@ impl std::fmt::Display for NotReady {
     }
 }
 
-fn state_of(dir: &Path) -> Result<CellState> {
-    Client::connect(&dir.join("sock"), CALL_TIMEOUT)?.cell_state()
+/// `getCellInfo()` of the cell at a directory or URL.
+pub(crate) fn state_at(at: &Endpoint) -> Result<CellState> {
+    Client::open(at, CALL_TIMEOUT)?.cell_state()
 }
 
-/// Ask the leader in `dir` for its iden and nexus index (it must answer, and be
+/// Ask the leader at `at` for its iden and nexus index (it must answer, and be
 /// the leader).
-pub(crate) fn leader_at_start(dir: &Path) -> Result<LeaderAt, NotReady> {
-    let state = state_of(dir).map_err(|e| {
+pub(crate) fn leader_at_start(at: &Endpoint) -> Result<LeaderAt, NotReady> {
+    let state = state_at(at).map_err(|e| {
         NotReady(format!(
-            "the leader at {} does not answer ({e:#}), so its nexus index cannot be read",
-            dir.display()
+            "the leader at {at} does not answer ({e:#}), so its nexus index cannot be read"
         ))
     })?;
     if !state.active {
         return Err(NotReady(format!(
-            "{} is not the leader (getCellInfo says it follows {}): fix SYNBACKUP_LEADER",
-            dir.display(),
+            "{at} is not the leader (getCellInfo says it follows {}): fix SYNBACKUP_LEADER",
             state.upstream.as_deref().unwrap_or("another cell")
         )));
     }
     Ok(LeaderAt {
-        dir: dir.to_path_buf(),
+        at: at.clone(),
         iden: state.iden,
         nexus_index: state.nexus_index,
     })
@@ -146,7 +149,7 @@ fn check_is_mirror_of(state: &CellState, leader: &LeaderAt) -> Result<(), String
     if state.active {
         return Err(format!(
             "is a leader of the same cell, not a mirror of {} (a promoted mirror? fix SYNBACKUP_MIRRORS or SYNBACKUP_LEADER)",
-            leader.dir.display()
+            leader.at
         ));
     }
     if state.paused {
@@ -238,7 +241,7 @@ mod tests {
     #[test]
     fn only_an_unfrozen_mirror_of_the_leaders_cell_is_used() {
         let leader = LeaderAt {
-            dir: "/srv/l".into(),
+            at: Endpoint::Dir("/srv/l".into()),
             iden: "c0".into(),
             nexus_index: 9,
         };

@@ -46,8 +46,12 @@ pub(crate) mod resume;
 pub(crate) mod scan;
 /// What differs between Synapse 2.x and 3.x (Storm opts, versions, refusals).
 pub(crate) mod synapse;
-/// The telepath client for a service's unix socket.
+/// The stream under a telepath session: unix socket, TCP or TLS.
+pub(crate) mod telelink;
+/// The telepath client for a service's unix socket or a tcp/ssl URL.
 pub(crate) mod telepath;
+/// Telepath URLs and service directories, shown with passwords masked.
+pub(crate) mod teleurl;
 /// Checking a backup against its manifest.
 pub(crate) mod verify;
 /// The copy tasks and the `--jobs` workers that run them.

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-//! A minimal telepath client for a Synapse service's unix socket (`DIR/sock`).
+//! A minimal telepath client for a Synapse service's unix socket (`DIR/sock`) or a
+//! `tcp://` / `ssl://` URL (`engine::teleurl`, the link in `engine::telelink`).
 //!
 //! Telepath is a stream of msgpack values, each `[type, info]`. A client that can open
 //! the socket (the service's user or root) is the service's root user, so no
-//! credentials are sent. We need a few calls: `freeze`, `resume`, `getCellInfo`
+//! credentials are sent there; over TCP the greeting carries the URL's user and
+//! password as Synapse's `Proxy.handshake` does (`auth: [user, {passwd}]`, 2.256
+//! and 3.7.0), or TLS presents a user certificate. We need a few calls: `freeze`, `resume`, `getCellInfo`
 //! (whether the cell is `paused`, its iden and version), `getHealthCheck`,
 //! `callStorm`, and `getReloadableSystems` / `reload` (new TLS certificates):
 //! a plain request/answer loop (`t2:init`, then `t2:fini`). One streaming call,
@@ -12,21 +15,23 @@
 //! keeps each item's bytes exactly as the service encoded them.
 
 use std::io::{BufReader, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rmpv::Value;
 
 use crate::engine::cellstate::CellState;
+use crate::engine::telelink::Link;
+use crate::engine::teleurl::{Endpoint, TeleUrl};
 
 /// A connected, greeted session with a service.
 pub(crate) struct Client {
-    path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    /// What errors name: the socket's path, or the URL masked.
+    path: String,
+    /// The link; writes go to the inner stream (whole messages, never
+    /// interleaved with a read).
+    reader: BufReader<Link>,
     sess: Value,
 }
 
@@ -99,33 +104,62 @@ pub(crate) fn parse_retn(retn: &Value) -> Result<Value> {
 impl Client {
     /// Connect to `sock` and greet the service. `timeout` bounds every read/write.
     pub(crate) fn connect(sock: &Path, timeout: Duration) -> Result<Client> {
-        let stream = UnixStream::connect(sock)
-            .with_context(|| format!("cannot connect to {}", sock.display()))?;
-        Client::greet(stream, sock, timeout)
+        let link = Link::unix(sock)?;
+        Client::greet(link, &sock.display().to_string(), None, timeout)
     }
 
-    /// Greet the service on a connected `stream` (`path` names it in errors).
-    fn greet(stream: UnixStream, sock: &Path, timeout: Duration) -> Result<Client> {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let writer = stream.try_clone()?;
+    /// Connect to a `tcp://` or `ssl://` URL and greet the service with the URL's
+    /// user and password (errors name the URL with the password masked).
+    pub(crate) fn connect_url(url: &TeleUrl, timeout: Duration) -> Result<Client> {
+        let link = Link::url(url, timeout)?;
+        let auth = url.user.as_ref().map(|user| {
+            let passwd = url
+                .passwd
+                .as_ref()
+                .map_or(Value::Nil, |p| p.as_str().into());
+            Value::Array(vec![user.as_str().into(), map(vec![("passwd", passwd)])])
+        });
+        let share = Some(url.share.as_str()).filter(|s| !s.is_empty());
+        Client::greet_as(link, &url.to_string(), auth, share, timeout)
+    }
+
+    /// Connect to a service directory's socket or to a URL.
+    pub(crate) fn open(at: &Endpoint, timeout: Duration) -> Result<Client> {
+        match at {
+            Endpoint::Dir(d) => Client::connect(&d.join("sock"), timeout),
+            Endpoint::Url(u) => Client::connect_url(u, timeout),
+        }
+    }
+
+    /// Greet the service on a connected `link` (`name` names it in errors).
+    fn greet(link: Link, name: &str, auth: Option<Value>, timeout: Duration) -> Result<Client> {
+        Client::greet_as(link, name, auth, None, timeout)
+    }
+
+    fn greet_as(
+        link: Link,
+        name: &str,
+        auth: Option<Value>,
+        share: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Client> {
+        link.set_timeout(timeout)?;
         let mut client = Client {
-            path: sock.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
+            path: name.to_string(),
+            reader: BufReader::new(link),
             sess: Value::Nil,
         };
         client.send(&Value::Array(vec![
             "tele:syn".into(),
             map(vec![
-                ("auth", Value::Nil),
+                ("auth", auth.unwrap_or(Value::Nil)),
                 ("vers", Value::Array(vec![3.into(), 0.into()])),
-                ("name", Value::Nil),
+                ("name", share.map_or(Value::Nil, Value::from)),
             ]),
         ]))?;
         let reply = client.expect("tele:syn")?;
         if let Some(retn) = get(&reply, "retn") {
-            parse_retn(retn).with_context(|| format!("{} refused the session", sock.display()))?;
+            parse_retn(retn).with_context(|| format!("{name} refused the session"))?;
         }
         client.sess = get(&reply, "sess").cloned().unwrap_or(Value::Nil);
         Ok(client)
@@ -133,17 +167,16 @@ impl Client {
 
     /// Change the timeout for the next calls (a freeze may take its whole timeout).
     pub(crate) fn set_timeout(&self, timeout: Duration) -> Result<()> {
-        self.writer.set_read_timeout(Some(timeout))?;
-        self.writer.set_write_timeout(Some(timeout))?;
-        Ok(())
+        self.reader.get_ref().set_timeout(timeout)
     }
 
     fn send(&mut self, mesg: &Value) -> Result<()> {
         let mut buf = Vec::new();
         rmpv::encode::write_value(&mut buf, mesg)?;
-        self.writer
-            .write_all(&buf)
-            .with_context(|| format!("cannot write to {}", self.path.display()))
+        let link = self.reader.get_mut();
+        link.write_all(&buf)
+            .and_then(|()| link.flush())
+            .with_context(|| format!("cannot write to {}", self.path))
     }
 
     /// Read one message: its type, its info map and its bytes as received.
@@ -153,12 +186,12 @@ impl Client {
             seen: Vec::new(),
         };
         let mesg = rmpv::decode::read_value(&mut tee)
-            .with_context(|| format!("no answer from {}", self.path.display()))?;
+            .with_context(|| format!("no answer from {}", self.path))?;
         let raw = tee.seen;
         let arr = mesg
             .as_array()
             .filter(|a| a.len() == 2)
-            .ok_or_else(|| anyhow!("malformed telepath message from {}", self.path.display()))?;
+            .ok_or_else(|| anyhow!("malformed telepath message from {}", self.path))?;
         let kind = arr[0].as_str().unwrap_or("").to_string();
         Ok((kind, arr[1].clone(), raw))
     }
@@ -203,7 +236,7 @@ impl Client {
         self.init_task(name, args, kwargs)?;
         let fini = self.expect("t2:fini")?;
         let retn = get(&fini, "retn").ok_or_else(|| anyhow!("t2:fini without retn"))?;
-        parse_retn(retn).with_context(|| format!("{name}() on {} failed", self.path.display()))
+        parse_retn(retn).with_context(|| format!("{name}() on {} failed", self.path))
     }
 
     /// Freeze: the service takes its nexus lock (no edits; `timeout_secs` bounds
@@ -268,12 +301,8 @@ impl Client {
         let answer = self.call("reload", vec![], vec![("subsystem", subsystem.into())])?;
         let retn = get(&answer, subsystem)
             .ok_or_else(|| anyhow!("reload({subsystem}) answered without a result: {answer}"))?;
-        parse_retn(retn).with_context(|| {
-            format!(
-                "the cell on {} failed to reload {subsystem}",
-                self.path.display()
-            )
-        })?;
+        parse_retn(retn)
+            .with_context(|| format!("the cell on {} failed to reload {subsystem}", self.path))?;
         Ok(())
     }
 
@@ -387,7 +416,7 @@ impl Stream<'_> {
             bail!(
                 "{}() on {}: telepath protocol violation: {kind} in a stream",
                 self.name,
-                self.client.path.display()
+                self.client.path
             );
         }
         let retn = get(&info, "retn").unwrap_or(&Value::Nil);
@@ -397,11 +426,7 @@ impl Stream<'_> {
         }
         let value = parse_retn(retn).map_err(|e| {
             self.ended = true;
-            e.context(format!(
-                "{}() on {} failed",
-                self.name,
-                self.client.path.display()
-            ))
+            e.context(format!("{}() on {} failed", self.name, self.client.path))
         })?;
         let raw = match yielded_bytes(&raw) {
             Ok(tail) => tail.to_vec(),
@@ -435,16 +460,12 @@ impl Client {
             }),
             "t2:fini" => {
                 let retn = get(&info, "retn").ok_or_else(|| anyhow!("t2:fini without retn"))?;
-                parse_retn(retn)
-                    .with_context(|| format!("{name}() on {} failed", self.path.display()))?;
-                bail!(
-                    "{name}() on {} answered a value, not a stream",
-                    self.path.display()
-                )
+                parse_retn(retn).with_context(|| format!("{name}() on {} failed", self.path))?;
+                bail!("{name}() on {} answered a value, not a stream", self.path)
             }
             other => bail!(
                 "{name}() on {}: telepath protocol violation: {other} instead of t2:genr",
-                self.path.display()
+                self.path
             ),
         }
     }
@@ -452,18 +473,15 @@ impl Client {
     /// True when a message is buffered or the socket becomes readable within `wait`.
     fn readable_within(&mut self, wait: Duration) -> Result<bool> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        if !self.reader.buffer().is_empty() {
+        if !self.reader.buffer().is_empty() || self.reader.get_ref().pending() {
             return Ok(true);
         }
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(
-            self.reader.get_ref().as_fd(),
-            PollFlags::POLLIN,
-        )];
+        let mut fds = [PollFd::new(self.reader.get_ref().fd(), PollFlags::POLLIN)];
         let n = match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
-            Err(e) => return Err(e).context(format!("cannot poll {}", self.path.display())),
+            Err(e) => return Err(e).context(format!("cannot poll {}", self.path)),
         };
         Ok(n > 0)
     }
@@ -487,7 +505,7 @@ pub(crate) fn answers(sock: &Path) -> bool {
 
 /// Try to connect to `sock` once.
 pub(crate) fn probe(sock: &Path) -> Probe {
-    match UnixStream::connect(sock) {
+    match std::os::unix::net::UnixStream::connect(sock) {
         Ok(_) => Probe::Answers,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::NoService,
         Err(e) => Probe::Unreachable(format!("cannot connect to {}: {e}", sock.display())),
@@ -497,6 +515,7 @@ pub(crate) fn probe(sock: &Path) -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn retn_ok_and_error() {
@@ -547,7 +566,7 @@ mod tests {
         for r in replies {
             theirs.write_all(&unhex(r)).unwrap();
         }
-        let c = Client::greet(ours, Path::new("test-sock"), Duration::from_secs(5)).unwrap();
+        let c = Client::greet(Link::Unix(ours), "test-sock", None, Duration::from_secs(5)).unwrap();
         (c, theirs)
     }
 

@@ -14,13 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::base::envfile::{self, Rejected};
 use crate::base::exit::{fail, Code};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
+use crate::engine::teleurl::Endpoint;
 use crate::host::transient::Isolation;
 use crate::instance::settings::{self, Blank, Kind, Setting, Unset, SETTINGS};
 use crate::instance::settings::{
@@ -362,7 +363,9 @@ impl Values {
                     Code::Usage,
                     format!(
                         "{}: {}={:?} is not valid: expected {what}",
-                        v.origin, s.key, v.text
+                        v.origin,
+                        s.key,
+                        crate::engine::teleurl::mask_text(&v.text)
                     ),
                 )
             });
@@ -506,16 +509,79 @@ fn sources(v: &Values, service_dir: &std::path::Path) -> Result<Sources> {
         }
         no_mirror = NoMirror::Leader;
     }
+    let mirrors: Vec<Endpoint> = v.get(&MIRRORS)?.unwrap_or_default();
+    let set = v.get(&LEADER)?;
+    let leader_set = set.is_some();
+    let leader = match set {
+        Some(l) => l,
+        None if mode != SourceMode::Leader => {
+            leader_of_mirrors(&mirrors).unwrap_or_else(|| Endpoint::Dir(service_dir.to_path_buf()))
+        }
+        None => Endpoint::Dir(service_dir.to_path_buf()),
+    };
     let s = Sources {
         mode,
-        leader: v.get(&LEADER)?.unwrap_or_else(|| service_dir.to_path_buf()),
-        mirrors: v.get(&MIRRORS)?.unwrap_or_default(),
+        leader,
+        mirrors,
         no_mirror,
+        leader_set,
         wait: v.value(&MIRROR_WAIT)?,
     };
     s.check()
         .map_err(|why| fail(Code::Usage, format!("{}: {why}", v.origin(SOURCE.key))))?;
+    for key in [LEADER.key, MIRRORS.key] {
+        check_private_if_password(v, key)?;
+    }
     Ok(s)
+}
+
+/// The leader a local mirror follows (`mirror:` on 2.x, `parent:` on 3.x in its
+/// `cell.yaml` / `cell.mods.yaml`), when SYNBACKUP_LEADER is not set: the first
+/// local mirror whose files name a directory or a tcp/ssl URL.
+fn leader_of_mirrors(mirrors: &[Endpoint]) -> Option<Endpoint> {
+    mirrors.iter().filter_map(Endpoint::dir).find_map(|dir| {
+        ["mirror", "parent"].iter().find_map(|key| {
+            match crate::engine::cellyaml::effective(dir, key) {
+                Ok(Some(Some(url))) => Endpoint::parse(&url).ok(),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// A telepath URL with a password given in the config file: the file must be
+/// readable by its owner only (root, or the user synbackup runs as), as the
+/// offsite password file is. Exit 2 naming the file and the fix.
+fn check_private_if_password(v: &Values, key: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(given) = v.given.get(key) else {
+        return Ok(());
+    };
+    let in_file = given.origin.starts_with(&format!("{}:", v.path.display()));
+    let has_password = given
+        .text
+        .split_whitespace()
+        .filter_map(|w| Endpoint::parse(w).ok())
+        .any(|e| e.url().is_some_and(|u| u.passwd.is_some()));
+    if !in_file || !has_password {
+        return Ok(());
+    }
+    let meta =
+        std::fs::metadata(&v.path).with_context(|| format!("cannot stat {}", v.path.display()))?;
+    let me = nix::unistd::Uid::effective().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if (meta.uid() == me || meta.uid() == 0) && mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(fail(
+        Code::Usage,
+        format!(
+            "{}: {key} holds a telepath password, but the file has mode {mode:04o} (owner {}): others could read it; run `chmod 600 {p}` (or use an ssl:// URL with a user certificate)",
+            given.origin,
+            meta.uid(),
+            p = v.path.display()
+        ),
+    ))
 }
 
 /// The local retention policy, which must keep something.
@@ -766,7 +832,7 @@ mod tests {
         assert_eq!(s.mode, SourceMode::Leader);
         assert_eq!(
             s.leader,
-            PathBuf::from("/d"),
+            Endpoint::Dir("/d".into()),
             "the instance's own directory"
         );
         assert!(s.mirrors.is_empty());
@@ -778,7 +844,10 @@ mod tests {
         .unwrap()
         .sources;
         assert_eq!(s.mode, SourceMode::Mirror);
-        assert_eq!(s.mirrors, [PathBuf::from("/m1"), PathBuf::from("/m2")]);
+        assert_eq!(
+            s.mirrors,
+            [Endpoint::Dir("/m1".into()), Endpoint::Dir("/m2".into())]
+        );
         assert_eq!(
             (s.no_mirror, s.wait),
             (NoMirror::Skip, Duration::from_secs(30))
@@ -801,12 +870,12 @@ mod tests {
         let e = err(&format!(
             "{base}SYNBACKUP_SOURCE=auto\nSYNBACKUP_MIRRORS=/m /d\n"
         ));
+        assert!(e.contains("SYNBACKUP_MIRRORS names the leader /d"), "{e}");
+        let e = err(&format!("{base}SYNBACKUP_MIRRORS=relative\n"));
         assert!(
-            e.contains("SYNBACKUP_MIRRORS names the leader's directory /d"),
+            e.contains("expected space-separated an absolute service directory or a tcp:// or ssl:// telepath URL"),
             "{e}"
         );
-        let e = err(&format!("{base}SYNBACKUP_MIRRORS=relative\n"));
-        assert!(e.contains("expected space-separated absolute paths"), "{e}");
         let e = err(&format!("{base}SYNBACKUP_SOURCE=standby\n"));
         assert!(e.contains("expected leader, mirror or auto"), "{e}");
         let e = err(&format!("{base}SYNBACKUP_NO_MIRROR=wait\n"));
@@ -814,7 +883,87 @@ mod tests {
         let s = load_text(&format!("{base}SYNBACKUP_LEADER=/l\n"))
             .unwrap()
             .sources;
-        assert_eq!(s.leader, PathBuf::from("/l"));
+        assert_eq!(s.leader, Endpoint::Dir("/l".into()));
+    }
+
+    /// Writes `text` as c0.conf with `mode`, then loads it.
+    fn load_mode(text: &str, mode: u32) -> Result<Instance> {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("c0.conf");
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        load(t.path(), "c0", &InstanceOverrides::default())
+    }
+
+    #[test]
+    fn a_leader_by_url_is_only_asked_and_its_password_stays_private() {
+        let base = "SYNBACKUP_SERVICE_DIR=/d
+SYNBACKUP_BACKUP_ROOT=/b
+";
+        let url = "SYNBACKUP_LEADER=tcp://root:hunter2@10.0.0.1:27492
+";
+        let mirror = format!(
+            "{base}{url}SYNBACKUP_SOURCE=mirror
+SYNBACKUP_MIRRORS=/m ssl://10.0.0.2
+"
+        );
+        let s = load_mode(&mirror, 0o600).unwrap().sources;
+        assert_eq!(s.leader.to_string(), "tcp://root:****@10.0.0.1:27492");
+        assert_eq!(s.local_mirrors().collect::<Vec<_>>(), [Path::new("/m")]);
+        // Readable by others: refused, the password not repeated.
+        let e = format!("{:#}", load_mode(&mirror, 0o644).unwrap_err());
+        assert!(
+            e.contains(
+                "c0.conf:3: SYNBACKUP_LEADER holds a telepath password, but the file has mode 0644"
+            ) && e.contains("chmod 600"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        // The leader's files are not here: backing it up is refused.
+        for (extra, why) in [
+            ("", "SYNBACKUP_SOURCE=leader backs up the leader's files, but SYNBACKUP_LEADER is the URL tcp://root:****@10.0.0.1:27492"),
+            ("SYNBACKUP_SOURCE=auto\nSYNBACKUP_MIRRORS=/m\n", "SYNBACKUP_SOURCE=auto with SYNBACKUP_NO_MIRROR=leader backs up the leader's files"),
+            ("SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS=tcp://10.0.0.2:1\n", "SYNBACKUP_MIRRORS names only URLs"),
+        ] {
+            let e = format!(
+                "{:#}",
+                load_mode(&format!("{base}{url}{}", extra.replace("\\n", "\n")), 0o600).unwrap_err()
+            );
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = err(&format!("{base}SYNBACKUP_LEADER=http://x\n"));
+        assert!(e.contains("not http://"), "{e}");
+        let e = err(&format!(
+            "{base}SYNBACKUP_LEADER=tcp://root:hunter2@h:port\n"
+        ));
+        assert!(
+            e.contains("SYNBACKUP_LEADER=\"tcp://root:****@h:port\" is not valid: expected an absolute service directory or a tcp:// or ssl:// telepath URL (a port from 1 to 65535)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_leader_defaults_to_what_a_local_mirror_follows() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("m");
+        std::fs::create_dir(&m).unwrap();
+        std::fs::write(
+            m.join("cell.yaml"),
+            "nexslog:en: true\nparent: ssl://core00.example:27492?certname=backup@example\n",
+        )
+        .unwrap();
+        let s = load_text(&format!(
+            "SYNBACKUP_SERVICE_DIR={m}\nSYNBACKUP_BACKUP_ROOT=/b\nSYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS={m}\n",
+            m = m.display()
+        ))
+        .unwrap()
+        .sources;
+        assert_eq!(
+            s.leader.to_string(),
+            "ssl://core00.example:27492?certname=backup@example"
+        );
     }
 
     #[test]

@@ -30,7 +30,10 @@
 //!
 //! With an offsite repository the backup unit also gets the network back
 //! (`PrivateNetwork=no`, the IP address families), `CacheDirectory=synbackup` for
-//! restic's cache, and a repository on a local path writable.
+//! restic's cache, and a repository on a local path writable. With a leader named
+//! by a telepath URL (`SYNBACKUP_LEADER=tcp://...`), or read at run time from a
+//! mirror's `cell.yaml` (`SYNBACKUP_SOURCE=mirror|auto`, `SYNBACKUP_LEADER` unset),
+//! it gets the network back too: the run asks that leader for its nexus index.
 //!
 //! A generator must never fail the boot: bad files are skipped (the unit reports
 //! the configuration error itself when it runs).
@@ -139,6 +142,14 @@ fn write(dir: &Path, unit: &str, text: &str) -> Result<()> {
 }
 
 /// Run as a generator: `args` are systemd's output directories (normal, early, late).
+/// What the backup unit needs to ask a leader named by a telepath URL: the
+/// network (the unit has none of its own otherwise) and the IP address families.
+pub(crate) fn render_remote_leader_lines() -> String {
+    "# A leader named by URL (SYNBACKUP_LEADER): the run asks it for its nexus index.\n\
+     PrivateNetwork=no\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n"
+        .to_string()
+}
+
 pub(crate) fn generate(config_dir: &Path, args: &[PathBuf]) -> Result<()> {
     let out = args
         .first()
@@ -156,6 +167,9 @@ pub(crate) fn generate(config_dir: &Path, args: &[PathBuf]) -> Result<()> {
         let mut backup = render_backup_dropin(&service_dir, &inst.backup_root);
         if let Some(o) = &inst.offsite {
             backup.push_str(&render_offsite_lines(o));
+        }
+        if inst.sources.may_ask_over_network() {
+            backup.push_str(&render_remote_leader_lines());
         }
         write(out, &format!("synbackup@{name}.service"), &backup)?;
         write(
@@ -230,6 +244,44 @@ mod tests {
         assert!(d.contains("ReadWritePaths=-/backups\n"), "{d}");
         assert!(!out.join("synbackup@bad.service.d").exists());
         assert!(!b.contains("PrivateNetwork"), "{b}");
+    }
+
+    #[test]
+    fn a_leader_named_by_url_gives_the_backup_unit_the_network() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let etc = t.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        let conf = etc.join("m0.conf");
+        fs::write(
+            &conf,
+            "SYNBACKUP_SERVICE_DIR=/data/m0\nSYNBACKUP_BACKUP_ROOT=/backups\n\
+             SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS=/data/m0\nSYNBACKUP_LEADER=tcp://root:pw@10.0.0.1:27492\n",
+        )
+        .unwrap();
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+        let out = t.path().join("gen");
+        generate(&etc, std::slice::from_ref(&out)).unwrap();
+        let b =
+            fs::read_to_string(out.join("synbackup@m0.service.d/50-synbackup-paths.conf")).unwrap();
+        for want in [
+            "PrivateNetwork=no\n",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n",
+        ] {
+            assert!(b.contains(want), "{want:?} missing in\n{b}");
+        }
+        assert!(!b.contains("pw@"), "{b}");
+        // From a mirror, the leader left to the mirror's cell.yaml: maybe a URL.
+        fs::write(
+            &conf,
+            "SYNBACKUP_SERVICE_DIR=/data/m0\nSYNBACKUP_BACKUP_ROOT=/backups\n\
+             SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS=/data/m0\n",
+        )
+        .unwrap();
+        generate(&etc, std::slice::from_ref(&out)).unwrap();
+        let b =
+            fs::read_to_string(out.join("synbackup@m0.service.d/50-synbackup-paths.conf")).unwrap();
+        assert!(b.contains("PrivateNetwork=no\n"), "{b}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::base::units::{parse_duration, parse_size};
 use crate::engine::envcopy::CopyMode;
 use crate::engine::freeze::FreezeMode;
+use crate::engine::teleurl::Endpoint;
 use crate::host::transient::Isolation;
 use crate::instance::source::{NoMirror, SourceMode};
 
@@ -110,16 +111,28 @@ impl Kind for Text {
     }
 }
 
-/// Space-separated absolute paths.
-pub(crate) struct AbsPaths;
+/// A cell: an absolute service directory, or a `tcp://` / `ssl://` telepath URL.
+pub(crate) struct Cell;
 
-impl Kind for AbsPaths {
-    type Value = Vec<PathBuf>;
-    fn parse(&self, text: &str) -> Result<Vec<PathBuf>, String> {
+impl Kind for Cell {
+    type Value = Endpoint;
+    fn parse(&self, text: &str) -> Result<Endpoint, String> {
+        Endpoint::parse(text).map_err(|why| {
+            format!("an absolute service directory or a tcp:// or ssl:// telepath URL ({why})")
+        })
+    }
+}
+
+/// Space-separated cells (directories or URLs).
+pub(crate) struct Cells;
+
+impl Kind for Cells {
+    type Value = Vec<Endpoint>;
+    fn parse(&self, text: &str) -> Result<Vec<Endpoint>, String> {
         text.split_whitespace()
-            .map(|w| AbsPath.parse(w))
+            .map(|w| Cell.parse(w))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| "space-separated absolute paths".into())
+            .map_err(|why| format!("space-separated {why}"))
     }
 }
 
@@ -286,10 +299,10 @@ settings! {
         Default("leader"), Checked,
         "leader, mirror or auto (default leader): back up the leader, one of SYNBACKUP_MIRRORS, or a mirror when one is ready and else the leader";
     // Absent: SYNBACKUP_SERVICE_DIR (config.rs).
-    LEADER: AbsPath = "SYNBACKUP_LEADER", AbsPath, Absent, Unset,
-        "the leader's service directory, whose sock answers telepath (default: SYNBACKUP_SERVICE_DIR)";
-    MIRRORS: AbsPaths = "SYNBACKUP_MIRRORS", AbsPaths, Absent, Unset,
-        "the service directories of the leader's mirrors on this host, space-separated absolute paths, tried in order";
+    LEADER: Cell = "SYNBACKUP_LEADER", Cell, Absent, Unset,
+        "the leader: its service directory (whose sock answers telepath) or a tcp:// or ssl:// telepath URL (default: a local mirror's mirror:/parent: URL, else SYNBACKUP_SERVICE_DIR)";
+    MIRRORS: Cells = "SYNBACKUP_MIRRORS", Cells, Absent, Unset,
+        "the leader's mirrors, space-separated: service directories on this host (backed up, tried in order) or telepath URLs (only compared by restore)";
     NO_MIRROR: OneOf<NoMirror> = "SYNBACKUP_NO_MIRROR",
         OneOf(&[
             ("fail", NoMirror::Fail),

@@ -62,15 +62,14 @@ pub(crate) fn dry_run(dirs: &Dirs, name: &str, overrides: &InstanceOverrides) ->
     let src = &inst.sources;
     if src.mode != SourceMode::Leader {
         let mirrors: Vec<String> = src
-            .mirrors
-            .iter()
+            .local_mirrors()
             .map(|m| m.display().to_string())
             .collect();
         lines.push(format!(
             "SYNBACKUP_SOURCE={}: would back up the first of {} that applies the leader {}'s nexus index within {} instead, frozen, the leader not; if none does: {}",
             src.mode.name(),
             mirrors.join(", "),
-            src.leader.display(),
+            src.leader,
             crate::base::units::format_duration(src.wait),
             match src.no_mirror {
                 NoMirror::Fail => "fail (exit code 13)",

@@ -80,9 +80,13 @@ pub(crate) fn no_mirror_error(s: &Sources, why: &str) -> anyhow::Error {
 /// to report).
 pub(crate) fn choose(s: &Sources) -> Chosen {
     if s.mode == SourceMode::Leader {
-        return Chosen::Leader {
-            dir: s.leader.clone(),
-            instead: None,
+        return match s.leader.dir() {
+            Some(dir) => Chosen::Leader {
+                dir: dir.to_path_buf(),
+                instead: None,
+            },
+            // Refused at config time (`Sources::check`).
+            None => Chosen::Fail(format!("the leader {} is not on this host", s.leader)),
         };
     }
     match find_mirror(s) {
@@ -91,7 +95,7 @@ pub(crate) fn choose(s: &Sources) -> Chosen {
                 "backing up the mirror {} (SYNBACKUP_SOURCE={}): it applied the leader {}'s nexus index {} (at {} now, after {:.1} s); the leader is not frozen",
                 on.mirror.dir.display(),
                 s.mode.name(),
-                on.leader.dir.display(),
+                on.leader.at,
                 on.leader.nexus_index,
                 on.mirror.nexus_index,
                 on.mirror.waited.as_secs_f64()
@@ -106,7 +110,11 @@ pub(crate) fn choose(s: &Sources) -> Chosen {
 fn find_mirror(s: &Sources) -> Result<OnMirror, NotReady> {
     let leader: LeaderAt = mirror::leader_at_start(&s.leader)?;
     let mut reasons = Vec::new();
-    for dir in &s.mirrors {
+    let local: Vec<&std::path::Path> = s.local_mirrors().collect();
+    for url in s.mirrors.iter().filter_map(|m| m.url()) {
+        log::debug!("the mirror {url} is on another host: not a backup source");
+    }
+    for dir in local.iter().copied() {
         match mirror::wait_for_mirror(dir, &leader, s.wait) {
             Ok(ready) => {
                 return Ok(OnMirror {
@@ -115,7 +123,7 @@ fn find_mirror(s: &Sources) -> Result<OnMirror, NotReady> {
                 })
             }
             Err(NotReady(why)) => {
-                if s.mirrors.len() > 1 {
+                if local.len() > 1 {
                     log::info!("{why}; trying the next mirror");
                 }
                 reasons.push(why);
@@ -135,12 +143,19 @@ fn no_mirror(s: &Sources, why: String) -> Chosen {
     match s.no_mirror {
         NoMirror::Fail => Chosen::Fail(why),
         NoMirror::Leader => {
+            let Some(dir) = s.leader.dir() else {
+                // Refused at config time (`Sources::check`).
+                return Chosen::Fail(format!(
+                    "{why}; the leader {} is not on this host",
+                    s.leader
+                ));
+            };
             log::warn!(
                 "no mirror is ready ({why}): backing up the leader {} instead, frozen as SYNBACKUP_FREEZE says ({asked})",
-                s.leader.display()
+                dir.display()
             );
             Chosen::Leader {
-                dir: s.leader.clone(),
+                dir: dir.to_path_buf(),
                 instead: Some(why),
             }
         }

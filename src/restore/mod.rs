@@ -48,6 +48,8 @@ pub(crate) mod copy;
 pub(crate) mod follower;
 /// Links the backup followed (a layer on another disk), restored as links.
 pub(crate) mod linked;
+/// The leader's mirrors asked for their nexus indexes before a restore.
+pub(crate) mod mirrors;
 /// `restore --dry-run`: the restore's steps, taking none.
 pub(crate) mod plan;
 /// Roles (leader, mirror) and nexus indexes of the directory and the backup.
@@ -388,6 +390,8 @@ struct Target {
     keep_aside: Option<Duration>,
     /// Run on the staged copy before the swap.
     before_swap: Option<std::rc::Rc<dyn BeforeSwap>>,
+    /// The instance's mirrors (SYNBACKUP_MIRRORS), asked before a leader's restore.
+    mirrors: Vec<crate::engine::teleurl::Endpoint>,
 }
 
 /// What a restore reports (the status's details; paths as `pathtext::key`s).
@@ -414,6 +418,9 @@ struct Outcome {
     /// What the step before the swap did (`--to`: the archived nexus entries applied).
     #[serde(skip_serializing_if = "Option::is_none")]
     before_swap: Option<serde_json::Value>,
+    /// The leader's mirrors asked for their nexus indexes (`mirrors`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirrors: Option<mirrors::MirrorsCheck>,
 }
 
 /// The roles a restore compared and the settings it kept.
@@ -547,6 +554,7 @@ fn resolve(
     args: &Request,
     take_lock: &mut TakeLock<'_>,
 ) -> Result<(Target, Option<lock::InstanceLock>)> {
+    let mut mirrors = Vec::new();
     let (dir, unit, timeouts, root, lock, cert_dir, keep_aside) = match &args.instance {
         Some(name) => {
             let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
@@ -556,6 +564,7 @@ fn resolve(
                 None if args.certs => certdir::resolve_cert_dir(&inst)?,
                 None => None,
             };
+            mirrors = inst.sources.mirrors.clone();
             (
                 args.dir.clone().unwrap_or(inst.service_dir.clone()),
                 inst.service_unit.clone(),
@@ -600,6 +609,7 @@ fn resolve(
             disposable: false,
             keep_aside,
             before_swap: args.before_swap.clone(),
+            mirrors,
         },
         lock,
     ))
@@ -689,6 +699,8 @@ fn restore_into(t: &Target, force: bool, outcome: &mut Outcome) -> Result<String
     let staged = stage(t, &backup, &manifest, &links, outcome)?;
     if let Some(r) = outcome.roles.as_mut() {
         outcome.nexus = roles::compare_nexus(dir, &r.directory, &r.backup);
+        // Before the stop: the mirrors still follow the leader as it is.
+        outcome.mirrors = mirrors::compare(&t.mirrors, dir, Some(&r.directory), Some(&r.backup));
         r.settings = roles::keep_dir_settings(dir, &staged.copy.path)?;
         if !r.settings.is_empty() {
             log::info!(

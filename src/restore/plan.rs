@@ -68,6 +68,19 @@ fn plan_local(t: &Target, force: bool, plan: &mut Plan) -> Result<()> {
     if let Some(ours) = roles::of_dir(dir)? {
         let theirs = roles::of_backup(&backup, &manifest)?;
         roles::check_roles(dir, &ours, &backup, &theirs, force)?;
+        if let Some(check) = super::mirrors::compare(&t.mirrors, dir, Some(&ours), Some(&theirs)) {
+            for a in check.asked.iter().filter(|a| a.nexus_index.is_some()) {
+                plan.say(format!(
+                    "asked the mirror {} before the stop: nexus index {}, the backup's {}",
+                    a.mirror,
+                    a.nexus_index.unwrap_or_default(),
+                    check.backup_index
+                ));
+            }
+            for line in check.lines() {
+                plan.say(format!("would warn: {line}"));
+            }
+        }
     }
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     plan.say(format!(

@@ -80,7 +80,8 @@ pub(crate) fn is_role_key(key: &str) -> bool {
 pub(crate) fn configured_role(dir: &Path) -> Result<Role> {
     for key in ["mirror", "parent"] {
         if let Some(Some(url)) = cellyaml::effective(dir, key)? {
-            return Ok(Role::Mirror(Some(url)));
+            // Shown in lines and statuses: never its password.
+            return Ok(Role::Mirror(Some(crate::engine::teleurl::mask_text(&url))));
         }
     }
     Ok(Role::Leader)

@@ -51,7 +51,7 @@ fn configure(root: &Path, ldir: &Path, mdir: &Path, backups: &Path, extra: &str)
     .unwrap();
 }
 
-fn status(root: &Path) -> Value {
+pub(super) fn status(root: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(root.join("state/m0.json")).unwrap()).unwrap()
 }
 
@@ -60,7 +60,7 @@ fn run_m0(root: &Path) -> Output {
 }
 
 /// The complete backups in `backups`, sorted.
-fn backups_in(backups: &Path) -> Vec<PathBuf> {
+pub(super) fn backups_in(backups: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(backups)
         .map(|d| {
             d.map(|e| e.unwrap().path())

@@ -11,9 +11,11 @@
 # SYNBACKUP_DRILL_AFTER_RUN=yes the backup unit drills the backup it made. The Cortex
 # runs as User=synapse with only the README's three config lines: the generator's
 # 0700 root backup root is not the server's way to its copy (a bind mount is). Then a
-# mirror's backup drilled on both isolation paths (the leader gets no write), an
-# offsite copy under the hardened unit, and the disaster-recovery path in a second,
-# fresh container.
+# mirror's backup drilled on both isolation paths (the leader gets no write), that
+# backup taken by SYNBACKUP_SOURCE=mirror with the leader named by a tcp:// URL
+# with a password (the leader never frozen), the leader restored while the mirror
+# is ahead (the warning in status until acknowledged), an offsite copy under the
+# hardened unit, and the disaster-recovery path in a second, fresh container.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -136,7 +138,16 @@ ns_exec sed -i '/^SYNBACKUP_DRILL_AFTER_RUN=/d' /etc/synbackup/cortex00.conf
 # backup's 40 nodes, none newer), and the write reaches neither Cortex (a mirror
 # forwards writes to its leader). 3.x's `parent:` follower: 47-synapse3.
 ns_exec install -d -m 0750 /srv/cortex/l0 /srv/cortex/m0
-echo 'nexslog:en: true' | ns_exec tee /srv/cortex/l0/cell.yaml >/dev/null
+# The leader also listens on a fixed loopback port with a root password: the
+# mirror's instance below names it only by that URL (a leader on another host).
+l0_pw=sb-Leader-pw1
+l0_url="tcp://root:$l0_pw@127.0.0.1:27495"
+l0_masked="tcp://root:****@127.0.0.1:27495"
+printf 'nexslog:en: true\nauth:passwd: %s\n' "$l0_pw" | ns_exec tee /srv/cortex/l0/cell.yaml >/dev/null
+ns_exec chmod 600 /srv/cortex/l0/cell.yaml
+ns_exec mkdir -p /etc/systemd/system/synapse-cortex@l0.service.d
+printf '[Service]\nExecStart=\nExecStart=/opt/synapse-venv/bin/python -m synapse.servers.cortex --telepath tcp://127.0.0.1:27495 --https 0 /srv/cortex/%%i\n' |
+  ns_exec tee /etc/systemd/system/synapse-cortex@l0.service.d/listen.conf >/dev/null
 sb_cortex l0
 ns_defer ns_exec systemctl stop synapse-cortex@l0.service
 ns_assert_eq 40 "$(ns_exec storm.py add /srv/cortex/l0 40)" "the leader's nodes"
@@ -229,9 +240,40 @@ ns_assert_eq active "$(sb_prop synapse-cortex@m0.service ActiveState)" "the seed
 ns_assert_eq 40 "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" "the mirror's nodes"
 ns_assert_eq 1 "$(ns_exec storm.py count /srv/cortex/m0 inet:fqdn=archived.example)" "the edit made after the backup, on the mirror"
 ns_assert_eq "False cell:///srv/cortex/l0" "$(ns_exec storm.py info /srv/cortex/m0 | python3 -c 'import json,sys;i=json.load(sys.stdin);print(i["active"], i["upstream"])')" "the seeded cell is a mirror of l0"
-echo 'SYNBACKUP_DRILL_CHECK=[inet:fqdn=written-by-drill.example]' | sb_config m0
-ns_exec systemctl start synbackup@m0.service
+# The mirror's instance backs up the mirror (SYNBACKUP_SOURCE=mirror), its leader
+# named by URL with the password (so the config is 0600): the leader is asked for
+# its index, never frozen (Synapse logs "Freezing service" at every freeze: none
+# in the leader's journal during the run, one in the mirror's).
+printf '%s\n' 'SYNBACKUP_DRILL_CHECK=[inet:fqdn=written-by-drill.example]' SYNBACKUP_SOURCE=mirror \
+  SYNBACKUP_MIRRORS=/srv/cortex/m0 "SYNBACKUP_LEADER=$l0_url" | sb_config m0
+# 0600 before the generator reads it: a config holding a password that others
+# can read is refused (the generator skips it: no drop-in, no network).
+ns_exec chmod 600 /etc/synbackup/m0.conf
+ns_exec systemctl daemon-reload
+freezes() { ns_journal -u "synapse-cortex@$1.service" -o cat | grep -c 'Freezing service for volume snapshot' || true; }
+l0_freezes=$(freezes l0)
+m0_freezes=$(freezes m0)
+ns_exec systemctl start --no-block synbackup@m0.service
+run_done() {
+  ns_assert_eq False "$(ns_exec storm.py paused /srv/cortex/l0)" "the leader paused during the mirror's run"
+  [ "$(sb_prop synbackup@m0.service ActiveState)" != activating ]
+}
+ns_wait_until 300 "the mirror's nightly run" run_done
 ns_assert_eq success "$(sb_prop synbackup@m0.service Result)" "Result of the mirror's nightly run"
+mirror_frozen() { [ "$(freezes m0)" -gt "$m0_freezes" ]; }
+ns_wait_until 30 "the mirror's freeze in its journal" mirror_frozen
+ns_assert_eq "$l0_freezes" "$(freezes l0)" "the leader's freezes after the mirror's run"
+ns_assert_eq "mirror $l0_masked /srv/cortex/m0 True" "$(ns_exec python3 -c '
+import glob, json
+b = json.load(open("/var/lib/synbackup/m0.json"))
+m = json.load(open(b["last_success_backup"] + "/synbackup-manifest.json"))
+f = m["from_mirror"]
+print(b["details"]["source"]["used"], f["leader"], f["mirror"], f["nexus_index"] >= f["leader_nexus_index"] > 0)')" \
+  "source, leader, mirror and nexus indexes of the mirror's backup"
+if ns_exec grep -rqF --include='*.json' "$l0_pw" /var/lib/synbackup /srv/backups/m0 ||
+  ns_journal -u synbackup@m0.service -o cat | grep -qF "$l0_pw"; then
+  ns_die "the leader's password was written or logged"
+fi
 ns_assert_eq 47 "$(ns_exec storm.py add /srv/cortex/l0 7 --start 40)" "the leader's nodes after adding 7"
 mirror_has() { [ "$(ns_exec storm.py count /srv/cortex/m0 inet:ipv4)" = "$1" ]; }
 ns_wait_until 120 "the mirror to receive the 7 nodes" mirror_has 47
@@ -257,6 +299,24 @@ ns_exec synbackup drill m0 2>/dev/null
 ns_assert_eq "0 0" "$(written)" "the netns drill's write on the leader and on the mirror"
 ns_assert_eq "success netns 40 ['cell.yaml:mirror']" "$(mirror_drill)" \
   "the mirror's netns drill: result, isolation, nodes, keys removed"
+# The leader restored to its first backup (40 nodes) while its mirror is past it
+# (47 and the edit): the restore asks the mirror before the stop, warns with both
+# indexes, and `status` reports it until acknowledged.
+echo SYNBACKUP_MIRRORS=/srv/cortex/m0 | ns_exec tee -a /etc/synbackup/l0.conf >/dev/null
+l0_backup=$(ns_exec sh -c 'ls -d /srv/backups/l0/l0_* | head -n1')
+m0_index=$(ns_exec storm.py info /srv/cortex/m0 | python3 -c 'import json,sys;print(json.load(sys.stdin)["nexus_index"])')
+ns_has "would warn: the mirror /srv/cortex/m0 is at nexus index $m0_index" -- \
+  ns_exec synbackup restore --dry-run --instance l0 "$l0_backup"
+ns_exec synbackup restore --instance l0 "$l0_backup" 2>"$NS_STATE/restore-l0.err" ||
+  ns_die "the leader's restore failed: $(cat "$NS_STATE/restore-l0.err")"
+grep -q "the mirror /srv/cortex/m0 is at nexus index $m0_index, the backup at" "$NS_STATE/restore-l0.err" ||
+  ns_die "no warning about the mirror: $(cat "$NS_STATE/restore-l0.err")"
+status_l0() { ns_exec synbackup status l0 || true; }
+ns_has 'last restore at .*the mirror /srv/cortex/m0 is at nexus index' -- status_l0
+ns_exec synbackup status l0 --acknowledge restore >"$NS_STATE/status-l0" || true
+if grep -q 'the mirror /srv/cortex/m0 is at nexus index' "$NS_STATE/status-l0"; then
+  ns_die "status still warns after --acknowledge restore: $(cat "$NS_STATE/status-l0")"
+fi
 ns_exec systemctl stop synapse-cortex@m0.service synapse-cortex@l0.service
 
 # Offsite copies under the hardened unit, then the disaster-recovery path: a second,
