@@ -188,11 +188,11 @@ pub(crate) enum Holds {
 /// nexus entries from `offs` on: what a mirror at `offs` asks for first
 /// (`getNexusChanges(offs)`, `synapse/lib/nexus.py` `runMirrorLoop`). Only the
 /// first entry is read (`wait=False`: the stream ends at the leader's index).
-pub(crate) fn leader_holds_from(dir: &Path, offs: u64, index: u64) -> Result<Holds> {
+pub(crate) fn leader_holds_from(at: &Endpoint, offs: u64, index: u64) -> Result<Holds> {
     if offs >= index {
         return Ok(Holds::Yes);
     }
-    let mut client = Client::connect(&dir.join("sock"), CALL_TIMEOUT)?;
+    let mut client = Client::open(at, CALL_TIMEOUT)?;
     let mut stream = client.stream(
         "getNexusChanges",
         vec![Value::from(offs)],
@@ -209,8 +209,7 @@ pub(crate) fn leader_holds_from(dir: &Path, offs: u64, index: u64) -> Result<Hol
             })?,
         crate::engine::telepath::Next::End => return Ok(Holds::None),
         crate::engine::telepath::Next::Idle => anyhow::bail!(
-            "getNexusChanges({offs}) on {} sent nothing within {}",
-            dir.display(),
+            "getNexusChanges({offs}) on {at} sent nothing within {}",
             format_duration(CALL_TIMEOUT)
         ),
     };

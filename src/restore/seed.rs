@@ -115,7 +115,7 @@ pub(crate) fn seed(dirs: &Dirs, r: &SeedRequest) -> Result<()> {
     let (bytes, changes) = build(&plan)?;
     let summary = format!(
         "seeded a mirror of {} in {} from {} (nexus index {}; the leader was at {}: {} entries to apply) ({} in {:.1} s); {}",
-        shell_word(&plan.leader.dir),
+        plan.leader.at,
         shell_word(&plan.dir),
         shell_word(&plan.backup),
         plan.backup_index,
@@ -152,8 +152,8 @@ pub(crate) fn seed(dirs: &Dirs, r: &SeedRequest) -> Result<()> {
 fn make_plan(inst: &config::Instance, r: &SeedRequest) -> Result<Plan> {
     let dir = std::path::absolute(&r.dir)
         .with_context(|| format!("bad directory {}", r.dir.escaped()))?;
-    let leader_dir = inst.sources.leader.clone();
-    let dir_exists = check_new_dir(&dir, &leader_dir, &inst.backup_root)?;
+    let leader_at = inst.sources.leader.clone();
+    let dir_exists = check_new_dir(&dir, leader_at.dir(), &inst.backup_root)?;
     if let Some(u) = &r.unit {
         let state = preflight::check_unit(u, &dir)?;
         if matches!(state.as_str(), "active" | "activating" | "reloading") {
@@ -167,7 +167,7 @@ fn make_plan(inst: &config::Instance, r: &SeedRequest) -> Result<Plan> {
     let backup = choose_backup(inst, r.backup.as_deref())?;
     let manifest = copy::checked_manifest(&backup)?;
     let backup_index = index_of(&backup, &manifest)?;
-    let leader = mirror::leader_at_start(&leader_dir).map_err(|e| {
+    let leader = mirror::leader_at_start(&leader_at).map_err(|e| {
         fail(
             Code::Service,
             format!(
@@ -190,10 +190,19 @@ fn make_plan(inst: &config::Instance, r: &SeedRequest) -> Result<Plan> {
                 ),
             )
         })?;
-    let upstream = r
-        .upstream
-        .clone()
-        .unwrap_or_else(|| format!("cell://{}", leader_dir.display()));
+    let upstream = match (&r.upstream, leader_at.dir()) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) => format!("cell://{}", d.display()),
+        (None, None) => {
+            return Err(fail(
+                Code::Usage,
+                format!(
+                    "the leader of {} is the URL {leader_at} (SYNBACKUP_LEADER): give --upstream with the URL the new mirror is to follow (it is written into its cell.yaml)",
+                    inst.name
+                ),
+            ))
+        }
+    };
     let need = manifest.files.iter().map(|f| f.size).sum::<u64>();
     let need = need.min(copy::allocated_here(&backup, &manifest, &[], &dir));
     let mut at = dir.as_path();
@@ -228,13 +237,14 @@ fn make_plan(inst: &config::Instance, r: &SeedRequest) -> Result<Plan> {
 
 /// NEWDIR: absent (its parent is made) or an empty directory (true), never a
 /// link, never inside the leader's directory or the backup root.
-fn check_new_dir(dir: &Path, leader: &Path, backup_root: &Path) -> Result<bool> {
+fn check_new_dir(dir: &Path, leader: Option<&Path>, backup_root: &Path) -> Result<bool> {
     let resolve = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let real = resolve(dir);
-    for (other, what) in [
-        (leader, "the leader's directory"),
-        (backup_root, "the backup root"),
-    ] {
+    let others = [
+        leader.map(|l| (l, "the leader's directory")),
+        Some((backup_root, "the backup root")),
+    ];
+    for (other, what) in others.into_iter().flatten() {
         let other = resolve(other);
         if real.starts_with(&other) || other.starts_with(&real) {
             return Err(fail(
@@ -373,7 +383,7 @@ fn check_same_cell(backup: &Path, m: &Manifest, leader: &LeaderAt) -> Result<()>
                 "{} is a backup of cell {}, but the leader {} is cell {}: a mirror must be of the leader's cell; give one of its backups",
                 backup.escaped(),
                 other.as_deref().unwrap_or("(unknown)"),
-                leader.dir.escaped(),
+                leader.at,
                 leader.iden
             ),
         )),
@@ -389,16 +399,16 @@ fn check_leader_holds(leader: &LeaderAt, backup: &Path, index: u64) -> Result<()
             format!(
                 "{} is at nexus index {index}, ahead of the leader {} at {}: the leader was restored to an older state; seed from a backup taken since",
                 backup.escaped(),
-                leader.dir.escaped(),
+                leader.at,
                 leader.nexus_index
             ),
         ));
     }
     let holds =
-        mirror::leader_holds_from(&leader.dir, index, leader.nexus_index).with_context(|| {
+        mirror::leader_holds_from(&leader.at, index, leader.nexus_index).with_context(|| {
             format!(
                 "cannot ask the leader {} for its nexus entries from {index}",
-                leader.dir.escaped()
+                leader.at
             )
         })?;
     let since = match holds {
@@ -410,7 +420,7 @@ fn check_leader_holds(leader: &LeaderAt, backup: &Path, index: u64) -> Result<()
         Code::NexusGone,
         format!(
             "the leader {} no longer holds nexus entry {index}, which a mirror seeded from {} needs first ({since}; the leader is at {}): take a new backup (synbackup run) and seed from it",
-            leader.dir.escaped(),
+            leader.at,
             backup.escaped(),
             leader.nexus_index
         ),
@@ -548,7 +558,7 @@ fn changes_line(c: &Changes) -> String {
 fn print_plan(p: &Plan, r: &SeedRequest) {
     println!(
         "would seed a mirror of {} (cell {}, at nexus index {}) into {}{}",
-        shell_word(&p.leader.dir),
+        p.leader.at,
         p.leader.iden,
         p.leader.nexus_index,
         shell_word(&p.dir),
@@ -592,18 +602,18 @@ mod tests {
         let (leader, root) = (t.path().join("leader"), t.path().join("backups"));
         fs::create_dir_all(&leader).unwrap();
         fs::create_dir_all(&root).unwrap();
-        assert!(!check_new_dir(&t.path().join("m"), &leader, &root).unwrap());
+        assert!(!check_new_dir(&t.path().join("m"), Some(&leader), &root).unwrap());
         fs::create_dir(t.path().join("e")).unwrap();
-        assert!(check_new_dir(&t.path().join("e"), &leader, &root).unwrap());
+        assert!(check_new_dir(&t.path().join("e"), Some(&leader), &root).unwrap());
         fs::write(t.path().join("e/x"), "").unwrap();
-        let e = check_new_dir(&t.path().join("e"), &leader, &root).unwrap_err();
+        let e = check_new_dir(&t.path().join("e"), Some(&leader), &root).unwrap_err();
         assert!(format!("{e}").contains("is not empty (it holds x)"), "{e}");
-        let e = check_new_dir(&leader.join("m"), &leader, &root).unwrap_err();
+        let e = check_new_dir(&leader.join("m"), Some(&leader), &root).unwrap_err();
         assert!(
             format!("{e}").contains("overlaps the leader's directory"),
             "{e}"
         );
-        let e = check_new_dir(&root.join("m"), &leader, &root).unwrap_err();
+        let e = check_new_dir(&root.join("m"), Some(&leader), &root).unwrap_err();
         assert!(format!("{e}").contains("overlaps the backup root"), "{e}");
     }
 }
