@@ -125,7 +125,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Backup(a) => backup::exec(a, show_bar),
-        Command::Verify(a) => verify::exec(&a),
+        Command::Verify(a) => verify::exec(dirs, &a),
         Command::Restore(a) => restore::exec(dirs, &a),
         Command::Run(a) => run::exec(dirs, &a, show_bar),
         Command::Cold(a) => cold::exec(dirs, &a, show_bar),

@@ -309,6 +309,8 @@ settings! {
     MIN_FREE: Bytes = "SYNBACKUP_MIN_FREE", Bytes, Default("0"), Checked,
         "a size that must stay free (default 0), e.g. 10GiB";
     MAX_AGE: Span = "SYNBACKUP_MAX_AGE", Span, Default("26h"), Checked, "a duration (default 26h)";
+    NEXUS_MAX_LAG: Span = "SYNBACKUP_NEXUS_MAX_LAG", Span, Default("15m"), Checked,
+        "a duration (default 15m): status fails when the cell has changes the nexus archive lacks and its newest entry is older";
     STOP_TIMEOUT: Span = "SYNBACKUP_STOP_TIMEOUT", Span, Default("5m"), Checked,
         "a duration (default 5m)";
     HEALTH_TIMEOUT: Span = "SYNBACKUP_HEALTH_TIMEOUT", Span, Default("5m"), Checked,

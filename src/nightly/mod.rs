@@ -259,7 +259,19 @@ fn back_up_and_prune(
         log::warn!("{why}: backing up its directory as it is on disk, without a freeze");
     }
     let summary = backup::run(&req)?;
-    let backups_kept = prune::prune(inst, state_dir, Some(&name), false, true)?;
+    let kept_names = prune::prune_kept(inst, state_dir, Some(&name), false, true)?;
+    let backups_kept = kept_names.len();
+    // The nexus archive's segments no kept backup needs (`pitr::retain`); the
+    // backup is made either way, so a failure here is logged, not the run's.
+    if let Err(e) = crate::pitr::retain::prune_segments(
+        &inst.backup_root,
+        &inst.name,
+        &kept_names,
+        false,
+        &|l| prune::tell(false, l),
+    ) {
+        log::warn!("nexus archive retention of {}: {e:#}", inst.name);
+    }
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
