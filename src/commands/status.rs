@@ -435,7 +435,12 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
         }
         if let Some(p) = &h.pitr {
             match p.state {
-                "on" => writeln!(out, "{}: point-in-time recovery: {}", h.instance, p.summary())?,
+                "on" => writeln!(
+                    out,
+                    "{}: point-in-time recovery: {}",
+                    h.instance,
+                    p.summary()
+                )?,
                 "nexslog-off" if p.problems.is_empty() => {
                     for n in &p.notes {
                         writeln!(out, "{}: {n}", h.instance)?;

@@ -45,7 +45,12 @@ pub(crate) fn exec(dirs: &Dirs, a: &VerifyArgs) -> Result<ExitCode> {
     let backup = match (&a.instance, &a.backup) {
         (Some(name), _) => return verify_chain(dirs, name, a.json),
         (None, Some(b)) => b,
-        (None, None) => return Err(exit::fail(Code::Usage, "verify needs a BACKUP or --instance NAME")),
+        (None, None) => {
+            return Err(exit::fail(
+                Code::Usage,
+                "verify needs a BACKUP or --instance NAME",
+            ))
+        }
     };
     if a.print_sums {
         return print_sums(backup);

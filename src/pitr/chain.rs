@@ -247,7 +247,10 @@ fn check_segment(seg: &Seg) -> std::result::Result<Option<Span>, String> {
             ));
         }
         let n = entries.len() as u64;
-        if good != bytes.len() as u64 || idx.first != first || idx.last != last || idx.count != n
+        if good != bytes.len() as u64
+            || idx.first != first
+            || idx.last != last
+            || idx.count != n
             || entries.last().map(|e| e.offset) != Some(last)
         {
             return Err(format!(
@@ -306,7 +309,9 @@ mod tests {
         fs::write(closed.path(), bytes).unwrap();
         let c = inspect(t.path(), "x").unwrap();
         assert!(
-            c.damaged.iter().any(|d| d.contains("does not match its BLAKE3")),
+            c.damaged
+                .iter()
+                .any(|d| d.contains("does not match its BLAKE3")),
             "{:?}",
             c.damaged
         );

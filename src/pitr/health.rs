@@ -42,11 +42,20 @@ pub(crate) fn assess(inst: &Instance, now_us: u64) -> anyhow::Result<Pitr> {
     let cell = match live::ask(&inst.service_dir) {
         Ok(c) => c,
         Err(e) => {
-            log::debug!("the cell on {} did not say its nexus state: {e:#}", inst.service_dir.display());
+            log::debug!(
+                "the cell on {} did not say its nexus state: {e:#}",
+                inst.service_dir.display()
+            );
             None
         }
     };
-    Ok(judge(chain, cell, inst.nexus_max_lag, now_us, &inst.service_dir))
+    Ok(judge(
+        chain,
+        cell,
+        inst.nexus_max_lag,
+        now_us,
+        &inst.service_dir,
+    ))
 }
 
 /// The verdict from what was found.
