@@ -40,6 +40,10 @@ pub(crate) enum Code {
     /// mirror was ready (the leader or every mirror did not answer, or no mirror
     /// caught up with the leader in time); nothing was backed up.
     NoMirror = 13,
+    /// `nexus-trim` refused: the trim would break the point-in-time recovery
+    /// chain (the archiver or a mirror behind, a damaged archive, a mirror that
+    /// does not answer); nothing was culled.
+    TrimRefused = 14,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

@@ -34,6 +34,8 @@ pub(crate) mod drill;
 pub(crate) mod list;
 /// `synbackup nexus-archive INSTANCE`.
 pub(crate) mod nexus_archive;
+/// `synbackup nexus-trim INSTANCE`.
+pub(crate) mod nexus_trim;
 /// `synbackup offsite init|list|check|unlock INSTANCE`.
 pub(crate) mod offsite;
 /// `synbackup prune INSTANCE`.
@@ -88,6 +90,8 @@ pub(crate) enum Command {
     List(list::ListArgs),
     /// Follow the cell's nexus log into the instance's archive (point-in-time recovery).
     NexusArchive(nexus_archive::NexusArchiveArgs),
+    /// Trim the cell's nexus log, never past what the archive and the mirrors have.
+    NexusTrim(nexus_trim::NexusTrimArgs),
     /// The instance's offsite restic repository: init, list, check, unlock.
     Offsite(offsite::OffsiteArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
@@ -119,6 +123,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Drill(_) => needs_root("drill")?,
         Command::Offsite(_) => needs_root("offsite")?,
         Command::NexusArchive(_) => needs_root("nexus-archive")?,
+        Command::NexusTrim(_) => needs_root("nexus-trim")?,
         Command::Retire(_) => needs_root("retire")?,
         Command::Prune(a) if !a.dry_run => needs_root("prune")?,
         _ => {}
@@ -133,6 +138,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::List(a) => list::exec(dirs, &a),
         Command::Offsite(a) => offsite::exec(dirs, &a),
         Command::NexusArchive(a) => nexus_archive::exec(dirs, &a),
+        Command::NexusTrim(a) => nexus_trim::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),
         Command::Sysctl(a) => sysctl::exec(&a),

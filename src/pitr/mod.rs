@@ -22,6 +22,8 @@ pub(crate) mod live;
 pub(crate) mod replay;
 /// Archive segments no kept backup needs, removed after a prune.
 pub(crate) mod retain;
+/// `nexus-trim`: the cell's log trimmed no further than archive and mirrors.
+pub(crate) mod trim;
 
 use std::path::{Path, PathBuf};
 

@@ -205,3 +205,5 @@ mod archiver;
 mod chain;
 /// `restore --to` end to end.
 mod restore;
+/// `nexus-trim` against a lagging and a caught-up archive.
+mod trim;
