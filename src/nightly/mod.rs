@@ -81,7 +81,12 @@ pub(crate) fn run(
     leave_final_status(dirs, name, Kind::Backup);
     let backup = backup?;
     let offsite = match inst.offsite {
-        Some(_) => crate::offsite::copy(dirs, &inst, &backup, started),
+        Some(_) => {
+            // The nexus archive goes with the backup (point-in-time recovery).
+            let archive = crate::pitr::archive::dir_of(&inst.backup_root);
+            let archive = archive.join("archive.json").exists().then_some(archive);
+            crate::offsite::copy(dirs, &inst, &backup, started, archive.as_deref())
+        }
         None => Ok(()),
     };
     if inst.drill_after_run {

@@ -101,7 +101,7 @@ fn record(offset: u64) -> Vec<u8> {
 
 /// Write the archive of offsets `first..=last` as closed segments of `each`
 /// entries (with their `.json`), and `open` entries after them in an open one.
-fn write_archive(dir: &Path, ranges: &[(u64, u64)], open: Option<(u64, u64)>) {
+pub fn write_archive(dir: &Path, ranges: &[(u64, u64)], open: Option<(u64, u64)>) {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("archive.json"), r#"{"format": 1, "cell": "cafe"}"#).unwrap();
     for &(first, last) in ranges {
