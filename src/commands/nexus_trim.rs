@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `synbackup nexus-trim INSTANCE [--dry-run] [--wait DURATION] [--force MIRROR]`:
+//! `synbackup nexus-trim INSTANCE [--dry-run] [--wait DURATION] [--force-mirror MIRROR]`:
 //! rotate and cull the cell's nexus log no further than the nexus archive and the
 //! mirrors have got (`pitr::trim`), under the instance lock (never during a
 //! run's freeze).
@@ -26,7 +26,7 @@ pub(crate) struct NexusTrimArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::base::units::parse_duration)]
     pub(crate) wait: std::time::Duration,
     /// Trim even though this mirror (a directory of SYNBACKUP_MIRRORS) does not answer.
-    #[arg(long, value_name = "MIRROR")]
+    #[arg(long = "force-mirror", value_name = "MIRROR")]
     pub(crate) force: Vec<PathBuf>,
 }
 

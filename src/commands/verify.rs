@@ -23,12 +23,13 @@ use crate::instance::dirs::Dirs;
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// The backup directory to check.
-    #[arg(required_unless_present = "instance")]
-    pub(crate) backup: Option<PathBuf>,
+    /// The backup directory to check (a path: not completed as a backup name of
+    /// an instance, which `--instance` would otherwise make it).
+    #[arg(value_name = "BACKUP", required_unless_present = "instance")]
+    pub(crate) backup_dir: Option<PathBuf>,
     /// Check the instance's point-in-time recovery chain instead: its nexus
     /// archive's segments (contiguous, digests) and the kept backups it covers.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["backup", "print_sums"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["backup_dir", "print_sums"])]
     pub(crate) instance: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -42,7 +43,7 @@ pub(crate) struct VerifyArgs {
 
 /// Verify; every problem on its own line, exit code `Verify` when there is one.
 pub(crate) fn exec(dirs: &Dirs, a: &VerifyArgs) -> Result<ExitCode> {
-    let backup = match (&a.instance, &a.backup) {
+    let backup = match (&a.instance, &a.backup_dir) {
         (Some(name), _) => return verify_chain(dirs, name, a.json),
         (None, Some(b)) => b,
         (None, None) => {

@@ -12,7 +12,7 @@
 //! URL) to have written R - 1, and culls R - 1; the archive is not a telepath
 //! consumer, so the steps are run here: refuse first what would break the chain
 //! (a damaged segment or a gap a kept backup needs, a mirror of
-//! `SYNBACKUP_MIRRORS` that does not answer, unless `--force` names it); rotate;
+//! `SYNBACKUP_MIRRORS` that does not answer, unless `--force-mirror` names it); rotate;
 //! wait (bounded) until the archive holds every entry before R and every
 //! reachable mirror has applied them; cull R - 1. When the archiver or a mirror
 //! does not get there in time, nothing is culled (the rotation alone removes
@@ -69,13 +69,13 @@ fn mirror_indexes(inst: &Instance, force: &[PathBuf]) -> Result<Vec<(PathBuf, u6
             Ok(s) => out.push((m.clone(), s.nexus_index)),
             Err(e) if force.contains(m) => {
                 log::warn!(
-                    "the mirror {} does not answer ({e:#}); trimming without it (--force): it will have to be re-seeded if it was behind",
+                    "the mirror {} does not answer ({e:#}); trimming without it (--force-mirror): it will have to be re-seeded if it was behind",
                     m.display()
                 );
             }
             Err(e) => {
                 return Err(refuse(format!(
-                    "the mirror {} (SYNBACKUP_MIRRORS) does not answer ({e:#}), so what it has applied is unknown: start it, or pass --force {} to trim without it",
+                    "the mirror {} (SYNBACKUP_MIRRORS) does not answer ({e:#}), so what it has applied is unknown: start it, or pass --force-mirror {} to trim without it",
                     m.display(),
                     m.display()
                 )))
