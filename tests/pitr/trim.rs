@@ -56,10 +56,47 @@ fn refuses_behind_trims_caught_up(line: Line) {
         "{v}: the cell's log was cut"
     );
 
-    // Caught up: the trim culls up to the rotation.
+    // Caught up, but a mirror of SYNBACKUP_MIRRORS does not answer: refused
+    // before anything is rotated, unless --force-mirror names it.
     let a = p.archiver(4096);
     p.wait_archived(60);
-    let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "60s"]);
+    let gone = t.path().join("mirror-gone");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("SYNBACKUP_MIRRORS={}\n", gone.display()));
+    fs::write(&conf, &text).unwrap();
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--dry-run"]);
+    assert_fails(&o, 14, "does not answer");
+    let o = run_at(&p.root, &["nexus-trim", "c0"]);
+    assert_fails(&o, 14, &format!("pass --force-mirror {}", gone.display()));
+    assert_eq!(cell_log(line, &p.dir).first().map(|e| e.0), Some(0), "{v}");
+    let o = run_at(
+        &p.root,
+        &[
+            "nexus-trim",
+            "c0",
+            "--dry-run",
+            "--force-mirror",
+            &gone.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("would rotate the nexus log"),
+        "{v}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The trim culls up to the rotation.
+    let o = run_at(
+        &p.root,
+        &[
+            "nexus-trim",
+            "c0",
+            "--wait",
+            "60s",
+            "--force-mirror",
+            &gone.to_string_lossy(),
+        ],
+    );
     assert!(o.status.success(), "{v}: {}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains("culled the nexus log"), "{v}: {out}");
