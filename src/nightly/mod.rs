@@ -143,6 +143,27 @@ fn drill(dirs: &Dirs, inst: &Instance, backup: &Path) -> Result<()> {
 
 /// What a successful run learnt: the host facts, what a window would reclaim
 /// (the free pages the compacting copy left out), the certificate directory carried.
+/// `SYNBACKUP_NEXUS_TRIM=after-archive`: the guarded trim (`pitr::trim`) after
+/// the backup, under the run's lock. A refused or failed trim is a warning and
+/// a line in the run's status, never the run's failure (the backup is made).
+fn trim_after_archive(inst: &Instance) -> serde_json::Value {
+    let opts = crate::pitr::trim::Options {
+        wait: std::time::Duration::from_secs(60),
+        force: Vec::new(),
+        dry_run: false,
+    };
+    match crate::pitr::trim::trim(inst, &opts) {
+        Ok(line) => {
+            log::info!("{line}");
+            serde_json::json!({"result": "success", "text": line})
+        }
+        Err(e) => {
+            log::warn!("SYNBACKUP_NEXUS_TRIM=after-archive: {e:#}");
+            serde_json::json!({"result": "refused", "text": format!("{e:#}")})
+        }
+    }
+}
+
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
     facts["reclaimable_bytes"] = serde_json::json!(summary.reclaimable_bytes);
@@ -283,6 +304,9 @@ fn back_up_and_prune(
     let mut expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
     expiry_failed.extend(kept::remove_restored_aside(&service_dir, inst.keep_aside));
     let mut details = run_details(inst, &summary);
+    if inst.nexus_trim {
+        details["nexus_trim"] = trim_after_archive(inst);
+    }
     let asides = kept::asides(&service_dir);
     details["aside_dirs"] = serde_json::json!(asides.len());
     details["aside_bytes"] = serde_json::json!(asides.iter().map(|a| a.bytes).sum::<u64>());
