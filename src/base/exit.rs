@@ -43,6 +43,10 @@ pub(crate) enum Code {
     /// `seed-mirror`: the leader no longer holds the nexus entries the backup
     /// needs (its log was culled past the backup's index, or is off).
     NexusGone = 14,
+    /// `nexus-trim` refused: the trim would break the point-in-time recovery
+    /// chain (the archiver or a mirror behind, a damaged archive, a mirror that
+    /// does not answer); nothing was culled.
+    TrimRefused = 15,
     /// Stopped by SIGHUP (the terminal or SSH session went away).
     HungUp = 129,
     /// Interrupted by SIGINT.

@@ -89,7 +89,21 @@ pub(crate) fn check_instance(dirs: &Dirs, name: &str) -> Vec<Line> {
     out.push(line("offsite", v, t));
     let (v, t) = certificates(&inst);
     out.push(line("certificates", v, t));
+    let (v, t) = pitr(&inst);
+    out.push(line("pitr", v, t));
     out
+}
+
+/// Point-in-time recovery: the nexus archive's chain and lag, or why it is off.
+fn pitr(inst: &Instance) -> (Verdict, String) {
+    let now_us = chrono::Utc::now().timestamp_micros().max(0) as u64;
+    match crate::pitr::health::assess(inst, now_us) {
+        Ok(p) if !p.problems.is_empty() => (Verdict::Fail, p.problems.join("; ")),
+        Ok(p) if p.state == "on" => (Verdict::Ok, p.summary()),
+        Ok(p) if p.state == "nexslog-off" => (Verdict::Warn, p.notes.join("; ")),
+        Ok(p) => (Verdict::Skip, p.notes.join("; ")),
+        Err(e) => (Verdict::Fail, format!("{e:#}")),
+    }
 }
 
 /// The unit exists and runs on the directory.

@@ -34,6 +34,8 @@ pub(crate) mod drill;
 pub(crate) mod list;
 /// `synbackup nexus-archive INSTANCE`.
 pub(crate) mod nexus_archive;
+/// `synbackup nexus-trim INSTANCE`.
+pub(crate) mod nexus_trim;
 /// `synbackup offsite init|list|check|unlock INSTANCE`.
 pub(crate) mod offsite;
 /// `synbackup prune INSTANCE`.
@@ -90,6 +92,8 @@ pub(crate) enum Command {
     List(list::ListArgs),
     /// Follow the cell's nexus log into the instance's archive (point-in-time recovery).
     NexusArchive(nexus_archive::NexusArchiveArgs),
+    /// Trim the cell's nexus log, never past what the archive and the mirrors have.
+    NexusTrim(nexus_trim::NexusTrimArgs),
     /// The instance's offsite restic repository: init, list, check, unlock.
     Offsite(offsite::OffsiteArgs),
     /// Remove backups that retention no longer keeps, and stale temporaries.
@@ -123,6 +127,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Drill(_) => needs_root("drill")?,
         Command::Offsite(_) => needs_root("offsite")?,
         Command::NexusArchive(_) => needs_root("nexus-archive")?,
+        Command::NexusTrim(_) => needs_root("nexus-trim")?,
         Command::Retire(_) => needs_root("retire")?,
         Command::SeedMirror(_) => needs_root("seed-mirror")?,
         Command::Prune(a) if !a.dry_run => needs_root("prune")?,
@@ -130,7 +135,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Backup(a) => backup::exec(a, show_bar),
-        Command::Verify(a) => verify::exec(&a),
+        Command::Verify(a) => verify::exec(dirs, &a),
         Command::Restore(a) => restore::exec(dirs, &a),
         Command::Run(a) => run::exec(dirs, &a, show_bar),
         Command::Cold(a) => cold::exec(dirs, &a, show_bar),
@@ -138,6 +143,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::List(a) => list::exec(dirs, &a),
         Command::Offsite(a) => offsite::exec(dirs, &a),
         Command::NexusArchive(a) => nexus_archive::exec(dirs, &a),
+        Command::NexusTrim(a) => nexus_trim::exec(dirs, &a),
         Command::Prune(a) => prune::exec(dirs, &a),
         Command::SeedMirror(a) => seed_mirror::exec(dirs, &a),
         Command::Status(a) => status::exec(dirs, &a),

@@ -38,7 +38,17 @@ pub(crate) fn exec(dirs: &Dirs, args: &PruneArgs) -> Result<ExitCode> {
         Err(e) => return Err(e),
     };
     let own = held.is_some();
-    let kept = prune::prune(&inst, &dirs.state_dir, None, args.dry_run, own)?;
+    let kept_names = prune::prune_kept(&inst, &dirs.state_dir, None, args.dry_run, own)?;
+    let kept = kept_names.len();
+    if own || args.dry_run {
+        crate::pitr::retain::prune_segments(
+            &inst.backup_root,
+            &inst.name,
+            &kept_names,
+            args.dry_run,
+            &|l| prune::tell(args.dry_run, l),
+        )?;
+    }
     log::info!(
         "{}: {kept} {} kept",
         inst.name,

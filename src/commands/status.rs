@@ -114,6 +114,9 @@ struct Health {
     deploy: Option<Status>,
     /// The directories windows and restores kept aside, with their sizes.
     aside: Vec<crate::instance::kept::Aside>,
+    /// Point-in-time recovery: the nexus archive's chain and lag (`pitr::health`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pitr: Option<crate::pitr::health::Pitr>,
 }
 
 #[derive(Serialize)]
@@ -279,6 +282,19 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
     {
         problems.push(p);
     }
+    let pitr = inst.as_ref().ok().and_then(|i| {
+        let now_us = now.timestamp_micros().max(0) as u64;
+        match crate::pitr::health::assess(i, now_us) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                problems.push(format!("cannot check the nexus archive: {e:#}"));
+                None
+            }
+        }
+    });
+    if let Some(p) = &pitr {
+        problems.extend(p.problems.iter().cloned());
+    }
     Health {
         instance: name.to_string(),
         metrics: inst.as_ref().map(|i| i.metrics).unwrap_or(true),
@@ -305,6 +321,7 @@ fn health_of(dirs: &Dirs, name: &str, now: DateTime<Utc>) -> Health {
                 crate::instance::kept::asides(&dir)
             })
             .unwrap_or_default(),
+        pitr,
     }
 }
 
@@ -432,6 +449,22 @@ fn print_text(dirs: &Dirs, all: &[Health]) -> Result<()> {
                 h.aside.len(),
                 each.join(", ")
             )?;
+        }
+        if let Some(p) = &h.pitr {
+            match p.state {
+                "on" => writeln!(
+                    out,
+                    "{}: point-in-time recovery: {}",
+                    h.instance,
+                    p.summary()
+                )?,
+                "nexslog-off" if p.problems.is_empty() => {
+                    for n in &p.notes {
+                        writeln!(out, "{}: {n}", h.instance)?;
+                    }
+                }
+                _ => {}
+            }
         }
         if let Some(w) = h.certs.as_ref().and_then(|c| c.worst_finding.as_ref()) {
             writeln!(out, "{}: certificates: {w}", h.instance)?;

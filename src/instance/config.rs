@@ -29,8 +29,8 @@ use crate::instance::settings::{
     COMPACT, DRILL_AFTER_RUN, DRILL_CHECK, DRILL_ISOLATION, DRILL_MODULE, DRILL_PYTHON,
     DRILL_SAFEMODE, DRILL_TIMEOUT, FREEZE, FREEZE_TIMEOUT, HEALTH_TIMEOUT, JOBS, KEEP_ASIDE,
     KEEP_DAILY, KEEP_LAST, KEEP_MONTHLY, KEEP_WEEKLY, LEADER, LOCK_WAIT, MAX_AGE, METRICS,
-    MIN_FREE, MIRRORS, MIRROR_WAIT, NOTIFY, NOTIFY_TIMEOUT, NO_MIRROR, OFFSITE_CHECK,
-    OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
+    MIN_FREE, MIRRORS, MIRROR_WAIT, NEXUS_MAX_LAG, NEXUS_TRIM, NOTIFY, NOTIFY_TIMEOUT, NO_MIRROR,
+    OFFSITE_CHECK, OFFSITE_ENV_FILE, OFFSITE_KEEP_DAILY, OFFSITE_KEEP_LAST, OFFSITE_KEEP_MONTHLY,
     OFFSITE_KEEP_WEEKLY, OFFSITE_PASSWORD_FILE, OFFSITE_PRUNE, OFFSITE_REPOSITORY, RESTIC,
     SERVICE_DIR, SERVICE_UNIT, SKIPDIRS, SOURCE, STOP_TIMEOUT,
 };
@@ -73,6 +73,10 @@ pub(crate) struct Instance {
     pub(crate) copy: CopyMode,
     pub(crate) min_free: u64,
     pub(crate) max_age: Duration,
+    /// How stale the nexus archive may get while the cell changes (`pitr::health`).
+    pub(crate) nexus_max_lag: Duration,
+    /// `run` trims the cell's nexus log after its backup (`pitr::trim`).
+    pub(crate) nexus_trim: bool,
     pub(crate) stop_timeout: Duration,
     pub(crate) health_timeout: Duration,
     pub(crate) cold_keep_old: Duration,
@@ -459,6 +463,8 @@ fn load_with(
         copy,
         min_free: v.value(&MIN_FREE)?,
         max_age: v.value(&MAX_AGE)?,
+        nexus_max_lag: v.value(&NEXUS_MAX_LAG)?,
+        nexus_trim: v.value(&NEXUS_TRIM)?,
         stop_timeout: v.value(&STOP_TIMEOUT)?,
         health_timeout: v.value(&HEALTH_TIMEOUT)?,
         cold_keep_old: v.value(&COLD_KEEP_OLD)?,

@@ -21,14 +21,16 @@ use crate::instance::config::Instance;
 use crate::instance::{retention, tested};
 
 /// Apply retention; remove temporaries when `own_lock` (no run can be live).
-/// `state_dir` holds the drills' records. Returns how many complete backups remain.
-pub(crate) fn prune(
+/// `state_dir` holds the drills' records. Returns the names of the complete
+/// backups it keeps (on a dry run: would keep), for what depends on them (the
+/// nexus archive's retention).
+pub(crate) fn prune_kept(
     inst: &Instance,
     state_dir: &Path,
     newest: Option<&str>,
     dry_run: bool,
     own_lock: bool,
-) -> Result<usize> {
+) -> Result<Vec<String>> {
     let entries = catalog::scan(&inst.backup_root, &inst.name)?;
     // A backup found damaged fills no slot (below: removed once a newer good one
     // is kept).
@@ -46,7 +48,7 @@ pub(crate) fn prune(
     let names: Vec<String> = complete.iter().map(|e| e.name.clone()).collect();
     let newest_tested = tested::newest_passed_of(&tested::load(state_dir, &inst.name), &names);
     let verb = if dry_run { "would remove" } else { "removing" };
-    let mut kept = 0;
+    let mut kept = Vec::new();
     let mut newest_kept = None;
     for (e, why) in complete.iter().zip(reasons) {
         let why = if !why.is_empty() {
@@ -61,7 +63,7 @@ pub(crate) fn prune(
             String::new()
         };
         if !why.is_empty() {
-            kept += 1;
+            kept.push(e.name.clone());
             newest_kept = Some(e.name.clone());
             // A dry run is asked to explain itself; a real prune only on -v.
             if dry_run {
@@ -157,7 +159,7 @@ fn prune_damaged(e: &catalog::Entry, newer_kept: bool, dry_run: bool) -> Result<
 
 /// A dry run's answer is its output (stdout, to pipe or read); a real prune logs
 /// what it does (stderr or the journal).
-fn tell(dry_run: bool, line: &str) {
+pub(crate) fn tell(dry_run: bool, line: &str) {
     if dry_run {
         println!("{line}");
     } else {

@@ -322,6 +322,11 @@ settings! {
     MIN_FREE: Bytes = "SYNBACKUP_MIN_FREE", Bytes, Default("0"), Checked,
         "a size that must stay free (default 0), e.g. 10GiB";
     MAX_AGE: Span = "SYNBACKUP_MAX_AGE", Span, Default("26h"), Checked, "a duration (default 26h)";
+    NEXUS_TRIM: OneOf<bool> = "SYNBACKUP_NEXUS_TRIM",
+        OneOf(&[("no", false), ("after-archive", true)]), Default("no"), Checked,
+        "no or after-archive (default no): after each nightly run, trim the cell's nexus log as `synbackup nexus-trim` does";
+    NEXUS_MAX_LAG: Span = "SYNBACKUP_NEXUS_MAX_LAG", Span, Default("15m"), Checked,
+        "a duration (default 15m): status fails when the cell has changes the nexus archive lacks and its newest entry is older";
     STOP_TIMEOUT: Span = "SYNBACKUP_STOP_TIMEOUT", Span, Default("5m"), Checked,
         "a duration (default 5m)";
     HEALTH_TIMEOUT: Span = "SYNBACKUP_HEALTH_TIMEOUT", Span, Default("5m"), Checked,

@@ -81,7 +81,12 @@ pub(crate) fn run(
     leave_final_status(dirs, name, Kind::Backup);
     let backup = backup?;
     let offsite = match inst.offsite {
-        Some(_) => crate::offsite::copy(dirs, &inst, &backup, started),
+        Some(_) => {
+            // The nexus archive goes with the backup (point-in-time recovery).
+            let archive = crate::pitr::archive::dir_of(&inst.backup_root);
+            let archive = archive.join("archive.json").exists().then_some(archive);
+            crate::offsite::copy(dirs, &inst, &backup, started, archive.as_deref())
+        }
         None => Ok(()),
     };
     if inst.drill_after_run {
@@ -138,6 +143,27 @@ fn drill(dirs: &Dirs, inst: &Instance, backup: &Path) -> Result<()> {
 
 /// What a successful run learnt: the host facts, what a window would reclaim
 /// (the free pages the compacting copy left out), the certificate directory carried.
+/// `SYNBACKUP_NEXUS_TRIM=after-archive`: the guarded trim (`pitr::trim`) after
+/// the backup, under the run's lock. A refused or failed trim is a warning and
+/// a line in the run's status, never the run's failure (the backup is made).
+fn trim_after_archive(inst: &Instance) -> serde_json::Value {
+    let opts = crate::pitr::trim::Options {
+        wait: std::time::Duration::from_secs(60),
+        force: Vec::new(),
+        dry_run: false,
+    };
+    match crate::pitr::trim::trim(inst, &opts) {
+        Ok(line) => {
+            log::info!("{line}");
+            serde_json::json!({"result": "success", "text": line})
+        }
+        Err(e) => {
+            log::warn!("SYNBACKUP_NEXUS_TRIM=after-archive: {e:#}");
+            serde_json::json!({"result": "refused", "text": format!("{e:#}")})
+        }
+    }
+}
+
 fn run_details(inst: &Instance, summary: &backup::Summary) -> serde_json::Value {
     let mut facts = status::host_facts(&inst.service_dir, Some(summary.source_bytes));
     facts["reclaimable_bytes"] = serde_json::json!(summary.reclaimable_bytes);
@@ -259,13 +285,28 @@ fn back_up_and_prune(
         log::warn!("{why}: backing up its directory as it is on disk, without a freeze");
     }
     let summary = backup::run(&req)?;
-    let backups_kept = prune::prune(inst, state_dir, Some(&name), false, true)?;
+    let kept_names = prune::prune_kept(inst, state_dir, Some(&name), false, true)?;
+    let backups_kept = kept_names.len();
+    // The nexus archive's segments no kept backup needs (`pitr::retain`); the
+    // backup is made either way, so a failure here is logged, not the run's.
+    if let Err(e) = crate::pitr::retain::prune_segments(
+        &inst.backup_root,
+        &inst.name,
+        &kept_names,
+        false,
+        &|l| prune::tell(false, l),
+    ) {
+        log::warn!("nexus archive retention of {}: {e:#}", inst.name);
+    }
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());
     let mut expiry_failed = kept::remove_kept(&service_dir, None, Some(inst.cold_keep_old));
     expiry_failed.extend(kept::remove_restored_aside(&service_dir, inst.keep_aside));
     let mut details = run_details(inst, &summary);
+    if inst.nexus_trim {
+        details["nexus_trim"] = trim_after_archive(inst);
+    }
     let asides = kept::asides(&service_dir);
     details["aside_dirs"] = serde_json::json!(asides.len());
     details["aside_bytes"] = serde_json::json!(asides.iter().map(|a| a.bytes).sum::<u64>());

@@ -30,6 +30,9 @@ use crate::instance::repository::{
 };
 use crate::instance::status::{self, Kind};
 
+/// The nexus archive's closed segments offsite (point-in-time recovery).
+pub(crate) mod nexus;
+
 /// What an upload did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Uploaded {
@@ -43,6 +46,9 @@ pub(crate) struct Uploaded {
     pub(crate) pruned: bool,
     /// When the repository was last pruned (RFC 3339).
     pub(crate) last_prune: Option<String>,
+    /// The snapshot of the nexus archive's closed segments made with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) nexus_archive_snapshot: Option<String>,
     /// The instance's snapshots after the retention (`None` when they could not
     /// be listed): what `offsite_copies` records.
     #[serde(skip)]
@@ -97,12 +103,14 @@ fn last_prune(dirs: &Dirs, inst: &str) -> Option<String> {
 }
 
 /// Upload the published backup at `backup` (made at `time`), then apply the
-/// offsite retention. Records nothing: [`record`] does.
+/// offsite retention; then the nexus archive at `archive`, when there is one
+/// (`nexus`). Records nothing: [`record`] does.
 pub(crate) fn upload(
     dirs: &Dirs,
     inst: &Instance,
     backup: &Path,
     time: DateTime<Utc>,
+    archive: Option<&Path>,
 ) -> Result<Uploaded> {
     let o = settings(inst)?;
     let repo = repo(o)?;
@@ -178,6 +186,20 @@ pub(crate) fn upload(
             );
         })
         .ok();
+    let nexus_archive_snapshot = match archive {
+        Some(dir) => {
+            let id = nexus::upload(&repo, &inst.name, &guid, &time_arg, dir)
+                .inspect_err(|e| unlock_after_kill(&repo, e))
+                .map_err(|e| explain(e, &inst.name, &o.repository))?;
+            if let Some(oldest) = held.as_ref().and_then(|h| h.first()) {
+                nexus::forget_older(&repo, &inst.name, &oldest.time)
+                    .inspect_err(|e| unlock_after_kill(&repo, e))
+                    .map_err(|e| explain(e, &inst.name, &o.repository))?;
+            }
+            id
+        }
+        None => None,
+    };
     Ok(Uploaded {
         snapshot_id: summary.snapshot_id,
         snapshot_bytes: summary.total_bytes_processed,
@@ -189,6 +211,7 @@ pub(crate) fn upload(
         } else {
             previous_prune
         },
+        nexus_archive_snapshot,
         held,
     })
 }
@@ -197,9 +220,15 @@ pub(crate) fn upload(
 /// recorded as the instance's `offsite` run: status, metrics, one journal line. A
 /// failure keeps the last success and the last prune, leaves the local backup and
 /// its success alone, and exits 12.
-pub(crate) fn copy(dirs: &Dirs, inst: &Instance, backup: &Path, time: DateTime<Utc>) -> Result<()> {
+pub(crate) fn copy(
+    dirs: &Dirs,
+    inst: &Instance,
+    backup: &Path,
+    time: DateTime<Utc>,
+    archive: Option<&Path>,
+) -> Result<()> {
     let rec = Recorder::begin(dirs, &inst.name, Kind::Offsite);
-    let result = upload(dirs, inst, backup, time).map_err(|e| {
+    let result = upload(dirs, inst, backup, time, archive).map_err(|e| {
         if matches!(code_of(&e), Code::Other | Code::Usage) {
             fail(Code::Offsite, format!("{e:#}"))
         } else {

@@ -10,12 +10,22 @@
 
 /// The archive's files: segments, their index and digests, recovery after a crash.
 pub(crate) mod archive;
+/// The chain of backups and archive checked from the files (`verify`, `status`).
+pub(crate) mod chain;
 /// The archiver: `getNexusChanges` followed into the archive, reconnecting.
 pub(crate) mod follow;
+/// Point-in-time recovery as `status` and `check` report it (chain, lag, log off).
+pub(crate) mod health;
+/// What the running cell says: its nexus index and whether it keeps its log.
+pub(crate) mod live;
 /// Restore to a point: the base backup and entries chosen, applied to the staged copy.
 pub(crate) mod replay;
+/// Archive segments no kept backup needs, removed after a prune.
+pub(crate) mod retain;
 /// The archiver's failure record, which `status` reads.
 pub(crate) mod state;
+/// `nexus-trim`: the cell's log trimmed no further than archive and mirrors.
+pub(crate) mod trim;
 
 use std::path::{Path, PathBuf};
 

@@ -1490,13 +1490,14 @@ fn check_says_what_a_run_would_meet_one_line_each() {
     let o = s.run(&["check", "c0"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(9), "{out}");
-    assert_eq!(out.lines().count(), 6, "{out}");
+    assert_eq!(out.lines().count(), 7, "{out}");
     for want in [
         "c0: ok   config",
         "c0: skip unit         no SYNBACKUP_SERVICE_UNIT",
         "c0: FAIL service      no service answers on",
         "c0: ok   backup root",
         "c0: skip offsite      no SYNBACKUP_OFFSITE_REPOSITORY",
+        "c0: skip pitr         point-in-time recovery is off: no nexus archive in",
     ] {
         assert!(out.contains(want), "{want}: {out}");
     }

@@ -1244,4 +1244,64 @@ fn an_offsite_restore_interrupted_mid_check_leaves_the_directory_and_no_staging_
     nix_kill(child.id() as i32, libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_untouched(&s, &before);
+
+/// The nexus archive's closed segments go offsite with each backup (a snapshot
+/// of their own, tagged synbackup-nexus, never in `offsite list`), the open
+/// segment does not, and `offsite fetch-archive` brings back byte-identical files
+/// that verify as a chain.
+#[test]
+fn the_nexus_archive_goes_offsite_and_fetch_archive_brings_it_back() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo").to_string_lossy().into_owned();
+    let s = Setup::new(None, &repo, "");
+    s.ok(&["offsite", "init", "c0"]);
+    let archive = s.backups.join("nexus-archive");
+    crate::pitr::chain::write_archive(&archive, &[(0, 99), (100, 199)], Some((200, 210)));
+    s.run_ok();
+    let o = restic(&s, &repo)
+        .args([
+            "snapshots",
+            "--json",
+            "--tag",
+            "synbackup-nexus,instance=c0",
+        ])
+        .output()
+        .unwrap();
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(s.snapshots().len(), 1, "offsite list shows the backup only");
+    assert!(
+        s.status("offsite")["details"]["nexus_archive_snapshot"].is_string(),
+        "{}",
+        s.status("offsite")
+    );
+
+    // A second night with one more closed segment: a second archive snapshot.
+    crate::pitr::chain::write_archive(&archive, &[(200, 299)], None);
+    fs::remove_file(archive.join(format!("open-{:016x}.seg", 200))).unwrap();
+    next_second();
+    s.run_ok();
+
+    let target = t.path().join("fetched");
+    let out = s.ok(&["offsite", "fetch-archive", "c0", &target.to_string_lossy()]);
+    assert!(out.contains("fetched 2 nexus archive snapshots"), "{out}");
+    let fetched = target.join("nexus-archive");
+    let mut want = names(&archive);
+    want.retain(|n| !n.starts_with("open-"));
+    assert_eq!(names(&fetched), want);
+    for n in &want {
+        assert_eq!(
+            fs::read(fetched.join(n)).unwrap(),
+            fs::read(archive.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+    // A second fetch into the same place is refused, nothing merged.
+    let o = s.run(&["offsite", "fetch-archive", "c0", &target.to_string_lossy()]);
+    assert_fails(&o, 3, "exists");
+    // In place of the local archive, it verifies as a chain.
+    fs::rename(&archive, t.path().join("aside")).unwrap();
+    fs::rename(&fetched, &archive).unwrap();
+    let out = s.ok(&["verify", "--instance", "c0"]);
+    assert!(out.contains("offsets 0-299 in 3 segments"), "{out}");
 }

@@ -96,6 +96,26 @@ fn stderr_until_offset(p: &Pitr, more: u64) {
 fn refuses_without_the_nexus_log(line: Line) {
     let t = tempfile::tempdir().unwrap();
     let p = Pitr::start(line, t.path(), false);
+    // No archive yet: `check` warns and `status` says point-in-time recovery is
+    // off, and why (not a failure: nothing was set up for it).
+    let o = run_at(&p.root, &["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("WARN") && l.contains("pitr") && l.contains("nexslog:en false")),
+        "{out}"
+    );
+    let o = run_at(&p.root, &["status", "c0", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st[0]["pitr"]["state"], "nexslog-off", "{st}");
+    assert_eq!(st[0]["pitr"]["problems"], serde_json::json!([]), "{st}");
+    let o = run_at(&p.root, &["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("point-in-time recovery is off") && out.contains("nexslog:en false"),
+        "{out}"
+    );
+
     let o = run_at(&p.root, &["nexus-archive", "c0"]);
     assert_fails(&o, 2, "nexslog:en false");
     let err = &error_lines(&o)[0];
@@ -103,6 +123,20 @@ fn refuses_without_the_nexus_log(line: Line) {
         err.contains("point-in-time recovery needs the cell's nexus log")
             && err.contains("set `nexslog:en: true` in"),
         "{err}"
+    );
+    // An archive was set up for it: now a failing check and a status PROBLEM.
+    let o = run_at(&p.root, &["check", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("FAIL") && l.contains("pitr") && l.contains("nexslog:en false")),
+        "{out}"
+    );
+    let o = run_at(&p.root, &["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("PROBLEM") && out.contains("point-in-time recovery is off"),
+        "{out}"
     );
 }
 crate::on_both_lines!(refuses_without_the_nexus_log);

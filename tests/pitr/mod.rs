@@ -201,5 +201,9 @@ asyncio.run(main())
 
 /// The archiver's tests.
 mod archiver;
+/// The chain check and the archive's retention, from the files (quick tier).
+pub mod chain;
 /// `restore --to` end to end.
 mod restore;
+/// `nexus-trim` against a lagging and a caught-up archive.
+mod trim;

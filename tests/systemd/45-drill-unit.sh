@@ -172,6 +172,12 @@ archived_to() { sb_prop synbackup-nexus@l0.service StatusText | grep -q "^archiv
 ns_wait_until 120 "the archive to reach the leader's index $l0_index" archived_to "$l0_index"
 ns_exec sh -c 'ls /srv/backups/l0/nexus-archive/open-*.seg /srv/backups/l0/nexus-archive/archive.json' >/dev/null
 ns_assert_eq 0 "$(sb_prop synbackup-nexus@l0.service NRestarts)" "the archiver followed the Cortex's restart without restarting"
+# The chain (verify --instance, status, check). (No nexus-trim here: the mirror
+# m0 below is seeded from l0's older backup and needs l0's log from its index;
+# tests/pitr/trim.rs covers the trim on both lines.)
+ns_exec synbackup verify --instance l0 >/dev/null
+ns_has 'l0: point-in-time recovery: nexus archive: offsets 0-' -- ns_exec sh -c 'synbackup status l0 || true'
+ns_has -E 'l0: ok +pitr' -- ns_exec sh -c 'synbackup check l0 || true'
 ns_exec systemctl stop synbackup-nexus@l0.service
 ns_assert_eq success "$(sb_prop synbackup-nexus@l0.service Result)" "the archiver stopped cleanly"
 # A full disk under the archiver: its archive moved onto a 2 MiB tmpfs, filled but
@@ -230,6 +236,7 @@ fi
 ns_assert_eq 2 "$(sb_prop synbackup-nexus@n0.service ExecMainStatus)" "exit code without the nexus log"
 ns_assert_eq 0 "$(sb_prop synbackup-nexus@n0.service NRestarts)" "not restarted (RestartPreventExitStatus)"
 ns_has 'runs with nexslog:en false' -- ns_journal -u synbackup-nexus@n0.service
+ns_has -E 'n0: FAIL +pitr +point-in-time recovery is off: .* nexslog:en false' -- ns_exec sh -c 'synbackup check n0 || true'
 ns_exec systemctl stop synapse-cortex@n0.service
 # The mirror seeded by `synbackup seed-mirror` from l0's backup into the empty
 # /srv/cortex/m0, its unit started by it and waited for until the mirror has the

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `synbackup nexus-trim` on a real Cortex: refused while the archiver lags (the
+//! cell's log keeps every entry, and `status` says the archiver is behind), done
+//! once it has caught up, and the archive + backup still restore to a point
+//! before the trim.
+
+use super::*;
+
+fn stop(mut child: std::process::Child) {
+    let _ = nix_kill(child.id() as i32, 15);
+    assert!(child.wait().unwrap().success());
+}
+
+fn refuses_behind_trims_caught_up(line: Line) {
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let mut p = Pitr::start(line, t.path(), true);
+    let conf = p.root.join("etc/c0.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "SYNBACKUP_DRILL_PYTHON={}\nSYNBACKUP_NEXUS_MAX_LAG=1s\n",
+        line.python().display()
+    ));
+    fs::write(&conf, text).unwrap();
+
+    assert_eq!(p.core.add(100, 0), 100);
+    let a = p.archiver(4096);
+    let o = run_at(&p.root, &["run", "c0"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    assert_eq!(p.core.add(100, 1000), 200);
+    let target = p.wait_archived(60);
+    stop(a);
+    assert_eq!(p.core.add(50, 2000), 250);
+
+    // The archive lags: status says so (once the newest entry is older than 1 s),
+    // and the trim is refused with the cell's log untouched.
+    assert!(
+        wait_for(20, || String::from_utf8_lossy(
+            &run_at(&p.root, &["status", "c0"]).stdout
+        )
+        .contains("the nexus archiver is behind")),
+        "{v}: status never said the archiver is behind: {}",
+        String::from_utf8_lossy(&run_at(&p.root, &["status", "c0"]).stdout)
+    );
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "2s"]);
+    assert_fails(&o, 15, "the nexus archiver is behind");
+    assert!(
+        error_lines(&o)[0].contains("nothing was culled"),
+        "{v}: {}",
+        stderr(&o)
+    );
+    let log = cell_log(line, &p.dir);
+    assert_eq!(
+        log.first().map(|e| e.0),
+        Some(0),
+        "{v}: the cell's log was cut"
+    );
+
+    // Caught up, but a mirror of SYNBACKUP_MIRRORS does not answer: refused
+    // before anything is rotated, unless --force-mirror names it.
+    let a = p.archiver(4096);
+    p.wait_archived(60);
+    let gone = t.path().join("mirror-gone");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("SYNBACKUP_MIRRORS={}\n", gone.display()));
+    fs::write(&conf, &text).unwrap();
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--dry-run"]);
+    assert_fails(&o, 15, "does not answer");
+    let o = run_at(&p.root, &["nexus-trim", "c0"]);
+    assert_fails(&o, 15, &format!("pass --force-mirror {}", gone.display()));
+    assert_eq!(cell_log(line, &p.dir).first().map(|e| e.0), Some(0), "{v}");
+    let o = run_at(
+        &p.root,
+        &[
+            "nexus-trim",
+            "c0",
+            "--dry-run",
+            "--force-mirror",
+            &gone.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("would rotate the nexus log"),
+        "{v}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The trim culls up to the rotation.
+    let o = run_at(
+        &p.root,
+        &[
+            "nexus-trim",
+            "c0",
+            "--wait",
+            "60s",
+            "--force-mirror",
+            &gone.to_string_lossy(),
+        ],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("culled the nexus log"), "{v}: {out}");
+    let first = cell_log(line, &p.dir).first().map(|e| e.0).unwrap();
+    assert!(first > target, "{v}: the log still starts at {first}");
+    p.wait_archived(60);
+    stop(a);
+    let o = run_at(&p.root, &["verify", "--instance", "c0"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+
+    // SYNBACKUP_NEXUS_TRIM=after-archive: each nightly run trims after its
+    // backup; refused (the mirror does not answer) it is a warning in the run's
+    // status, never the run's failure.
+    let a = p.archiver(4096);
+    fs::write(&conf, format!("{text}SYNBACKUP_NEXUS_TRIM=after-archive\n")).unwrap();
+    let o = run_at(&p.root, &["run", "c0"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.root.join("state/c0.json")).unwrap()).unwrap();
+    assert_eq!(
+        st["details"]["nexus_trim"]["result"], "refused",
+        "{v}: {st}"
+    );
+    let text = text.replace(&format!("SYNBACKUP_MIRRORS={}\n", gone.display()), "");
+    fs::write(&conf, format!("{text}SYNBACKUP_NEXUS_TRIM=after-archive\n")).unwrap();
+    let o = run_at(&p.root, &["run", "c0"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.root.join("state/c0.json")).unwrap()).unwrap();
+    assert_eq!(
+        st["details"]["nexus_trim"]["result"], "success",
+        "{v}: {st}"
+    );
+    let again = cell_log(line, &p.dir).first().map(|e| e.0).unwrap();
+    assert!(again > first, "{v}: the run's trim left the log at {again}");
+    let end = p.wait_archived(60);
+    stop(a);
+
+    // Archive + backup bring the cell to a point before the trim.
+    p.core.stop();
+    let o = run_at(
+        &p.root,
+        &["restore", "--instance", "c0", "--to", &target.to_string()],
+    );
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    p.core = Cortex::start(line, &p.dir);
+    assert_eq!(p.core.count(), 200, "{v}");
+    println!("{v}: trim refused while the archive lagged; culled up to {} after it caught up (archive to {end}); restored to {target}", first - 1);
+}
+crate::on_both_lines!(refuses_behind_trims_caught_up);
