@@ -1244,6 +1244,7 @@ fn an_offsite_restore_interrupted_mid_check_leaves_the_directory_and_no_staging_
     nix_kill(child.id() as i32, libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_untouched(&s, &before);
+}
 
 /// The nexus archive's closed segments go offsite with each backup (a snapshot
 /// of their own, tagged synbackup-nexus, never in `offsite list`), the open
