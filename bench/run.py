@@ -1689,9 +1689,9 @@ asyncio.run(main(sys.argv[1]))
 '''
 
 
-def start_cortex(py, d, logname, args):
+def start_cortex(py, d, logname, args, pin=()):
     logf = open(os.path.join(args.workdir, logname), 'wb')
-    p = subprocess.Popen([py, '-m', 'synapse.servers.cortex', '--telepath',
+    p = subprocess.Popen([*pin, py, '-m', 'synapse.servers.cortex', '--telepath',
                           'tcp://127.0.0.1:0', '--https', '0', d],
                          stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     if subprocess.run([py, '-c', WAIT, d, '180']).returncode != 0:
@@ -1733,10 +1733,16 @@ def mirror_run(args):
     with open(os.path.join(ldir, 'cell.yaml'), 'w') as f:
         f.write('nexslog:en: true\n')
     procs = []
-    sb = [args.synbackup, '--config-dir', etc, '--state-dir', os.path.join(w, 'state'),
-          '--lock-dir', os.path.join(w, 'lock'), '--metrics-dir', os.path.join(w, 'metrics')]
+    # --mirror-split-cpus: the leader's host (the leader, its writer, the paused
+    # sampler and a backup of the leader itself) on CPU 0, the mirror's host (the
+    # mirror and synbackup's run from it) on CPU 1; the disk stays shared.
+    on_leader, on_mirror = ((['taskset', '-c', '0'], ['taskset', '-c', '1'])
+                            if args.mirror_split_cpus else ([], []))
+    sb = [*on_mirror, args.synbackup, '--config-dir', etc, '--state-dir',
+          os.path.join(w, 'state'), '--lock-dir', os.path.join(w, 'lock'),
+          '--metrics-dir', os.path.join(w, 'metrics')]
     try:
-        procs.append(start_cortex(py, ldir, 'mirror-leader.log', args))
+        procs.append(start_cortex(py, ldir, 'mirror-leader.log', args, on_leader))
         log(f'seeding the leader with {args.mirror_nodes} nodes')
         subprocess.run([py, '-c', SEED, ldir, str(args.mirror_nodes)], check=True)
         seed = os.path.join(w, 'seed')
@@ -1747,7 +1753,7 @@ def mirror_run(args):
         rmtree(seed)
         with open(os.path.join(mdir, 'cell.yaml'), 'w') as f:
             f.write(f'nexslog:en: true\nmirror: cell://{ldir}\n')
-        procs.append(start_cortex(py, mdir, 'mirror-mirror.log', args))
+        procs.append(start_cortex(py, mdir, 'mirror-mirror.log', args, on_mirror))
         with open(os.path.join(etc, 'bm.conf'), 'w') as f:
             f.write(f'SYNBACKUP_SERVICE_DIR={ldir}\nSYNBACKUP_BACKUP_ROOT={backups}\n'
                     f'SYNBACKUP_SOURCE=mirror\nSYNBACKUP_MIRRORS={mdir}\n'
@@ -1755,9 +1761,9 @@ def mirror_run(args):
                     'SYNBACKUP_KEEP_MONTHLY=0\nSYNBACKUP_METRICS=no\n')
         lat, paused = os.path.join(w, 'latency'), os.path.join(w, 'paused')
         errs = open(os.path.join(args.workdir, 'mirror-clients.log'), 'wb')
-        procs.append(subprocess.Popen([py, '-c', LATENCY, ldir, lat, str(10 ** 8)],
+        procs.append(subprocess.Popen([*on_leader, py, '-c', LATENCY, ldir, lat, str(10 ** 8)],
                                       stderr=errs, start_new_session=True))
-        procs.append(subprocess.Popen([py, '-c', PAUSED, ldir, paused],
+        procs.append(subprocess.Popen([*on_leader, py, '-c', PAUSED, ldir, paused],
                                       stderr=errs, start_new_session=True))
         time.sleep(5)  # the writer is going
         phases = []
@@ -1772,7 +1778,8 @@ def mirror_run(args):
                         time.sleep(0.2)
                         continue
                     if name == 'mirror':
-                        at_start = int(subprocess.run([py, '-c', INDEX, ldir], check=True,
+                        at_start = int(subprocess.run([*on_mirror, py, '-c', INDEX, ldir],
+                                                      check=True,
                                                       capture_output=True).stdout)
                         r = measure(sb + ['run', 'bm'])
                         if r['rc'] != 0:
@@ -1787,7 +1794,8 @@ def mirror_run(args):
                     else:
                         dst = os.path.join(w, 'leader-backup')
                         rmtree(dst)
-                        r = measure([args.synbackup, 'backup', ldir, dst, '--json'])
+                        r = measure([*on_leader, args.synbackup, 'backup', ldir, dst,
+                                     '--json'])
                         if r['rc'] != 0:
                             raise SystemExit(f'the leader backup failed: {r["stderr"]}')
                         s = json.loads(r['stdout'])
@@ -3045,6 +3053,9 @@ def main():
                    help='length of each --mirror phase (default 30, --small 8)')
     p.add_argument('--mirror-nodes', type=int, default=None,
                    help='nodes the --mirror leader starts with (default 50000, --small 2000)')
+    p.add_argument('--mirror-split-cpus', action='store_true',
+                   help='--mirror: the leader, its writer and a backup of the leader on CPU 0, '
+                   'the mirror and the run from it on CPU 1 (two hosts, but one disk)')
     p.add_argument('--seed-mirror', action='store_true',
                    help='a new mirror: synbackup seed-mirror from the nightly backup against '
                    "Synapse's own clone (time to ready, bytes the leader sends, its backups)")
@@ -3140,7 +3151,9 @@ def run_benchmark(args):
         table, rows = mirror_run(args)
         print_run(args, start_uptime,
                   f'mirror run: {args.mirror_nodes} nodes seeded, {args.rounds} rounds of '
-                  f'{args.mirror_seconds:.0f} s phases', table, 'mirror', rows)
+                  f'{args.mirror_seconds:.0f} s phases'
+                  + (', leader on CPU 0, mirror on CPU 1' if args.mirror_split_cpus else ''),
+                  table, 'mirror', rows)
         return 0
     if args.seed_mirror:
         if args.seed_nodes is None:
