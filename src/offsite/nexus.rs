@@ -85,6 +85,8 @@ pub(crate) fn upload(
             "open-*.seg",
             "--exclude",
             ".*.tmp.*",
+            "--exclude",
+            ".*.tmp",
             &name,
         ],
         Some(parent),

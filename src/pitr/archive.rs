@@ -535,6 +535,216 @@ impl Archive {
     }
 }
 
+/// The ENTRY bytes of a record `[offset, received_us, ENTRY]`, as the cell sent them.
+pub(crate) fn entry_bytes(record: &[u8]) -> Option<&[u8]> {
+    let mut cur = record;
+    (rmp::decode::read_array_len(&mut cur).ok()? == 3).then_some(())?;
+    let _: u64 = rmp::decode::read_int(&mut cur).ok()?;
+    let _: u64 = rmp::decode::read_int(&mut cur).ok()?;
+    Some(cur)
+}
+
+/// The archived entries from offset `from` on (only the segments that reach it
+/// are read; closed ones checked against their index).
+pub(crate) fn entries_from(dir: &Path, from: u64) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for seg in segments(dir)? {
+        if matches!(seg, Seg::Closed { last, .. } if last < from) {
+            continue;
+        }
+        let bytes = fs::read(seg.path())
+            .with_context(|| format!("cannot read {}", seg.path().display()))?;
+        if let Seg::Closed { first, last, path } = &seg {
+            check_closed(path, *first, *last, &bytes)?;
+        }
+        out.extend(
+            parse_records(&bytes)
+                .1
+                .into_iter()
+                .filter(|e| e.offset >= from),
+        );
+    }
+    Ok(out)
+}
+
+/// The prefix of the names of the directories [`set_aside_from`] makes.
+pub(crate) const DIVERGED_PREFIX: &str = "diverged-";
+
+/// The directories of entries set aside in the archive `dir`, by name.
+pub(crate) fn diverged(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIVERGED_PREFIX))
+            && e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The first and last offset a `diverged-FIRST-LAST` directory holds.
+pub(crate) fn diverged_range(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?.strip_prefix(DIVERGED_PREFIX)?;
+    // `FIRST-LAST`, or `FIRST-LAST-N` for another set aside from the same offset.
+    let mut parts = name.split('-');
+    let (a, b) = (parts.next()?, parts.next()?);
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// Write `entries` (in order, contiguous) as one closed segment of `dir`, with its
+/// index, durable.
+fn write_closed(dir: &Path, entries: &[Entry]) -> Result<()> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|e| e.record.iter().copied())
+        .collect();
+    let with_edit: Vec<u64> = entries.iter().filter_map(|e| e.edit_us).collect();
+    let idx = Closed {
+        first: first.offset,
+        last: last.offset,
+        count: entries.len() as u64,
+        first_received_us: first.received_us,
+        last_received_us: last.received_us,
+        edit_times: Some(with_edit.len() as u64),
+        first_edit_us: with_edit.first().copied(),
+        last_edit_us: with_edit.last().copied(),
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+    };
+    let stem = closed_stem(first.offset, last.offset);
+    fsutil::write_atomic(&dir.join(format!("{stem}.seg")), &bytes, 0o600)?;
+    fsutil::write_atomic(
+        &dir.join(format!("{stem}.json")),
+        &serde_json::to_vec_pretty(&idx)?,
+        0o600,
+    )
+}
+
+/// The archive in `dir` holds entries from `index` on that the cell no longer has
+/// (it came back behind its archive: killed before its slabs committed them, or
+/// restored to an older state). Move them aside, never deleting one: they are
+/// written first, durable, as closed segments of `dir/diverged-INDEX-LAST/` (an
+/// archive of their own, `archive.json` too), then cut from the archive (a
+/// segment that holds entries on both sides is rewritten with those before
+/// `index` as the open segment), so it ends at `index - 1` and the archiver goes
+/// on with the cell's new entries from `index`. A fork interrupted by a crash is
+/// done again: a directory already set aside from `index` that holds the tail
+/// is kept, not written twice. Returns that directory, None when nothing was
+/// past `index`.
+pub(crate) fn set_aside_from(dir: &Path, index: u64) -> Result<Option<PathBuf>> {
+    let mut tail = Vec::new();
+    let mut parsed = Vec::new();
+    for seg in segments(dir)? {
+        if matches!(seg, Seg::Closed { last, .. } if last < index) {
+            continue; // wholly before the index: neither read nor changed
+        }
+        let bytes = fs::read(seg.path())
+            .with_context(|| format!("cannot read {}", seg.path().display()))?;
+        if let Seg::Closed { first, last, path } = &seg {
+            check_closed(path, *first, *last, &bytes)?;
+        }
+        let (_, entries) = parse_records(&bytes);
+        tail.extend(entries.iter().filter(|e| e.offset >= index).cloned());
+        parsed.push((seg, entries));
+    }
+    let Some(last) = tail.last().map(|e| e.offset) else {
+        return Ok(None);
+    };
+    let stem = format!("{DIVERGED_PREFIX}{}-{}", hex16(index), hex16(last));
+    // A fork a crash interrupted before its cut left the same entries aside:
+    // kept, not written twice. Other entries from the same offset (the cell
+    // parted there again, another time) go to a directory of their own.
+    let mut done_before = None;
+    for d in diverged(dir)? {
+        if diverged_range(&d).is_some_and(|(f, l)| f == index && l >= last) {
+            let held = read_all(&d)?;
+            let same = tail.iter().all(|e| {
+                held.get((e.offset - index) as usize)
+                    .is_some_and(|h| h == e)
+            });
+            if same {
+                done_before = Some(d);
+                break;
+            }
+        }
+    }
+    let mut name = stem.clone();
+    let mut n = 1;
+    while done_before.is_none() && dir.join(&name).exists() {
+        n += 1;
+        name = format!("{stem}-{n}");
+    }
+    let aside = dir.join(&name);
+    let aside = match done_before {
+        Some(d) => d,
+        None => {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            if tmp.exists() {
+                // Ours, from a fork a crash interrupted before its rename.
+                fs::remove_dir_all(&tmp)
+                    .with_context(|| format!("cannot remove {}", tmp.display()))?;
+            }
+            fs::create_dir(&tmp).map_err(|e| fsutil::write_error(&tmp, e))?;
+            fs::copy(dir.join("archive.json"), tmp.join("archive.json"))
+                .map_err(|e| fsutil::write_error(&tmp, e))?;
+            File::open(tmp.join("archive.json"))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| fsutil::write_error(&tmp, e))?;
+            write_closed(&tmp, &tail)?;
+            fsutil::fsync_dir(&tmp)?;
+            fs::rename(&tmp, &aside).map_err(|e| fsutil::write_error(&aside, e))?;
+            fsutil::fsync_dir(dir)?;
+            aside
+        }
+    };
+    // The cut, newest segment first: a crash part way leaves the archive ending
+    // where the cell's entries end or later, and the fork is done again.
+    for (seg, entries) in parsed.into_iter().rev() {
+        if seg.first() >= index {
+            fs::remove_file(seg.path())
+                .with_context(|| format!("cannot remove {}", seg.path().display()))?;
+            if let Seg::Closed { .. } = seg {
+                let idx = seg.path().with_extension("json");
+                fs::remove_file(&idx)
+                    .with_context(|| format!("cannot remove {}", idx.display()))?;
+            }
+        } else if entries.iter().any(|e| e.offset >= index) {
+            let keep: Vec<u8> = entries
+                .iter()
+                .filter(|e| e.offset < index)
+                .flat_map(|e| e.record.iter().copied())
+                .collect();
+            // The entries before `index` as the open segment (it is appended
+            // to again); a closed one's files go once that is durable.
+            fsutil::write_atomic(&dir.join(open_name(seg.first())), &keep, 0o600)?;
+            if let Seg::Closed { .. } = seg {
+                fs::remove_file(seg.path())
+                    .with_context(|| format!("cannot remove {}", seg.path().display()))?;
+                let idx = seg.path().with_extension("json");
+                fs::remove_file(&idx)
+                    .with_context(|| format!("cannot remove {}", idx.display()))?;
+            }
+        }
+        fsutil::fsync_dir(dir)?;
+    }
+    Ok(Some(aside))
+}
+
 /// Where the archive of the entries from `from` (inclusive) to `to` (exclusive)
 /// misses offsets: the first missing range, if any.
 pub(crate) fn first_gap(entries: &[Entry], from: u64, to: u64) -> Option<(u64, u64)> {
@@ -594,6 +804,96 @@ mod tests {
         assert_eq!(first_gap(&all, 5, 33), Some((31, 32)));
         // Another cell's archive is refused.
         assert!(Archive::open(&dir, "cell2", 100).is_err());
+    }
+
+    /// Every file of `dir` (not below it) with its bytes.
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_tail_the_cell_lost_is_set_aside_whole_and_the_archive_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(DIR_NAME);
+        let mut a = Archive::open(&dir, "cell1", 100).unwrap();
+        a.append(&(0..30).map(entry).collect::<Vec<_>>()).unwrap();
+        drop(a);
+        let before = read_all(&dir).unwrap();
+        // 17 falls inside a closed segment; later closed ones and the open one go
+        // whole.
+        let straddled = segments(&dir)
+            .unwrap()
+            .into_iter()
+            .any(|s| matches!(s, Seg::Closed { first, last, .. } if first < 17 && last >= 17));
+        assert!(straddled, "the test needs a closed segment across 17");
+        let whole = files(&dir);
+        let aside = set_aside_from(&dir, 17).unwrap().unwrap();
+        assert_eq!(
+            aside.file_name().unwrap().to_string_lossy(),
+            format!("diverged-{:016x}-{:016x}", 17, 29)
+        );
+        // Nothing lost: the entries set aside, byte for byte, in a closed segment
+        // that checks against its index; the archive ends at 16.
+        let kept = read_all(&aside).unwrap();
+        assert_eq!(kept, before[17..].to_vec());
+        assert!(segments(&aside)
+            .unwrap()
+            .iter()
+            .all(|s| matches!(s, Seg::Closed { .. })));
+        assert_eq!(read_all(&dir).unwrap(), before[..17].to_vec());
+        assert_eq!(diverged(&dir).unwrap(), vec![aside.clone()]);
+        assert_eq!(diverged_range(&aside), Some((17, 29)));
+        // The archiver goes on from 17 with the cell's new entries.
+        let mut a = Archive::open(&dir, "cell1", 100).unwrap();
+        assert_eq!(a.next_offset(), Some(17));
+        let mut new: Vec<_> = (17..40).map(entry).collect();
+        for e in &mut new {
+            e.1 += 7; // received later: not the entries set aside
+        }
+        a.append(&new).unwrap();
+        drop(a);
+        let all = read_all(&dir).unwrap();
+        assert_eq!(all.len(), 40);
+        assert_eq!(first_gap(&all, 0, 40), None);
+        assert_eq!(all[17].received_us, 1_000_017 + 7);
+        // The cell parts from the same offset once more: the new entries there
+        // are not the ones set aside before, so they get a directory of their own.
+        let again = set_aside_from(&dir, 17).unwrap().unwrap();
+        assert_ne!(again, aside);
+        assert_eq!(read_all(&again).unwrap(), all[17..].to_vec());
+        assert_eq!(read_all(&aside).unwrap(), before[17..].to_vec());
+        assert_eq!(diverged(&dir).unwrap().len(), 2);
+        assert_eq!(read_all(&dir).unwrap(), before[..17].to_vec());
+        // A fork that a crash interrupted before the cut is done again without a
+        // second copy: the directory already set aside is kept.
+        let t2 = tempfile::tempdir().unwrap();
+        let dir2 = t2.path().join(DIR_NAME);
+        fs::create_dir(&dir2).unwrap();
+        for (n, b) in &whole {
+            fs::write(dir2.join(n), b).unwrap();
+        }
+        let copy = dir2.join(aside.file_name().unwrap());
+        fs::create_dir(&copy).unwrap();
+        for (n, b) in files(&aside) {
+            fs::write(copy.join(n), b).unwrap();
+        }
+        assert_eq!(set_aside_from(&dir2, 17).unwrap(), Some(copy.clone()));
+        assert_eq!(diverged(&dir2).unwrap(), vec![copy]);
+        assert_eq!(read_all(&dir2).unwrap(), before[..17].to_vec());
+        // Nothing past the index: nothing to do.
+        assert_eq!(set_aside_from(&dir2, 17).unwrap(), None);
     }
 
     fn value(v: rmpv::Value) -> Vec<u8> {

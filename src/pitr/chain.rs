@@ -51,6 +51,9 @@ pub(crate) struct Chain {
     /// The oldest of them from which a restore to a point reaches the newest
     /// archived entry (None: from none).
     pub(crate) pitr_from: Option<Base>,
+    /// Entries set aside when the cell came back behind its archive
+    /// (`archive::set_aside_from`): each directory with its first and last offset.
+    pub(crate) diverged: Vec<(String, u64, u64)>,
 }
 
 impl Chain {
@@ -69,6 +72,11 @@ impl Chain {
     /// overlapping segment, a gap a kept backup needs, no kept backup covered.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = self.damaged.clone();
+        for (dir, first, last) in &self.diverged {
+            out.push(format!(
+                "the cell came back behind its nexus archive (killed before its slabs were written, or restored to an older state): the entries {first}-{last} it had made are no longer in the cell, and the archive kept them aside in {dir} (closed segments with their index) and goes on with the cell's new entries from {first}; no restore applies them: review them, then move the directory out of the archive"
+            ));
+        }
         for (a, b) in self.needed_gaps() {
             out.push(format!(
                 "the nexus archive {} misses offsets {a}-{b}: a restore to a point past {a} needs a backup taken after {b}",
@@ -148,6 +156,12 @@ pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
         archive: dir.display().to_string(),
         present: dir.join("archive.json").exists(),
         bases: bases(backup_root, name)?,
+        diverged: archive::diverged(&dir)?
+            .iter()
+            .filter_map(|d| {
+                archive::diverged_range(d).map(|(f, l)| (d.display().to_string(), f, l))
+            })
+            .collect(),
         ..Chain::default()
     };
     let mut prev: Option<(u64, PathBuf)> = None;

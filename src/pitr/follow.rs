@@ -26,8 +26,14 @@
 //!
 //! A cell without its nexus log (`nexslog:en: false`) ends the stream without the
 //! caught-up marker: the archiver stops with a one-line error saying how to enable
-//! it. A cell whose index is behind the archive (it was restored to an older
-//! state) is refused: its new changes would reuse archived offsets.
+//! it. A cell whose index is behind the archive (killed before its slabs were
+//! written: Synapse commits them periodically, so a killed cell can come back
+//! without its last entries, which the archive has; or restored to an older
+//! state) would reuse archived offsets for new changes: the cell's last entries
+//! are compared with the archive's to find where the histories part, the
+//! archived entries from there are set aside in `diverged-FIRST-LAST/` (never
+//! deleted; `status` reports them) and archiving goes on from there; when no
+//! entry agrees it is refused.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -195,6 +201,94 @@ fn split_item(y: &Yielded) -> Result<(u64, Vec<u8>)> {
     Ok((offs, cur.to_vec()))
 }
 
+/// How many of the newest archived entries are compared with the cell's at each
+/// connection, to find where the two histories part.
+const FORK_WINDOW: u64 = 4096;
+
+/// Where the cell's history and the archive's part, at or before `upto` (the
+/// archive's next offset, or the cell's index when that is lower), or None when
+/// they agree. Up to [`FORK_WINDOW`] archived entries before `upto` are compared
+/// with the cell's own, byte for byte, from the oldest the cell still holds: the
+/// first that differs is the fork; when all agree and the cell is behind the
+/// archive (`upto` is its index), `upto` is. A cell comes back behind its archive
+/// when it was killed before its slabs were written (Synapse commits them
+/// periodically) or restored to an older state, and a cell restored that way may
+/// already have gone past the archive with changes of its own: both part there.
+/// Refused when nothing can be compared while the cell is behind, or when even
+/// the oldest compared entry differs (another history).
+fn find_fork(opts: &Options, sock: &Path, upto: u64, behind: bool) -> Result<Option<u64>> {
+    let refuse = |why: String| {
+        fail(
+            Code::BadPath,
+            format!(
+                "the cell on {} does not continue its archive {} ({why}): move the archive aside to start a new one",
+                opts.service_dir.display(),
+                opts.archive_dir.display()
+            ),
+        )
+    };
+    let nothing = |why: &str| {
+        if behind {
+            Err(refuse(format!(
+                "it is at nexus index {upto}, behind the archive, and {why}"
+            )))
+        } else {
+            Ok(None)
+        }
+    };
+    let archived: Vec<_> =
+        archive::entries_from(&opts.archive_dir, upto.saturating_sub(FORK_WINDOW))?
+            .into_iter()
+            .filter(|e| e.offset < upto)
+            .collect();
+    let Some(start) = archived.first().map(|e| e.offset) else {
+        return nothing("no archived entry before it can be compared");
+    };
+    let mut client = Client::connect(sock, Duration::from_secs(30))?;
+    let mut stream = client.stream(
+        "getNexusChanges",
+        vec![Value::from(start)],
+        vec![("wait", false.into())],
+    )?;
+    let mut first_compared = true;
+    let mut pending = None;
+    for want in &archived {
+        let cells = match pending.take() {
+            Some(c) => Some(c),
+            None => match stream.next_within(Some(Duration::from_secs(30)))? {
+                Next::Item(y) if !y.value.is_nil() => Some(split_item(&y)?),
+                _ => None,
+            },
+        };
+        let Some((offs, entry)) = cells else {
+            // The cell's log ends before the archive's entry.
+            if first_compared {
+                return nothing("its log holds none of the archived entries to compare");
+            }
+            return Ok(Some(want.offset));
+        };
+        if offs > want.offset {
+            // The cell's log begins later (culled): compare from there.
+            pending = Some((offs, entry));
+            continue;
+        }
+        if offs != want.offset || archive::entry_bytes(&want.record) != Some(&entry[..]) {
+            if first_compared {
+                return Err(refuse(format!(
+                    "its nexus entry {} is not the archived one: another history",
+                    want.offset
+                )));
+            }
+            return Ok(Some(want.offset));
+        }
+        first_compared = false;
+    }
+    if first_compared {
+        return nothing("its log no longer holds an archived entry to compare");
+    }
+    Ok(behind.then_some(upto))
+}
+
 /// One connection: open the archive, check the cell, stream and append until the
 /// link fails (Err, reconnect) or a signal (Err(Stopped)).
 fn follow_once(
@@ -206,21 +300,25 @@ fn follow_once(
     let mut client = Client::connect(sock, Duration::from_secs(30))?;
     let state = client.cell_state()?;
     let mut arch = Archive::open(&opts.archive_dir, &state.iden, opts.segment_bytes)?;
-    let next = arch.next_offset();
-    *archived_to = next;
-    if let Some(n) = next {
-        if state.nexus_index < n {
-            return Err(fail(
-                Code::BadPath,
-                format!(
-                    "the cell on {} is at nexus index {}, behind its archive {} (next offset {n}): it was restored to an older state; move the archive aside to start a new one",
+    if let Some(n) = arch.next_offset() {
+        let behind = state.nexus_index < n;
+        if let Some(fork) = find_fork(opts, sock, n.min(state.nexus_index), behind)? {
+            // The archived entries from the fork on are no longer the cell's:
+            // kept aside, never deleted, and the archive follows the cell again.
+            drop(arch);
+            if let Some(aside) = archive::set_aside_from(&opts.archive_dir, fork)? {
+                log::warn!(
+                    "the cell on {} (nexus index {}) parts from its archive at offset {fork}: the archived entries from {fork} on, which the cell no longer has, are kept in {}; archiving goes on from {fork} (synbackup status reports them until the directory is moved out of the archive)",
                     opts.service_dir.display(),
                     state.nexus_index,
-                    opts.archive_dir.display()
-                ),
-            ));
+                    aside.display()
+                );
+            }
+            arch = Archive::open(&opts.archive_dir, &state.iden, opts.segment_bytes)?;
         }
     }
+    let next = arch.next_offset();
+    *archived_to = next;
     let from = next.unwrap_or(0);
     log::info!(
         "following the nexus log of {} (cell {}, index {}) from offset {from} into {}",

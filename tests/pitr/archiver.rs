@@ -247,3 +247,158 @@ fn full_disk_stops_then_resumes(line: Line) {
     println!("{v}: stopped on a full disk at offset {acked} (held {held}), resumed to {n}");
 }
 crate::on_both_lines!(full_disk_stops_then_resumes);
+
+/// A cell that comes back behind its archive (here: its directory put back as it
+/// was, cold, earlier; a cell killed before its slabs committed its last entries
+/// comes back the same way, and a 3.x cell adds an entry of its own at boot). The
+/// archiver keeps the archived entries the cell no longer has aside, whole, and
+/// goes on with the cell's own history; `status` says so. Before, it stopped
+/// (exit 3, "behind its archive") and archived nothing more; and a cell put back
+/// that went past the archive with changes of its own before the archiver
+/// connected had them archived after the old ones: two histories mixed.
+fn a_cell_back_behind_its_archive(line: Line) {
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let mut p = Pitr::start(line, t.path(), true);
+    assert_eq!(p.core.add(100, 0), 100);
+    let a = p.archiver(4096);
+    p.wait_archived(60);
+    // The directory as it is now, cold.
+    p.core.stop();
+    let earlier = t.path().join("earlier");
+    let st = command("cp")
+        .arg("-a")
+        .arg(&p.dir)
+        .arg(&earlier)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let earlier2 = t.path().join("earlier2");
+    let st = command("cp")
+        .arg("-a")
+        .arg(&p.dir)
+        .arg(&earlier2)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    p.core = Cortex::start(line, &p.dir);
+    assert_eq!(p.core.add(50, 1000), 150);
+    let ahead = p.wait_archived(60);
+    let old = archived(&p.archive_dir());
+    // Put back as it was: the cell comes back behind the archive.
+    p.core.stop();
+    std::fs::remove_dir_all(&p.dir).unwrap();
+    std::fs::rename(&earlier, &p.dir).unwrap();
+    p.core = Cortex::start(line, &p.dir);
+    let back = p.index();
+    assert!(
+        back < ahead,
+        "{v}: the cell at {back}, the archive at {ahead}"
+    );
+    assert_eq!(p.core.add(20, 2000), 120);
+    // The old archive is longer than the cell's log now: wait for the archive to
+    // end where the cell does, with what it set aside beside it.
+    let n = p.index();
+    let aside_made = || {
+        std::fs::read_dir(p.archive_dir())
+            .unwrap()
+            .any(|e| e.unwrap().path().is_dir())
+    };
+    assert!(
+        wait_for(120, || aside_made()
+            && archived(&p.archive_dir()).last().map(|r| r.offset + 1)
+                == Some(n)),
+        "{v}: the archive did not go on from the cell's own history to {n}:\n{}",
+        p.archiver_log()
+    );
+    stop(a);
+    let log = p.archiver_log();
+    assert!(
+        log.contains("parts from its archive") && log.contains("are kept in"),
+        "{v}: the archiver's log:\n{log}"
+    );
+    // The archive is the cell's own history again, byte for byte.
+    let recs = archived(&p.archive_dir());
+    assert_contiguous(&recs, 0, n);
+    let cell = cell_log(line, &p.dir);
+    assert_eq!(cell.len() as u64, n, "{v}");
+    for (r, (o, bytes)) in recs.iter().zip(&cell) {
+        assert_eq!((r.offset, &r.entry), (*o, bytes), "{v}: offset {o}");
+    }
+    // What the cell no longer has is kept aside, whole: every archived entry
+    // from where the histories part to the newest one before.
+    let aside: Vec<_> = std::fs::read_dir(p.archive_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.is_dir())
+        .collect();
+    assert_eq!(aside.len(), 1, "{v}: {aside:?}");
+    let kept = archived(&aside[0]);
+    let fork = kept.first().unwrap().offset;
+    assert!(
+        fork <= back,
+        "{v}: set aside from {fork}, the cell back at {back}"
+    );
+    assert_contiguous(&kept, fork, ahead);
+    for k in &kept {
+        let o = &old[k.offset as usize];
+        assert_eq!((k.offset, &k.entry), (o.offset, &o.entry), "{v}");
+    }
+    // status names it (and check, verify read the archive as a chain).
+    let o = run_at(&p.root, &["status", "c0"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(9), "{v}: {out}");
+    assert!(
+        out.contains("came back behind its nexus archive")
+            && out.contains(&format!("{fork}-{}", ahead - 1)),
+        "{v}: {out}"
+    );
+    println!("{v}: the cell came back at {back} behind the archive at {ahead}; {} entries from {fork} kept aside, the archive went on to {n}", kept.len());
+
+    // Put back as it was again, with the archiver stopped meanwhile: the cell
+    // goes past the archive with changes of its own before the archiver connects.
+    // They part where the cell was put back, not where the archive ends.
+    let before = archived(&p.archive_dir());
+    p.core.stop();
+    std::fs::remove_dir_all(&p.dir).unwrap();
+    std::fs::rename(&earlier2, &p.dir).unwrap();
+    p.core = Cortex::start(line, &p.dir);
+    assert_eq!(p.core.add(60, 3000), 160);
+    let past = p.index();
+    assert!(past > n, "{v}: the cell at {past}, the archive at {n}");
+    let a = p.archiver(4096);
+    assert!(
+        wait_for(120, || archived(&p.archive_dir())
+            .last()
+            .map(|r| r.offset + 1)
+            == Some(past)
+            && std::fs::read_dir(p.archive_dir())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().is_dir())
+                .count()
+                == 2),
+        "{v}: the archive did not go on from the cell's own history to {past}:\n{}",
+        p.archiver_log()
+    );
+    stop(a);
+    let recs = archived(&p.archive_dir());
+    let cell = cell_log(line, &p.dir);
+    assert_eq!(cell.len() as u64, past, "{v}");
+    for (r, (o, bytes)) in recs.iter().zip(&cell) {
+        assert_eq!((r.offset, &r.entry), (*o, bytes), "{v}: offset {o}");
+    }
+    let second = std::fs::read_dir(p.archive_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.is_dir() && *d != aside[0])
+        .collect::<Vec<_>>();
+    let kept2 = archived(&second[0]);
+    let fork2 = kept2.first().unwrap().offset;
+    assert_contiguous(&kept2, fork2, n);
+    for k in &kept2 {
+        let o = &before[k.offset as usize];
+        assert_eq!((k.offset, &k.entry), (o.offset, &o.entry), "{v}");
+    }
+    println!("{v}: put back again, the cell went on to {past} past the archive at {n}; {} entries from {fork2} kept aside", kept2.len());
+}
+crate::on_both_lines!(a_cell_back_behind_its_archive);
