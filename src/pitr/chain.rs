@@ -68,15 +68,23 @@ impl Chain {
             .collect()
     }
 
+    /// Entries the archiver set aside when the cell parted from its archive, one
+    /// line each: not a fault of the chain (verify passes), but what `status` and
+    /// `check` report until the directory is moved out of the archive.
+    pub(crate) fn kept_aside(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (dir, first, last) in &self.diverged {
+            out.push(format!(
+                "the cell parted from its nexus archive at offset {first} (killed before its slabs were written, or restored to an older state): the archived entries {first}-{last} are no longer the cell's; they are kept aside in {dir} (closed segments with their index) and the archive goes on with the cell's own entries from {first}; no restore applies them: review them, then move the directory out of the archive"
+            ));
+        }
+        out
+    }
+
     /// What is wrong with the chain, one line each (empty: nothing): a damaged or
     /// overlapping segment, a gap a kept backup needs, no kept backup covered.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut out = self.damaged.clone();
-        for (dir, first, last) in &self.diverged {
-            out.push(format!(
-                "the cell came back behind its nexus archive (killed before its slabs were written, or restored to an older state): the entries {first}-{last} it had made are no longer in the cell, and the archive kept them aside in {dir} (closed segments with their index) and goes on with the cell's new entries from {first}; no restore applies them: review them, then move the directory out of the archive"
-            ));
-        }
         for (a, b) in self.needed_gaps() {
             out.push(format!(
                 "the nexus archive {} misses offsets {a}-{b}: a restore to a point past {a} needs a backup taken after {b}",

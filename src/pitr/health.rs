@@ -67,6 +67,7 @@ pub(crate) fn judge(
     service_dir: &std::path::Path,
 ) -> Pitr {
     let mut problems = chain.problems();
+    problems.extend(chain.kept_aside());
     let mut notes = Vec::new();
     let newest_age_seconds = chain
         .newest_received_us

@@ -349,7 +349,7 @@ fn a_cell_back_behind_its_archive(line: Line) {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(9), "{v}: {out}");
     assert!(
-        out.contains("came back behind its nexus archive")
+        out.contains("parted from its nexus archive")
             && out.contains(&format!("{fork}-{}", ahead - 1)),
         "{v}: {out}"
     );

@@ -194,7 +194,7 @@ ns_exec synbackup verify --instance l0 >/dev/null
 aside=$(ns_exec sh -c 'ls -d /srv/backups/l0/nexus-archive/diverged-* 2>/dev/null || true')
 if [ -n "$aside" ]; then
   ns_log "the killed cell came back behind its archive; kept aside: $aside"
-  ns_has 'came back behind its nexus archive' -- ns_exec sh -c 'synbackup status l0 || true'
+  ns_has 'parted from its nexus archive' -- ns_exec sh -c 'synbackup status l0 || true'
   ns_exec mv "$aside" /srv/backups/l0-diverged-reviewed
 else
   ns_log "the killed cell came back with every archived entry"
