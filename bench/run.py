@@ -1728,6 +1728,11 @@ def mirror_run(args):
     rmtree(w)
     ldir, mdir = os.path.join(w, 'leader'), os.path.join(w, 'mirror')
     etc, backups = os.path.join(w, 'etc'), os.path.join(w, 'backups')
+    if args.mirror_backup_root:
+        # Elsewhere (another device, a tmpfs): the mirror's backups then share no
+        # disk with the leader.
+        backups = os.path.join(args.mirror_backup_root, 'synbackup-bench-mirror')
+        rmtree(backups)
     for d in (ldir, etc, backups):
         os.makedirs(d)
     with open(os.path.join(ldir, 'cell.yaml'), 'w') as f:
@@ -3056,6 +3061,9 @@ def main():
     p.add_argument('--mirror-split-cpus', action='store_true',
                    help='--mirror: the leader, its writer and a backup of the leader on CPU 0, '
                    'the mirror and the run from it on CPU 1 (two hosts, but one disk)')
+    p.add_argument('--mirror-backup-root', default=None,
+                   help='--mirror: the backup root of the mirror runs (default in --workdir; '
+                   'give another device or a tmpfs to share no disk with the leader)')
     p.add_argument('--seed-mirror', action='store_true',
                    help='a new mirror: synbackup seed-mirror from the nightly backup against '
                    "Synapse's own clone (time to ready, bytes the leader sends, its backups)")
