@@ -107,18 +107,6 @@ fn data_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// `read_bytes` of /proc/PID/io: what the process (all its threads) had the block
-/// layer read for it.
-fn read_bytes(pid: u32) -> u64 {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("read_bytes: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_restore_reads_each_byte_of_the_backup_once() {
     let s = Setup::new(4000);
@@ -160,19 +148,7 @@ fn a_byte_flipped_in_the_backup_fails_the_restore_marks_it_damaged_and_swaps_not
     // One byte of one environment's data.mdb, in its data, the size unchanged.
     let victim = s.backup.join("layers/abc/layer_v2.lmdb/data.mdb");
     let size = fs::metadata(&victim).unwrap().len();
-    {
-        use std::os::unix::fs::FileExt;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&victim)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
-        b[0] ^= 0x5a;
-        f.write_all_at(&b, 3 * 4096 + 100).unwrap();
-        f.sync_all().unwrap();
-    }
+    flip_byte(&victim);
     assert_eq!(fs::metadata(&victim).unwrap().len(), size);
     let beside = s.beside();
     let o = s.restore().output().unwrap();

@@ -100,20 +100,6 @@ fn avail(p: &Path) -> u64 {
         .unwrap()
 }
 
-/// Every `data.mdb` under `dir`.
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(data_files(&p));
-        } else if p.file_name().is_some_and(|n| n == "data.mdb") {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// An instance `c0` over a service directory on `root`, and one backup of it.
 fn backed_up(root: &Path) -> (PathBuf, PathBuf) {
     let src = root.join("svc");
@@ -136,21 +122,6 @@ fn backed_up(root: &Path) -> (PathBuf, PathBuf) {
         .find(|n| n.starts_with("c0_"))
         .unwrap();
     (src, backups.join(name))
-}
-
-/// Flip one byte inside `file`'s data, its size unchanged.
-fn flip(file: &Path) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
-    b[0] ^= 0x5a;
-    f.write_all_at(&b, 3 * 4096 + 100).unwrap();
-    f.sync_all().unwrap();
 }
 
 #[test]
@@ -207,7 +178,7 @@ fn on_xfs_a_restore_shares_the_backups_extents_and_still_catches_a_flipped_byte(
     fs::write(src.join("marker"), "the directory as it was").unwrap();
     let before = hash_tree(&src);
     let beside = names(root);
-    flip(&backup.join("layers/abc/layer_v2.lmdb/data.mdb"));
+    flip_byte(&backup.join("layers/abc/layer_v2.lmdb/data.mdb"));
     let o = bin_at(root)
         .args(["restore", "--instance", "c0"])
         .arg(&backup)

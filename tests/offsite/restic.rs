@@ -1077,32 +1077,6 @@ fn restored_trees_are_durable_from_a_local_backup_and_from_offsite() {
     assert!(left.is_empty(), "offsite restore left unsynced: {left:#?}");
 }
 
-/// `read_bytes` of /proc/PID/io: what the process, its threads and its reaped
-/// children (restic) had the block layer read for them.
-fn read_bytes(pid: u32) -> u64 {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("read_bytes: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Every `data.mdb` under `dir`.
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(data_files(&p));
-        } else if p.file_name().is_some_and(|n| n == "data.mdb") {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// An offsite restore (issue 36) checks restic's restored copy where restic wrote
 /// it, on the directory's filesystem, and moves it into place: every byte read
 /// once, from the page cache restic left it in, not again from the device (a
@@ -1181,18 +1155,7 @@ fn a_byte_flipped_in_restics_copy_fails_the_offsite_restore_and_swaps_nothing() 
         .into_iter()
         .find(|p| p.to_string_lossy().contains("layer_v2.lmdb"))
         .expect("restic restored the layer");
-    {
-        use std::os::unix::fs::FileExt;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&victim)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
-        b[0] ^= 0x5a;
-        f.write_all_at(&b, 3 * 4096 + 100).unwrap();
-    }
+    flip_byte(&victim);
     fs::write(&release, "").unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(6), "{st:?}");

@@ -719,3 +719,44 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
         }
     }
 }
+
+/// `read_bytes` of /proc/PID/io: what the process, its threads and its reaped
+/// children had the block layer read for them.
+pub fn read_bytes(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every `data.mdb` under `dir`.
+pub fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(data_files(&p));
+        } else if p.file_name().is_some_and(|n| n == "data.mdb") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Flip one byte inside `file`'s data (at 3 pages + 100), its size unchanged.
+pub fn flip_byte(file: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, 3 * 4096 + 100).unwrap();
+    f.sync_all().unwrap();
+}
