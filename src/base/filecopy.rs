@@ -294,39 +294,6 @@ mod tests {
             .unwrap()
     }
 
-    /// cachestat(2) (Linux 6.5) of the whole of `f`: (pages in the page cache,
-    /// of which dirty), or None on a kernel without it.
-    fn cached_and_dirty(f: &File) -> Option<(u64, u64)> {
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        #[repr(C)]
-        #[derive(Default)]
-        struct Stat {
-            nr_cache: u64,
-            nr_dirty: u64,
-            nr_writeback: u64,
-            nr_evicted: u64,
-            nr_recently_evicted: u64,
-        }
-        const SYS_CACHESTAT: libc::c_long = 451;
-        let range = Range { off: 0, len: 0 };
-        let mut st = Stat::default();
-        // SAFETY: a valid descriptor and two structs of the kernel's layout.
-        let r = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                f.as_raw_fd(),
-                &range as *const Range,
-                &mut st as *mut Stat,
-                0,
-            )
-        };
-        (r == 0).then_some((st.nr_cache, st.nr_dirty))
-    }
-
     #[test]
     fn a_checked_copy_is_sent_to_the_device_as_it_is_made() {
         // Without it the whole copy stayed dirty in the page cache until the
@@ -341,7 +308,11 @@ mod tests {
         let (h, how) =
             copy_hashed(&File::open(&sp).unwrap(), &sp, &dst, &dp, Algo::Blake3).unwrap();
         assert_eq!(h.digest, hex_digest(Algo::Blake3, &bytes));
-        let Some((cached, dirty)) = cached_and_dirty(&dst) else {
+        let Some(crate::base::cachestat::Cached {
+            pages: cached,
+            dirty,
+        }) = crate::base::cachestat::of(&dst, 0)
+        else {
             eprintln!("no cachestat(2) on this kernel: not checked");
             return;
         };

@@ -4,6 +4,9 @@
 //! EnvironmentFile syntax, and the traits long steps report their progress through.
 //! Imports nothing of this crate outside `base`.
 
+/// cachestat(2), for the tests of what a copy leaves in the page cache.
+#[cfg(test)]
+pub(crate) mod cachestat;
 /// BLAKE3 or SHA-256: the digest of every copied byte.
 pub(crate) mod digest;
 /// One syncfs for everything a backup wrote (or an fsync per file).

@@ -1063,35 +1063,9 @@ mod tests {
     /// (cachestat(2), Linux 6.5: mincore(2) counts only those already read, so it
     /// cannot tell a page asked for from one never asked for right after the ask).
     fn pages_asked_for(f: &File, len: u64) -> u64 {
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        #[repr(C)]
-        #[derive(Default)]
-        struct Stat {
-            nr_cache: u64,
-            nr_dirty: u64,
-            nr_writeback: u64,
-            nr_evicted: u64,
-            nr_recently_evicted: u64,
-        }
-        const SYS_CACHESTAT: libc::c_long = 451; // the same on every architecture
-        let range = Range { off: 0, len };
-        let mut stat = Stat::default();
-        // SAFETY: cachestat reads `range` and fills `stat`, both ours and repr(C).
-        let rc = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                std::os::fd::AsRawFd::as_raw_fd(f),
-                &range as *const Range,
-                &mut stat as *mut Stat,
-                0u32,
-            )
-        };
-        assert_eq!(rc, 0, "cachestat: {}", std::io::Error::last_os_error());
-        stat.nr_cache
+        crate::base::cachestat::of(f, len)
+            .unwrap_or_else(|| panic!("cachestat: {}", std::io::Error::last_os_error()))
+            .pages
     }
 
     /// A loop device with an ext4 file system, detached and unmounted on drop.
