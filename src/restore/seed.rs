@@ -154,6 +154,16 @@ fn make_plan(inst: &config::Instance, r: &SeedRequest) -> Result<Plan> {
         .with_context(|| format!("bad directory {}", r.dir.escaped()))?;
     let leader_at = inst.sources.leader.clone();
     let dir_exists = check_new_dir(&dir, leader_at.dir(), &inst.backup_root)?;
+    // The copy is written by path, as root, in NEWDIR (when it exists) or beside
+    // it: another user who can write there could put a link in its place.
+    let written_in = if dir_exists {
+        dir.join(".synbackup-seeding")
+    } else {
+        dir.clone()
+    };
+    if written_in.parent().is_some_and(Path::exists) {
+        preflight::refuse_open_parent(&written_in, "seed-mirror")?;
+    }
     if let Some(u) = &r.unit {
         let state = preflight::check_unit(u, &dir)?;
         if matches!(state.as_str(), "active" | "activating" | "reloading") {

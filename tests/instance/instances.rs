@@ -2058,3 +2058,55 @@ fn a_restore_never_replaces_an_entry_that_appeared_at_its_kept_name_as_it_rename
         "the undo command names the kept directory: {out}"
     );
 }
+
+/// seed-mirror writes its copy by path, as root, inside NEWDIR when it exists
+/// (an empty mount point, say) or beside it: a NEWDIR (or parent) another user can
+/// write is refused before anything is read or asked, exit 3, nothing made. Before,
+/// such a NEWDIR owned by the service user passed and the seed went on (here to
+/// "instance l0 has no good backup").
+#[test]
+fn seed_mirror_refuses_a_new_directory_another_user_can_write() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("host");
+    let ldir = t.path().join("leader");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(&ldir).unwrap();
+    fs::write(
+        root.join("etc/l0.conf"),
+        format!(
+            "SYNBACKUP_SERVICE_DIR={}\nSYNBACKUP_BACKUP_ROOT={}\n",
+            ldir.display(),
+            t.path().join("backups").display()
+        ),
+    )
+    .unwrap();
+    // An empty NEWDIR the service user (65534 here) owns.
+    let newdir = t.path().join("m0");
+    fs::create_dir(&newdir).unwrap();
+    chown(&newdir, Some(65534), Some(65534)).unwrap();
+    let o = run_at(
+        &root,
+        &["seed-mirror", "--instance", "l0", newdir.to_str().unwrap()],
+    );
+    assert_fails(&o, 3, "another user could put a link");
+    assert!(
+        fs::read_dir(&newdir).unwrap().next().is_none(),
+        "nothing made"
+    );
+    // A new NEWDIR in a parent others can write (no sticky bit): the same.
+    let open = t.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = run_at(
+        &root,
+        &[
+            "seed-mirror",
+            "--instance",
+            "l0",
+            open.join("m1").to_str().unwrap(),
+        ],
+    );
+    assert_fails(&o, 3, "another user could put a link");
+    assert!(!open.join("m1").exists());
+}
