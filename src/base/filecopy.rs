@@ -10,31 +10,49 @@
 //! kernel that refuses `copy_file_range`). The next range of the source is asked of
 //! the device (`POSIX_FADV_WILLNEED`) before the current one is copied.
 //!
-//! [`copy_hashed`] also hashes the copy, read back range by range right after it was
-//! written (from the page cache it was just written to; a reflink's shared extents
-//! are read once, from the device): the digest is of what the copy holds.
+//! [`copy_hashed`] also hashes the copy. Where the destination takes `O_DIRECT`
+//! (ext4, XFS, btrfs, …) and the file is not a reflink, each range of the source is
+//! read once into an aligned buffer, hashed there, and written from that same buffer
+//! with `O_DIRECT` by a writer thread while the next range is read and hashed: the
+//! digest of what was read is the digest of what was written, nothing is copied
+//! into the page cache or left dirty for the final `syncfs`, and the device writes
+//! while the CPU reads and hashes ([`How::Direct`]; bench/RESULTS.md, issue 36's
+//! fourth pass). Elsewhere the copy is read back range by range right after it
+//! was written (from the page cache it was just written to; a reflink's shared
+//! extents are read once, from the device): the digest is of what the copy holds.
 //! [`copy_unhashed`] reads nothing back: a reflink reads nothing at all.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::mpsc;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use crate::base::digest::{Algo, Hasher};
 use crate::base::exit::{fail, Code};
-use crate::base::fsutil::{self, write_error, Hashed};
+use crate::base::fsutil::{self, write_error, Hashed, DIRECT_ALIGN};
 
 /// Bytes moved by one `copy_file_range` call and then read back: large enough for
 /// the device to stream, small enough that the range is still in the page cache.
 const RANGE: usize = 4 << 20;
+
+/// Files shorter than this are copied by `copy_file_range` even where `O_DIRECT`
+/// is available: a writer thread and its buffers cost more than they save.
+const DIRECT_MIN: u64 = 1 << 20;
+
+/// Buffers of [`RANGE`] bytes in flight in a direct copy: one being read and
+/// hashed, one queued, one being written.
+const BUFFERS: usize = 3;
 
 /// How the bytes of a file were moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum How {
     /// A reflink: the copy shares the source's extents.
     Cloned,
+    /// Read and hashed into a buffer, written from it with `O_DIRECT`.
+    Direct,
     /// `copy_file_range` of each data extent.
     Ranged,
     /// Read into memory and written (`copy_file_range` refused).
@@ -106,6 +124,11 @@ fn copy_extents(
         .len();
     let extents =
         fsutil::data_extents(src, len).with_context(|| format!("cannot map {}", sp.display()))?;
+    if let Some(algo) = algo.filter(|_| len >= DIRECT_MIN) {
+        if let Some(direct) = open_direct(dst, dp) {
+            return copy_direct(src, sp, dst, dp, direct, &extents, len, algo, on_bytes);
+        }
+    }
     let mut h = algo.map(Hasher::new);
     let mut buf = Vec::new();
     let mut ranged = true;
@@ -186,6 +209,212 @@ fn copy_extents(
         },
         how,
     ))
+}
+
+/// A second descriptor of the new file `dst` (through `/proc/self/fd`: the same
+/// open file, no path looked up again) with `O_DIRECT`, where its filesystem takes
+/// it; None elsewhere (the copy goes through the page cache).
+fn open_direct(dst: &File, dp: &Path) -> Option<File> {
+    let fd = format!("/proc/self/fd/{}", dst.as_raw_fd());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+        .open(&fd)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::debug!("{}: no O_DIRECT ({e}); copying through the page cache", dp.display());
+            None
+        }
+    }
+}
+
+/// One range of the source, read and hashed, on its way to the writer.
+struct Block {
+    buf: Vec<u8>,
+    off: u64,
+    n: usize,
+}
+
+/// A buffer of [`RANGE`] bytes at a [`DIRECT_ALIGN`]-aligned address (see
+/// [`aligned`]).
+fn new_buffer() -> Vec<u8> {
+    vec![0u8; RANGE + DIRECT_ALIGN]
+}
+
+/// The aligned [`RANGE`] bytes of a [`new_buffer`] (never reallocated, so the
+/// offset of its aligned start never moves).
+fn aligned(buf: &mut [u8]) -> &mut [u8] {
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    &mut buf[start..start + RANGE]
+}
+
+/// The checked copy through `O_DIRECT` (`direct`, a descriptor of `dst`): this
+/// thread reads each range of the source's data extents into a buffer and hashes
+/// it there; a writer thread writes the buffer at the same offset while the next
+/// range is read. Holes stay holes. A write error stops the reading and is the
+/// one reported.
+#[allow(clippy::too_many_arguments)]
+fn copy_direct(
+    src: &File,
+    sp: &Path,
+    dst: &File,
+    dp: &Path,
+    direct: File,
+    extents: &[(u64, u64)],
+    len: u64,
+    algo: Algo,
+    on_bytes: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<(Hashed, How)> {
+    let (to_writer, todo) = mpsc::sync_channel::<Block>(1);
+    let (to_reader, free) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BUFFERS {
+        // The receiver is right here: the send cannot fail.
+        let _ = to_reader.send(new_buffer());
+    }
+    let (read, wrote) = std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("copy-write".into())
+            .spawn_scoped(s, move || write_blocks(todo, to_reader, direct, dst, dp))
+            .context("cannot start the copy's writer thread");
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => return (Err(e), Ok(0)),
+        };
+        let read = read_and_hash(src, sp, extents, algo, &free, &to_writer, on_bytes);
+        drop(to_writer);
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the writer of {} panicked", dp.display())));
+        (read, wrote)
+    });
+    // A write error first: it is why the reading stopped.
+    let direct_bytes = wrote?;
+    let (h, pos, data_bytes) = read?;
+    log::trace!(
+        "{}: {data_bytes} bytes read and hashed, {direct_bytes} written with O_DIRECT",
+        dp.display()
+    );
+    let size = len.max(pos);
+    dst.set_len(size).map_err(|e| write_error(dp, e))?;
+    let mut h = h;
+    fsutil::hash_zeros(&mut h, size - pos);
+    Ok((
+        Hashed {
+            size,
+            data_bytes,
+            digest: h.finish_hex(),
+        },
+        How::Direct,
+    ))
+}
+
+/// The reading side of [`copy_direct`]: the hash so far, where the data ended and
+/// the bytes of data read.
+fn read_and_hash(
+    src: &File,
+    sp: &Path,
+    extents: &[(u64, u64)],
+    algo: Algo,
+    free: &mpsc::Receiver<Vec<u8>>,
+    to_writer: &mpsc::SyncSender<Block>,
+    on_bytes: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<(Hasher, u64, u64)> {
+    let mut h = Hasher::new(algo);
+    let mut pos = 0u64;
+    let mut data_bytes = 0u64;
+    let writer_stopped = || anyhow!("the copy's writer stopped");
+    'extents: for &(start, elen) in extents {
+        let stop = start + elen;
+        let mut off = start;
+        while off < stop {
+            crate::base::interrupt::check()?;
+            let want = ((stop - off) as usize).min(RANGE);
+            read_ahead(src, off + want as u64, stop);
+            let mut buf = free.recv().map_err(|_| writer_stopped())?;
+            let n = read_full(src, sp, &mut aligned(&mut buf)[..want], off)?;
+            if n == 0 {
+                // The source shrank meanwhile: what is there, then zeros; the
+                // digest tells.
+                break 'extents;
+            }
+            fsutil::hash_zeros(&mut h, off - pos);
+            h.update(&aligned(&mut buf)[..n]);
+            to_writer
+                .send(Block { buf, off, n })
+                .map_err(|_| writer_stopped())?;
+            off += n as u64;
+            pos = off;
+            data_bytes += n as u64;
+            on_bytes(n as u64)?;
+        }
+    }
+    Ok((h, pos, data_bytes))
+}
+
+/// Read up to `buf.len()` bytes of `f` at `off`: fewer only at its end.
+fn read_full(f: &File, path: &Path, buf: &mut [u8], off: u64) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(fail(
+                    Code::BadPath,
+                    format!("cannot read {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// The writing side of [`copy_direct`]: each block at its offset, with `O_DIRECT`
+/// (a short last block padded with zeros to the alignment: the copy's length is
+/// set after), through the page cache where the offset is not aligned or the
+/// filesystem refuses a direct write (EINVAL; the rest then too). Each buffer goes
+/// back to the reader once written. The bytes written with `O_DIRECT`.
+fn write_blocks(
+    todo: mpsc::Receiver<Block>,
+    to_reader: mpsc::Sender<Vec<u8>>,
+    direct: File,
+    dst: &File,
+    dp: &Path,
+) -> Result<u64> {
+    let mut direct = Some(direct);
+    let mut direct_bytes = 0u64;
+    for mut b in todo {
+        let data = aligned(&mut b.buf);
+        let mut written = false;
+        if let Some(d) = direct.as_ref().filter(|_| b.off % DIRECT_ALIGN as u64 == 0) {
+            let padded = b.n.next_multiple_of(DIRECT_ALIGN);
+            data[b.n..padded].fill(0);
+            match d.write_all_at(&data[..padded], b.off) {
+                Ok(()) => {
+                    direct_bytes += b.n as u64;
+                    written = true;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::debug!(
+                        "{}: O_DIRECT write refused ({e}); writing through the page cache",
+                        dp.display()
+                    );
+                    direct = None;
+                }
+                Err(e) => return Err(write_error(dp, e)),
+            }
+        }
+        if !written {
+            dst.write_all_at(&data[..b.n], b.off)
+                .map_err(|e| write_error(dp, e))?;
+            start_writeback(dst, dp, b.off, b.n)?;
+        }
+        // The reader may have stopped: then the buffer is not needed.
+        let _ = to_reader.send(b.buf);
+    }
+    Ok(direct_bytes)
 }
 
 /// Start writing the `len` bytes of `f` at `off` back to the device now
@@ -316,11 +545,50 @@ mod tests {
             eprintln!("no cachestat(2) on this kernel: not checked");
             return;
         };
+        if how == How::Direct {
+            // Written from the hashed buffer straight to the device: nothing
+            // copied into the page cache, nothing left dirty for the syncfs.
+            assert_eq!((cached, dirty), (0, 0), "cached and dirty pages of a direct copy");
+            return;
+        }
         assert!(cached > 0, "{how:?}: nothing of the copy in the page cache");
         assert!(
             dirty * 4 < cached,
             "{how:?}: {dirty} of the copy's {cached} cached pages still dirty after the copy"
         );
+    }
+
+    #[test]
+    fn a_direct_copy_of_a_file_of_odd_length_is_the_file() {
+        // O_DIRECT writes whole aligned blocks: the last one is padded and the
+        // copy's length set after; a hole in the middle stays a hole.
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let sp = t.path().join("s");
+        let len = (9u64 << 20) + 123;
+        let mut want = vec![0u8; len as usize];
+        {
+            let f = File::create(&sp).unwrap();
+            f.set_len(len).unwrap();
+            for (at, n) in [(0usize, 3 << 20), ((6 << 20) + 4096, (3 << 20) - 4096 + 123)] {
+                let bytes: Vec<u8> = (0..n).map(|i| (i % 253) as u8 + 1).collect();
+                f.write_all_at(&bytes, at as u64).unwrap();
+                want[at..at + n].copy_from_slice(&bytes);
+            }
+            f.sync_all().unwrap();
+        }
+        let dp = t.path().join("d");
+        let dst = new_rw(&dp);
+        let (h, how) =
+            copy_hashed(&File::open(&sp).unwrap(), &sp, &dst, &dp, Algo::Blake3).unwrap();
+        if how != How::Direct {
+            eprintln!("{how:?}: no O_DIRECT on this filesystem: the direct path not checked");
+        }
+        assert_eq!(h.digest, hex_digest(Algo::Blake3, &want), "{how:?}");
+        assert_eq!(h.size, len);
+        assert_eq!(std::fs::metadata(&dp).unwrap().len(), len);
+        assert!(std::fs::read(&dp).unwrap() == want, "{how:?}: content differs");
+        let meta = std::fs::metadata(&dp).unwrap();
+        assert!(meta.blocks() * 512 < (8 << 20), "{how:?}: the hole was filled");
     }
 
     #[test]

@@ -208,6 +208,8 @@ fn failed(backup: &Path, problems: &[String]) -> anyhow::Error {
 pub(crate) struct Ways {
     pub(crate) cloned: u64,
     pub(crate) ranged: u64,
+    /// Read, hashed and written with O_DIRECT from the same buffer.
+    pub(crate) direct: u64,
     pub(crate) buffered: u64,
     /// Checked where they are (`restore --offsite`), not copied.
     pub(crate) in_place: u64,
@@ -225,6 +227,9 @@ pub(crate) struct Checker<'m> {
     envs: BTreeMap<&'m str, &'m BTreeMap<String, u64>>,
     checks: EnvChecks,
     ways: std::cell::Cell<Ways>,
+    /// The files copied with O_DIRECT: their pages are not in the page cache of
+    /// the copy, so their environments are read in the backup (see `env_copied`).
+    direct: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl<'m> Checker<'m> {
@@ -246,6 +251,7 @@ impl<'m> Checker<'m> {
                 .collect(),
             checks: EnvChecks::start()?,
             ways: Default::default(),
+            direct: Default::default(),
         })
     }
 
@@ -259,6 +265,10 @@ impl<'m> Checker<'m> {
         match how {
             How::Cloned => ways.cloned += h.data_bytes,
             How::Ranged => ways.ranged += h.data_bytes,
+            How::Direct => {
+                ways.direct += h.data_bytes;
+                self.direct.borrow_mut().insert(rel.to_path_buf());
+            }
             How::Buffered => ways.buffered += h.data_bytes,
         }
         self.ways.set(ways);
@@ -306,14 +316,28 @@ impl<'m> Checker<'m> {
     /// to `at`, the directory `dir` holds: checked there on the checker thread,
     /// through that descriptor (whoever can write the copy's parent can put a
     /// link in its place; the copy itself is root's).
+    ///
+    /// A `data.mdb` copied with O_DIRECT was hashed in the buffer it was written
+    /// from: the digest of what was read is the digest of what was written, and
+    /// the copy's pages are not in the page cache. Its environment is read in the
+    /// backup instead, from the pages that copy just read (root's directory): the
+    /// same bytes, not read from the device a second time.
     pub(crate) fn env_copied(&self, rel: &Path, at: &Path, dir: &File) -> Result<()> {
         if let Some(dbs) = self.envs.get(path_key(rel).as_str()) {
-            let dir = dir
-                .try_clone()
-                .with_context(|| format!("cannot hold {}", at.display()))?;
+            let (dir, shown) = if self.direct.borrow().contains(&rel.join("data.mdb")) {
+                let in_backup = self.backup.join(rel);
+                let dir = File::open(&in_backup)
+                    .with_context(|| format!("cannot read {}", in_backup.escaped()))?;
+                (dir, in_backup)
+            } else {
+                let dir = dir
+                    .try_clone()
+                    .with_context(|| format!("cannot hold {}", at.display()))?;
+                (dir, at.to_path_buf())
+            };
             self.checks.check(Held {
                 dir,
-                shown: at.to_path_buf(),
+                shown,
                 dbs: (*dbs).clone(),
             });
         }
@@ -342,8 +366,9 @@ impl<'m> Checker<'m> {
             log::debug!("checked {} bytes where they are", w.in_place);
         } else {
             log::debug!(
-                "copied {} bytes by reflink, {} by copy_file_range, {} read and written",
+                "copied {} bytes by reflink, {} read, hashed and written with O_DIRECT, {} by copy_file_range, {} read and written",
                 w.cloned,
+                w.direct,
                 w.ranged,
                 w.buffered
             );
