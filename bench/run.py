@@ -1366,8 +1366,9 @@ def restore_scale_run(args):
             gen = time.monotonic() - t0
             _, allocated = describe_source(src)
             b = RestoreBench(args, src, f'{shape}-{size:g}g')
-            rmtree(src)
-            os.unlink(src + '.shape.json')
+            if not args.keep_sources:
+                rmtree(src)
+                os.unlink(src + '.shape.json')
             try:
                 for name in names:
                     r = b.run_one(1, True, name)
@@ -3085,6 +3086,9 @@ def main():
                    help='instead: offsite restore rows per shape: synbackup restore --offsite '
                    'against restic restore + cp -a + sync and restic restore alone')
     p.add_argument('--generate-only', action='store_true')
+    p.add_argument('--keep-sources', action='store_true',
+                   help='--restore --scale: keep each generated shape after its backup is '
+                   'made (a second run reuses it; needs the room of the shapes as well)')
     p.add_argument('--json', help='also write every measurement to this file')
     p.add_argument('--read-ahead-kb', type=int, default=None,
                    help="set the workdir's device read_ahead_kb for the run (set back "

@@ -10,8 +10,12 @@
 //!    (`verify::check_structure`): the manifest and its own digest, the layout,
 //!    every listed file there with its size, mode and xattrs, nothing unlisted.
 //! 2. [`Checker::copy_file`]: each file copied once (`base::filecopy`), by a
-//!    reflink (`FICLONE`: XFS, btrfs) where the filesystem shares extents, else
-//!    `copy_file_range` of
+//!    reflink (`FICLONE`: XFS, btrfs) where the filesystem shares extents, else,
+//!    where the copy's filesystem takes `O_DIRECT` and the file is 1 MiB or more,
+//!    each range read into a buffer, hashed there and written from it with
+//!    `O_DIRECT` by a writer thread while the next is read (the digest of what was
+//!    read is the digest of what was written; nothing left dirty for the
+//!    `syncfs`; issue 36's fourth pass), else `copy_file_range` of
 //!    each data extent (holes stay holes; the kernel moves the bytes, page cache
 //!    to page cache, or server-side on NFS), else read and write. The copy is
 //!    then hashed (the manifest's digest: BLAKE3, or SHA-256 before format 3) by
@@ -31,7 +35,9 @@
 //! 3. [`Checker::env_copied`]: each environment of the copy, as soon as its
 //!    `data.mdb` is copied and matched, opened read-only and every database read
 //!    to its end with its entry count, on a thread of its own while the next files
-//!    are copied (its pages are in the page cache: no second read of the device);
+//!    are copied (its pages are in the page cache: no second read of the device;
+//!    a `data.mdb` written with `O_DIRECT` is not, and its environment is read in
+//!    the backup, whose pages the copy just read);
 //!    [`Checker::finish`] waits for those checks and compares the nexus index of
 //!    the copy with what the frozen cell reported, as `verify` does.
 //!
