@@ -418,6 +418,18 @@ fn create_new_as(path: &Path, read: bool) -> Result<File> {
         .map_err(|e| write_error(path, e))
 }
 
+/// Advise the kernel that the cached pages of `f` are not needed again
+/// (`POSIX_FADV_DONTNEED`: clean pages are dropped now, dirty ones once written).
+/// Advice only: nothing fails.
+pub(crate) fn drop_cached(f: &File) {
+    let _ = nix::fcntl::posix_fadvise(
+        f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
 /// Alignment O_DIRECT writes keep (buffer address, length and file offset): the
 /// page size, a multiple of every block size we meet. A device needing more refuses
 /// with EINVAL and the writer falls back to the page cache.

@@ -273,7 +273,12 @@ impl<'m> Checker<'m> {
             How::Ranged => ways.ranged += h.data_bytes,
             How::Direct => {
                 ways.direct += h.data_bytes;
-                self.direct.borrow_mut().insert(rel.to_path_buf());
+                if rel.ends_with("data.mdb") {
+                    // Read again by its environment's check, which then drops it.
+                    self.direct.borrow_mut().insert(rel.to_path_buf());
+                } else {
+                    fsutil::drop_cached(src);
+                }
             }
             How::Buffered => ways.buffered += h.data_bytes,
         }
@@ -330,21 +335,26 @@ impl<'m> Checker<'m> {
     /// same bytes, not read from the device a second time.
     pub(crate) fn env_copied(&self, rel: &Path, at: &Path, dir: &File) -> Result<()> {
         if let Some(dbs) = self.envs.get(path_key(rel).as_str()) {
-            let (dir, shown) = if self.direct.borrow().contains(&rel.join("data.mdb")) {
+            let data = rel.join("data.mdb");
+            let (dir, shown, read_once) = if self.direct.borrow().contains(&data) {
                 let in_backup = self.backup.join(rel);
                 let dir = File::open(&in_backup)
                     .with_context(|| format!("cannot read {}", in_backup.escaped()))?;
-                (dir, in_backup)
+                let file = self.backup.join(&data);
+                let file =
+                    File::open(&file).with_context(|| format!("cannot read {}", file.escaped()))?;
+                (dir, in_backup, Some(file))
             } else {
                 let dir = dir
                     .try_clone()
                     .with_context(|| format!("cannot hold {}", at.display()))?;
-                (dir, at.to_path_buf())
+                (dir, at.to_path_buf(), None)
             };
             self.checks.check(Held {
                 dir,
                 shown,
                 dbs: (*dbs).clone(),
+                read_once,
             });
         }
         Ok(())
@@ -405,6 +415,12 @@ struct Held {
     dir: File,
     shown: PathBuf,
     dbs: BTreeMap<String, u64>,
+    /// The backup's `data.mdb` when the environment is read there: its pages are
+    /// dropped from the page cache once checked. A restore reads a backup once;
+    /// keeping gigabytes of it cached would only push out what the host uses (and,
+    /// on a guest that hands free memory back to its host, make every new page of
+    /// cache cost a fault there: bench/RESULTS.md, issue 36's fourth pass).
+    read_once: Option<File>,
 }
 
 /// The environment checks, on a thread of their own.
@@ -421,7 +437,11 @@ impl EnvChecks {
             .spawn(move || {
                 todo.iter()
                     .flat_map(|e| {
-                        verify::check_env_copy(&via(&e.dir), &e.dbs)
+                        let found = verify::check_env_copy(&via(&e.dir), &e.dbs);
+                        if let Some(f) = &e.read_once {
+                            fsutil::drop_cached(f);
+                        }
+                        found
                             .into_iter()
                             .map(move |p| shown_as(&p, &e.dir, &e.shown))
                     })
@@ -490,6 +510,7 @@ mod tests {
                 dir: File::open(&dir).unwrap(),
                 shown: shown.to_path_buf(),
                 dbs: [("data".to_string(), count)].into_iter().collect(),
+                read_once: None,
             });
             let found = checks.finish().unwrap();
             assert_eq!(found.len(), problems, "{found:?}");
