@@ -20,14 +20,24 @@
 #     naming the path and rolls back (the directory as it was, the service active),
 #     and the secrets are nowhere (live and kept directories, output, status);
 #  8. a service directory that is a mount point: window and restore refuse before
-#     stopping anything.
+#     stopping anything;
+#  9. on XFS (issue 36: a second Cortex, its directory and backup root on one XFS
+#     with reflinks, loop-mounted by the host before the boot): the window
+#     succeeds, every node, path and byte carried; its plain files (Synapse's
+#     backups/, a blob) share their extents with the kept directory (FIEMAP's
+#     shared flag, `filefrag -v`) and take no room, its compacted environments share
+#     none; a nightly backup of that directory shares no extent (a backup is a
+#     second copy of the data); a window failing its health check rolls back with
+#     every node, path and byte.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=synbackup.sh
 . "$NS_DIR/synbackup.sh"
 
-ns_boot t21
+# 9.'s filesystem: made and mounted on the host before the boot, bound in.
+ns_xfs 4G
+ns_boot t21 --bind="$NS_XFS:/srv/xfs"
 sb_install
 sb_cortex cortex00
 svc=synapse-cortex@cortex00.service
@@ -323,4 +333,161 @@ ns_assert_eq "$since" "$(sb_prop $svc ActiveEnterTimestampMonotonic)" "mount: th
 answers
 ns_exec systemctl stop $svc
 ns_exec umount $dir
+
+# 9. The window on XFS: the service directory and the backup root on one XFS.
+x=xfs00
+xtop=/srv/xfs
+xdir=$xtop/cortex/$x
+xsvc=synapse-cortex@$x.service
+xcold=synbackup-cold@$x.service
+ns_assert_eq xfs "$(ns_exec stat -f -c %T $xtop)" "the filesystem at $xtop"
+sb_cortex $x $xtop
+ns_defer ns_exec systemctl stop $xsvc
+ns_exec storm.py add $xdir 300 >/dev/null
+ns_exec storm.py storm $xdir 'inet:ipv4 | limit 100 | delnode' >/dev/null
+# Synapse's own backup in backups/ and a blob: plain files the window may reflink.
+ns_exec /opt/synapse-venv/bin/python - $xdir <<'PY' >/dev/null
+import asyncio, sys
+import synapse.telepath as t
+async def main():
+    async with await t.openurl('cell://' + sys.argv[1]) as core:
+        print(await core.runBackup())
+asyncio.run(main())
+PY
+ns_exec sh -c "head -c 64M /dev/urandom > $xdir/blob.bin"
+sb_config $x $xtop <<'CONF'
+SYNBACKUP_STOP_TIMEOUT=20s
+SYNBACKUP_HEALTH_TIMEOUT=120s
+CONF
+ns_assert_eq "$(ns_exec stat -c %d $xdir)" "$(ns_exec stat -c %d $xtop/backups/$x)" "one filesystem for $xdir and its backup root"
+xanswers() { ns_exec storm.py wait $xdir --timeout 120 >/dev/null; }
+xinode() { ns_exec stat -c %i $xdir; }
+xstate() { ns_exec python3 -c "import json;s=json.load(open('/var/lib/synbackup/$x.cold.json'));print(s['result'], s['exit_code'])"; }
+xsvc_active() { ns_assert_eq active "$(sb_prop $xsvc ActiveState)" "$1: $xsvc"; }
+# Every node, with every property and tag, as sorted JSON lines.
+xnodes() {
+  ns_exec /opt/synapse-venv/bin/python - $xdir <<'PY'
+import asyncio, json, sys
+import synapse.telepath as t
+async def main():
+    out = []
+    async with await t.openurl('cell://' + sys.argv[1]) as core:
+        async for m in core.storm('inet:ipv4'):
+            if m[0] == 'node':
+                (form, valu), info = m[1]
+                out.append(json.dumps([form, valu, info.get('props'), sorted(info.get('tags', {}))], sort_keys=True))
+    print('\n'.join(sorted(out)))
+asyncio.run(main())
+PY
+}
+# extents MODE ROOT [SINCE_NS]: FIEMAP's shared flag (`filefrag -v`) of every regular
+# file under ROOT with data. MODE window: a live environment's data.mdb (compacted:
+# written anew) shares no extent, every other file shares all of its extents,
+# except those the service wrote after SINCE_NS (its restart in the window rewrites
+# *.opts.yaml and the like). MODE backup: no file shares an extent. Prints what it
+# saw; each violation on a line of its own starting with BAD, and exits 1.
+extents() {
+  ns_exec sync -f "$2"
+  ns_exec python3 - "$@" <<'PY'
+import os, stat, subprocess, sys
+mode, root = sys.argv[1], sys.argv[2]
+since = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+seen = {'shared': [], 'unshared': [], 'rewritten': []}
+shared_bytes = bad = 0
+for d, dirs, files in os.walk(root):
+    dirs.sort()
+    for n in sorted(files):
+        p = os.path.join(d, n); rel = os.path.relpath(p, root)
+        st = os.lstat(p)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        out = subprocess.run(['filefrag', '-v', p], check=True, capture_output=True, text=True).stdout
+        ext = [l for l in out.splitlines() if l.strip()[:1].isdigit() and ':' in l]
+        if not ext:
+            continue
+        n_shared = sum('shared' in l for l in ext)
+        live_env = n == 'data.mdb' and not rel.startswith(('backups/', 'tmp/'))
+        if mode == 'backup' or live_env:
+            want = 'unshared'
+        elif st.st_mtime_ns >= since:
+            seen['rewritten'].append(rel)
+            continue
+        else:
+            want = 'shared'
+        got = 'shared' if n_shared == len(ext) else 'unshared' if n_shared == 0 else 'partly shared'
+        if got != want:
+            print(f'BAD {rel}: {got} ({n_shared} of {len(ext)} extents), expected {want}')
+            bad += 1
+        seen[want].append(rel)
+        if want == 'shared':
+            shared_bytes += st.st_blocks * 512
+print(f"{len(seen['shared'])} files shared ({shared_bytes} bytes), {len(seen['unshared'])} unshared, "
+      f"{len(seen['rewritten'])} written since the copy: {' '.join(seen['rewritten'])}")
+print('shared:', ' '.join(seen['shared']))
+sys.exit(1 if bad else 0)
+PY
+}
+avail() { ns_exec sync -f $xtop; ns_exec df --output=avail -B1 $xtop | tail -n1 | tr -d ' '; }
+
+# The window on XFS.
+xcount=$(ns_exec storm.py count $xdir inet:ipv4)
+ns_assert_eq 200 "$xcount" "$x: nodes before the window"
+xbefore_nodes=$(xnodes)
+xbefore_inode=$(xinode)
+free_before=$(avail)
+since=$(ns_exec date +%s%N)
+ns_exec systemctl start $xcold
+ns_assert_eq success "$(sb_prop $xcold Result)" "$x: window result"
+xsvc_active "$x: window"
+xanswers
+ns_assert_eq "success 0" "$(xstate)" "$x: window status"
+[ "$(xinode)" != "$xbefore_inode" ] || ns_die "$x: the directory was not swapped"
+ns_assert_eq "$xcount" "$(ns_exec storm.py count $xdir inet:ipv4)" "$x: nodes after the window"
+[ "$(xnodes)" = "$xbefore_nodes" ] || ns_die "$x: the nodes differ after the window"
+ns_log "ok: $x: all $xcount nodes identical, property by property"
+xkept=$(ns_exec sh -c "ls -d $xdir.pre-cold-*")
+diff <(tree "$xkept") <(tree $xdir) || ns_die "$x: the live directory differs from the one before the window"
+ns_log "ok: $x: every path, owner, mode, time and byte carried over ($(tree $xdir | wc -l) paths)"
+out=$(extents window $xdir "$since") || { echo "$out" >&2; ns_die "$x: the window's copy does not share extents as it should"; }
+ns_log "$x: window's copy: ${out%%$'\n'*}"
+grep -Eq '^shared: (.* )?blob\.bin( |$)' <<<"$out" || ns_die "$x: blob.bin is not among the shared files: $out"
+grep -q '^shared: .*backups/[^ ]*/data\.mdb' <<<"$out" || ns_die "$x: no data.mdb of Synapse's backups/ among the shared files: $out"
+ns_log "ok: $x: plain files reflinked, live environments not"
+# The room the window took: its compacted environments, never its plain files.
+free_after=$(avail)
+envs=$(ns_exec sh -c "find $xdir -name data.mdb -not -path '$xdir/backups/*' -not -path '$xdir/tmp/*' -printf '%b\n' | awk '{s += \$1 * 512} END {print s + 0}'")
+plain=$(sed -n 's/^[0-9]* files shared (\([0-9]*\) bytes).*/\1/p' <<<"$out")
+used=$((free_before - free_after))
+ns_log "$x: the window took $used bytes of $xtop: environments $envs bytes, plain files $plain bytes"
+[ "$plain" -gt $((64 << 20)) ] || ns_die "$x: too few shared bytes to tell ($plain)"
+[ "$used" -lt $((envs + plain / 4)) ] || ns_die "$x: the window took $used bytes: its plain files ($plain bytes) were copied, not reflinked"
+
+# A nightly backup of the reflinked directory, on the same XFS, shares nothing.
+ns_exec systemctl start synbackup@$x.service
+ns_assert_eq success "$(sb_prop synbackup@$x.service Result)" "$x: nightly run"
+xbackup=$(ns_exec sh -c "ls -d $xtop/backups/$x/${x}_*" | tail -n1)
+ns_exec cmp $xdir/blob.bin "$xbackup/blob.bin"
+out=$(extents backup "$xbackup") || { echo "$out" >&2; ns_die "$x: the nightly backup shares extents with the live directory"; }
+grep -q '^0 files shared (0 bytes), [1-9][0-9]* unshared' <<<"$out" || ns_die "$x: no file of the backup looked at: $out"
+ns_log "ok: $x: the nightly backup shares no extent: ${out%%$'\n'*}"
+
+# A window failing its health check after the swap rolls back with every byte.
+ns_exec mkdir -p /etc/systemd/system/$xcold.d
+printf '[Service]\nEnvironment=SYNBACKUP_FAULT=cold-health\n' | ns_exec tee /etc/systemd/system/$xcold.d/fault.conf >/dev/null
+ns_exec systemctl daemon-reload
+ino=$(xinode)
+xbefore_tree=$(tree $xdir)
+if ns_exec systemctl start $xcold; then ns_die "$x: cold-health: the window succeeded"; fi
+ns_assert_eq "failed 10" "$(xstate)" "$x: cold-health: window status"
+ns_assert_eq "$ino" "$(xinode)" "$x: cold-health: the original directory (inode) in place"
+ns_exec test ! -e $xdir.cold-new || ns_die "$x: cold-health: the discarded copy is still there"
+xsvc_active "$x: cold-health"
+xanswers
+ns_assert_eq "$xcount" "$(ns_exec storm.py count $xdir inet:ipv4)" "$x: cold-health: nodes"
+[ "$(xnodes)" = "$xbefore_nodes" ] || ns_die "$x: cold-health: the nodes differ after the rollback"
+diff <(echo "$xbefore_tree") <(tree $xdir) || ns_die "$x: cold-health: the directory differs after the rollback"
+ns_log "ok: $x: cold-health rolled back: every node, path and byte as before"
+ns_exec rm /etc/systemd/system/$xcold.d/fault.conf
+ns_exec systemctl daemon-reload
+ns_exec systemctl stop $xsvc
 ns_poweroff

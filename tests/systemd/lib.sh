@@ -54,7 +54,8 @@ NS_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
         HOME=/root LANG=C.UTF-8 TERM=dumb SYSTEMD_PAGER= SYSTEMD_COLORS=0)
 
 NS_NAME='' NS_PID='' NS_LEADER='' NS_STATE='' NS_SRV='' NS_UPPER='' NS_CONSOLE=''
-_NS_DEFERRED=() _NS_BOOT_ARGS=()
+NS_XFS=''
+_NS_DEFERRED=() _NS_BOOT_ARGS=() _NS_HOST_CLEANUP=()
 
 ns_log() { printf '[%s %s] %s\n' "$(date +%T)" "${NS_NAME:-ns}" "$*" >&2; }
 ns_die() { ns_log "FAIL: $*"; exit 1; }
@@ -274,6 +275,59 @@ ns_boot() {
   _ns_start
 }
 
+# ns_xfs SIZE: before ns_boot, an XFS filesystem as an operator with XFS has one
+# (mkfs.xfs's defaults: reflink=1) on a sparse image of SIZE (e.g. 4G) in the run's
+# temp dir, loop-mounted on the host at NS_XFS. Bind it in with
+# `ns_boot NAME --bind="$NS_XFS:/srv/xfs"`: a mount made on the host after the boot
+# would not reach the container (it runs in a private mount namespace). Unmounted
+# (its loop device freed with it) and removed after the container is powered off,
+# also when the test fails; `run` unmounts what a killed test left.
+ns_xfs() {
+  local size=$1 dir
+  [ -z "$NS_XFS" ] || ns_die "ns_xfs: one XFS per test ($NS_XFS)"
+  [ "$(id -u)" = 0 ] || ns_die "ns_xfs needs root (mount)"
+  command -v mkfs.xfs >/dev/null || ns_die "ns_xfs needs mkfs.xfs (xfsprogs)"
+  dir=$(mktemp -d "${NS_TMPDIR:-${TMPDIR:-/tmp}}/synbackup-xfs.XXXXXX")
+  _ns_install_trap
+  _NS_HOST_CLEANUP+=("$(printf '_ns_xfs_remove %q' "$dir")")
+  mkdir "$dir/mnt"
+  truncate -s "$size" "$dir/xfs.img"
+  mkfs.xfs -q "$dir/xfs.img" || ns_die "mkfs.xfs failed"
+  mount -o loop "$dir/xfs.img" "$dir/mnt" || ns_die "cannot loop-mount the XFS image"
+  xfs_info "$dir/mnt" | grep -q 'reflink=1' || ns_die "mkfs.xfs made an XFS without reflink"
+  NS_XFS=$dir/mnt
+  ns_log "XFS of $size on $(findmnt -no SOURCE "$NS_XFS") at $NS_XFS"
+}
+
+# _ns_xfs_remove DIR: unmounts DIR/mnt (lazily if still busy) and removes DIR.
+_ns_xfs_remove() {
+  local dir=$1
+  if mountpoint -q "$dir/mnt"; then
+    umount "$dir/mnt" || { ns_log "warning: $dir/mnt busy; unmounting lazily"; umount -l "$dir/mnt"; }
+  fi
+  rm -rf --one-file-system "$dir"
+  NS_XFS=''
+}
+
+# ns_umount_under DIR: unmounts (lazily) every mount under DIR, deepest first: what
+# a test killed outright left of its ns_xfs (`run`, after each test).
+ns_umount_under() {
+  local m
+  findmnt -rno TARGET | awk -v d="$1/" 'index($0, d) == 1' | sort -r | while read -r m; do
+    ns_log "unmounting $m, left by a killed test"
+    umount -l "$m" || true
+  done
+}
+
+# _ns_host_cleanup: the host's cleanups (ns_xfs), last first, after the poweroff.
+_ns_host_cleanup() {
+  local i
+  for ((i = ${#_NS_HOST_CLEANUP[@]} - 1; i >= 0; i--)); do
+    eval "${_NS_HOST_CLEANUP[i]}" || ns_log "warning: host cleanup '${_NS_HOST_CLEANUP[i]}' failed"
+  done
+  _NS_HOST_CLEANUP=()
+}
+
 # ns_reboot: powers the container off and boots it again with the same arguments,
 # keeping what it wrote (the overlay's upper layer and /srv), as a real reboot would.
 ns_reboot() {
@@ -373,7 +427,7 @@ ns_defer() {
 # cgroups and temp dir (kept when NS_KEEP=1).
 ns_poweroff() {
   local start=$SECONDS i
-  [ -n "$NS_NAME" ] || return 0
+  [ -n "$NS_NAME" ] || { _ns_host_cleanup; return 0; }
   if _ns_alive; then
     for ((i = ${#_NS_DEFERRED[@]} - 1; i >= 0; i--)); do
       eval "${_NS_DEFERRED[i]}" || ns_log "warning: deferred '${_NS_DEFERRED[i]}' failed"
@@ -381,6 +435,7 @@ ns_poweroff() {
   fi
   _NS_DEFERRED=()
   _ns_stop
+  _ns_host_cleanup
   if [ "${NS_KEEP:-0}" = 1 ]; then
     ns_log "kept $NS_STATE (NS_KEEP=1)"
   else

@@ -32,24 +32,35 @@ sb_install() {
     "/root/$(basename "$deb")" >/dev/null
 }
 
-# Start the test Cortex NAME (/srv/cortex/NAME) and wait until it answers.
+# sb_cortex NAME [TOP]: start the test Cortex NAME on TOP/cortex/NAME (TOP: /srv, or
+# e.g. /srv/xfs, another filesystem: then a drop-in points the unit there, as an
+# operator would) and wait until it answers.
 sb_cortex() {
-  local name=$1
+  local name=$1 top=${2:-/srv} d
   ns_install_unit "$NS_DIR/units/synapse-cortex@.service"
   ns_copy_in "$NS_DIR/storm.py" /usr/local/bin/storm.py
+  if [ "$top" != /srv ]; then
+    d=/etc/systemd/system/synapse-cortex@$name.service.d
+    ns_exec mkdir -p "$top/cortex" "$d"
+    ns_exec sed -n "s|^ExecStart=\(.*\) /srv/cortex/%i\$|[Service]\nExecStart=\nExecStart=\1 $top/cortex/%i|p" \
+      /etc/systemd/system/synapse-cortex@.service | ns_exec tee "$d/dir.conf" >/dev/null
+    ns_exec grep -q "$top/cortex/%i" "$d/dir.conf" || ns_die "sb_cortex: no ExecStart to point at $top"
+    ns_exec systemctl daemon-reload
+  fi
   ns_exec systemctl start "synapse-cortex@$name.service"
-  ns_exec storm.py wait "/srv/cortex/$name" --timeout 120
+  ns_exec storm.py wait "$top/cortex/$name" --timeout 120
 }
 
-# Write /etc/synbackup/NAME.conf for the test Cortex NAME, extra lines from stdin.
+# sb_config NAME [TOP]: write /etc/synbackup/NAME.conf for the test Cortex NAME on
+# TOP/cortex/NAME (default /srv), backups in TOP/backups/NAME, extra lines from stdin.
 sb_config() {
-  local name=$1 extra
+  local name=$1 top=${2:-/srv} extra
   extra=$(cat)
-  ns_exec mkdir -p "/srv/backups/$name"
+  ns_exec mkdir -p "$top/backups/$name"
   printf '%s\n' \
-    "SYNBACKUP_SERVICE_DIR=/srv/cortex/$name" \
+    "SYNBACKUP_SERVICE_DIR=$top/cortex/$name" \
     "SYNBACKUP_SERVICE_UNIT=synapse-cortex@$name.service" \
-    "SYNBACKUP_BACKUP_ROOT=/srv/backups/$name" \
+    "SYNBACKUP_BACKUP_ROOT=$top/backups/$name" \
     "$extra" | ns_exec tee "/etc/synbackup/$name.conf" >/dev/null
   # The generator turns the config into ReadWritePaths= drop-ins.
   ns_exec systemctl daemon-reload
