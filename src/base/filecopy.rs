@@ -10,8 +10,10 @@
 //! kernel that refuses `copy_file_range`). The next range of the source is asked of
 //! the device (`POSIX_FADV_WILLNEED`) before the current one is copied.
 //!
-//! [`copy_hashed`] also hashes the copy. Where the destination takes `O_DIRECT`
-//! (ext4, XFS, btrfs, …) and the file is not a reflink, each range of the source is
+//! [`copy_hashed`] also hashes the copy. When the caller asks for it (a copy of
+//! more than a quarter of the memory available: [`direct_pays`]), where the
+//! destination takes `O_DIRECT` (ext4, XFS, btrfs, …) and the file is not a
+//! reflink, each range of the source is
 //! read once into an aligned buffer, hashed there, and written from that same buffer
 //! with `O_DIRECT` by a writer thread while the next range is read and hashed: the
 //! digest of what was read is the digest of what was written, nothing is copied
@@ -59,16 +61,45 @@ pub(crate) enum How {
     Buffered,
 }
 
-/// Copy `src` into the new, empty `dst` (holes stay holes) and hash the copy, read
-/// back: the full logical content, holes as zeros.
+/// Whether a checked copy of `bytes` in all should go around the page cache
+/// ([`How::Direct`]): when it is more than a quarter of the memory available.
+/// Below that the page cache takes the copy at memory speed and the device
+/// writes it behind (`copy_file_range` and writeback: faster on every shape at
+/// 1 GiB on the bench's guest); above it the cache would have to hold the source
+/// and the copy, evicting (and on a guest, faulting in from its host) as much
+/// again, and the copy slowed to 3–4× the device's floor at 20 GiB
+/// (bench/RESULTS.md, issue 36's fourth pass). `SYNBACKUP_COPY_DIRECT=always`
+/// or `never` overrides it (tests and benchmarks).
+pub(crate) fn direct_pays(bytes: u64) -> bool {
+    match std::env::var("SYNBACKUP_COPY_DIRECT").as_deref() {
+        Ok("always") => return true,
+        Ok("never") => return false,
+        _ => {}
+    }
+    mem_available().is_some_and(|avail| bytes.saturating_mul(4) > avail)
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Copy `src` into the new, empty `dst` (holes stay holes) and hash the copy: the
+/// full logical content, holes as zeros. With `direct` (see [`direct_pays`]) and
+/// where the filesystem takes it, through a buffer and `O_DIRECT`; else through
+/// the page cache, hashed as read back.
 pub(crate) fn copy_hashed(
     src: &File,
     sp: &Path,
     dst: &File,
     dp: &Path,
     algo: Algo,
+    direct: bool,
 ) -> Result<(Hashed, How)> {
-    copy_extents(src, sp, dst, dp, Some(algo), &mut |_| Ok(()))
+    copy_extents(src, sp, dst, dp, Some((algo, direct)), &mut |_| Ok(()))
 }
 
 /// [`copy_hashed`], `on_bytes` told the bytes of each range copied (a reflink's
@@ -79,9 +110,10 @@ pub(crate) fn copy_hashed_with(
     dst: &File,
     dp: &Path,
     algo: Algo,
+    direct: bool,
     on_bytes: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<(Hashed, How)> {
-    copy_extents(src, sp, dst, dp, Some(algo), on_bytes)
+    copy_extents(src, sp, dst, dp, Some((algo, direct)), on_bytes)
 }
 
 /// Copy `src` into the new, empty `dst` (holes stay holes), reading nothing back;
@@ -91,16 +123,19 @@ pub(crate) fn copy_unhashed(src: &File, sp: &Path, dst: &File, dp: &Path) -> Res
     Ok((how, h.data_bytes))
 }
 
-/// The copy, hashed as read back when `algo` is given (else its digest is empty,
-/// and a reflink counts no data bytes: it wrote none).
+/// The copy, hashed when `checked` gives the algorithm (and whether to try
+/// O_DIRECT); else its digest is empty, and a reflink counts no data bytes: it
+/// wrote none.
 fn copy_extents(
     src: &File,
     sp: &Path,
     dst: &File,
     dp: &Path,
-    algo: Option<Algo>,
+    checked: Option<(Algo, bool)>,
     on_bytes: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<(Hashed, How)> {
+    let algo = checked.map(|(algo, _)| algo);
+    let try_direct = checked.is_some_and(|(_, direct)| direct);
     crate::base::interrupt::check()?;
     if clone(src, dst) {
         log::trace!("{}: reflinked", dp.display());
@@ -124,7 +159,7 @@ fn copy_extents(
         .len();
     let extents =
         fsutil::data_extents(src, len).with_context(|| format!("cannot map {}", sp.display()))?;
-    if let Some(algo) = algo.filter(|_| len >= DIRECT_MIN) {
+    if let Some(algo) = algo.filter(|_| try_direct && len >= DIRECT_MIN) {
         if let Some(direct) = open_direct(dst, dp) {
             return copy_direct(src, sp, dst, dp, direct, &extents, len, algo, on_bytes);
         }
@@ -192,6 +227,7 @@ fn copy_extents(
             pos = off;
             data_bytes += n as u64;
             on_bytes(n as u64)?;
+            crate::base::fault::point("copy-mid-file")?;
         }
     }
     let size = len.max(pos);
@@ -223,7 +259,10 @@ fn open_direct(dst: &File, dp: &Path) -> Option<File> {
     {
         Ok(f) => Some(f),
         Err(e) => {
-            log::debug!("{}: no O_DIRECT ({e}); copying through the page cache", dp.display());
+            log::debug!(
+                "{}: no O_DIRECT ({e}); copying through the page cache",
+                dp.display()
+            );
             None
         }
     }
@@ -236,10 +275,23 @@ struct Block {
     n: usize,
 }
 
+/// The buffers of direct copies that ended, kept for the next: a restore of many
+/// files would otherwise fault in fresh pages for every one.
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 /// A buffer of [`RANGE`] bytes at a [`DIRECT_ALIGN`]-aligned address (see
-/// [`aligned`]).
+/// [`aligned`]): a spare one, else a new one.
 fn new_buffer() -> Vec<u8> {
-    vec![0u8; RANGE + DIRECT_ALIGN]
+    let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
+    spare.unwrap_or_else(|| vec![0u8; RANGE + DIRECT_ALIGN])
+}
+
+/// Keep the buffers of a direct copy that ended for the next one.
+fn keep_buffers(free: mpsc::Receiver<Vec<u8>>) {
+    if let Ok(mut spare) = SPARE.lock() {
+        let room = BUFFERS.saturating_sub(spare.len());
+        spare.extend(free.try_iter().take(room));
+    }
 }
 
 /// The aligned [`RANGE`] bytes of a [`new_buffer`] (never reallocated, so the
@@ -288,6 +340,7 @@ fn copy_direct(
             .unwrap_or_else(|_| Err(anyhow!("the writer of {} panicked", dp.display())));
         (read, wrote)
     });
+    keep_buffers(free);
     // A write error first: it is why the reading stopped.
     let direct_bytes = wrote?;
     let (h, pos, data_bytes) = read?;
@@ -347,6 +400,8 @@ fn read_and_hash(
             pos = off;
             data_bytes += n as u64;
             on_bytes(n as u64)?;
+            // A test stops a copy here: half a file read, a block in flight.
+            crate::base::fault::point("copy-mid-file")?;
         }
     }
     Ok((h, pos, data_bytes))
@@ -525,37 +580,51 @@ mod tests {
 
     #[test]
     fn a_checked_copy_is_sent_to_the_device_as_it_is_made() {
-        // Without it the whole copy stayed dirty in the page cache until the
-        // syncfs at the end, which then waited for all of it.
+        // Through the page cache: without the writeback the whole copy stayed
+        // dirty until the syncfs at the end, which then waited for all of it.
+        // Direct: nothing of it in the page cache at all.
         let t = tempfile::tempdir_in("/var/tmp").unwrap();
         let sp = t.path().join("s");
         let bytes: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
         std::fs::write(&sp, &bytes).unwrap();
         File::open(&sp).unwrap().sync_all().unwrap();
-        let dp = t.path().join("d");
-        let dst = new_rw(&dp);
-        let (h, how) =
-            copy_hashed(&File::open(&sp).unwrap(), &sp, &dst, &dp, Algo::Blake3).unwrap();
-        assert_eq!(h.digest, hex_digest(Algo::Blake3, &bytes));
-        let Some(crate::base::cachestat::Cached {
-            pages: cached,
-            dirty,
-        }) = crate::base::cachestat::of(&dst, 0)
-        else {
-            eprintln!("no cachestat(2) on this kernel: not checked");
-            return;
-        };
-        if how == How::Direct {
-            // Written from the hashed buffer straight to the device: nothing
-            // copied into the page cache, nothing left dirty for the syncfs.
-            assert_eq!((cached, dirty), (0, 0), "cached and dirty pages of a direct copy");
-            return;
+        for direct in [false, true] {
+            let dp = t.path().join(format!("d-{direct}"));
+            let dst = new_rw(&dp);
+            let (h, how) = copy_hashed(
+                &File::open(&sp).unwrap(),
+                &sp,
+                &dst,
+                &dp,
+                Algo::Blake3,
+                direct,
+            )
+            .unwrap();
+            assert_eq!(h.digest, hex_digest(Algo::Blake3, &bytes));
+            let Some(crate::base::cachestat::Cached {
+                pages: cached,
+                dirty,
+            }) = crate::base::cachestat::of(&dst, 0)
+            else {
+                eprintln!("no cachestat(2) on this kernel: not checked");
+                return;
+            };
+            if how == How::Direct {
+                // Written from the hashed buffer straight to the device: nothing
+                // copied into the page cache, nothing left dirty for the syncfs.
+                assert_eq!(
+                    (cached, dirty),
+                    (0, 0),
+                    "cached and dirty pages of a direct copy"
+                );
+                continue;
+            }
+            assert!(cached > 0, "{how:?}: nothing of the copy in the page cache");
+            assert!(
+                dirty * 4 < cached,
+                "{how:?}: {dirty} of the copy's {cached} cached pages still dirty after the copy"
+            );
         }
-        assert!(cached > 0, "{how:?}: nothing of the copy in the page cache");
-        assert!(
-            dirty * 4 < cached,
-            "{how:?}: {dirty} of the copy's {cached} cached pages still dirty after the copy"
-        );
     }
 
     #[test]
@@ -569,7 +638,10 @@ mod tests {
         {
             let f = File::create(&sp).unwrap();
             f.set_len(len).unwrap();
-            for (at, n) in [(0usize, 3 << 20), ((6 << 20) + 4096, (3 << 20) - 4096 + 123)] {
+            for (at, n) in [
+                (0usize, 3 << 20),
+                ((6 << 20) + 4096, (3 << 20) - 4096 + 123),
+            ] {
                 let bytes: Vec<u8> = (0..n).map(|i| (i % 253) as u8 + 1).collect();
                 f.write_all_at(&bytes, at as u64).unwrap();
                 want[at..at + n].copy_from_slice(&bytes);
@@ -578,17 +650,30 @@ mod tests {
         }
         let dp = t.path().join("d");
         let dst = new_rw(&dp);
-        let (h, how) =
-            copy_hashed(&File::open(&sp).unwrap(), &sp, &dst, &dp, Algo::Blake3).unwrap();
+        let (h, how) = copy_hashed(
+            &File::open(&sp).unwrap(),
+            &sp,
+            &dst,
+            &dp,
+            Algo::Blake3,
+            true,
+        )
+        .unwrap();
         if how != How::Direct {
             eprintln!("{how:?}: no O_DIRECT on this filesystem: the direct path not checked");
         }
         assert_eq!(h.digest, hex_digest(Algo::Blake3, &want), "{how:?}");
         assert_eq!(h.size, len);
         assert_eq!(std::fs::metadata(&dp).unwrap().len(), len);
-        assert!(std::fs::read(&dp).unwrap() == want, "{how:?}: content differs");
+        assert!(
+            std::fs::read(&dp).unwrap() == want,
+            "{how:?}: content differs"
+        );
         let meta = std::fs::metadata(&dp).unwrap();
-        assert!(meta.blocks() * 512 < (8 << 20), "{how:?}: the hole was filled");
+        assert!(
+            meta.blocks() * 512 < (8 << 20),
+            "{how:?}: the hole was filled"
+        );
     }
 
     #[test]
@@ -605,10 +690,14 @@ mod tests {
         }
         src.sync_all().unwrap();
         let src = File::open(&sp).unwrap();
-        for algo in [Algo::Blake3, Algo::Sha256] {
-            let dp = t.path().join(format!("d-{algo}"));
+        for (algo, direct) in [
+            (Algo::Blake3, true),
+            (Algo::Blake3, false),
+            (Algo::Sha256, false),
+        ] {
+            let dp = t.path().join(format!("d-{algo}-{direct}"));
             let dst = new_rw(&dp);
-            let (h, how) = copy_hashed(&src, &sp, &dst, &dp, algo).unwrap();
+            let (h, how) = copy_hashed(&src, &sp, &dst, &dp, algo, direct).unwrap();
             assert_eq!(h.digest, hex_digest(algo, &want), "{how:?}");
             assert_eq!(h.size, 64 << 20);
             assert!(std::fs::read(&dp).unwrap() == want, "content differs");
@@ -644,6 +733,7 @@ mod tests {
             &new_rw(&dp),
             &dp,
             Algo::Blake3,
+            true,
         )
         .unwrap();
         assert_eq!(h.digest, hex_digest(Algo::Blake3, b""));
@@ -657,6 +747,7 @@ mod tests {
             &new_rw(&dp2),
             &dp2,
             Algo::Blake3,
+            true,
         )
         .unwrap();
         let mut want = vec![0u8; 1 << 20];

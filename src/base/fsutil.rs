@@ -422,12 +422,7 @@ fn create_new_as(path: &Path, read: bool) -> Result<File> {
 /// (`POSIX_FADV_DONTNEED`: clean pages are dropped now, dirty ones once written).
 /// Advice only: nothing fails.
 pub(crate) fn drop_cached(f: &File) {
-    let _ = nix::fcntl::posix_fadvise(
-        f,
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
+    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// Alignment O_DIRECT writes keep (buffer address, length and file offset): the

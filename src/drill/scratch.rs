@@ -105,7 +105,7 @@ fn names_for(backup: &Path, pid: u32) -> (PathBuf, PathBuf) {
 }
 
 /// True when process `pid` exists.
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };

@@ -267,7 +267,10 @@ fn run_task(task: Task, ctx: &Ctx<'_>, stop: &dyn Fn() -> bool) -> Result<Done> 
                 Ok(())
             };
             let hashed = if share_extents {
-                filecopy::copy_hashed_with(&sf, &sp, &df, &dp, algo, &mut on_bytes)?.0
+                {
+                    let direct = filecopy::direct_pays(meta.len());
+                    filecopy::copy_hashed_with(&sf, &sp, &df, &dp, algo, direct, &mut on_bytes)?.0
+                }
             } else {
                 fsutil::copy_sparse_hashed(&sf, &sp, &df, &dp, algo, on_bytes)?
             };

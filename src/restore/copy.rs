@@ -11,7 +11,9 @@
 //!    every listed file there with its size, mode and xattrs, nothing unlisted.
 //! 2. [`Checker::copy_file`]: each file copied once (`base::filecopy`), by a
 //!    reflink (`FICLONE`: XFS, btrfs) where the filesystem shares extents, else,
-//!    where the copy's filesystem takes `O_DIRECT` and the file is 1 MiB or more,
+//!    for a backup of more than a quarter of the memory available
+//!    (`filecopy::direct_pays`), where the copy's filesystem takes `O_DIRECT` and
+//!    the file is 1 MiB or more,
 //!    each range read into a buffer, hashed there and written from it with
 //!    `O_DIRECT` by a writer thread while the next is read (the digest of what was
 //!    read is the digest of what was written; nothing left dirty for the
@@ -233,6 +235,9 @@ pub(crate) struct Checker<'m> {
     envs: BTreeMap<&'m str, &'m BTreeMap<String, u64>>,
     checks: EnvChecks,
     ways: std::cell::Cell<Ways>,
+    /// Whether the copy goes around the page cache (`filecopy::direct_pays` of
+    /// the backup's bytes).
+    through_direct: bool,
     /// The files copied with O_DIRECT: their pages are not in the page cache of
     /// the copy, so their environments are read in the backup (see `env_copied`).
     direct: std::cell::RefCell<std::collections::BTreeSet<PathBuf>>,
@@ -241,7 +246,18 @@ pub(crate) struct Checker<'m> {
 impl<'m> Checker<'m> {
     pub(crate) fn new(backup: &Path, manifest: &'m Manifest) -> Result<Checker<'m>> {
         let algo = manifest.algo();
+        let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+        let through_direct = filecopy::direct_pays(bytes);
+        log::debug!(
+            "{bytes} bytes to copy: {}",
+            if through_direct {
+                "around the page cache (O_DIRECT where the filesystem takes it)"
+            } else {
+                "through the page cache"
+            }
+        );
         Ok(Checker {
+            through_direct,
             backup: backup.to_path_buf(),
             manifest,
             algo,
@@ -266,7 +282,7 @@ impl<'m> Checker<'m> {
     /// data copied. A mismatch marks the backup damaged and fails.
     pub(crate) fn copy_file(&self, rel: &Path, src: &File, dst: &File, dp: &Path) -> Result<u64> {
         let sp = self.backup.join(rel);
-        let (h, how) = filecopy::copy_hashed(src, &sp, dst, dp, self.algo)?;
+        let (h, how) = filecopy::copy_hashed(src, &sp, dst, dp, self.algo, self.through_direct)?;
         let mut ways = self.ways.get();
         match how {
             How::Cloned => ways.cloned += h.data_bytes,

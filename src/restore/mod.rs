@@ -108,6 +108,45 @@ impl Staging {
     }
 }
 
+/// Remove the staging copies beside `dir` left by restores that no longer run
+/// (killed, or the host lost power, during the copy: the directory itself was
+/// never touched, but the unfinished copy takes room the next restore needs).
+/// Only `.DIRNAME.synbackup-restoring.PID` directories, never a link, owned by
+/// the user this restore runs as, whose PID no longer runs; each removal logged.
+fn remove_stale_staging(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let prefix = sibling_name(dir, ".", ".synbackup-restoring.");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .as_encoded_bytes()
+            .strip_prefix(prefix)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = e.path();
+        let ours = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if !ours || pid == std::process::id() || crate::drill::scratch::alive(pid) {
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => log::warn!(
+                "removed {}, the unfinished copy of a restore that no longer runs (pid {pid})",
+                path.escaped()
+            ),
+            Err(e) => log::error!("could not remove {}: {e}", path.escaped()),
+        }
+    }
+}
+
 /// `PARENT/.DIRNAME.synbackup-TAG.PID`: where a staging copy beside `dir` goes.
 fn staging_path(dir: &Path, tag: &str) -> PathBuf {
     let parent = dir.parent().unwrap_or(Path::new("/"));
@@ -923,6 +962,7 @@ fn stage(
         )
     })?;
     linked::check_space(links)?;
+    remove_stale_staging(dir);
     let room = room(t, backup, manifest, links)?;
     refuse_no_room(t, &room)?;
     let need = room.need;

@@ -144,7 +144,9 @@ fn on_xfs_a_restore_shares_the_backups_extents_and_still_catches_a_flipped_byte(
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(" bytes by reflink, 0 read, hashed and written with O_DIRECT, 0 by copy_file_range"),
+        stderr(&o).contains(
+            " bytes by reflink, 0 read, hashed and written with O_DIRECT, 0 by copy_file_range"
+        ),
         "{}",
         stderr(&o)
     );
