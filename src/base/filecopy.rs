@@ -11,7 +11,7 @@
 //! the device (`POSIX_FADV_WILLNEED`) before the current one is copied.
 //!
 //! [`copy_hashed`] also hashes the copy. When the caller asks for it (a copy of
-//! more than a quarter of the memory available: [`direct_pays`]), where the
+//! more than a sixteenth of the memory available: [`direct_pays`]), where the
 //! destination takes `O_DIRECT` (ext4, XFS, btrfs, …) and the file is not a
 //! reflink, each range of the source is
 //! read once into an aligned buffer, hashed there, and written from that same buffer
@@ -62,21 +62,23 @@ pub(crate) enum How {
 }
 
 /// Whether a checked copy of `bytes` in all should go around the page cache
-/// ([`How::Direct`]): when it is more than a quarter of the memory available.
+/// ([`How::Direct`]): when it is more than a sixteenth of the memory available.
 /// Below that the page cache takes the copy at memory speed and the device
-/// writes it behind (`copy_file_range` and writeback: faster on every shape at
-/// 1 GiB on the bench's guest); above it the cache would have to hold the source
-/// and the copy, evicting (and on a guest, faulting in from its host) as much
-/// again, and the copy slowed to 3–4× the device's floor at 20 GiB
-/// (bench/RESULTS.md, issue 36's fourth pass). `SYNBACKUP_COPY_DIRECT=always`
-/// or `never` overrides it (tests and benchmarks).
+/// writes it behind (`copy_file_range` and writeback: as fast or faster on every
+/// shape at 0.5–0.7 GB of data on the bench's 23 GiB guest). Above it the cache
+/// must hold the source and the copy, evicting (and, on a guest that hands free
+/// memory back to its host, faulting in from the host) as much again, and the
+/// cached copy was measured at 0.9 then 3.5 s per GiB for 3.3 GB of data and 4.1–
+/// 4.4 for 12 GB, against 1.1–1.5 around the cache, near the device's floor
+/// (bench/RESULTS.md, issue 36's fourth pass). `SYNBACKUP_COPY_DIRECT=always` or
+/// `never` overrides it (tests and benchmarks).
 pub(crate) fn direct_pays(bytes: u64) -> bool {
     match std::env::var("SYNBACKUP_COPY_DIRECT").as_deref() {
         Ok("always") => return true,
         Ok("never") => return false,
         _ => {}
     }
-    mem_available().is_some_and(|avail| bytes.saturating_mul(4) > avail)
+    mem_available().is_some_and(|avail| bytes.saturating_mul(16) > avail)
 }
 
 /// `MemAvailable` of /proc/meminfo, in bytes.

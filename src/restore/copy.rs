@@ -11,7 +11,7 @@
 //!    every listed file there with its size, mode and xattrs, nothing unlisted.
 //! 2. [`Checker::copy_file`]: each file copied once (`base::filecopy`), by a
 //!    reflink (`FICLONE`: XFS, btrfs) where the filesystem shares extents, else,
-//!    for a backup of more than a quarter of the memory available
+//!    for a backup of more than a sixteenth of the memory available
 //!    (`filecopy::direct_pays`), where the copy's filesystem takes `O_DIRECT` and
 //!    the file is 1 MiB or more,
 //!    each range read into a buffer, hashed there and written from it with
