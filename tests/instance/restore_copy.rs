@@ -8,7 +8,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
 
@@ -69,6 +69,27 @@ impl Setup {
     fn beside(&self) -> Vec<String> {
         names(&self.root)
     }
+
+    /// The staging copies beside the service directory.
+    fn staging(&self) -> Vec<String> {
+        self.beside()
+            .into_iter()
+            .filter(|n| n.starts_with(".svc.synbackup-restoring."))
+            .collect()
+    }
+
+    /// A restore started with `env` and held at the fault point `point` (it
+    /// waits there for a signal).
+    fn held_at(&self, point: &str, env: &[(&str, &str)]) -> std::process::Child {
+        let mut c = self.restore();
+        c.envs(env.iter().copied())
+            .env("SYNBACKUP_FAULT", format!("hold:{point}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        stderr_until(&mut child, &format!("holding at {point}"));
+        child
+    }
 }
 
 /// Every regular file under `dir`, walked.
@@ -101,7 +122,7 @@ fn evict(dir: &Path) {
 
 /// Bytes of the files under `dir` in the page cache (`fincore`).
 fn cached_bytes(dir: &Path) -> u64 {
-    let o = Command::new("fincore")
+    let o = command("fincore")
         .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
         .args(files(dir))
         .output()
@@ -270,19 +291,8 @@ fn a_restore_interrupted_mid_copy_leaves_the_directory_and_no_staging_copy() {
     assert_eq!(s.beside(), beside, "a staging copy was left behind");
 
     // Stopped by the operator (SIGTERM) half way through the copy.
-    let mut child = s
-        .restore()
-        .env("SYNBACKUP_FAULT", "hold:restore-mid-copy")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    stderr_until(&mut child, "holding at restore-mid-copy");
-    let staging: Vec<String> = s
-        .beside()
-        .into_iter()
-        .filter(|n| n.starts_with(".svc.synbackup-restoring."))
-        .collect();
+    let mut child = s.held_at("restore-mid-copy", &[]);
+    let staging = s.staging();
     assert_eq!(staging.len(), 1, "the copy is under way: {:?}", s.beside());
     assert!(
         !files(&s.root.join(&staging[0])).is_empty(),
@@ -302,12 +312,6 @@ fn a_restore_stopped_in_the_middle_of_a_file_leaves_the_directory_as_it_was() {
     fs::write(s.src.join("marker"), "the directory as it was").unwrap();
     let before = hash_tree(&s.src);
     let beside = s.beside();
-    let staging = |s: &Setup| -> Vec<String> {
-        s.beside()
-            .into_iter()
-            .filter(|n| n.starts_with(".svc.synbackup-restoring."))
-            .collect()
-    };
 
     // A failure half way through a file, through the page cache.
     let o = s
@@ -322,16 +326,8 @@ fn a_restore_stopped_in_the_middle_of_a_file_leaves_the_directory_as_it_was() {
 
     // SIGTERM there, around the page cache (O_DIRECT, a block on its way to the
     // device): the copy is removed, the directory untouched.
-    let mut child = s
-        .restore()
-        .env("SYNBACKUP_COPY_DIRECT", "always")
-        .env("SYNBACKUP_FAULT", "hold:copy-mid-file")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    stderr_until(&mut child, "holding at copy-mid-file");
-    assert_eq!(staging(&s).len(), 1, "the copy is under way");
+    let mut child = s.held_at("copy-mid-file", &[("SYNBACKUP_COPY_DIRECT", "always")]);
+    assert_eq!(s.staging().len(), 1, "the copy is under way");
     nix_kill(child.id() as i32, libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_eq!(hash_tree(&s.src), before, "the directory changed");
@@ -339,19 +335,11 @@ fn a_restore_stopped_in_the_middle_of_a_file_leaves_the_directory_as_it_was() {
 
     // SIGKILL there (or the power lost): nothing can clean up, the directory is
     // still untouched, and the next restore removes the unfinished copy first.
-    let mut child = s
-        .restore()
-        .env("SYNBACKUP_COPY_DIRECT", "always")
-        .env("SYNBACKUP_FAULT", "hold:copy-mid-file")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    stderr_until(&mut child, "holding at copy-mid-file");
+    let mut child = s.held_at("copy-mid-file", &[("SYNBACKUP_COPY_DIRECT", "always")]);
     nix_kill(child.id() as i32, libc::SIGKILL).unwrap();
     child.wait().unwrap();
     assert_eq!(hash_tree(&s.src), before, "the directory changed");
-    let left = staging(&s);
+    let left = s.staging();
     assert_eq!(left.len(), 1, "{:?}", s.beside());
     let o = s.restore().output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -360,7 +348,7 @@ fn a_restore_stopped_in_the_middle_of_a_file_leaves_the_directory_as_it_was() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(staging(&s), Vec::<String>::new(), "{left:?} was left");
+    assert_eq!(s.staging(), Vec::<String>::new(), "{left:?} was left");
 }
 
 #[test]
