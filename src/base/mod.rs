@@ -31,6 +31,8 @@ pub(crate) mod logging;
 pub(crate) mod pathtext;
 /// What a `--dry-run` of `cold` and `restore` prints.
 pub(crate) mod plan;
+/// Whether a recorded process still runs.
+pub(crate) mod process;
 /// The progress traits long steps report through (the reporters live above).
 pub(crate) mod progress;
 /// Hashing a file as the device holds it (O_DIRECT, read ahead on a thread).

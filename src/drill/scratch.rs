@@ -104,16 +104,6 @@ fn names_for(backup: &Path, pid: u32) -> (PathBuf, PathBuf) {
     (dir, log)
 }
 
-/// True when process `pid` exists.
-pub(crate) fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 only checks for the process.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Remove the scratch copies (and logs) in `dir` left by drills that no longer run.
 /// Returns how many were removed.
 pub(crate) fn remove_stale(dir: &Path) -> usize {
@@ -132,7 +122,7 @@ pub(crate) fn remove_stale(dir: &Path) -> usize {
         let Ok(pid) = pid.parse::<u32>() else {
             continue; // `PID.log`: removed with its directory below
         };
-        if alive(pid) {
+        if crate::base::process::alive(pid) {
             continue;
         }
         let path = e.path();

@@ -147,11 +147,6 @@ fn write_file(path: &Path, content: &Content) -> Result<()> {
     Ok(())
 }
 
-/// True while process `pid` exists.
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Whether the freeze `now` shows is the one `rec` recorded; Err: why not.
 fn owned(rec: &Content, now: &CellState) -> std::result::Result<(), String> {
     if rec.iden.as_deref().is_some_and(|i| i != now.iden) {
@@ -199,7 +194,7 @@ pub(crate) fn recover_stale(sock: &Path) -> Result<()> {
         log::warn!("ignoring unreadable freeze record {}", path.display());
         return Ok(());
     };
-    if rec.pid != std::process::id() && alive(rec.pid) {
+    if rec.pid != std::process::id() && crate::base::process::alive(rec.pid) {
         log::info!(
             "{} records a freeze by pid {} that still runs; leaving it",
             path.display(),

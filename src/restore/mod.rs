@@ -134,7 +134,7 @@ fn remove_stale_staging(dir: &Path) {
         };
         let path = e.path();
         let ours = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if !ours || pid == std::process::id() || crate::drill::scratch::alive(pid) {
+        if !ours || pid == std::process::id() || crate::base::process::alive(pid) {
             continue;
         }
         match fs::remove_dir_all(&path) {

@@ -79,7 +79,8 @@ impl Setup {
     }
 
     /// A restore started with `env` and held at the fault point `point` (it
-    /// waits there for a signal).
+    /// waits there for a signal, or for the file `SYNBACKUP_FAULT_RELEASE` in
+    /// `env` names).
     fn held_at(&self, point: &str, env: &[(&str, &str)]) -> std::process::Child {
         let mut c = self.restore();
         c.envs(env.iter().copied())
@@ -153,16 +154,13 @@ fn a_restore_reads_each_byte_of_the_backup_once() {
         evict(&s.backup);
         // Held before the swap, the copy and every check done: count what it read.
         let release = s.root.join(format!("release-{mode}"));
-        let mut child = s
-            .restore()
-            .env("SYNBACKUP_COPY_DIRECT", mode)
-            .env("SYNBACKUP_FAULT", "hold:restore-before-swap")
-            .env("SYNBACKUP_FAULT_RELEASE", &release)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        stderr_until(&mut child, "holding at restore-before-swap");
+        let mut child = s.held_at(
+            "restore-before-swap",
+            &[
+                ("SYNBACKUP_COPY_DIRECT", mode),
+                ("SYNBACKUP_FAULT_RELEASE", release.to_str().unwrap()),
+            ],
+        );
         let read = read_bytes(child.id());
         let cached = cached_bytes(&s.backup);
         fs::write(&release, "").unwrap();
@@ -190,21 +188,6 @@ fn a_restore_reads_each_byte_of_the_backup_once() {
             );
         }
     }
-}
-
-/// XOR one byte of `file` at `at` (twice: as it was).
-fn xor_byte(file: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x5a;
-    f.write_all_at(&b, at).unwrap();
-    f.sync_all().unwrap();
 }
 
 #[test]
@@ -239,7 +222,7 @@ fn a_byte_flipped_in_any_file_of_the_backup_fails_the_restore_before_anything_ch
             .into_iter()
             .flat_map(|at| modes.iter().map(move |m| (at, *m)))
         {
-            xor_byte(&f, at);
+            flip_byte_at(&f, at);
             // --force: a flipped cell.guid is otherwise refused as another cell
             // (exit 3) before any byte is checked.
             let o = s
@@ -256,7 +239,7 @@ fn a_byte_flipped_in_any_file_of_the_backup_fails_the_restore_before_anything_ch
                 beside,
                 "{shown}: a staging copy was left behind"
             );
-            xor_byte(&f, at);
+            flip_byte_at(&f, at);
             if mark.exists() {
                 fs::remove_file(&mark).unwrap();
             }

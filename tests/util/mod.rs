@@ -748,6 +748,11 @@ pub fn data_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Flip one byte inside `file`'s data (at 3 pages + 100), its size unchanged.
 pub fn flip_byte(file: &Path) {
+    flip_byte_at(file, 3 * 4096 + 100);
+}
+
+/// XOR the byte of `file` at `at` (a second call puts it back), synced.
+pub fn flip_byte_at(file: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
     let f = fs::OpenOptions::new()
         .read(true)
@@ -755,8 +760,8 @@ pub fn flip_byte(file: &Path) {
         .open(file)
         .unwrap();
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 3 * 4096 + 100).unwrap();
+    f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x5a;
-    f.write_all_at(&b, 3 * 4096 + 100).unwrap();
+    f.write_all_at(&b, at).unwrap();
     f.sync_all().unwrap();
 }
