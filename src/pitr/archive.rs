@@ -741,6 +741,7 @@ pub(crate) fn set_aside_from(dir: &Path, index: u64) -> Result<Option<PathBuf>> 
             }
         }
         fsutil::fsync_dir(dir)?;
+        crate::base::fault::point("fork-mid-cut")?;
     }
     Ok(Some(aside))
 }

@@ -261,7 +261,9 @@ fn a_cell_back_behind_its_archive(line: Line) {
     let t = tempfile::tempdir().unwrap();
     let mut p = Pitr::start(line, t.path(), true);
     assert_eq!(p.core.add(100, 0), 100);
-    let a = p.archiver(4096);
+    // One entry per segment, each cut slowed: the archive passes through every
+    // offset between the old end and the fork while the archiver cuts.
+    let a = p.archiver_with(1, &[("SYNBACKUP_FAULT", "delay:fork-mid-cut:100")]);
     p.wait_archived(60);
     // The directory as it is now, cold.
     p.core.stop();
@@ -297,15 +299,14 @@ fn a_cell_back_behind_its_archive(line: Line) {
     );
     assert_eq!(p.core.add(20, 2000), 120);
     // The old archive is longer than the cell's log now: wait for the archive to
-    // end where the cell does, with what it set aside beside it.
+    // end where the cell does, once the archiver has set aside what the cell no
+    // longer has. While it cuts the old entries, newest segment first, the
+    // archive ends at one old segment's end after another, and one of them can
+    // be the cell's index: only the line it logs once the cut is done says the
+    // archive holds the cell's history from there on.
     let n = p.index();
-    let aside_made = || {
-        std::fs::read_dir(p.archive_dir())
-            .unwrap()
-            .any(|e| e.unwrap().path().is_dir())
-    };
     assert!(
-        wait_for(120, || aside_made()
+        wait_for(120, || p.archiver_log().contains("parts from its archive")
             && archived(&p.archive_dir()).last().map(|r| r.offset + 1)
                 == Some(n)),
         "{v}: the archive did not go on from the cell's own history to {n}:\n{}",

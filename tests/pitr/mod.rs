@@ -46,6 +46,11 @@ impl Pitr {
 
     /// `synbackup nexus-archive c0` started, its stderr appended to ROOT/archiver.log.
     pub fn archiver(&self, segment_bytes: u64) -> Child {
+        self.archiver_with(segment_bytes, &[])
+    }
+
+    /// [`Pitr::archiver`] with `env` in its environment (`SYNBACKUP_FAULT`, ...).
+    pub fn archiver_with(&self, segment_bytes: u64, env: &[(&str, &str)]) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,6 +59,7 @@ impl Pitr {
         bin_at(&self.root)
             .args(["-v", "nexus-archive", "c0", "--segment-bytes"])
             .arg(segment_bytes.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
