@@ -279,16 +279,62 @@ pub(crate) fn segments(dir: &Path) -> Result<Vec<Seg>> {
     Ok(segs)
 }
 
+/// How often a reader lists the segments again when one vanished under it (a
+/// millisecond apart after the first: the archiver closes a segment per
+/// `--segment-bytes`, 16 MiB by default, so two closes in a row are rare).
+const RELIST: u32 = 100;
+
+/// True when `e` is a file that is no longer there.
+fn vanished(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// `read` over the segments of `dir`, listed again when a file vanished between
+/// the listing and its read: the archiver runs beside every reader, and it
+/// renames the open segment when it closes it (a fork or the retention of old
+/// segments removes some).
+pub(crate) fn read_listed<T>(dir: &Path, mut read: impl FnMut(Vec<Seg>) -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match read(segments(dir)?) {
+            Err(e) if vanished(&e) && tries < RELIST => {
+                if tries > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Every entry of the archive in `dir`, in offset order (the open segment's too).
 pub(crate) fn read_all(dir: &Path) -> Result<Vec<Entry>> {
+    read_listed(dir, |segs| read_segments(segs, 0))
+}
+
+/// The entries of `segs` from offset `from` on (only the segments that reach it
+/// are read; closed ones checked against their index).
+fn read_segments(segs: Vec<Seg>, from: u64) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
-    for seg in segments(dir)? {
+    for seg in segs {
+        if matches!(seg, Seg::Closed { last, .. } if last < from) {
+            continue;
+        }
         let bytes = fs::read(seg.path())
             .with_context(|| format!("cannot read {}", seg.path().display()))?;
         if let Seg::Closed { first, last, path } = &seg {
             check_closed(path, *first, *last, &bytes)?;
         }
-        out.extend(parse_records(&bytes).1);
+        out.extend(
+            parse_records(&bytes)
+                .1
+                .into_iter()
+                .filter(|e| e.offset >= from),
+        );
     }
     Ok(out)
 }
@@ -547,24 +593,7 @@ pub(crate) fn entry_bytes(record: &[u8]) -> Option<&[u8]> {
 /// The archived entries from offset `from` on (only the segments that reach it
 /// are read; closed ones checked against their index).
 pub(crate) fn entries_from(dir: &Path, from: u64) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    for seg in segments(dir)? {
-        if matches!(seg, Seg::Closed { last, .. } if last < from) {
-            continue;
-        }
-        let bytes = fs::read(seg.path())
-            .with_context(|| format!("cannot read {}", seg.path().display()))?;
-        if let Seg::Closed { first, last, path } = &seg {
-            check_closed(path, *first, *last, &bytes)?;
-        }
-        out.extend(
-            parse_records(&bytes)
-                .1
-                .into_iter()
-                .filter(|e| e.offset >= from),
-        );
-    }
-    Ok(out)
+    read_listed(dir, |segs| read_segments(segs, from))
 }
 
 /// The prefix of the names of the directories [`set_aside_from`] makes.

@@ -160,7 +160,7 @@ struct Span {
 /// Check the archive of `backup_root` and the backups of `name` it serves.
 pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
     let dir = archive::dir_of(backup_root);
-    let mut c = Chain {
+    let start = Chain {
         archive: dir.display().to_string(),
         present: dir.join("archive.json").exists(),
         bases: bases(backup_root, name)?,
@@ -172,12 +172,33 @@ pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
             .collect(),
         ..Chain::default()
     };
+    let mut c = archive::read_listed(&dir, |segs| {
+        let mut c = start.clone();
+        check_segments(&mut c, segs)?;
+        Ok(c)
+    })?;
+    c.newest_received = c.newest_received_us.and_then(|us| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    });
+    c.pitr_from = covered_from(&c);
+    Ok(c)
+}
+
+/// Each of `segs` checked in turn into `c`: offsets, gaps, damage. A segment
+/// that cannot be read because it is no longer there (closed under its new name,
+/// removed) is an error of its own, for the caller to list the segments again.
+fn check_segments(c: &mut Chain, segs: Vec<Seg>) -> Result<()> {
     let mut prev: Option<(u64, PathBuf)> = None;
-    for seg in archive::segments(&dir)? {
+    for seg in segs {
         c.segments += 1;
         let span = match check_segment(&seg) {
             Ok(s) => s,
             Err(why) => {
+                if !seg.path().exists() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+                        .with_context(|| format!("{} vanished: {why}", seg.path().display()));
+                }
                 c.damaged.push(why);
                 // What follows is judged against the offsets in its name.
                 prev = Some((
@@ -207,12 +228,7 @@ pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
         c.newest_received_us = Some(span.last_received_us);
         prev = Some((span.last, seg.path().to_path_buf()));
     }
-    c.newest_received = c.newest_received_us.and_then(|us| {
-        chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us as i64)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    });
-    c.pitr_from = covered_from(&c);
-    Ok(c)
+    Ok(())
 }
 
 /// The oldest base from which the archive runs unbroken to its newest entry.
@@ -337,5 +353,40 @@ mod tests {
             "{:?}",
             c.damaged
         );
+    }
+
+    /// `status`, `check` and `nexus-trim` read the archive while the archiver
+    /// writes it: a segment it closes (renamed) while a reader lists the
+    /// directory is read under its new name, never reported damaged. Before,
+    /// "cannot read .../open-….seg: No such file or directory" was damage, and
+    /// the trim refused on it ("mend the archive").
+    #[test]
+    fn an_archive_read_while_its_segments_close_is_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = archive::dir_of(t.path());
+        let mut a = Archive::open(&dir, "c", 40).unwrap();
+        a.append(&[entry(0)]).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 1..3000 {
+                    a.append(&[entry(n)]).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let c = inspect(t.path(), "x").unwrap();
+                assert!(c.problems().is_empty(), "{:?}", c.problems());
+                let all = archive::read_all(&dir).unwrap();
+                assert!(
+                    all.iter().enumerate().all(|(i, e)| e.offset == i as u64),
+                    "not contiguous from 0"
+                );
+                crate::pitr::trim::archived_next(&dir).unwrap();
+                reads += 1;
+            }
+            assert!(reads > 10, "only {reads} reads while it wrote");
+        });
     }
 }

@@ -43,9 +43,10 @@ use rmpv::Value;
 
 use crate::base::exit::{fail, Code};
 use crate::base::interrupt;
-use crate::engine::telepath::{Client, Next, Yielded};
+use crate::engine::telepath::{Client, Next};
 use crate::host::systemd;
 use crate::pitr::archive::{self, Archive};
+use crate::pitr::compare::{self, split_item, Comparison};
 use crate::pitr::state;
 
 /// How the archiver runs.
@@ -184,30 +185,9 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// The offset and the entry's bytes of a `getNexusChanges` item `[offs, entry]`.
-fn split_item(y: &Yielded) -> Result<(u64, Vec<u8>)> {
-    let arr = y
-        .value
-        .as_array()
-        .filter(|a| a.len() == 2)
-        .ok_or_else(|| anyhow!("getNexusChanges yielded {}, not [offset, entry]", y.value))?;
-    let offs = arr[0]
-        .as_u64()
-        .ok_or_else(|| anyhow!("getNexusChanges yielded a bad offset {}", arr[0]))?;
-    let mut cur = y.raw.as_slice();
-    let bad = || anyhow!("getNexusChanges item of an unexpected encoding");
-    rmp::decode::read_array_len(&mut cur).map_err(|_| bad())?;
-    let _: u64 = rmp::decode::read_int(&mut cur).map_err(|_| bad())?;
-    Ok((offs, cur.to_vec()))
-}
-
-/// How many of the newest archived entries are compared with the cell's at each
-/// connection, to find where the two histories part.
-const FORK_WINDOW: u64 = 4096;
-
 /// Where the cell's history and the archive's part, at or before `upto` (the
 /// archive's next offset, or the cell's index when that is lower), or None when
-/// they agree. Up to [`FORK_WINDOW`] archived entries before `upto` are compared
+/// they agree. Up to [`compare::WINDOW`] archived entries before `upto` are compared
 /// with the cell's own, byte for byte, from the oldest the cell still holds: the
 /// first that differs is the fork; when all agree and the cell is behind the
 /// archive (`upto` is its index), `upto` is. A cell comes back behind its archive
@@ -237,56 +217,26 @@ fn find_fork(opts: &Options, sock: &Path, upto: u64, behind: bool) -> Result<Opt
         }
     };
     let archived: Vec<_> =
-        archive::entries_from(&opts.archive_dir, upto.saturating_sub(FORK_WINDOW))?
+        archive::entries_from(&opts.archive_dir, upto.saturating_sub(compare::WINDOW))?
             .into_iter()
             .filter(|e| e.offset < upto)
             .collect();
-    let Some(start) = archived.first().map(|e| e.offset) else {
+    if archived.is_empty() {
         return nothing("no archived entry before it can be compared");
-    };
-    let mut client = Client::connect(sock, Duration::from_secs(30))?;
-    let mut stream = client.stream(
-        "getNexusChanges",
-        vec![Value::from(start)],
-        vec![("wait", false.into())],
-    )?;
-    let mut first_compared = true;
-    let mut pending = None;
-    for want in &archived {
-        let cells = match pending.take() {
-            Some(c) => Some(c),
-            None => match stream.next_within(Some(Duration::from_secs(30)))? {
-                Next::Item(y) if !y.value.is_nil() => Some(split_item(&y)?),
-                _ => None,
-            },
-        };
-        let Some((offs, entry)) = cells else {
-            // The cell's log ends before the archive's entry.
-            if first_compared {
-                return nothing("its log holds none of the archived entries to compare");
-            }
-            return Ok(Some(want.offset));
-        };
-        if offs > want.offset {
-            // The cell's log begins later (culled): compare from there.
-            pending = Some((offs, entry));
-            continue;
-        }
-        if offs != want.offset || archive::entry_bytes(&want.record) != Some(&entry[..]) {
-            if first_compared {
-                return Err(refuse(format!(
-                    "its nexus entry {} is not the archived one: another history",
-                    want.offset
-                )));
-            }
-            return Ok(Some(want.offset));
-        }
-        first_compared = false;
     }
-    if first_compared {
-        return nothing("its log no longer holds an archived entry to compare");
+    match compare::with_cell(sock, &archived)? {
+        Comparison::NothingCompared => {
+            nothing("its log holds none of the archived entries to compare")
+        }
+        Comparison::Parts {
+            offset,
+            first: true,
+        } => Err(refuse(format!(
+            "its nexus entry {offset} is not the archived one: another history"
+        ))),
+        Comparison::Parts { offset, .. } => Ok(Some(offset)),
+        Comparison::Agree { .. } => Ok(behind.then_some(upto)),
     }
-    Ok(behind.then_some(upto))
 }
 
 /// One connection: open the archive, check the cell, stream and append until the

@@ -12,6 +12,8 @@
 pub(crate) mod archive;
 /// The chain of backups and archive checked from the files (`verify`, `status`).
 pub(crate) mod chain;
+/// Archived entries compared with the cell's own log (fork, trim).
+pub(crate) mod compare;
 /// The archiver: `getNexusChanges` followed into the archive, reconnecting.
 pub(crate) mod follow;
 /// Point-in-time recovery as `status` and `check` report it (chain, lag, log off).

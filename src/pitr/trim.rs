@@ -17,17 +17,25 @@
 //! reachable mirror has applied them; cull R - 1. When the archiver or a mirror
 //! does not get there in time, nothing is culled (the rotation alone removes
 //! nothing) and the trim is refused.
+//!
+//! "Holds" means the cell's own entries: the archive's newest entries before R
+//! are compared with the cell's, byte for byte (`compare`). A cell restored or
+//! killed before its log was written comes back behind its archive, which then
+//! holds other entries at the offsets the cell reuses until the archiver
+//! connects and sets them aside; counting those would cull entries of the
+//! cell's that nothing has archived.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use rmpv::Value;
 
 use crate::base::exit::{fail, Code};
 use crate::engine::telepath::Client;
 use crate::instance::config::Instance;
 use crate::pitr::archive::{self, Seg};
+use crate::pitr::compare::{self, Comparison};
 use crate::pitr::{chain, live};
 
 /// How `nexus-trim` runs.
@@ -46,17 +54,20 @@ fn refuse(why: String) -> anyhow::Error {
 /// One past the newest entry on disk in the archive `dir` (None: empty): the
 /// newest segment's name, or its records when it is open.
 pub(crate) fn archived_next(dir: &Path) -> Result<Option<u64>> {
-    let Some(last) = archive::segments(dir)?.pop() else {
-        return Ok(None);
-    };
-    match last {
-        Seg::Closed { last, .. } => Ok(Some(last + 1)),
-        Seg::Open { path, first } => {
-            let bytes = std::fs::read(&path)?;
-            let (_, entries) = archive::parse_records(&bytes);
-            Ok(Some(entries.last().map_or(first, |e| e.offset + 1)))
+    archive::read_listed(dir, |mut segs| {
+        let Some(last) = segs.pop() else {
+            return Ok(None);
+        };
+        match last {
+            Seg::Closed { last, .. } => Ok(Some(last + 1)),
+            Seg::Open { path, first } => {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let (_, entries) = archive::parse_records(&bytes);
+                Ok(Some(entries.last().map_or(first, |e| e.offset + 1)))
+            }
         }
-    }
+    })
 }
 
 /// The nexus index of each mirror that answers; unreachable ones are refused
@@ -119,12 +130,22 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
     let mirrors = mirror_indexes(inst, &opts.force)?;
     let dir = archive::dir_of(&inst.backup_root);
     let next = archived_next(&dir)?.unwrap_or(0);
+    let sock = inst.service_dir.join("sock");
     if opts.dry_run {
         let safe = mirrors
             .iter()
             .map(|(_, i)| *i)
             .fold(next.min(cell.nexus_index), u64::min);
+        let parted = match safe {
+            0 => None,
+            _ => not_the_cells(&sock, &dir, safe)?,
+        };
         return Ok(match safe.checked_sub(1) {
+            Some(_) if parted.is_some() => format!(
+                "would cull nothing now: the nexus archive {} does not hold the cell's own entries before {safe}: {} (the archiver sets them aside when it connects)",
+                dir.display(),
+                parted.unwrap_or_default()
+            ),
             Some(upto) => format!(
                 "would rotate the nexus log of {} at index {} and cull it up to offset {} once the archive (now at {next}) and the mirrors ({}) have every entry before the rotation; now {upto} would be safe",
                 inst.service_dir.display(),
@@ -138,7 +159,6 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
             ),
         });
     }
-    let sock = inst.service_dir.join("sock");
     let mut client = Client::connect(&sock, Duration::from_secs(30))?;
     let rotated = client
         .call("rotateNexsLog", vec![], vec![])?
@@ -156,11 +176,25 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
             .into_iter()
             .filter(|(_, i)| *i < rotated)
             .collect();
-        if next >= rotated && behind.is_empty() {
-            break;
-        }
+        // Far enough, and the cell's own entries: an archive the cell came back
+        // behind holds other entries at the same offsets until the archiver
+        // sets them aside.
+        let parted = if next >= rotated && behind.is_empty() {
+            match not_the_cells(&sock, &dir, rotated)? {
+                None => break,
+                why => why,
+            }
+        } else {
+            None
+        };
         if Instant::now() >= until {
-            let who = if next < rotated {
+            let who = if let Some(why) = parted {
+                format!(
+                    "the nexus archive {} does not hold the cell's own entries before the rotation at {rotated}: {why} (the cell came back behind its archive; synbackup-nexus@{}.service sets the archived ones aside when it connects, then archives the cell's)",
+                    dir.display(),
+                    inst.name
+                )
+            } else if next < rotated {
                 format!(
                     "the nexus archiver is behind: the archive {} holds entries up to {} and the log was rotated at {rotated} (is synbackup-nexus@{}.service running?)",
                     dir.display(),
@@ -200,6 +234,30 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
             describe(&mirrors)
         }
     ))
+}
+
+/// Why the archive in `dir` does not hold the cell's own entries before `upto`
+/// (None: the newest of them, up to [`compare::WINDOW`], are the cell's byte for
+/// byte, `upto - 1` included).
+fn not_the_cells(sock: &Path, dir: &Path, upto: u64) -> Result<Option<String>> {
+    let archived: Vec<_> = archive::entries_from(dir, upto.saturating_sub(compare::WINDOW))?
+        .into_iter()
+        .filter(|e| e.offset < upto)
+        .collect();
+    let Some(last) = archived.last().map(|e| e.offset) else {
+        return Ok(Some(format!("it holds no entry before {upto}")));
+    };
+    Ok(match compare::with_cell(sock, &archived)? {
+        Comparison::Agree { .. } if last + 1 == upto => None,
+        Comparison::Agree { .. } => Some(format!("its entry {} is missing", upto - 1)),
+        Comparison::Parts { offset, .. } => Some(format!(
+            "its entry {offset} is not the cell's, byte for byte"
+        )),
+        Comparison::NothingCompared => Some(format!(
+            "the cell's log holds none of its entries {}-{last}",
+            archived[0].offset
+        )),
+    })
 }
 
 fn describe(mirrors: &[(String, u64)]) -> String {

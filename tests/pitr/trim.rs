@@ -147,3 +147,83 @@ fn refuses_behind_trims_caught_up(line: Line) {
     println!("{v}: trim refused while the archive lagged; culled up to {} after it caught up (archive to {end}); restored to {target}", first - 1);
 }
 crate::on_both_lines!(refuses_behind_trims_caught_up);
+
+/// A cell put back behind its archive, which then goes on with changes of its
+/// own while the archiver is stopped: the archive is "ahead" of the rotation,
+/// but with entries of the history the cell left at the offsets the cell
+/// reuses. The trim compares them with the cell's and refuses (nothing culled,
+/// the dry run says why); once the archiver has set them aside and archived
+/// the cell's own entries, the trim culls. Before, the trim counted the other
+/// history's entries and culled the cell's 40 new entries, which nothing had
+/// archived, and the archiver then refused the cell for good.
+fn refuses_an_archive_the_cell_came_back_behind(line: Line) {
+    let v = line.version();
+    let t = tempfile::tempdir().unwrap();
+    let mut p = Pitr::start(line, t.path(), true);
+    assert_eq!(p.core.add(100, 0), 100);
+    let a = p.archiver(4096);
+    p.wait_archived(60);
+    p.core.stop();
+    let earlier = t.path().join("earlier");
+    let st = command("cp")
+        .arg("-a")
+        .arg(&p.dir)
+        .arg(&earlier)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    p.core = Cortex::start(line, &p.dir);
+    assert_eq!(p.core.add(100, 1000), 200);
+    let ahead = p.wait_archived(60);
+    stop(a);
+    p.core.stop();
+    fs::remove_dir_all(&p.dir).unwrap();
+    fs::rename(&earlier, &p.dir).unwrap();
+    p.core = Cortex::start(line, &p.dir);
+    assert_eq!(p.core.add(20, 2000), 120);
+    let now = p.index();
+    assert!(
+        now < ahead,
+        "{v}: the cell at {now}, the archive at {ahead}"
+    );
+
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--dry-run"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("would cull nothing now") && out.contains("is not the cell's"),
+        "{v}: {out}"
+    );
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "3s"]);
+    assert_fails(&o, 15, "does not hold the cell's own entries");
+    assert!(
+        error_lines(&o)[0].contains("nothing was culled"),
+        "{v}: {}",
+        stderr(&o)
+    );
+    let log = cell_log(line, &p.dir);
+    assert_eq!(
+        log.first().map(|e| e.0),
+        Some(0),
+        "{v}: the cell's log was cut"
+    );
+
+    // The archiver sets the other history aside and archives the cell's own
+    // entries: now the trim culls.
+    let a = p.archiver(4096);
+    assert!(
+        wait_for(120, || p.archiver_log().contains("parts from its archive")),
+        "{v}: the archiver did not part from the cell:\n{}",
+        p.archiver_log()
+    );
+    let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "60s"]);
+    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    let first = cell_log(line, &p.dir).first().map(|e| e.0).unwrap();
+    assert!(first > now, "{v}: the log still starts at {first}");
+    let end = p.wait_archived(60);
+    stop(a);
+    let recs = archived(&p.archive_dir());
+    assert_contiguous(&recs, 0, end);
+    println!("{v}: refused while the archive held another history from the cell's {now} on (archive at {ahead}); culled to {} once the archiver set it aside", first - 1);
+}
+crate::on_both_lines!(refuses_an_archive_the_cell_came_back_behind);
