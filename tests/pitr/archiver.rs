@@ -268,30 +268,15 @@ fn a_cell_back_behind_its_archive(line: Line) {
     // The directory as it is now, cold.
     p.core.stop();
     let earlier = t.path().join("earlier");
-    let st = command("cp")
-        .arg("-a")
-        .arg(&p.dir)
-        .arg(&earlier)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    p.copy_dir(&earlier);
     let earlier2 = t.path().join("earlier2");
-    let st = command("cp")
-        .arg("-a")
-        .arg(&p.dir)
-        .arg(&earlier2)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    p.copy_dir(&earlier2);
     p.core = Cortex::start(line, &p.dir);
     assert_eq!(p.core.add(50, 1000), 150);
     let ahead = p.wait_archived(60);
     let old = archived(&p.archive_dir());
     // Put back as it was: the cell comes back behind the archive.
-    p.core.stop();
-    std::fs::remove_dir_all(&p.dir).unwrap();
-    std::fs::rename(&earlier, &p.dir).unwrap();
-    p.core = Cortex::start(line, &p.dir);
+    p.put_back(&earlier);
     let back = p.index();
     assert!(
         back < ahead,
@@ -360,10 +345,7 @@ fn a_cell_back_behind_its_archive(line: Line) {
     // goes past the archive with changes of its own before the archiver connects.
     // They part where the cell was put back, not where the archive ends.
     let before = archived(&p.archive_dir());
-    p.core.stop();
-    std::fs::remove_dir_all(&p.dir).unwrap();
-    std::fs::rename(&earlier2, &p.dir).unwrap();
-    p.core = Cortex::start(line, &p.dir);
+    p.put_back(&earlier2);
     assert_eq!(p.core.add(60, 3000), 160);
     let past = p.index();
     assert!(past > n, "{v}: the cell at {past}, the archive at {n}");

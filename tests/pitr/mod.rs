@@ -72,6 +72,32 @@ impl Pitr {
         self.core.info()["nexus_index"].as_u64().unwrap()
     }
 
+    /// The service directory copied to `to` as it is (`cp -a`; the cell stopped).
+    pub fn copy_dir(&self, to: &Path) {
+        let st = command("cp")
+            .arg("-a")
+            .arg(&self.dir)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "cp -a {} {}",
+            self.dir.display(),
+            to.display()
+        );
+    }
+
+    /// The cell stopped, its directory replaced by `from` (a copy made earlier)
+    /// and started again: it comes back as it was then.
+    pub fn put_back(&mut self, from: &Path) {
+        let line = self.core.line;
+        self.core.stop();
+        fs::remove_dir_all(&self.dir).unwrap();
+        fs::rename(from, &self.dir).unwrap();
+        self.core = Cortex::start(line, &self.dir);
+    }
+
     /// What the archivers logged.
     pub fn archiver_log(&self) -> String {
         fs::read_to_string(self.root.join("archiver.log")).unwrap_or_default()

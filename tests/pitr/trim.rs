@@ -11,6 +11,24 @@ fn stop(mut child: std::process::Child) {
     assert!(child.wait().unwrap().success());
 }
 
+/// The trim `o` was refused (exit 15) for `why`, saying nothing was culled, and
+/// the cell's log still begins at 0.
+fn assert_refused_log_whole(p: &Pitr, o: &std::process::Output, why: &str) {
+    let v = p.core.line.version();
+    assert_fails(o, 15, why);
+    assert!(
+        error_lines(o)[0].contains("nothing was culled"),
+        "{v}: {}",
+        stderr(o)
+    );
+    let log = cell_log(p.core.line, &p.dir);
+    assert_eq!(
+        log.first().map(|e| e.0),
+        Some(0),
+        "{v}: the cell's log was cut"
+    );
+}
+
 fn refuses_behind_trims_caught_up(line: Line) {
     let v = line.version();
     let t = tempfile::tempdir().unwrap();
@@ -43,18 +61,7 @@ fn refuses_behind_trims_caught_up(line: Line) {
         String::from_utf8_lossy(&run_at(&p.root, &["status", "c0"]).stdout)
     );
     let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "2s"]);
-    assert_fails(&o, 15, "the nexus archiver is behind");
-    assert!(
-        error_lines(&o)[0].contains("nothing was culled"),
-        "{v}: {}",
-        stderr(&o)
-    );
-    let log = cell_log(line, &p.dir);
-    assert_eq!(
-        log.first().map(|e| e.0),
-        Some(0),
-        "{v}: the cell's log was cut"
-    );
+    assert_refused_log_whole(&p, &o, "the nexus archiver is behind");
 
     // Caught up, but a mirror of SYNBACKUP_MIRRORS does not answer: refused
     // before anything is rotated, unless --force-mirror names it.
@@ -97,7 +104,14 @@ fn refuses_behind_trims_caught_up(line: Line) {
             &gone.to_string_lossy(),
         ],
     );
-    assert!(o.status.success(), "{v}: {}", stderr(&o));
+    // (Once, under the whole suite's load, 3.7.0's archiver did not get the
+    // rotation's own entry within the 60 s: the archiver's log says why.)
+    assert!(
+        o.status.success(),
+        "{v}: {}\nthe archiver's log:\n{}",
+        stderr(&o),
+        p.archiver_log()
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains("culled the nexus log"), "{v}: {out}");
     let first = cell_log(line, &p.dir).first().map(|e| e.0).unwrap();
@@ -165,21 +179,12 @@ fn refuses_an_archive_the_cell_came_back_behind(line: Line) {
     p.wait_archived(60);
     p.core.stop();
     let earlier = t.path().join("earlier");
-    let st = command("cp")
-        .arg("-a")
-        .arg(&p.dir)
-        .arg(&earlier)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    p.copy_dir(&earlier);
     p.core = Cortex::start(line, &p.dir);
     assert_eq!(p.core.add(100, 1000), 200);
     let ahead = p.wait_archived(60);
     stop(a);
-    p.core.stop();
-    fs::remove_dir_all(&p.dir).unwrap();
-    fs::rename(&earlier, &p.dir).unwrap();
-    p.core = Cortex::start(line, &p.dir);
+    p.put_back(&earlier);
     assert_eq!(p.core.add(20, 2000), 120);
     let now = p.index();
     assert!(
@@ -195,18 +200,7 @@ fn refuses_an_archive_the_cell_came_back_behind(line: Line) {
         "{v}: {out}"
     );
     let o = run_at(&p.root, &["nexus-trim", "c0", "--wait", "3s"]);
-    assert_fails(&o, 15, "does not hold the cell's own entries");
-    assert!(
-        error_lines(&o)[0].contains("nothing was culled"),
-        "{v}: {}",
-        stderr(&o)
-    );
-    let log = cell_log(line, &p.dir);
-    assert_eq!(
-        log.first().map(|e| e.0),
-        Some(0),
-        "{v}: the cell's log was cut"
-    );
+    assert_refused_log_whole(&p, &o, "does not hold the cell's own entries");
 
     // The archiver sets the other history aside and archives the cell's own
     // entries: now the trim culls.
