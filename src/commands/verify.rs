@@ -98,7 +98,11 @@ pub(crate) fn exec(dirs: &Dirs, a: &VerifyArgs) -> Result<ExitCode> {
 /// problem (exit `Verify`), else the archive's summary.
 fn verify_chain(dirs: &Dirs, name: &str, json: bool) -> Result<ExitCode> {
     let inst = config::load(&dirs.config_dir, name, &InstanceOverrides::default())?;
-    let chain = crate::pitr::chain::inspect(&inst.backup_root, &inst.name)?;
+    let chain = crate::pitr::chain::inspect(
+        &inst.backup_root,
+        &inst.name,
+        crate::pitr::chain::Depth::Full,
+    )?;
     if !chain.present {
         return Err(exit::fail(
             Code::BadPath,

@@ -130,6 +130,30 @@ fn record_backup(
     }
 }
 
+/// Every byte of the nexus archive read once a night (`pitr::chain`, full):
+/// `status` and `check` read only the segments that changed since a check found
+/// them whole, so this is where bits that rot on the medium are found. A segment
+/// found damaged is no longer vouched for, so `status` reports it from then on;
+/// the run itself goes on (its backup is made either way).
+fn check_archive_whole(inst: &Instance) {
+    let dir = crate::pitr::archive::dir_of(&inst.backup_root);
+    if !dir.join("archive.json").exists() {
+        return;
+    }
+    match crate::pitr::chain::inspect(
+        &inst.backup_root,
+        &inst.name,
+        crate::pitr::chain::Depth::Full,
+    ) {
+        Ok(c) => {
+            for d in &c.damaged {
+                log::warn!("nexus archive of {}: {d}", inst.name);
+            }
+        }
+        Err(e) => log::warn!("cannot check the nexus archive of {}: {e:#}", inst.name),
+    }
+}
+
 /// Step 6: drill the backup just made, under the run's lock.
 fn drill(dirs: &Dirs, inst: &Instance, backup: &Path) -> Result<()> {
     log::info!(
@@ -298,6 +322,7 @@ fn back_up_and_prune(
     ) {
         log::warn!("nexus archive retention of {}: {e:#}", inst.name);
     }
+    check_archive_whole(inst);
     // Directories kept by maintenance windows expire after SYNBACKUP_COLD_KEEP_OLD
     // (beside the canonical directory: the window swaps that one).
     let service_dir = fs::canonicalize(&inst.service_dir).unwrap_or(inst.service_dir.clone());

@@ -4,7 +4,8 @@
 //! repository as a snapshot of their own, tagged `synbackup-nexus`,
 //! `instance=NAME`, `cell=GUID`, with the backup's time, path `nexus-archive`
 //! relative to the backup root (a restore writes `TARGET/nexus-archive/`). The
-//! open segment (still written) and temporaries are excluded; unchanged segments
+//! open segment (still written), temporaries and the record of checked segments
+//! (`pitr::checked`, a cache of this host's files) are excluded; unchanged segments
 //! cost nothing after the first upload (restic deduplicates).
 //!
 //! Retention: each archive snapshot holds what the local retention kept that
@@ -87,6 +88,8 @@ pub(crate) fn upload(
             ".*.tmp.*",
             "--exclude",
             ".*.tmp",
+            "--exclude",
+            crate::pitr::checked::FILE,
             &name,
         ],
         Some(parent),

@@ -13,6 +13,9 @@
 //!   written before has none (the times are read from the entries themselves),
 //!   and an older reader ignores them.
 //!
+//! - `.checked.json`: the closed segments a check found whole, by file identity
+//!   (`checked`; a cache `status` keeps, never read as part of the archive).
+//!
 //! A segment is a plain stream of msgpack values, one per nexus entry:
 //! `[offset, received_us, ENTRY]`, where ENTRY holds the bytes exactly as the cell
 //! sent them in its `getNexusChanges` answer (`(nexsiden, event, args, kwargs,

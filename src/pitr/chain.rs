@@ -6,7 +6,9 @@
 //! open one holds whole records in order, and each kept good backup's recorded
 //! nexus index is covered from there to the newest archived entry. The cell's own
 //! index (the archiver's lag in entries) is added by the caller when the cell
-//! answers (`live`).
+//! answers (`live`). `verify` reads every segment ([`Depth::Full`]); the others
+//! read the closed segments that changed since a check found them whole
+//! ([`Depth::Changed`], `checked`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use serde::Serialize;
 use crate::engine::manifest::Manifest;
 use crate::instance::catalog::{self, State};
 use crate::pitr::archive::{self, Closed, Seg};
+use crate::pitr::checked::Checked;
 
 /// A base backup that records its nexus index.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -157,8 +160,18 @@ struct Span {
     last_received_us: u64,
 }
 
+/// How much of the archive a check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Every byte of every segment (`verify`).
+    Full,
+    /// The closed segments that changed since a check found them whole
+    /// (`checked`), and the open one (`status`, `check`, `nexus-trim`).
+    Changed,
+}
+
 /// Check the archive of `backup_root` and the backups of `name` it serves.
-pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
+pub(crate) fn inspect(backup_root: &Path, name: &str, depth: Depth) -> Result<Chain> {
     let dir = archive::dir_of(backup_root);
     let start = Chain {
         archive: dir.display().to_string(),
@@ -172,11 +185,21 @@ pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
             .collect(),
         ..Chain::default()
     };
-    let mut c = archive::read_listed(&dir, |segs| {
+    let before = Checked::load(&dir);
+    let (mut c, checked) = archive::read_listed(&dir, |segs| {
         let mut c = start.clone();
-        check_segments(&mut c, segs)?;
-        Ok(c)
+        let mut checked = Checked::default();
+        let names: Vec<String> = segs
+            .iter()
+            .filter_map(|s| s.path().file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        let known = (depth == Depth::Changed).then_some(&before);
+        check_segments(&mut c, segs, known, &mut checked)?;
+        checked.keep_only(&names);
+        Ok((c, checked))
     })?;
+    checked.save_if_changed(&dir, &before);
     c.newest_received = c.newest_received_us.and_then(|us| {
         chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us as i64)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -188,11 +211,32 @@ pub(crate) fn inspect(backup_root: &Path, name: &str) -> Result<Chain> {
 /// Each of `segs` checked in turn into `c`: offsets, gaps, damage. A segment
 /// that cannot be read because it is no longer there (closed under its new name,
 /// removed) is an error of its own, for the caller to list the segments again.
-fn check_segments(c: &mut Chain, segs: Vec<Seg>) -> Result<()> {
+fn check_segments(
+    c: &mut Chain,
+    segs: Vec<Seg>,
+    known: Option<&Checked>,
+    checked: &mut Checked,
+) -> Result<()> {
     let mut prev: Option<(u64, PathBuf)> = None;
     for seg in segs {
         c.segments += 1;
-        let span = match check_segment(&seg) {
+        let index = seg.path().with_extension("json");
+        let whole = match (&seg, known) {
+            (Seg::Closed { .. }, Some(k)) => k.still_whole(seg.path(), &index).cloned(),
+            _ => None,
+        };
+        let result = match whole {
+            Some(w) => Ok(Some(Span {
+                first: w.first,
+                last: w.last,
+                last_received_us: w.last_received_us,
+            })),
+            None => check_segment(&seg),
+        };
+        if let (Seg::Closed { .. }, Ok(Some(s))) = (&seg, &result) {
+            checked.note(seg.path(), &index, s.first, s.last, s.last_received_us);
+        }
+        let span = match result {
             Ok(s) => s,
             Err(why) => {
                 if !seg.path().exists() {
@@ -325,14 +369,14 @@ mod tests {
         let dir = archive::dir_of(t.path());
         let mut a = Archive::open(&dir, "c", 20).unwrap();
         a.append(&(10..40).map(entry).collect::<Vec<_>>()).unwrap();
-        let c = inspect(t.path(), "x").unwrap();
+        let c = inspect(t.path(), "x", Depth::Full).unwrap();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!((c.first, c.next), (Some(10), Some(40)));
         assert!(c.gaps.is_empty());
         // A gap: the archiver goes on after a jump.
         a.start_after_gap(50).unwrap();
         a.append(&(50..55).map(entry).collect::<Vec<_>>()).unwrap();
-        let c = inspect(t.path(), "x").unwrap();
+        let c = inspect(t.path(), "x", Depth::Full).unwrap();
         assert_eq!(c.gaps, vec![(40, 49)]);
         assert_eq!(c.next, Some(55));
         assert_eq!(c.problems().len(), 1, "{:?}", c.problems());
@@ -345,7 +389,7 @@ mod tests {
         let mut bytes = fs::read(closed.path()).unwrap();
         bytes[2] ^= 0x01;
         fs::write(closed.path(), bytes).unwrap();
-        let c = inspect(t.path(), "x").unwrap();
+        let c = inspect(t.path(), "x", Depth::Full).unwrap();
         assert!(
             c.damaged
                 .iter()
@@ -353,6 +397,70 @@ mod tests {
             "{:?}",
             c.damaged
         );
+    }
+
+    /// `status` reads a closed segment again only when its files changed since a
+    /// check found it whole; `verify` reads every byte every time.
+    #[test]
+    fn status_reads_only_segments_changed_since_they_were_found_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = archive::dir_of(t.path());
+        let mut a = Archive::open(&dir, "c", 20).unwrap();
+        a.append(&(0..30).map(entry).collect::<Vec<_>>()).unwrap();
+        let c = inspect(t.path(), "x", Depth::Changed).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let closed: Vec<Seg> = archive::segments(&dir)
+            .unwrap()
+            .into_iter()
+            .filter(|s| matches!(s, Seg::Closed { .. }))
+            .collect();
+        let record = Checked::load(&dir);
+        for s in &closed {
+            assert!(
+                record
+                    .still_whole(s.path(), &s.path().with_extension("json"))
+                    .is_some(),
+                "{} not recorded whole",
+                s.path().display()
+            );
+        }
+        // Bits that rot after the check change no time: here, a flipped bit
+        // with the record then made to describe the file as it is.
+        let seg = closed[1].path().to_path_buf();
+        let idx = seg.with_extension("json");
+        let was = record.still_whole(&seg, &idx).unwrap().clone();
+        let good = fs::read(&seg).unwrap();
+        let mut bad = good.clone();
+        bad[2] ^= 0x01;
+        fs::write(&seg, &bad).unwrap();
+        let mut forged = Checked::load(&dir);
+        forged.note(&seg, &idx, was.first, was.last, was.last_received_us);
+        forged.save_if_changed(&dir, &Checked::default());
+        let c = inspect(t.path(), "x", Depth::Changed).unwrap();
+        assert!(
+            c.problems().is_empty(),
+            "status read it: {:?}",
+            c.problems()
+        );
+        // verify reads it, finds it, and the record no longer vouches for it.
+        let c = inspect(t.path(), "x", Depth::Full).unwrap();
+        assert!(
+            c.damaged
+                .iter()
+                .any(|d| d.contains("does not match its BLAKE3")),
+            "{:?}",
+            c.damaged
+        );
+        let c = inspect(t.path(), "x", Depth::Changed).unwrap();
+        assert!(!c.damaged.is_empty(), "the record still vouches for it");
+        // A write changes the file's times: read again, whole again.
+        fs::write(&seg, &good).unwrap();
+        let c = inspect(t.path(), "x", Depth::Changed).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        // And a change status has not seen is found by status too.
+        fs::write(&seg, &bad).unwrap();
+        let c = inspect(t.path(), "x", Depth::Changed).unwrap();
+        assert!(!c.damaged.is_empty(), "status missed a rewritten segment");
     }
 
     /// `status`, `check` and `nexus-trim` read the archive while the archiver
@@ -376,7 +484,7 @@ mod tests {
             });
             let mut reads = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let c = inspect(t.path(), "x").unwrap();
+                let c = inspect(t.path(), "x", Depth::Full).unwrap();
                 assert!(c.problems().is_empty(), "{:?}", c.problems());
                 let all = archive::read_all(&dir).unwrap();
                 assert!(

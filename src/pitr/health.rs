@@ -38,7 +38,7 @@ pub(crate) struct Pitr {
 
 /// Assess `inst` now (`now_us`: microseconds since the epoch).
 pub(crate) fn assess(inst: &Instance, now_us: u64) -> anyhow::Result<Pitr> {
-    let chain = chain::inspect(&inst.backup_root, &inst.name)?;
+    let chain = chain::inspect(&inst.backup_root, &inst.name, chain::Depth::Changed)?;
     let cell = match live::ask(&inst.service_dir) {
         Ok(c) => c,
         Err(e) => {

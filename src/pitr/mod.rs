@@ -12,6 +12,8 @@
 pub(crate) mod archive;
 /// The chain of backups and archive checked from the files (`verify`, `status`).
 pub(crate) mod chain;
+/// The closed segments a check found whole, so `status` reads only new ones.
+pub(crate) mod checked;
 /// Archived entries compared with the cell's own log (fork, trim).
 pub(crate) mod compare;
 /// The archiver: `getNexusChanges` followed into the archive, reconnecting.

@@ -101,7 +101,7 @@ fn mirror_indexes(inst: &Instance, force: &[PathBuf]) -> Result<Vec<(String, u64
 /// Trim the nexus log of `inst`'s cell as far as the archive and the mirrors
 /// allow; the line to print.
 pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
-    let c = chain::inspect(&inst.backup_root, &inst.name)?;
+    let c = chain::inspect(&inst.backup_root, &inst.name, chain::Depth::Changed)?;
     if !c.present {
         return Err(refuse(format!(
             "{} holds no nexus archive: a trim would cut entries nothing has archived (start synbackup-nexus@{}.service first)",

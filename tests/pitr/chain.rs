@@ -285,3 +285,57 @@ fn retention_removes_only_segments_no_kept_backup_needs() {
         stdout(&o)
     );
 }
+
+/// `status` reads only the closed segments that changed since a check found them
+/// whole; bits that rot on the medium change no time, so each nightly `run`
+/// reads the whole archive: it logs the damage, and `status` reports it from
+/// then on. Here the rot is a flipped bit with the record of checked segments
+/// then made to describe the file as it is (as if it rotted after the check).
+#[test]
+fn the_nightly_run_finds_a_segment_that_rotted_and_status_reports_it() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Setup::new("");
+    s.backup_at(120);
+    write_archive(&s.archive(), &[(100, 199), (200, 299)], Some((300, 340)));
+    let o = s.run(&["status", "c0", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st[0]["pitr"]["problems"], serde_json::json!([]), "{st}");
+
+    let damaged = s.archive().join(seg(100, 199));
+    let mut bytes = fs::read(&damaged).unwrap();
+    bytes[40] ^= 0x01;
+    fs::write(&damaged, &bytes).unwrap();
+    let record_path = s.archive().join(".checked.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    let m = fs::metadata(&damaged).unwrap();
+    record["segments"][seg(100, 199)]["segment"] = serde_json::json!({
+        "ino": m.ino(),
+        "size": m.size(),
+        "mtime_ns": i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        "ctime_ns": i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    });
+    fs::write(&record_path, record.to_string()).unwrap();
+    let o = s.run(&["status", "c0", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        st[0]["pitr"]["problems"],
+        serde_json::json!([]),
+        "status read the segment: {st}"
+    );
+
+    let o = s.run(&["run", "c0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{} does not match its BLAKE3", damaged.display())),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.run(&["status", "c0"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("PROBLEM") && stdout(&o).contains("does not match its BLAKE3"),
+        "{}",
+        stdout(&o)
+    );
+}
