@@ -64,7 +64,10 @@ fn follows_and_resumes(line: Line) {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.extension().is_some_and(|x| x == "json") && p.file_name().unwrap() != "archive.json"
+            let name = p.file_name().unwrap().to_string_lossy();
+            p.extension().is_some_and(|x| x == "json")
+                && name != "archive.json"
+                && !name.starts_with('.')
         })
         .collect();
     assert!(closed.len() >= 2, "{v}: {closed:?}");
