@@ -187,6 +187,10 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
         } else {
             None
         };
+        // Each comparison streams up to 4096 entries from the cell: while the
+        // archive holds another history, the archiver needs a reconnect (seconds)
+        // to mend it, so ask less often.
+        let pause = Duration::from_millis(if parted.is_some() { 2000 } else { 200 });
         if Instant::now() >= until {
             let who = if let Some(why) = parted {
                 format!(
@@ -212,7 +216,7 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
             )));
         }
         crate::base::interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
     }
     let upto = rotated - 1;
     let culled = client.call("cullNexsLog", vec![Value::from(upto)], vec![])?;
