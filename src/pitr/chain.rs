@@ -363,12 +363,32 @@ mod tests {
         (n, 1_000_000 * n, b)
     }
 
-    #[test]
-    fn contiguous_archive_gap_and_damage() {
+    /// An archive of the entries `offsets` in segments of 20 bytes: its backup
+    /// root, its directory and the archive, open to go on.
+    fn archive_of(offsets: std::ops::Range<u64>) -> (tempfile::TempDir, PathBuf, Archive) {
         let t = tempfile::tempdir().unwrap();
         let dir = archive::dir_of(t.path());
         let mut a = Archive::open(&dir, "c", 20).unwrap();
-        a.append(&(10..40).map(entry).collect::<Vec<_>>()).unwrap();
+        a.append(&offsets.map(entry).collect::<Vec<_>>()).unwrap();
+        (t, dir, a)
+    }
+
+    /// A full check of the archive of `root` names a segment that does not
+    /// match its BLAKE3.
+    fn verify_finds_a_digest_mismatch(root: &Path) {
+        let c = inspect(root, "x", Depth::Full).unwrap();
+        assert!(
+            c.damaged
+                .iter()
+                .any(|d| d.contains("does not match its BLAKE3")),
+            "{:?}",
+            c.damaged
+        );
+    }
+
+    #[test]
+    fn contiguous_archive_gap_and_damage() {
+        let (t, dir, mut a) = archive_of(10..40);
         let c = inspect(t.path(), "x", Depth::Full).unwrap();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!((c.first, c.next), (Some(10), Some(40)));
@@ -389,24 +409,14 @@ mod tests {
         let mut bytes = fs::read(closed.path()).unwrap();
         bytes[2] ^= 0x01;
         fs::write(closed.path(), bytes).unwrap();
-        let c = inspect(t.path(), "x", Depth::Full).unwrap();
-        assert!(
-            c.damaged
-                .iter()
-                .any(|d| d.contains("does not match its BLAKE3")),
-            "{:?}",
-            c.damaged
-        );
+        verify_finds_a_digest_mismatch(t.path());
     }
 
     /// `status` reads a closed segment again only when its files changed since a
     /// check found it whole; `verify` reads every byte every time.
     #[test]
     fn status_reads_only_segments_changed_since_they_were_found_whole() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = archive::dir_of(t.path());
-        let mut a = Archive::open(&dir, "c", 20).unwrap();
-        a.append(&(0..30).map(entry).collect::<Vec<_>>()).unwrap();
+        let (t, dir, _a) = archive_of(0..30);
         let c = inspect(t.path(), "x", Depth::Changed).unwrap();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         let closed: Vec<Seg> = archive::segments(&dir)
@@ -443,14 +453,7 @@ mod tests {
             c.problems()
         );
         // verify reads it, finds it, and the record no longer vouches for it.
-        let c = inspect(t.path(), "x", Depth::Full).unwrap();
-        assert!(
-            c.damaged
-                .iter()
-                .any(|d| d.contains("does not match its BLAKE3")),
-            "{:?}",
-            c.damaged
-        );
+        verify_finds_a_digest_mismatch(t.path());
         let c = inspect(t.path(), "x", Depth::Changed).unwrap();
         assert!(!c.damaged.is_empty(), "the record still vouches for it");
         // A write changes the file's times: read again, whole again.

@@ -126,6 +126,17 @@ fn seg(first: u64, last: u64) -> String {
     format!("{first:016x}-{last:016x}.seg")
 }
 
+/// `status c0` exits 9 with a PROBLEM line naming a segment's BLAKE3 mismatch.
+fn assert_status_names_damage(s: &Setup) {
+    let o = s.run(&["status", "c0"]);
+    assert_eq!(o.status.code(), Some(9), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("PROBLEM") && stdout(&o).contains("does not match its BLAKE3"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -173,13 +184,7 @@ fn verify_status_and_check_follow_the_chain() {
         "{}",
         stdout(&o)
     );
-    let o = s.run(&["status", "c0"]);
-    assert_eq!(o.status.code(), Some(9), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("PROBLEM") && stdout(&o).contains("does not match its BLAKE3"),
-        "{}",
-        stdout(&o)
-    );
+    assert_status_names_damage(&s);
     let o = s.run(&["check", "c0"]);
     assert_eq!(o.status.code(), Some(9), "{}", stdout(&o));
     assert!(
@@ -331,11 +336,5 @@ fn the_nightly_run_finds_a_segment_that_rotted_and_status_reports_it() {
         "{}",
         stderr(&o)
     );
-    let o = s.run(&["status", "c0"]);
-    assert_eq!(o.status.code(), Some(9), "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("PROBLEM") && stdout(&o).contains("does not match its BLAKE3"),
-        "{}",
-        stdout(&o)
-    );
+    assert_status_names_damage(&s);
 }
