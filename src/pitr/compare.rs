@@ -51,6 +51,15 @@ pub(crate) fn split_item(y: &Yielded) -> Result<(u64, Vec<u8>)> {
     Ok((offs, cur.to_vec()))
 }
 
+/// The newest archived entries of the archive `dir` before `upto`, up to
+/// [`WINDOW`] of them: what is compared with the cell's.
+pub(crate) fn archived_before(dir: &Path, upto: u64) -> Result<Vec<Entry>> {
+    Ok(archive::entries_from(dir, upto.saturating_sub(WINDOW))?
+        .into_iter()
+        .filter(|e| e.offset < upto)
+        .collect())
+}
+
 /// Compare `archived` (in offset order) with the log of the cell on `sock`.
 pub(crate) fn with_cell(sock: &Path, archived: &[Entry]) -> Result<Comparison> {
     let Some(start) = archived.first().map(|e| e.offset) else {

@@ -216,11 +216,7 @@ fn find_fork(opts: &Options, sock: &Path, upto: u64, behind: bool) -> Result<Opt
             Ok(None)
         }
     };
-    let archived: Vec<_> =
-        archive::entries_from(&opts.archive_dir, upto.saturating_sub(compare::WINDOW))?
-            .into_iter()
-            .filter(|e| e.offset < upto)
-            .collect();
+    let archived = compare::archived_before(&opts.archive_dir, upto)?;
     if archived.is_empty() {
         return nothing("no archived entry before it can be compared");
     }

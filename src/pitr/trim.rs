@@ -244,10 +244,7 @@ pub(crate) fn trim(inst: &Instance, opts: &Options) -> Result<String> {
 /// (None: the newest of them, up to [`compare::WINDOW`], are the cell's byte for
 /// byte, `upto - 1` included).
 fn not_the_cells(sock: &Path, dir: &Path, upto: u64) -> Result<Option<String>> {
-    let archived: Vec<_> = archive::entries_from(dir, upto.saturating_sub(compare::WINDOW))?
-        .into_iter()
-        .filter(|e| e.offset < upto)
-        .collect();
+    let archived = compare::archived_before(dir, upto)?;
     let Some(last) = archived.last().map(|e| e.offset) else {
         return Ok(Some(format!("it holds no entry before {upto}")));
     };
